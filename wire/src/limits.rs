@@ -1,0 +1,33 @@
+//! Every limit of the system, as named constants with their unit last.
+//!
+//! A limit lives here so that the node, the teller and the scenarios agree on it and a
+//! reader finds all of them in one place (TigerBeetle `constants.zig`).
+
+/// Largest encoded message, in bytes, that any decoder accepts. A batch of
+/// [`BATCH_TRANSFERS_MAX`] prepares is about 100 KiB, so this leaves ample room.
+pub const MESSAGE_BYTES_MAX: usize = 1 << 20;
+
+/// Most transfers carried by one batched 2PC message (prepare, vote, decision, ack, status).
+pub const BATCH_TRANSFERS_MAX: usize = 1024;
+
+/// Largest amount, in minor units, that one deposit, withdrawal or transfer may move:
+/// 10,000,000,000.00. Balances may grow past it; arithmetic on them is checked.
+pub const AMOUNT_MINOR_MAX: i64 = 1_000_000_000_000;
+
+/// Minor units in one major unit (cents per dollar, paise per rupee).
+pub const MINOR_PER_MAJOR: i64 = 100;
+
+/// Highest branch code an account number can carry (three digits in the human form).
+pub const ACCOUNT_BRANCH_MAX: u16 = 999;
+
+/// Highest account serial within a branch (eight digits in the human form).
+pub const ACCOUNT_SERIAL_MAX: u32 = 99_999_999;
+
+/// Longest login name, national id, phone number or person's name, in bytes.
+pub const TEXT_FIELD_BYTES_MAX: usize = 128;
+
+/// Longest password accepted, in bytes (argon2 input is bounded to keep logins cheap).
+pub const PASSWORD_BYTES_MAX: usize = 256;
+
+/// Most rows one page of history or of a listing may hold.
+pub const PAGE_ROWS_MAX: u32 = 500;

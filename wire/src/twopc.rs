@@ -1,0 +1,243 @@
+//! The branch-to-branch two-phase-commit protocol: prepare, vote, decision, ack and
+//! status, every one of them a batch of per-transfer items.
+//!
+//! A [`BranchMessage`] is always sent inside a [`crate::Signed`] envelope. It names its
+//! recipient (so a message signed for one branch cannot be replayed to another) and an
+//! expiry (so an old captured envelope is refused). Each item carries its transfer id,
+//! and every item is idempotent at the receiver: a repeat is answered from the records.
+
+use serde::{Deserialize, Serialize};
+
+use crate::account::AccountNumber;
+use crate::ids::{BranchId, TransferId};
+use crate::limits::BATCH_TRANSFERS_MAX;
+use crate::money::Amount;
+use crate::refusal::Refusal;
+
+/// What a client asked for: move `amount` from `from` to `to`, once, under `id`.
+/// Its content hash (see the store) is what "same id, different content" compares.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+pub struct TransferSpec {
+    pub id: TransferId,
+    #[cfg_attr(test, proptest(strategy = "crate::account::tests::any_account()"))]
+    pub from: AccountNumber,
+    #[cfg_attr(test, proptest(strategy = "crate::account::tests::any_account()"))]
+    pub to: AccountNumber,
+    pub amount: Amount,
+}
+
+impl TransferSpec {
+    /// The branches whose accounts this transfer touches: debit branch first, and the
+    /// credit branch if it is a different one.
+    pub fn participants(&self) -> Vec<BranchId> {
+        let (d, c) = (self.from.branch(), self.to.branch());
+        if d == c { vec![d] } else { vec![d, c] }
+    }
+
+    /// Refuses a transfer no branch should ever prepare: same account or a bad amount.
+    pub fn validate(&self) -> Result<(), Refusal> {
+        if self.from == self.to {
+            return Err(Refusal::SameAccount);
+        }
+        self.amount
+            .validate_movable()
+            .map(|_| ())
+            .map_err(|_| Refusal::InvalidAmount)
+    }
+}
+
+/// Ask a participant to prepare its legs of `transfer`: hold the debit if it owns
+/// `from`, record a pending credit if it owns `to`. Refused after `deadline_ms`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+pub struct PrepareItem {
+    pub transfer: TransferSpec,
+    /// Milliseconds since the Unix epoch after which the participant must not vote yes.
+    pub deadline_ms: u64,
+}
+
+/// A participant's vote on one transfer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+pub enum Vote {
+    /// The legs are durably held; the participant may no longer decide alone.
+    Yes,
+    /// The participant refused; nothing is held.
+    No(Refusal),
+}
+
+/// The coordinator's decision on one transfer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+pub enum Decision {
+    Commit,
+    Abort,
+}
+
+/// What a coordinator knows of a transfer when a participant asks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+pub enum TransferStatus {
+    /// Decided (an unknown transfer is presumed aborted and answered `Abort`).
+    Decided(Decision),
+    /// Still collecting votes before its deadline: ask again later.
+    Pending,
+}
+
+/// One transfer's vote.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+pub struct VoteItem {
+    pub id: TransferId,
+    pub vote: Vote,
+}
+
+/// One transfer's decision.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+pub struct DecisionItem {
+    pub id: TransferId,
+    pub decision: Decision,
+}
+
+/// One transfer's status, answering a status query.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+pub struct StatusItem {
+    pub id: TransferId,
+    pub status: TransferStatus,
+}
+
+/// The batches a branch sends another. Each item has its own outcome: a `No` for one
+/// transfer never aborts another in the same batch.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+pub enum BranchBody {
+    /// Coordinator to participant.
+    Prepare(Vec<PrepareItem>),
+    /// Participant to coordinator.
+    Votes(Vec<VoteItem>),
+    /// Coordinator to participant.
+    Decisions(Vec<DecisionItem>),
+    /// Participant to coordinator: these decisions are durably applied.
+    Acks(Vec<TransferId>),
+    /// Participant to coordinator: what did you decide for these?
+    StatusQuery(Vec<TransferId>),
+    /// Coordinator to participant.
+    StatusAnswer(Vec<StatusItem>),
+}
+
+/// A signed branch-to-branch message: for whom, until when, and the batch.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+pub struct BranchMessage {
+    /// The only branch that may act on this message.
+    pub to: BranchId,
+    /// Milliseconds since the Unix epoch after which the message is refused as stale.
+    pub expires_at_ms: u64,
+    pub body: BranchBody,
+}
+
+/// Why a decoded branch message is refused before it is acted on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ShapeError {
+    #[error("batch is empty")]
+    EmptyBatch,
+    #[error("batch of {0} items exceeds the limit of {BATCH_TRANSFERS_MAX}")]
+    BatchTooLarge(usize),
+    #[error("message is addressed to branch {0}")]
+    WrongRecipient(BranchId),
+    #[error("message expired")]
+    Expired,
+}
+
+impl BranchBody {
+    /// Number of items in the batch.
+    pub fn len(&self) -> usize {
+        match self {
+            BranchBody::Prepare(v) => v.len(),
+            BranchBody::Votes(v) => v.len(),
+            BranchBody::Decisions(v) => v.len(),
+            BranchBody::Acks(v) | BranchBody::StatusQuery(v) => v.len(),
+            BranchBody::StatusAnswer(v) => v.len(),
+        }
+    }
+
+    /// True when the batch has no items.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl BranchMessage {
+    /// Checks what can be checked without records: recipient, expiry and batch size.
+    /// `now_ms` is passed in because `wire` reads no clock.
+    pub fn check_shape(&self, me: BranchId, now_ms: u64) -> Result<(), ShapeError> {
+        if self.to != me {
+            return Err(ShapeError::WrongRecipient(self.to));
+        }
+        if now_ms > self.expires_at_ms {
+            return Err(ShapeError::Expired);
+        }
+        match self.body.len() {
+            0 => Err(ShapeError::EmptyBatch),
+            n if n > BATCH_TRANSFERS_MAX => Err(ShapeError::BatchTooLarge(n)),
+            _ => Ok(()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn msg(n: usize, to: u16, expires_at_ms: u64) -> BranchMessage {
+        BranchMessage {
+            to: BranchId(to),
+            expires_at_ms,
+            body: BranchBody::Acks((0..n as u128).map(TransferId).collect()),
+        }
+    }
+
+    #[test]
+    fn shape_checks() {
+        let me = BranchId(2);
+        assert_eq!(msg(1, 2, 100).check_shape(me, 100), Ok(()));
+        assert_eq!(msg(BATCH_TRANSFERS_MAX, 2, 100).check_shape(me, 0), Ok(()));
+        assert_eq!(
+            msg(0, 2, 100).check_shape(me, 0),
+            Err(ShapeError::EmptyBatch)
+        );
+        assert_eq!(
+            msg(BATCH_TRANSFERS_MAX + 1, 2, 100).check_shape(me, 0),
+            Err(ShapeError::BatchTooLarge(BATCH_TRANSFERS_MAX + 1))
+        );
+        assert_eq!(
+            msg(1, 3, 100).check_shape(me, 0),
+            Err(ShapeError::WrongRecipient(BranchId(3)))
+        );
+        assert_eq!(
+            msg(1, 2, 100).check_shape(me, 101),
+            Err(ShapeError::Expired)
+        );
+    }
+
+    #[test]
+    fn transfer_validation() {
+        let a = AccountNumber::new(BranchId(1), 1).expect("valid");
+        let b = AccountNumber::new(BranchId(2), 1).expect("valid");
+        let t = |from, to, minor| TransferSpec {
+            id: TransferId(1),
+            from,
+            to,
+            amount: Amount::from_minor(minor).expect("non-negative"),
+        };
+        assert_eq!(t(a, b, 5).validate(), Ok(()));
+        assert_eq!(t(a, a, 5).validate(), Err(Refusal::SameAccount));
+        assert_eq!(t(a, b, 0).validate(), Err(Refusal::InvalidAmount));
+        assert_eq!(t(a, b, 5).participants(), vec![BranchId(1), BranchId(2)]);
+        let a2 = AccountNumber::new(BranchId(1), 2).expect("valid");
+        assert_eq!(t(a, a2, 5).participants(), vec![BranchId(1)]);
+    }
+}
