@@ -154,7 +154,9 @@ mod tests {
             decode_frame::<BranchMessage>(&two),
             Ok(Some((acks(2), frame.len())))
         );
-        let huge = u32::try_from(MESSAGE_BYTES_MAX + 1).expect("fits").to_be_bytes();
+        let huge = u32::try_from(MESSAGE_BYTES_MAX + 1)
+            .expect("fits")
+            .to_be_bytes();
         assert_eq!(
             decode_frame::<BranchMessage>(&huge),
             Err(CodecError::Oversized(MESSAGE_BYTES_MAX + 1))

@@ -31,3 +31,18 @@ pub const PASSWORD_BYTES_MAX: usize = 256;
 
 /// Most rows one page of history or of a listing may hold.
 pub const PAGE_ROWS_MAX: u32 = 500;
+
+/// Most cross-branch transfers one coordinator runs at once; more are refused `Overloaded`.
+pub const IN_FLIGHT_TRANSFERS_MAX: usize = 65_536;
+
+/// Time a participant has to vote before the coordinator aborts, in milliseconds.
+pub const PREPARE_TIMEOUT_MS: u64 = 5_000;
+
+/// First wait before a coordinator re-sends an unacknowledged decision, in milliseconds.
+pub const DECISION_RESEND_MS: u64 = 500;
+
+/// Wait past a prepare's deadline before an in-doubt participant asks, in milliseconds.
+pub const STATUS_QUERY_DELAY_MS: u64 = 500;
+
+/// Longest wait between retries (decision re-sends, status queries), in milliseconds.
+pub const RETRY_BACKOFF_MAX_MS: u64 = 8_000;

@@ -8,7 +8,19 @@
 use serde::{Deserialize, Serialize};
 
 /// Why a request or one leg of a transfer was turned down. Nothing changed in any store.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, thiserror::Error)]
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Serialize,
+    Deserialize,
+    thiserror::Error,
+)]
 #[cfg_attr(test, derive(proptest_derive::Arbitrary))]
 pub enum Refusal {
     #[error("insufficient funds")]
@@ -47,6 +59,8 @@ pub enum Refusal {
     Overloaded,
     #[error("user already exists")]
     UserExists,
+    #[error("transfer interrupted by a branch restart before its decision; nothing moved")]
+    Interrupted,
 }
 
 #[cfg(test)]
@@ -75,6 +89,7 @@ mod tests {
             Expired,
             Overloaded,
             UserExists,
+            Interrupted,
         ];
         for r in all {
             let m = r.to_string();

@@ -182,7 +182,7 @@ pub struct EntryView {
 }
 
 /// Where a transfer (or deposit or withdrawal) stands.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[cfg_attr(test, derive(proptest_derive::Arbitrary))]
 pub enum TransferState {
     Committed,

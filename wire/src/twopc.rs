@@ -16,7 +16,7 @@ use crate::refusal::Refusal;
 
 /// What a client asked for: move `amount` from `from` to `to`, once, under `id`.
 /// Its content hash (see the store) is what "same id, different content" compares.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[cfg_attr(test, derive(proptest_derive::Arbitrary))]
 pub struct TransferSpec {
     pub id: TransferId,
@@ -49,7 +49,7 @@ impl TransferSpec {
 
 /// Ask a participant to prepare its legs of `transfer`: hold the debit if it owns
 /// `from`, record a pending credit if it owns `to`. Refused after `deadline_ms`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[cfg_attr(test, derive(proptest_derive::Arbitrary))]
 pub struct PrepareItem {
     pub transfer: TransferSpec,
@@ -58,7 +58,7 @@ pub struct PrepareItem {
 }
 
 /// A participant's vote on one transfer.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[cfg_attr(test, derive(proptest_derive::Arbitrary))]
 pub enum Vote {
     /// The legs are durably held; the participant may no longer decide alone.
@@ -68,7 +68,7 @@ pub enum Vote {
 }
 
 /// The coordinator's decision on one transfer.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[cfg_attr(test, derive(proptest_derive::Arbitrary))]
 pub enum Decision {
     Commit,
@@ -76,7 +76,7 @@ pub enum Decision {
 }
 
 /// What a coordinator knows of a transfer when a participant asks.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[cfg_attr(test, derive(proptest_derive::Arbitrary))]
 pub enum TransferStatus {
     /// Decided (an unknown transfer is presumed aborted and answered `Abort`).
@@ -86,7 +86,7 @@ pub enum TransferStatus {
 }
 
 /// One transfer's vote.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[cfg_attr(test, derive(proptest_derive::Arbitrary))]
 pub struct VoteItem {
     pub id: TransferId,
@@ -94,7 +94,7 @@ pub struct VoteItem {
 }
 
 /// One transfer's decision.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[cfg_attr(test, derive(proptest_derive::Arbitrary))]
 pub struct DecisionItem {
     pub id: TransferId,
@@ -102,7 +102,7 @@ pub struct DecisionItem {
 }
 
 /// One transfer's status, answering a status query.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[cfg_attr(test, derive(proptest_derive::Arbitrary))]
 pub struct StatusItem {
     pub id: TransferId,
@@ -111,7 +111,7 @@ pub struct StatusItem {
 
 /// The batches a branch sends another. Each item has its own outcome: a `No` for one
 /// transfer never aborts another in the same batch.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[cfg_attr(test, derive(proptest_derive::Arbitrary))]
 pub enum BranchBody {
     /// Coordinator to participant.
@@ -129,7 +129,7 @@ pub enum BranchBody {
 }
 
 /// A signed branch-to-branch message: for whom, until when, and the batch.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[cfg_attr(test, derive(proptest_derive::Arbitrary))]
 pub struct BranchMessage {
     /// The only branch that may act on this message.

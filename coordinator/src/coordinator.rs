@@ -1,0 +1,508 @@
+//! The coordinator role: runs the 2PC of each cross-branch transfer a teller asked this
+//! branch for, and does local transfers in one step. Presumed abort.
+//!
+//! Per transfer: `Beginning` (begin record not yet durable) -> `Preparing` (prepares
+//! sent, votes coming in, deadline armed) -> `Deciding` (decision recorded, not yet
+//! durable: nothing is told) -> `Decided` (durable; tellers told, decisions sent and
+//! re-sent until every participant acks) -> ended and forgotten.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use wire::teller::TransferState;
+use wire::twopc::{
+    DecisionItem, PrepareItem, StatusItem, TransferSpec, TransferStatus, Vote, VoteItem,
+};
+use wire::{BranchId, Decision, Refusal, TransferId};
+
+use crate::command::{Command, Ticket};
+use crate::config::Config;
+use crate::outbox::Outbox;
+use crate::shard::{BeginItem, BeginOutcome, CoordinatedRecord, DecisionRecord, Evidence};
+
+/// Where one coordinated transfer stands in memory.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Phase {
+    Beginning,
+    Preparing,
+    Deciding,
+    Decided,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct Tx {
+    spec: TransferSpec,
+    deadline_ms: u64,
+    participants: Vec<BranchId>,
+    phase: Phase,
+    /// Yes votes so far, with the envelope each came in.
+    yes: BTreeMap<BranchId, Evidence>,
+    decision: Option<(Decision, Option<Refusal>)>,
+    acked: BTreeSet<BranchId>,
+    waiters: Vec<Ticket>,
+    /// When the armed timer fires (deadline, or next re-send).
+    due_ms: Option<u64>,
+    resend_wait_ms: u64,
+}
+
+impl Tx {
+    fn state(&self) -> TransferState {
+        match (self.phase, self.decision) {
+            (Phase::Decided, Some((Decision::Commit, _))) => TransferState::Committed,
+            (Phase::Decided, Some((Decision::Abort, reason))) => {
+                TransferState::Aborted(reason.unwrap_or(Refusal::Interrupted))
+            }
+            _ => TransferState::Pending,
+        }
+    }
+}
+
+/// The coordinator role of one branch. Pure: no clock, no IO.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Coordinator {
+    me: BranchId,
+    branches: BTreeSet<BranchId>,
+    config: Config,
+    txs: BTreeMap<TransferId, Tx>,
+    timers: BTreeSet<(u64, TransferId)>,
+}
+
+impl Coordinator {
+    /// The coordinator of branch `me` in a network of `branches` (including `me`).
+    pub fn new(me: BranchId, branches: BTreeSet<BranchId>, config: Config) -> Self {
+        Coordinator {
+            me,
+            branches,
+            config,
+            txs: BTreeMap::new(),
+            timers: BTreeSet::new(),
+        }
+    }
+
+    /// Transfers coordinated here and not yet ended.
+    pub fn in_flight(&self) -> usize {
+        self.txs.len()
+    }
+
+    /// The phase of a transfer in memory, if it is.
+    pub fn phase(&self, id: TransferId) -> Option<Phase> {
+        self.txs.get(&id).map(|t| t.phase)
+    }
+
+    /// The earliest time a timer is due.
+    pub fn next_timer(&self) -> Option<u64> {
+        self.timers.first().map(|(t, _)| *t)
+    }
+
+    fn arm(&mut self, id: TransferId, at_ms: u64) {
+        if let Some(tx) = self.txs.get_mut(&id) {
+            if let Some(old) = tx.due_ms.replace(at_ms) {
+                self.timers.remove(&(old, id));
+            }
+            self.timers.insert((at_ms, id));
+        }
+    }
+
+    fn disarm(&mut self, id: TransferId) {
+        if let Some(old) = self.txs.get_mut(&id).and_then(|tx| tx.due_ms.take()) {
+            self.timers.remove(&(old, id));
+        }
+    }
+
+    fn forget(&mut self, id: TransferId) {
+        self.disarm(id);
+        self.txs.remove(&id);
+    }
+
+    /// Tellers asked for transfers.
+    pub(crate) fn request(
+        &mut self,
+        now: u64,
+        specs: Vec<(Ticket, TransferSpec)>,
+        out: &mut Vec<Command>,
+    ) {
+        let mut begin = Vec::new();
+        let mut local = Vec::new();
+        for (ticket, spec) in specs {
+            let reply = |state| Command::Reply {
+                ticket,
+                id: spec.id,
+                state,
+            };
+            if let Some(tx) = self.txs.get_mut(&spec.id) {
+                if tx.spec != spec {
+                    out.push(reply(TransferState::Aborted(Refusal::IdConflict)));
+                } else if tx.phase == Phase::Decided {
+                    out.push(reply(tx.state()));
+                } else {
+                    tx.waiters.push(ticket);
+                }
+                continue;
+            }
+            if let Err(refusal) = spec.validate() {
+                out.push(reply(TransferState::Aborted(refusal)));
+                continue;
+            }
+            let participants = spec.participants();
+            if participants.iter().any(|p| !self.branches.contains(p)) {
+                out.push(reply(TransferState::Aborted(Refusal::UnknownBranch)));
+                continue;
+            }
+            if participants == [self.me] {
+                local.push((ticket, spec));
+                continue;
+            }
+            if self.txs.len() >= self.config.in_flight_transfers_max {
+                out.push(reply(TransferState::Aborted(Refusal::Overloaded)));
+                continue;
+            }
+            let deadline_ms = now.saturating_add(self.config.prepare_timeout_ms);
+            self.txs.insert(
+                spec.id,
+                Tx {
+                    spec,
+                    deadline_ms,
+                    participants,
+                    phase: Phase::Beginning,
+                    yes: BTreeMap::new(),
+                    decision: None,
+                    acked: BTreeSet::new(),
+                    waiters: vec![ticket],
+                    due_ms: None,
+                    resend_wait_ms: self.config.decision_resend_ms,
+                },
+            );
+            begin.push(BeginItem { spec, deadline_ms });
+        }
+        if !local.is_empty() {
+            out.push(Command::TransferLocal { items: local });
+        }
+        if !begin.is_empty() {
+            out.push(Command::Begin { items: begin });
+        }
+    }
+
+    /// The begin records are durable (or an earlier use of the id was found).
+    pub(crate) fn begun(
+        &mut self,
+        items: Vec<BeginItem>,
+        outcomes: Vec<BeginOutcome>,
+        out: &mut Vec<Command>,
+    ) {
+        let mut ob = Outbox::default();
+        for (item, outcome) in items.into_iter().zip(outcomes) {
+            let id = item.spec.id;
+            let Some(tx) = self.txs.get_mut(&id) else {
+                continue;
+            };
+            if tx.phase != Phase::Beginning || tx.spec != item.spec {
+                continue;
+            }
+            let answer = match outcome {
+                BeginOutcome::New => {
+                    tx.phase = Phase::Preparing;
+                    let prepare = PrepareItem {
+                        transfer: tx.spec,
+                        deadline_ms: tx.deadline_ms,
+                    };
+                    for &p in &tx.participants {
+                        ob.prepare(p, prepare);
+                    }
+                    let deadline = tx.deadline_ms;
+                    self.arm(id, deadline);
+                    continue;
+                }
+                BeginOutcome::Existing(state) => state,
+                BeginOutcome::Conflict => TransferState::Aborted(Refusal::IdConflict),
+            };
+            for ticket in std::mem::take(&mut tx.waiters) {
+                out.push(Command::Reply {
+                    ticket,
+                    id,
+                    state: answer,
+                });
+            }
+            self.forget(id);
+        }
+        ob.flush(out);
+    }
+
+    fn decide(
+        &mut self,
+        id: TransferId,
+        decision: Decision,
+        reason: Option<Refusal>,
+        records: &mut Vec<DecisionRecord>,
+    ) {
+        self.disarm(id);
+        let Some(tx) = self.txs.get_mut(&id) else {
+            return;
+        };
+        tx.phase = Phase::Deciding;
+        tx.decision = Some((decision, reason));
+        let votes = match decision {
+            Decision::Commit => tx.yes.values().cloned().collect(),
+            Decision::Abort => Vec::new(),
+        };
+        records.push(DecisionRecord {
+            id,
+            decision,
+            reason,
+            votes,
+        });
+    }
+
+    fn flush_decisions(records: Vec<DecisionRecord>, out: &mut Vec<Command>) {
+        if !records.is_empty() {
+            out.push(Command::RecordDecisions { items: records });
+        }
+    }
+
+    /// Votes from participant `from`.
+    pub(crate) fn votes(
+        &mut self,
+        from: BranchId,
+        items: Vec<VoteItem>,
+        evidence: &Evidence,
+        out: &mut Vec<Command>,
+    ) {
+        let mut records = Vec::new();
+        for VoteItem { id, vote } in items {
+            let Some(tx) = self.txs.get_mut(&id) else {
+                continue;
+            };
+            if tx.phase != Phase::Preparing || !tx.participants.contains(&from) {
+                continue;
+            }
+            match vote {
+                Vote::Yes => {
+                    tx.yes.insert(from, evidence.clone());
+                    if tx.yes.len() == tx.participants.len() {
+                        self.decide(id, Decision::Commit, None, &mut records);
+                    }
+                }
+                Vote::No(reason) => self.decide(id, Decision::Abort, Some(reason), &mut records),
+            }
+        }
+        Self::flush_decisions(records, out);
+    }
+
+    /// The decisions are durable: tell the tellers, send them to the participants.
+    pub(crate) fn decisions_durable(
+        &mut self,
+        now: u64,
+        ids: Vec<TransferId>,
+        out: &mut Vec<Command>,
+    ) {
+        let mut ob = Outbox::default();
+        for id in ids {
+            let Some(tx) = self.txs.get_mut(&id) else {
+                continue;
+            };
+            let (Phase::Deciding, Some((decision, _))) = (tx.phase, tx.decision) else {
+                continue;
+            };
+            tx.phase = Phase::Decided;
+            let state = tx.state();
+            for ticket in std::mem::take(&mut tx.waiters) {
+                out.push(Command::Reply { ticket, id, state });
+            }
+            for &p in &tx.participants {
+                ob.decision(p, DecisionItem { id, decision });
+            }
+            let wait = tx.resend_wait_ms;
+            self.arm(id, now.saturating_add(wait));
+        }
+        ob.flush(out);
+    }
+
+    /// Participant `from` has durably applied these decisions.
+    pub(crate) fn acks(&mut self, from: BranchId, ids: Vec<TransferId>, out: &mut Vec<Command>) {
+        let mut ended = Vec::new();
+        for id in ids {
+            let Some(tx) = self.txs.get_mut(&id) else {
+                continue;
+            };
+            if tx.phase != Phase::Decided || !tx.participants.contains(&from) {
+                continue;
+            }
+            tx.acked.insert(from);
+            if tx.acked.len() == tx.participants.len() {
+                ended.push(id);
+                self.forget(id);
+            }
+        }
+        if !ended.is_empty() {
+            out.push(Command::MarkEnded { ids: ended });
+        }
+    }
+
+    /// Participant `from` asks what was decided.
+    pub(crate) fn status_query(
+        &mut self,
+        now: u64,
+        from: BranchId,
+        ids: Vec<TransferId>,
+        out: &mut Vec<Command>,
+    ) {
+        let mut ob = Outbox::default();
+        let mut records = Vec::new();
+        let mut unknown = Vec::new();
+        for id in ids {
+            let Some(tx) = self.txs.get(&id) else {
+                unknown.push(id);
+                continue;
+            };
+            // Past its deadline and still undecided: abort now; the abort reaches the
+            // participants once it is durable.
+            if tx.phase == Phase::Preparing && now > tx.deadline_ms {
+                self.decide(
+                    id,
+                    Decision::Abort,
+                    Some(Refusal::BranchUnreachable),
+                    &mut records,
+                );
+            }
+            // A decision is revealed only once durable.
+            let status = match self.txs.get(&id).map(|tx| (tx.phase, tx.decision)) {
+                Some((Phase::Decided, Some((d, _)))) => TransferStatus::Decided(d),
+                _ => TransferStatus::Pending,
+            };
+            ob.answer(from, StatusItem { id, status });
+        }
+        Self::flush_decisions(records, out);
+        ob.flush(out);
+        if !unknown.is_empty() {
+            out.push(Command::ReadDecisions {
+                asker: from,
+                ids: unknown,
+            });
+        }
+    }
+
+    /// Records answered a status query for transfers not in memory.
+    pub(crate) fn decisions_read(
+        &mut self,
+        asker: BranchId,
+        items: Vec<(TransferId, Option<Decision>)>,
+        out: &mut Vec<Command>,
+    ) {
+        let mut ob = Outbox::default();
+        for (id, recorded) in items {
+            // A transfer that came back into memory since the read answers from memory
+            // at the next query; never presume an abort for it.
+            let status = match (self.txs.contains_key(&id), recorded) {
+                (true, _) => TransferStatus::Pending,
+                (false, Some(d)) => TransferStatus::Decided(d),
+                (false, None) => TransferStatus::Decided(Decision::Abort), // presumed abort
+            };
+            ob.answer(asker, StatusItem { id, status });
+        }
+        ob.flush(out);
+    }
+
+    /// Local transfers are done: answer their tellers.
+    pub(crate) fn local_done(
+        &mut self,
+        items: Vec<(Ticket, TransferSpec)>,
+        states: Vec<TransferState>,
+        out: &mut Vec<Command>,
+    ) {
+        for ((ticket, spec), state) in items.into_iter().zip(states) {
+            out.push(Command::Reply {
+                ticket,
+                id: spec.id,
+                state,
+            });
+        }
+    }
+
+    /// Timers: abort what missed its deadline, re-send unacknowledged decisions.
+    pub(crate) fn tick(&mut self, now: u64, out: &mut Vec<Command>) {
+        let mut ob = Outbox::default();
+        let mut records = Vec::new();
+        while let Some(&(due, id)) = self.timers.first() {
+            if due > now {
+                break;
+            }
+            self.timers.remove(&(due, id));
+            let Some(tx) = self.txs.get_mut(&id) else {
+                continue;
+            };
+            if tx.due_ms != Some(due) {
+                continue;
+            }
+            tx.due_ms = None;
+            match (tx.phase, tx.decision) {
+                (Phase::Preparing, _) => {
+                    self.decide(
+                        id,
+                        Decision::Abort,
+                        Some(Refusal::BranchUnreachable),
+                        &mut records,
+                    );
+                }
+                (Phase::Decided, Some((decision, _))) => {
+                    for &p in &tx.participants {
+                        if !tx.acked.contains(&p) {
+                            ob.decision(p, DecisionItem { id, decision });
+                        }
+                    }
+                    tx.resend_wait_ms = tx
+                        .resend_wait_ms
+                        .saturating_mul(2)
+                        .min(self.config.retry_backoff_max_ms);
+                    let wait = tx.resend_wait_ms;
+                    self.arm(id, now.saturating_add(wait));
+                }
+                _ => {}
+            }
+        }
+        Self::flush_decisions(records, out);
+        ob.flush(out);
+    }
+
+    /// Restart: abort what was never decided, re-send what was decided but not acked.
+    pub(crate) fn recovered(
+        &mut self,
+        now: u64,
+        records: Vec<CoordinatedRecord>,
+        out: &mut Vec<Command>,
+    ) {
+        let mut ob = Outbox::default();
+        let mut decisions = Vec::new();
+        for rec in records {
+            let id = rec.spec.id;
+            self.txs.insert(
+                id,
+                Tx {
+                    spec: rec.spec,
+                    deadline_ms: rec.deadline_ms,
+                    participants: rec.spec.participants(),
+                    phase: Phase::Decided,
+                    yes: BTreeMap::new(),
+                    decision: rec.decision.map(|d| (d, rec.reason)),
+                    acked: BTreeSet::new(),
+                    waiters: Vec::new(),
+                    due_ms: None,
+                    resend_wait_ms: self.config.decision_resend_ms,
+                },
+            );
+            match rec.decision {
+                None => self.decide(
+                    id,
+                    Decision::Abort,
+                    Some(Refusal::Interrupted),
+                    &mut decisions,
+                ),
+                Some(decision) => {
+                    for p in rec.spec.participants() {
+                        ob.decision(p, DecisionItem { id, decision });
+                    }
+                    self.arm(id, now.saturating_add(self.config.decision_resend_ms));
+                }
+            }
+        }
+        Self::flush_decisions(decisions, out);
+        ob.flush(out);
+    }
+}
