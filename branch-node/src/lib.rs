@@ -1,3 +1,4 @@
-//! The branch process: SQLite store, libp2p swarm, teller service, 2PC driver (issues 4 and 5).
-//!
-//! Not built yet: this crate exists so the workspace layout of DESIGN.md holds from the start.
+//! The branch process: SQLite store (`store`), and later the libp2p swarm, teller
+//! service, 2PC driver and notifier (issue 5).
+
+pub mod store;

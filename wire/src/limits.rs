@@ -46,3 +46,12 @@ pub const STATUS_QUERY_DELAY_MS: u64 = 500;
 
 /// Longest wait between retries (decision re-sends, status queries), in milliseconds.
 pub const RETRY_BACKOFF_MAX_MS: u64 = 8_000;
+
+/// Failed logins in a row after which a login is locked.
+pub const LOGIN_FAILURES_MAX: u32 = 5;
+
+/// How long a locked login stays locked, in milliseconds.
+pub const LOGIN_LOCKOUT_MS: u64 = 5 * 60 * 1_000;
+
+/// Most operations the store's writer puts in one SQLite transaction (group commit).
+pub const WRITER_BATCH_OPS_MAX: usize = 4_096;

@@ -1,0 +1,164 @@
+//! Users and logins: argon2id password hashes (OWASP parameters m=19456 KiB, t=2, p=1),
+//! one answer for every kind of failure, and a lockout after repeated failures.
+
+use argon2::Argon2;
+use argon2::password_hash::phc::PasswordHash;
+use argon2::password_hash::{PasswordHasher, PasswordVerifier};
+use rusqlite::{Connection, OptionalExtension, params};
+use wire::limits::{LOGIN_FAILURES_MAX, LOGIN_LOCKOUT_MS};
+use wire::teller::Role;
+use wire::{AccountNumber, Refusal};
+
+use super::{Store, StoreError, account_number, sql_ms};
+
+/// Hashes a password with argon2id and a fresh salt. Takes ~30 ms: call it outside the
+/// writer, before the operation that stores the hash.
+pub fn hash_password(password: &str) -> Result<String, StoreError> {
+    Argon2::default()
+        .hash_password(password.as_bytes())
+        .map(|h| h.to_string())
+        .map_err(|e| StoreError::Password(e.to_string()))
+}
+
+/// Verifies against a stored hash; a malformed stored hash verifies nothing.
+fn verify(password: &str, stored: &str) -> bool {
+    PasswordHash::new(stored).is_ok_and(|h| {
+        Argon2::default()
+            .verify_password(password.as_bytes(), &h)
+            .is_ok()
+    })
+}
+
+/// Who logged in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UserInfo {
+    pub login: String,
+    pub role: Role,
+    /// The customer's accounts (empty for an admin).
+    pub accounts: Vec<AccountNumber>,
+}
+
+/// The answer to a login.
+pub type LoginOutcome = Result<UserInfo, Refusal>;
+
+pub(crate) fn create_user(
+    conn: &Connection,
+    login: &str,
+    role: Role,
+    customer_id: Option<i64>,
+    password_hash: &str,
+) -> Result<bool, StoreError> {
+    let role = match role {
+        Role::Admin => "admin",
+        Role::Customer => "customer",
+    };
+    let n = conn.execute(
+        "INSERT OR IGNORE INTO users (login, role, customer_id, password_hash) VALUES (?1, ?2, ?3, ?4)",
+        params![login, role, customer_id, password_hash],
+    )?;
+    Ok(n == 1)
+}
+
+/// A hash of a password nobody has, verified for unknown logins so that an unknown
+/// login takes as long to refuse as a wrong password.
+fn dummy_hash() -> &'static str {
+    static DUMMY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    DUMMY.get_or_init(|| hash_password("no user has this password").unwrap_or_default())
+}
+
+impl Store {
+    /// Creates an admin login (the first one is made by `branch-node init`).
+    pub fn create_admin(
+        &mut self,
+        login: &str,
+        password_hash: &str,
+    ) -> Result<Result<(), Refusal>, StoreError> {
+        self.in_tx(|c, _| {
+            Ok(
+                if create_user(c, login, Role::Admin, None, password_hash)? {
+                    Ok(())
+                } else {
+                    Err(Refusal::UserExists)
+                },
+            )
+        })
+    }
+
+    /// Checks a login at time `now_ms`. Every failure is `BadCredentials` (unknown user
+    /// and wrong password alike); after [`LOGIN_FAILURES_MAX`] failures in a row the
+    /// login is `LockedOut` for [`LOGIN_LOCKOUT_MS`], even with the right password.
+    pub fn login(
+        &mut self,
+        login: &str,
+        password: &str,
+        now_ms: u64,
+    ) -> Result<LoginOutcome, StoreError> {
+        let user: Option<(String, Option<i64>, String, i64, i64)> = self
+            .conn()
+            .query_row(
+                "SELECT role, customer_id, password_hash, failed_attempts, locked_until_ms FROM users WHERE login = ?1",
+                [login],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
+            )
+            .optional()?;
+        let Some((role, customer_id, hash, failures, locked_until)) = user else {
+            let _ = verify(password, dummy_hash());
+            return Ok(Err(Refusal::BadCredentials));
+        };
+        if sql_ms(now_ms) < locked_until {
+            return Ok(Err(Refusal::LockedOut));
+        }
+        if !verify(password, &hash) {
+            let failures = failures + 1;
+            let locked_until = if failures >= i64::from(LOGIN_FAILURES_MAX) {
+                sql_ms(now_ms.saturating_add(LOGIN_LOCKOUT_MS))
+            } else {
+                0
+            };
+            let reset = if locked_until > 0 { 0 } else { failures };
+            self.in_tx(|c, _| {
+                c.execute(
+                    "UPDATE users SET failed_attempts = ?2, locked_until_ms = ?3 WHERE login = ?1",
+                    params![login, reset, locked_until],
+                )?;
+                Ok(())
+            })?;
+            return Ok(Err(if locked_until > 0 {
+                Refusal::LockedOut
+            } else {
+                Refusal::BadCredentials
+            }));
+        }
+        if failures != 0 {
+            self.in_tx(|c, _| {
+                c.execute(
+                    "UPDATE users SET failed_attempts = 0 WHERE login = ?1",
+                    [login],
+                )?;
+                Ok(())
+            })?;
+        }
+        let role = if role == "admin" {
+            Role::Admin
+        } else {
+            Role::Customer
+        };
+        let mut accounts = Vec::new();
+        if let Some(cid) = customer_id {
+            let mut stmt = self
+                .conn()
+                .prepare("SELECT serial FROM accounts WHERE customer_id = ?1 ORDER BY serial")?;
+            let serials: Vec<i64> = stmt
+                .query_map([cid], |r| r.get(0))?
+                .collect::<Result<_, _>>()?;
+            for s in serials {
+                accounts.push(account_number(self.branch(), s)?);
+            }
+        }
+        Ok(Ok(UserInfo {
+            login: login.to_owned(),
+            role,
+            accounts,
+        }))
+    }
+}

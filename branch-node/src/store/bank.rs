@@ -1,0 +1,540 @@
+//! Banking operations on one branch: accounts, deposits, withdrawals, local transfers,
+//! balances, history and listings. Each checks everything first and writes after, so a
+//! refusal changes no account and no ledger entry.
+
+use rusqlite::{Connection, OptionalExtension, params};
+use sha2::{Digest, Sha256};
+use wire::teller::{
+    AccountStatus, AccountView, EntryKind, EntryView, NewCustomer, PageRequest, TransferState,
+};
+use wire::twopc::TransferSpec;
+use wire::{AccountNumber, Amount, BranchId, Refusal, TransferId};
+
+use super::ledger::{self, NewEntry};
+use super::{Store, StoreError, account_number, id_blob, now_ms, sql_ms};
+
+/// A one-account movement.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Movement {
+    Deposit,
+    Withdrawal,
+}
+
+/// An account row.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Row {
+    pub balance: Amount,
+    pub held: Amount,
+    pub pending_credit: Amount,
+    pub open: bool,
+}
+
+fn amount(minor: i64) -> Result<Amount, StoreError> {
+    Amount::from_minor(minor).map_err(|e| StoreError::Malformed(e.to_string()))
+}
+
+/// The account's row, if `n` is an account of this branch that exists.
+pub(crate) fn row(
+    conn: &Connection,
+    me: BranchId,
+    n: AccountNumber,
+) -> Result<Option<Row>, StoreError> {
+    if n.branch() != me {
+        return Ok(None);
+    }
+    let r = conn
+        .prepare_cached(
+            "SELECT balance, held, pending_credit, status FROM accounts WHERE serial = ?1",
+        )?
+        .query_row([n.serial()], |r| {
+            Ok((
+                r.get::<_, i64>(0)?,
+                r.get::<_, i64>(1)?,
+                r.get::<_, i64>(2)?,
+                r.get::<_, String>(3)?,
+            ))
+        })
+        .optional()?;
+    r.map(|(b, h, p, s)| {
+        Ok(Row {
+            balance: amount(b)?,
+            held: amount(h)?,
+            pending_credit: amount(p)?,
+            open: s == "open",
+        })
+    })
+    .transpose()
+}
+
+/// Checks that `amount` may leave `n`: exists, open, available (balance - held) covers it.
+pub(crate) fn check_debit(
+    conn: &Connection,
+    me: BranchId,
+    n: AccountNumber,
+    amt: Amount,
+) -> Result<Result<Row, Refusal>, StoreError> {
+    let Some(r) = row(conn, me, n)? else {
+        return Ok(Err(Refusal::AccountNotFound));
+    };
+    if !r.open {
+        return Ok(Err(Refusal::AccountClosed));
+    }
+    let available = r.balance.checked_sub(r.held).unwrap_or(Amount::ZERO);
+    Ok(if available.checked_sub(amt).is_ok() {
+        Ok(r)
+    } else {
+        Err(Refusal::InsufficientFunds)
+    })
+}
+
+/// Checks that `amount` may arrive in `n`: exists, open, no overflow counting pending credits.
+pub(crate) fn check_credit(
+    conn: &Connection,
+    me: BranchId,
+    n: AccountNumber,
+    amt: Amount,
+) -> Result<Result<Row, Refusal>, StoreError> {
+    let Some(r) = row(conn, me, n)? else {
+        return Ok(Err(Refusal::AccountNotFound));
+    };
+    if !r.open {
+        return Ok(Err(Refusal::AccountClosed));
+    }
+    let room = r
+        .balance
+        .checked_add(r.pending_credit)
+        .and_then(|b| b.checked_add(amt));
+    Ok(if room.is_ok() {
+        Ok(r)
+    } else {
+        Err(Refusal::BalanceOverflow)
+    })
+}
+
+/// Sets balance, held and pending credit of an account.
+pub(crate) fn write_row(conn: &Connection, n: AccountNumber, r: &Row) -> Result<(), StoreError> {
+    conn.prepare_cached(
+        "UPDATE accounts SET balance = ?2, held = ?3, pending_credit = ?4 WHERE serial = ?1",
+    )?
+    .execute(params![
+        n.serial(),
+        r.balance.minor(),
+        r.held.minor(),
+        r.pending_credit.minor()
+    ])?;
+    Ok(())
+}
+
+fn overflow(_: wire::AmountError) -> StoreError {
+    StoreError::Malformed("checked amount overflowed".into())
+}
+
+/// Moves `spec.amount` between two accounts of this branch (checked by the caller) and
+/// writes both ledger entries.
+pub(crate) fn move_money(
+    conn: &Connection,
+    me: BranchId,
+    spec: &TransferSpec,
+    debit: bool,
+    credit: bool,
+    at_ms: u64,
+) -> Result<(), StoreError> {
+    let amt = spec.amount;
+    let entry = |serial, kind, counterparty, balance_after| NewEntry {
+        serial,
+        kind,
+        counterparty: Some(counterparty),
+        amount: amt,
+        balance_after,
+        transfer_id: spec.id,
+        at_ms,
+    };
+    if debit {
+        let mut r = row(conn, me, spec.from)?
+            .ok_or_else(|| StoreError::Malformed("debit account vanished".into()))?;
+        r.balance = r.balance.checked_sub(amt).map_err(overflow)?;
+        write_row(conn, spec.from, &r)?;
+        ledger::append(
+            conn,
+            me,
+            &entry(
+                spec.from.serial(),
+                EntryKind::TransferDebit,
+                spec.to,
+                r.balance,
+            ),
+        )?;
+    }
+    if credit {
+        let mut r = row(conn, me, spec.to)?
+            .ok_or_else(|| StoreError::Malformed("credit account vanished".into()))?;
+        r.balance = r.balance.checked_add(amt).map_err(overflow)?;
+        write_row(conn, spec.to, &r)?;
+        ledger::append(
+            conn,
+            me,
+            &entry(
+                spec.to.serial(),
+                EntryKind::TransferCredit,
+                spec.from,
+                r.balance,
+            ),
+        )?;
+    }
+    Ok(())
+}
+
+pub(crate) fn content_hash(
+    tag: &[u8],
+    content: &impl serde::Serialize,
+) -> Result<Vec<u8>, StoreError> {
+    let bytes = wire::encode(content).map_err(|e| StoreError::Malformed(e.to_string()))?;
+    let mut h = Sha256::new();
+    h.update(tag);
+    h.update(&bytes);
+    Ok(h.finalize().to_vec())
+}
+
+/// The outcome recorded for a one-step movement: `Some(Ok(state))` when `id` was used
+/// with the same content, `Some(Err(IdConflict))` when with another.
+pub(crate) fn recorded(
+    conn: &Connection,
+    id: TransferId,
+    hash: &[u8],
+) -> Result<Option<TransferState>, StoreError> {
+    let r: Option<(Vec<u8>, Vec<u8>)> = conn
+        .prepare_cached("SELECT content_hash, outcome FROM transfers WHERE id = ?1")?
+        .query_row([id_blob(id)], |r| Ok((r.get(0)?, r.get(1)?)))
+        .optional()?;
+    Ok(match r {
+        None => None,
+        Some((h, _)) if h != hash => Some(TransferState::Aborted(Refusal::IdConflict)),
+        Some((_, outcome)) => {
+            Some(wire::decode(&outcome).map_err(|e| StoreError::Malformed(e.to_string()))?)
+        }
+    })
+}
+
+/// The recorded outcome of a one-step movement with this id, whatever its content.
+pub(crate) fn outcome_of(
+    conn: &Connection,
+    id: TransferId,
+) -> Result<Option<TransferState>, StoreError> {
+    let r: Option<Vec<u8>> = conn
+        .prepare_cached("SELECT outcome FROM transfers WHERE id = ?1")?
+        .query_row([id_blob(id)], |r| r.get(0))
+        .optional()?;
+    r.map(|o| wire::decode(&o).map_err(|e| StoreError::Malformed(e.to_string())))
+        .transpose()
+}
+
+pub(crate) fn record(
+    conn: &Connection,
+    id: TransferId,
+    hash: &[u8],
+    state: TransferState,
+    at_ms: u64,
+) -> Result<(), StoreError> {
+    let outcome = wire::encode(&state).map_err(|e| StoreError::Malformed(e.to_string()))?;
+    conn.prepare_cached(
+        "INSERT INTO transfers (id, content_hash, outcome, at_ms) VALUES (?1, ?2, ?3, ?4)",
+    )?
+    .execute(params![id_blob(id), hash, outcome, sql_ms(at_ms)])?;
+    Ok(())
+}
+
+/// True when `id` is used by a 2PC record at this branch (either role).
+pub(crate) fn used_by_2pc(conn: &Connection, id: TransferId) -> Result<bool, StoreError> {
+    let n: i64 = conn
+        .prepare_cached("SELECT (SELECT count(*) FROM coordinated WHERE id = ?1) + (SELECT count(*) FROM legs WHERE id = ?1)")?
+        .query_row([id_blob(id)], |r| r.get(0))?;
+    Ok(n > 0)
+}
+
+/// A local transfer, deduplicated by id; the outcome (refusals too) is recorded so a
+/// repeat of the id gets the same answer.
+pub(crate) fn transfer_local(
+    conn: &Connection,
+    me: BranchId,
+    spec: &TransferSpec,
+    at_ms: u64,
+) -> Result<TransferState, StoreError> {
+    let hash = content_hash(b"local-transfer", spec)?;
+    if let Some(state) = recorded(conn, spec.id, &hash)? {
+        return Ok(state);
+    }
+    if used_by_2pc(conn, spec.id)? {
+        return Ok(TransferState::Aborted(Refusal::IdConflict));
+    }
+    let refusal = match spec.validate() {
+        Err(r) => Some(r),
+        Ok(()) if spec.from.branch() != me || spec.to.branch() != me => {
+            Some(Refusal::AccountNotFound)
+        }
+        Ok(()) => check_debit(conn, me, spec.from, spec.amount)?
+            .err()
+            .or(check_credit(conn, me, spec.to, spec.amount)?.err()),
+    };
+    let state = match refusal {
+        Some(r) => TransferState::Aborted(r),
+        None => {
+            move_money(conn, me, spec, true, true, at_ms)?;
+            TransferState::Committed
+        }
+    };
+    record(conn, spec.id, &hash, state, at_ms)?;
+    Ok(state)
+}
+
+/// A deposit or withdrawal, deduplicated by id like a local transfer.
+pub(crate) fn movement(
+    conn: &Connection,
+    me: BranchId,
+    kind: Movement,
+    id: TransferId,
+    n: AccountNumber,
+    amt: Amount,
+    at_ms: u64,
+) -> Result<TransferState, StoreError> {
+    let tag: &[u8] = if kind == Movement::Deposit {
+        b"deposit"
+    } else {
+        b"withdrawal"
+    };
+    let hash = content_hash(tag, &(n, amt))?;
+    if let Some(state) = recorded(conn, id, &hash)? {
+        return Ok(state);
+    }
+    if used_by_2pc(conn, id)? {
+        return Ok(TransferState::Aborted(Refusal::IdConflict));
+    }
+    let checked = match (amt.validate_movable(), kind) {
+        (Err(_), _) => Err(Refusal::InvalidAmount),
+        (Ok(_), Movement::Deposit) => check_credit(conn, me, n, amt)?,
+        (Ok(_), Movement::Withdrawal) => check_debit(conn, me, n, amt)?,
+    };
+    let state = match checked {
+        Err(r) => TransferState::Aborted(r),
+        Ok(mut r) => {
+            let (entry_kind, balance) = match kind {
+                Movement::Deposit => (
+                    EntryKind::Deposit,
+                    r.balance.checked_add(amt).map_err(overflow)?,
+                ),
+                Movement::Withdrawal => (
+                    EntryKind::Withdrawal,
+                    r.balance.checked_sub(amt).map_err(overflow)?,
+                ),
+            };
+            r.balance = balance;
+            write_row(conn, n, &r)?;
+            let e = NewEntry {
+                serial: n.serial(),
+                kind: entry_kind,
+                counterparty: None,
+                amount: amt,
+                balance_after: balance,
+                transfer_id: id,
+                at_ms,
+            };
+            ledger::append(conn, me, &e)?;
+            TransferState::Committed
+        }
+    };
+    record(conn, id, &hash, state, at_ms)?;
+    Ok(state)
+}
+
+/// Opens an account: for a new customer (by national id), or with `existing` a further
+/// account of the customer who owns that account. The login is the account number.
+pub(crate) fn open_account(
+    conn: &Connection,
+    me: BranchId,
+    customer: &NewCustomer,
+    password_hash: &str,
+    existing: Option<AccountNumber>,
+    at_ms: u64,
+) -> Result<Result<AccountView, Refusal>, StoreError> {
+    let customer_id: i64 = match existing {
+        Some(n) => {
+            if row(conn, me, n)?.is_none() {
+                return Ok(Err(Refusal::AccountNotFound));
+            }
+            conn.query_row(
+                "SELECT customer_id FROM accounts WHERE serial = ?1",
+                [n.serial()],
+                |r| r.get(0),
+            )?
+        }
+        None => {
+            let taken: i64 = conn.query_row(
+                "SELECT count(*) FROM customers WHERE national_id = ?1",
+                [&customer.national_id],
+                |r| r.get(0),
+            )?;
+            if taken > 0 {
+                return Ok(Err(Refusal::UserExists));
+            }
+            conn.execute(
+                "INSERT INTO customers (national_id, phone, first_name, last_name, sms_opt_in, created_at_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![customer.national_id, customer.phone, customer.first_name, customer.last_name, customer.sms_opt_in, sql_ms(at_ms)],
+            )?;
+            conn.last_insert_rowid()
+        }
+    };
+    let serial: i64 = conn.query_row(
+        "SELECT coalesce(max(serial), 0) + 1 FROM accounts",
+        [],
+        |r| r.get(0),
+    )?;
+    let number = account_number(me, serial)?;
+    conn.execute(
+        "INSERT INTO accounts (serial, customer_id, balance, status, opened_at_ms) VALUES (?1, ?2, 0, 'open', ?3)",
+        params![serial, customer_id, sql_ms(at_ms)],
+    )?;
+    super::auth::create_user(
+        conn,
+        &number.to_string(),
+        wire::teller::Role::Customer,
+        Some(customer_id),
+        password_hash,
+    )?;
+    Ok(Ok(view(conn, me, number)?.ok_or_else(|| {
+        StoreError::Malformed("new account vanished".into())
+    })?))
+}
+
+/// Closes an empty account with no holds or pending credits; its history stays.
+pub(crate) fn close_account(
+    conn: &Connection,
+    me: BranchId,
+    n: AccountNumber,
+    at_ms: u64,
+) -> Result<Result<AccountView, Refusal>, StoreError> {
+    let Some(r) = row(conn, me, n)? else {
+        return Ok(Err(Refusal::AccountNotFound));
+    };
+    if !r.open {
+        return Ok(Err(Refusal::AccountClosed));
+    }
+    if r.balance != Amount::ZERO || r.held != Amount::ZERO || r.pending_credit != Amount::ZERO {
+        return Ok(Err(Refusal::AccountNotEmpty));
+    }
+    conn.execute(
+        "UPDATE accounts SET status = 'closed', closed_at_ms = ?2 WHERE serial = ?1",
+        params![n.serial(), sql_ms(at_ms)],
+    )?;
+    Ok(Ok(view(conn, me, n)?.ok_or_else(|| {
+        StoreError::Malformed("closed account vanished".into())
+    })?))
+}
+
+const VIEW_SQL: &str = "SELECT a.serial, c.first_name || ' ' || c.last_name, a.balance, a.held, a.status, a.opened_at_ms
+                        FROM accounts a JOIN customers c ON c.id = a.customer_id";
+
+fn view_row(me: BranchId, r: &rusqlite::Row) -> Result<AccountView, StoreError> {
+    Ok(AccountView {
+        number: account_number(me, r.get(0)?)?,
+        owner_name: r.get(1)?,
+        balance: amount(r.get(2)?)?,
+        held: amount(r.get(3)?)?,
+        status: if r.get::<_, String>(4)? == "open" {
+            AccountStatus::Open
+        } else {
+            AccountStatus::Closed
+        },
+        opened_at_ms: u64::try_from(r.get::<_, i64>(5)?).unwrap_or(0),
+    })
+}
+
+/// An account as a teller sees it.
+pub(crate) fn view(
+    conn: &Connection,
+    me: BranchId,
+    n: AccountNumber,
+) -> Result<Option<AccountView>, StoreError> {
+    if n.branch() != me {
+        return Ok(None);
+    }
+    let mut stmt = conn.prepare_cached(&format!("{VIEW_SQL} WHERE a.serial = ?1"))?;
+    let mut rows = stmt.query([n.serial()])?;
+    rows.next()?.map(|r| view_row(me, r)).transpose()
+}
+
+impl Store {
+    /// Opens an account (see `bank::open_account`); `password_hash` from [`super::hash_password`].
+    pub fn open_account(
+        &mut self,
+        customer: &NewCustomer,
+        password_hash: &str,
+        existing: Option<AccountNumber>,
+    ) -> Result<Result<AccountView, Refusal>, StoreError> {
+        self.in_tx(|c, me| open_account(c, me, customer, password_hash, existing, now_ms()))
+    }
+
+    /// Closes an empty account.
+    pub fn close_account(
+        &mut self,
+        n: AccountNumber,
+    ) -> Result<Result<AccountView, Refusal>, StoreError> {
+        self.in_tx(|c, me| close_account(c, me, n, now_ms()))
+    }
+
+    /// A deposit or withdrawal, idempotent by `id`.
+    pub fn movement(
+        &mut self,
+        kind: Movement,
+        id: TransferId,
+        n: AccountNumber,
+        amt: Amount,
+    ) -> Result<TransferState, StoreError> {
+        self.in_tx(|c, me| movement(c, me, kind, id, n, amt, now_ms()))
+    }
+
+    /// One account, or `None` if it is not an account of this branch.
+    pub fn account(&self, n: AccountNumber) -> Result<Option<AccountView>, StoreError> {
+        view(self.conn(), self.branch(), n)
+    }
+
+    /// Every account of this branch, by number.
+    pub fn accounts(&self) -> Result<Vec<AccountView>, StoreError> {
+        let mut stmt = self
+            .conn()
+            .prepare(&format!("{VIEW_SQL} ORDER BY a.serial"))?;
+        let mut rows = stmt.query([])?;
+        let mut out = Vec::new();
+        while let Some(r) = rows.next()? {
+            out.push(view_row(self.branch(), r)?);
+        }
+        Ok(out)
+    }
+
+    /// One page of an account's history (or of the whole ledger with `None`), newest first.
+    pub fn history(
+        &self,
+        account: Option<AccountNumber>,
+        page: PageRequest,
+    ) -> Result<(Vec<EntryView>, Option<u64>), StoreError> {
+        let serial = match account {
+            Some(n) if n.branch() != self.branch() => return Ok((Vec::new(), None)),
+            Some(n) => Some(n.serial()),
+            None => None,
+        };
+        ledger::read(
+            self.conn(),
+            self.branch(),
+            serial,
+            page.before,
+            page.limit.min(wire::limits::PAGE_ROWS_MAX),
+        )
+    }
+
+    /// Messages waiting in the outbox (phone, body), oldest first.
+    pub fn outbox(&self) -> Result<Vec<(String, String)>, StoreError> {
+        let mut stmt = self
+            .conn()
+            .prepare("SELECT phone, body FROM outbox WHERE delivered_at_ms IS NULL ORDER BY id")?;
+        let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+}

@@ -1,0 +1,275 @@
+//! The append-only ledger: every balance change is an entry with the balance after it
+//! and a SHA-256 chained to the previous entry; `verify_ledger` proves both.
+
+use rusqlite::{Connection, OptionalExtension, params};
+use sha2::{Digest, Sha256};
+use wire::teller::{EntryKind, EntryView};
+use wire::{AccountNumber, Amount, BranchId, TransferId};
+
+use super::{Store, StoreError, account_number, blob_id, id_blob, sql_ms};
+
+/// The hash before the first entry.
+const GENESIS: [u8; 32] = [0; 32];
+
+pub(crate) fn kind_text(kind: EntryKind) -> &'static str {
+    match kind {
+        EntryKind::Deposit => "deposit",
+        EntryKind::Withdrawal => "withdrawal",
+        EntryKind::TransferDebit => "transfer_debit",
+        EntryKind::TransferCredit => "transfer_credit",
+    }
+}
+
+pub(crate) fn kind_from(text: &str) -> Result<EntryKind, StoreError> {
+    Ok(match text {
+        "deposit" => EntryKind::Deposit,
+        "withdrawal" => EntryKind::Withdrawal,
+        "transfer_debit" => EntryKind::TransferDebit,
+        "transfer_credit" => EntryKind::TransferCredit,
+        other => return Err(StoreError::Malformed(format!("ledger kind {other}"))),
+    })
+}
+
+/// One entry about to be written.
+#[derive(Debug)]
+pub(crate) struct NewEntry {
+    pub serial: u32,
+    pub kind: EntryKind,
+    pub counterparty: Option<AccountNumber>,
+    pub amount: Amount,
+    pub balance_after: Amount,
+    pub transfer_id: TransferId,
+    pub at_ms: u64,
+}
+
+fn entry_hash(prev: &[u8], seq: i64, e: &NewEntry) -> [u8; 32] {
+    let mut h = Sha256::new();
+    h.update(prev);
+    h.update(seq.to_be_bytes());
+    h.update(e.serial.to_be_bytes());
+    h.update(kind_text(e.kind).as_bytes());
+    h.update([0]);
+    h.update(
+        e.counterparty
+            .map(|c| c.to_string())
+            .unwrap_or_default()
+            .as_bytes(),
+    );
+    h.update([0]);
+    h.update(e.amount.minor().to_be_bytes());
+    h.update(e.balance_after.minor().to_be_bytes());
+    h.update(id_blob(e.transfer_id));
+    h.update(e.at_ms.to_be_bytes());
+    h.finalize().into()
+}
+
+/// Appends an entry, and an SMS to the outbox if the account's customer opted in; both
+/// in the caller's transaction.
+pub(crate) fn append(conn: &Connection, me: BranchId, e: &NewEntry) -> Result<(), StoreError> {
+    let last: Option<(i64, Vec<u8>)> = conn
+        .query_row(
+            "SELECT seq, hash FROM ledger ORDER BY seq DESC LIMIT 1",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .optional()?;
+    let (seq, prev) = match last {
+        Some((s, h)) => (s + 1, h),
+        None => (1, GENESIS.to_vec()),
+    };
+    let hash = entry_hash(&prev, seq, e);
+    conn.prepare_cached(
+        "INSERT INTO ledger (seq, account_serial, kind, counterparty, amount, balance_after, transfer_id, at_ms, prev_hash, hash)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+    )?
+    .execute(params![
+        seq,
+        e.serial,
+        kind_text(e.kind),
+        e.counterparty.map(|c| c.to_string()),
+        e.amount.minor(),
+        e.balance_after.minor(),
+        id_blob(e.transfer_id),
+        sql_ms(e.at_ms),
+        prev,
+        hash.to_vec()
+    ])?;
+    let phone: Option<String> = conn
+        .prepare_cached(
+            "SELECT c.phone FROM accounts a JOIN customers c ON c.id = a.customer_id
+             WHERE a.serial = ?1 AND c.sms_opt_in = 1",
+        )?
+        .query_row([e.serial], |r| r.get(0))
+        .optional()?;
+    if let Some(phone) = phone {
+        let account = account_number(me, i64::from(e.serial))?;
+        let verb = match e.kind {
+            EntryKind::Deposit => "deposit of",
+            EntryKind::Withdrawal => "withdrawal of",
+            EntryKind::TransferDebit => "transfer out of",
+            EntryKind::TransferCredit => "transfer in of",
+        };
+        let body = format!(
+            "BankMate: {verb} {} on {account}; balance {}",
+            e.amount, e.balance_after
+        );
+        conn.prepare_cached("INSERT INTO outbox (phone, body, created_at_ms) VALUES (?1, ?2, ?3)")?
+            .execute(params![phone, body, sql_ms(e.at_ms)])?;
+    }
+    Ok(())
+}
+
+/// Reads entries newest first: those with `seq < before`, of one account or all.
+pub(crate) fn read(
+    conn: &Connection,
+    me: BranchId,
+    account: Option<u32>,
+    before: Option<u64>,
+    limit: u32,
+) -> Result<(Vec<EntryView>, Option<u64>), StoreError> {
+    let before = before.map_or(i64::MAX, sql_ms);
+    let mut stmt = conn.prepare_cached(
+        "SELECT seq, account_serial, kind, counterparty, amount, balance_after, transfer_id, at_ms FROM ledger
+         WHERE seq < ?1 AND (?2 IS NULL OR account_serial = ?2) ORDER BY seq DESC LIMIT ?3",
+    )?;
+    let rows = stmt.query_map(params![before, account, limit], |r| {
+        Ok((
+            r.get::<_, i64>(0)?,
+            r.get::<_, i64>(1)?,
+            r.get::<_, String>(2)?,
+            r.get::<_, Option<String>>(3)?,
+            r.get::<_, i64>(4)?,
+            r.get::<_, i64>(5)?,
+            r.get::<_, Vec<u8>>(6)?,
+            r.get::<_, i64>(7)?,
+        ))
+    })?;
+    let mut entries = Vec::new();
+    for row in rows {
+        let (seq, serial, kind, cp, amount, after, id, at) = row?;
+        entries.push(EntryView {
+            branch: me,
+            seq: u64::try_from(seq).unwrap_or(0),
+            account: account_number(me, serial)?,
+            kind: kind_from(&kind)?,
+            counterparty: cp
+                .map(|c| {
+                    c.parse()
+                        .map_err(|e: wire::AccountNumberError| StoreError::Malformed(e.to_string()))
+                })
+                .transpose()?,
+            amount: Amount::from_minor(amount).map_err(|e| StoreError::Malformed(e.to_string()))?,
+            balance_after: Amount::from_minor(after)
+                .map_err(|e| StoreError::Malformed(e.to_string()))?,
+            transfer_id: blob_id(&id)?,
+            at_ms: u64::try_from(at).unwrap_or(0),
+        });
+    }
+    let next = if entries.len() == limit as usize {
+        entries.last().map(|e| e.seq)
+    } else {
+        None
+    };
+    Ok((entries, next))
+}
+
+/// What `verify_ledger` checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LedgerReport {
+    pub entries: u64,
+    pub accounts: u64,
+}
+
+/// The first problem `verify_ledger` found.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LedgerViolation {
+    #[error("ledger entry {seq}: hash chain broken")]
+    BrokenChain { seq: i64 },
+    #[error("ledger entry {seq}: sequence gap")]
+    Gap { seq: i64 },
+    #[error("ledger entry {seq}: balance after is {recorded}, entries sum to {computed}")]
+    BalanceAfter {
+        seq: i64,
+        recorded: i64,
+        computed: i64,
+    },
+    #[error("account {account}: balance is {stored}, its ledger sums to {computed}")]
+    AccountBalance {
+        account: String,
+        stored: i64,
+        computed: i64,
+    },
+}
+
+impl Store {
+    /// Walks the hash chain and recomputes every balance from the ledger; the first
+    /// mismatch is returned. Read-only.
+    pub fn verify_ledger(&self) -> Result<Result<LedgerReport, LedgerViolation>, StoreError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(
+            "SELECT seq, account_serial, kind, counterparty, amount, balance_after, transfer_id, at_ms, prev_hash, hash FROM ledger ORDER BY seq",
+        )?;
+        let mut rows = stmt.query([])?;
+        let mut prev = GENESIS.to_vec();
+        let mut expected_seq = 1;
+        let mut balances: std::collections::BTreeMap<u32, i64> = std::collections::BTreeMap::new();
+        let mut count = 0;
+        while let Some(r) = rows.next()? {
+            let seq: i64 = r.get(0)?;
+            if seq != expected_seq {
+                return Ok(Err(LedgerViolation::Gap { seq }));
+            }
+            let kind = kind_from(&r.get::<_, String>(2)?)?;
+            let cp: Option<String> = r.get(3)?;
+            let e = NewEntry {
+                serial: r.get(1)?,
+                kind,
+                counterparty: cp.and_then(|c| c.parse().ok()),
+                amount: Amount::from_minor(r.get(4)?)
+                    .map_err(|e| StoreError::Malformed(e.to_string()))?,
+                balance_after: Amount::from_minor(r.get(5)?)
+                    .map_err(|e| StoreError::Malformed(e.to_string()))?,
+                transfer_id: blob_id(&r.get::<_, Vec<u8>>(6)?)?,
+                at_ms: u64::try_from(r.get::<_, i64>(7)?).unwrap_or(0),
+            };
+            let (stored_prev, stored_hash): (Vec<u8>, Vec<u8>) = (r.get(8)?, r.get(9)?);
+            if stored_prev != prev || stored_hash != entry_hash(&prev, seq, &e) {
+                return Ok(Err(LedgerViolation::BrokenChain { seq }));
+            }
+            let bal = balances.entry(e.serial).or_default();
+            *bal += match kind {
+                EntryKind::Deposit | EntryKind::TransferCredit => e.amount.minor(),
+                EntryKind::Withdrawal | EntryKind::TransferDebit => -e.amount.minor(),
+            };
+            if *bal != e.balance_after.minor() {
+                return Ok(Err(LedgerViolation::BalanceAfter {
+                    seq,
+                    recorded: e.balance_after.minor(),
+                    computed: *bal,
+                }));
+            }
+            prev = stored_hash;
+            expected_seq += 1;
+            count += 1;
+        }
+        let mut stmt = conn.prepare("SELECT serial, balance FROM accounts ORDER BY serial")?;
+        let accounts: Vec<(u32, i64)> = stmt
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<Result<_, _>>()?;
+        for (serial, stored) in &accounts {
+            let computed = balances.get(serial).copied().unwrap_or(0);
+            if computed != *stored {
+                let account = self.account_number(i64::from(*serial))?.to_string();
+                return Ok(Err(LedgerViolation::AccountBalance {
+                    account,
+                    stored: *stored,
+                    computed,
+                }));
+            }
+        }
+        Ok(Ok(LedgerReport {
+            entries: count,
+            accounts: accounts.len() as u64,
+        }))
+    }
+}

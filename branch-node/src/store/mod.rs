@@ -1,0 +1,197 @@
+//! The branch store: one SQLite file holding the branch's customers, accounts, users,
+//! ledger, 2PC records and notification outbox. Implements `coordinator::Shard`.
+//!
+//! Opening sets WAL and `synchronous=FULL` ([`Durability::Full`]; `Normal` exists for
+//! benchmarks and must be asked for), turns foreign keys on, refuses a file that fails
+//! `PRAGMA integrity_check`, and applies the numbered migrations of `schema.rs`.
+//!
+//! Every operation is a function over a `&Connection` that checks first and writes
+//! after, so a refusal writes nothing to accounts or the ledger. [`Store`] runs each in
+//! its own SQLite transaction; [`writer::Writer`] runs many queued ones in one
+//! transaction (group commit, one fsync) with a savepoint around each.
+
+mod auth;
+mod bank;
+mod ledger;
+mod schema;
+#[cfg(feature = "testing")]
+pub mod testing;
+mod twopc;
+pub mod writer;
+
+use std::path::Path;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior};
+use wire::{AccountNumber, BranchId, TransferId};
+
+pub use auth::{LoginOutcome, UserInfo, hash_password};
+pub use bank::Movement;
+pub use ledger::{LedgerReport, LedgerViolation};
+
+/// How hard a `sql_commit` pushes data to disk.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Durability {
+    /// `synchronous=FULL`: a returned commit survives power loss. The default.
+    Full,
+    /// `synchronous=NORMAL`: a returned commit may be lost on power loss (not on a
+    /// process crash). For benchmarks only; never chosen silently.
+    Normal,
+}
+
+/// A failure of the store itself. Business refusals are `wire::Refusal` values.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database error: {0}")]
+    Sql(#[from] rusqlite::Error),
+    #[error("database failed its integrity check, refusing to serve it: {0}")]
+    Corrupt(String),
+    #[error("database belongs to branch {found}, not {expected}")]
+    WrongBranch { found: BranchId, expected: BranchId },
+    #[error("database schema version {found} is newer than this program ({known})")]
+    TooNew { found: usize, known: usize },
+    #[error("stored record is malformed: {0}")]
+    Malformed(String),
+    #[error("password hashing failed: {0}")]
+    Password(String),
+    #[error("the store's writer thread has stopped")]
+    WriterGone,
+    #[error("group commit failed: {0}")]
+    CommitFailed(String),
+}
+
+impl From<StoreError> for coordinator::ShardError {
+    fn from(e: StoreError) -> Self {
+        coordinator::ShardError::Io(e.to_string())
+    }
+}
+
+/// One branch's database, used by one owner at a time.
+#[derive(Debug)]
+pub struct Store {
+    pub(crate) conn: Connection,
+    me: BranchId,
+}
+
+/// Milliseconds since the Unix epoch (the store stamps rows with it).
+pub(crate) fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// A `u64` milliseconds value as SQLite's signed integer.
+pub(crate) fn sql_ms(ms: u64) -> i64 {
+    i64::try_from(ms).unwrap_or(i64::MAX)
+}
+
+pub(crate) fn id_blob(id: TransferId) -> [u8; 16] {
+    id.0.to_be_bytes()
+}
+
+pub(crate) fn blob_id(blob: &[u8]) -> Result<TransferId, StoreError> {
+    let bytes: [u8; 16] = blob
+        .try_into()
+        .map_err(|_| StoreError::Malformed("transfer id is not 16 bytes".into()))?;
+    Ok(TransferId(u128::from_be_bytes(bytes)))
+}
+
+impl Store {
+    /// Opens (creating if needed) the database of branch `me` at `path`.
+    pub fn open(path: &Path, me: BranchId, durability: Durability) -> Result<Store, StoreError> {
+        let mut conn = Connection::open(path)?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        let sync = match durability {
+            Durability::Full => "FULL",
+            Durability::Normal => "NORMAL",
+        };
+        conn.pragma_update(None, "synchronous", sync)?;
+        conn.pragma_update(None, "foreign_keys", "ON")?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        let check: String = conn.query_row("PRAGMA integrity_check", [], |r| r.get(0))?;
+        if check != "ok" {
+            return Err(StoreError::Corrupt(check));
+        }
+        migrate(&mut conn)?;
+        let found: Option<i64> = conn
+            .query_row("SELECT value FROM meta WHERE key = 'branch_id'", [], |r| {
+                r.get(0)
+            })
+            .optional()?;
+        match found {
+            None => {
+                conn.execute(
+                    "INSERT INTO meta (key, value) VALUES ('branch_id', ?1)",
+                    [i64::from(me.0)],
+                )?;
+            }
+            Some(b) if b == i64::from(me.0) => {}
+            Some(b) => {
+                let found = BranchId(u16::try_from(b).unwrap_or(u16::MAX));
+                return Err(StoreError::WrongBranch {
+                    found,
+                    expected: me,
+                });
+            }
+        }
+        Ok(Store { conn, me })
+    }
+
+    /// The branch this store belongs to.
+    pub fn branch(&self) -> BranchId {
+        self.me
+    }
+
+    /// Runs `f` in one SQLite transaction: durable when this returns `Ok`, rolled back
+    /// entirely on `Err`.
+    pub(crate) fn in_tx<R>(
+        &mut self,
+        f: impl FnOnce(&Connection, BranchId) -> Result<R, StoreError>,
+    ) -> Result<R, StoreError> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let r = f(&tx, self.me)?;
+        tx.commit()?;
+        Ok(r)
+    }
+
+    /// Read-only access for queries.
+    pub(crate) fn conn(&self) -> &Connection {
+        &self.conn
+    }
+
+    pub(crate) fn account_number(&self, serial: i64) -> Result<AccountNumber, StoreError> {
+        account_number(self.me, serial)
+    }
+}
+
+pub(crate) fn account_number(me: BranchId, serial: i64) -> Result<AccountNumber, StoreError> {
+    let serial = u32::try_from(serial)
+        .map_err(|_| StoreError::Malformed(format!("account serial {serial}")))?;
+    AccountNumber::new(me, serial).map_err(|e| StoreError::Malformed(e.to_string()))
+}
+
+fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
+    let applied: usize = conn
+        .pragma_query_value(None, "user_version", |r| r.get::<_, i64>(0))?
+        .try_into()
+        .unwrap_or(0);
+    if applied > schema::MIGRATIONS.len() {
+        return Err(StoreError::TooNew {
+            found: applied,
+            known: schema::MIGRATIONS.len(),
+        });
+    }
+    for (i, sql) in schema::MIGRATIONS.iter().enumerate().skip(applied) {
+        let tx = conn.transaction()?;
+        tx.execute_batch(sql)?;
+        tx.pragma_update(
+            None,
+            "user_version",
+            i64::try_from(i + 1).unwrap_or(i64::MAX),
+        )?;
+        tx.commit()?;
+    }
+    Ok(())
+}

@@ -1,0 +1,123 @@
+//! The branch database schema, as numbered migrations applied in order at open.
+//!
+//! `PRAGMA user_version` holds the number of migrations applied. A migration is never
+//! edited once released: a change is a new migration appended here.
+
+/// Migration `i + 1` is `MIGRATIONS[i]`.
+pub(crate) const MIGRATIONS: &[&str] = &[
+    // 1: the whole first schema.
+    r#"
+CREATE TABLE meta (
+    key   TEXT PRIMARY KEY,
+    value INTEGER NOT NULL
+) STRICT;
+
+CREATE TABLE customers (
+    id            INTEGER PRIMARY KEY,
+    national_id   TEXT NOT NULL UNIQUE,
+    phone         TEXT NOT NULL,
+    first_name    TEXT NOT NULL,
+    last_name     TEXT NOT NULL,
+    sms_opt_in    INTEGER NOT NULL CHECK (sms_opt_in IN (0, 1)),
+    created_at_ms INTEGER NOT NULL
+) STRICT;
+
+-- Amounts are minor units. `pending_credit` is money promised by prepared incoming
+-- transfers: not spendable, counted only for the overflow check.
+CREATE TABLE accounts (
+    serial         INTEGER PRIMARY KEY CHECK (serial BETWEEN 1 AND 99999999),
+    customer_id    INTEGER NOT NULL REFERENCES customers(id),
+    balance        INTEGER NOT NULL CHECK (balance >= 0),
+    held           INTEGER NOT NULL DEFAULT 0 CHECK (held BETWEEN 0 AND balance),
+    pending_credit INTEGER NOT NULL DEFAULT 0 CHECK (pending_credit >= 0),
+    status         TEXT NOT NULL CHECK (status IN ('open', 'closed')),
+    opened_at_ms   INTEGER NOT NULL,
+    closed_at_ms   INTEGER,
+    CHECK ((status = 'closed') = (closed_at_ms IS NOT NULL))
+) STRICT;
+
+CREATE TABLE users (
+    login           TEXT PRIMARY KEY,
+    role            TEXT NOT NULL CHECK (role IN ('admin', 'customer')),
+    customer_id     INTEGER REFERENCES customers(id),
+    password_hash   TEXT NOT NULL,
+    failed_attempts INTEGER NOT NULL DEFAULT 0,
+    locked_until_ms INTEGER NOT NULL DEFAULT 0,
+    CHECK ((role = 'customer') = (customer_id IS NOT NULL))
+) STRICT;
+
+-- Movements done here in one step (deposit, withdrawal, local transfer), by id:
+-- dedupe, the "same id, different content" refusal, and the outcome for a repeat.
+CREATE TABLE transfers (
+    id           BLOB PRIMARY KEY CHECK (length(id) = 16),
+    content_hash BLOB NOT NULL,
+    outcome      BLOB NOT NULL,
+    at_ms        INTEGER NOT NULL
+) STRICT;
+
+-- Append-only; each entry's hash covers the previous entry's hash.
+CREATE TABLE ledger (
+    seq            INTEGER PRIMARY KEY,
+    account_serial INTEGER NOT NULL REFERENCES accounts(serial),
+    kind           TEXT NOT NULL
+                   CHECK (kind IN ('deposit', 'withdrawal', 'transfer_debit', 'transfer_credit')),
+    counterparty   TEXT,
+    amount         INTEGER NOT NULL CHECK (amount > 0),
+    balance_after  INTEGER NOT NULL CHECK (balance_after >= 0),
+    transfer_id    BLOB NOT NULL,
+    at_ms          INTEGER NOT NULL,
+    prev_hash      BLOB NOT NULL,
+    hash           BLOB NOT NULL
+) STRICT;
+CREATE INDEX ledger_by_account ON ledger(account_serial, seq);
+CREATE TRIGGER ledger_no_update BEFORE UPDATE ON ledger
+    BEGIN SELECT RAISE(ABORT, 'ledger is append-only'); END;
+CREATE TRIGGER ledger_no_delete BEFORE DELETE ON ledger
+    BEGIN SELECT RAISE(ABORT, 'ledger is append-only'); END;
+
+-- 2PC, coordinator role.
+CREATE TABLE coordinated (
+    id           BLOB PRIMARY KEY CHECK (length(id) = 16),
+    spec         BLOB NOT NULL,
+    deadline_ms  INTEGER NOT NULL,
+    decision     TEXT CHECK (decision IN ('commit', 'abort')),
+    reason       BLOB,
+    ended        INTEGER NOT NULL DEFAULT 0 CHECK (ended IN (0, 1))
+) STRICT;
+CREATE INDEX coordinated_unfinished ON coordinated(ended) WHERE ended = 0;
+
+-- 2PC, participant role. `spec` is NULL when an abort arrived before any prepare.
+CREATE TABLE legs (
+    id          BLOB PRIMARY KEY CHECK (length(id) = 16),
+    coordinator INTEGER NOT NULL,
+    spec        BLOB,
+    deadline_ms INTEGER NOT NULL,
+    vote        BLOB,
+    decision    TEXT CHECK (decision IN ('commit', 'abort'))
+) STRICT;
+CREATE INDEX legs_in_doubt ON legs(decision) WHERE decision IS NULL;
+
+-- Signed envelopes, stored once, and which record each one justifies.
+CREATE TABLE envelopes (
+    hash  BLOB PRIMARY KEY,
+    bytes BLOB NOT NULL
+) STRICT;
+CREATE TABLE evidence (
+    transfer_id   BLOB NOT NULL,
+    what          TEXT NOT NULL CHECK (what IN ('prepare', 'vote', 'decision')),
+    envelope_hash BLOB NOT NULL REFERENCES envelopes(hash)
+) STRICT;
+CREATE INDEX evidence_by_transfer ON evidence(transfer_id);
+
+-- SMS notifications, written in the same transaction as their ledger entry.
+CREATE TABLE outbox (
+    id              INTEGER PRIMARY KEY,
+    phone           TEXT NOT NULL,
+    body            TEXT NOT NULL,
+    created_at_ms   INTEGER NOT NULL,
+    attempts        INTEGER NOT NULL DEFAULT 0,
+    next_attempt_ms INTEGER NOT NULL DEFAULT 0,
+    delivered_at_ms INTEGER
+) STRICT;
+"#,
+];

@@ -1,0 +1,84 @@
+//! `coordinator::testing::Fixture` for the SQLite store and its writer, so both run the
+//! coordinator's Shard conformance suite (feature `testing`, tests only).
+
+use std::sync::OnceLock;
+
+use coordinator::testing::Fixture;
+use wire::teller::{NewCustomer, TransferState};
+use wire::{AccountNumber, Amount, TransferId};
+
+use super::writer::WriterHandle;
+use super::{Movement, Store, hash_password};
+
+/// One argon2 hash (of "secret") shared by every test account: hashing costs ~30 ms.
+pub fn shared_hash() -> &'static str {
+    static HASH: OnceLock<String> = OnceLock::new();
+    HASH.get_or_init(|| hash_password("secret").unwrap_or_default())
+}
+
+fn customer_for(number: AccountNumber) -> NewCustomer {
+    NewCustomer {
+        national_id: format!("N{}", number.serial()),
+        phone: "+91 98765 43210".into(),
+        first_name: "Test".into(),
+        last_name: "Customer".into(),
+        sms_opt_in: false,
+    }
+}
+
+/// A deposit id that cannot clash with the small ids tests choose.
+fn funding_id(number: AccountNumber) -> TransferId {
+    TransferId(u128::MAX - u128::from(number.serial()))
+}
+
+fn amount(minor: i64) -> Amount {
+    Amount::from_minor(minor).expect("fixture amounts are non-negative")
+}
+
+impl Fixture for Store {
+    fn open_account(&mut self, number: AccountNumber, minor: i64) {
+        let view = Store::open_account(self, &customer_for(number), shared_hash(), None);
+        assert_eq!(
+            view.expect("store works").expect("opens").number,
+            number,
+            "accounts open in order"
+        );
+        if minor > 0 {
+            let state = self.movement(Movement::Deposit, funding_id(number), number, amount(minor));
+            assert_eq!(state.expect("store works"), TransferState::Committed);
+        }
+    }
+    fn close_account(&mut self, number: AccountNumber) {
+        Store::close_account(self, number)
+            .expect("store works")
+            .expect("closes");
+    }
+    fn balance_and_held(&self, number: AccountNumber) -> (i64, i64) {
+        let view = self.account(number).expect("store works");
+        view.map_or((-1, -1), |v| (v.balance.minor(), v.held.minor()))
+    }
+}
+
+impl Fixture for WriterHandle {
+    fn open_account(&mut self, number: AccountNumber, minor: i64) {
+        let view = WriterHandle::open_account(self, &customer_for(number), shared_hash(), None);
+        assert_eq!(
+            view.expect("store works").expect("opens").number,
+            number,
+            "accounts open in order"
+        );
+        if minor > 0 {
+            let state = self.movement(Movement::Deposit, funding_id(number), number, amount(minor));
+            assert_eq!(state.expect("store works"), TransferState::Committed);
+        }
+    }
+    fn close_account(&mut self, number: AccountNumber) {
+        WriterHandle::close_account(self, number)
+            .expect("store works")
+            .expect("closes");
+    }
+    fn balance_and_held(&self, number: AccountNumber) -> (i64, i64) {
+        let view = self.account(number).expect("store works");
+        view.map_or((-1, -1), |v| (v.balance.minor(), v.held.minor()))
+    }
+}

@@ -1,0 +1,518 @@
+//! The store's 2PC records (coordinator and participant roles) and `Shard` for `Store`.
+//!
+//! A balance change and the 2PC record that justifies it are written in the same SQLite
+//! transaction, with the signed envelope (evidence) they came in.
+
+use coordinator::{
+    ApplyOutcome, ApplyRefusal, BeginItem, BeginOutcome, CoordinatedRecord, DecisionRecord,
+    Evidence, InDoubtRecord, Shard, ShardError,
+};
+use rusqlite::{Connection, OptionalExtension, params};
+use sha2::{Digest, Sha256};
+use wire::teller::{EntryKind, TransferState};
+use wire::twopc::{DecisionItem, PrepareItem, TransferSpec, Vote};
+use wire::{BranchId, Decision, Refusal, TransferId};
+
+use super::bank::{self, check_credit, check_debit, write_row};
+use super::ledger::{self, NewEntry};
+use super::{Store, StoreError, blob_id, id_blob, now_ms, sql_ms};
+
+fn enc<T: serde::Serialize>(v: &T) -> Result<Vec<u8>, StoreError> {
+    wire::encode(v).map_err(|e| StoreError::Malformed(e.to_string()))
+}
+
+fn dec<T: serde::de::DeserializeOwned>(b: &[u8]) -> Result<T, StoreError> {
+    wire::decode(b).map_err(|e| StoreError::Malformed(e.to_string()))
+}
+
+fn decision_text(d: Decision) -> &'static str {
+    match d {
+        Decision::Commit => "commit",
+        Decision::Abort => "abort",
+    }
+}
+
+fn decision_from(t: Option<String>) -> Option<Decision> {
+    match t.as_deref() {
+        Some("commit") => Some(Decision::Commit),
+        Some("abort") => Some(Decision::Abort),
+        _ => None,
+    }
+}
+
+fn store_evidence(
+    conn: &Connection,
+    id: TransferId,
+    what: &str,
+    evidence: &Evidence,
+) -> Result<(), StoreError> {
+    let Some(bytes) = evidence else { return Ok(()) };
+    let hash = Sha256::digest(bytes).to_vec();
+    conn.prepare_cached("INSERT OR IGNORE INTO envelopes (hash, bytes) VALUES (?1, ?2)")?
+        .execute(params![hash, &bytes[..]])?;
+    conn.prepare_cached(
+        "INSERT INTO evidence (transfer_id, what, envelope_hash) VALUES (?1, ?2, ?3)",
+    )?
+    .execute(params![id_blob(id), what, hash])?;
+    Ok(())
+}
+
+/// (spec, decision, reason) as stored.
+type RawCoordinated = (Vec<u8>, Option<String>, Option<Vec<u8>>);
+
+/// Coordinator: begin each new transfer, or report an earlier use of its id.
+pub(crate) fn begin(
+    conn: &Connection,
+    items: &[BeginItem],
+) -> Result<Vec<BeginOutcome>, StoreError> {
+    let mut out = Vec::with_capacity(items.len());
+    for item in items {
+        let id = item.spec.id;
+        let existing: Option<RawCoordinated> = conn
+            .prepare_cached("SELECT spec, decision, reason FROM coordinated WHERE id = ?1")?
+            .query_row([id_blob(id)], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .optional()?;
+        let outcome = match existing {
+            Some((spec, decision, reason)) if dec::<TransferSpec>(&spec)? == item.spec => {
+                BeginOutcome::Existing(coord_state(decision_from(decision), reason)?)
+            }
+            Some(_) => BeginOutcome::Conflict,
+            None if bank::outcome_of(conn, id)?.is_some() => BeginOutcome::Conflict,
+            None => {
+                conn.prepare_cached(
+                    "INSERT INTO coordinated (id, spec, deadline_ms) VALUES (?1, ?2, ?3)",
+                )?
+                .execute(params![
+                    id_blob(id),
+                    enc(&item.spec)?,
+                    sql_ms(item.deadline_ms)
+                ])?;
+                BeginOutcome::New
+            }
+        };
+        out.push(outcome);
+    }
+    Ok(out)
+}
+
+fn coord_state(
+    decision: Option<Decision>,
+    reason: Option<Vec<u8>>,
+) -> Result<TransferState, StoreError> {
+    Ok(match decision {
+        None => TransferState::Pending,
+        Some(Decision::Commit) => TransferState::Committed,
+        Some(Decision::Abort) => {
+            let reason = reason.map(|r| dec::<Refusal>(&r)).transpose()?;
+            TransferState::Aborted(reason.unwrap_or(Refusal::Interrupted))
+        }
+    })
+}
+
+/// Coordinator: record decisions; all or nothing.
+pub(crate) fn record_decisions(
+    conn: &Connection,
+    items: &[DecisionRecord],
+) -> Result<Result<(), ShardError>, StoreError> {
+    for item in items {
+        let found: Option<Option<String>> = conn
+            .prepare_cached("SELECT decision FROM coordinated WHERE id = ?1")?
+            .query_row([id_blob(item.id)], |r| r.get(0))
+            .optional()?;
+        match found.map(decision_from) {
+            None => return Ok(Err(ShardError::NotCoordinated(item.id))),
+            Some(Some(d)) if d != item.decision => {
+                return Ok(Err(ShardError::DecisionConflict(item.id)));
+            }
+            _ => {}
+        }
+    }
+    for item in items {
+        let reason = item.reason.map(|r| enc(&r)).transpose()?;
+        let changed = conn
+            .prepare_cached("UPDATE coordinated SET decision = ?2, reason = ?3 WHERE id = ?1 AND decision IS NULL")?
+            .execute(params![id_blob(item.id), decision_text(item.decision), reason])?;
+        if changed == 1 {
+            for vote in &item.votes {
+                store_evidence(conn, item.id, "vote", vote)?;
+            }
+        }
+    }
+    Ok(Ok(()))
+}
+
+/// A participant record as stored.
+struct LegRow {
+    coordinator: BranchId,
+    spec: Option<TransferSpec>,
+    vote: Option<Vote>,
+    decision: Option<Decision>,
+}
+
+/// (coordinator, spec, vote, decision) as stored.
+type RawLeg = (i64, Option<Vec<u8>>, Option<Vec<u8>>, Option<String>);
+
+fn leg_row(conn: &Connection, id: TransferId) -> Result<Option<LegRow>, StoreError> {
+    let r: Option<RawLeg> = conn
+        .prepare_cached("SELECT coordinator, spec, vote, decision FROM legs WHERE id = ?1")?
+        .query_row([id_blob(id)], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+        })
+        .optional()?;
+    r.map(|(c, spec, vote, decision)| {
+        let coordinator =
+            u16::try_from(c).map_err(|_| StoreError::Malformed("coordinator id".into()))?;
+        Ok(LegRow {
+            coordinator: BranchId(coordinator),
+            spec: spec.map(|s| dec(&s)).transpose()?,
+            vote: vote.map(|v| dec(&v)).transpose()?,
+            decision: decision_from(decision),
+        })
+    })
+    .transpose()
+}
+
+/// Participant: check, hold and record one prepare.
+pub(crate) fn prepare_one(
+    conn: &Connection,
+    me: BranchId,
+    coordinator: BranchId,
+    item: &PrepareItem,
+    now: u64,
+    evidence: &Evidence,
+) -> Result<Vote, StoreError> {
+    let spec = item.transfer;
+    if bank::outcome_of(conn, spec.id)?.is_some() {
+        return Ok(Vote::No(Refusal::IdConflict));
+    }
+    if let Some(LegRow {
+        coordinator: c,
+        spec: s,
+        vote: v,
+        ..
+    }) = leg_row(conn, spec.id)?
+    {
+        return Ok(match (s, v) {
+            (Some(s), Some(v)) if s == spec && c == coordinator => v,
+            (None, _) if c == coordinator => Vote::No(Refusal::Expired),
+            _ => Vote::No(Refusal::IdConflict),
+        });
+    }
+    let (debit, credit) = (spec.from.branch() == me, spec.to.branch() == me);
+    let refusal = if now > item.deadline_ms {
+        Some(Refusal::Expired)
+    } else if let Err(r) = spec.validate() {
+        Some(r)
+    } else if !debit && !credit {
+        Some(Refusal::AccountNotFound)
+    } else {
+        let d = if debit {
+            check_debit(conn, me, spec.from, spec.amount)?.err()
+        } else {
+            None
+        };
+        d.or(if credit {
+            check_credit(conn, me, spec.to, spec.amount)?.err()
+        } else {
+            None
+        })
+    };
+    let vote = match refusal {
+        Some(r) => Vote::No(r),
+        None => {
+            hold(conn, me, &spec, debit, credit)?;
+            Vote::Yes
+        }
+    };
+    conn.prepare_cached(
+        "INSERT INTO legs (id, coordinator, spec, deadline_ms, vote) VALUES (?1, ?2, ?3, ?4, ?5)",
+    )?
+    .execute(params![
+        id_blob(spec.id),
+        coordinator.0,
+        enc(&spec)?,
+        sql_ms(item.deadline_ms),
+        enc(&vote)?
+    ])?;
+    store_evidence(conn, spec.id, "prepare", evidence)?;
+    Ok(vote)
+}
+
+fn bad(_: wire::AmountError) -> StoreError {
+    StoreError::Malformed("checked amount overflowed".into())
+}
+
+fn hold(
+    conn: &Connection,
+    me: BranchId,
+    spec: &TransferSpec,
+    debit: bool,
+    credit: bool,
+) -> Result<(), StoreError> {
+    if debit {
+        let mut r = bank::row(conn, me, spec.from)?
+            .ok_or_else(|| StoreError::Malformed("debit account vanished".into()))?;
+        r.held = r.held.checked_add(spec.amount).map_err(bad)?;
+        write_row(conn, spec.from, &r)?;
+    }
+    if credit {
+        let mut r = bank::row(conn, me, spec.to)?
+            .ok_or_else(|| StoreError::Malformed("credit account vanished".into()))?;
+        r.pending_credit = r.pending_credit.checked_add(spec.amount).map_err(bad)?;
+        write_row(conn, spec.to, &r)?;
+    }
+    Ok(())
+}
+
+/// Turns holds into money moved (commit, with ledger entries) or releases them (abort).
+fn settle(
+    conn: &Connection,
+    me: BranchId,
+    spec: &TransferSpec,
+    decision: Decision,
+    at_ms: u64,
+) -> Result<(), StoreError> {
+    let commit = decision == Decision::Commit;
+    let amt = spec.amount;
+    if spec.from.branch() == me {
+        let mut r = bank::row(conn, me, spec.from)?
+            .ok_or_else(|| StoreError::Malformed("debit account vanished".into()))?;
+        r.held = r.held.checked_sub(amt).map_err(bad)?;
+        if commit {
+            r.balance = r.balance.checked_sub(amt).map_err(bad)?;
+        }
+        write_row(conn, spec.from, &r)?;
+        if commit {
+            let e = NewEntry {
+                serial: spec.from.serial(),
+                kind: EntryKind::TransferDebit,
+                counterparty: Some(spec.to),
+                amount: amt,
+                balance_after: r.balance,
+                transfer_id: spec.id,
+                at_ms,
+            };
+            ledger::append(conn, me, &e)?;
+        }
+    }
+    if spec.to.branch() == me {
+        let mut r = bank::row(conn, me, spec.to)?
+            .ok_or_else(|| StoreError::Malformed("credit account vanished".into()))?;
+        r.pending_credit = r.pending_credit.checked_sub(amt).map_err(bad)?;
+        if commit {
+            r.balance = r.balance.checked_add(amt).map_err(bad)?;
+        }
+        write_row(conn, spec.to, &r)?;
+        if commit {
+            let e = NewEntry {
+                serial: spec.to.serial(),
+                kind: EntryKind::TransferCredit,
+                counterparty: Some(spec.from),
+                amount: amt,
+                balance_after: r.balance,
+                transfer_id: spec.id,
+                at_ms,
+            };
+            ledger::append(conn, me, &e)?;
+        }
+    }
+    Ok(())
+}
+
+/// Participant: apply one decision.
+pub(crate) fn apply_one(
+    conn: &Connection,
+    me: BranchId,
+    coordinator: BranchId,
+    item: &DecisionItem,
+    evidence: &Evidence,
+) -> Result<ApplyOutcome, StoreError> {
+    let Some(LegRow {
+        coordinator: c,
+        spec,
+        vote,
+        decision: decided,
+    }) = leg_row(conn, item.id)?
+    else {
+        if item.decision == Decision::Commit {
+            return Ok(ApplyOutcome::Refused(ApplyRefusal::UnknownTransfer));
+        }
+        conn.prepare_cached(
+            "INSERT INTO legs (id, coordinator, deadline_ms, decision) VALUES (?1, ?2, 0, 'abort')",
+        )?
+        .execute(params![id_blob(item.id), coordinator.0])?;
+        store_evidence(conn, item.id, "decision", evidence)?;
+        return Ok(ApplyOutcome::Applied);
+    };
+    if c != coordinator {
+        return Ok(ApplyOutcome::Refused(ApplyRefusal::WrongCoordinator));
+    }
+    if let Some(d) = decided {
+        return Ok(if d == item.decision {
+            ApplyOutcome::AlreadyApplied
+        } else {
+            ApplyOutcome::Refused(ApplyRefusal::Contradiction)
+        });
+    }
+    let yes = vote == Some(Vote::Yes);
+    if !yes && item.decision == Decision::Commit {
+        return Ok(ApplyOutcome::Refused(ApplyRefusal::Contradiction));
+    }
+    if let (true, Some(spec)) = (yes, spec) {
+        settle(conn, me, &spec, item.decision, now_ms())?;
+    }
+    conn.prepare_cached("UPDATE legs SET decision = ?2 WHERE id = ?1")?
+        .execute(params![id_blob(item.id), decision_text(item.decision)])?;
+    store_evidence(conn, item.id, "decision", evidence)?;
+    Ok(ApplyOutcome::Applied)
+}
+
+pub(crate) fn transfer_state(
+    conn: &Connection,
+    id: TransferId,
+) -> Result<TransferState, StoreError> {
+    let coord: Option<(Option<String>, Option<Vec<u8>>)> = conn
+        .prepare_cached("SELECT decision, reason FROM coordinated WHERE id = ?1")?
+        .query_row([id_blob(id)], |r| Ok((r.get(0)?, r.get(1)?)))
+        .optional()?;
+    if let Some((d, reason)) = coord {
+        return coord_state(decision_from(d), reason);
+    }
+    if let Some(state) = bank::outcome_of(conn, id)? {
+        return Ok(state);
+    }
+    Ok(match leg_row(conn, id)?.map(|l| (l.vote, l.decision)) {
+        Some((_, Some(Decision::Commit))) => TransferState::Committed,
+        Some((Some(Vote::Yes), None)) => TransferState::Pending,
+        Some(_) => TransferState::Aborted(Refusal::Interrupted),
+        None => TransferState::Unknown,
+    })
+}
+
+pub(crate) fn in_doubt(conn: &Connection) -> Result<Vec<InDoubtRecord>, StoreError> {
+    let mut stmt = conn.prepare_cached("SELECT id, coordinator, vote, deadline_ms FROM legs WHERE decision IS NULL AND vote IS NOT NULL")?;
+    let rows: Vec<(Vec<u8>, i64, Vec<u8>, i64)> = stmt
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
+        .collect::<Result<_, _>>()?;
+    let mut out = Vec::new();
+    for (id, c, vote, deadline) in rows {
+        if dec::<Vote>(&vote)? == Vote::Yes {
+            let coordinator = BranchId(
+                u16::try_from(c).map_err(|_| StoreError::Malformed("coordinator id".into()))?,
+            );
+            out.push(InDoubtRecord {
+                id: blob_id(&id)?,
+                coordinator,
+                deadline_ms: u64::try_from(deadline).unwrap_or(0),
+            });
+        }
+    }
+    Ok(out)
+}
+
+pub(crate) fn unfinished(conn: &Connection) -> Result<Vec<CoordinatedRecord>, StoreError> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT spec, deadline_ms, decision, reason FROM coordinated WHERE ended = 0",
+    )?;
+    type Raw = (Vec<u8>, i64, Option<String>, Option<Vec<u8>>);
+    let rows: Vec<Raw> = stmt
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
+        .collect::<Result<_, _>>()?;
+    rows.into_iter()
+        .map(|(spec, deadline, d, reason)| {
+            Ok(CoordinatedRecord {
+                spec: dec(&spec)?,
+                deadline_ms: u64::try_from(deadline).unwrap_or(0),
+                decision: decision_from(d),
+                reason: reason.map(|r| dec(&r)).transpose()?,
+            })
+        })
+        .collect()
+}
+
+pub(crate) fn read_decisions(
+    conn: &Connection,
+    ids: &[TransferId],
+) -> Result<Vec<Option<Decision>>, StoreError> {
+    let mut stmt = conn.prepare_cached("SELECT decision FROM coordinated WHERE id = ?1")?;
+    ids.iter()
+        .map(|id| {
+            Ok(decision_from(
+                stmt.query_row([id_blob(*id)], |r| r.get(0))
+                    .optional()?
+                    .flatten(),
+            ))
+        })
+        .collect()
+}
+
+pub(crate) fn mark_ended(conn: &Connection, ids: &[TransferId]) -> Result<(), StoreError> {
+    let mut stmt = conn.prepare_cached("UPDATE coordinated SET ended = 1 WHERE id = ?1")?;
+    for id in ids {
+        stmt.execute([id_blob(*id)])?;
+    }
+    Ok(())
+}
+
+impl Shard for Store {
+    fn branch(&self) -> BranchId {
+        Store::branch(self)
+    }
+    fn begin(&mut self, items: &[BeginItem]) -> Result<Vec<BeginOutcome>, ShardError> {
+        Ok(self.in_tx(|c, _| begin(c, items))?)
+    }
+    fn record_decisions(&mut self, items: &[DecisionRecord]) -> Result<(), ShardError> {
+        self.in_tx(|c, _| record_decisions(c, items))?
+    }
+    fn mark_ended(&mut self, ids: &[TransferId]) -> Result<(), ShardError> {
+        Ok(self.in_tx(|c, _| mark_ended(c, ids))?)
+    }
+    fn read_decisions(&self, ids: &[TransferId]) -> Result<Vec<Option<Decision>>, ShardError> {
+        Ok(read_decisions(self.conn(), ids)?)
+    }
+    fn unfinished_coordinated(&self) -> Result<Vec<CoordinatedRecord>, ShardError> {
+        Ok(unfinished(self.conn())?)
+    }
+    fn prepare(
+        &mut self,
+        coordinator: BranchId,
+        items: &[PrepareItem],
+        now_ms: u64,
+        evidence: &Evidence,
+    ) -> Result<Vec<Vote>, ShardError> {
+        Ok(self.in_tx(|c, me| {
+            items
+                .iter()
+                .map(|i| prepare_one(c, me, coordinator, i, now_ms, evidence))
+                .collect()
+        })?)
+    }
+    fn apply(
+        &mut self,
+        coordinator: BranchId,
+        items: &[DecisionItem],
+        evidence: &Evidence,
+    ) -> Result<Vec<ApplyOutcome>, ShardError> {
+        Ok(self.in_tx(|c, me| {
+            items
+                .iter()
+                .map(|i| apply_one(c, me, coordinator, i, evidence))
+                .collect()
+        })?)
+    }
+    fn in_doubt(&self) -> Result<Vec<InDoubtRecord>, ShardError> {
+        Ok(in_doubt(self.conn())?)
+    }
+    fn transfer_local(&mut self, items: &[TransferSpec]) -> Result<Vec<TransferState>, ShardError> {
+        let now = now_ms();
+        Ok(self.in_tx(|c, me| {
+            items
+                .iter()
+                .map(|s| bank::transfer_local(c, me, s, now))
+                .collect()
+        })?)
+    }
+    fn transfer_state(&self, id: TransferId) -> Result<TransferState, ShardError> {
+        Ok(transfer_state(self.conn(), id)?)
+    }
+}

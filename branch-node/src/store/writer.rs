@@ -1,0 +1,306 @@
+//! Group commit: one thread owns the store's connection and runs queued operations in
+//! batches, each batch one SQLite transaction (one fsync), each operation inside its own
+//! savepoint so a failing one rolls back alone. Every caller is answered only after the
+//! batch's `sql_commit`, so an answer is always durable.
+
+use std::sync::mpsc::{self, Receiver, Sender};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+
+use coordinator::{
+    ApplyOutcome, BeginItem, BeginOutcome, CoordinatedRecord, DecisionRecord, Evidence,
+    InDoubtRecord, Shard, ShardError,
+};
+use rusqlite::{Connection, TransactionBehavior};
+use wire::limits::WRITER_BATCH_OPS_MAX;
+use wire::teller::{AccountView, NewCustomer, TransferState};
+use wire::twopc::{DecisionItem, PrepareItem, TransferSpec, Vote};
+use wire::{AccountNumber, Amount, BranchId, Decision, Refusal, TransferId};
+
+use super::bank::{self, Movement};
+use super::{Store, StoreError, now_ms, twopc};
+
+/// Runs an operation; `true` when it succeeded (its savepoint is kept).
+type RunFn = Box<dyn FnOnce(&Connection, BranchId) -> bool + Send>;
+/// Answers the caller once the batch is durable, or with the commit's error.
+type FinishFn = Box<dyn FnOnce(Option<String>) + Send>;
+
+struct Job {
+    run: RunFn,
+    finish: FinishFn,
+}
+
+enum Msg {
+    Job(Job),
+    Stop,
+}
+
+/// The thread that owns a store. Dropping it stops the thread after the queued work.
+#[derive(Debug)]
+pub struct Writer {
+    handle: WriterHandle,
+    thread: Option<JoinHandle<Store>>,
+}
+
+/// A cheap handle for submitting operations to a [`Writer`].
+#[derive(Clone, Debug)]
+pub struct WriterHandle {
+    tx: Sender<Msg>,
+    me: BranchId,
+}
+
+impl std::fmt::Debug for Msg {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Msg::Job(_) => "Job",
+            Msg::Stop => "Stop",
+        })
+    }
+}
+
+impl Writer {
+    /// Moves `store` onto its own thread.
+    pub fn spawn(store: Store) -> Writer {
+        let (tx, rx) = mpsc::channel();
+        let me = store.branch();
+        let thread = std::thread::Builder::new()
+            .name(format!("store-writer-{me}"))
+            .spawn(move || writer_loop(store, rx))
+            .ok();
+        Writer {
+            handle: WriterHandle { tx, me },
+            thread,
+        }
+    }
+
+    /// A handle to submit operations with.
+    pub fn handle(&self) -> WriterHandle {
+        self.handle.clone()
+    }
+
+    /// Finishes the queued work, stops the thread and gives the store back.
+    pub fn stop(mut self) -> Option<Store> {
+        let _ = self.handle.tx.send(Msg::Stop);
+        self.thread.take().and_then(|t| t.join().ok())
+    }
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        let _ = self.handle.tx.send(Msg::Stop);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn writer_loop(mut store: Store, rx: Receiver<Msg>) -> Store {
+    loop {
+        let mut batch = match rx.recv() {
+            Ok(Msg::Job(j)) => vec![j],
+            Ok(Msg::Stop) | Err(_) => return store,
+        };
+        let mut stop = false;
+        while batch.len() < WRITER_BATCH_OPS_MAX {
+            match rx.try_recv() {
+                Ok(Msg::Job(j)) => batch.push(j),
+                Ok(Msg::Stop) => {
+                    stop = true;
+                    break;
+                }
+                Err(_) => break,
+            }
+        }
+        run_batch(&mut store, batch);
+        if stop {
+            return store;
+        }
+    }
+}
+
+fn run_batch(store: &mut Store, batch: Vec<Job>) {
+    let me = store.branch();
+    let tx = match store
+        .conn
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+    {
+        Ok(tx) => tx,
+        Err(e) => {
+            for job in batch {
+                (job.finish)(Some(e.to_string()));
+            }
+            return;
+        }
+    };
+    let mut finishes = Vec::with_capacity(batch.len());
+    let mut failed = None;
+    for job in batch {
+        if failed.is_none() {
+            if let Err(e) = tx.execute_batch("SAVEPOINT op") {
+                failed = Some(e.to_string());
+            } else {
+                let ok = (job.run)(&tx, me);
+                let end = if ok {
+                    "RELEASE op"
+                } else {
+                    "ROLLBACK TO op; RELEASE op"
+                };
+                if let Err(e) = tx.execute_batch(end) {
+                    failed = Some(e.to_string());
+                }
+            }
+        }
+        finishes.push(job.finish);
+    }
+    let outcome = match failed {
+        Some(e) => Some(e), // dropping `tx` rolls everything back
+        None => tx.commit().err().map(|e| e.to_string()),
+    };
+    for finish in finishes {
+        finish(outcome.clone());
+    }
+}
+
+impl WriterHandle {
+    /// The branch of the store behind this handle.
+    pub fn branch(&self) -> BranchId {
+        self.me
+    }
+
+    /// Runs `f` in the writer's next batch and waits until the batch is durable.
+    pub fn run<R: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection, BranchId) -> Result<R, StoreError> + Send + 'static,
+    ) -> Result<R, StoreError> {
+        let slot: Arc<Mutex<Option<Result<R, StoreError>>>> = Arc::new(Mutex::new(None));
+        let (reply_tx, reply_rx) = mpsc::sync_channel(1);
+        let run_slot = Arc::clone(&slot);
+        let run = Box::new(move |c: &Connection, me: BranchId| {
+            let r = f(c, me);
+            let ok = r.is_ok();
+            if let Ok(mut s) = run_slot.lock() {
+                *s = Some(r);
+            }
+            ok
+        });
+        let finish = Box::new(move |commit_error: Option<String>| {
+            let result = slot.lock().ok().and_then(|mut s| s.take());
+            let answer = match (commit_error, result) {
+                (Some(e), _) => Err(StoreError::CommitFailed(e)),
+                (None, Some(r)) => r,
+                (None, None) => Err(StoreError::CommitFailed("operation did not run".into())),
+            };
+            let _ = reply_tx.send(answer);
+        });
+        self.tx
+            .send(Msg::Job(Job { run, finish }))
+            .map_err(|_| StoreError::WriterGone)?;
+        reply_rx.recv().map_err(|_| StoreError::WriterGone)?
+    }
+
+    /// Opens an account (see [`Store::open_account`]).
+    pub fn open_account(
+        &self,
+        customer: &NewCustomer,
+        password_hash: &str,
+        existing: Option<AccountNumber>,
+    ) -> Result<Result<AccountView, Refusal>, StoreError> {
+        let (customer, hash) = (customer.clone(), password_hash.to_owned());
+        self.run(move |c, me| bank::open_account(c, me, &customer, &hash, existing, now_ms()))
+    }
+
+    /// Closes an empty account.
+    pub fn close_account(
+        &self,
+        n: AccountNumber,
+    ) -> Result<Result<AccountView, Refusal>, StoreError> {
+        self.run(move |c, me| bank::close_account(c, me, n, now_ms()))
+    }
+
+    /// One account as a teller sees it.
+    pub fn account(&self, n: AccountNumber) -> Result<Option<AccountView>, StoreError> {
+        self.run(move |c, me| bank::view(c, me, n))
+    }
+
+    /// A deposit or withdrawal, idempotent by `id`.
+    pub fn movement(
+        &self,
+        kind: Movement,
+        id: TransferId,
+        n: AccountNumber,
+        amt: Amount,
+    ) -> Result<TransferState, StoreError> {
+        self.run(move |c, me| bank::movement(c, me, kind, id, n, amt, now_ms()))
+    }
+}
+
+impl Shard for WriterHandle {
+    fn branch(&self) -> BranchId {
+        self.me
+    }
+    fn begin(&mut self, items: &[BeginItem]) -> Result<Vec<BeginOutcome>, ShardError> {
+        let items = items.to_vec();
+        Ok(self.run(move |c, _| twopc::begin(c, &items))?)
+    }
+    fn record_decisions(&mut self, items: &[DecisionRecord]) -> Result<(), ShardError> {
+        let items = items.to_vec();
+        // A conflicting decision is found before anything is written.
+        self.run(move |c, _| twopc::record_decisions(c, &items))?
+    }
+    fn mark_ended(&mut self, ids: &[TransferId]) -> Result<(), ShardError> {
+        let ids = ids.to_vec();
+        Ok(self.run(move |c, _| twopc::mark_ended(c, &ids))?)
+    }
+    fn read_decisions(&self, ids: &[TransferId]) -> Result<Vec<Option<Decision>>, ShardError> {
+        let ids = ids.to_vec();
+        Ok(self.run(move |c, _| twopc::read_decisions(c, &ids))?)
+    }
+    fn unfinished_coordinated(&self) -> Result<Vec<CoordinatedRecord>, ShardError> {
+        Ok(self.run(|c, _| twopc::unfinished(c))?)
+    }
+    fn prepare(
+        &mut self,
+        coordinator: BranchId,
+        items: &[PrepareItem],
+        now_ms: u64,
+        evidence: &Evidence,
+    ) -> Result<Vec<Vote>, ShardError> {
+        let (items, evidence) = (items.to_vec(), evidence.clone());
+        Ok(self.run(move |c, me| {
+            items
+                .iter()
+                .map(|i| twopc::prepare_one(c, me, coordinator, i, now_ms, &evidence))
+                .collect()
+        })?)
+    }
+    fn apply(
+        &mut self,
+        coordinator: BranchId,
+        items: &[DecisionItem],
+        evidence: &Evidence,
+    ) -> Result<Vec<ApplyOutcome>, ShardError> {
+        let (items, evidence) = (items.to_vec(), evidence.clone());
+        Ok(self.run(move |c, me| {
+            items
+                .iter()
+                .map(|i| twopc::apply_one(c, me, coordinator, i, &evidence))
+                .collect()
+        })?)
+    }
+    fn in_doubt(&self) -> Result<Vec<InDoubtRecord>, ShardError> {
+        Ok(self.run(|c, _| twopc::in_doubt(c))?)
+    }
+    fn transfer_local(&mut self, items: &[TransferSpec]) -> Result<Vec<TransferState>, ShardError> {
+        let items = items.to_vec();
+        let now = now_ms();
+        Ok(self.run(move |c, me| {
+            items
+                .iter()
+                .map(|s| bank::transfer_local(c, me, s, now))
+                .collect()
+        })?)
+    }
+    fn transfer_state(&self, id: TransferId) -> Result<TransferState, ShardError> {
+        Ok(self.run(move |c, _| twopc::transfer_state(c, id))?)
+    }
+}

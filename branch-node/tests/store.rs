@@ -1,0 +1,459 @@
+//! The SQLite store: Shard conformance (direct and through the group-commit writer),
+//! refusals that change nothing, ledger verification, corrupt files, logins, outbox and
+//! concurrency on a hot account.
+
+use std::cell::{Cell, RefCell};
+use std::path::{Path, PathBuf};
+
+use branch_node::store::writer::Writer;
+use branch_node::store::{Durability, LedgerViolation, Movement, Store, StoreError, hash_password};
+use coordinator::Shard;
+use coordinator::testing::{Fixture, HERE, run_all};
+use wire::limits::{LOGIN_FAILURES_MAX, LOGIN_LOCKOUT_MS};
+use wire::teller::{NewCustomer, Role, TransferState};
+use wire::twopc::TransferSpec;
+use wire::{AccountNumber, Amount, BranchId, Refusal, TransferId};
+
+/// One argon2 hash shared by every test account (hashing costs ~30 ms).
+fn shared_hash() -> &'static str {
+    branch_node::store::testing::shared_hash()
+}
+
+fn customer(national_id: &str, sms: bool) -> NewCustomer {
+    NewCustomer {
+        national_id: national_id.into(),
+        phone: "+91 98765 43210".into(),
+        first_name: "Asha".into(),
+        last_name: "Rao".into(),
+        sms_opt_in: sms,
+    }
+}
+
+fn amt(minor: i64) -> Amount {
+    Amount::from_minor(minor).expect("non-negative")
+}
+
+fn acct(serial: u32) -> AccountNumber {
+    AccountNumber::new(HERE, serial).expect("valid")
+}
+
+fn open(path: &Path) -> Store {
+    Store::open(path, HERE, Durability::Full).expect("opens")
+}
+
+fn fund_store(s: &mut Store, number: AccountNumber, minor: i64) {
+    Fixture::open_account(s, number, minor);
+}
+
+fn fresh_path(dir: &tempfile::TempDir, n: &Cell<u32>) -> PathBuf {
+    n.set(n.get() + 1);
+    dir.path().join(format!("store-{}.db", n.get()))
+}
+
+#[test]
+fn sqlite_store_passes_the_shard_conformance_suite() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let n = Cell::new(0);
+    run_all(|| open(&fresh_path(&dir, &n)));
+}
+
+#[test]
+fn group_commit_writer_passes_the_shard_conformance_suite() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let n = Cell::new(0);
+    let writers = RefCell::new(Vec::new());
+    run_all(|| {
+        let w = Writer::spawn(open(&fresh_path(&dir, &n)));
+        let h = w.handle();
+        writers.borrow_mut().push(w);
+        h
+    });
+}
+
+/// Every row a refusal must leave alone (the `transfers` table may gain the refused
+/// id's outcome, so a retry of the id gets the same answer).
+fn snapshot(path: &Path) -> String {
+    let c = rusqlite::Connection::open(path).expect("opens");
+    let mut out = String::new();
+    for table in [
+        "accounts",
+        "ledger",
+        "customers",
+        "users",
+        "legs",
+        "coordinated",
+        "outbox",
+    ] {
+        let mut stmt = c
+            .prepare(&format!("SELECT * FROM {table} ORDER BY 1"))
+            .expect("prepares");
+        let cols = stmt.column_count();
+        let rows = stmt
+            .query_map([], |r| {
+                (0..cols)
+                    .map(|i| {
+                        r.get::<_, rusqlite::types::Value>(i)
+                            .map(|v| format!("{v:?}"))
+                    })
+                    .collect::<Result<Vec<_>, _>>()
+            })
+            .expect("queries");
+        for row in rows {
+            out.push_str(&format!("{table}: {:?}\n", row.expect("row")));
+        }
+    }
+    out
+}
+
+/// One refusing operation on a store.
+type Op = Box<dyn Fn(&mut Store) -> Result<TransferState, Refusal>>;
+type Case = (&'static str, Op);
+
+fn movement(kind: Movement, id: u128, n: AccountNumber, minor: i64) -> Op {
+    Box::new(move |s| {
+        Ok(s.movement(kind, TransferId(id), n, amt(minor))
+            .expect("works"))
+    })
+}
+
+fn local(id: u128, from: AccountNumber, to: AccountNumber, minor: i64) -> Op {
+    let spec = TransferSpec {
+        id: TransferId(id),
+        from,
+        to,
+        amount: amt(minor),
+    };
+    Box::new(move |s| Ok(s.transfer_local(&[spec]).expect("works")[0]))
+}
+
+#[test]
+fn every_refusal_leaves_accounts_ledger_and_people_unchanged() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("b.db");
+    let mut s = open(&path);
+    let (a, b, closed) = (acct(1), acct(2), acct(3));
+    fund_store(&mut s, a, 1_000);
+    fund_store(&mut s, b, 0);
+    fund_store(&mut s, closed, 0);
+    s.close_account(closed).expect("works").expect("closes");
+    let five = s
+        .movement(Movement::Deposit, TransferId(50), a, amt(5))
+        .expect("works");
+    assert_eq!(five, TransferState::Committed);
+    let unknown = acct(77);
+    let elsewhere = AccountNumber::new(BranchId(2), 1).expect("valid");
+    let before = snapshot(&path);
+    let aborted = |r| Ok(TransferState::Aborted(r));
+    fn done<T>(_: T) -> TransferState {
+        TransferState::Committed
+    }
+    let cases: Vec<(Case, Result<TransferState, Refusal>)> = vec![
+        (
+            (
+                "deposit to unknown account",
+                movement(Movement::Deposit, 1, unknown, 1),
+            ),
+            aborted(Refusal::AccountNotFound),
+        ),
+        (
+            (
+                "deposit to another branch",
+                movement(Movement::Deposit, 2, elsewhere, 1),
+            ),
+            aborted(Refusal::AccountNotFound),
+        ),
+        (
+            (
+                "deposit to closed account",
+                movement(Movement::Deposit, 3, closed, 1),
+            ),
+            aborted(Refusal::AccountClosed),
+        ),
+        (
+            ("deposit of zero", movement(Movement::Deposit, 4, a, 0)),
+            aborted(Refusal::InvalidAmount),
+        ),
+        (
+            (
+                "withdraw above balance",
+                movement(Movement::Withdrawal, 5, a, 1_006),
+            ),
+            aborted(Refusal::InsufficientFunds),
+        ),
+        (
+            (
+                "withdraw from closed",
+                movement(Movement::Withdrawal, 6, closed, 1),
+            ),
+            aborted(Refusal::AccountClosed),
+        ),
+        (
+            (
+                "reused id, other content",
+                movement(Movement::Deposit, 50, a, 6),
+            ),
+            aborted(Refusal::IdConflict),
+        ),
+        (
+            ("transfer above balance", local(7, a, b, 2_000)),
+            aborted(Refusal::InsufficientFunds),
+        ),
+        (
+            ("transfer to same account", local(8, a, a, 1)),
+            aborted(Refusal::SameAccount),
+        ),
+        (
+            ("transfer to closed", local(9, a, closed, 1)),
+            aborted(Refusal::AccountClosed),
+        ),
+        (
+            (
+                "close a funded account",
+                Box::new(move |s: &mut Store| s.close_account(a).expect("works").map(done)),
+            ),
+            Err(Refusal::AccountNotEmpty),
+        ),
+        (
+            (
+                "close unknown",
+                Box::new(move |s: &mut Store| s.close_account(unknown).expect("works").map(done)),
+            ),
+            Err(Refusal::AccountNotFound),
+        ),
+        (
+            (
+                "open for a taken national id",
+                Box::new(move |s: &mut Store| {
+                    s.open_account(&customer("N1", false), shared_hash(), None)
+                        .expect("works")
+                        .map(done)
+                }),
+            ),
+            Err(Refusal::UserExists),
+        ),
+        (
+            (
+                "open beside an unknown account",
+                Box::new(move |s: &mut Store| {
+                    s.open_account(&customer("NEW", false), shared_hash(), Some(unknown))
+                        .expect("works")
+                        .map(done)
+                }),
+            ),
+            Err(Refusal::AccountNotFound),
+        ),
+    ];
+    for ((name, case), want) in &cases {
+        assert_eq!(&case(&mut s), want, "{name}");
+        assert_eq!(snapshot(&path), before, "{name} changed the store");
+    }
+    let again = s
+        .movement(Movement::Withdrawal, TransferId(5), a, amt(1_006))
+        .expect("works");
+    assert_eq!(
+        again,
+        TransferState::Aborted(Refusal::InsufficientFunds),
+        "a refused id keeps its answer"
+    );
+    assert!(s.verify_ledger().expect("reads").is_ok());
+}
+
+#[test]
+fn ledger_verification_finds_the_first_bad_entry() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("b.db");
+    let mut s = open(&path);
+    let (a, b) = (acct(1), acct(2));
+    fund_store(&mut s, a, 1_000);
+    fund_store(&mut s, b, 500);
+    for i in 0..5 {
+        let t = TransferSpec {
+            id: TransferId(i),
+            from: a,
+            to: b,
+            amount: amt(10),
+        };
+        assert_eq!(
+            s.transfer_local(&[t]).expect("works"),
+            vec![TransferState::Committed]
+        );
+    }
+    let report = s.verify_ledger().expect("reads").expect("verifies");
+    assert_eq!((report.entries, report.accounts), (12, 2));
+    let raw = rusqlite::Connection::open(&path).expect("opens");
+    assert!(
+        raw.execute("DELETE FROM ledger", []).is_err(),
+        "append-only"
+    );
+    assert!(
+        raw.execute("UPDATE ledger SET amount = 1", []).is_err(),
+        "append-only"
+    );
+    raw.execute_batch(
+        "DROP TRIGGER ledger_no_update; UPDATE ledger SET amount = 11 WHERE seq = 4;",
+    )
+    .expect("tampers");
+    assert_eq!(
+        s.verify_ledger().expect("reads"),
+        Err(LedgerViolation::BrokenChain { seq: 4 })
+    );
+    raw.execute_batch("UPDATE ledger SET amount = 10 WHERE seq = 4; UPDATE accounts SET balance = balance + 1 WHERE serial = 2;")
+        .expect("tampers");
+    assert!(matches!(
+        s.verify_ledger().expect("reads"),
+        Err(LedgerViolation::AccountBalance { .. })
+    ));
+}
+
+#[test]
+fn a_corrupt_or_foreign_file_is_refused_with_a_clear_error() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let junk = dir.path().join("junk.db");
+    std::fs::write(&junk, vec![0x42u8; 8192]).expect("writes");
+    let err = Store::open(&junk, HERE, Durability::Full).expect_err("refused");
+    let text = err.to_string();
+    assert!(
+        text.contains("not a database") || matches!(err, StoreError::Corrupt(_)),
+        "{text}"
+    );
+    let path = dir.path().join("b.db");
+    drop(open(&path));
+    let err = Store::open(&path, BranchId(2), Durability::Full).expect_err("refused");
+    assert_eq!(err.to_string(), "database belongs to branch 001, not 002");
+}
+
+#[test]
+fn logins_check_passwords_and_lock_after_repeated_failures() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut s = open(&dir.path().join("b.db"));
+    let admin_hash = hash_password("admin-pw").expect("hashes");
+    s.create_admin("admin", &admin_hash)
+        .expect("works")
+        .expect("created");
+    assert_eq!(
+        s.create_admin("admin", shared_hash()).expect("works"),
+        Err(Refusal::UserExists)
+    );
+    let a = acct(1);
+    fund_store(&mut s, a, 10);
+    let now = 1_000_000;
+    let admin = s
+        .login("admin", "admin-pw", now)
+        .expect("works")
+        .expect("logs in");
+    assert_eq!((admin.role, admin.accounts.len()), (Role::Admin, 0));
+    let cust = s
+        .login(&a.to_string(), "secret", now)
+        .expect("works")
+        .expect("logs in");
+    assert_eq!((cust.role, cust.accounts), (Role::Customer, vec![a]));
+    assert_eq!(
+        s.login("nobody", "x", now).expect("works"),
+        Err(Refusal::BadCredentials)
+    );
+    for _ in 1..LOGIN_FAILURES_MAX {
+        assert_eq!(
+            s.login("admin", "wrong", now).expect("works"),
+            Err(Refusal::BadCredentials)
+        );
+    }
+    assert_eq!(
+        s.login("admin", "wrong", now).expect("works"),
+        Err(Refusal::LockedOut)
+    );
+    let locked = s.login("admin", "admin-pw", now + 1).expect("works");
+    assert_eq!(
+        locked,
+        Err(Refusal::LockedOut),
+        "locked even with the right password"
+    );
+    let later = s
+        .login("admin", "admin-pw", now + LOGIN_LOCKOUT_MS)
+        .expect("works");
+    assert!(later.is_ok(), "unlocked after the lockout");
+}
+
+#[test]
+fn opted_in_customers_get_an_outbox_message_per_ledger_entry() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut s = open(&dir.path().join("b.db"));
+    let yes = s
+        .open_account(&customer("SMS", true), shared_hash(), None)
+        .expect("works")
+        .expect("opens")
+        .number;
+    let no = s
+        .open_account(&customer("QUIET", false), shared_hash(), None)
+        .expect("works")
+        .expect("opens")
+        .number;
+    s.movement(Movement::Deposit, TransferId(1), yes, amt(12_345))
+        .expect("works");
+    s.movement(Movement::Deposit, TransferId(2), no, amt(100))
+        .expect("works");
+    let t = TransferSpec {
+        id: TransferId(3),
+        from: yes,
+        to: no,
+        amount: amt(45),
+    };
+    s.transfer_local(&[t]).expect("works");
+    let outbox = s.outbox().expect("reads");
+    assert_eq!(outbox.len(), 2, "{outbox:?}");
+    assert_eq!(
+        outbox[0].1,
+        format!("BankMate: deposit of 123.45 on {yes}; balance 123.45")
+    );
+    assert_eq!(
+        outbox[1].1,
+        format!("BankMate: transfer out of 0.45 on {yes}; balance 123.00")
+    );
+}
+
+#[test]
+fn concurrent_deposits_and_transfers_on_a_hot_account_stay_exact() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut store = open(&dir.path().join("b.db"));
+    let (hot, sink) = (acct(1), acct(2));
+    fund_store(&mut store, hot, 500);
+    fund_store(&mut store, sink, 0);
+    let writer = Writer::spawn(store);
+    let threads: Vec<_> = (0..8u128)
+        .map(|t| {
+            let mut h = writer.handle();
+            std::thread::spawn(move || {
+                let mut moved_out = 0;
+                for i in 0..100u128 {
+                    let id = TransferId(t * 1_000 + i);
+                    if i % 2 == 0 {
+                        let state = h
+                            .movement(Movement::Deposit, id, hot, amt(100))
+                            .expect("works");
+                        assert_eq!(state, TransferState::Committed);
+                        continue;
+                    }
+                    let spec = TransferSpec {
+                        id,
+                        from: hot,
+                        to: sink,
+                        amount: amt(150),
+                    };
+                    match h.transfer_local(&[spec]).expect("works")[0] {
+                        TransferState::Committed => moved_out += 150,
+                        TransferState::Aborted(Refusal::InsufficientFunds) => {}
+                        other => panic!("unexpected {other:?}"),
+                    }
+                }
+                moved_out
+            })
+        })
+        .collect();
+    let out: i64 = threads.into_iter().map(|t| t.join().expect("thread")).sum();
+    let store = writer.stop().expect("store back");
+    let h = store.account(hot).expect("reads").expect("exists");
+    let k = store.account(sink).expect("reads").expect("exists");
+    assert_eq!(h.balance.minor(), 500 + 8 * 50 * 100 - out);
+    assert_eq!(k.balance.minor(), out);
+    assert!(out > 0, "some transfers went through");
+    assert!(store.verify_ledger().expect("reads").is_ok());
+}
