@@ -20,13 +20,14 @@ pub enum Movement {
     Withdrawal,
 }
 
-/// An account row.
-#[derive(Debug, Clone, Copy)]
+/// An account row, with its customer's phone when they opted in to SMS.
+#[derive(Debug, Clone)]
 pub(crate) struct Row {
     pub balance: Amount,
     pub held: Amount,
     pub pending_credit: Amount,
     pub open: bool,
+    pub sms_phone: Option<String>,
 }
 
 fn amount(minor: i64) -> Result<Amount, StoreError> {
@@ -42,25 +43,21 @@ pub(crate) fn row(
     if n.branch() != me {
         return Ok(None);
     }
-    let r = conn
+    type Raw = (i64, i64, i64, String, Option<String>);
+    let r: Option<Raw> = conn
         .prepare_cached(
-            "SELECT balance, held, pending_credit, status FROM accounts WHERE serial = ?1",
+            "SELECT a.balance, a.held, a.pending_credit, a.status, CASE WHEN c.sms_opt_in = 1 THEN c.phone END
+             FROM accounts a JOIN customers c ON c.id = a.customer_id WHERE a.serial = ?1",
         )?
-        .query_row([n.serial()], |r| {
-            Ok((
-                r.get::<_, i64>(0)?,
-                r.get::<_, i64>(1)?,
-                r.get::<_, i64>(2)?,
-                r.get::<_, String>(3)?,
-            ))
-        })
+        .query_row([n.serial()], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)))
         .optional()?;
-    r.map(|(b, h, p, s)| {
+    r.map(|(b, h, p, s, phone)| {
         Ok(Row {
             balance: amount(b)?,
             held: amount(h)?,
             pending_credit: amount(p)?,
             open: s == "open",
+            sms_phone: phone,
         })
     })
     .transpose()
@@ -129,59 +126,36 @@ fn overflow(_: wire::AmountError) -> StoreError {
     StoreError::Malformed("checked amount overflowed".into())
 }
 
-/// Moves `spec.amount` between two accounts of this branch (checked by the caller) and
-/// writes both ledger entries.
+/// Moves `spec.amount` from `from` to `to` (both rows of this branch, already checked
+/// and read by the caller) and writes both ledger entries.
 pub(crate) fn move_money(
     conn: &Connection,
     me: BranchId,
     spec: &TransferSpec,
-    debit: bool,
-    credit: bool,
+    mut from: Row,
+    mut to: Row,
     at_ms: u64,
 ) -> Result<(), StoreError> {
     let amt = spec.amount;
-    let entry = |serial, kind, counterparty, balance_after| NewEntry {
+    from.balance = from.balance.checked_sub(amt).map_err(overflow)?;
+    to.balance = to.balance.checked_add(amt).map_err(overflow)?;
+    write_row(conn, spec.from, &from)?;
+    write_row(conn, spec.to, &to)?;
+    let entry = |serial, kind, counterparty, row: Row| NewEntry {
         serial,
         kind,
         counterparty: Some(counterparty),
         amount: amt,
-        balance_after,
+        balance_after: row.balance,
         transfer_id: spec.id,
         at_ms,
+        sms_phone: row.sms_phone,
     };
-    if debit {
-        let mut r = row(conn, me, spec.from)?
-            .ok_or_else(|| StoreError::Malformed("debit account vanished".into()))?;
-        r.balance = r.balance.checked_sub(amt).map_err(overflow)?;
-        write_row(conn, spec.from, &r)?;
-        ledger::append(
-            conn,
-            me,
-            &entry(
-                spec.from.serial(),
-                EntryKind::TransferDebit,
-                spec.to,
-                r.balance,
-            ),
-        )?;
-    }
-    if credit {
-        let mut r = row(conn, me, spec.to)?
-            .ok_or_else(|| StoreError::Malformed("credit account vanished".into()))?;
-        r.balance = r.balance.checked_add(amt).map_err(overflow)?;
-        write_row(conn, spec.to, &r)?;
-        ledger::append(
-            conn,
-            me,
-            &entry(
-                spec.to.serial(),
-                EntryKind::TransferCredit,
-                spec.from,
-                r.balance,
-            ),
-        )?;
-    }
-    Ok(())
+    let entries = [
+        entry(spec.from.serial(), EntryKind::TransferDebit, spec.to, from),
+        entry(spec.to.serial(), EntryKind::TransferCredit, spec.from, to),
+    ];
+    ledger::append_all(conn, me, &entries)
 }
 
 pub(crate) fn content_hash(
@@ -266,19 +240,23 @@ pub(crate) fn transfer_local(
     if used_by_2pc(conn, spec.id)? {
         return Ok(TransferState::Aborted(Refusal::IdConflict));
     }
-    let refusal = match spec.validate() {
-        Err(r) => Some(r),
+    let checked = match spec.validate() {
+        Err(r) => Err(r),
         Ok(()) if spec.from.branch() != me || spec.to.branch() != me => {
-            Some(Refusal::AccountNotFound)
+            Err(Refusal::AccountNotFound)
         }
-        Ok(()) => check_debit(conn, me, spec.from, spec.amount)?
-            .err()
-            .or(check_credit(conn, me, spec.to, spec.amount)?.err()),
+        Ok(()) => match (
+            check_debit(conn, me, spec.from, spec.amount)?,
+            check_credit(conn, me, spec.to, spec.amount)?,
+        ) {
+            (Ok(from), Ok(to)) => Ok((from, to)),
+            (Err(r), _) | (_, Err(r)) => Err(r),
+        },
     };
-    let state = match refusal {
-        Some(r) => TransferState::Aborted(r),
-        None => {
-            move_money(conn, me, spec, true, true, at_ms)?;
+    let state = match checked {
+        Err(r) => TransferState::Aborted(r),
+        Ok((from, to)) => {
+            move_money(conn, me, spec, from, to, at_ms)?;
             TransferState::Committed
         }
     };
@@ -336,8 +314,9 @@ pub(crate) fn movement(
                 balance_after: balance,
                 transfer_id: id,
                 at_ms,
+                sms_phone: r.sms_phone,
             };
-            ledger::append(conn, me, &e)?;
+            ledger::append_all(conn, me, &[e])?;
             TransferState::Committed
         }
     };

@@ -40,6 +40,8 @@ pub(crate) struct NewEntry {
     pub balance_after: Amount,
     pub transfer_id: TransferId,
     pub at_ms: u64,
+    /// The customer's phone when they opted in to SMS (not part of the hash).
+    pub sms_phone: Option<String>,
 }
 
 fn entry_hash(prev: &[u8], seq: i64, e: &NewEntry) -> [u8; 32] {
@@ -63,58 +65,58 @@ fn entry_hash(prev: &[u8], seq: i64, e: &NewEntry) -> [u8; 32] {
     h.finalize().into()
 }
 
-/// Appends an entry, and an SMS to the outbox if the account's customer opted in; both
-/// in the caller's transaction.
-pub(crate) fn append(conn: &Connection, me: BranchId, e: &NewEntry) -> Result<(), StoreError> {
+/// Appends entries in order, each with an SMS in the outbox when its customer opted
+/// in; all in the caller's transaction. The chain head is read once per call.
+pub(crate) fn append_all(
+    conn: &Connection,
+    me: BranchId,
+    entries: &[NewEntry],
+) -> Result<(), StoreError> {
     let last: Option<(i64, Vec<u8>)> = conn
-        .query_row(
-            "SELECT seq, hash FROM ledger ORDER BY seq DESC LIMIT 1",
-            [],
-            |r| Ok((r.get(0)?, r.get(1)?)),
-        )
+        .prepare_cached("SELECT seq, hash FROM ledger ORDER BY seq DESC LIMIT 1")?
+        .query_row([], |r| Ok((r.get(0)?, r.get(1)?)))
         .optional()?;
-    let (seq, prev) = match last {
-        Some((s, h)) => (s + 1, h),
-        None => (1, GENESIS.to_vec()),
+    let (mut seq, mut prev) = match last {
+        Some((s, h)) => (s, h),
+        None => (0, GENESIS.to_vec()),
     };
-    let hash = entry_hash(&prev, seq, e);
-    conn.prepare_cached(
-        "INSERT INTO ledger (seq, account_serial, kind, counterparty, amount, balance_after, transfer_id, at_ms, prev_hash, hash)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
-    )?
-    .execute(params![
-        seq,
-        e.serial,
-        kind_text(e.kind),
-        e.counterparty.map(|c| c.to_string()),
-        e.amount.minor(),
-        e.balance_after.minor(),
-        id_blob(e.transfer_id),
-        sql_ms(e.at_ms),
-        prev,
-        hash.to_vec()
-    ])?;
-    let phone: Option<String> = conn
-        .prepare_cached(
-            "SELECT c.phone FROM accounts a JOIN customers c ON c.id = a.customer_id
-             WHERE a.serial = ?1 AND c.sms_opt_in = 1",
+    for e in entries {
+        seq += 1;
+        let hash = entry_hash(&prev, seq, e);
+        conn.prepare_cached(
+            "INSERT INTO ledger (seq, account_serial, kind, counterparty, amount, balance_after, transfer_id, at_ms, prev_hash, hash)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
         )?
-        .query_row([e.serial], |r| r.get(0))
-        .optional()?;
-    if let Some(phone) = phone {
-        let account = account_number(me, i64::from(e.serial))?;
-        let verb = match e.kind {
-            EntryKind::Deposit => "deposit of",
-            EntryKind::Withdrawal => "withdrawal of",
-            EntryKind::TransferDebit => "transfer out of",
-            EntryKind::TransferCredit => "transfer in of",
-        };
-        let body = format!(
-            "BankMate: {verb} {} on {account}; balance {}",
-            e.amount, e.balance_after
-        );
-        conn.prepare_cached("INSERT INTO outbox (phone, body, created_at_ms) VALUES (?1, ?2, ?3)")?
+        .execute(params![
+            seq,
+            e.serial,
+            kind_text(e.kind),
+            e.counterparty.map(|c| c.to_string()),
+            e.amount.minor(),
+            e.balance_after.minor(),
+            id_blob(e.transfer_id),
+            sql_ms(e.at_ms),
+            prev,
+            hash.to_vec()
+        ])?;
+        if let Some(phone) = &e.sms_phone {
+            let account = account_number(me, i64::from(e.serial))?;
+            let verb = match e.kind {
+                EntryKind::Deposit => "deposit of",
+                EntryKind::Withdrawal => "withdrawal of",
+                EntryKind::TransferDebit => "transfer out of",
+                EntryKind::TransferCredit => "transfer in of",
+            };
+            let body = format!(
+                "BankMate: {verb} {} on {account}; balance {}",
+                e.amount, e.balance_after
+            );
+            conn.prepare_cached(
+                "INSERT INTO outbox (phone, body, created_at_ms) VALUES (?1, ?2, ?3)",
+            )?
             .execute(params![phone, body, sql_ms(e.at_ms)])?;
+        }
+        prev = hash.to_vec();
     }
     Ok(())
 }
@@ -231,6 +233,7 @@ impl Store {
                     .map_err(|e| StoreError::Malformed(e.to_string()))?,
                 transfer_id: blob_id(&r.get::<_, Vec<u8>>(6)?)?,
                 at_ms: u64::try_from(r.get::<_, i64>(7)?).unwrap_or(0),
+                sms_phone: None,
             };
             let (stored_prev, stored_hash): (Vec<u8>, Vec<u8>) = (r.get(8)?, r.get(9)?);
             if stored_prev != prev || stored_hash != entry_hash(&prev, seq, &e) {

@@ -274,6 +274,7 @@ fn settle(
 ) -> Result<(), StoreError> {
     let commit = decision == Decision::Commit;
     let amt = spec.amount;
+    let mut entries = Vec::with_capacity(2);
     if spec.from.branch() == me {
         let mut r = bank::row(conn, me, spec.from)?
             .ok_or_else(|| StoreError::Malformed("debit account vanished".into()))?;
@@ -291,8 +292,9 @@ fn settle(
                 balance_after: r.balance,
                 transfer_id: spec.id,
                 at_ms,
+                sms_phone: r.sms_phone,
             };
-            ledger::append(conn, me, &e)?;
+            entries.push(e);
         }
     }
     if spec.to.branch() == me {
@@ -312,11 +314,12 @@ fn settle(
                 balance_after: r.balance,
                 transfer_id: spec.id,
                 at_ms,
+                sms_phone: r.sms_phone,
             };
-            ledger::append(conn, me, &e)?;
+            entries.push(e);
         }
     }
-    Ok(())
+    ledger::append_all(conn, me, &entries)
 }
 
 /// Participant: apply one decision.
