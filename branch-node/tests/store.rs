@@ -457,3 +457,61 @@ fn concurrent_deposits_and_transfers_on_a_hot_account_stay_exact() {
     assert!(out > 0, "some transfers went through");
     assert!(store.verify_ledger().expect("reads").is_ok());
 }
+
+#[test]
+fn a_failing_operation_in_a_group_commit_batch_rolls_back_alone() {
+    use std::sync::mpsc;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("b.db");
+    let writer = Writer::spawn(open(&path));
+    // Hold the writer thread so the next three jobs queue up and form one batch.
+    let (release_tx, release_rx) = mpsc::channel::<()>();
+    let (held_tx, held_rx) = mpsc::channel::<()>();
+    let h = writer.handle();
+    let holder = std::thread::spawn(move || {
+        h.run(move |_, _| {
+            held_tx.send(()).expect("signals");
+            release_rx.recv().expect("released");
+            Ok(())
+        })
+    });
+    held_rx.recv().expect("writer is held");
+    let insert = |key: &'static str, fail: bool| {
+        writer
+            .handle()
+            .submit(move |c, _| {
+                c.execute("INSERT INTO meta (key, value) VALUES (?1, 1)", [key])?;
+                if fail {
+                    return Err(StoreError::Malformed(
+                        "this operation fails after writing".into(),
+                    ));
+                }
+                Ok(())
+            })
+            .expect("queued")
+    };
+    // All three are queued behind the held job, so they form the next batch.
+    let jobs = [
+        insert("first", false),
+        insert("failing", true),
+        insert("last", false),
+    ];
+    release_tx.send(()).expect("releases");
+    holder.join().expect("thread").expect("holder ran");
+    let results: Vec<bool> = jobs
+        .into_iter()
+        .map(|j| j.recv().expect("answered").is_ok())
+        .collect();
+    assert_eq!(results, vec![true, false, true]);
+    drop(writer);
+    let raw = rusqlite::Connection::open(&path).expect("opens");
+    let mut stmt = raw
+        .prepare("SELECT key FROM meta WHERE key != 'branch_id' ORDER BY key")
+        .expect("prepares");
+    let keys: Vec<String> = stmt
+        .query_map([], |r| r.get(0))
+        .expect("queries")
+        .collect::<Result<_, _>>()
+        .expect("rows");
+    assert_eq!(keys, vec!["first".to_string(), "last".to_string()]);
+}

@@ -172,6 +172,15 @@ impl WriterHandle {
         &self,
         f: impl FnOnce(&Connection, BranchId) -> Result<R, StoreError> + Send + 'static,
     ) -> Result<R, StoreError> {
+        self.submit(f)?.recv().map_err(|_| StoreError::WriterGone)?
+    }
+
+    /// Queues `f` for the writer's next batch without waiting; the receiver yields its
+    /// result once the batch is durable (or the commit's error).
+    pub fn submit<R: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection, BranchId) -> Result<R, StoreError> + Send + 'static,
+    ) -> Result<Receiver<Result<R, StoreError>>, StoreError> {
         let slot: Arc<Mutex<Option<Result<R, StoreError>>>> = Arc::new(Mutex::new(None));
         let (reply_tx, reply_rx) = mpsc::sync_channel(1);
         let run_slot = Arc::clone(&slot);
@@ -195,7 +204,7 @@ impl WriterHandle {
         self.tx
             .send(Msg::Job(Job { run, finish }))
             .map_err(|_| StoreError::WriterGone)?;
-        reply_rx.recv().map_err(|_| StoreError::WriterGone)?
+        Ok(reply_rx)
     }
 
     /// Opens an account (see [`Store::open_account`]).
