@@ -4,8 +4,8 @@ use std::process::ExitCode;
 
 fn main() -> ExitCode {
     eprintln!(
-        "scenarios: not built yet; the wire vocabulary and the 2PC core exist, \
-         the branch node that the demo runs does not (see ARCHITECTURE.md)"
+        "scenarios: not built yet; the wire vocabulary, the 2PC core and the branch store \
+         exist, the branch-node process the demo runs does not (see README.md)"
     );
     ExitCode::from(2)
 }
