@@ -1,4 +1,5 @@
-//! The branch process: SQLite store (`store`), and later the libp2p swarm, teller
-//! service, 2PC driver and notifier (issue 5).
+//! The branch process: SQLite store (`store`) and data-dir setup (`init`); the libp2p
+//! swarm, teller service, 2PC driver and notifier come with issue 5.
 
+pub mod init;
 pub mod store;

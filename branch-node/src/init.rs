@@ -1,0 +1,173 @@
+//! `branch-node init`: makes a branch's data dir: the key (mode 0600), the database and
+//! the first admin, and says what to add to the network file.
+
+use std::fs::OpenOptions;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use wire::limits::{ACCOUNT_BRANCH_MAX, PASSWORD_BYTES_MAX, TEXT_FIELD_BYTES_MAX};
+use wire::{BranchId, BranchKey, BranchPublicKey, PeerId, Refusal};
+
+use crate::store::{Durability, Store, StoreError, hash_password};
+
+/// The key file in a data dir: the 32-byte secret as 64 hex digits.
+pub const KEY_FILE: &str = "branch.key";
+/// The database file in a data dir.
+pub const DB_FILE: &str = "branch.db";
+/// The first admin's login.
+pub const ADMIN_LOGIN: &str = "admin";
+/// Length of a generated admin password, in characters.
+const GENERATED_PASSWORD_CHARS: usize = 20;
+
+/// Why `init` refused. Nothing is created when it does.
+#[derive(Debug, thiserror::Error)]
+pub enum InitError {
+    #[error("branch id must be 1..={ACCOUNT_BRANCH_MAX} (account numbers carry it in 3 digits)")]
+    BranchId,
+    #[error("branch name must be 1..={TEXT_FIELD_BYTES_MAX} bytes of printable text")]
+    Name,
+    #[error("admin password must be 1..={PASSWORD_BYTES_MAX} bytes")]
+    Password,
+    #[error("{0} is already initialized (it has {KEY_FILE} or {DB_FILE}); refusing to overwrite")]
+    AlreadyInitialized(PathBuf),
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// What `init` made.
+#[derive(Debug)]
+pub struct Initialized {
+    pub branch: BranchId,
+    pub name: String,
+    pub public_key: BranchPublicKey,
+    pub peer_id: PeerId,
+    /// Set when the admin password was generated (shown once).
+    pub generated_password: Option<String>,
+}
+
+impl Initialized {
+    /// The block to add to `network.toml` for this branch.
+    pub fn network_entry(&self) -> String {
+        format!(
+            "[[branch]]\nid = {}\nname = {:?}\npublic_key = \"{}\"\npeer_id = \"{}\"\naddresses = []  # where it listens, e.g. \"/ip4/127.0.0.1/tcp/7001\"\n",
+            self.branch.0, self.name, self.public_key, self.peer_id
+        )
+    }
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> InitError + '_ {
+    move |source| InitError::Io {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+fn generated_password() -> String {
+    const ALPHABET: &[u8] = b"abcdefghijkmnopqrstuvwxyzABCDEFGHJKLMNPQRSTUVWXYZ23456789";
+    (0..GENERATED_PASSWORD_CHARS)
+        .map(|_| char::from(ALPHABET[rand::random_range(0..ALPHABET.len())]))
+        .collect()
+}
+
+/// Makes a data dir for branch `branch` called `name`, with `admin_password` (or a
+/// generated one) for the first admin.
+pub fn init(
+    data_dir: &Path,
+    branch: BranchId,
+    name: &str,
+    admin_password: Option<String>,
+) -> Result<Initialized, InitError> {
+    if branch.0 == 0 || branch.0 > ACCOUNT_BRANCH_MAX {
+        return Err(InitError::BranchId);
+    }
+    if name.trim().is_empty()
+        || name.len() > TEXT_FIELD_BYTES_MAX
+        || name.chars().any(char::is_control)
+    {
+        return Err(InitError::Name);
+    }
+    if admin_password
+        .as_ref()
+        .is_some_and(|p| p.is_empty() || p.len() > PASSWORD_BYTES_MAX)
+    {
+        return Err(InitError::Password);
+    }
+    let (key_path, db_path) = (data_dir.join(KEY_FILE), data_dir.join(DB_FILE));
+    if key_path.exists() || db_path.exists() {
+        return Err(InitError::AlreadyInitialized(data_dir.to_owned()));
+    }
+    let generated = admin_password.is_none().then(generated_password);
+    let password = admin_password
+        .or_else(|| generated.clone())
+        .unwrap_or_default();
+    let hash = hash_password(&password)?;
+    std::fs::create_dir_all(data_dir).map_err(io(data_dir))?;
+    let key = BranchKey::from_secret(rand::random());
+    write_key(&key_path, &key)?;
+    // The database holds password hashes and balances: owner-only too. SQLite gives its
+    // -wal and -shm files the database file's permissions.
+    owner_only_file(&db_path).map_err(io(&db_path))?;
+    let made = Store::open(&db_path, branch, Durability::Full)
+        .map_err(InitError::from)
+        .and_then(|mut store| match store.create_admin(ADMIN_LOGIN, &hash)? {
+            Ok(()) => Ok(()),
+            Err(Refusal::UserExists) => Err(InitError::AlreadyInitialized(data_dir.to_owned())),
+            Err(other) => Err(InitError::Io {
+                path: db_path.clone(),
+                source: std::io::Error::other(other.to_string()),
+            }),
+        });
+    if let Err(e) = made {
+        // Leave no half-made data dir behind: a retry must start clean.
+        for f in [KEY_FILE, DB_FILE, "branch.db-wal", "branch.db-shm"] {
+            let _ = std::fs::remove_file(data_dir.join(f));
+        }
+        return Err(e);
+    }
+    Ok(Initialized {
+        branch,
+        name: name.to_owned(),
+        public_key: key.public(),
+        peer_id: key.peer_id(),
+        generated_password: generated,
+    })
+}
+
+/// Creates an empty file readable and writable by its owner only; never overwrites.
+fn owner_only_file(path: &Path) -> std::io::Result<std::fs::File> {
+    let mut options = OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    options.open(path)
+}
+
+/// Writes the key readable by its owner only, and never over an existing file.
+fn write_key(path: &Path, key: &BranchKey) -> Result<(), InitError> {
+    let mut file = owner_only_file(path).map_err(io(path))?;
+    writeln!(file, "{}", hex::encode(key.secret_bytes())).map_err(io(path))?;
+    file.sync_all().map_err(io(path))
+}
+
+/// Reads a data dir's key.
+pub fn read_key(data_dir: &Path) -> Result<BranchKey, InitError> {
+    let path = data_dir.join(KEY_FILE);
+    let text = std::fs::read_to_string(&path).map_err(io(&path))?;
+    let mut secret = [0u8; 32];
+    hex::decode_to_slice(text.trim(), &mut secret).map_err(|_| InitError::Io {
+        path: path.clone(),
+        source: std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            "key file is not 64 hex digits",
+        ),
+    })?;
+    Ok(BranchKey::from_secret(secret))
+}

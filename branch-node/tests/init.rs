@@ -1,0 +1,168 @@
+//! `branch-node init` as a user runs it: the data dir, the key file's mode, the network
+//! file entry, the first admin's login, and refusals that create nothing.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use branch_node::init::{DB_FILE, KEY_FILE, read_key};
+use branch_node::store::{Durability, Store};
+use wire::BranchId;
+
+fn branch_node(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_branch-node"))
+        .args(args)
+        .output()
+        .expect("runs")
+}
+
+fn init(dir: &Path, id: &str, extra: &[&str]) -> Output {
+    let mut args = vec![
+        "init",
+        "--data-dir",
+        dir.to_str().expect("utf-8"),
+        "--branch-id",
+        id,
+        "--name",
+        "Mumbai Fort",
+    ];
+    args.extend_from_slice(extra);
+    branch_node(&args)
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+#[test]
+fn init_makes_key_database_admin_and_network_entry() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("b1");
+    let pw = dir.path().join("pw");
+    std::fs::write(&pw, "correct horse\n").expect("writes");
+    let out = init(
+        &data,
+        "1",
+        &["--admin-password-file", pw.to_str().expect("utf-8")],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    let key = read_key(&data).expect("key reads");
+    assert!(
+        text.contains(&format!("public_key = \"{}\"", key.public())),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("peer_id = \"{}\"", key.peer_id())),
+        "{text}"
+    );
+    assert!(
+        text.contains("[[branch]]\nid = 1\nname = \"Mumbai Fort\""),
+        "{text}"
+    );
+    assert!(
+        !text.contains("admin password:"),
+        "a given password is never printed"
+    );
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(data.join(KEY_FILE))
+            .expect("exists")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600, "key file readable by its owner only");
+    }
+    let mut store = Store::open(&data.join(DB_FILE), BranchId(1), Durability::Full).expect("opens");
+    let admin = store
+        .login("admin", "correct horse", 0)
+        .expect("works")
+        .expect("logs in");
+    assert_eq!(admin.role, wire::teller::Role::Admin);
+}
+
+#[test]
+fn init_generates_a_password_when_none_is_given() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = init(dir.path(), "7", &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("admin password: "))
+        .expect("printed once");
+    let password = line
+        .trim_start_matches("admin password: ")
+        .split_whitespace()
+        .next()
+        .expect("a word");
+    assert_eq!(password.len(), 20);
+    let mut store =
+        Store::open(&dir.path().join(DB_FILE), BranchId(7), Durability::Full).expect("opens");
+    assert!(store.login("admin", password, 0).expect("works").is_ok());
+}
+
+#[test]
+fn init_refuses_to_overwrite_and_bad_input_creates_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("b2");
+    assert!(init(&data, "2", &[]).status.success());
+    let key_before = std::fs::read(data.join(KEY_FILE)).expect("reads");
+    let again = init(&data, "2", &[]);
+    assert_eq!(again.status.code(), Some(1));
+    assert!(
+        stderr(&again).contains("already initialized"),
+        "{}",
+        stderr(&again)
+    );
+    assert_eq!(
+        std::fs::read(data.join(KEY_FILE)).expect("reads"),
+        key_before,
+        "key untouched"
+    );
+    for (id, words) in [("0", "branch id must be"), ("1000", "branch id must be")] {
+        let fresh = dir.path().join(format!("bad-{id}"));
+        let out = init(&fresh, id, &[]);
+        assert_eq!(out.status.code(), Some(1));
+        assert!(stderr(&out).contains(words), "{}", stderr(&out));
+        assert_eq!(stderr(&out).lines().count(), 1, "one-line error");
+        assert!(!fresh.exists(), "nothing created for a refused init");
+    }
+    let empty_pw = dir.path().join("empty");
+    std::fs::write(&empty_pw, "\n").expect("writes");
+    let fresh = dir.path().join("bad-pw");
+    let out = init(
+        &fresh,
+        "3",
+        &["--admin-password-file", empty_pw.to_str().expect("utf-8")],
+    );
+    assert!(
+        stderr(&out).contains("admin password must be"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!fresh.exists());
+}
+
+#[test]
+fn help_describes_every_command() {
+    let top = branch_node(&["--help"]);
+    assert!(top.status.success());
+    assert!(stdout(&top).contains("init"));
+    let sub = branch_node(&["init", "--help"]);
+    assert!(sub.status.success());
+    for flag in [
+        "--data-dir",
+        "--branch-id",
+        "--name",
+        "--admin-password-file",
+    ] {
+        assert!(
+            stdout(&sub).contains(flag),
+            "{flag} missing from init --help"
+        );
+    }
+}
