@@ -2,4 +2,5 @@
 //! swarm, teller service, 2PC driver and notifier come with issue 5.
 
 pub mod init;
+pub mod network_file;
 pub mod store;

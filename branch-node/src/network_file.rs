@@ -1,0 +1,301 @@
+//! `network.toml`: every branch's id, name, key and addresses. A node accepts 2PC
+//! messages only from branches listed here and verifies every signature against the
+//! listed key; tellers use it to find a branch by name and pin its key.
+//!
+//! ```toml
+//! [[branch]]
+//! id = 1                      # 1..=999, the branch code of its account numbers
+//! name = "Mumbai"
+//! public_key = "37962e4b..."  # 64 hex digits, or
+//! peer_id = "12D3KooW..."     # its PeerId (both may be given: they must agree)
+//! addresses = ["/ip4/127.0.0.1/tcp/7001"]
+//! ```
+//!
+//! `branch-node init` prints exactly such a block.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use multiaddr::{Multiaddr, Protocol};
+use serde::Deserialize;
+use wire::limits::{ACCOUNT_BRANCH_MAX, TEXT_FIELD_BYTES_MAX};
+use wire::{BranchId, BranchPublicKey, PeerId};
+
+/// One branch as the network file lists it, checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BranchEntry {
+    pub id: BranchId,
+    pub name: String,
+    pub public_key: BranchPublicKey,
+    pub peer_id: PeerId,
+    pub addresses: Vec<Multiaddr>,
+}
+
+/// The whole network, checked: ids, names and keys are unique.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NetworkFile {
+    branches: BTreeMap<BranchId, BranchEntry>,
+}
+
+/// Why a network file is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NetworkFileError {
+    #[error("cannot read network file: {0}")]
+    Read(String),
+    #[error("network file is not valid TOML: {0}")]
+    Toml(String),
+    #[error("network file lists no [[branch]]")]
+    Empty,
+    #[error("branch id {0} is out of range 1..={ACCOUNT_BRANCH_MAX}")]
+    IdRange(u16),
+    #[error("branch id {0} is listed twice")]
+    DuplicateId(u16),
+    #[error("branch {0}: name must be 1..={TEXT_FIELD_BYTES_MAX} bytes of printable text")]
+    Name(u16),
+    #[error("branch name {0:?} is listed twice")]
+    DuplicateName(String),
+    #[error("branch {0}: give public_key or peer_id")]
+    NoKey(u16),
+    #[error("branch {0}: public_key is not 64 hex digits of an ed25519 key")]
+    BadKey(u16),
+    #[error("branch {0}: peer_id is not an ed25519 PeerId")]
+    BadPeerId(u16),
+    #[error("branch {0}: public_key and peer_id name different keys")]
+    KeyMismatch(u16),
+    #[error("branch {0}: its key is also listed for another branch")]
+    DuplicateKey(u16),
+    #[error("branch {0}: address {1:?} is not a multiaddr, or its /p2p/ part names another peer")]
+    BadAddress(u16, String),
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFile {
+    #[serde(default)]
+    branch: Vec<RawBranch>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBranch {
+    id: u16,
+    name: String,
+    public_key: Option<String>,
+    peer_id: Option<String>,
+    #[serde(default)]
+    addresses: Vec<String>,
+}
+
+impl NetworkFile {
+    /// Reads and checks a network file.
+    pub fn load(path: &Path) -> Result<NetworkFile, NetworkFileError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| NetworkFileError::Read(format!("{}: {e}", path.display())))?;
+        NetworkFile::parse(&text)
+    }
+
+    /// Parses and checks the text of a network file.
+    pub fn parse(text: &str) -> Result<NetworkFile, NetworkFileError> {
+        let raw: RawFile =
+            toml::from_str(text).map_err(|e| NetworkFileError::Toml(e.message().to_owned()))?;
+        if raw.branch.is_empty() {
+            return Err(NetworkFileError::Empty);
+        }
+        let mut branches: BTreeMap<BranchId, BranchEntry> = BTreeMap::new();
+        for b in raw.branch {
+            let entry = check(b)?;
+            if branches.contains_key(&entry.id) {
+                return Err(NetworkFileError::DuplicateId(entry.id.0));
+            }
+            if branches.values().any(|o| o.name == entry.name) {
+                return Err(NetworkFileError::DuplicateName(entry.name));
+            }
+            if branches.values().any(|o| o.public_key == entry.public_key) {
+                return Err(NetworkFileError::DuplicateKey(entry.id.0));
+            }
+            branches.insert(entry.id, entry);
+        }
+        Ok(NetworkFile { branches })
+    }
+
+    /// A branch by id.
+    pub fn get(&self, id: BranchId) -> Option<&BranchEntry> {
+        self.branches.get(&id)
+    }
+
+    /// A branch by name (as tellers type it).
+    pub fn by_name(&self, name: &str) -> Option<&BranchEntry> {
+        self.branches.values().find(|b| b.name == name)
+    }
+
+    /// The branch a connected peer is, if it is one.
+    pub fn by_peer(&self, peer: &PeerId) -> Option<&BranchEntry> {
+        self.branches.values().find(|b| &b.peer_id == peer)
+    }
+
+    /// Every branch, by id.
+    pub fn branches(&self) -> impl Iterator<Item = &BranchEntry> {
+        self.branches.values()
+    }
+}
+
+fn check(b: RawBranch) -> Result<BranchEntry, NetworkFileError> {
+    let id = b.id;
+    if id == 0 || id > ACCOUNT_BRANCH_MAX {
+        return Err(NetworkFileError::IdRange(id));
+    }
+    if b.name.trim().is_empty()
+        || b.name.len() > TEXT_FIELD_BYTES_MAX
+        || b.name.chars().any(char::is_control)
+    {
+        return Err(NetworkFileError::Name(id));
+    }
+    let from_key = b
+        .public_key
+        .map(|k| {
+            k.parse::<BranchPublicKey>()
+                .map_err(|_| NetworkFileError::BadKey(id))
+        })
+        .transpose()?;
+    let from_peer = b
+        .peer_id
+        .map(|p| {
+            let peer: PeerId = p.parse().map_err(|_| NetworkFileError::BadPeerId(id))?;
+            BranchPublicKey::from_peer_id(&peer).map_err(|_| NetworkFileError::BadPeerId(id))
+        })
+        .transpose()?;
+    let public_key = match (from_key, from_peer) {
+        (Some(k), Some(p)) if k != p => return Err(NetworkFileError::KeyMismatch(id)),
+        (Some(k), _) | (None, Some(k)) => k,
+        (None, None) => return Err(NetworkFileError::NoKey(id)),
+    };
+    let peer_id = public_key.peer_id();
+    let addresses = b
+        .addresses
+        .iter()
+        .map(|a| {
+            let addr: Multiaddr = a
+                .parse()
+                .map_err(|_| NetworkFileError::BadAddress(id, a.clone()))?;
+            match addr.iter().last() {
+                Some(Protocol::P2p(p)) if p != peer_id => {
+                    Err(NetworkFileError::BadAddress(id, a.clone()))
+                }
+                _ => Ok(addr),
+            }
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(BranchEntry {
+        id: BranchId(id),
+        name: b.name,
+        public_key,
+        peer_id,
+        addresses,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use wire::BranchKey;
+
+    fn key(seed: u8) -> BranchKey {
+        BranchKey::from_secret([seed; 32])
+    }
+
+    fn branch(id: u16, name: &str, seed: u8) -> String {
+        format!(
+            "[[branch]]\nid = {id}\nname = \"{name}\"\npublic_key = \"{}\"\naddresses = [\"/ip4/127.0.0.1/tcp/{}\"]\n",
+            key(seed).public(),
+            7000 + id
+        )
+    }
+
+    fn check(text: &str, expected: Result<usize, NetworkFileError>) {
+        assert_eq!(
+            NetworkFile::parse(text).map(|n| n.branches().count()),
+            expected,
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn table() {
+        let (a, b) = (branch(1, "Mumbai", 1), branch(2, "Pune", 2));
+        check(&format!("{a}{b}"), Ok(2));
+        check("", Err(NetworkFileError::Empty));
+        assert!(matches!(
+            NetworkFile::parse("[[branch]\n"),
+            Err(NetworkFileError::Toml(_))
+        ));
+        check(&format!("{a}{a}"), Err(NetworkFileError::DuplicateId(1)));
+        check(
+            &format!("{a}{}", branch(2, "Mumbai", 2)),
+            Err(NetworkFileError::DuplicateName("Mumbai".into())),
+        );
+        check(
+            &format!("{a}{}", branch(2, "Pune", 1)),
+            Err(NetworkFileError::DuplicateKey(2)),
+        );
+        check(&branch(0, "Zero", 3), Err(NetworkFileError::IdRange(0)));
+        check(
+            &branch(1000, "Big", 3),
+            Err(NetworkFileError::IdRange(1000)),
+        );
+        check(&branch(3, "  ", 3), Err(NetworkFileError::Name(3)));
+        check(
+            "[[branch]]\nid = 4\nname = \"NoKey\"\n",
+            Err(NetworkFileError::NoKey(4)),
+        );
+        check(
+            "[[branch]]\nid = 4\nname = \"K\"\npublic_key = \"zz\"\n",
+            Err(NetworkFileError::BadKey(4)),
+        );
+        check(
+            "[[branch]]\nid = 4\nname = \"K\"\npeer_id = \"nope\"\n",
+            Err(NetworkFileError::BadPeerId(4)),
+        );
+        let mismatch = format!(
+            "[[branch]]\nid = 5\nname = \"M\"\npublic_key = \"{}\"\npeer_id = \"{}\"\n",
+            key(5).public(),
+            key(6).peer_id()
+        );
+        check(&mismatch, Err(NetworkFileError::KeyMismatch(5)));
+        let bad_addr = format!(
+            "[[branch]]\nid = 6\nname = \"A\"\npublic_key = \"{}\"\naddresses = [\"not an address\"]\n",
+            key(6).public()
+        );
+        check(
+            &bad_addr,
+            Err(NetworkFileError::BadAddress(6, "not an address".into())),
+        );
+        let other_peer = format!("/ip4/127.0.0.1/tcp/1/p2p/{}", key(9).peer_id());
+        let wrong_p2p = format!(
+            "[[branch]]\nid = 7\nname = \"P\"\npublic_key = \"{}\"\naddresses = [\"{other_peer}\"]\n",
+            key(7).public()
+        );
+        check(&wrong_p2p, Err(NetworkFileError::BadAddress(7, other_peer)));
+        let unknown = NetworkFile::parse(&format!("{a}color = \"red\"\n"));
+        assert!(
+            matches!(&unknown, Err(NetworkFileError::Toml(m)) if m.contains("color")),
+            "{unknown:?}"
+        );
+    }
+
+    #[test]
+    fn peer_id_alone_pins_the_key_and_lookups_work() {
+        let text = format!(
+            "[[branch]]\nid = 9\nname = \"Goa\"\npeer_id = \"{}\"\n",
+            key(9).peer_id()
+        );
+        let n = NetworkFile::parse(&text).expect("valid");
+        let goa = n.by_name("Goa").expect("listed");
+        assert_eq!(goa.public_key, key(9).public());
+        assert_eq!(
+            n.by_peer(&key(9).peer_id()).map(|b| b.id),
+            Some(BranchId(9))
+        );
+        assert_eq!(n.get(BranchId(9)).map(|b| b.name.as_str()), Some("Goa"));
+        assert!(n.by_peer(&key(1).peer_id()).is_none());
+    }
+}
