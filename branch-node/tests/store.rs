@@ -515,3 +515,95 @@ fn a_failing_operation_in_a_group_commit_batch_rolls_back_alone() {
         .expect("rows");
     assert_eq!(keys, vec!["first".to_string(), "last".to_string()]);
 }
+
+#[test]
+fn signed_envelopes_are_stored_once_and_linked_to_every_record_they_justify() {
+    use coordinator::{BeginItem, DecisionRecord, Evidence};
+    use std::sync::Arc;
+    use wire::Decision;
+    use wire::twopc::{DecisionItem, PrepareItem};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("b.db");
+    let mut s = open(&path);
+    let a = acct(1);
+    fund_store(&mut s, a, 1_000);
+    let there = AccountNumber::new(BranchId(2), 1).expect("valid");
+    let coordinator = BranchId(2);
+    let specs: Vec<TransferSpec> = (1..=3)
+        .map(|i| TransferSpec {
+            id: TransferId(i),
+            from: a,
+            to: there,
+            amount: amt(10),
+        })
+        .collect();
+    let items: Vec<PrepareItem> = specs
+        .iter()
+        .map(|t| PrepareItem {
+            transfer: *t,
+            deadline_ms: u64::MAX,
+        })
+        .collect();
+    let prepare_envelope: Evidence = Some(Arc::from(vec![1u8; 4096]));
+    let votes = s
+        .prepare(coordinator, &items, 0, &prepare_envelope)
+        .expect("works");
+    assert_eq!(votes.len(), 3);
+    let decisions: Vec<DecisionItem> = specs
+        .iter()
+        .map(|t| DecisionItem {
+            id: t.id,
+            decision: Decision::Commit,
+        })
+        .collect();
+    let decision_envelope: Evidence = Some(Arc::from(vec![2u8; 64]));
+    s.apply(coordinator, &decisions, &decision_envelope)
+        .expect("works");
+    // Coordinator side: a commit keeps the participants' signed yes votes.
+    let spec = TransferSpec {
+        id: TransferId(9),
+        from: a,
+        to: there,
+        amount: amt(1),
+    };
+    s.begin(&[BeginItem {
+        spec,
+        deadline_ms: 5,
+    }])
+    .expect("works");
+    let vote_envelope: Evidence = Some(Arc::from(vec![3u8; 64]));
+    let commit = DecisionRecord {
+        id: TransferId(9),
+        decision: Decision::Commit,
+        reason: None,
+        votes: vec![vote_envelope.clone(), vote_envelope],
+    };
+    s.record_decisions(&[commit]).expect("works");
+    let raw = rusqlite::Connection::open(&path).expect("opens");
+    let count = |sql: &str| -> i64 { raw.query_row(sql, [], |r| r.get(0)).expect("counts") };
+    assert_eq!(
+        count("SELECT count(*) FROM envelopes"),
+        3,
+        "each envelope stored once"
+    );
+    assert_eq!(
+        count("SELECT count(*) FROM evidence WHERE what = 'prepare'"),
+        3
+    );
+    assert_eq!(
+        count("SELECT count(*) FROM evidence WHERE what = 'decision'"),
+        3
+    );
+    assert_eq!(
+        count("SELECT count(*) FROM evidence WHERE what = 'vote'"),
+        2
+    );
+    let stored: Vec<u8> = raw
+        .query_row(
+            "SELECT e.bytes FROM evidence v JOIN envelopes e ON e.hash = v.envelope_hash WHERE v.what = 'prepare' LIMIT 1",
+            [],
+            |r| r.get(0),
+        )
+        .expect("linked");
+    assert_eq!(stored, vec![1u8; 4096], "the exact signed bytes are kept");
+}

@@ -7,6 +7,8 @@ use coordinator::{
     ApplyOutcome, ApplyRefusal, BeginItem, BeginOutcome, CoordinatedRecord, DecisionRecord,
     Evidence, InDoubtRecord, Shard, ShardError,
 };
+use std::collections::HashMap;
+
 use rusqlite::{Connection, OptionalExtension, params};
 use sha2::{Digest, Sha256};
 use wire::teller::{EntryKind, TransferState};
@@ -40,21 +42,43 @@ fn decision_from(t: Option<String>) -> Option<Decision> {
     }
 }
 
-fn store_evidence(
-    conn: &Connection,
-    id: TransferId,
-    what: &str,
-    evidence: &Evidence,
-) -> Result<(), StoreError> {
-    let Some(bytes) = evidence else { return Ok(()) };
-    let hash = Sha256::digest(bytes).to_vec();
-    conn.prepare_cached("INSERT OR IGNORE INTO envelopes (hash, bytes) VALUES (?1, ?2)")?
-        .execute(params![hash, &bytes[..]])?;
-    conn.prepare_cached(
-        "INSERT INTO evidence (transfer_id, what, envelope_hash) VALUES (?1, ?2, ?3)",
-    )?
-    .execute(params![id_blob(id), what, hash])?;
-    Ok(())
+/// The signed envelopes met during one storage call, each stored once: a batch of a
+/// thousand transfers arrives in one envelope, which is hashed and written once and
+/// linked to every record it justifies.
+#[derive(Default)]
+struct Envelopes {
+    /// Envelope (by the address of its shared bytes) -> its stored hash.
+    stored: HashMap<*const u8, Vec<u8>>,
+}
+
+impl Envelopes {
+    /// Links the record of `id` to the envelope it came in (`what`: its role as proof).
+    fn link(
+        &mut self,
+        conn: &Connection,
+        id: TransferId,
+        what: &str,
+        evidence: &Evidence,
+    ) -> Result<(), StoreError> {
+        let Some(bytes) = evidence else { return Ok(()) };
+        let hash = match self.stored.get(&bytes.as_ptr()) {
+            Some(h) => h.clone(),
+            None => {
+                let h = Sha256::digest(bytes).to_vec();
+                conn.prepare_cached(
+                    "INSERT OR IGNORE INTO envelopes (hash, bytes) VALUES (?1, ?2)",
+                )?
+                .execute(params![h, &bytes[..]])?;
+                self.stored.insert(bytes.as_ptr(), h.clone());
+                h
+            }
+        };
+        conn.prepare_cached(
+            "INSERT INTO evidence (transfer_id, what, envelope_hash) VALUES (?1, ?2, ?3)",
+        )?
+        .execute(params![id_blob(id), what, hash])?;
+        Ok(())
+    }
 }
 
 /// (spec, decision, reason) as stored.
@@ -127,6 +151,7 @@ pub(crate) fn record_decisions(
             _ => {}
         }
     }
+    let mut envelopes = Envelopes::default();
     for item in items {
         let reason = item.reason.map(|r| enc(&r)).transpose()?;
         let changed = conn
@@ -134,7 +159,7 @@ pub(crate) fn record_decisions(
             .execute(params![id_blob(item.id), decision_text(item.decision), reason])?;
         if changed == 1 {
             for vote in &item.votes {
-                store_evidence(conn, item.id, "vote", vote)?;
+                envelopes.link(conn, item.id, "vote", vote)?;
             }
         }
     }
@@ -173,13 +198,14 @@ fn leg_row(conn: &Connection, id: TransferId) -> Result<Option<LegRow>, StoreErr
 }
 
 /// Participant: check, hold and record one prepare.
-pub(crate) fn prepare_one(
+fn prepare_one(
     conn: &Connection,
     me: BranchId,
     coordinator: BranchId,
     item: &PrepareItem,
     now: u64,
     evidence: &Evidence,
+    envelopes: &mut Envelopes,
 ) -> Result<Vote, StoreError> {
     let spec = item.transfer;
     if bank::outcome_of(conn, spec.id)?.is_some() {
@@ -234,7 +260,7 @@ pub(crate) fn prepare_one(
         sql_ms(item.deadline_ms),
         enc(&vote)?
     ])?;
-    store_evidence(conn, spec.id, "prepare", evidence)?;
+    envelopes.link(conn, spec.id, "prepare", evidence)?;
     Ok(vote)
 }
 
@@ -323,12 +349,13 @@ fn settle(
 }
 
 /// Participant: apply one decision.
-pub(crate) fn apply_one(
+fn apply_one(
     conn: &Connection,
     me: BranchId,
     coordinator: BranchId,
     item: &DecisionItem,
     evidence: &Evidence,
+    envelopes: &mut Envelopes,
 ) -> Result<ApplyOutcome, StoreError> {
     let Some(LegRow {
         coordinator: c,
@@ -344,7 +371,7 @@ pub(crate) fn apply_one(
             "INSERT INTO legs (id, coordinator, deadline_ms, decision) VALUES (?1, ?2, 0, 'abort')",
         )?
         .execute(params![id_blob(item.id), coordinator.0])?;
-        store_evidence(conn, item.id, "decision", evidence)?;
+        envelopes.link(conn, item.id, "decision", evidence)?;
         return Ok(ApplyOutcome::Applied);
     };
     if c != coordinator {
@@ -366,8 +393,39 @@ pub(crate) fn apply_one(
     }
     conn.prepare_cached("UPDATE legs SET decision = ?2 WHERE id = ?1")?
         .execute(params![id_blob(item.id), decision_text(item.decision)])?;
-    store_evidence(conn, item.id, "decision", evidence)?;
+    envelopes.link(conn, item.id, "decision", evidence)?;
     Ok(ApplyOutcome::Applied)
+}
+
+/// Participant: prepare a batch from `coordinator`, one vote per item, in order.
+pub(crate) fn prepare(
+    conn: &Connection,
+    me: BranchId,
+    coordinator: BranchId,
+    items: &[PrepareItem],
+    now_ms: u64,
+    evidence: &Evidence,
+) -> Result<Vec<Vote>, StoreError> {
+    let mut envelopes = Envelopes::default();
+    items
+        .iter()
+        .map(|i| prepare_one(conn, me, coordinator, i, now_ms, evidence, &mut envelopes))
+        .collect()
+}
+
+/// Participant: apply a batch of decisions from `coordinator`, one outcome per item.
+pub(crate) fn apply(
+    conn: &Connection,
+    me: BranchId,
+    coordinator: BranchId,
+    items: &[DecisionItem],
+    evidence: &Evidence,
+) -> Result<Vec<ApplyOutcome>, StoreError> {
+    let mut envelopes = Envelopes::default();
+    items
+        .iter()
+        .map(|i| apply_one(conn, me, coordinator, i, evidence, &mut envelopes))
+        .collect()
 }
 
 pub(crate) fn transfer_state(
@@ -483,12 +541,7 @@ impl Shard for Store {
         now_ms: u64,
         evidence: &Evidence,
     ) -> Result<Vec<Vote>, ShardError> {
-        Ok(self.in_tx(|c, me| {
-            items
-                .iter()
-                .map(|i| prepare_one(c, me, coordinator, i, now_ms, evidence))
-                .collect()
-        })?)
+        Ok(self.in_tx(|c, me| prepare(c, me, coordinator, items, now_ms, evidence))?)
     }
     fn apply(
         &mut self,
@@ -496,12 +549,7 @@ impl Shard for Store {
         items: &[DecisionItem],
         evidence: &Evidence,
     ) -> Result<Vec<ApplyOutcome>, ShardError> {
-        Ok(self.in_tx(|c, me| {
-            items
-                .iter()
-                .map(|i| apply_one(c, me, coordinator, i, evidence))
-                .collect()
-        })?)
+        Ok(self.in_tx(|c, me| apply(c, me, coordinator, items, evidence))?)
     }
     fn in_doubt(&self) -> Result<Vec<InDoubtRecord>, ShardError> {
         Ok(in_doubt(self.conn())?)

@@ -275,12 +275,7 @@ impl Shard for WriterHandle {
         evidence: &Evidence,
     ) -> Result<Vec<Vote>, ShardError> {
         let (items, evidence) = (items.to_vec(), evidence.clone());
-        Ok(self.run(move |c, me| {
-            items
-                .iter()
-                .map(|i| twopc::prepare_one(c, me, coordinator, i, now_ms, &evidence))
-                .collect()
-        })?)
+        Ok(self.run(move |c, me| twopc::prepare(c, me, coordinator, &items, now_ms, &evidence))?)
     }
     fn apply(
         &mut self,
@@ -289,12 +284,7 @@ impl Shard for WriterHandle {
         evidence: &Evidence,
     ) -> Result<Vec<ApplyOutcome>, ShardError> {
         let (items, evidence) = (items.to_vec(), evidence.clone());
-        Ok(self.run(move |c, me| {
-            items
-                .iter()
-                .map(|i| twopc::apply_one(c, me, coordinator, i, &evidence))
-                .collect()
-        })?)
+        Ok(self.run(move |c, me| twopc::apply(c, me, coordinator, &items, &evidence))?)
     }
     fn in_doubt(&self) -> Result<Vec<InDoubtRecord>, ShardError> {
         Ok(self.run(|c, _| twopc::in_doubt(c))?)
