@@ -607,3 +607,36 @@ fn signed_envelopes_are_stored_once_and_linked_to_every_record_they_justify() {
         .expect("linked");
     assert_eq!(stored, vec![1u8; 4096], "the exact signed bytes are kept");
 }
+
+#[test]
+fn money_that_would_overflow_a_balance_is_refused_and_changes_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("b.db");
+    let mut s = open(&path);
+    let (a, full) = (acct(1), acct(2));
+    fund_store(&mut s, a, 1_000);
+    fund_store(&mut s, full, 0);
+    // No sequence of permitted deposits gets here quickly: set it directly.
+    let raw = rusqlite::Connection::open(&path).expect("opens");
+    raw.execute(
+        "UPDATE accounts SET balance = ?1 WHERE serial = 2",
+        [i64::MAX - 5],
+    )
+    .expect("sets");
+    let before = snapshot(&path);
+    let deposit = s
+        .movement(Movement::Deposit, TransferId(1), full, amt(10))
+        .expect("works");
+    assert_eq!(deposit, TransferState::Aborted(Refusal::BalanceOverflow));
+    let t = TransferSpec {
+        id: TransferId(2),
+        from: a,
+        to: full,
+        amount: amt(10),
+    };
+    assert_eq!(
+        s.transfer_local(&[t]).expect("works"),
+        vec![TransferState::Aborted(Refusal::BalanceOverflow)]
+    );
+    assert_eq!(snapshot(&path), before);
+}

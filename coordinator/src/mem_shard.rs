@@ -520,3 +520,42 @@ impl Shard for MemShard {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_credit_that_would_overflow_is_voted_no_and_holds_nothing() {
+        let me = BranchId(1);
+        let (full, other) = (
+            AccountNumber::new(me, 1).expect("valid"),
+            AccountNumber::new(BranchId(2), 1).expect("valid"),
+        );
+        let mut s = MemShard::new(me);
+        s.open_account(
+            full,
+            Amount::from_minor(i64::MAX - 5).expect("non-negative"),
+        );
+        let spec = TransferSpec {
+            id: TransferId(1),
+            from: other,
+            to: full,
+            amount: Amount::from_minor(10).expect("non-negative"),
+        };
+        let votes = s
+            .prepare(
+                BranchId(2),
+                &[PrepareItem {
+                    transfer: spec,
+                    deadline_ms: 10,
+                }],
+                0,
+                &None,
+            )
+            .expect("works");
+        assert_eq!(votes, vec![Vote::No(Refusal::BalanceOverflow)]);
+        assert!(s.in_doubt().expect("works").is_empty());
+        assert_eq!(s.balance(full), Amount::from_minor(i64::MAX - 5).ok());
+    }
+}

@@ -63,6 +63,19 @@ pub(crate) fn row(
     .transpose()
 }
 
+/// The row of an account that exists here and is open.
+fn open_row(
+    conn: &Connection,
+    me: BranchId,
+    n: AccountNumber,
+) -> Result<Result<Row, Refusal>, StoreError> {
+    Ok(match row(conn, me, n)? {
+        None => Err(Refusal::AccountNotFound),
+        Some(r) if !r.open => Err(Refusal::AccountClosed),
+        Some(r) => Ok(r),
+    })
+}
+
 /// Checks that `amount` may leave `n`: exists, open, available (balance - held) covers it.
 pub(crate) fn check_debit(
     conn: &Connection,
@@ -70,12 +83,10 @@ pub(crate) fn check_debit(
     n: AccountNumber,
     amt: Amount,
 ) -> Result<Result<Row, Refusal>, StoreError> {
-    let Some(r) = row(conn, me, n)? else {
-        return Ok(Err(Refusal::AccountNotFound));
+    let r = match open_row(conn, me, n)? {
+        Ok(r) => r,
+        Err(refusal) => return Ok(Err(refusal)),
     };
-    if !r.open {
-        return Ok(Err(Refusal::AccountClosed));
-    }
     let available = r.balance.checked_sub(r.held).unwrap_or(Amount::ZERO);
     Ok(if available.checked_sub(amt).is_ok() {
         Ok(r)
@@ -91,12 +102,10 @@ pub(crate) fn check_credit(
     n: AccountNumber,
     amt: Amount,
 ) -> Result<Result<Row, Refusal>, StoreError> {
-    let Some(r) = row(conn, me, n)? else {
-        return Ok(Err(Refusal::AccountNotFound));
+    let r = match open_row(conn, me, n)? {
+        Ok(r) => r,
+        Err(refusal) => return Ok(Err(refusal)),
     };
-    if !r.open {
-        return Ok(Err(Refusal::AccountClosed));
-    }
     let room = r
         .balance
         .checked_add(r.pending_credit)
@@ -225,6 +234,20 @@ pub(crate) fn used_by_2pc(conn: &Connection, id: TransferId) -> Result<bool, Sto
     Ok(n > 0)
 }
 
+/// What an earlier use of `id` decides for a one-step movement with content `hash`:
+/// the recorded outcome of the same content, or `IdConflict` for other content or for
+/// an id this branch already uses in 2PC.
+fn earlier_outcome(
+    conn: &Connection,
+    id: TransferId,
+    hash: &[u8],
+) -> Result<Option<TransferState>, StoreError> {
+    if let Some(state) = recorded(conn, id, hash)? {
+        return Ok(Some(state));
+    }
+    Ok(used_by_2pc(conn, id)?.then_some(TransferState::Aborted(Refusal::IdConflict)))
+}
+
 /// A local transfer, deduplicated by id; the outcome (refusals too) is recorded so a
 /// repeat of the id gets the same answer.
 pub(crate) fn transfer_local(
@@ -234,11 +257,8 @@ pub(crate) fn transfer_local(
     at_ms: u64,
 ) -> Result<TransferState, StoreError> {
     let hash = content_hash(b"local-transfer", spec)?;
-    if let Some(state) = recorded(conn, spec.id, &hash)? {
+    if let Some(state) = earlier_outcome(conn, spec.id, &hash)? {
         return Ok(state);
-    }
-    if used_by_2pc(conn, spec.id)? {
-        return Ok(TransferState::Aborted(Refusal::IdConflict));
     }
     let checked = match spec.validate() {
         Err(r) => Err(r),
@@ -280,11 +300,8 @@ pub(crate) fn movement(
         b"withdrawal"
     };
     let hash = content_hash(tag, &(n, amt))?;
-    if let Some(state) = recorded(conn, id, &hash)? {
+    if let Some(state) = earlier_outcome(conn, id, &hash)? {
         return Ok(state);
-    }
-    if used_by_2pc(conn, id)? {
-        return Ok(TransferState::Aborted(Refusal::IdConflict));
     }
     let checked = match (amt.validate_movable(), kind) {
         (Err(_), _) => Err(Refusal::InvalidAmount),

@@ -35,50 +35,35 @@ fn amount(minor: i64) -> Amount {
     Amount::from_minor(minor).expect("fixture amounts are non-negative")
 }
 
-impl Fixture for Store {
-    fn open_account(&mut self, number: AccountNumber, minor: i64) {
-        let view = Store::open_account(self, &customer_for(number), shared_hash(), None);
-        assert_eq!(
-            view.expect("store works").expect("opens").number,
-            number,
-            "accounts open in order"
-        );
-        if minor > 0 {
-            let state = self.movement(Movement::Deposit, funding_id(number), number, amount(minor));
-            assert_eq!(state.expect("store works"), TransferState::Committed);
+/// `Store` and `WriterHandle` have the same account methods; one impl serves both.
+macro_rules! fixture_for {
+    ($t:ty) => {
+        impl Fixture for $t {
+            fn open_account(&mut self, number: AccountNumber, minor: i64) {
+                let view = <$t>::open_account(self, &customer_for(number), shared_hash(), None);
+                assert_eq!(
+                    view.expect("store works").expect("opens").number,
+                    number,
+                    "accounts open in order"
+                );
+                if minor > 0 {
+                    let state =
+                        self.movement(Movement::Deposit, funding_id(number), number, amount(minor));
+                    assert_eq!(state.expect("store works"), TransferState::Committed);
+                }
+            }
+            fn close_account(&mut self, number: AccountNumber) {
+                <$t>::close_account(self, number)
+                    .expect("store works")
+                    .expect("closes");
+            }
+            fn balance_and_held(&self, number: AccountNumber) -> (i64, i64) {
+                let view = self.account(number).expect("store works");
+                view.map_or((-1, -1), |v| (v.balance.minor(), v.held.minor()))
+            }
         }
-    }
-    fn close_account(&mut self, number: AccountNumber) {
-        Store::close_account(self, number)
-            .expect("store works")
-            .expect("closes");
-    }
-    fn balance_and_held(&self, number: AccountNumber) -> (i64, i64) {
-        let view = self.account(number).expect("store works");
-        view.map_or((-1, -1), |v| (v.balance.minor(), v.held.minor()))
-    }
+    };
 }
 
-impl Fixture for WriterHandle {
-    fn open_account(&mut self, number: AccountNumber, minor: i64) {
-        let view = WriterHandle::open_account(self, &customer_for(number), shared_hash(), None);
-        assert_eq!(
-            view.expect("store works").expect("opens").number,
-            number,
-            "accounts open in order"
-        );
-        if minor > 0 {
-            let state = self.movement(Movement::Deposit, funding_id(number), number, amount(minor));
-            assert_eq!(state.expect("store works"), TransferState::Committed);
-        }
-    }
-    fn close_account(&mut self, number: AccountNumber) {
-        WriterHandle::close_account(self, number)
-            .expect("store works")
-            .expect("closes");
-    }
-    fn balance_and_held(&self, number: AccountNumber) -> (i64, i64) {
-        let view = self.account(number).expect("store works");
-        view.map_or((-1, -1), |v| (v.balance.minor(), v.held.minor()))
-    }
-}
+fixture_for!(Store);
+fixture_for!(WriterHandle);
