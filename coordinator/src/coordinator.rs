@@ -478,7 +478,12 @@ impl Coordinator {
                     spec: rec.spec,
                     deadline_ms: rec.deadline_ms,
                     participants: rec.spec.participants(),
-                    phase: Phase::Decided,
+                    // Undecided ones are aborted just below (Preparing -> Deciding).
+                    phase: if rec.decision.is_some() {
+                        Phase::Decided
+                    } else {
+                        Phase::Preparing
+                    },
                     yes: BTreeMap::new(),
                     decision: rec.decision.map(|d| (d, rec.reason)),
                     acked: BTreeSet::new(),

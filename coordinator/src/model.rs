@@ -324,6 +324,9 @@ pub(crate) fn transfer(
 mod tests {
     use super::*;
 
+    /// Past this many states a configuration fails rather than run for ever.
+    const STATES_MAX: usize = 30_000_000;
+
     fn env_u8(name: &str, default: u8) -> u8 {
         std::env::var(name)
             .ok()
@@ -353,7 +356,7 @@ mod tests {
             ticks: env_u8("MODEL_TICKS", ticks),
             crashes: env_u8("MODEL_CRASHES", 1),
             dups: env_u8("MODEL_DUPS", dups),
-            states_max: 30_000_000,
+            states_max: STATES_MAX,
         }
     }
 
@@ -390,7 +393,7 @@ mod tests {
             ticks: env_u8("MODEL_TICKS", 0),
             crashes: env_u8("MODEL_CRASHES", 1),
             dups: env_u8("MODEL_DUPS", 0),
-            states_max: 30_000_000,
+            states_max: STATES_MAX,
         };
         report("3 branches, 2 contending transfers", &setup);
     }

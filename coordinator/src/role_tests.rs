@@ -18,7 +18,6 @@ use crate::{Branch, Command, Config, Input};
 const B1: BranchId = BranchId(1);
 const B2: BranchId = BranchId(2);
 const B3: BranchId = BranchId(3);
-const T: u64 = Config { ..CONFIG }.prepare_timeout_ms;
 const CONFIG: Config = Config {
     prepare_timeout_ms: 1_000,
     decision_resend_ms: 100,
@@ -26,6 +25,8 @@ const CONFIG: Config = Config {
     retry_backoff_max_ms: 400,
     in_flight_transfers_max: 4,
 };
+/// The prepare timeout, the deadline of a transfer begun at time 0.
+const T: u64 = CONFIG.prepare_timeout_ms;
 
 fn acct(b: BranchId, serial: u32) -> AccountNumber {
     AccountNumber::new(b, serial).expect("valid")

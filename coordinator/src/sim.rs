@@ -200,7 +200,9 @@ impl Sim {
 
     /// Whether to crash at a 2PC step now (rarely, and only in the fault phase).
     fn failpoint(&mut self) -> bool {
-        self.faults && self.stats.crashes < 4 && self.rng.range(0, 999) < 4
+        self.faults
+            && self.stats.crashes < CRASHES_MAX
+            && self.rng.range(0, 999) < FAILPOINT_CRASH_PER_MILLE
     }
 
     fn send(&mut self, from: BranchId, to: BranchId, body: BranchBody) {
@@ -422,7 +424,7 @@ impl Sim {
         match self.rng.range(0, 999) {
             0..=2 => {
                 let live = self.live();
-                if self.stats.crashes < 4 && !live.is_empty() {
+                if self.stats.crashes < CRASHES_MAX && !live.is_empty() {
                     let b = live[self.rng.index(live.len())];
                     self.crash(b);
                 }
@@ -494,6 +496,15 @@ impl Sim {
     }
 }
 
+/// Steps of the fault phase of one seed.
+const FAULT_STEPS: usize = 2_000;
+
+/// Most crashes in one seed (random and failpoint crashes together).
+const CRASHES_MAX: usize = 4;
+
+/// Chance, per storage command issued or completed, of a failpoint crash, per mille.
+const FAILPOINT_CRASH_PER_MILLE: u64 = 4;
+
 /// Sim time the network gets after the heal to settle every transfer, in milliseconds:
 /// a few prepare timeouts plus a few maximal retry waits.
 const RECOVERY_BOUND_MS: u64 = 10_000;
@@ -502,7 +513,7 @@ const RECOVERY_BOUND_MS: u64 = 10_000;
 pub(crate) fn run(seed: u64) -> Result<Stats, String> {
     let mut sim = Sim::new(seed);
     let transfers_max = usize::try_from(sim.rng.range(5, 60)).unwrap_or(5);
-    for step in 0..2_000 {
+    for step in 0..FAULT_STEPS {
         sim.stats.steps += 1;
         sim.fault_step(transfers_max);
         sim.check(false)

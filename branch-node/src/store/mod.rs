@@ -66,6 +66,9 @@ impl From<StoreError> for coordinator::ShardError {
     }
 }
 
+/// How long a statement waits for another connection's lock, in milliseconds.
+const BUSY_TIMEOUT_MS: u64 = 5_000;
+
 /// One branch's database, used by one owner at a time.
 #[derive(Debug)]
 pub struct Store {
@@ -107,7 +110,7 @@ impl Store {
         };
         conn.pragma_update(None, "synchronous", sync)?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
-        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        conn.busy_timeout(std::time::Duration::from_millis(BUSY_TIMEOUT_MS))?;
         // Query planner stability: plans never depend on bound values. Without it the
         // bundled SQLite (built with STAT4) re-parses hot statements whenever a new
         // value is bound to some parameters: that was 43% of a local transfer's time.
