@@ -74,16 +74,6 @@ fn every_acknowledged_operation_survives_sigkill() {
                 .expect("exists")
                 .balance
                 .minor();
-        let (deposits, _) = store
-            .history(
-                Some(a),
-                wire::teller::PageRequest {
-                    before: None,
-                    limit: 1,
-                },
-            )
-            .expect("reads");
-        assert!(!deposits.is_empty());
         let deposited: i64 = rusqlite::Connection::open(&db)
             .expect("opens")
             .query_row(
