@@ -3,4 +3,6 @@
 
 pub mod init;
 pub mod network_file;
+pub mod node;
+pub mod p2p;
 pub mod store;

@@ -1,11 +1,15 @@
 //! `branch-node`: the process a bank runs at each branch. Thin: parses arguments and
-//! calls the library. `init` exists today; `run` (serving the network) comes with the
-//! node itself.
+//! calls the library (`init` makes a data dir, `run` serves it).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use branch_node::node::RunConfig;
+use branch_node::node::notifier::{SmsSink, TwilioConfig};
+use branch_node::store::Durability;
 use clap::{Parser, Subcommand};
+use libp2p::Multiaddr;
+use tracing_subscriber::EnvFilter;
 use wire::BranchId;
 
 #[derive(Parser, Debug)]
@@ -32,9 +36,47 @@ enum Command {
         #[arg(long)]
         admin_password_file: Option<PathBuf>,
     },
+    /// Serve a branch: teller protocol, 2PC with the other branches, SMS notifier.
+    ///
+    /// Logs go to stderr (filter with RUST_LOG, default info). Ctrl-C or SIGTERM stops
+    /// it after queued storage is durable. FAILPOINTS=name=panic crashes it at a 2PC
+    /// step (before_prepare_durable, after_vote_sent, after_decision_durable, ...).
+    Run {
+        /// The branch's data dir, made by `branch-node init`.
+        #[arg(long)]
+        data_dir: PathBuf,
+        /// The network file listing every branch's id, name, key and addresses.
+        #[arg(long)]
+        network: PathBuf,
+        /// Listen here instead of the addresses network.toml lists for this branch.
+        #[arg(long)]
+        listen: Vec<Multiaddr>,
+        /// Find listed branches' LAN addresses with mDNS (never adds trust).
+        #[arg(long)]
+        mdns: bool,
+        /// Let admins block or delay links to other branches (fault scenarios only).
+        #[arg(long)]
+        fault_switch: bool,
+        /// Send SMS through Twilio's Messages API at this http:// base URL, with
+        /// TWILIO_ACCOUNT_SID, TWILIO_AUTH_TOKEN and TWILIO_FROM from the environment.
+        /// Without it, messages are appended to sms.log in the data dir.
+        #[arg(long)]
+        sms_url: Option<String>,
+        /// synchronous=NORMAL instead of FULL: an acknowledged write may be lost on power
+        /// loss. For benchmarks only.
+        #[arg(long)]
+        unsafe_no_fsync: bool,
+    },
 }
 
 fn main() -> ExitCode {
+    // A panic anywhere (including a failpoint) stops the whole node at once, like a crash:
+    // a half-alive node with a dead 2PC task would be worse than a restart.
+    let default_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        default_hook(info);
+        std::process::abort();
+    }));
     match run(Cli::parse()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -77,5 +119,68 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             );
             Ok(())
         }
+        Command::Run {
+            data_dir,
+            network,
+            listen,
+            mdns,
+            fault_switch,
+            sms_url,
+            unsafe_no_fsync,
+        } => {
+            tracing_subscriber::fmt()
+                .with_env_filter(
+                    EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+                )
+                .with_writer(std::io::stderr)
+                .init();
+            let _failpoints = fail::FailScenario::setup();
+            let sms = match sms_url {
+                Some(url) => Some(SmsSink::Twilio(
+                    TwilioConfig::from_env(url).map_err(|e| anyhow::anyhow!(e))?,
+                )),
+                None => None,
+            };
+            let cfg = RunConfig {
+                data_dir,
+                network_file: network,
+                listen,
+                mdns,
+                fault_switch,
+                sms,
+                durability: if unsafe_no_fsync {
+                    Durability::Normal
+                } else {
+                    Durability::Full
+                },
+            };
+            let runtime = tokio::runtime::Runtime::new()?;
+            runtime.block_on(branch_node::node::run(cfg, shutdown_signal()))
+        }
     }
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = ctrl_c => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = ctrl_c.await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+    tracing::info!("shutdown requested");
 }

@@ -8,6 +8,7 @@ pub mod account;
 pub mod codec;
 pub mod ids;
 pub mod limits;
+pub mod link;
 pub mod money;
 pub mod refusal;
 pub mod signed;
@@ -66,6 +67,12 @@ mod roundtrip_tests {
 
         #[test]
         fn teller_responses(m in any::<TellerResponse>()) { round_trip(&m)?; }
+
+        #[test]
+        fn link_requests(m in any::<link::LinkRequest>()) { round_trip(&m)?; }
+
+        #[test]
+        fn link_responses(m in any::<link::LinkResponse>()) { round_trip(&m)?; }
 
         #[test]
         fn signed_envelopes(m in any::<BranchMessage>(), seed in any::<[u8; 32]>(), signer in any::<u16>()) {

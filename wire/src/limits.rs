@@ -55,3 +55,15 @@ pub const LOGIN_LOCKOUT_MS: u64 = 5 * 60 * 1_000;
 
 /// Most operations the store's writer puts in one SQLite transaction (group commit).
 pub const WRITER_BATCH_OPS_MAX: usize = 4_096;
+
+/// How long a teller session lives after login, in milliseconds.
+pub const SESSION_TTL_MS: u64 = 30 * 60 * 1_000;
+
+/// Most live teller sessions one branch keeps; the oldest expire first beyond it.
+pub const SESSIONS_MAX: usize = 100_000;
+
+/// How long a node waits for another branch to answer a forwarded request, in milliseconds.
+pub const FORWARD_TIMEOUT_MS: u64 = 5_000;
+
+/// Longest a fault switch may delay a link, in milliseconds.
+pub const LINK_DELAY_MS_MAX: u32 = 60_000;

@@ -61,6 +61,8 @@ pub enum Refusal {
     UserExists,
     #[error("transfer interrupted by a branch restart before its decision; nothing moved")]
     Interrupted,
+    #[error("branch store failed; the request was not applied, try again")]
+    StoreUnavailable,
 }
 
 #[cfg(test)]
@@ -90,6 +92,7 @@ mod tests {
             Overloaded,
             UserExists,
             Interrupted,
+            StoreUnavailable,
         ];
         for r in all {
             let m = r.to_string();

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::account::AccountNumber;
 use crate::ids::{BranchId, TransferId};
-use crate::limits::{PAGE_ROWS_MAX, PASSWORD_BYTES_MAX, TEXT_FIELD_BYTES_MAX};
+use crate::limits::{LINK_DELAY_MS_MAX, PAGE_ROWS_MAX, PASSWORD_BYTES_MAX, TEXT_FIELD_BYTES_MAX};
 use crate::money::Amount;
 use crate::refusal::Refusal;
 use crate::twopc::TransferSpec;
@@ -18,6 +18,31 @@ use crate::twopc::TransferSpec;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[cfg_attr(test, derive(proptest_derive::Arbitrary))]
 pub struct SessionToken(pub u128);
+
+impl SessionToken {
+    /// A token issued by branch `issuer`: its id in the top 16 bits, 112 random bits below.
+    /// Any branch can then tell which branch holds the session.
+    pub fn new(issuer: BranchId, random: u128) -> Self {
+        SessionToken((u128::from(issuer.0) << 112) | (random & ((1u128 << 112) - 1)))
+    }
+
+    /// The branch that issued this token and keeps the session.
+    pub fn issuer(&self) -> BranchId {
+        BranchId(u16::try_from(self.0 >> 112).unwrap_or(u16::MAX))
+    }
+}
+
+/// What the fault switch does to traffic with one branch (scenarios use it for partitions).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+pub enum LinkFault {
+    /// Traffic flows normally.
+    Healthy,
+    /// Every message to or from the branch is dropped.
+    Blocked,
+    /// Every message to the branch waits this long first, in milliseconds.
+    Delayed { delay_ms: u32 },
+}
 
 /// What a logged-in user may do.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -118,6 +143,11 @@ pub enum TellerOp {
     ListTransactions {
         scope: Scope,
         page: PageRequest,
+    },
+    /// Admin, on a node started with `--fault-switch`: block or delay the link to `branch`.
+    SetLinkFault {
+        branch: BranchId,
+        fault: LinkFault,
     },
 }
 
@@ -221,6 +251,10 @@ pub enum TellerResponse {
     AccountOpened(AccountView),
     AccountClosed(AccountView),
     Accounts(Vec<AccountView>),
+    LinkFaultSet {
+        branch: BranchId,
+        fault: LinkFault,
+    },
     Refused(Refusal),
 }
 
@@ -297,6 +331,12 @@ impl TellerRequest {
                 | TellerOp::ListAccounts { .. },
                 _,
             ) => Ok(()),
+            (TellerOp::SetLinkFault { fault, .. }, _) => match fault {
+                LinkFault::Delayed { delay_ms } if *delay_ms > LINK_DELAY_MS_MAX => {
+                    Err(Refusal::InvalidInput)
+                }
+                _ => Ok(()),
+            },
         }
     }
 }
@@ -325,6 +365,14 @@ mod tests {
             last_name: "Rao".into(),
             sms_opt_in: true,
         }
+    }
+
+    #[test]
+    fn session_tokens_name_their_issuer() {
+        let t = SessionToken::new(BranchId(999), u128::MAX);
+        assert_eq!(t.issuer(), BranchId(999));
+        assert_eq!(SessionToken::new(BranchId(1), 5).issuer(), BranchId(1));
+        assert_eq!(SessionToken::new(BranchId(1), 5).0 & 0xff, 5);
     }
 
     #[test]

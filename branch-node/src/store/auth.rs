@@ -93,72 +93,112 @@ impl Store {
         password: &str,
         now_ms: u64,
     ) -> Result<LoginOutcome, StoreError> {
-        let user: Option<(String, Option<i64>, String, i64, i64)> = self
-            .conn()
-            .query_row(
-                "SELECT role, customer_id, password_hash, failed_attempts, locked_until_ms FROM users WHERE login = ?1",
-                [login],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
-            )
-            .optional()?;
-        let Some((role, customer_id, hash, failures, locked_until)) = user else {
-            let _ = verify(password, dummy_hash());
-            return Ok(Err(Refusal::BadCredentials));
-        };
-        if sql_ms(now_ms) < locked_until {
-            return Ok(Err(Refusal::LockedOut));
-        }
-        if !verify(password, &hash) {
-            let failures = failures + 1;
-            let locked_until = if failures >= i64::from(LOGIN_FAILURES_MAX) {
-                sql_ms(now_ms.saturating_add(LOGIN_LOCKOUT_MS))
-            } else {
-                0
-            };
-            let reset = if locked_until > 0 { 0 } else { failures };
-            self.in_tx(|c, _| {
-                c.execute(
-                    "UPDATE users SET failed_attempts = ?2, locked_until_ms = ?3 WHERE login = ?1",
-                    params![login, reset, locked_until],
-                )?;
-                Ok(())
-            })?;
-            return Ok(Err(if locked_until > 0 {
-                Refusal::LockedOut
-            } else {
-                Refusal::BadCredentials
-            }));
-        }
-        if failures != 0 {
-            self.in_tx(|c, _| {
-                c.execute(
-                    "UPDATE users SET failed_attempts = 0 WHERE login = ?1",
-                    [login],
-                )?;
-                Ok(())
-            })?;
-        }
-        let role = if role == "admin" {
-            Role::Admin
-        } else {
-            Role::Customer
-        };
-        let mut accounts = Vec::new();
-        if let Some(cid) = customer_id {
-            let mut stmt = self
-                .conn()
-                .prepare("SELECT serial FROM accounts WHERE customer_id = ?1 ORDER BY serial")?;
-            let serials: Vec<i64> = stmt
-                .query_map([cid], |r| r.get(0))?
-                .collect::<Result<_, _>>()?;
-            for s in serials {
-                accounts.push(account_number(self.branch(), s)?);
-            }
-        }
-        Ok(Ok(UserInfo {
-            login: login.to_owned(),
-            role,
-            accounts,
-        }))
+        let user = login_read(self.conn(), login, now_ms)?;
+        let verified = login_verify(password, &user);
+        self.in_tx(|c, me| login_record(c, me, login, &user, verified, now_ms))
     }
+}
+
+/// What a login needs from the users table, read before the (slow) password check.
+#[derive(Debug, Clone)]
+pub enum LoginRow {
+    Unknown,
+    Locked,
+    Found {
+        role: Role,
+        customer_id: Option<i64>,
+        hash: String,
+    },
+}
+
+/// Step 1 of a login: the user's row, or why there is none to check.
+pub fn login_read(conn: &Connection, login: &str, now_ms: u64) -> Result<LoginRow, StoreError> {
+    let user: Option<(String, Option<i64>, String, i64)> = conn
+        .query_row(
+            "SELECT role, customer_id, password_hash, locked_until_ms FROM users WHERE login = ?1",
+            [login],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+        )
+        .optional()?;
+    Ok(match user {
+        None => LoginRow::Unknown,
+        Some((.., locked_until)) if sql_ms(now_ms) < locked_until => LoginRow::Locked,
+        Some((role, customer_id, hash, _)) => LoginRow::Found {
+            role: if role == "admin" {
+                Role::Admin
+            } else {
+                Role::Customer
+            },
+            customer_id,
+            hash,
+        },
+    })
+}
+
+/// Step 2, outside any SQLite transaction (~60 ms of argon2): does the password match?
+/// An unknown user is checked against a dummy hash so that it takes as long.
+pub fn login_verify(password: &str, row: &LoginRow) -> bool {
+    match row {
+        LoginRow::Found { hash, .. } => verify(password, hash),
+        LoginRow::Unknown => {
+            let _ = verify(password, dummy_hash());
+            false
+        }
+        LoginRow::Locked => false,
+    }
+}
+
+/// Step 3: count a failure (locking the login after too many) or clear the count.
+/// Counting is one SQL increment, so concurrent failures are never lost.
+pub fn login_record(
+    conn: &Connection,
+    me: wire::BranchId,
+    login: &str,
+    row: &LoginRow,
+    verified: bool,
+    now_ms: u64,
+) -> Result<LoginOutcome, StoreError> {
+    let (role, customer_id) = match row {
+        LoginRow::Unknown => return Ok(Err(Refusal::BadCredentials)),
+        LoginRow::Locked => return Ok(Err(Refusal::LockedOut)),
+        LoginRow::Found {
+            role, customer_id, ..
+        } => (*role, *customer_id),
+    };
+    if !verified {
+        let failures: i64 = conn.query_row(
+            "UPDATE users SET failed_attempts = failed_attempts + 1 WHERE login = ?1
+             RETURNING failed_attempts",
+            [login],
+            |r| r.get(0),
+        )?;
+        if failures < i64::from(LOGIN_FAILURES_MAX) {
+            return Ok(Err(Refusal::BadCredentials));
+        }
+        conn.execute(
+            "UPDATE users SET failed_attempts = 0, locked_until_ms = ?2 WHERE login = ?1",
+            params![login, sql_ms(now_ms.saturating_add(LOGIN_LOCKOUT_MS))],
+        )?;
+        return Ok(Err(Refusal::LockedOut));
+    }
+    conn.execute(
+        "UPDATE users SET failed_attempts = 0 WHERE login = ?1 AND failed_attempts != 0",
+        [login],
+    )?;
+    let mut accounts = Vec::new();
+    if let Some(cid) = customer_id {
+        let mut stmt = conn
+            .prepare_cached("SELECT serial FROM accounts WHERE customer_id = ?1 ORDER BY serial")?;
+        let serials: Vec<i64> = stmt
+            .query_map([cid], |r| r.get(0))?
+            .collect::<Result<_, _>>()?;
+        for s in serials {
+            accounts.push(account_number(me, s)?);
+        }
+    }
+    Ok(Ok(UserInfo {
+        login: login.to_owned(),
+        role,
+        accounts,
+    }))
 }

@@ -457,6 +457,38 @@ pub(crate) fn view(
     rows.next()?.map(|r| view_row(me, r)).transpose()
 }
 
+/// Every account of branch `me`, by number.
+pub(crate) fn list(conn: &Connection, me: BranchId) -> Result<Vec<AccountView>, StoreError> {
+    let mut stmt = conn.prepare_cached(&format!("{VIEW_SQL} ORDER BY a.serial"))?;
+    let mut rows = stmt.query([])?;
+    let mut out = Vec::new();
+    while let Some(r) = rows.next()? {
+        out.push(view_row(me, r)?);
+    }
+    Ok(out)
+}
+
+/// One page of an account's history (or of the whole ledger with `None`), newest first.
+pub(crate) fn history(
+    conn: &Connection,
+    me: BranchId,
+    account: Option<AccountNumber>,
+    page: PageRequest,
+) -> Result<(Vec<EntryView>, Option<u64>), StoreError> {
+    let serial = match account {
+        Some(n) if n.branch() != me => return Ok((Vec::new(), None)),
+        Some(n) => Some(n.serial()),
+        None => None,
+    };
+    ledger::read(
+        conn,
+        me,
+        serial,
+        page.before,
+        page.limit.min(wire::limits::PAGE_ROWS_MAX),
+    )
+}
+
 impl Store {
     /// Opens an account (see `bank::open_account`); `password_hash` from [`super::hash_password`].
     pub fn open_account(
@@ -494,15 +526,7 @@ impl Store {
 
     /// Every account of this branch, by number.
     pub fn accounts(&self) -> Result<Vec<AccountView>, StoreError> {
-        let mut stmt = self
-            .conn()
-            .prepare(&format!("{VIEW_SQL} ORDER BY a.serial"))?;
-        let mut rows = stmt.query([])?;
-        let mut out = Vec::new();
-        while let Some(r) = rows.next()? {
-            out.push(view_row(self.branch(), r)?);
-        }
-        Ok(out)
+        list(self.conn(), self.branch())
     }
 
     /// One page of an account's history (or of the whole ledger with `None`), newest first.
@@ -511,18 +535,7 @@ impl Store {
         account: Option<AccountNumber>,
         page: PageRequest,
     ) -> Result<(Vec<EntryView>, Option<u64>), StoreError> {
-        let serial = match account {
-            Some(n) if n.branch() != self.branch() => return Ok((Vec::new(), None)),
-            Some(n) => Some(n.serial()),
-            None => None,
-        };
-        ledger::read(
-            self.conn(),
-            self.branch(),
-            serial,
-            page.before,
-            page.limit.min(wire::limits::PAGE_ROWS_MAX),
-        )
+        history(self.conn(), self.branch(), account, page)
     }
 
     /// Messages waiting in the outbox (phone, body), oldest first.

@@ -11,12 +11,13 @@
 //! transaction (group commit, one fsync) with a savepoint around each.
 
 mod auth;
-mod bank;
-mod ledger;
+pub(crate) mod bank;
+pub(crate) mod ledger;
+pub(crate) mod outbox;
 mod schema;
 #[cfg(feature = "testing")]
 pub mod testing;
-mod twopc;
+pub(crate) mod twopc;
 pub mod writer;
 
 use std::path::Path;
@@ -25,7 +26,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior};
 use wire::{AccountNumber, BranchId, TransferId};
 
-pub use auth::{LoginOutcome, UserInfo, hash_password};
+pub use auth::{LoginOutcome, LoginRow, UserInfo, hash_password};
 pub use bank::Movement;
 pub use ledger::{LedgerReport, LedgerViolation};
 

@@ -8,8 +8,8 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
 use coordinator::{
-    ApplyOutcome, BeginItem, BeginOutcome, CoordinatedRecord, DecisionRecord, Evidence,
-    InDoubtRecord, Shard, ShardError,
+    ApplyOutcome, BeginItem, BeginOutcome, Command, CoordinatedRecord, DecisionRecord, Evidence,
+    InDoubtRecord, Input, Shard, ShardError,
 };
 use rusqlite::{Connection, TransactionBehavior};
 use wire::limits::WRITER_BATCH_OPS_MAX;
@@ -17,6 +17,7 @@ use wire::teller::{AccountView, NewCustomer, TransferState};
 use wire::twopc::{DecisionItem, PrepareItem, TransferSpec, Vote};
 use wire::{AccountNumber, Amount, BranchId, Decision, Refusal, TransferId};
 
+use super::auth;
 use super::bank::{self, Movement};
 use super::{Store, StoreError, now_ms, twopc};
 
@@ -181,8 +182,22 @@ impl WriterHandle {
         &self,
         f: impl FnOnce(&Connection, BranchId) -> Result<R, StoreError> + Send + 'static,
     ) -> Result<Receiver<Result<R, StoreError>>, StoreError> {
-        let slot: Arc<Mutex<Option<Result<R, StoreError>>>> = Arc::new(Mutex::new(None));
         let (reply_tx, reply_rx) = mpsc::sync_channel(1);
+        self.submit_then(f, move |r| {
+            let _ = reply_tx.send(r);
+        })?;
+        Ok(reply_rx)
+    }
+
+    /// Queues `f` for the writer's next batch; `done` gets its result on the writer
+    /// thread once the batch is durable (or the commit's error). Jobs run and finish in
+    /// the order they were queued. `done` must not block.
+    pub fn submit_then<R: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection, BranchId) -> Result<R, StoreError> + Send + 'static,
+        done: impl FnOnce(Result<R, StoreError>) + Send + 'static,
+    ) -> Result<(), StoreError> {
+        let slot: Arc<Mutex<Option<Result<R, StoreError>>>> = Arc::new(Mutex::new(None));
         let run_slot = Arc::clone(&slot);
         let run = Box::new(move |c: &Connection, me: BranchId| {
             let r = f(c, me);
@@ -194,17 +209,65 @@ impl WriterHandle {
         });
         let finish = Box::new(move |commit_error: Option<String>| {
             let result = slot.lock().ok().and_then(|mut s| s.take());
-            let answer = match (commit_error, result) {
+            done(match (commit_error, result) {
                 (Some(e), _) => Err(StoreError::CommitFailed(e)),
                 (None, Some(r)) => r,
                 (None, None) => Err(StoreError::CommitFailed("operation did not run".into())),
-            };
-            let _ = reply_tx.send(answer);
+            });
         });
         self.tx
             .send(Msg::Job(Job { run, finish }))
-            .map_err(|_| StoreError::WriterGone)?;
-        Ok(reply_rx)
+            .map_err(|_| StoreError::WriterGone)
+    }
+
+    /// Runs `f` in the writer's next batch and awaits the durable result (for async code).
+    pub async fn call<R: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection, BranchId) -> Result<R, StoreError> + Send + 'static,
+    ) -> Result<R, StoreError> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.submit_then(f, move |r| {
+            let _ = tx.send(r);
+        })?;
+        rx.await.map_err(|_| StoreError::WriterGone)?
+    }
+
+    /// Queues one 2PC storage command (see [`coordinator::execute`]); `done` gets the
+    /// input that answers it once it is durable. Commands run in the order queued.
+    pub fn execute_then(
+        &self,
+        now_ms: u64,
+        command: Command,
+        done: impl FnOnce(Result<Option<Input>, StoreError>) + Send + 'static,
+    ) -> Result<(), StoreError> {
+        self.submit_then(
+            move |c, me| {
+                coordinator::execute(&mut ConnShard { conn: c, me }, now_ms, command)
+                    .map_err(|e| StoreError::CommitFailed(e.to_string()))
+            },
+            done,
+        )
+    }
+
+    /// A login in three steps, so that argon2 (~60 ms) runs on the caller's thread and
+    /// never holds up the writer's batch: read the row, verify, record the result.
+    pub async fn login(
+        &self,
+        login: String,
+        password: String,
+        now_ms: u64,
+    ) -> Result<auth::LoginOutcome, StoreError> {
+        let who = login.clone();
+        let row = self
+            .call(move |c, _| auth::login_read(c, &who, now_ms))
+            .await?;
+        let verify_row = row.clone();
+        let verified =
+            tokio::task::spawn_blocking(move || auth::login_verify(&password, &verify_row))
+                .await
+                .unwrap_or(false);
+        self.call(move |c, me| auth::login_record(c, me, &login, &row, verified, now_ms))
+            .await
     }
 
     /// Opens an account (see [`Store::open_account`]).
@@ -301,5 +364,76 @@ impl Shard for WriterHandle {
     }
     fn transfer_state(&self, id: TransferId) -> Result<TransferState, ShardError> {
         Ok(self.run(move |c, _| twopc::transfer_state(c, id))?)
+    }
+}
+
+/// The `Shard` of a connection inside the writer's current batch: each call runs in the
+/// batch's transaction, and is durable once the batch commits.
+struct ConnShard<'a> {
+    conn: &'a Connection,
+    me: BranchId,
+}
+
+impl Shard for ConnShard<'_> {
+    fn branch(&self) -> BranchId {
+        self.me
+    }
+    fn begin(&mut self, items: &[BeginItem]) -> Result<Vec<BeginOutcome>, ShardError> {
+        Ok(twopc::begin(self.conn, items)?)
+    }
+    fn record_decisions(&mut self, items: &[DecisionRecord]) -> Result<(), ShardError> {
+        twopc::record_decisions(self.conn, items)?
+    }
+    fn mark_ended(&mut self, ids: &[TransferId]) -> Result<(), ShardError> {
+        Ok(twopc::mark_ended(self.conn, ids)?)
+    }
+    fn read_decisions(&self, ids: &[TransferId]) -> Result<Vec<Option<Decision>>, ShardError> {
+        Ok(twopc::read_decisions(self.conn, ids)?)
+    }
+    fn unfinished_coordinated(&self) -> Result<Vec<CoordinatedRecord>, ShardError> {
+        Ok(twopc::unfinished(self.conn)?)
+    }
+    fn prepare(
+        &mut self,
+        coordinator: BranchId,
+        items: &[PrepareItem],
+        now_ms: u64,
+        evidence: &Evidence,
+    ) -> Result<Vec<Vote>, ShardError> {
+        Ok(twopc::prepare(
+            self.conn,
+            self.me,
+            coordinator,
+            items,
+            now_ms,
+            evidence,
+        )?)
+    }
+    fn apply(
+        &mut self,
+        coordinator: BranchId,
+        items: &[DecisionItem],
+        evidence: &Evidence,
+    ) -> Result<Vec<ApplyOutcome>, ShardError> {
+        Ok(twopc::apply(
+            self.conn,
+            self.me,
+            coordinator,
+            items,
+            evidence,
+        )?)
+    }
+    fn in_doubt(&self) -> Result<Vec<InDoubtRecord>, ShardError> {
+        Ok(twopc::in_doubt(self.conn)?)
+    }
+    fn transfer_local(&mut self, items: &[TransferSpec]) -> Result<Vec<TransferState>, ShardError> {
+        let now = now_ms();
+        Ok(items
+            .iter()
+            .map(|s| bank::transfer_local(self.conn, self.me, s, now))
+            .collect::<Result<_, _>>()?)
+    }
+    fn transfer_state(&self, id: TransferId) -> Result<TransferState, ShardError> {
+        Ok(twopc::transfer_state(self.conn, id)?)
     }
 }

@@ -1,0 +1,428 @@
+//! The 2PC driver: one task owns this branch's `coordinator::Branch` and runs its
+//! commands against the store's writer and the network.
+//!
+//! - Storage commands go to the writer in the order they were emitted; their answers come
+//!   back, once durable, on an internal channel and are fed to the machine in that order.
+//! - Every outgoing message is signed with the branch key, including those to this branch
+//!   itself (delivered in-process), so every stored record has a signed envelope.
+//! - Teller transfers waiting in the queue are taken together: one `Request` input, so
+//!   the machine batches them per destination branch.
+//! - Failpoints (the `fail` crate, configured with `FAILPOINTS`) sit at each 2PC step.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use coordinator::{Branch, Command, Evidence, Input, Ticket};
+use tokio::sync::{mpsc, oneshot};
+use wire::link::{LinkRequest, LinkResponse};
+use wire::teller::TransferState;
+use wire::twopc::{BranchBody, BranchMessage, TransferSpec};
+use wire::{BranchId, BranchKey, Refusal, Signed};
+
+use super::now_ms;
+use crate::network_file::NetworkFile;
+use crate::p2p::network::Client;
+use crate::store::StoreError;
+use crate::store::writer::WriterHandle;
+
+/// How long a signed 2PC message stays valid, in milliseconds. Longer than every retry
+/// wait, so a re-sent decision is never refused as stale on a healthy link.
+pub const MESSAGE_TTL_MS: u64 = 60_000;
+
+/// Most events (transfers, verified messages) waiting for the engine; more are refused.
+pub const ENGINE_QUEUE_MAX: usize = 65_536;
+
+/// The failpoints at each 2PC step, as named in `FAILPOINTS` (for example
+/// `FAILPOINTS=after_decision_durable=panic`; a panic aborts the node).
+pub const FAILPOINTS: [&str; 10] = [
+    "before_prepare_durable",
+    "after_prepare_durable",
+    "before_vote_sent",
+    "after_vote_sent",
+    "before_decision_durable",
+    "after_decision_durable",
+    "before_decision_sent",
+    "after_decision_sent",
+    "before_apply",
+    "after_apply",
+];
+
+fn failpoint(name: &'static str) {
+    fail::fail_point!(name);
+}
+
+/// What the 2PC driver has done since start.
+#[derive(Debug, Default)]
+pub struct Counters {
+    /// Transfers this branch voted yes on as a participant.
+    pub prepared: AtomicU64,
+    /// Teller transfers answered committed.
+    pub committed: AtomicU64,
+    /// Teller transfers answered aborted.
+    pub aborted: AtomicU64,
+    /// Transfers prepared here with no decision yet (a gauge).
+    pub in_doubt: AtomicU64,
+}
+
+enum Event {
+    Transfer {
+        spec: TransferSpec,
+        reply: oneshot::Sender<TransferState>,
+    },
+    Message {
+        from: BranchId,
+        body: BranchBody,
+        evidence: Evidence,
+    },
+}
+
+/// The answer to a storage command, with the failpoint to pass before acting on it.
+struct Stored {
+    result: Result<Option<Input>, StoreError>,
+    after: Option<&'static str>,
+}
+
+/// Hands work to the engine. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct EngineHandle {
+    tx: mpsc::Sender<Event>,
+    counters: Arc<Counters>,
+}
+
+impl std::fmt::Debug for Event {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Event::Transfer { spec, .. } => write!(f, "Transfer({})", spec.id),
+            Event::Message { from, .. } => write!(f, "Message(from {from})"),
+        }
+    }
+}
+
+impl EngineHandle {
+    /// Coordinates `spec` and waits for its outcome. A lost engine (shutdown) answers
+    /// `Pending`: the outcome is not known to the caller, who can ask for the status.
+    pub async fn transfer(&self, spec: TransferSpec) -> TransferState {
+        let (reply, rx) = oneshot::channel();
+        match self.tx.try_send(Event::Transfer { spec, reply }) {
+            Ok(()) => rx.await.unwrap_or(TransferState::Pending),
+            Err(mpsc::error::TrySendError::Full(_)) => TransferState::Aborted(Refusal::Overloaded),
+            Err(mpsc::error::TrySendError::Closed(_)) => TransferState::Pending,
+        }
+    }
+
+    /// Hands a verified message to the engine; `false` when its queue is full.
+    pub fn deliver(&self, from: BranchId, body: BranchBody, evidence: Evidence) -> bool {
+        self.tx
+            .try_send(Event::Message {
+                from,
+                body,
+                evidence,
+            })
+            .is_ok()
+    }
+
+    /// The driver's counters.
+    pub fn counters(&self) -> &Counters {
+        &self.counters
+    }
+}
+
+/// The task that owns the machine.
+pub struct Engine {
+    me: BranchId,
+    branch: Branch,
+    writer: WriterHandle,
+    key: Arc<BranchKey>,
+    network: Arc<NetworkFile>,
+    client: Client,
+    rx: mpsc::Receiver<Event>,
+    stored_tx: mpsc::UnboundedSender<Stored>,
+    stored_rx: mpsc::UnboundedReceiver<Stored>,
+    tickets: HashMap<Ticket, oneshot::Sender<TransferState>>,
+    next_ticket: Ticket,
+    counters: Arc<Counters>,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine")
+            .field("me", &self.me)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Makes the engine and its handle.
+pub fn new(
+    branch: Branch,
+    writer: WriterHandle,
+    key: Arc<BranchKey>,
+    network: Arc<NetworkFile>,
+    client: Client,
+) -> (EngineHandle, Engine) {
+    let (tx, rx) = mpsc::channel(ENGINE_QUEUE_MAX);
+    let (stored_tx, stored_rx) = mpsc::unbounded_channel();
+    let counters = Arc::new(Counters::default());
+    let handle = EngineHandle {
+        tx,
+        counters: Arc::clone(&counters),
+    };
+    let engine = Engine {
+        me: branch.id(),
+        branch,
+        writer,
+        key,
+        network,
+        client,
+        rx,
+        stored_tx,
+        stored_rx,
+        tickets: HashMap::new(),
+        next_ticket: 0,
+        counters,
+    };
+    (handle, engine)
+}
+
+impl Engine {
+    /// Recovers from the store, then runs until `shutdown` resolves. In-flight work is
+    /// left in a state recovery finishes: nothing is answered before it is durable.
+    pub async fn run(
+        mut self,
+        shutdown: impl std::future::Future<Output = ()>,
+    ) -> Result<(), StoreError> {
+        let coordinated = self
+            .writer
+            .call(|c, _| crate::store::twopc::unfinished(c))
+            .await?;
+        let in_doubt = self
+            .writer
+            .call(|c, _| crate::store::twopc::in_doubt(c))
+            .await?;
+        tracing::info!(
+            coordinated = coordinated.len(),
+            in_doubt = in_doubt.len(),
+            "2pc recovery"
+        );
+        self.step(Input::Recovered {
+            coordinated,
+            in_doubt,
+        });
+        tokio::pin!(shutdown);
+        loop {
+            let timer = self.branch.next_timer().map(|at| {
+                let wait = at.saturating_sub(now_ms());
+                tokio::time::Instant::now() + Duration::from_millis(wait)
+            });
+            tokio::select! {
+                biased;
+                () = &mut shutdown => break,
+                Some(stored) = self.stored_rx.recv() => self.on_stored(stored)?,
+                event = self.rx.recv() => match event {
+                    Some(e) => self.on_event(e),
+                    None => break,
+                },
+                () = sleep_until(timer) => self.step(Input::Tick),
+            }
+        }
+        // Let storage already queued finish, so its effects are durable before exit.
+        let (tx, rx) = oneshot::channel();
+        let _ = self.writer.submit_then(
+            |_, _| Ok(()),
+            move |_| {
+                let _ = tx.send(());
+            },
+        );
+        let _ = rx.await;
+        Ok(())
+    }
+
+    fn on_event(&mut self, first: Event) {
+        let mut transfers = Vec::new();
+        let mut next = Some(first);
+        while let Some(event) = next.take() {
+            match event {
+                Event::Transfer { spec, reply } => {
+                    let ticket = self.next_ticket;
+                    self.next_ticket += 1;
+                    self.tickets.insert(ticket, reply);
+                    transfers.push((ticket, spec));
+                }
+                Event::Message {
+                    from,
+                    body,
+                    evidence,
+                } => self.step(Input::Message {
+                    from,
+                    body,
+                    evidence,
+                }),
+            }
+            if transfers.len() < wire::limits::BATCH_TRANSFERS_MAX {
+                next = self.rx.try_recv().ok();
+            }
+        }
+        if !transfers.is_empty() {
+            self.step(Input::Request(transfers));
+        }
+    }
+
+    fn on_stored(&mut self, stored: Stored) -> Result<(), StoreError> {
+        if let Some(name) = stored.after {
+            failpoint(name);
+        }
+        match stored.result {
+            Ok(Some(input)) => {
+                if let Input::Prepared { votes, .. } = &input {
+                    let yes = votes
+                        .iter()
+                        .filter(|v| matches!(v, wire::Vote::Yes))
+                        .count();
+                    self.counters
+                        .prepared
+                        .fetch_add(yes as u64, Ordering::Relaxed);
+                }
+                self.step(input);
+                Ok(())
+            }
+            Ok(None) => Ok(()),
+            // The machine was told nothing: stop, and let recovery redo it at restart.
+            Err(e) => {
+                tracing::error!("store failed under the 2pc driver, stopping: {e}");
+                Err(e)
+            }
+        }
+    }
+
+    fn step(&mut self, input: Input) {
+        let mut work = VecDeque::from([input]);
+        while let Some(input) = work.pop_front() {
+            let mut out = Vec::new();
+            self.branch.step(now_ms(), input, &mut out);
+            for command in out {
+                if let Some(local) = self.run_command(command) {
+                    work.push_back(local);
+                }
+            }
+        }
+        self.counters.in_doubt.store(
+            self.branch.participant().in_doubt() as u64,
+            Ordering::Relaxed,
+        );
+    }
+
+    /// Runs one command; returns an input for this branch when it sent itself a message.
+    fn run_command(&mut self, command: Command) -> Option<Input> {
+        match command {
+            Command::Send { to, body } => self.send(to, body),
+            Command::Reply { ticket, id, state } => {
+                self.reply(ticket, id, state);
+                None
+            }
+            storage => {
+                let (before, after) = match &storage {
+                    Command::Prepare { .. } => (
+                        Some("before_prepare_durable"),
+                        Some("after_prepare_durable"),
+                    ),
+                    Command::RecordDecisions { .. } => (
+                        Some("before_decision_durable"),
+                        Some("after_decision_durable"),
+                    ),
+                    Command::Apply { .. } => (Some("before_apply"), Some("after_apply")),
+                    _ => (None, None),
+                };
+                if let Some(name) = before {
+                    failpoint(name);
+                }
+                let tx = self.stored_tx.clone();
+                let queued = self.writer.execute_then(now_ms(), storage, move |result| {
+                    let _ = tx.send(Stored { result, after });
+                });
+                if let Err(e) = queued {
+                    let _ = self.stored_tx.send(Stored {
+                        result: Err(e),
+                        after: None,
+                    });
+                }
+                None
+            }
+        }
+    }
+
+    fn reply(&mut self, ticket: Ticket, id: wire::TransferId, state: TransferState) {
+        match state {
+            TransferState::Committed => {
+                self.counters.committed.fetch_add(1, Ordering::Relaxed);
+                tracing::info!(%id, "transfer committed");
+            }
+            TransferState::Aborted(reason) => {
+                self.counters.aborted.fetch_add(1, Ordering::Relaxed);
+                tracing::info!(%id, %reason, "transfer aborted");
+            }
+            TransferState::Pending | TransferState::Unknown => {
+                tracing::info!(%id, ?state, "transfer outcome not yet known");
+            }
+        }
+        if let Some(reply) = self.tickets.remove(&ticket) {
+            let _ = reply.send(state);
+        }
+    }
+
+    fn send(&mut self, to: BranchId, body: BranchBody) -> Option<Input> {
+        let (before, after) = match &body {
+            BranchBody::Votes(_) => (Some("before_vote_sent"), Some("after_vote_sent")),
+            BranchBody::Decisions(_) => (Some("before_decision_sent"), Some("after_decision_sent")),
+            _ => (None, None),
+        };
+        let message = BranchMessage {
+            to,
+            expires_at_ms: now_ms().saturating_add(MESSAGE_TTL_MS),
+            body,
+        };
+        let envelope =
+            match Signed::sign(&self.key, self.me, &message).and_then(|s| wire::encode(&s)) {
+                Ok(bytes) => bytes,
+                Err(e) => {
+                    tracing::error!(%to, "cannot sign a 2pc message: {e}");
+                    return None;
+                }
+            };
+        if to == self.me {
+            return Some(Input::Message {
+                from: self.me,
+                body: message.body,
+                evidence: Some(Arc::from(envelope)),
+            });
+        }
+        let Some(peer) = self.network.get(to).map(|b| b.peer_id) else {
+            tracing::error!(%to, "2pc message for a branch not in the network file");
+            return None;
+        };
+        if let Some(name) = before {
+            failpoint(name);
+        }
+        let client = self.client.clone();
+        tokio::spawn(async move {
+            match client.link(peer, LinkRequest::TwoPc(envelope)).await {
+                Ok(LinkResponse::Accepted) => {
+                    if let Some(name) = after {
+                        failpoint(name);
+                    }
+                }
+                Ok(other) => tracing::warn!(%to, ?other, "2pc message refused"),
+                // Loss is normal: timers re-send or ask again.
+                Err(e) => tracing::debug!(%to, "2pc message not delivered: {e}"),
+            }
+        });
+        None
+    }
+}
+
+async fn sleep_until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}

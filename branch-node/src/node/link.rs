@@ -1,0 +1,39 @@
+//! Checks on every inbound 2PC envelope, in order: it decodes, its signer is a listed
+//! branch, that branch is the connected peer, the signature verifies against the listed
+//! key, and the message is for this branch, unexpired, with a sane batch. Only then does
+//! the engine see it, with the envelope's bytes as evidence.
+
+use libp2p::PeerId;
+use wire::link::EnvelopeRefusal;
+use wire::twopc::{BranchMessage, ShapeError};
+use wire::{BranchId, Signed};
+
+use crate::network_file::NetworkFile;
+
+/// Verifies `bytes`, received from `peer`, as a 2PC envelope for branch `me` at `now_ms`.
+pub fn verify_envelope(
+    network: &NetworkFile,
+    me: BranchId,
+    peer: &PeerId,
+    bytes: &[u8],
+    now_ms: u64,
+) -> Result<(BranchId, BranchMessage), EnvelopeRefusal> {
+    let signed: Signed<BranchMessage> =
+        wire::decode(bytes).map_err(|_| EnvelopeRefusal::Malformed)?;
+    let signer = network
+        .get(signed.signer)
+        .ok_or(EnvelopeRefusal::UnknownSigner(signed.signer))?;
+    if signer.peer_id != *peer {
+        return Err(EnvelopeRefusal::SignerNotPeer(signed.signer));
+    }
+    let message = signed.verify(&signer.public_key).map_err(|e| match e {
+        wire::VerifyError::Payload(_) => EnvelopeRefusal::Malformed,
+        _ => EnvelopeRefusal::BadSignature,
+    })?;
+    message.check_shape(me, now_ms).map_err(|e| match e {
+        ShapeError::WrongRecipient(_) => EnvelopeRefusal::WrongRecipient,
+        ShapeError::Expired => EnvelopeRefusal::Expired,
+        ShapeError::EmptyBatch | ShapeError::BatchTooLarge(_) => EnvelopeRefusal::BadBatch,
+    })?;
+    Ok((signed.signer, message))
+}

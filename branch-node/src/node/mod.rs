@@ -1,0 +1,226 @@
+//! `branch-node run`: puts the pieces of a serving branch together (store writer, swarm
+//! event loop, 2PC engine, teller service, notifier), dispatches inbound requests, and
+//! shuts down in order when asked: stop taking work, let queued storage become
+//! durable, then close the store.
+
+pub mod engine;
+pub mod link;
+pub mod notifier;
+pub mod service;
+pub mod sessions;
+
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use anyhow::Context;
+use coordinator::Branch;
+use libp2p::Multiaddr;
+use tokio::sync::watch;
+use wire::link::{EnvelopeRefusal, LinkRequest, LinkResponse};
+
+use crate::init::{DB_FILE, read_key};
+use crate::network_file::NetworkFile;
+use crate::p2p::network::{self, Client, Inbound};
+use crate::store::writer::Writer;
+use crate::store::{Durability, Store};
+use engine::EngineHandle;
+use notifier::SmsSink;
+use service::Service;
+use sessions::Sessions;
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// How a node is started.
+#[derive(Clone, Debug)]
+pub struct RunConfig {
+    pub data_dir: PathBuf,
+    pub network_file: PathBuf,
+    /// Where to listen; empty means the addresses the network file lists for this branch.
+    pub listen: Vec<Multiaddr>,
+    pub mdns: bool,
+    /// Lets admins block or delay links (for fault scenarios).
+    pub fault_switch: bool,
+    /// Where SMS messages go; `None` means `sms.log` in the data dir.
+    pub sms: Option<SmsSink>,
+    /// `Durability::Normal` is for benchmarks only.
+    pub durability: Durability,
+}
+
+/// The file the default SMS sink appends to, in the data dir.
+pub const SMS_LOG_FILE: &str = "sms.log";
+
+/// Serves until `shutdown` resolves. Prints one `ready` line on stdout once listening.
+pub async fn run(
+    cfg: RunConfig,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let key = Arc::new(read_key(&cfg.data_dir)?);
+    let network = Arc::new(NetworkFile::load(&cfg.network_file)?);
+    let entry = network.by_peer(&key.peer_id()).with_context(|| {
+        format!(
+            "this branch's key (peer id {}) is not in {}",
+            key.peer_id(),
+            cfg.network_file.display()
+        )
+    })?;
+    let (me, name) = (entry.id, entry.name.clone());
+    let listen = if cfg.listen.is_empty() {
+        entry.addresses.clone()
+    } else {
+        cfg.listen.clone()
+    };
+    anyhow::ensure!(
+        !listen.is_empty(),
+        "no address to listen on: give --listen or list one in the network file"
+    );
+    let store = Store::open(&cfg.data_dir.join(DB_FILE), me, cfg.durability)?;
+    let writer = Writer::spawn(store);
+    let wh = writer.handle();
+
+    let mut swarm = crate::p2p::node_swarm(key.libp2p_keypair(), cfg.mdns)?;
+    for a in &listen {
+        swarm
+            .listen_on(a.clone())
+            .with_context(|| format!("cannot listen on {a}"))?;
+    }
+    let (client, event_loop, inbound) = network::new(swarm, (*network).clone());
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let stopped = |mut rx: watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    let net_task = tokio::spawn(event_loop.run(stopped(stop_rx.clone())));
+
+    let ids = network.branches().map(|b| b.id).collect();
+    let machine = Branch::new(me, ids, coordinator::Config::default());
+    let (engine, engine_loop) = engine::new(
+        machine,
+        wh.clone(),
+        Arc::clone(&key),
+        Arc::clone(&network),
+        client.clone(),
+    );
+    let engine_task = tokio::spawn(engine_loop.run(stopped(stop_rx.clone())));
+    let sink = cfg
+        .sms
+        .clone()
+        .unwrap_or_else(|| SmsSink::LogFile(cfg.data_dir.join(SMS_LOG_FILE)));
+    let notifier_task = tokio::spawn(notifier::run(wh.clone(), sink, stopped(stop_rx.clone())));
+
+    let service = Arc::new(Service {
+        me,
+        network: Arc::clone(&network),
+        writer: wh,
+        engine: engine.clone(),
+        client: client.clone(),
+        sessions: Mutex::new(Sessions::new(me)),
+        fault_switch: cfg.fault_switch,
+    });
+    let mut addrs = Vec::new();
+    for _ in 0..50 {
+        addrs = client.listen_addrs().await;
+        if !addrs.is_empty() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let shown: Vec<String> = addrs.iter().map(ToString::to_string).collect();
+    println!(
+        "ready: branch {me} ({name}) peer {} listening on {}",
+        key.peer_id(),
+        shown.join(" ")
+    );
+    tracing::info!(branch = %me, %name, "branch node ready");
+
+    dispatch(inbound, &service, &client, &engine, &network, shutdown).await;
+
+    tracing::info!("shutting down: finishing queued storage");
+    let _ = stop_tx.send(true);
+    let engine_result = engine_task.await;
+    let _ = notifier_task.await;
+    let _ = net_task.await;
+    let c = engine.counters();
+    tracing::info!(
+        prepared = c.prepared.load(Ordering::Relaxed),
+        committed = c.committed.load(Ordering::Relaxed),
+        aborted = c.aborted.load(Ordering::Relaxed),
+        in_doubt = c.in_doubt.load(Ordering::Relaxed),
+        "stopped"
+    );
+    drop(service);
+    drop(engine);
+    let _ = tokio::task::spawn_blocking(move || writer.stop()).await;
+    match engine_result {
+        Ok(r) => r.map_err(Into::into),
+        Err(e) => Err(anyhow::anyhow!("2pc engine task failed: {e}")),
+    }
+}
+
+async fn dispatch(
+    mut inbound: tokio::sync::mpsc::Receiver<Inbound>,
+    service: &Arc<Service>,
+    client: &Client,
+    engine: &EngineHandle,
+    network: &Arc<NetworkFile>,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
+    tokio::pin!(shutdown);
+    loop {
+        let next = tokio::select! {
+            () = &mut shutdown => return,
+            n = inbound.recv() => n,
+        };
+        match next {
+            None => return,
+            Some(Inbound::Teller {
+                peer,
+                request,
+                channel,
+            }) => {
+                let (service, client) = (Arc::clone(service), client.clone());
+                tokio::spawn(async move {
+                    let response = service.teller(peer, request, false).await;
+                    client.respond_teller(channel, response).await;
+                });
+            }
+            Some(Inbound::Link {
+                peer,
+                request: LinkRequest::TwoPc(bytes),
+                channel,
+            }) => {
+                let response =
+                    match link::verify_envelope(network, service.me, &peer, &bytes, now_ms()) {
+                        Ok((from, message)) => {
+                            if engine.deliver(from, message.body, Some(Arc::from(bytes))) {
+                                LinkResponse::Accepted
+                            } else {
+                                LinkResponse::Refused(EnvelopeRefusal::Overloaded)
+                            }
+                        }
+                        Err(refusal) => {
+                            tracing::warn!(%peer, %refusal, "2pc envelope refused");
+                            LinkResponse::Refused(refusal)
+                        }
+                    };
+                client.respond_link(channel, response).await;
+            }
+            Some(Inbound::Link {
+                peer,
+                request: LinkRequest::Forward(request),
+                channel,
+            }) => {
+                let (service, client) = (Arc::clone(service), client.clone());
+                tokio::spawn(async move {
+                    let response = service.forwarded(peer, request).await;
+                    client.respond_link(channel, response).await;
+                });
+            }
+        }
+    }
+}

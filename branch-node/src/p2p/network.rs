@@ -1,0 +1,395 @@
+//! The branch node's network: `new()` gives a [`Client`] (cheap to clone) and an
+//! [`EventLoop`] (one task owns the swarm). Inbound requests go out on a channel as
+//! [`Inbound`]; answers come back through the client. Nothing here panics on a network
+//! event: failures are logged and answered with errors.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use futures::StreamExt;
+use libp2p::request_response::{self, OutboundRequestId, ResponseChannel};
+use libp2p::swarm::SwarmEvent;
+use libp2p::{Multiaddr, PeerId, Swarm, mdns};
+use tokio::sync::{mpsc, oneshot};
+use wire::link::{EnvelopeRefusal, LinkRequest, LinkResponse};
+use wire::teller::LinkFault;
+use wire::{TellerRequest, TellerResponse};
+
+use super::{NodeBehaviour, NodeBehaviourEvent};
+use crate::network_file::NetworkFile;
+
+/// Most inbound requests waiting for the node to pick them up; more are refused.
+pub const INBOUND_QUEUE_MAX: usize = 16_384;
+/// Most client commands waiting for the event loop.
+const COMMAND_QUEUE_MAX: usize = 16_384;
+
+/// A request that arrived, with the channel its answer goes back on.
+#[derive(Debug)]
+pub enum Inbound {
+    /// From a branch listed in the network file (the event loop checked the peer).
+    Link {
+        peer: PeerId,
+        request: LinkRequest,
+        channel: ResponseChannel<LinkResponse>,
+    },
+    Teller {
+        peer: PeerId,
+        request: TellerRequest,
+        channel: ResponseChannel<TellerResponse>,
+    },
+}
+
+/// Why a request to another branch got no answer.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum LinkError {
+    #[error("link blocked by the fault switch")]
+    Blocked,
+    #[error("request failed: {0}")]
+    Failed(String),
+    #[error("network event loop has stopped")]
+    Stopped,
+}
+
+#[derive(Debug)]
+enum Command {
+    Link {
+        peer: PeerId,
+        request: LinkRequest,
+        reply: oneshot::Sender<Result<LinkResponse, LinkError>>,
+        delayed: bool,
+    },
+    RespondLink {
+        channel: ResponseChannel<LinkResponse>,
+        response: LinkResponse,
+    },
+    RespondTeller {
+        channel: ResponseChannel<TellerResponse>,
+        response: TellerResponse,
+    },
+    SetFault {
+        peer: PeerId,
+        fault: LinkFault,
+    },
+    ListenAddrs {
+        reply: oneshot::Sender<Vec<Multiaddr>>,
+    },
+}
+
+/// Talks to the event loop. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Client {
+    tx: mpsc::Sender<Command>,
+}
+
+impl Client {
+    /// Sends `request` to branch `peer` and waits for its answer.
+    pub async fn link(
+        &self,
+        peer: PeerId,
+        request: LinkRequest,
+    ) -> Result<LinkResponse, LinkError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Command::Link {
+                peer,
+                request,
+                reply,
+                delayed: false,
+            })
+            .await
+            .map_err(|_| LinkError::Stopped)?;
+        rx.await.map_err(|_| LinkError::Stopped)?
+    }
+
+    /// Answers an inbound link request.
+    pub async fn respond_link(
+        &self,
+        channel: ResponseChannel<LinkResponse>,
+        response: LinkResponse,
+    ) {
+        let _ = self
+            .tx
+            .send(Command::RespondLink { channel, response })
+            .await;
+    }
+
+    /// Answers an inbound teller request.
+    pub async fn respond_teller(
+        &self,
+        channel: ResponseChannel<TellerResponse>,
+        response: TellerResponse,
+    ) {
+        let _ = self
+            .tx
+            .send(Command::RespondTeller { channel, response })
+            .await;
+    }
+
+    /// Sets the fault switch for the link with `peer`.
+    pub async fn set_fault(&self, peer: PeerId, fault: LinkFault) {
+        let _ = self.tx.send(Command::SetFault { peer, fault }).await;
+    }
+
+    /// The addresses the swarm listens on now.
+    pub async fn listen_addrs(&self) -> Vec<Multiaddr> {
+        let (reply, rx) = oneshot::channel();
+        if self.tx.send(Command::ListenAddrs { reply }).await.is_err() {
+            return Vec::new();
+        }
+        rx.await.unwrap_or_default()
+    }
+}
+
+/// Owns the swarm; run it with [`EventLoop::run`].
+pub struct EventLoop {
+    swarm: Swarm<NodeBehaviour>,
+    network: NetworkFile,
+    commands: mpsc::Receiver<Command>,
+    self_tx: mpsc::Sender<Command>,
+    inbound: mpsc::Sender<Inbound>,
+    pending: HashMap<OutboundRequestId, oneshot::Sender<Result<LinkResponse, LinkError>>>,
+    faults: HashMap<PeerId, LinkFault>,
+}
+
+impl std::fmt::Debug for EventLoop {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EventLoop")
+            .field("peer", self.swarm.local_peer_id())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Makes the client, the event loop and the channel of inbound requests. Every branch of
+/// `network` other than this one gets its listed addresses in the swarm's address book.
+pub fn new(
+    mut swarm: Swarm<NodeBehaviour>,
+    network: NetworkFile,
+) -> (Client, EventLoop, mpsc::Receiver<Inbound>) {
+    let me = *swarm.local_peer_id();
+    for b in network.branches().filter(|b| b.peer_id != me) {
+        for a in &b.addresses {
+            swarm.add_peer_address(b.peer_id, a.clone());
+        }
+    }
+    let (tx, commands) = mpsc::channel(COMMAND_QUEUE_MAX);
+    let (inbound, inbound_rx) = mpsc::channel(INBOUND_QUEUE_MAX);
+    let client = Client { tx: tx.clone() };
+    let event_loop = EventLoop {
+        swarm,
+        network,
+        commands,
+        self_tx: tx,
+        inbound,
+        pending: HashMap::new(),
+        faults: HashMap::new(),
+    };
+    (client, event_loop, inbound_rx)
+}
+
+impl EventLoop {
+    /// Runs until `shutdown` resolves or every client is gone.
+    pub async fn run(mut self, shutdown: impl std::future::Future<Output = ()>) {
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                event = self.swarm.select_next_some() => self.on_event(event),
+                command = self.commands.recv() => match command {
+                    Some(c) => self.on_command(c),
+                    None => return,
+                },
+                () = &mut shutdown => return,
+            }
+        }
+    }
+
+    fn fault(&self, peer: &PeerId) -> LinkFault {
+        self.faults.get(peer).copied().unwrap_or(LinkFault::Healthy)
+    }
+
+    fn on_command(&mut self, command: Command) {
+        match command {
+            Command::Link {
+                peer,
+                request,
+                reply,
+                delayed,
+            } => match self.fault(&peer) {
+                LinkFault::Blocked => {
+                    let _ = reply.send(Err(LinkError::Blocked));
+                }
+                LinkFault::Delayed { delay_ms } if !delayed => {
+                    let tx = self.self_tx.clone();
+                    tokio::spawn(async move {
+                        tokio::time::sleep(Duration::from_millis(u64::from(delay_ms))).await;
+                        let command = Command::Link {
+                            peer,
+                            request,
+                            reply,
+                            delayed: true,
+                        };
+                        let _ = tx.send(command).await;
+                    });
+                }
+                _ => {
+                    let id = self.swarm.behaviour_mut().link.send_request(&peer, request);
+                    self.pending.insert(id, reply);
+                }
+            },
+            Command::RespondLink { channel, response } => {
+                if self
+                    .swarm
+                    .behaviour_mut()
+                    .link
+                    .send_response(channel, response)
+                    .is_err()
+                {
+                    tracing::debug!("link response dropped: the requester went away");
+                }
+            }
+            Command::RespondTeller { channel, response } => {
+                if self
+                    .swarm
+                    .behaviour_mut()
+                    .teller
+                    .send_response(channel, response)
+                    .is_err()
+                {
+                    tracing::debug!("teller response dropped: the teller went away");
+                }
+            }
+            Command::SetFault { peer, fault } => {
+                tracing::warn!(%peer, ?fault, "fault switch set");
+                if fault == LinkFault::Healthy {
+                    self.faults.remove(&peer);
+                } else {
+                    self.faults.insert(peer, fault);
+                }
+            }
+            Command::ListenAddrs { reply } => {
+                let _ = reply.send(self.swarm.listeners().cloned().collect());
+            }
+        }
+    }
+
+    fn on_event(&mut self, event: SwarmEvent<NodeBehaviourEvent>) {
+        match event {
+            SwarmEvent::Behaviour(NodeBehaviourEvent::Link(e)) => self.on_link(e),
+            SwarmEvent::Behaviour(NodeBehaviourEvent::Teller(e)) => self.on_teller(e),
+            SwarmEvent::Behaviour(NodeBehaviourEvent::Mdns(mdns::Event::Discovered(found))) => {
+                for (peer, addr) in found {
+                    if self.network.by_peer(&peer).is_some() {
+                        tracing::info!(%peer, %addr, "mdns found a listed branch");
+                        self.swarm.add_peer_address(peer, addr);
+                    }
+                }
+            }
+            SwarmEvent::NewListenAddr { address, .. } => {
+                tracing::info!(%address, "listening");
+            }
+            SwarmEvent::ConnectionEstablished { peer_id, .. } => {
+                tracing::debug!(%peer_id, "connected");
+            }
+            SwarmEvent::ConnectionClosed { peer_id, cause, .. } => {
+                tracing::debug!(%peer_id, ?cause, "connection closed");
+            }
+            SwarmEvent::IncomingConnectionError { error, .. } => {
+                tracing::debug!(%error, "incoming connection failed");
+            }
+            _ => {}
+        }
+    }
+
+    fn on_link(&mut self, event: request_response::Event<LinkRequest, LinkResponse>) {
+        use request_response::{Event, Message};
+        match event {
+            Event::Message {
+                peer,
+                message:
+                    Message::Request {
+                        request, channel, ..
+                    },
+                ..
+            } => {
+                let refusal = if self.network.by_peer(&peer).is_none() {
+                    Some(EnvelopeRefusal::PeerNotListed)
+                } else if self.fault(&peer) == LinkFault::Blocked {
+                    Some(EnvelopeRefusal::LinkBlocked)
+                } else {
+                    None
+                };
+                if let Some(r) = refusal {
+                    tracing::warn!(%peer, refusal = %r, "link request refused");
+                    let _ = self
+                        .swarm
+                        .behaviour_mut()
+                        .link
+                        .send_response(channel, LinkResponse::Refused(r));
+                    return;
+                }
+                let inbound = Inbound::Link {
+                    peer,
+                    request,
+                    channel,
+                };
+                if let Err(e) = self.inbound.try_send(inbound) {
+                    tracing::warn!(%peer, "inbound queue full, link request dropped");
+                    drop(e);
+                }
+            }
+            Event::Message {
+                message:
+                    Message::Response {
+                        request_id,
+                        response,
+                    },
+                ..
+            } => {
+                if let Some(reply) = self.pending.remove(&request_id) {
+                    let _ = reply.send(Ok(response));
+                }
+            }
+            Event::OutboundFailure {
+                peer,
+                request_id,
+                error,
+                ..
+            } => {
+                tracing::debug!(%peer, %error, "link request failed");
+                if let Some(reply) = self.pending.remove(&request_id) {
+                    let _ = reply.send(Err(LinkError::Failed(error.to_string())));
+                }
+            }
+            Event::InboundFailure { peer, error, .. } => {
+                tracing::warn!(%peer, %error, "inbound link request refused");
+            }
+            Event::ResponseSent { .. } => {}
+        }
+    }
+
+    fn on_teller(&mut self, event: request_response::Event<TellerRequest, TellerResponse>) {
+        use request_response::{Event, Message};
+        match event {
+            Event::Message {
+                peer,
+                message:
+                    Message::Request {
+                        request, channel, ..
+                    },
+                ..
+            } => {
+                let inbound = Inbound::Teller {
+                    peer,
+                    request,
+                    channel,
+                };
+                if self.inbound.try_send(inbound).is_err() {
+                    tracing::warn!(%peer, "inbound queue full, teller request dropped");
+                }
+            }
+            Event::InboundFailure { peer, error, .. } => {
+                tracing::warn!(%peer, %error, "inbound teller request refused");
+            }
+            _ => {}
+        }
+    }
+}

@@ -1,0 +1,438 @@
+//! `teller-cli`: every teller action as a subcommand for scripts (with `--json`), and
+//! the interactive menus when run without one. Exit status: 0 success, 2 usage error,
+//! 3 refused, 4 connection failure, 5 outcome unknown.
+
+mod interactive;
+mod output;
+
+use std::io::Read;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use libp2p::Multiaddr;
+use teller_cli::{Target, Teller, TellerError, new_transfer_id};
+use wire::teller::{
+    LinkFault, NewCustomer, PageRequest, Scope, TellerOp, TellerResponse, TransferState,
+};
+use wire::twopc::TransferSpec;
+use wire::{AccountNumber, Amount, BranchId, TransferId};
+
+/// Exit status for a refusal by the bank.
+pub const EXIT_REFUSED: u8 = 3;
+/// Exit status when the branch cannot be reached.
+pub const EXIT_CONNECTION: u8 = 4;
+/// Exit status when a transfer's outcome could not be learned.
+pub const EXIT_UNKNOWN: u8 = 5;
+/// Exit status for bad arguments (clap uses it too).
+pub const EXIT_USAGE: u8 = 2;
+
+/// Times a transfer is sent again, with the same id, when no answer comes.
+const TRANSFER_RETRIES: u32 = 3;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "teller-cli",
+    version,
+    about = "BankMate teller: menus, or one action per command"
+)]
+struct Cli {
+    /// Network file naming the branches (for --branch).
+    #[arg(
+        long,
+        global = true,
+        env = "BANKMATE_NETWORK",
+        default_value = "network.toml"
+    )]
+    network_file: PathBuf,
+    /// Branch to connect to, by name from the network file.
+    #[arg(long, global = true)]
+    branch: Option<String>,
+    /// Or a full address ending in /p2p/<peer id>.
+    #[arg(long, global = true, conflicts_with = "branch")]
+    addr: Option<Multiaddr>,
+    /// Login: "admin" or a customer's account number.
+    #[arg(long, global = true)]
+    user: Option<String>,
+    /// Read the password from this environment variable.
+    #[arg(long, global = true)]
+    password_env: Option<String>,
+    /// Read the password from the first line of stdin.
+    #[arg(long, global = true, conflicts_with = "password_env")]
+    password_stdin: bool,
+    /// Print machine-readable JSON (amounts are decimal strings).
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Show an account's balance (default: the customer's first account).
+    Balance {
+        #[arg(long)]
+        account: Option<String>,
+    },
+    /// Deposit AMOUNT (like 1250.50).
+    Deposit {
+        amount: String,
+        #[arg(long)]
+        account: Option<String>,
+        #[arg(long)]
+        id: Option<TransferId>,
+    },
+    /// Withdraw AMOUNT.
+    Withdraw {
+        amount: String,
+        #[arg(long)]
+        account: Option<String>,
+        #[arg(long)]
+        id: Option<TransferId>,
+    },
+    /// Transfer AMOUNT to another account, at this or any branch.
+    Transfer {
+        amount: String,
+        #[arg(long)]
+        to: String,
+        #[arg(long)]
+        from: Option<String>,
+        /// Reuse an id to retry a transfer safely; by default a fresh one is made.
+        #[arg(long)]
+        id: Option<TransferId>,
+    },
+    /// Transaction history of an account, newest first.
+    History {
+        #[arg(long)]
+        account: Option<String>,
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+        /// Show entries older than this sequence number (from a previous page).
+        #[arg(long)]
+        before: Option<u64>,
+    },
+    /// Where a transfer, deposit or withdrawal stands, by id.
+    TransferStatus { id: TransferId },
+    /// Admin actions.
+    #[command(subcommand)]
+    Admin(Admin),
+}
+
+#[derive(Subcommand, Debug)]
+enum Admin {
+    /// Open an account for a new customer (or, with --existing, another for a customer).
+    OpenAccount {
+        #[arg(long)]
+        national_id: String,
+        #[arg(long)]
+        phone: String,
+        #[arg(long)]
+        first_name: String,
+        #[arg(long)]
+        last_name: String,
+        /// Send the customer an SMS for every entry.
+        #[arg(long)]
+        sms: bool,
+        /// Environment variable holding the customer's new password.
+        #[arg(long)]
+        customer_password_env: String,
+        #[arg(long)]
+        existing: Option<String>,
+    },
+    /// Close an empty account (the admin's password is asked again: the login password).
+    CloseAccount { account: String },
+    /// List accounts of this branch, or of every branch with --network.
+    Accounts {
+        #[arg(long)]
+        network: bool,
+    },
+    /// List ledger entries of this branch, or of every branch with --network.
+    Transactions {
+        #[arg(long)]
+        network: bool,
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+    },
+    /// Fault switch (node started with --fault-switch): healthy, blocked, or delay-ms N.
+    LinkFault {
+        #[arg(long)]
+        to_branch: u16,
+        #[arg(long)]
+        blocked: bool,
+        #[arg(long)]
+        delay_ms: Option<u32>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("teller-cli: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            eprintln!("teller-cli: {e}");
+            ExitCode::from(match e {
+                TellerError::Refused(_) | TellerError::Invalid(_) => EXIT_REFUSED,
+                TellerError::Connection(_) => EXIT_CONNECTION,
+                TellerError::Usage(_) => EXIT_USAGE,
+                TellerError::Unexpected(_) => 1,
+            })
+        }
+    }
+}
+
+fn target(cli: &Cli) -> Result<Target, TellerError> {
+    match (&cli.addr, &cli.branch) {
+        (Some(a), _) => Target::by_addr(a),
+        (None, Some(name)) => Target::by_name(&cli.network_file, name),
+        (None, None) => Err(TellerError::Usage(
+            "say which branch: --branch NAME or --addr MULTIADDR".into(),
+        )),
+    }
+}
+
+fn password(cli: &Cli) -> Result<String, TellerError> {
+    if let Some(var) = &cli.password_env {
+        return std::env::var(var)
+            .map_err(|_| TellerError::Usage(format!("environment variable {var} is not set")));
+    }
+    if cli.password_stdin {
+        let mut s = String::new();
+        std::io::stdin()
+            .read_to_string(&mut s)
+            .map_err(|e| TellerError::Usage(format!("cannot read stdin: {e}")))?;
+        return Ok(s.lines().next().unwrap_or_default().to_owned());
+    }
+    Err(TellerError::Usage(
+        "give the password with --password-env VAR or --password-stdin".into(),
+    ))
+}
+
+/// Parses an account number; a typo (bad check digits) is refused here, before
+/// anything is sent, with the bank's refusal exit status.
+pub fn account_number(text: &str) -> Result<AccountNumber, TellerError> {
+    text.parse()
+        .map_err(|e| TellerError::Invalid(format!("account {text}: {e}")))
+}
+
+/// Parses a movable amount; a bad one is the bank's "invalid amount" refusal, refused
+/// here before anything is sent.
+pub fn amount(text: &str) -> Result<Amount, TellerError> {
+    Amount::parse(text)
+        .and_then(Amount::validate_movable)
+        .map_err(|_| TellerError::Refused(wire::Refusal::InvalidAmount))
+}
+
+async fn run(cli: Cli) -> Result<u8, TellerError> {
+    let target = target(&cli)?;
+    let Some(command) = cli.command.as_ref() else {
+        return interactive::run(target).await;
+    };
+    let user = cli
+        .user
+        .clone()
+        .ok_or_else(|| TellerError::Usage("give the login with --user".into()))?;
+    let password = password(&cli)?;
+    let mut teller = Teller::connect(&target).await?;
+    let login = teller.login(&user, &password).await?;
+    let mine = match &login {
+        TellerResponse::LoggedIn { accounts, .. } => accounts.first().map(|a| a.number),
+        _ => None,
+    };
+    let account = |given: &Option<String>| match given {
+        Some(text) => account_number(text),
+        None => mine.ok_or_else(|| TellerError::Usage("give the account with --account".into())),
+    };
+    let out = output::Printer { json: cli.json };
+    match command {
+        Command::Balance { account: a } => {
+            let r = teller
+                .call(TellerOp::Balance {
+                    account: account(a)?,
+                })
+                .await?;
+            out.response(&r);
+        }
+        Command::Deposit {
+            amount: amt,
+            account: a,
+            id,
+        }
+        | Command::Withdraw {
+            amount: amt,
+            account: a,
+            id,
+        } => {
+            let (account, amount) = (account(a)?, amount(amt)?);
+            let id = id.unwrap_or_else(new_transfer_id);
+            let op = if matches!(command, Command::Deposit { .. }) {
+                TellerOp::Deposit {
+                    id,
+                    account,
+                    amount,
+                }
+            } else {
+                TellerOp::Withdraw {
+                    id,
+                    account,
+                    amount,
+                }
+            };
+            return receipt(&out, &teller, id, op).await;
+        }
+        Command::Transfer {
+            amount: amt,
+            to,
+            from,
+            id,
+        } => {
+            let spec = TransferSpec {
+                id: id.unwrap_or_else(new_transfer_id),
+                from: account(from)?,
+                to: account_number(to)?,
+                amount: amount(amt)?,
+            };
+            return receipt(&out, &teller, spec.id, TellerOp::Transfer(spec)).await;
+        }
+        Command::History {
+            account: a,
+            limit,
+            before,
+        } => {
+            let page = PageRequest {
+                before: *before,
+                limit: *limit,
+            };
+            let r = teller
+                .call(TellerOp::History {
+                    account: account(a)?,
+                    page,
+                })
+                .await?;
+            out.response(&r);
+        }
+        Command::TransferStatus { id } => {
+            let r = teller.call(TellerOp::TransferStatus { id: *id }).await?;
+            out.response(&r);
+        }
+        Command::Admin(admin) => {
+            let r = teller.call(admin_op(admin, &password)?).await?;
+            out.response(&r);
+        }
+    }
+    let _ = teller.logout().await;
+    Ok(0)
+}
+
+fn admin_op(admin: &Admin, admin_password: &str) -> Result<TellerOp, TellerError> {
+    let scope = |network: bool| {
+        if network {
+            Scope::Network
+        } else {
+            Scope::Branch
+        }
+    };
+    Ok(match admin {
+        Admin::OpenAccount {
+            national_id,
+            phone,
+            first_name,
+            last_name,
+            sms,
+            customer_password_env,
+            existing,
+        } => TellerOp::OpenAccount {
+            customer: NewCustomer {
+                national_id: national_id.clone(),
+                phone: phone.clone(),
+                first_name: first_name.clone(),
+                last_name: last_name.clone(),
+                sms_opt_in: *sms,
+            },
+            password: std::env::var(customer_password_env).map_err(|_| {
+                TellerError::Usage(format!(
+                    "environment variable {customer_password_env} is not set"
+                ))
+            })?,
+            existing: existing.as_deref().map(account_number).transpose()?,
+        },
+        Admin::CloseAccount { account } => TellerOp::CloseAccount {
+            account: account_number(account)?,
+            admin_password: admin_password.to_owned(),
+        },
+        Admin::Accounts { network } => TellerOp::ListAccounts {
+            scope: scope(*network),
+        },
+        Admin::Transactions { network, limit } => TellerOp::ListTransactions {
+            scope: scope(*network),
+            page: PageRequest {
+                before: None,
+                limit: *limit,
+            },
+        },
+        Admin::LinkFault {
+            to_branch,
+            blocked,
+            delay_ms,
+        } => TellerOp::SetLinkFault {
+            branch: BranchId(*to_branch),
+            fault: match (blocked, delay_ms) {
+                (true, _) => LinkFault::Blocked,
+                (false, Some(d)) => LinkFault::Delayed { delay_ms: *d },
+                (false, None) => LinkFault::Healthy,
+            },
+        },
+    })
+}
+
+/// Sends a money movement, retrying with the same id when no answer comes, and never
+/// reports "failed" for an outcome it does not know.
+async fn receipt(
+    out: &output::Printer,
+    teller: &Teller,
+    id: TransferId,
+    op: TellerOp,
+) -> Result<u8, TellerError> {
+    let mut last = None;
+    for attempt in 0..=TRANSFER_RETRIES {
+        if attempt > 0 {
+            tokio::time::sleep(std::time::Duration::from_millis(500 << attempt)).await;
+        }
+        // The client redials by itself, keeping its key, so the session stays valid.
+        let result = teller.call(op.clone()).await;
+        match result {
+            Ok(TellerResponse::Receipt {
+                state: TransferState::Pending | TransferState::Unknown,
+                ..
+            }) => {
+                last = Some("the branch has not decided yet".to_string());
+            }
+            Ok(
+                r @ TellerResponse::Receipt {
+                    state: TransferState::Committed,
+                    ..
+                },
+            ) => {
+                out.response(&r);
+                return Ok(0);
+            }
+            Ok(TellerResponse::Receipt {
+                state: TransferState::Aborted(reason),
+                ..
+            }) => {
+                return Err(TellerError::Refused(reason));
+            }
+            Ok(other) => return Err(TellerError::Unexpected(format!("{other:?}"))),
+            Err(TellerError::Connection(e)) => last = Some(e.to_string()),
+            Err(e) => return Err(e),
+        }
+    }
+    out.unknown(id, last.as_deref().unwrap_or("no answer"));
+    Ok(EXIT_UNKNOWN)
+}

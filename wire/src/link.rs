@@ -1,0 +1,106 @@
+//! The branch-to-branch link protocol: one request-response protocol that carries signed
+//! 2PC envelopes and teller requests forwarded between branches.
+//!
+//! Only branches listed in the network file may speak it; the Noise handshake proves the
+//! sender's PeerId. 2PC envelopes are additionally signed, because they are kept as proof.
+//! Forwarded requests are not: they are answered, never stored as evidence.
+
+use serde::{Deserialize, Serialize};
+
+use crate::account::AccountNumber;
+use crate::ids::BranchId;
+use crate::refusal::Refusal;
+use crate::teller::{
+    AccountView, EntryView, PageRequest, Role, SessionToken, TellerRequest, TellerResponse,
+};
+
+/// What one branch asks another.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+pub enum LinkRequest {
+    /// The bytes of a `Signed<BranchMessage>`, kept as they came: they are the evidence.
+    TwoPc(Vec<u8>),
+    Forward(ForwardRequest),
+}
+
+/// A forwarded teller request. `teller` is the PeerId bytes of the teller connected to
+/// the asking branch, which the Noise handshake proved to that branch.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+pub enum ForwardRequest {
+    /// Answer `request` as if `teller` were connected here (its account or session is here).
+    Teller {
+        teller: Vec<u8>,
+        request: TellerRequest,
+    },
+    /// Who holds `session`, if it is live and bound to `teller`?
+    Session {
+        teller: Vec<u8>,
+        session: SessionToken,
+    },
+    /// An admin of the asking branch lists this branch's accounts.
+    Accounts,
+    /// An admin of the asking branch lists this branch's ledger.
+    Transactions { page: PageRequest },
+}
+
+/// A live session as the issuing branch knows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+pub struct SessionInfo {
+    pub login: String,
+    pub role: Role,
+    #[cfg_attr(
+        test,
+        proptest(
+            strategy = "proptest::collection::vec(crate::account::tests::any_account(), 0..3)"
+        )
+    )]
+    pub accounts: Vec<AccountNumber>,
+    pub expires_at_ms: u64,
+}
+
+/// The answer to a [`LinkRequest`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+pub enum LinkResponse {
+    /// The 2PC envelope passed every check and was handed to the protocol.
+    Accepted,
+    /// The 2PC envelope was refused; nothing was done with it.
+    Refused(EnvelopeRefusal),
+    Teller(TellerResponse),
+    Session(Result<SessionInfo, Refusal>),
+    Accounts(Vec<AccountView>),
+    Entries {
+        entries: Vec<EntryView>,
+        next_before: Option<u64>,
+    },
+    /// The forward itself was refused (for example a request no branch may forward).
+    ForwardRefused(Refusal),
+}
+
+/// Why a branch refused an envelope or a link request. Nothing in its store changed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, thiserror::Error)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+pub enum EnvelopeRefusal {
+    #[error("peer is not a branch in the network file")]
+    PeerNotListed,
+    #[error("envelope bytes are malformed")]
+    Malformed,
+    #[error("signer {0} is not in the network file")]
+    UnknownSigner(BranchId),
+    #[error("signer {0} is not the connected peer")]
+    SignerNotPeer(BranchId),
+    #[error("signature does not verify")]
+    BadSignature,
+    #[error("message is addressed to another branch")]
+    WrongRecipient,
+    #[error("message expired")]
+    Expired,
+    #[error("batch is empty or too large")]
+    BadBatch,
+    #[error("link is blocked by the fault switch")]
+    LinkBlocked,
+    #[error("branch is overloaded; the sender retries")]
+    Overloaded,
+}
