@@ -1,1 +1,5 @@
-//! Runs networks of real branch-node processes: demo, workloads, faults, checks, bench (issue 7).
+//! Runs networks of real `branch-node` processes on loopback: start them (`cluster`),
+//! drive tellers against them, inject faults, and check the invariants (`check`).
+
+pub mod check;
+pub mod cluster;

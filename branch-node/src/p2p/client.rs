@@ -128,9 +128,8 @@ where
             Ok(Err(reason)) => return Err(unreachable(reason)),
             Ok(Ok(())) => {}
         }
-        swarm.add_peer_address(peer, addr.clone());
         let (tx, rx) = mpsc::channel(1_024);
-        tokio::spawn(drive(swarm, rx, peer));
+        tokio::spawn(drive(swarm, rx, peer, addr.clone()));
         Ok(PeerClient { tx, addr, peer })
     }
 
@@ -160,6 +159,7 @@ async fn drive<C>(
     mut swarm: libp2p::Swarm<request_response::Behaviour<C>>,
     mut rx: mpsc::Receiver<Request<C>>,
     peer: PeerId,
+    addr: Multiaddr,
 ) where
     C: Codec<Protocol = StreamProtocol> + Clone + Send + 'static,
     C::Request: Send,
@@ -170,7 +170,11 @@ async fn drive<C>(
         tokio::select! {
             r = rx.recv() => match r {
                 Some(Request { request, reply }) => {
-                    let id = swarm.behaviour_mut().send_request(&peer, request);
+                    // The address goes with every request, so a restarted branch is
+                    // redialled (libp2p forgets a cached address after a failed dial).
+                    let id = swarm
+                        .behaviour_mut()
+                        .send_request_with_addresses(&peer, request, vec![addr.clone()]);
                     pending.insert(id, reply);
                 }
                 None => return,

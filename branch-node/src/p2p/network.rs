@@ -149,6 +149,8 @@ pub struct EventLoop {
     inbound: mpsc::Sender<Inbound>,
     pending: HashMap<OutboundRequestId, oneshot::Sender<Result<LinkResponse, LinkError>>>,
     faults: HashMap<PeerId, LinkFault>,
+    /// Where each listed branch can be dialled: the network file, plus mDNS finds.
+    addresses: HashMap<PeerId, Vec<Multiaddr>>,
 }
 
 impl std::fmt::Debug for EventLoop {
@@ -159,18 +161,18 @@ impl std::fmt::Debug for EventLoop {
     }
 }
 
-/// Makes the client, the event loop and the channel of inbound requests. Every branch of
-/// `network` other than this one gets its listed addresses in the swarm's address book.
+/// Makes the client, the event loop and the channel of inbound requests. Requests to a
+/// branch are dialled at the addresses `network` lists for it.
 pub fn new(
-    mut swarm: Swarm<NodeBehaviour>,
+    swarm: Swarm<NodeBehaviour>,
     network: NetworkFile,
 ) -> (Client, EventLoop, mpsc::Receiver<Inbound>) {
     let me = *swarm.local_peer_id();
-    for b in network.branches().filter(|b| b.peer_id != me) {
-        for a in &b.addresses {
-            swarm.add_peer_address(b.peer_id, a.clone());
-        }
-    }
+    let addresses = network
+        .branches()
+        .filter(|b| b.peer_id != me)
+        .map(|b| (b.peer_id, b.addresses.clone()))
+        .collect();
     let (tx, commands) = mpsc::channel(COMMAND_QUEUE_MAX);
     let (inbound, inbound_rx) = mpsc::channel(INBOUND_QUEUE_MAX);
     let client = Client { tx: tx.clone() };
@@ -182,6 +184,7 @@ pub fn new(
         inbound,
         pending: HashMap::new(),
         faults: HashMap::new(),
+        addresses,
     };
     (client, event_loop, inbound_rx)
 }
@@ -231,7 +234,14 @@ impl EventLoop {
                     });
                 }
                 _ => {
-                    let id = self.swarm.behaviour_mut().link.send_request(&peer, request);
+                    // Addresses go with every request: libp2p drops a cached address after
+                    // one failed dial, which would cut a restarted branch off for good.
+                    let addrs = self.addresses.get(&peer).cloned().unwrap_or_default();
+                    let id = self
+                        .swarm
+                        .behaviour_mut()
+                        .link
+                        .send_request_with_addresses(&peer, request, addrs);
                     self.pending.insert(id, reply);
                 }
             },
@@ -278,8 +288,11 @@ impl EventLoop {
             SwarmEvent::Behaviour(NodeBehaviourEvent::Mdns(mdns::Event::Discovered(found))) => {
                 for (peer, addr) in found {
                     if self.network.by_peer(&peer).is_some() {
-                        tracing::info!(%peer, %addr, "mdns found a listed branch");
-                        self.swarm.add_peer_address(peer, addr);
+                        let known = self.addresses.entry(peer).or_default();
+                        if !known.contains(&addr) {
+                            tracing::info!(%peer, %addr, "mdns found a listed branch");
+                            known.push(addr);
+                        }
                     }
                 }
             }

@@ -10,6 +10,7 @@
 //! its own SQLite transaction; [`writer::Writer`] runs many queued ones in one
 //! transaction (group commit, one fsync) with a savepoint around each.
 
+pub mod audit;
 mod auth;
 pub(crate) mod bank;
 pub(crate) mod ledger;

@@ -1,0 +1,285 @@
+//! A local network of real `branch-node` processes on 127.0.0.1: data dirs made with
+//! `branch-node`'s `init`, free ports, a network file, and process control (start,
+//! SIGKILL, SIGTERM, SIGSTOP/SIGCONT, restart with failpoints). Every process started
+//! here is ended here, by its PID.
+
+use std::io::{BufRead, BufReader};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use branch_node::init;
+use teller_cli::{Target, Teller};
+use wire::BranchId;
+
+/// How long a node may take to print its ready line.
+pub const NODE_START_TIMEOUT_MS: u64 = 30_000;
+
+/// The admin password every branch of a local network gets (a local test network only).
+pub const ADMIN_PASSWORD: &str = "local-admin-password";
+
+/// Where the `branch-node` binary is: `BANKMATE_BIN_DIR`, else next to the running
+/// program (target/<profile>/, or its parent for test binaries in deps/).
+pub fn branch_node_bin() -> anyhow::Result<PathBuf> {
+    let name = format!("branch-node{}", std::env::consts::EXE_SUFFIX);
+    if let Ok(dir) = std::env::var("BANKMATE_BIN_DIR") {
+        return Ok(Path::new(&dir).join(name));
+    }
+    let exe = std::env::current_exe()?;
+    let mut dir = exe
+        .parent()
+        .context("program has no directory")?
+        .to_path_buf();
+    if dir.ends_with("deps") {
+        dir.pop();
+    }
+    let bin = dir.join(&name);
+    if !bin.exists() {
+        let release = dir.ends_with("release");
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let mut build = Command::new(cargo);
+        build.args(["build", "-p", "branch-node", "--bin", "branch-node"]);
+        if release {
+            build.arg("--release");
+        }
+        eprintln!(
+            "building branch-node ({})",
+            if release { "release" } else { "debug" }
+        );
+        let status = build.status().context("running cargo build")?;
+        if !status.success() || !bin.exists() {
+            bail!("cannot find or build {}", bin.display());
+        }
+    }
+    Ok(bin)
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// One branch of the local network.
+#[derive(Debug)]
+pub struct Node {
+    pub id: BranchId,
+    pub name: String,
+    pub dir: PathBuf,
+    pub child: Option<Child>,
+    pub port: u16,
+}
+
+/// A running local network.
+#[derive(Debug)]
+pub struct Cluster {
+    pub dir: PathBuf,
+    pub network_file: PathBuf,
+    pub nodes: Vec<Node>,
+    bin: PathBuf,
+    /// Extra `branch-node run` flags for every node.
+    pub flags: Vec<String>,
+}
+
+impl Cluster {
+    /// Makes `n` branches in `dir` (ids 1..=n, names b1..bn) and starts them all.
+    pub fn start(dir: &Path, n: u16, flags: &[&str]) -> anyhow::Result<Cluster> {
+        let bin = branch_node_bin()?;
+        let mut nodes = Vec::new();
+        let mut network = String::new();
+        for i in 1..=n {
+            let name = format!("b{i}");
+            let data = dir.join(&name);
+            let done = init::init(&data, BranchId(i), &name, Some(ADMIN_PASSWORD.into()))?;
+            let port = free_port()?;
+            let entry = done.network_entry();
+            let addr = format!("addresses = [\"/ip4/127.0.0.1/tcp/{port}\"]");
+            let entry: Vec<String> = entry
+                .lines()
+                .map(|l| {
+                    if l.starts_with("addresses") {
+                        addr.clone()
+                    } else {
+                        l.to_owned()
+                    }
+                })
+                .collect();
+            network.push_str(&entry.join("\n"));
+            network.push_str("\n\n");
+            nodes.push(Node {
+                id: BranchId(i),
+                name,
+                dir: data,
+                child: None,
+                port,
+            });
+        }
+        let network_file = dir.join("network.toml");
+        std::fs::write(&network_file, network)?;
+        let mut cluster = Cluster {
+            dir: dir.to_path_buf(),
+            network_file,
+            nodes,
+            bin,
+            flags: flags.iter().map(|s| (*s).to_owned()).collect(),
+        };
+        for i in 0..cluster.nodes.len() {
+            cluster.start_node(i, &[])?;
+        }
+        Ok(cluster)
+    }
+
+    /// Starts node `i` (index into `nodes`) with extra environment (e.g. FAILPOINTS)
+    /// and waits for its ready line.
+    pub fn start_node(&mut self, i: usize, env: &[(&str, &str)]) -> anyhow::Result<()> {
+        let node = &mut self.nodes[i];
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(node.dir.join("node.log"))?;
+        let mut cmd = Command::new(&self.bin);
+        cmd.arg("run")
+            .arg("--data-dir")
+            .arg(&node.dir)
+            .arg("--network")
+            .arg(&self.network_file)
+            .args(&self.flags)
+            .env(
+                "RUST_LOG",
+                std::env::var("BANKMATE_NODE_LOG").unwrap_or_else(|_| "info".into()),
+            )
+            .env_remove("FAILPOINTS")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(log);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd
+            .spawn()
+            .with_context(|| format!("starting {}", self.bin.display()))?;
+        let stdout = child.stdout.take().context("no stdout")?;
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if line.starts_with("ready:") {
+                    let _ = tx.send(());
+                }
+            }
+        });
+        let ready = rx.recv_timeout(Duration::from_millis(NODE_START_TIMEOUT_MS));
+        node.child = Some(child);
+        if ready.is_err() {
+            let name = node.name.clone();
+            self.kill(i);
+            bail!(
+                "branch {name} did not become ready; see {}",
+                self.nodes[i].dir.join("node.log").display()
+            );
+        }
+        Ok(())
+    }
+
+    /// SIGKILL node `i` and reap it.
+    pub fn kill(&mut self, i: usize) {
+        if let Some(mut c) = self.nodes[i].child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Waits, at most `timeout`, for node `i` to exit by itself (a failpoint crash).
+    /// True when it exited.
+    pub fn wait_exit(&mut self, i: usize, timeout: Duration) -> bool {
+        let deadline = std::time::Instant::now() + timeout;
+        while std::time::Instant::now() < deadline {
+            if let Some(c) = self.nodes[i].child.as_mut()
+                && let Ok(Some(_)) = c.try_wait()
+            {
+                self.nodes[i].child = None;
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        false
+    }
+
+    fn signal(&self, i: usize, sig: &str) -> anyhow::Result<()> {
+        let Some(c) = self.nodes[i].child.as_ref() else {
+            bail!("branch {} is not running", self.nodes[i].name);
+        };
+        let status = Command::new("kill")
+            .args(["-s", sig, &c.id().to_string()])
+            .status()?;
+        anyhow::ensure!(status.success(), "kill -s {sig} failed");
+        Ok(())
+    }
+
+    /// SIGSTOP node `i` (it keeps its sockets but answers nothing).
+    pub fn pause(&self, i: usize) -> anyhow::Result<()> {
+        self.signal(i, "STOP")
+    }
+
+    /// SIGCONT node `i`.
+    pub fn resume(&self, i: usize) -> anyhow::Result<()> {
+        self.signal(i, "CONT")
+    }
+
+    /// SIGTERM every node and wait for each to finish its queued work.
+    pub fn stop(&mut self) {
+        for i in 0..self.nodes.len() {
+            let _ = self.signal(i, "TERM");
+        }
+        for node in &mut self.nodes {
+            if let Some(mut c) = node.child.take() {
+                let deadline = std::time::Instant::now() + Duration::from_secs(10);
+                loop {
+                    match c.try_wait() {
+                        Ok(Some(_)) => break,
+                        _ if std::time::Instant::now() > deadline => {
+                            let _ = c.kill();
+                            let _ = c.wait();
+                            break;
+                        }
+                        _ => std::thread::sleep(Duration::from_millis(20)),
+                    }
+                }
+            }
+        }
+    }
+
+    /// Where to reach node `i`.
+    pub fn target(&self, i: usize) -> anyhow::Result<Target> {
+        Ok(Target::by_name(&self.network_file, &self.nodes[i].name)?)
+    }
+
+    /// A teller logged in as node `i`'s admin.
+    pub async fn admin(&self, i: usize) -> anyhow::Result<Teller> {
+        let mut t = Teller::connect(&self.target(i)?).await?;
+        t.login(init::ADMIN_LOGIN, ADMIN_PASSWORD).await?;
+        Ok(t)
+    }
+
+    /// Each branch's database file.
+    pub fn databases(&self) -> Vec<(BranchId, PathBuf)> {
+        self.nodes
+            .iter()
+            .map(|n| (n.id, n.dir.join(init::DB_FILE)))
+            .collect()
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for i in 0..self.nodes.len() {
+            if let Some(c) = self.nodes[i].child.as_ref() {
+                // A paused node cannot handle SIGTERM; wake it first.
+                let _ = Command::new("kill")
+                    .args(["-s", "CONT", &c.id().to_string()])
+                    .status();
+            }
+            self.kill(i);
+        }
+    }
+}
