@@ -29,7 +29,7 @@ pub struct Audit {
     pub credits: BTreeMap<TransferId, i64>,
     /// Ids of deposit and withdrawal entries.
     pub movement_ids: BTreeSet<TransferId>,
-    /// Prepared legs with no decision yet.
+    /// Legs voted yes with no decision yet.
     pub in_doubt: Vec<TransferId>,
     /// Coordinated transfers not yet ended (decided or not).
     pub unfinished: usize,
@@ -63,16 +63,10 @@ impl Store {
     /// Audits the whole store (reads only).
     pub fn audit(&self) -> Result<Audit, StoreError> {
         let c = self.conn();
-        let in_doubt = {
-            let mut stmt =
-                c.prepare("SELECT id FROM legs WHERE decision IS NULL AND spec IS NOT NULL")?;
-            let ids: Vec<Vec<u8>> = stmt
-                .query_map([], |r| r.get(0))?
-                .collect::<Result<_, _>>()?;
-            ids.iter()
-                .map(|b| blob_id(b))
-                .collect::<Result<Vec<_>, _>>()?
-        };
+        let in_doubt = super::twopc::in_doubt(c)?
+            .into_iter()
+            .map(|r| r.id)
+            .collect();
         let committed = {
             let mut stmt = c.prepare("SELECT spec FROM coordinated WHERE decision = 'commit'")?;
             let specs: Vec<Vec<u8>> = stmt

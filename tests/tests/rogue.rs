@@ -1,0 +1,298 @@
+//! A hand-made rogue peer against a real branch node: forged signatures, unknown
+//! signers, a signer that is not the connected peer, an unlisted peer, replays, stale
+//! and misaddressed messages, malformed and oversized bytes. Each is refused (or, for a
+//! replay, answered from the records) and the branch's store is left unchanged.
+
+use std::io;
+use std::time::Duration;
+
+use branch_node::init::read_key;
+use branch_node::network_file::NetworkFile;
+use branch_node::p2p::client::PeerClient;
+use branch_node::p2p::{LINK_PROTOCOL, WireCodec};
+use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use libp2p::StreamProtocol;
+use scenarios::check;
+use scenarios::cluster::Cluster;
+use wire::link::{EnvelopeRefusal, LinkRequest, LinkResponse};
+use wire::teller::{NewCustomer, TellerOp, TellerResponse};
+use wire::twopc::{BranchBody, BranchMessage, PrepareItem, TransferSpec};
+use wire::{AccountNumber, Amount, BranchId, BranchKey, Signed, TransferId};
+
+type Link = PeerClient<WireCodec<LinkRequest, LinkResponse>>;
+
+fn now_ms() -> u64 {
+    branch_node::node::now_ms()
+}
+
+async fn link(c: &Cluster, as_key: &BranchKey) -> Link {
+    let t = c.target(0).expect("target");
+    PeerClient::connect(
+        as_key.libp2p_keypair(),
+        LINK_PROTOCOL,
+        t.addr,
+        t.peer,
+        Duration::from_secs(5),
+    )
+    .await
+    .expect("connect")
+}
+
+fn envelope(key: &BranchKey, signer: u16, message: &BranchMessage) -> Vec<u8> {
+    wire::encode(&Signed::sign(key, BranchId(signer), message).expect("sign")).expect("encode")
+}
+
+fn prepare(to: u16, expires_at_ms: u64, spec: TransferSpec, deadline_ms: u64) -> BranchMessage {
+    BranchMessage {
+        to: BranchId(to),
+        expires_at_ms,
+        body: BranchBody::Prepare(vec![PrepareItem {
+            transfer: spec,
+            deadline_ms,
+        }]),
+    }
+}
+
+/// A codec that writes raw bytes, to send what no honest encoder would.
+#[derive(Clone, Default)]
+struct RawCodec;
+
+impl libp2p::request_response::Codec for RawCodec {
+    type Protocol = StreamProtocol;
+    type Request = Vec<u8>;
+    type Response = Vec<u8>;
+    async fn read_request<T: AsyncRead + Unpin + Send>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+    ) -> io::Result<Vec<u8>> {
+        let mut v = Vec::new();
+        io.read_to_end(&mut v).await?;
+        Ok(v)
+    }
+    async fn read_response<T: AsyncRead + Unpin + Send>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+    ) -> io::Result<Vec<u8>> {
+        let mut v = Vec::new();
+        io.take(1 << 16).read_to_end(&mut v).await?;
+        Ok(v)
+    }
+    async fn write_request<T: AsyncWrite + Unpin + Send>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+        r: Vec<u8>,
+    ) -> io::Result<()> {
+        io.write_all(&r).await?;
+        io.close().await
+    }
+    async fn write_response<T: AsyncWrite + Unpin + Send>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+        r: Vec<u8>,
+    ) -> io::Result<()> {
+        io.write_all(&r).await?;
+        io.close().await
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rogue_peer_messages_are_refused_and_change_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut c = Cluster::start(dir.path(), 3, &[]).expect("cluster");
+    let network = NetworkFile::load(&c.network_file).expect("network");
+    // An account at b1 with money in it, the target of the rogue prepares.
+    let admin = c.admin(0).await.expect("admin");
+    let opened = admin
+        .call(TellerOp::OpenAccount {
+            customer: NewCustomer {
+                national_id: "R1".into(),
+                phone: "+1 555".into(),
+                first_name: "Rosa".into(),
+                last_name: "Target".into(),
+                sms_opt_in: false,
+            },
+            password: "pw".into(),
+            existing: None,
+        })
+        .await
+        .expect("open");
+    let TellerResponse::AccountOpened(view) = opened else {
+        panic!("{opened:?}")
+    };
+    let from = view.number;
+    let id = teller_cli::new_transfer_id();
+    admin
+        .call(TellerOp::Deposit {
+            id,
+            account: from,
+            amount: Amount::from_minor(10_000).expect("amount"),
+        })
+        .await
+        .expect("deposit");
+    // b3 goes down; the rogue holds its key (a stolen or replaying branch identity).
+    c.kill(2);
+    let b2_key = read_key(&c.nodes[1].dir).expect("key");
+    let b3_key = read_key(&c.nodes[2].dir).expect("key");
+    let stranger = BranchKey::from_secret([7; 32]);
+    let to = AccountNumber::new(BranchId(2), 1).expect("account");
+    let spec = TransferSpec {
+        id: TransferId(0xbad),
+        from,
+        to,
+        amount: Amount::from_minor(500).expect("amount"),
+    };
+    // Its deadline is near, so b1 asks b3 for the outcome soon after.
+    let fresh = prepare(1, now_ms() + 60_000, spec, now_ms() + 3_000);
+    let before = check::audit_all(&c.databases()[..1])
+        .expect("audit")
+        .remove(0);
+
+    let check_refused = |r: Result<LinkResponse, _>, want: EnvelopeRefusal| {
+        assert_eq!(r.expect("answer"), LinkResponse::Refused(want));
+    };
+    // An unlisted peer may not speak the link protocol at all.
+    let rogue = link(&c, &stranger).await;
+    check_refused(
+        rogue
+            .request(LinkRequest::TwoPc(envelope(&stranger, 3, &fresh)))
+            .await,
+        EnvelopeRefusal::PeerNotListed,
+    );
+    // Connected as b3 from here on.
+    let as_b3 = link(&c, &b3_key).await;
+    // Forged: claims b3 but signed with another key.
+    check_refused(
+        as_b3
+            .request(LinkRequest::TwoPc(envelope(&stranger, 3, &fresh)))
+            .await,
+        EnvelopeRefusal::BadSignature,
+    );
+    // Unknown signer.
+    check_refused(
+        as_b3
+            .request(LinkRequest::TwoPc(envelope(&stranger, 77, &fresh)))
+            .await,
+        EnvelopeRefusal::UnknownSigner(BranchId(77)),
+    );
+    // Genuinely signed by b2, but sent over b3's connection.
+    check_refused(
+        as_b3
+            .request(LinkRequest::TwoPc(envelope(&b2_key, 2, &fresh)))
+            .await,
+        EnvelopeRefusal::SignerNotPeer(BranchId(2)),
+    );
+    // Addressed to another branch.
+    let elsewhere = prepare(2, now_ms() + 60_000, spec, now_ms() + 60_000);
+    check_refused(
+        as_b3
+            .request(LinkRequest::TwoPc(envelope(&b3_key, 3, &elsewhere)))
+            .await,
+        EnvelopeRefusal::WrongRecipient,
+    );
+    // An expired envelope.
+    let old = prepare(1, now_ms() - 1, spec, now_ms() + 60_000);
+    check_refused(
+        as_b3
+            .request(LinkRequest::TwoPc(envelope(&b3_key, 3, &old)))
+            .await,
+        EnvelopeRefusal::Expired,
+    );
+    // Malformed envelope bytes.
+    check_refused(
+        as_b3.request(LinkRequest::TwoPc(vec![0xff; 40])).await,
+        EnvelopeRefusal::Malformed,
+    );
+    // Oversized bytes on the wire: the node drops the stream and keeps serving.
+    let t = c.target(0).expect("target");
+    let raw: PeerClient<RawCodec> = PeerClient::connect(
+        b3_key.libp2p_keypair(),
+        LINK_PROTOCOL,
+        t.addr.clone(),
+        t.peer,
+        Duration::from_secs(5),
+    )
+    .await
+    .expect("connect");
+    // No answer comes back for either: an error, or a stream closed with no bytes.
+    let no_answer = |r: Result<Vec<u8>, _>| r.map_or(true, |v| v.is_empty());
+    assert!(no_answer(
+        raw.request(vec![0; wire::limits::MESSAGE_BYTES_MAX + 10])
+            .await
+    ));
+    assert!(
+        no_answer(raw.request(b"garbage".to_vec()).await),
+        "undecodable link request"
+    );
+    check_refused(
+        as_b3.request(LinkRequest::TwoPc(vec![0xff; 40])).await,
+        EnvelopeRefusal::Malformed,
+    );
+    let after = check::audit_all(&c.databases()[..1])
+        .expect("audit")
+        .remove(0);
+    assert_eq!(
+        (after.balance_total, after.held_total, after.in_doubt.len()),
+        (before.balance_total, before.held_total, 0)
+    );
+
+    // A stale prepare (its deadline passed) in a valid envelope: voted no, nothing held.
+    let stale_spec = TransferSpec {
+        id: TransferId(0x57a1e),
+        ..spec
+    };
+    let stale = prepare(1, now_ms() + 60_000, stale_spec, now_ms() - 1);
+    assert_eq!(
+        as_b3
+            .request(LinkRequest::TwoPc(envelope(&b3_key, 3, &stale)))
+            .await
+            .expect("answer"),
+        LinkResponse::Accepted
+    );
+    // A valid prepare, then the same envelope replayed: held once, not twice.
+    let bytes = envelope(&b3_key, 3, &fresh);
+    for _ in 0..3 {
+        assert_eq!(
+            as_b3
+                .request(LinkRequest::TwoPc(bytes.clone()))
+                .await
+                .expect("answer"),
+            LinkResponse::Accepted
+        );
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let held = loop {
+        let a = check::audit_all(&c.databases()[..1])
+            .expect("audit")
+            .remove(0);
+        if a.held_total > 0 || std::time::Instant::now() > deadline {
+            break a;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(held.held_total, 500, "the replay held the money once");
+    assert_eq!(
+        held.in_doubt,
+        vec![spec.id],
+        "the stale prepare was refused, the valid one is in doubt"
+    );
+    assert_eq!(held.balance_total, before.balance_total);
+
+    // The rogue leaves (its connections were b1's only route to "b3"), and b3 comes back
+    // with no record of the transfer: presumed abort releases the hold.
+    drop((as_b3, raw, rogue));
+    c.start_node(2, &[]).expect("restart b3");
+    let settled = check::wait_settled(&c.databases(), Duration::from_secs(30)).expect("audit");
+    assert!(settled.is_some(), "the rogue prepare was not resolved");
+    c.stop();
+    let report = check::check(
+        &network,
+        &check::audit_all(&c.databases()).expect("audit"),
+        &Default::default(),
+    );
+    assert!(report.ok(), "{:#?}", report.violations);
+    assert_eq!(report.network_total, 10_000);
+}
