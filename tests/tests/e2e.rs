@@ -39,7 +39,7 @@ async fn customer(
                 phone: "+1 555 0100".into(),
                 first_name: format!("Cust{n}"),
                 last_name: format!("Branch{i}"),
-                sms_opt_in: n % 2 == 0,
+                sms_opt_in: n.is_multiple_of(2),
             },
             password: "customer-pw".into(),
             existing: None,

@@ -253,4 +253,77 @@ mod tests {
         );
         assert!(split_url("https://api.twilio.com").is_err());
     }
+
+    /// Serves one HTTP request on 127.0.0.1 with `status`, returning what was sent.
+    async fn one_request(status: &'static str) -> (String, tokio::task::JoinHandle<String>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let url = format!("http://{}/relay", listener.local_addr().expect("addr"));
+        let server = tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.expect("accept");
+            let mut buf = vec![0u8; 8192];
+            let mut got = Vec::new();
+            loop {
+                let n = s.read(&mut buf).await.expect("read");
+                got.extend_from_slice(&buf[..n]);
+                let text = String::from_utf8_lossy(&got).to_string();
+                if n == 0 || text.contains("\r\n\r\n") && text.ends_with("Body=hi+there%21") {
+                    break;
+                }
+            }
+            let reply = format!("HTTP/1.1 {status}\r\nContent-Length: 0\r\n\r\n");
+            s.write_all(reply.as_bytes()).await.expect("write");
+            String::from_utf8_lossy(&got).to_string()
+        });
+        (url, server)
+    }
+
+    fn config(base_url: String) -> TwilioConfig {
+        TwilioConfig {
+            base_url,
+            account_sid: "ACxx".into(),
+            auth_token: "tok".into(),
+            from: "+15550000".into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn twilio_sink_posts_the_messages_api_form_with_basic_auth() {
+        let (url, server) = one_request("201 Created").await;
+        twilio_post(&config(url), "+91 98", "hi there!")
+            .await
+            .expect("delivered");
+        let sent = server.await.expect("server");
+        assert!(
+            sent.starts_with("POST /relay/2010-04-01/Accounts/ACxx/Messages.json HTTP/1.1\r\n"),
+            "{sent}"
+        );
+        assert!(
+            sent.contains("Authorization: Basic QUN4eDp0b2s=\r\n"),
+            "{sent}"
+        );
+        assert!(
+            sent.contains("Content-Type: application/x-www-form-urlencoded"),
+            "{sent}"
+        );
+        assert!(
+            sent.ends_with("To=%2B91+98&From=%2B15550000&Body=hi+there%21"),
+            "{sent}"
+        );
+    }
+
+    #[tokio::test]
+    async fn twilio_errors_and_unreachable_gateways_are_failures_to_retry() {
+        let (url, server) = one_request("401 Unauthorized").await;
+        let e = twilio_post(&config(url), "+91 98", "hi there!").await;
+        assert_eq!(e, Err("sms gateway answered http 401".into()));
+        server.await.expect("server");
+        let closed = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let url = format!("http://{}", closed.local_addr().expect("addr"));
+        drop(closed);
+        assert!(twilio_post(&config(url), "1", "x").await.is_err());
+    }
 }

@@ -398,7 +398,7 @@ impl Service {
                 _ => return Err(Refusal::BranchUnreachable),
             }
         }
-        all.sort_by(|a, b| (b.at_ms, b.branch, b.seq).cmp(&(a.at_ms, a.branch, a.seq)));
+        all.sort_by_key(|e| std::cmp::Reverse((e.at_ms, e.branch, e.seq)));
         all.truncate(usize::try_from(page.limit).unwrap_or(usize::MAX));
         Ok((all, None))
     }
