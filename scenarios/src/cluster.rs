@@ -57,8 +57,18 @@ pub fn branch_node_bin() -> anyhow::Result<PathBuf> {
     Ok(bin)
 }
 
+/// A port free now and never handed out before by this process: clusters started at once
+/// (parallel tests) must not pick the same port between its release and the node's bind.
 fn free_port() -> anyhow::Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    loop {
+        let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let mut given = GIVEN.lock().map_err(|_| anyhow::anyhow!("port registry poisoned"))?;
+        if !given.contains(&port) {
+            given.push(port);
+            return Ok(port);
+        }
+    }
 }
 
 /// One branch of the local network.
