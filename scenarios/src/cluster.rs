@@ -63,7 +63,9 @@ fn free_port() -> anyhow::Result<u16> {
     static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
     loop {
         let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-        let mut given = GIVEN.lock().map_err(|_| anyhow::anyhow!("port registry poisoned"))?;
+        let mut given = GIVEN
+            .lock()
+            .map_err(|_| anyhow::anyhow!("port registry poisoned"))?;
         if !given.contains(&port) {
             given.push(port);
             return Ok(port);
