@@ -18,6 +18,9 @@ use wire::BranchId;
 /// How long a node may take to print its ready line.
 pub const NODE_START_TIMEOUT_MS: u64 = 30_000;
 
+/// How long a node may take to stop after SIGTERM before it is killed.
+pub const NODE_STOP_TIMEOUT_MS: u64 = 10_000;
+
 /// The admin password every branch of a local network gets (a local test network only).
 pub const ADMIN_PASSWORD: &str = "local-admin-password";
 
@@ -245,7 +248,8 @@ impl Cluster {
         }
         for node in &mut self.nodes {
             if let Some(mut c) = node.child.take() {
-                let deadline = std::time::Instant::now() + Duration::from_secs(10);
+                let deadline =
+                    std::time::Instant::now() + Duration::from_millis(NODE_STOP_TIMEOUT_MS);
                 loop {
                     match c.try_wait() {
                         Ok(Some(_)) => break,

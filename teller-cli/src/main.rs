@@ -29,6 +29,8 @@ pub const EXIT_USAGE: u8 = 2;
 
 /// Times a transfer is sent again, with the same id, when no answer comes.
 const TRANSFER_RETRIES: u32 = 3;
+/// Wait before the first retry, in milliseconds; doubles each time.
+const TRANSFER_RETRY_MS: u64 = 500;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -402,7 +404,10 @@ async fn receipt(
     let mut last = None;
     for attempt in 0..=TRANSFER_RETRIES {
         if attempt > 0 {
-            tokio::time::sleep(std::time::Duration::from_millis(500 << attempt)).await;
+            tokio::time::sleep(std::time::Duration::from_millis(
+                TRANSFER_RETRY_MS << attempt,
+            ))
+            .await;
         }
         // The client redials by itself, keeping its key, so the session stays valid.
         let result = teller.call(op.clone()).await;

@@ -278,6 +278,36 @@ async fn teller_errors_are_typed_and_unreachable_branches_fail_fast() {
         ),
         "{wrong:?}"
     );
+    // The fault switch is off unless the node was started with --fault-switch.
+    let admin = c.admin(0).await.expect("admin");
+    let fault = admin
+        .call(TellerOp::SetLinkFault {
+            branch: wire::BranchId(2),
+            fault: wire::teller::LinkFault::Blocked,
+        })
+        .await;
+    assert!(
+        matches!(
+            fault,
+            Err(TellerError::Refused(wire::Refusal::Unauthorized))
+        ),
+        "{fault:?}"
+    );
+    // A listing without a session is refused.
+    let listing = Teller::connect(&c.target(0).expect("target"))
+        .await
+        .expect("connect")
+        .call(TellerOp::ListAccounts {
+            scope: wire::teller::Scope::Branch,
+        })
+        .await;
+    assert!(
+        matches!(
+            listing,
+            Err(TellerError::Refused(wire::Refusal::SessionExpired))
+        ),
+        "{listing:?}"
+    );
     let target = c.target(1).expect("target");
     c.kill(1);
     let started = std::time::Instant::now();

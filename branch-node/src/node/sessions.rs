@@ -77,13 +77,6 @@ impl Sessions {
         }
     }
 
-    /// Adds an account to every live session of `login` (a customer's new account).
-    pub fn add_account(&mut self, login: &str, account: wire::AccountNumber) {
-        for s in self.live.values_mut().filter(|s| s.info.login == login) {
-            s.info.accounts.push(account);
-        }
-    }
-
     /// Ends the session behind `token` if `peer` holds it.
     pub fn close(&mut self, token: SessionToken, peer: &PeerId) -> bool {
         if self.live.get(&token).is_some_and(|s| s.peer == *peer) {

@@ -306,29 +306,44 @@ impl WriterHandle {
     }
 }
 
+impl WriterHandle {
+    /// Runs one `Shard` call on the writer's connection, in its next batch. A store
+    /// failure rolls the call's savepoint back; a refusal (`DecisionConflict`,
+    /// `NotCoordinated`) is found before anything is written and comes back as it is.
+    fn in_batch<R: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut ConnShard<'_>) -> Result<R, ShardError> + Send + 'static,
+    ) -> Result<R, ShardError> {
+        self.run(move |conn, me| match f(&mut ConnShard { conn, me }) {
+            Err(ShardError::Io(e)) => Err(StoreError::CommitFailed(e)),
+            other => Ok(other),
+        })?
+    }
+}
+
+/// Every call is the batch connection's `ConnShard` call, run by the writer.
 impl Shard for WriterHandle {
     fn branch(&self) -> BranchId {
         self.me
     }
     fn begin(&mut self, items: &[BeginItem]) -> Result<Vec<BeginOutcome>, ShardError> {
         let items = items.to_vec();
-        Ok(self.run(move |c, _| twopc::begin(c, &items))?)
+        self.in_batch(move |s| s.begin(&items))
     }
     fn record_decisions(&mut self, items: &[DecisionRecord]) -> Result<(), ShardError> {
         let items = items.to_vec();
-        // A conflicting decision is found before anything is written.
-        self.run(move |c, _| twopc::record_decisions(c, &items))?
+        self.in_batch(move |s| s.record_decisions(&items))
     }
     fn mark_ended(&mut self, ids: &[TransferId]) -> Result<(), ShardError> {
         let ids = ids.to_vec();
-        Ok(self.run(move |c, _| twopc::mark_ended(c, &ids))?)
+        self.in_batch(move |s| s.mark_ended(&ids))
     }
     fn read_decisions(&self, ids: &[TransferId]) -> Result<Vec<Option<Decision>>, ShardError> {
         let ids = ids.to_vec();
-        Ok(self.run(move |c, _| twopc::read_decisions(c, &ids))?)
+        self.in_batch(move |s| s.read_decisions(&ids))
     }
     fn unfinished_coordinated(&self) -> Result<Vec<CoordinatedRecord>, ShardError> {
-        Ok(self.run(|c, _| twopc::unfinished(c))?)
+        self.in_batch(|s| s.unfinished_coordinated())
     }
     fn prepare(
         &mut self,
@@ -338,7 +353,7 @@ impl Shard for WriterHandle {
         evidence: &Evidence,
     ) -> Result<Vec<Vote>, ShardError> {
         let (items, evidence) = (items.to_vec(), evidence.clone());
-        Ok(self.run(move |c, me| twopc::prepare(c, me, coordinator, &items, now_ms, &evidence))?)
+        self.in_batch(move |s| s.prepare(coordinator, &items, now_ms, &evidence))
     }
     fn apply(
         &mut self,
@@ -347,23 +362,17 @@ impl Shard for WriterHandle {
         evidence: &Evidence,
     ) -> Result<Vec<ApplyOutcome>, ShardError> {
         let (items, evidence) = (items.to_vec(), evidence.clone());
-        Ok(self.run(move |c, me| twopc::apply(c, me, coordinator, &items, &evidence))?)
+        self.in_batch(move |s| s.apply(coordinator, &items, &evidence))
     }
     fn in_doubt(&self) -> Result<Vec<InDoubtRecord>, ShardError> {
-        Ok(self.run(|c, _| twopc::in_doubt(c))?)
+        self.in_batch(|s| s.in_doubt())
     }
     fn transfer_local(&mut self, items: &[TransferSpec]) -> Result<Vec<TransferState>, ShardError> {
         let items = items.to_vec();
-        let now = now_ms();
-        Ok(self.run(move |c, me| {
-            items
-                .iter()
-                .map(|s| bank::transfer_local(c, me, s, now))
-                .collect()
-        })?)
+        self.in_batch(move |s| s.transfer_local(&items))
     }
     fn transfer_state(&self, id: TransferId) -> Result<TransferState, ShardError> {
-        Ok(self.run(move |c, _| twopc::transfer_state(c, id))?)
+        self.in_batch(move |s| s.transfer_state(id))
     }
 }
 
