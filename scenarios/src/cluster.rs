@@ -24,10 +24,21 @@ pub const NODE_STOP_TIMEOUT_MS: u64 = 10_000;
 /// The admin password every branch of a local network gets (a local test network only).
 pub const ADMIN_PASSWORD: &str = "local-admin-password";
 
-/// Where the `branch-node` binary is: `BANKMATE_BIN_DIR`, else next to the running
-/// program (target/<profile>/, or its parent for test binaries in deps/).
+/// Where the `branch-node` binary is (see [`workspace_bin`]).
 pub fn branch_node_bin() -> anyhow::Result<PathBuf> {
-    let name = format!("branch-node{}", std::env::consts::EXE_SUFFIX);
+    workspace_bin("branch-node", "branch-node")
+}
+
+/// Where the `teller-cli` binary is (see [`workspace_bin`]).
+pub fn teller_cli_bin() -> anyhow::Result<PathBuf> {
+    workspace_bin("teller-cli", "teller-cli")
+}
+
+/// Where binary `bin` of workspace package `package` is: `BANKMATE_BIN_DIR`, else next
+/// to the running program (target/<profile>/, or its parent for test binaries in deps/).
+/// When it is not there yet it is built with the same profile.
+pub fn workspace_bin(package: &str, bin: &str) -> anyhow::Result<PathBuf> {
+    let name = format!("{bin}{}", std::env::consts::EXE_SUFFIX);
     if let Ok(dir) = std::env::var("BANKMATE_BIN_DIR") {
         return Ok(Path::new(&dir).join(name));
     }
@@ -39,25 +50,31 @@ pub fn branch_node_bin() -> anyhow::Result<PathBuf> {
     if dir.ends_with("deps") {
         dir.pop();
     }
-    let bin = dir.join(&name);
-    if !bin.exists() {
+    let path = dir.join(&name);
+    // Tests of one binary run in parallel; one of them builds, the others wait.
+    static BUILT: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+    let mut built = BUILT
+        .lock()
+        .map_err(|_| anyhow::anyhow!("build registry poisoned"))?;
+    // Under cargo (tests, `cargo run`) the binary may be stale: `cargo test -p tests`
+    // does not build other packages' binaries. Build it once per process; a fresh
+    // build is a no-op.
+    let under_cargo = std::env::var_os("CARGO").is_some();
+    if !built.iter().any(|b| b == bin) && (under_cargo || !path.exists()) {
         let release = dir.ends_with("release");
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let mut build = Command::new(cargo);
-        build.args(["build", "-p", "branch-node", "--bin", "branch-node"]);
+        build.args(["build", "-p", package, "--bin", bin]);
         if release {
             build.arg("--release");
         }
-        eprintln!(
-            "building branch-node ({})",
-            if release { "release" } else { "debug" }
-        );
         let status = build.status().context("running cargo build")?;
-        if !status.success() || !bin.exists() {
-            bail!("cannot find or build {}", bin.display());
+        if !status.success() || !path.exists() {
+            bail!("cannot find or build {}", path.display());
         }
+        built.push(bin.to_owned());
     }
-    Ok(bin)
+    Ok(path)
 }
 
 /// A port free now and never handed out before by this process: clusters started at once

@@ -1,6 +1,6 @@
 //! The menus of the original system: login, then the admin or the customer menu.
 //! Passwords are read without echo; a bad choice or input re-prompts with the reason;
-//! Ctrl-D (end of input) leaves cleanly at any prompt.
+//! Ctrl-D (end of input) and Ctrl-C leave cleanly at any prompt.
 
 use std::io::{BufRead, Write};
 
@@ -62,8 +62,28 @@ fn yes_no(s: &str) -> Result<bool, String> {
     }
 }
 
+/// Ctrl-C leaves cleanly: the terminal is put back as it was (a password prompt turns
+/// echo off) and the program exits with status 0.
+fn leave_on_ctrl_c() {
+    let saved = nix::sys::termios::tcgetattr(std::io::stdin()).ok();
+    tokio::spawn(async move {
+        if tokio::signal::ctrl_c().await.is_ok() {
+            if let Some(t) = saved {
+                let _ = nix::sys::termios::tcsetattr(
+                    std::io::stdin(),
+                    nix::sys::termios::SetArg::TCSANOW,
+                    &t,
+                );
+            }
+            println!("\nbye");
+            std::process::exit(0);
+        }
+    });
+}
+
 /// Runs the menus until the user leaves; exit status 0, or 4 if the branch is unreachable.
 pub async fn run(target: Target) -> Result<u8, TellerError> {
+    leave_on_ctrl_c();
     let mut teller = Teller::connect(&target).await?;
     println!("BankMate: connected to {}", target.addr);
     loop {

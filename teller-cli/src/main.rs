@@ -175,16 +175,24 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    let json = cli.json;
     match runtime.block_on(run(cli)) {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
             eprintln!("teller-cli: {e}");
-            ExitCode::from(match e {
-                TellerError::Refused(_) | TellerError::Invalid(_) => EXIT_REFUSED,
-                TellerError::Connection(_) => EXIT_CONNECTION,
-                TellerError::Usage(_) => EXIT_USAGE,
-                TellerError::Unexpected(_) => 1,
-            })
+            let (code, kind) = match e {
+                TellerError::Refused(_) | TellerError::Invalid(_) => (EXIT_REFUSED, "refused"),
+                TellerError::Connection(_) => (EXIT_CONNECTION, "connection"),
+                TellerError::Usage(_) => (EXIT_USAGE, "usage"),
+                TellerError::Unexpected(_) => (1, "unexpected"),
+            };
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({ "error": kind, "message": e.to_string() })
+                );
+            }
+            ExitCode::from(code)
         }
     }
 }

@@ -1,0 +1,625 @@
+//! `teller-cli` as a process against a real 3-branch network: every subcommand, the
+//! refusals with their exit codes (each leaving the stores unchanged), `--help` for every
+//! command, and the interactive menus driven through a pseudo-terminal.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+use branch_node::network_file::NetworkFile;
+use scenarios::check;
+use scenarios::cluster::{ADMIN_PASSWORD, Cluster, teller_cli_bin};
+use serde_json::Value;
+use wire::{AccountNumber, TransferId};
+
+const EXIT_REFUSED: i32 = 3;
+const EXIT_CONNECTION: i32 = 4;
+const EXIT_USAGE: i32 = 2;
+const CUSTOMER_PASSWORD: &str = "customer-pw-1";
+
+/// One `teller-cli` run: exit code, stdout, stderr.
+struct Run {
+    code: i32,
+    out: String,
+    err: String,
+}
+
+impl Run {
+    fn json(&self) -> Value {
+        serde_json::from_str(self.out.trim())
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {:?} / {:?}", self.out, self.err))
+    }
+
+    /// Asserts success and returns stdout.
+    fn ok(&self) -> &str {
+        assert_eq!(self.code, 0, "stdout {:?} stderr {:?}", self.out, self.err);
+        &self.out
+    }
+
+    /// Asserts exit `code` and a one-line error containing `says`.
+    fn refused(&self, code: i32, says: &str) {
+        assert_eq!(
+            self.code, code,
+            "stdout {:?} stderr {:?}",
+            self.out, self.err
+        );
+        assert_eq!(
+            self.err.lines().count(),
+            1,
+            "one-line error: {:?}",
+            self.err
+        );
+        assert!(
+            self.err.contains(says),
+            "error {:?} should say {says:?}",
+            self.err
+        );
+    }
+}
+
+/// Runs `teller-cli` with the network file and these arguments, passwords from
+/// environment variables `ADMIN_PW` and `CUST_PW`.
+fn cli(network: &Path, args: &[&str]) -> Run {
+    cli_with_stdin(network, args, None)
+}
+
+fn cli_with_stdin(network: &Path, args: &[&str], stdin: Option<&str>) -> Run {
+    let mut cmd = Command::new(teller_cli_bin().expect("teller-cli binary"));
+    cmd.arg("--network-file")
+        .arg(network)
+        .args(args)
+        .env("ADMIN_PW", ADMIN_PASSWORD)
+        .env("CUST_PW", CUSTOMER_PASSWORD)
+        .env("WRONG_PW", "not-the-password")
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().expect("spawn teller-cli");
+    if let Some(text) = stdin {
+        use std::io::Write;
+        let mut pipe = child.stdin.take().expect("stdin");
+        pipe.write_all(text.as_bytes()).expect("write stdin");
+    }
+    let Output {
+        status,
+        stdout,
+        stderr,
+    } = child.wait_with_output().expect("teller-cli ran");
+    Run {
+        code: status.code().unwrap_or(-1),
+        out: String::from_utf8_lossy(&stdout).into_owned(),
+        err: String::from_utf8_lossy(&stderr).into_owned(),
+    }
+}
+
+fn admin<'a>(branch: &'a str, rest: &[&'a str]) -> Vec<&'a str> {
+    let mut v = vec![
+        "--branch",
+        branch,
+        "--user",
+        "admin",
+        "--password-env",
+        "ADMIN_PW",
+    ];
+    v.extend_from_slice(rest);
+    v
+}
+
+fn customer<'a>(branch: &'a str, account: &'a str, rest: &[&'a str]) -> Vec<&'a str> {
+    let mut v = vec![
+        "--branch",
+        branch,
+        "--user",
+        account,
+        "--password-env",
+        "CUST_PW",
+    ];
+    v.extend_from_slice(rest);
+    v
+}
+
+/// Opens an account at `branch` with the admin subcommand; returns its number.
+fn open_account(net: &Path, branch: &str, national_id: &str) -> String {
+    let r = cli(
+        net,
+        &admin(
+            branch,
+            &[
+                "--json",
+                "admin",
+                "open-account",
+                "--national-id",
+                national_id,
+                "--phone",
+                "+1 555 0100",
+                "--first-name",
+                "Ada",
+                "--last-name",
+                national_id,
+                "--sms",
+                "--customer-password-env",
+                "CUST_PW",
+            ],
+        ),
+    );
+    r.ok();
+    let v = r.json();
+    assert_eq!(v["balance"], "0.00", "{v}");
+    v["account"].as_str().expect("account").to_owned()
+}
+
+fn balance(net: &Path, branch: &str, account: &str) -> String {
+    let r = cli(net, &customer(branch, account, &["--json", "balance"]));
+    r.ok();
+    r.json()["balance"].as_str().expect("balance").to_owned()
+}
+
+/// Waits for nothing in flight, stops the network, and checks every invariant.
+fn finish(mut c: Cluster, committed: &BTreeSet<TransferId>) {
+    let dbs = c.databases();
+    let settled = check::wait_settled(&dbs, Duration::from_secs(30)).expect("audit");
+    assert!(settled.is_some(), "transfers still in doubt after 30 s");
+    c.stop();
+    let network = NetworkFile::load(&c.network_file).expect("network file");
+    let report = check::check(&network, &check::audit_all(&dbs).expect("audit"), committed);
+    assert!(report.ok(), "invariants violated: {:#?}", report.violations);
+}
+
+fn committed_id(r: &Run) -> TransferId {
+    r.ok();
+    let v = r.json();
+    assert_eq!(v["state"], "committed", "{v}");
+    v["id"].as_str().expect("id").parse().expect("transfer id")
+}
+
+#[test]
+fn every_subcommand_against_three_branches() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let c = Cluster::start(dir.path(), 3, &["--fault-switch"]).expect("cluster");
+    let net = c.network_file.clone();
+    let mut committed = BTreeSet::new();
+
+    let a = open_account(&net, "b1", "CLI-A");
+    let b = open_account(&net, "b2", "CLI-B");
+
+    // Admin deposits into a customer's account; the customer withdraws.
+    let r = cli(
+        &net,
+        &admin("b1", &["--json", "deposit", "100.00", "--account", &a]),
+    );
+    committed.insert(committed_id(&r));
+    let r = cli(&net, &customer("b1", &a, &["--json", "withdraw", "10"]));
+    committed.insert(committed_id(&r));
+    assert_eq!(balance(&net, "b1", &a), "90.00");
+
+    // A cross-branch transfer with a chosen id, then the same id again: one transfer.
+    let id = teller_cli::new_transfer_id().to_string();
+    let send = ["--json", "transfer", "--to", &b, "25.50", "--id", &id];
+    let first = committed_id(&cli(&net, &customer("b1", &a, &send)));
+    let again = committed_id(&cli(&net, &customer("b1", &a, &send)));
+    assert_eq!(first, again);
+    committed.insert(first);
+    assert_eq!(balance(&net, "b1", &a), "64.50");
+    // The receiving customer, at their own branch and through a third one.
+    assert_eq!(balance(&net, "b2", &b), "25.50");
+    assert_eq!(balance(&net, "b3", &b), "25.50");
+
+    // transfer-status, as JSON and as text.
+    let r = cli(
+        &net,
+        &customer("b1", &a, &["--json", "transfer-status", &id]),
+    );
+    assert_eq!(r.json()["state"], "committed");
+    let r = cli(&net, &customer("b1", &a, &["transfer-status", &id]));
+    assert!(r.ok().contains("committed"), "{}", r.out);
+
+    // A transfer back, sent from b3 by the customer of b2, read with --password-stdin.
+    let r = cli_with_stdin(
+        &net,
+        &[
+            "--branch",
+            "b3",
+            "--user",
+            &b,
+            "--password-stdin",
+            "--json",
+            "transfer",
+            "--to",
+            &a,
+            "0.50",
+        ],
+        Some(&format!("{CUSTOMER_PASSWORD}\n")),
+    );
+    committed.insert(committed_id(&r));
+
+    // History: JSON with exact decimal strings, and a table.
+    let r = cli(&net, &customer("b1", &a, &["--json", "history"]));
+    let entries = r.json()["entries"].as_array().expect("entries").clone();
+    let amounts: Vec<&str> = entries
+        .iter()
+        .map(|e| e["amount"].as_str().expect("amount string"))
+        .collect();
+    assert_eq!(amounts, ["0.50", "25.50", "10.00", "100.00"], "{entries:?}");
+    let r = cli(&net, &customer("b1", &a, &["history", "--limit", "2"]));
+    let table = r.ok();
+    assert!(
+        table.contains("balance after") && table.contains("more: --before"),
+        "{table}"
+    );
+
+    // Connecting by full address (the key pinned by its /p2p/ part) instead of by name.
+    let file = NetworkFile::load(&net).expect("network file");
+    let b2 = file.by_name("b2").expect("b2");
+    let addr = format!("{}/p2p/{}", b2.addresses[0], b2.peer_id);
+    let r = cli(
+        &net,
+        &[
+            "--addr",
+            &addr,
+            "--user",
+            &b,
+            "--password-env",
+            "CUST_PW",
+            "balance",
+        ],
+    );
+    assert!(r.ok().contains("25.00"), "{}", r.out);
+
+    // Admin listings: this branch, and the whole network.
+    let r = cli(&net, &admin("b1", &["--json", "admin", "accounts"]));
+    let mine: Vec<String> = r
+        .json()
+        .as_array()
+        .expect("array")
+        .iter()
+        .map(|v| v["account"].as_str().expect("account").to_owned())
+        .collect();
+    assert!(mine.contains(&a) && !mine.contains(&b), "{mine:?}");
+    let r = cli(&net, &admin("b1", &["admin", "accounts", "--network"]));
+    assert!(r.ok().contains(&a) && r.out.contains(&b), "{}", r.out);
+    let r = cli(&net, &admin("b2", &["--json", "admin", "transactions"]));
+    assert!(!r.json()["entries"].as_array().expect("entries").is_empty());
+    let r = cli(&net, &admin("b3", &["admin", "transactions", "--network"]));
+    assert!(r.ok().contains(&a) && r.out.contains(&b), "{}", r.out);
+
+    // Close an empty account; it can no longer log in.
+    let empty = open_account(&net, "b3", "CLI-C");
+    let r = cli(
+        &net,
+        &admin("b3", &["--json", "admin", "close-account", &empty]),
+    );
+    assert_eq!(r.json()["status"], "closed", "{}", r.out);
+    cli(&net, &admin("b3", &["deposit", "1", "--account", &empty]))
+        .refused(EXIT_REFUSED, "account is closed");
+
+    // The fault switch: block the link b1 -> b2, see a transfer refused, heal it.
+    let r = cli(
+        &net,
+        &admin(
+            "b1",
+            &["admin", "link-fault", "--to-branch", "2", "--blocked"],
+        ),
+    );
+    assert!(r.ok().contains("Blocked"), "{}", r.out);
+    let r = cli(&net, &customer("b1", &a, &["transfer", "--to", &b, "1.00"]));
+    assert_ne!(
+        r.code, 0,
+        "a transfer over a blocked link must not commit: {}",
+        r.out
+    );
+    let r = cli(
+        &net,
+        &admin("b1", &["admin", "link-fault", "--to-branch", "2"]),
+    );
+    assert!(r.ok().contains("Healthy"), "{}", r.out);
+    let r = cli(
+        &net,
+        &customer("b1", &a, &["--json", "transfer", "--to", &b, "1.00"]),
+    );
+    committed.insert(committed_id(&r));
+
+    finish(c, &committed);
+}
+
+#[test]
+fn refusals_have_their_exit_codes_and_change_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let c = Cluster::start(dir.path(), 3, &[]).expect("cluster");
+    let net = c.network_file.clone();
+    let mut committed = BTreeSet::new();
+    let a = open_account(&net, "b1", "REF-A");
+    let b = open_account(&net, "b2", "REF-B");
+    let r = cli(
+        &net,
+        &admin("b1", &["--json", "deposit", "50", "--account", &a]),
+    );
+    committed.insert(committed_id(&r));
+    let before = (balance(&net, "b1", &a), balance(&net, "b2", &b));
+
+    // A bad amount: too many decimals, zero, not a number.
+    for bad in ["12.345", "0", "ten", "1e3"] {
+        cli(&net, &customer("b1", &a, &["withdraw", bad])).refused(EXIT_REFUSED, "amount");
+        cli(&net, &customer("b1", &a, &["transfer", "--to", &b, bad]))
+            .refused(EXIT_REFUSED, "amount");
+    }
+    // An account number with a typo: the check digits catch it.
+    let mut typo: Vec<char> = b.chars().collect();
+    let last = typo.len() - 1;
+    typo[last] = if typo[last] == '1' { '2' } else { '1' };
+    let typo: String = typo.into_iter().collect();
+    assert!(
+        typo.parse::<AccountNumber>().is_err(),
+        "{typo} should not parse"
+    );
+    cli(&net, &customer("b1", &a, &["transfer", "--to", &typo, "1"])).refused(EXIT_REFUSED, &typo);
+    // Insufficient funds, local and cross-branch.
+    cli(&net, &customer("b1", &a, &["withdraw", "50.01"]))
+        .refused(EXIT_REFUSED, "insufficient funds");
+    cli(&net, &customer("b1", &a, &["transfer", "--to", &b, "500"]))
+        .refused(EXIT_REFUSED, "insufficient funds");
+    // A wrong password.
+    cli(
+        &net,
+        &[
+            "--branch",
+            "b1",
+            "--user",
+            &a,
+            "--password-env",
+            "WRONG_PW",
+            "balance",
+        ],
+    )
+    .refused(EXIT_REFUSED, "wrong user or password");
+    cli(
+        &net,
+        &[
+            "--branch",
+            "b1",
+            "--user",
+            "admin",
+            "--password-env",
+            "WRONG_PW",
+            "admin",
+            "accounts",
+        ],
+    )
+    .refused(EXIT_REFUSED, "wrong user or password");
+    // A customer touching another customer's account.
+    cli(&net, &customer("b2", &b, &["balance", "--account", &a]))
+        .refused(EXIT_REFUSED, "not authorized");
+    cli(
+        &net,
+        &customer("b2", &b, &["withdraw", "1", "--account", &a]),
+    )
+    .refused(EXIT_REFUSED, "not authorized");
+    cli(
+        &net,
+        &customer("b1", &b, &["transfer", "--from", &a, "--to", &b, "1"]),
+    )
+    .refused(EXIT_REFUSED, "not authorized");
+    // With --json the refusal is also a JSON object on stdout.
+    let r = cli(&net, &customer("b1", &a, &["--json", "withdraw", "999"]));
+    r.refused(EXIT_REFUSED, "insufficient funds");
+    assert_eq!(r.json()["error"], "refused", "{}", r.out);
+    assert_eq!(r.json()["message"], "insufficient funds", "{}", r.out);
+    // A customer trying an admin action.
+    cli(&net, &customer("b1", &a, &["admin", "accounts"])).refused(EXIT_REFUSED, "not authorized");
+
+    // Usage errors: no login, no password source, an unknown branch name.
+    cli(&net, &["--branch", "b1", "balance"]).refused(EXIT_USAGE, "--user");
+    cli(&net, &["--branch", "b1", "--user", &a, "balance"]).refused(EXIT_USAGE, "password");
+    cli(&net, &customer("b9", &a, &["balance"])).refused(EXIT_USAGE, "b9");
+    // A branch that is not there: the address is named, within seconds.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("port")
+        .local_addr()
+        .expect("addr")
+        .port();
+    let peer = NetworkFile::load(&net)
+        .expect("net")
+        .by_name("b1")
+        .expect("b1")
+        .peer_id;
+    let addr = format!("/ip4/127.0.0.1/tcp/{port}/p2p/{peer}");
+    let start = std::time::Instant::now();
+    cli(
+        &net,
+        &[
+            "--addr",
+            &addr,
+            "--user",
+            &a,
+            "--password-env",
+            "CUST_PW",
+            "balance",
+        ],
+    )
+    .refused(EXIT_CONNECTION, &format!("127.0.0.1/tcp/{port}"));
+    assert!(
+        start.elapsed() < Duration::from_secs(20),
+        "took {:?}",
+        start.elapsed()
+    );
+
+    assert_eq!((balance(&net, "b1", &a), balance(&net, "b2", &b)), before);
+    finish(c, &committed);
+}
+
+/// The subcommand names listed under "Commands:" in a help text.
+fn commands(help: &str) -> Vec<String> {
+    help.lines()
+        .skip_while(|l| !l.starts_with("Commands:"))
+        .skip(1)
+        .take_while(|l| l.starts_with("  "))
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|c| *c != "help")
+        .map(str::to_owned)
+        .collect()
+}
+
+#[test]
+fn help_for_every_command() {
+    let bin = teller_cli_bin().expect("teller-cli binary");
+    let help = |args: &[&str]| {
+        let o = Command::new(&bin)
+            .args(args)
+            .arg("--help")
+            .output()
+            .expect("run");
+        let text = String::from_utf8_lossy(&o.stdout).into_owned();
+        assert!(o.status.success(), "{args:?} --help failed");
+        assert!(text.contains("Usage: teller-cli"), "{args:?}: {text}");
+        text
+    };
+    let top = help(&[]);
+    let mut seen = Vec::new();
+    for c in commands(&top) {
+        let text = help(&[&c]);
+        for sub in commands(&text) {
+            help(&[&c, &sub]);
+            seen.push(format!("{c} {sub}"));
+        }
+        seen.push(c);
+    }
+    for expected in [
+        "balance",
+        "deposit",
+        "withdraw",
+        "transfer",
+        "history",
+        "transfer-status",
+        "admin open-account",
+        "admin close-account",
+        "admin accounts",
+        "admin transactions",
+        "admin link-fault",
+    ] {
+        assert!(
+            seen.iter().any(|s| s == expected),
+            "{expected} missing from {seen:?}"
+        );
+    }
+}
+
+/// A `teller-cli` menu session in a pseudo-terminal.
+fn menus(net: &Path, branch: &str) -> rexpect::session::PtySession {
+    let mut cmd = Command::new(teller_cli_bin().expect("teller-cli binary"));
+    cmd.arg("--network-file")
+        .arg(net)
+        .args(["--branch", branch]);
+    rexpect::session::spawn_command(cmd, Some(20_000)).expect("spawn in a pty")
+}
+
+fn exited_cleanly(p: &rexpect::session::PtySession) {
+    use rexpect::process::WaitStatus;
+    let status = p.process().wait().expect("wait");
+    assert!(matches!(status, WaitStatus::Exited(_, 0)), "{status:?}");
+}
+
+#[test]
+fn admin_menu_in_a_terminal() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let c = Cluster::start(dir.path(), 3, &[]).expect("cluster");
+    let net = c.network_file.clone();
+    let other = open_account(&net, "b2", "PTY-OTHER");
+    let mut p = menus(&net, "b1");
+    let step = |p: &mut rexpect::session::PtySession, expect: &str, send: &str| {
+        p.exp_string(expect)
+            .unwrap_or_else(|e| panic!("waiting for {expect:?}: {e}"));
+        p.send_line(send).expect("send");
+    };
+    // A wrong password first: refused, and asked again.
+    step(&mut p, "user (admin or account number): ", "admin");
+    step(&mut p, "password: ", "wrong");
+    step(&mut p, "login refused", "admin");
+    step(&mut p, "password: ", ADMIN_PASSWORD);
+    step(&mut p, "== Admin menu ==", "9");
+    step(&mut p, "choose 1 to 5", "1");
+    step(&mut p, "national id: ", "");
+    step(&mut p, "must not be empty", "PTY-1");
+    step(&mut p, "phone: ", "call me");
+    step(&mut p, "digits, spaces and + only", "+1 555 0199");
+    step(&mut p, "first name: ", "Grace");
+    step(&mut p, "last name: ", "Hopper");
+    step(&mut p, "SMS alerts (Y/N): ", "maybe");
+    step(&mut p, "answer Y or N", "y");
+    step(&mut p, "customer password: ", "pty-customer");
+    let (_, opened) = p.exp_regex(r"opened \d{3}-\d{8}-\d{2}").expect("opened");
+    let account = opened.trim_start_matches("opened ").trim().to_owned();
+    // View all accounts (network-wide): the new one and b2's.
+    step(&mut p, "choice: ", "3");
+    p.exp_string(&account).expect("new account listed");
+    p.exp_string("choice: ").expect("menu");
+    p.send_line("4").expect("send");
+    p.exp_string("balance after").expect("transactions table");
+    // Close: a typo'd number re-prompts, then the admin password is asked again.
+    step(&mut p, "choice: ", "2");
+    step(&mut p, "account to close: ", "12345");
+    step(&mut p, "not an account number", &account);
+    step(&mut p, "your admin password again: ", ADMIN_PASSWORD);
+    p.exp_string(&format!("closed {account}")).expect("closed");
+    // Closing another branch's account is refused, and the menu goes on.
+    step(&mut p, "choice: ", "2");
+    step(&mut p, "account to close: ", &other);
+    step(&mut p, "your admin password again: ", ADMIN_PASSWORD);
+    p.exp_string("refused:").expect("refused");
+    // Log out, back at the login; Ctrl-D leaves.
+    step(&mut p, "choice: ", "5");
+    p.exp_string("user (admin or account number): ")
+        .expect("login again");
+    p.send_control('d').expect("ctrl-d");
+    p.exp_eof().expect("eof");
+    exited_cleanly(&p);
+    finish(c, &BTreeSet::new());
+}
+
+#[test]
+fn customer_menu_in_a_terminal() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let c = Cluster::start(dir.path(), 3, &[]).expect("cluster");
+    let net = c.network_file.clone();
+    let a = open_account(&net, "b1", "PTY-A");
+    let b = open_account(&net, "b3", "PTY-B");
+    let mut p = menus(&net, "b2");
+    let step = |p: &mut rexpect::session::PtySession, expect: &str, send: &str| {
+        p.exp_string(expect)
+            .unwrap_or_else(|e| panic!("waiting for {expect:?}: {e}"));
+        p.send_line(send).expect("send");
+    };
+    step(&mut p, "user (admin or account number): ", &a);
+    step(&mut p, "password: ", CUSTOMER_PASSWORD);
+    p.exp_string(&format!("== {a}  balance 0.00"))
+        .expect("menu header");
+    step(&mut p, "choice: ", "2");
+    step(&mut p, "amount: ", "ten");
+    step(&mut p, "not an amount", "80.25");
+    p.exp_string("done").expect("deposit done");
+    step(&mut p, "choice: ", "3");
+    step(&mut p, "amount: ", "100");
+    p.exp_string("refused: insufficient funds")
+        .expect("refused");
+    step(&mut p, "choice: ", "4");
+    step(&mut p, "receiver account: ", &b);
+    step(&mut p, "amount: ", "30");
+    p.exp_string("done").expect("transfer done");
+    step(&mut p, "choice: ", "5");
+    p.exp_string("balance after").expect("history table");
+    p.exp_string("30.00").expect("transfer in history");
+    step(&mut p, "choice: ", "7");
+    step(&mut p, "choose 1 to 6", "1");
+    p.exp_string(&format!("== {a}  balance 50.25"))
+        .expect("refreshed");
+    // Ctrl-C at a prompt leaves cleanly.
+    p.exp_string("choice: ").expect("menu");
+    p.send_control('c').expect("ctrl-c");
+    p.exp_string("bye").expect("bye");
+    exited_cleanly(&p);
+    assert_eq!(balance(&net, "b3", &b), "30.00");
+    finish(c, &BTreeSet::new());
+}
