@@ -233,3 +233,46 @@ fn check_proofs(network: &NetworkFile, audits: &[Audit], r: &mut Report) {
         }
     }
 }
+
+/// Checks a consistent cut taken during the run (every node stopped): no negative or
+/// over-held balance, and exact conservation once money in flight is counted: a
+/// transfer whose debit is applied but not yet its credit still owns its amount, and
+/// one credited before its debit applied owes it.
+pub fn check_cut(audits: &[Audit]) -> Vec<String> {
+    let mut v = Vec::new();
+    let (mut balances, mut expected) = (0i64, 0i64);
+    let mut debits = BTreeMap::new();
+    let mut credits = BTreeMap::new();
+    for a in audits {
+        balances += a.balance_total;
+        expected += a.deposits - a.withdrawals;
+        if a.bad_accounts > 0 {
+            v.push(format!(
+                "during the run: branch {} had {} accounts negative or over-held",
+                a.branch, a.bad_accounts
+            ));
+        }
+        for (id, amt) in &a.debits {
+            *debits.entry(*id).or_insert(0) += amt;
+        }
+        for (id, amt) in &a.credits {
+            *credits.entry(*id).or_insert(0) += amt;
+        }
+    }
+    let in_flight: i64 = debits
+        .iter()
+        .filter(|(id, _)| !credits.contains_key(*id))
+        .map(|(_, a)| *a)
+        .sum::<i64>()
+        - credits
+            .iter()
+            .filter(|(id, _)| !debits.contains_key(*id))
+            .map(|(_, a)| *a)
+            .sum::<i64>();
+    if balances + in_flight != expected {
+        v.push(format!(
+            "during the run: balances {balances} + in flight {in_flight} != deposits minus withdrawals {expected}"
+        ));
+    }
+    v
+}

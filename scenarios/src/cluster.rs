@@ -117,6 +117,15 @@ pub struct Cluster {
 impl Cluster {
     /// Makes `n` branches in `dir` (ids 1..=n, names b1..bn) and starts them all.
     pub fn start(dir: &Path, n: u16, flags: &[&str]) -> anyhow::Result<Cluster> {
+        let mut cluster = Cluster::create(dir, n, flags)?;
+        for i in 0..cluster.nodes.len() {
+            cluster.start_node(i, &[])?;
+        }
+        Ok(cluster)
+    }
+
+    /// Makes `n` branches in `dir` (ids 1..=n, names b1..bn) without starting them.
+    pub fn create(dir: &Path, n: u16, flags: &[&str]) -> anyhow::Result<Cluster> {
         let bin = branch_node_bin()?;
         let mut nodes = Vec::new();
         let mut network = String::new();
@@ -149,17 +158,13 @@ impl Cluster {
         }
         let network_file = dir.join("network.toml");
         std::fs::write(&network_file, network)?;
-        let mut cluster = Cluster {
+        Ok(Cluster {
             dir: dir.to_path_buf(),
             network_file,
             nodes,
             bin,
             flags: flags.iter().map(|s| (*s).to_owned()).collect(),
-        };
-        for i in 0..cluster.nodes.len() {
-            cluster.start_node(i, &[])?;
-        }
-        Ok(cluster)
+        })
     }
 
     /// Starts node `i` (index into `nodes`) with extra environment (e.g. FAILPOINTS)
@@ -211,6 +216,22 @@ impl Cluster {
             );
         }
         Ok(())
+    }
+
+    /// Whether node `i` is running (started and not seen to exit).
+    pub fn running(&mut self, i: usize) -> bool {
+        match self.nodes[i].child.as_mut() {
+            Some(c) => matches!(c.try_wait(), Ok(None)),
+            None => false,
+        }
+    }
+
+    /// Process ids of the running nodes (for CPU accounting).
+    pub fn pids(&self) -> Vec<u32> {
+        self.nodes
+            .iter()
+            .filter_map(|n| n.child.as_ref().map(Child::id))
+            .collect()
     }
 
     /// SIGKILL node `i` and reap it.

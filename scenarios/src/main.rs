@@ -1,12 +1,209 @@
-//! `scenarios`: the README's main command. The demo, scenario files and bench are not
-//! built yet; until they are it says so and points at what already runs.
+//! `scenarios`: the README's main command. `demo` runs a 3-branch network through a
+//! mixed workload with a branch killed midway; `up` keeps a local network running;
+//! `run` plays scenario files (workload + fault schedule + checks); `bench` measures.
+//! Exit status: 0 when every invariant holds, 1 on a violation, 2 on a usage error.
 
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+use clap::{Parser, Subcommand};
+use scenarios::bench::{self, BenchOptions};
+use scenarios::cluster::{ADMIN_PASSWORD, Cluster};
+use scenarios::scenario::{self, RunOptions, Scenario};
+
+/// The demo scenario (also in scenarios/demo.toml).
+const DEMO: &str = include_str!("../demo.toml");
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "scenarios",
+    version,
+    about = "BankMate: run local networks of branch nodes, inject faults, check invariants"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// 3 branches, accounts, a mixed workload, one branch killed -9 and restarted, report.
+    Demo {
+        /// Keep the network's files here (default: a temporary folder, removed after).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// Print the report as JSON too.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Start a local network and keep it running until Ctrl-C.
+    Up {
+        #[arg(long, default_value_t = 3)]
+        branches: u16,
+        /// Where the branches' data lives (default: ./bankmate-local).
+        #[arg(long, default_value = "bankmate-local")]
+        dir: PathBuf,
+    },
+    /// Run scenario files (see scenarios/*.toml); each prints a report.
+    Run {
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        /// Keep each run's files under this folder (default: temporary folders).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// Print each report as JSON too.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Closed-loop throughput of local and cross-branch transfers, fsync on.
+    Bench {
+        #[arg(long, default_value_t = 3)]
+        branches: u16,
+        /// Seconds per mix.
+        #[arg(long, default_value_t = 10)]
+        duration: u64,
+        /// Concurrent clients.
+        #[arg(long, default_value_t = 128)]
+        clients: usize,
+        /// Teller connections per branch shared by the clients.
+        #[arg(long, default_value_t = 4)]
+        connections: usize,
+        /// Where to write the JSON result.
+        #[arg(long, default_value = "bench-result.json")]
+        out: PathBuf,
+    },
+}
+
 fn main() -> ExitCode {
-    eprintln!(
-        "scenarios: demo not built yet; branch nodes and teller-cli run today \
-         (README.md, \"A network by hand\"), and `cargo test -p tests` runs a 3-branch network"
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("scenarios: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(run(cli.command)) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::from(1),
+        Err(e) => {
+            eprintln!("scenarios: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// A folder for one run: the one given (created), or a temporary one.
+fn workdir(
+    given: Option<&Path>,
+    name: &str,
+) -> anyhow::Result<(PathBuf, Option<tempfile::TempDir>)> {
+    match given {
+        Some(d) => {
+            let d = d.join(name);
+            if d.exists() {
+                anyhow::bail!("{} exists; give an empty place with --dir", d.display());
+            }
+            std::fs::create_dir_all(&d)?;
+            Ok((d, None))
+        }
+        None => {
+            let t = tempfile::Builder::new().prefix("bankmate-").tempdir()?;
+            Ok((t.path().to_path_buf(), Some(t)))
+        }
+    }
+}
+
+async fn play(s: &Scenario, dir: Option<&Path>, json: bool) -> anyhow::Result<bool> {
+    let slug: String = s
+        .name
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+        .take(40)
+        .collect();
+    let (path, _keep) = workdir(dir, &slug)?;
+    eprintln!("running {:?} in {}", s.name, path.display());
+    let summary = scenario::run(s, &path, &RunOptions { progress: true }).await?;
+    println!("{}", summary.table());
+    if json {
+        println!("{}", summary.json());
+    }
+    Ok(summary.ok())
+}
+
+async fn run(command: Command) -> anyhow::Result<bool> {
+    match command {
+        Command::Demo { dir, json } => {
+            let s = Scenario::parse(DEMO)?;
+            play(&s, dir.as_deref(), json).await
+        }
+        Command::Run { files, dir, json } => {
+            let scenarios = files
+                .iter()
+                .map(|f| Scenario::load(f))
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            let mut all_ok = true;
+            for s in &scenarios {
+                all_ok &= play(s, dir.as_deref(), json).await?;
+            }
+            Ok(all_ok)
+        }
+        Command::Up { branches, dir } => up(branches, &dir).await,
+        Command::Bench {
+            branches,
+            duration,
+            clients,
+            connections,
+            out,
+        } => {
+            let (path, _keep) = workdir(None, "bench")?;
+            let opts = BenchOptions {
+                branches,
+                duration_s: duration,
+                clients,
+                connections,
+                accounts_per_branch: 200,
+            };
+            eprintln!(
+                "bench: {branches} branches, {clients} clients, {duration} s per mix, fsync on"
+            );
+            let result = bench::run(&opts, &path).await?;
+            std::fs::write(&out, serde_json::to_string_pretty(&result)?)?;
+            eprintln!("result written to {}", out.display());
+            Ok(result["invariants_ok"].as_bool().unwrap_or(false))
+        }
+    }
+}
+
+async fn up(branches: u16, dir: &Path) -> anyhow::Result<bool> {
+    if dir.exists() && std::fs::read_dir(dir)?.next().is_some() {
+        anyhow::bail!(
+            "{} is not empty; remove it or give another --dir",
+            dir.display()
+        );
+    }
+    std::fs::create_dir_all(dir)?;
+    let dir = dir.canonicalize()?;
+    let mut cluster = Cluster::start(&dir, branches, &["--fault-switch"])?;
+    let net = cluster.network_file.display().to_string();
+    println!("{}", std::fs::read_to_string(&cluster.network_file)?);
+    println!("network of {branches} branches is up; network file: {net}");
+    println!("admin login on every branch: user admin, password {ADMIN_PASSWORD}");
+    println!("connect a teller (menus):");
+    for n in &cluster.nodes {
+        println!("  teller-cli --network-file {net} --branch {}", n.name);
+    }
+    println!("or script one, for example:");
+    println!(
+        "  BANKMATE_ADMIN_PW={ADMIN_PASSWORD} teller-cli --network-file {net} --branch b1 \
+         --user admin --password-env BANKMATE_ADMIN_PW admin accounts --network"
     );
-    ExitCode::from(2)
+    println!(
+        "logs: {}/<branch>/node.log. Ctrl-C stops the network.",
+        dir.display()
+    );
+    tokio::signal::ctrl_c().await?;
+    eprintln!("stopping");
+    cluster.stop();
+    Ok(true)
 }

@@ -1,0 +1,776 @@
+//! Scenario files and their runner: start a network of real nodes, open the accounts,
+//! run the workload while the fault schedule kills, restarts, partitions, delays,
+//! pauses and attacks branches, take stop-the-world snapshots to check the invariants
+//! during the run, heal, and check every invariant at the end.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use branch_node::network_file::NetworkFile;
+use rand::{RngExt, SeedableRng};
+use serde::Deserialize;
+use wire::BranchId;
+use wire::teller::{LinkFault, TellerOp};
+
+use crate::check;
+use crate::cluster::Cluster;
+use crate::report::Summary;
+use crate::workload::{self, Outcome, Progress, Tellers, Workload};
+
+/// A scenario file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Scenario {
+    pub name: String,
+    #[serde(default)]
+    pub description: String,
+    #[serde(default = "three")]
+    pub branches: u16,
+    #[serde(default)]
+    pub accounts: AccountsSpec,
+    #[serde(default)]
+    pub workload: Workload,
+    #[serde(default)]
+    pub faults: Vec<Fault>,
+    #[serde(default)]
+    pub checks: Checks,
+}
+
+fn three() -> u16 {
+    3
+}
+
+/// Accounts opened before the workload starts.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AccountsSpec {
+    pub per_branch: usize,
+    /// Initial deposit of each account, minor units.
+    pub initial_minor: i64,
+}
+
+impl Default for AccountsSpec {
+    fn default() -> Self {
+        AccountsSpec {
+            per_branch: 8,
+            initial_minor: 100_000,
+        }
+    }
+}
+
+/// What the run must show, beyond the invariants (always checked).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Checks {
+    /// After the heal, everything must be decided and applied within this bound.
+    pub settle_bound_ms: u64,
+    /// A stop-the-world snapshot (every node SIGSTOPped, every store audited) this
+    /// often during the run; 0 for none.
+    pub snapshot_every_ms: u64,
+    /// At least this many requests answered committed.
+    pub min_committed: u64,
+    /// Every failpoint named in the schedule must actually have crashed its branch.
+    pub failpoints_fire: bool,
+}
+
+impl Default for Checks {
+    fn default() -> Self {
+        Checks {
+            settle_bound_ms: 30_000,
+            snapshot_every_ms: 2_000,
+            min_committed: 1,
+            failpoints_fire: true,
+        }
+    }
+}
+
+/// One fault in the schedule. Branches are numbered from 1, as in the network file;
+/// times are milliseconds from the start of the workload.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Fault {
+    /// kill -9 `branch` at `at_ms`; or, with `failpoint`, start it with that failpoint
+    /// armed (it crashes on hit number `after_hits + 1` once the workload runs). Then
+    /// restart it `restart_after_ms` after it died.
+    Kill {
+        branch: u16,
+        #[serde(default)]
+        at_ms: u64,
+        failpoint: Option<String>,
+        #[serde(default)]
+        after_hits: u32,
+        restart_after_ms: u64,
+    },
+    /// Block every link between the groups (both ways) for `duration_ms`.
+    Partition {
+        groups: Vec<Vec<u16>>,
+        at_ms: u64,
+        duration_ms: u64,
+    },
+    /// Delay every message from `from` to `to` by `delay_ms`, for `duration_ms`.
+    Delay {
+        from: u16,
+        to: u16,
+        delay_ms: u32,
+        at_ms: u64,
+        duration_ms: u64,
+    },
+    /// Drop every message from `from` to `to` (one direction), for `duration_ms`.
+    Drop {
+        from: u16,
+        to: u16,
+        at_ms: u64,
+        duration_ms: u64,
+    },
+    /// SIGSTOP `branch`, SIGCONT it after `duration_ms`.
+    Pause {
+        branch: u16,
+        at_ms: u64,
+        duration_ms: u64,
+    },
+    /// A rogue peer attacks `target` with forged, misaddressed, expired, malformed and
+    /// replayed messages, holding the stolen key of `impersonate`, which is killed at
+    /// `at_ms` and restarted when the attack ends.
+    Rogue {
+        target: u16,
+        impersonate: u16,
+        at_ms: u64,
+    },
+    /// `count` random faults (kill, partition, pause, delay) from `seed`, spread over
+    /// `over_ms`, each lasting up to `max_ms`.
+    Random {
+        seed: u64,
+        count: u32,
+        over_ms: u64,
+        max_ms: u64,
+    },
+}
+
+impl Fault {
+    fn at(&self) -> u64 {
+        match self {
+            Fault::Kill { at_ms, .. }
+            | Fault::Partition { at_ms, .. }
+            | Fault::Delay { at_ms, .. }
+            | Fault::Drop { at_ms, .. }
+            | Fault::Pause { at_ms, .. }
+            | Fault::Rogue { at_ms, .. } => *at_ms,
+            Fault::Random { .. } => 0,
+        }
+    }
+}
+
+impl Scenario {
+    /// Reads and checks a scenario file.
+    pub fn load(path: &Path) -> anyhow::Result<Scenario> {
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        Scenario::parse(&text).with_context(|| format!("in {}", path.display()))
+    }
+
+    /// Parses scenario text and checks that every branch it names exists.
+    pub fn parse(text: &str) -> anyhow::Result<Scenario> {
+        let mut s: Scenario = toml::from_str(text)?;
+        s.faults = expand(&s.faults, s.branches);
+        let n = s.branches;
+        anyhow::ensure!((1..=64).contains(&n), "branches must be 1..=64");
+        anyhow::ensure!(
+            s.accounts.per_branch >= 2,
+            "accounts.per_branch must be at least 2"
+        );
+        let ok = |b: u16| (1..=n).contains(&b);
+        for f in &s.faults {
+            let named: Vec<u16> = match f {
+                Fault::Kill {
+                    branch, failpoint, ..
+                } => {
+                    if let Some(fp) = failpoint {
+                        anyhow::ensure!(
+                            branch_node::node::engine::FAILPOINTS.contains(&fp.as_str()),
+                            "unknown failpoint {fp:?} (known: {})",
+                            branch_node::node::engine::FAILPOINTS.join(", ")
+                        );
+                    }
+                    vec![*branch]
+                }
+                Fault::Partition { groups, .. } => groups.iter().flatten().copied().collect(),
+                Fault::Delay { from, to, .. } | Fault::Drop { from, to, .. } => vec![*from, *to],
+                Fault::Pause { branch, .. } => vec![*branch],
+                Fault::Rogue {
+                    target,
+                    impersonate,
+                    ..
+                } => {
+                    anyhow::ensure!(
+                        target != impersonate,
+                        "a rogue cannot impersonate its target"
+                    );
+                    vec![*target, *impersonate]
+                }
+                Fault::Random { .. } => vec![],
+            };
+            if let Some(b) = named.iter().find(|b| !ok(**b)) {
+                bail!("fault names branch {b}, but the scenario has {n} branches");
+            }
+        }
+        Ok(s)
+    }
+}
+
+impl Scenario {
+    /// The same scenario with its workload duration and every fault time multiplied by
+    /// `factor` (the test suite runs shortened copies).
+    pub fn scaled(mut self, factor: f64) -> Scenario {
+        // Times are milliseconds well below 2^52: the float round trip is exact enough.
+        #[allow(clippy::cast_possible_truncation)]
+        let f = |ms: &mut u64| *ms = (*ms as f64 * factor) as u64;
+        if let Some(d) = self.workload.duration_ms.as_mut() {
+            f(d);
+        }
+        for fault in &mut self.faults {
+            match fault {
+                Fault::Kill {
+                    at_ms,
+                    restart_after_ms,
+                    ..
+                } => {
+                    f(at_ms);
+                    f(restart_after_ms);
+                }
+                Fault::Partition {
+                    at_ms, duration_ms, ..
+                }
+                | Fault::Delay {
+                    at_ms, duration_ms, ..
+                }
+                | Fault::Drop {
+                    at_ms, duration_ms, ..
+                }
+                | Fault::Pause {
+                    at_ms, duration_ms, ..
+                } => {
+                    f(at_ms);
+                    f(duration_ms);
+                }
+                Fault::Rogue { at_ms, .. } => f(at_ms),
+                Fault::Random { .. } => {}
+            }
+        }
+        self
+    }
+}
+
+/// Replaces `random` entries by the concrete faults their seed gives.
+fn expand(faults: &[Fault], branches: u16) -> Vec<Fault> {
+    let mut out = Vec::new();
+    for f in faults {
+        let Fault::Random {
+            seed,
+            count,
+            over_ms,
+            max_ms,
+        } = f
+        else {
+            out.push(f.clone());
+            continue;
+        };
+        let mut rng = rand::rngs::StdRng::seed_from_u64(*seed);
+        let gap = over_ms / u64::from((*count).max(1));
+        for k in 0..u64::from(*count) {
+            let at_ms = k * gap + rng.random_range(0..gap.max(1));
+            let duration_ms = rng.random_range(200..=(*max_ms).max(201));
+            let b = rng.random_range(1..=branches);
+            let other = if branches > 1 { (b % branches) + 1 } else { b };
+            out.push(match rng.random_range(0..4) {
+                0 => Fault::Kill {
+                    branch: b,
+                    at_ms,
+                    failpoint: None,
+                    after_hits: 0,
+                    restart_after_ms: duration_ms,
+                },
+                1 if branches > 1 => Fault::Partition {
+                    groups: vec![vec![b], (1..=branches).filter(|x| *x != b).collect()],
+                    at_ms,
+                    duration_ms,
+                },
+                2 => Fault::Pause {
+                    branch: b,
+                    at_ms,
+                    duration_ms,
+                },
+                _ => Fault::Delay {
+                    from: b,
+                    to: other,
+                    delay_ms: rng.random_range(10..300),
+                    at_ms,
+                    duration_ms,
+                },
+            });
+        }
+    }
+    out.sort_by_key(Fault::at);
+    out
+}
+
+/// Shared state of a run: the cluster (behind a lock: the schedule and the snapshots
+/// both touch processes) and which nodes the schedule has paused.
+struct Shared {
+    cluster: Mutex<Cluster>,
+    paused: Mutex<BTreeSet<usize>>,
+    violations: Mutex<Vec<String>>,
+    faults_done: Mutex<Vec<String>>,
+    /// The most legs in doubt seen at one snapshot (shows the faults bit).
+    max_in_doubt: std::sync::atomic::AtomicUsize,
+}
+
+impl Shared {
+    fn cluster(&self) -> std::sync::MutexGuard<'_, Cluster> {
+        self.cluster
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+    fn note(&self, line: String) {
+        if let Ok(mut v) = self.faults_done.lock() {
+            v.push(line);
+        }
+    }
+    fn violation(&self, line: String) {
+        if let Ok(mut v) = self.violations.lock() {
+            v.push(line);
+        }
+    }
+}
+
+/// Options of one run.
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    /// Show indicatif progress bars (only drawn on a terminal).
+    pub progress: bool,
+}
+
+/// Runs `s` in `dir` and returns its summary (violations included).
+pub async fn run(s: &Scenario, dir: &Path, opts: &RunOptions) -> anyhow::Result<Summary> {
+    let started = Instant::now();
+    let mut cluster = Cluster::create(dir, s.branches, &["--fault-switch"])?;
+    // Branches with an armed failpoint start with it.
+    for i in 0..cluster.nodes.len() {
+        let branch = u16::try_from(i + 1)?;
+        let armed: Vec<String> = s
+            .faults
+            .iter()
+            .filter_map(|f| match f {
+                Fault::Kill {
+                    branch: b,
+                    failpoint: Some(fp),
+                    after_hits,
+                    ..
+                } if *b == branch => Some(format!("{fp}={after_hits}*off->panic")),
+                _ => None,
+            })
+            .collect();
+        let env = armed.join(";");
+        if env.is_empty() {
+            cluster.start_node(i, &[])?;
+        } else {
+            cluster.start_node(i, &[("FAILPOINTS", &env)])?;
+        }
+    }
+    let targets = (0..cluster.nodes.len())
+        .map(|i| cluster.target(i))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let network = NetworkFile::load(&cluster.network_file)?;
+    let dbs = cluster.databases();
+    let (accounts, mut committed) =
+        workload::open_accounts(&targets, s.accounts.per_branch, s.accounts.initial_minor).await?;
+    let tellers = Tellers::connect(&targets, 2).await?;
+    let shared = Arc::new(Shared {
+        cluster: Mutex::new(cluster),
+        paused: Mutex::new(BTreeSet::new()),
+        violations: Mutex::new(Vec::new()),
+        faults_done: Mutex::new(Vec::new()),
+        max_in_doubt: std::sync::atomic::AtomicUsize::new(0),
+    });
+    let progress = Arc::new(Progress::default());
+    let bar = crate::report::bar(opts.progress, &s.workload, progress.clone());
+
+    let run_start = Instant::now();
+    let schedule = tokio::spawn(schedule(
+        s.faults.clone(),
+        shared.clone(),
+        tellers.clone(),
+        accounts.clone(),
+        run_start,
+    ));
+    let snapshots = tokio::spawn(snapshots(
+        s.checks.snapshot_every_ms,
+        shared.clone(),
+        dbs.clone(),
+        progress.clone(),
+    ));
+    let records = workload::run(&s.workload, &accounts, &tellers, progress.clone()).await?;
+    let workload_time = run_start.elapsed();
+    // The schedule runs to its end (restarts included) before the heal.
+    schedule.await.context("fault schedule")??;
+    progress.stop.store(true, Ordering::Relaxed);
+    let snapshot_count = snapshots.await.context("snapshots")?;
+    if let Some(b) = bar {
+        b.finish_and_clear();
+    }
+
+    // Heal: every node running, every link healthy.
+    {
+        let mut c = shared.cluster();
+        for i in 0..c.nodes.len() {
+            if !c.running(i) {
+                c.start_node(i, &[])?;
+            }
+        }
+    }
+    for from in 0..s.branches {
+        for to in 1..=s.branches {
+            let _ = tellers
+                .call(
+                    usize::from(from),
+                    usize::from(s.branches),
+                    0,
+                    TellerOp::SetLinkFault {
+                        branch: BranchId(to),
+                        fault: LinkFault::Healthy,
+                    },
+                )
+                .await;
+        }
+    }
+    let settle = check::wait_settled(&dbs, Duration::from_millis(s.checks.settle_bound_ms))?;
+    let resolved = workload::resolve_unknown(&records, &tellers, usize::from(s.branches)).await;
+    shared.cluster().stop();
+
+    committed.extend(
+        records
+            .iter()
+            .filter(|r| r.outcome == Outcome::Committed)
+            .map(|r| r.id),
+    );
+    let audits = check::audit_all(&dbs)?;
+    let mut report = check::check(&network, &audits, &committed);
+    if settle.is_none() {
+        report.violations.push(format!(
+            "agreement: transfers still unfinished {} ms after the heal",
+            s.checks.settle_bound_ms
+        ));
+    }
+    report.violations.extend(
+        shared
+            .violations
+            .lock()
+            .map(|v| v.clone())
+            .unwrap_or_default(),
+    );
+    let n_committed = records
+        .iter()
+        .filter(|r| r.outcome == Outcome::Committed)
+        .count() as u64;
+    if n_committed < s.checks.min_committed {
+        report.violations.push(format!(
+            "check: {n_committed} requests committed, the scenario wants at least {}",
+            s.checks.min_committed
+        ));
+    }
+    let faults_done = shared
+        .faults_done
+        .lock()
+        .map(|v| v.clone())
+        .unwrap_or_default();
+    if s.checks.failpoints_fire {
+        for f in &s.faults {
+            if let Fault::Kill {
+                branch,
+                failpoint: Some(fp),
+                ..
+            } = f
+                && !faults_done
+                    .iter()
+                    .any(|d| d.starts_with(&format!("b{branch} crashed at {fp}")))
+            {
+                report
+                    .violations
+                    .push(format!("check: failpoint {fp} on b{branch} never fired"));
+            }
+        }
+    }
+    Ok(Summary {
+        name: s.name.clone(),
+        records,
+        report,
+        settle,
+        resolved,
+        faults: faults_done,
+        snapshots: snapshot_count,
+        max_in_doubt_during: shared.max_in_doubt.load(Ordering::Relaxed),
+        workload_time,
+        total_time: started.elapsed(),
+    })
+}
+
+/// Asks branch `from` to apply `fault` to its link to branch `to`.
+async fn link_fault(tellers: &Tellers, branches: usize, from: u16, to: u16, fault: LinkFault) {
+    let _ = tellers
+        .call(
+            usize::from(from - 1),
+            branches,
+            0,
+            TellerOp::SetLinkFault {
+                branch: BranchId(to),
+                fault,
+            },
+        )
+        .await;
+}
+
+/// Runs the fault schedule; every fault ends (restart, heal, resume) before it returns.
+async fn schedule(
+    faults: Vec<Fault>,
+    shared: Arc<Shared>,
+    tellers: Tellers,
+    accounts: workload::Accounts,
+    start: Instant,
+) -> anyhow::Result<()> {
+    let branches = accounts.by_branch.len();
+    let mut tasks = tokio::task::JoinSet::new();
+    for f in faults {
+        let (shared, tellers, accounts) = (shared.clone(), tellers.clone(), accounts.clone());
+        tasks.spawn(async move {
+            tokio::time::sleep_until((start + Duration::from_millis(f.at())).into()).await;
+            let t = || start.elapsed().as_millis();
+            match f {
+                Fault::Kill {
+                    branch,
+                    failpoint,
+                    restart_after_ms,
+                    ..
+                } => {
+                    let i = usize::from(branch - 1);
+                    let died = match &failpoint {
+                        Some(fp) => {
+                            let sh = shared.clone();
+                            // Waits (bounded) for the armed failpoint to crash the node.
+                            let crashed = tokio::task::spawn_blocking(move || {
+                                let deadline = Instant::now() + Duration::from_secs(60);
+                                while Instant::now() < deadline {
+                                    if !sh.cluster().running(i) {
+                                        return true;
+                                    }
+                                    std::thread::sleep(Duration::from_millis(20));
+                                }
+                                false
+                            })
+                            .await?;
+                            if crashed {
+                                shared.note(format!("b{branch} crashed at {fp} ({} ms)", t()));
+                            }
+                            crashed
+                        }
+                        None => {
+                            let sh = shared.clone();
+                            tokio::task::spawn_blocking(move || sh.cluster().kill(i)).await?;
+                            shared.note(format!("b{branch} killed -9 ({} ms)", t()));
+                            true
+                        }
+                    };
+                    if died {
+                        tokio::time::sleep(Duration::from_millis(restart_after_ms)).await;
+                        let sh = shared.clone();
+                        tokio::task::spawn_blocking(move || sh.cluster().start_node(i, &[]))
+                            .await??;
+                        shared.note(format!("b{branch} restarted ({} ms)", t()));
+                    }
+                }
+                Fault::Partition {
+                    groups,
+                    duration_ms,
+                    ..
+                } => {
+                    let mut pairs: Vec<(u16, u16)> = Vec::new();
+                    for (gi, g) in groups.iter().enumerate() {
+                        for (gj, h) in groups.iter().enumerate() {
+                            if gi != gj {
+                                pairs.extend(g.iter().flat_map(|a| h.iter().map(|b| (*a, *b))));
+                            }
+                        }
+                    }
+                    for (a, b) in &pairs {
+                        link_fault(&tellers, branches, *a, *b, LinkFault::Blocked).await;
+                    }
+                    shared.note(format!("partition {groups:?} ({} ms)", t()));
+                    tokio::time::sleep(Duration::from_millis(duration_ms)).await;
+                    for (a, b) in &pairs {
+                        link_fault(&tellers, branches, *a, *b, LinkFault::Healthy).await;
+                    }
+                    shared.note(format!("partition healed ({} ms)", t()));
+                }
+                Fault::Delay {
+                    from,
+                    to,
+                    delay_ms,
+                    duration_ms,
+                    ..
+                } => {
+                    link_fault(
+                        &tellers,
+                        branches,
+                        from,
+                        to,
+                        LinkFault::Delayed { delay_ms },
+                    )
+                    .await;
+                    shared.note(format!("b{from}->b{to} delayed {delay_ms} ms ({} ms)", t()));
+                    tokio::time::sleep(Duration::from_millis(duration_ms)).await;
+                    link_fault(&tellers, branches, from, to, LinkFault::Healthy).await;
+                }
+                Fault::Drop {
+                    from,
+                    to,
+                    duration_ms,
+                    ..
+                } => {
+                    link_fault(&tellers, branches, from, to, LinkFault::Blocked).await;
+                    shared.note(format!("b{from}->b{to} dropping ({} ms)", t()));
+                    tokio::time::sleep(Duration::from_millis(duration_ms)).await;
+                    link_fault(&tellers, branches, from, to, LinkFault::Healthy).await;
+                }
+                Fault::Pause {
+                    branch,
+                    duration_ms,
+                    ..
+                } => {
+                    let i = usize::from(branch - 1);
+                    let paused = {
+                        let c = shared.cluster();
+                        let ok = c.pause(i).is_ok();
+                        if ok && let Ok(mut p) = shared.paused.lock() {
+                            p.insert(i);
+                        }
+                        ok
+                    };
+                    if paused {
+                        shared.note(format!("b{branch} paused ({} ms)", t()));
+                        tokio::time::sleep(Duration::from_millis(duration_ms)).await;
+                        let c = shared.cluster();
+                        let _ = c.resume(i);
+                        if let Ok(mut p) = shared.paused.lock() {
+                            p.remove(&i);
+                        }
+                        shared.note(format!("b{branch} resumed ({} ms)", t()));
+                    }
+                }
+                Fault::Rogue {
+                    target,
+                    impersonate,
+                    ..
+                } => {
+                    let (ti, ii) = (usize::from(target - 1), usize::from(impersonate - 1));
+                    let sh = shared.clone();
+                    tokio::task::spawn_blocking(move || sh.cluster().kill(ii)).await?;
+                    shared.note(format!(
+                        "b{impersonate} killed; rogue holds its key ({} ms)",
+                        t()
+                    ));
+                    let from = accounts.by_branch[ti][0];
+                    let setup = crate::rogue::Setup::new(&shared.cluster(), ti, ii)?;
+                    let wrong = crate::rogue::attack(&setup, from).await?;
+                    shared.note(format!(
+                        "rogue attacked b{target}: {} wrong answers ({} ms)",
+                        wrong.len(),
+                        t()
+                    ));
+                    for w in wrong {
+                        shared.violation(w);
+                    }
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    let sh = shared.clone();
+                    tokio::task::spawn_blocking(move || sh.cluster().start_node(ii, &[])).await??;
+                    shared.note(format!("b{impersonate} restarted ({} ms)", t()));
+                }
+                Fault::Random { .. } => {}
+            }
+            anyhow::Ok(())
+        });
+    }
+    while let Some(r) = tasks.join_next().await {
+        r.context("a fault task failed")??;
+    }
+    Ok(())
+}
+
+/// Takes stop-the-world snapshots until the workload stops; returns how many.
+async fn snapshots(
+    every_ms: u64,
+    shared: Arc<Shared>,
+    dbs: Vec<(BranchId, std::path::PathBuf)>,
+    progress: Arc<Progress>,
+) -> usize {
+    let mut n = 0;
+    if every_ms == 0 {
+        return n;
+    }
+    loop {
+        tokio::time::sleep(Duration::from_millis(every_ms)).await;
+        if progress.stop.load(Ordering::Relaxed) {
+            return n;
+        }
+        let (sh, dbs) = (shared.clone(), dbs.clone());
+        match tokio::task::spawn_blocking(move || snapshot(&sh, &dbs)).await {
+            Ok(Ok(())) => n += 1,
+            Ok(Err(e)) => shared.violation(format!("snapshot failed: {e:#}")),
+            Err(e) => shared.violation(format!("snapshot failed: {e}")),
+        }
+    }
+}
+
+/// Whether every thread of process `pid` is stopped (state T).
+fn all_stopped(pid: u32) -> bool {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return true; // gone
+    };
+    tasks.flatten().all(|t| {
+        std::fs::read_to_string(t.path().join("stat")).map_or(true, |s| {
+            s.rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().next())
+                .is_some_and(|state| state == "T" || state == "t" || state == "Z" || state == "X")
+        })
+    })
+}
+
+/// SIGSTOPs every running node not already paused, waits until each has stopped, audits
+/// every store (a consistent cut: nothing moves), resumes them and checks the cut.
+fn snapshot(shared: &Shared, dbs: &[(BranchId, std::path::PathBuf)]) -> anyhow::Result<()> {
+    let mut c = shared.cluster();
+    let paused = shared.paused.lock().map(|p| p.clone()).unwrap_or_default();
+    let stop: Vec<usize> = (0..c.nodes.len())
+        .filter(|i| !paused.contains(i) && c.running(*i))
+        .collect();
+    for i in &stop {
+        c.pause(*i)?;
+    }
+    let deadline = Instant::now() + Duration::from_secs(2);
+    let pids = c.pids();
+    while !pids.iter().all(|p| all_stopped(*p)) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let audits = check::audit_all(dbs);
+    for i in &stop {
+        let _ = c.resume(*i);
+    }
+    let audits = audits?;
+    let in_doubt = audits.iter().map(|a| a.in_doubt.len()).sum();
+    shared.max_in_doubt.fetch_max(in_doubt, Ordering::Relaxed);
+    for v in check::check_cut(&audits) {
+        shared.violation(v);
+    }
+    Ok(())
+}

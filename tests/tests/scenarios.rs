@@ -1,0 +1,192 @@
+//! Short forms of `scenarios demo` and of every shipped fault scenario, each on its own
+//! network of real processes and each ending with every invariant checked; and a check
+//! of the checker: damage planted in the SQLite files by hand is reported.
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+
+use branch_node::network_file::NetworkFile;
+use scenarios::check;
+use scenarios::cluster::Cluster;
+use scenarios::scenario::{self, RunOptions, Scenario};
+use scenarios::workload::{self, Tellers, Workload};
+
+fn file(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../scenarios")
+        .join(name)
+}
+
+/// Runs the scenario in `name`, its times multiplied by `scale`, and asserts it passed.
+async fn play(name: &str, scale: f64) -> scenarios::report::Summary {
+    let s = Scenario::load(&file(name))
+        .expect("scenario file")
+        .scaled(scale);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let summary = scenario::run(&s, dir.path(), &RunOptions::default())
+        .await
+        .expect("scenario ran");
+    println!("{}", summary.table());
+    assert!(summary.ok(), "{}", summary.table());
+    summary
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn demo_short() {
+    let s = play("demo.toml", 0.5).await;
+    assert!(s.faults.iter().any(|f| f.contains("killed -9")));
+    assert!(s.faults.iter().any(|f| f.contains("restarted")));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crash_coordinator_before_decision() {
+    play("files/crash-coordinator-before-decision.toml", 0.7).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crash_coordinator_after_decision_durable() {
+    play("files/crash-coordinator-after-decision-durable.toml", 0.7).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crash_coordinator_after_decision_sent() {
+    play("files/crash-coordinator-after-decision-sent.toml", 0.7).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crash_participant_after_vote() {
+    play("files/crash-participant-after-vote.toml", 0.7).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partition_during_prepare() {
+    play("files/partition-during-prepare.toml", 0.7).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partition_during_decision() {
+    play("files/partition-during-decision.toml", 0.7).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pause_a_branch() {
+    play("files/pause-branch.toml", 0.7).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn contention_on_a_hot_account() {
+    play("files/hot-account.toml", 0.7).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rogue_peer() {
+    let s = play("files/rogue-peer.toml", 0.7).await;
+    assert!(
+        s.faults
+            .iter()
+            .any(|f| f.contains("rogue attacked b1: 0 wrong answers")),
+        "{:?}",
+        s.faults
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn soak_short() {
+    // A quarter of the minute-long soak: still a handful of random faults.
+    let s = play("files/soak.toml", 0.25).await;
+    assert!(s.faults.len() >= 4, "{:?}", s.faults);
+}
+
+#[test]
+fn every_shipped_scenario_file_parses() {
+    let dir = file("files");
+    let mut n = 0;
+    for entry in std::fs::read_dir(&dir).expect("scenario folder") {
+        let path = entry.expect("entry").path();
+        Scenario::load(&path).unwrap_or_else(|e| panic!("{}: {e:#}", path.display()));
+        n += 1;
+    }
+    assert!(n >= 10, "{n} scenario files");
+    // A file naming a branch that does not exist, or an unknown failpoint, is refused.
+    let bad =
+        "name = \"x\"\n[[faults]]\nkind = \"pause\"\nbranch = 4\nat_ms = 0\nduration_ms = 1\n";
+    assert!(Scenario::parse(bad).is_err());
+    let bad = "name = \"x\"\n[[faults]]\nkind = \"kill\"\nbranch = 1\nfailpoint = \"nope\"\nrestart_after_ms = 1\n";
+    assert!(Scenario::parse(bad).is_err());
+}
+
+/// The checker reports damage planted by hand: money created, a rewritten ledger entry,
+/// a "committed" answer no ledger has, and a commit whose signed proof was deleted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn checker_catches_planted_damage() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut c = Cluster::start(dir.path(), 2, &[]).expect("cluster");
+    let targets = vec![c.target(0).expect("t"), c.target(1).expect("t")];
+    let (accounts, mut committed) = workload::open_accounts(&targets, 2, 10_000)
+        .await
+        .expect("accounts");
+    let tellers = Tellers::connect(&targets, 1).await.expect("tellers");
+    let w = Workload {
+        clients: 2,
+        count: Some(40),
+        ..Workload::default()
+    };
+    let records = workload::run(&w, &accounts, &tellers, Default::default())
+        .await
+        .expect("workload");
+    committed.extend(
+        records
+            .iter()
+            .filter(|r| r.outcome == workload::Outcome::Committed)
+            .map(|r| r.id),
+    );
+    let dbs = c.databases();
+    check::wait_settled(&dbs, std::time::Duration::from_secs(30)).expect("settle");
+    c.stop();
+    let network = NetworkFile::load(&c.network_file).expect("network");
+    let check_now = |committed: &BTreeSet<_>| {
+        check::check(&network, &check::audit_all(&dbs).expect("audit"), committed)
+    };
+    let clean = check_now(&committed);
+    assert!(clean.ok(), "{:?}", clean.violations);
+    assert!(
+        clean.proofs_checked > 0,
+        "the workload made cross-branch commits"
+    );
+
+    let sql = |i: usize, q: &str| {
+        let conn = rusqlite::Connection::open(&dbs[i].1).expect("open");
+        conn.execute_batch(q).expect("plant");
+    };
+    let says = |r: &check::Report, what: &str| {
+        assert!(
+            r.violations.iter().any(|v| v.contains(what)),
+            "expected a {what} violation, got {:?}",
+            r.violations
+        );
+    };
+    // A made-up "committed" answer.
+    let mut fake = committed.clone();
+    fake.insert(teller_cli::new_transfer_id());
+    says(&check_now(&fake), "durability");
+    // Money created out of nothing.
+    sql(
+        0,
+        "UPDATE accounts SET balance = balance + 1 WHERE serial = 1",
+    );
+    says(&check_now(&committed), "conservation");
+    sql(
+        0,
+        "UPDATE accounts SET balance = balance - 1 WHERE serial = 1",
+    );
+    assert!(check_now(&committed).ok());
+    // The signed evidence behind cross-branch commits deleted on branch 2.
+    sql(1, "DELETE FROM evidence");
+    says(&check_now(&committed), "proof");
+    // A ledger entry rewritten (past the append-only trigger).
+    sql(
+        0,
+        "DROP TRIGGER ledger_no_update; UPDATE ledger SET amount = amount + 1 WHERE rowid = 1",
+    );
+    says(&check_now(&committed), "ledger does not verify");
+}
