@@ -185,17 +185,18 @@ async fn up(branches: u16, dir: &Path) -> anyhow::Result<bool> {
     std::fs::create_dir_all(dir)?;
     let dir = dir.canonicalize()?;
     let mut cluster = Cluster::start(&dir, branches, &["--fault-switch"])?;
+    let teller = scenarios::cluster::teller_cli_bin()?.display().to_string();
     let net = cluster.network_file.display().to_string();
     println!("{}", std::fs::read_to_string(&cluster.network_file)?);
     println!("network of {branches} branches is up; network file: {net}");
     println!("admin login on every branch: user admin, password {ADMIN_PASSWORD}");
     println!("connect a teller (menus):");
     for n in &cluster.nodes {
-        println!("  teller-cli --network-file {net} --branch {}", n.name);
+        println!("  {teller} --network-file {net} --branch {}", n.name);
     }
     println!("or script one, for example:");
     println!(
-        "  BANKMATE_ADMIN_PW={ADMIN_PASSWORD} teller-cli --network-file {net} --branch b1 \
+        "  BANKMATE_ADMIN_PW={ADMIN_PASSWORD} {teller} --network-file {net} --branch b1 \
          --user admin --password-env BANKMATE_ADMIN_PW admin accounts --network"
     );
     println!(
