@@ -47,9 +47,16 @@ pub fn workspace_bin(package: &str, bin: &str) -> anyhow::Result<PathBuf> {
         .parent()
         .context("program has no directory")?
         .to_path_buf();
-    if dir.ends_with("deps") {
+    // Test binaries live in deps/ and were built with the test profile: build the
+    // binary with the same profile, or every `cargo test` would rebuild it.
+    let profile = if dir.ends_with("deps") {
         dir.pop();
-    }
+        "test"
+    } else if dir.ends_with("release") {
+        "release"
+    } else {
+        "dev"
+    };
     let path = dir.join(&name);
     // Tests of one binary run in parallel; one of them builds, the others wait.
     static BUILT: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
@@ -61,13 +68,9 @@ pub fn workspace_bin(package: &str, bin: &str) -> anyhow::Result<PathBuf> {
     // build is a no-op.
     let under_cargo = std::env::var_os("CARGO").is_some();
     if !built.iter().any(|b| b == bin) && (under_cargo || !path.exists()) {
-        let release = dir.ends_with("release");
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let mut build = Command::new(cargo);
-        build.args(["build", "-p", package, "--bin", bin]);
-        if release {
-            build.arg("--release");
-        }
+        build.args(["build", "-p", package, "--bin", bin, "--profile", profile]);
         let status = build.status().context("running cargo build")?;
         if !status.success() || !path.exists() {
             bail!("cannot find or build {}", path.display());
