@@ -2,18 +2,23 @@
 //! network with fsync on, local and cross-branch transfers measured separately:
 //! transfers/s, latency p50/p99/max and CPU per transfer, then every invariant.
 
-use std::collections::BTreeSet;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use branch_node::network_file::NetworkFile;
 use serde_json::{Value, json};
 
 use crate::check;
 use crate::cluster::Cluster;
 use crate::report::percentile;
 use crate::workload::{self, Mix, Outcome, Progress, Tellers, Workload};
+
+/// How long the network may take to finish in-flight transfers after the load.
+const SETTLE_BOUND: Duration = Duration::from_secs(60);
+
+/// Each account's opening deposit, minor units: enough that no transfer is refused
+/// for funds.
+const INITIAL_MINOR: i64 = 1_000_000_000;
 
 /// Bench settings.
 #[derive(Debug, Clone)]
@@ -50,7 +55,7 @@ pub async fn run(opts: &BenchOptions, dir: &Path) -> anyhow::Result<Value> {
         .collect::<anyhow::Result<Vec<_>>>()?;
     // Plenty in every account, so transfers are not refused for funds.
     let (accounts, mut committed) =
-        workload::open_accounts(&targets, opts.accounts_per_branch, 1_000_000_000).await?;
+        workload::open_accounts(&targets, opts.accounts_per_branch, INITIAL_MINOR).await?;
     let tellers = Tellers::connect(&targets, opts.connections).await?;
     let pids: Vec<String> = cluster.pids().iter().map(u32::to_string).collect();
     let mut results = Vec::new();
@@ -124,17 +129,7 @@ pub async fn run(opts: &BenchOptions, dir: &Path) -> anyhow::Result<Value> {
         results.push(result);
     }
     let mut cluster = cluster;
-    let dbs = cluster.databases();
-    let settled = check::wait_settled(&dbs, Duration::from_secs(60))?;
-    cluster.stop();
-    let network = NetworkFile::load(&cluster.network_file)?;
-    let committed: BTreeSet<_> = committed;
-    let mut report = check::check(&network, &check::audit_all(&dbs)?, &committed);
-    if settled.is_none() {
-        report
-            .violations
-            .push("transfers still unfinished 60 s after the load".into());
-    }
+    let report = check::finish(&mut cluster, &committed, SETTLE_BOUND)?;
     Ok(json!({
         "branches": opts.branches,
         "duration_s_per_mix": opts.duration_s,

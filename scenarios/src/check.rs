@@ -10,6 +10,8 @@ use std::time::Duration;
 use branch_node::network_file::NetworkFile;
 use branch_node::store::audit::Audit;
 use branch_node::store::{Durability, Store};
+
+use crate::cluster::Cluster;
 use wire::twopc::{BranchBody, BranchMessage, Decision, TransferStatus, Vote};
 use wire::{BranchId, Signed, TransferId};
 
@@ -68,12 +70,48 @@ pub fn wait_settled(
     }
 }
 
+/// Transfer debit and credit legs applied on any branch, summed by transfer id.
+type Legs = BTreeMap<TransferId, i64>;
+
+fn legs(audits: &[Audit]) -> (Legs, Legs) {
+    let (mut debits, mut credits) = (Legs::new(), Legs::new());
+    for a in audits {
+        for (id, amt) in &a.debits {
+            *debits.entry(*id).or_insert(0) += amt;
+        }
+        for (id, amt) in &a.credits {
+            *credits.entry(*id).or_insert(0) += amt;
+        }
+    }
+    (debits, credits)
+}
+
+/// The end of every run: waits (at most `bound`) for nothing in flight, stops the
+/// network with SIGTERM, and checks every invariant; not settling is a violation.
+pub fn finish(
+    cluster: &mut Cluster,
+    committed: &BTreeSet<TransferId>,
+    bound: Duration,
+) -> anyhow::Result<Report> {
+    let dbs = cluster.databases();
+    let settled = wait_settled(&dbs, bound)?;
+    cluster.stop();
+    let network = NetworkFile::load(&cluster.network_file)?;
+    let mut report = check(&network, &audit_all(&dbs)?, committed);
+    if settled.is_none() {
+        report.violations.push(format!(
+            "agreement: transfers still unfinished {} ms after the heal",
+            bound.as_millis()
+        ));
+    }
+    Ok(report)
+}
+
 /// Checks every invariant once nothing is in flight. `committed` are the ids tellers
 /// were told committed (transfers, deposits and withdrawals alike).
 pub fn check(network: &NetworkFile, audits: &[Audit], committed: &BTreeSet<TransferId>) -> Report {
     let mut r = Report::default();
-    let mut debits = BTreeMap::new();
-    let mut credits = BTreeMap::new();
+    let (debits, credits) = legs(audits);
     let mut movements = BTreeSet::new();
     for a in audits {
         r.totals.insert(a.branch, (a.balance_total, a.held_total));
@@ -105,12 +143,6 @@ pub fn check(network: &NetworkFile, audits: &[Audit], committed: &BTreeSet<Trans
                 "branch {}: ledger does not verify: {v:?}",
                 a.branch
             ));
-        }
-        for (id, amt) in &a.debits {
-            *debits.entry(*id).or_insert(0) += amt;
-        }
-        for (id, amt) in &a.credits {
-            *credits.entry(*id).or_insert(0) += amt;
         }
         movements.extend(a.evidence.keys().copied());
     }
@@ -241,8 +273,7 @@ fn check_proofs(network: &NetworkFile, audits: &[Audit], r: &mut Report) {
 pub fn check_cut(audits: &[Audit]) -> Vec<String> {
     let mut v = Vec::new();
     let (mut balances, mut expected) = (0i64, 0i64);
-    let mut debits = BTreeMap::new();
-    let mut credits = BTreeMap::new();
+    let (debits, credits) = legs(audits);
     for a in audits {
         balances += a.balance_total;
         expected += a.deposits - a.withdrawals;
@@ -251,12 +282,6 @@ pub fn check_cut(audits: &[Audit]) -> Vec<String> {
                 "during the run: branch {} had {} accounts negative or over-held",
                 a.branch, a.bad_accounts
             ));
-        }
-        for (id, amt) in &a.debits {
-            *debits.entry(*id).or_insert(0) += amt;
-        }
-        for (id, amt) in &a.credits {
-            *credits.entry(*id).or_insert(0) += amt;
         }
     }
     let in_flight: i64 = debits

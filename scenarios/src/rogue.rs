@@ -19,14 +19,21 @@ use crate::cluster::Cluster;
 
 type Link = PeerClient<WireCodec<LinkRequest, LinkResponse>>;
 
+/// How long the rogue's envelopes are valid for.
+const ENVELOPE_TTL_MS: u64 = 60_000;
+/// The valid prepare's deadline: near, so the target soon asks the absent coordinator.
+const PREPARE_DEADLINE_MS: u64 = 3_000;
+
 /// How many replays of the one valid prepare are sent.
 pub const REPLAYS: usize = 3;
 
-fn envelope(key: &BranchKey, signer: BranchId, m: &BranchMessage) -> anyhow::Result<Vec<u8>> {
+/// `m` signed by `key` as branch `signer`, encoded as it travels.
+pub fn envelope(key: &BranchKey, signer: BranchId, m: &BranchMessage) -> anyhow::Result<Vec<u8>> {
     Ok(wire::encode(&Signed::sign(key, signer, m)?)?)
 }
 
-fn prepare(
+/// A prepare of one transfer for branch `to`.
+pub fn prepare(
     to: BranchId,
     expires_at_ms: u64,
     spec: TransferSpec,
@@ -94,7 +101,7 @@ pub async fn attack(setup: &Setup, from: AccountNumber) -> anyhow::Result<Vec<St
     };
     // Its deadline is near, so the target asks the (absent) coordinator soon after, and
     // presumed abort releases the hold once the real branch is back.
-    let valid = prepare(me, now + 60_000, spec, now + 3_000);
+    let valid = prepare(me, now + ENVELOPE_TTL_MS, spec, now + PREPARE_DEADLINE_MS);
     let connect = |key: &BranchKey| {
         PeerClient::<WireCodec<LinkRequest, LinkResponse>>::connect(
             key.libp2p_keypair(),
@@ -152,7 +159,7 @@ pub async fn attack(setup: &Setup, from: AccountNumber) -> anyhow::Result<Vec<St
             wrong.push(format!("rogue third-branch claim: got {got:?}"));
         }
     }
-    let elsewhere = prepare(other, now + 60_000, spec, now + 60_000);
+    let elsewhere = prepare(other, now + ENVELOPE_TTL_MS, spec, now + ENVELOPE_TTL_MS);
     wrong.extend(check(
         "misaddressed",
         as_other
@@ -160,7 +167,7 @@ pub async fn attack(setup: &Setup, from: AccountNumber) -> anyhow::Result<Vec<St
             .await,
         refused(EnvelopeRefusal::WrongRecipient),
     ));
-    let old = prepare(me, now.saturating_sub(1), spec, now + 60_000);
+    let old = prepare(me, now.saturating_sub(1), spec, now + ENVELOPE_TTL_MS);
     wrong.extend(check(
         "expired",
         as_other

@@ -10,7 +10,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use branch_node::network_file::NetworkFile;
 use rand::{RngExt, SeedableRng};
 use serde::Deserialize;
 use wire::BranchId;
@@ -20,6 +19,15 @@ use crate::check;
 use crate::cluster::Cluster;
 use crate::report::Summary;
 use crate::workload::{self, Outcome, Progress, Tellers, Workload};
+
+/// Teller connections per branch the workload's clients share.
+const TELLERS_PER_BRANCH: usize = 2;
+/// How long an armed failpoint may take to crash its branch once its time comes.
+const FAILPOINT_WAIT: Duration = Duration::from_secs(60);
+/// How long after the rogue's attack the impersonated branch is restarted.
+const ROGUE_RESTART_AFTER: Duration = Duration::from_millis(500);
+/// How long a snapshot waits for every thread of every node to stop.
+const STOP_WAIT: Duration = Duration::from_secs(2);
 
 /// A scenario file.
 #[derive(Debug, Clone, Deserialize)]
@@ -174,7 +182,13 @@ impl Scenario {
 
     /// Parses scenario text and checks that every branch it names exists.
     pub fn parse(text: &str) -> anyhow::Result<Scenario> {
-        let mut s: Scenario = toml::from_str(text)?;
+        let mut s: Scenario = toml::from_str(text).map_err(|e| {
+            // One line: the message and where, without toml's multi-line excerpt.
+            let line = e.span().map_or(0, |r| {
+                text[..r.start.min(text.len())].lines().count().max(1)
+            });
+            anyhow::anyhow!("line {line}: {}", e.message().trim())
+        })?;
         s.faults = expand(&s.faults, s.branches);
         let n = s.branches;
         anyhow::ensure!((1..=64).contains(&n), "branches must be 1..=64");
@@ -383,11 +397,10 @@ pub async fn run(s: &Scenario, dir: &Path, opts: &RunOptions) -> anyhow::Result<
     let targets = (0..cluster.nodes.len())
         .map(|i| cluster.target(i))
         .collect::<anyhow::Result<Vec<_>>>()?;
-    let network = NetworkFile::load(&cluster.network_file)?;
     let dbs = cluster.databases();
     let (accounts, mut committed) =
         workload::open_accounts(&targets, s.accounts.per_branch, s.accounts.initial_minor).await?;
-    let tellers = Tellers::connect(&targets, 2).await?;
+    let tellers = Tellers::connect(&targets, TELLERS_PER_BRANCH).await?;
     let shared = Arc::new(Shared {
         cluster: Mutex::new(cluster),
         paused: Mutex::new(BTreeSet::new()),
@@ -431,39 +444,29 @@ pub async fn run(s: &Scenario, dir: &Path, opts: &RunOptions) -> anyhow::Result<
             }
         }
     }
-    for from in 0..s.branches {
-        for to in 1..=s.branches {
-            let _ = tellers
-                .call(
-                    usize::from(from),
-                    usize::from(s.branches),
-                    0,
-                    TellerOp::SetLinkFault {
-                        branch: BranchId(to),
-                        fault: LinkFault::Healthy,
-                    },
-                )
-                .await;
+    for from in 1..=s.branches {
+        for to in (1..=s.branches).filter(|to| *to != from) {
+            link_fault(
+                &tellers,
+                usize::from(s.branches),
+                from,
+                to,
+                LinkFault::Healthy,
+            )
+            .await;
         }
     }
-    let settle = check::wait_settled(&dbs, Duration::from_millis(s.checks.settle_bound_ms))?;
+    let bound = Duration::from_millis(s.checks.settle_bound_ms);
+    let settle = check::wait_settled(&dbs, bound)?;
+    // Asked while the nodes still run; then the common end: settle, stop, check.
     let resolved = workload::resolve_unknown(&records, &tellers, usize::from(s.branches)).await;
-    shared.cluster().stop();
-
     committed.extend(
         records
             .iter()
             .filter(|r| r.outcome == Outcome::Committed)
             .map(|r| r.id),
     );
-    let audits = check::audit_all(&dbs)?;
-    let mut report = check::check(&network, &audits, &committed);
-    if settle.is_none() {
-        report.violations.push(format!(
-            "agreement: transfers still unfinished {} ms after the heal",
-            s.checks.settle_bound_ms
-        ));
-    }
+    let mut report = check::finish(&mut shared.cluster(), &committed, bound)?;
     report.violations.extend(
         shared
             .violations
@@ -560,7 +563,7 @@ async fn schedule(
                             let sh = shared.clone();
                             // Waits (bounded) for the armed failpoint to crash the node.
                             let crashed = tokio::task::spawn_blocking(move || {
-                                let deadline = Instant::now() + Duration::from_secs(60);
+                                let deadline = Instant::now() + FAILPOINT_WAIT;
                                 while Instant::now() < deadline {
                                     if !sh.cluster().running(i) {
                                         return true;
@@ -691,7 +694,7 @@ async fn schedule(
                     for w in wrong {
                         shared.violation(w);
                     }
-                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    tokio::time::sleep(ROGUE_RESTART_AFTER).await;
                     let sh = shared.clone();
                     tokio::task::spawn_blocking(move || sh.cluster().start_node(ii, &[])).await??;
                     shared.note(format!("b{impersonate} restarted ({} ms)", t()));
@@ -757,7 +760,7 @@ fn snapshot(shared: &Shared, dbs: &[(BranchId, std::path::PathBuf)]) -> anyhow::
     for i in &stop {
         c.pause(*i)?;
     }
-    let deadline = Instant::now() + Duration::from_secs(2);
+    let deadline = Instant::now() + STOP_WAIT;
     let pids = c.pids();
     while !pids.iter().all(|p| all_stopped(*p)) && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(1));

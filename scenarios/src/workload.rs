@@ -87,6 +87,11 @@ pub struct Accounts {
     pub all: Vec<AccountNumber>,
 }
 
+/// The amount of a deliberate overdraft: more than any generated account holds.
+const OVERDRAFT_MINOR: i64 = 1_000_000_000_000;
+/// An account serial no generated bank reaches: transfers to it are refused.
+const NO_SUCH_SERIAL: u32 = 99_999_999;
+
 /// Every account's password in a generated bank.
 pub const CUSTOMER_PASSWORD: &str = "customer-password";
 
@@ -304,13 +309,8 @@ fn next_op(
     let amount = |rng: &mut dyn rand::Rng| {
         Amount::from_minor(rng.random_range(1..=w.amount_max_minor.max(1))).unwrap_or(Amount::ZERO)
     };
-    let branch_of = |a: AccountNumber| {
-        accounts
-            .by_branch
-            .iter()
-            .position(|l| l.contains(&a))
-            .unwrap_or(0)
-    };
+    // Branch ids are 1..=n in a local network, and `by_branch` is indexed from 0.
+    let branch_of = |a: AccountNumber| usize::from(a.branch().0).saturating_sub(1);
     match kind {
         Kind::Deposit | Kind::Withdraw => {
             let account = pick(rng, None);
@@ -334,16 +334,13 @@ fn next_op(
             let from = pick(rng, None);
             let b = branch_of(from);
             let to = if kind == Kind::Local || branches < 2 {
-                let mut to = pick(rng, Some(b));
-                if to == from && accounts.by_branch[b].len() > 1 {
-                    to = accounts.by_branch[b][(accounts.by_branch[b]
-                        .iter()
-                        .position(|a| *a == from)
-                        .unwrap_or(0)
-                        + 1)
-                        % accounts.by_branch[b].len()];
+                // Another account of the same branch (the next one if the pick is `from`).
+                let list = &accounts.by_branch[b];
+                let to = pick(rng, Some(b));
+                match list.iter().position(|a| *a == to) {
+                    Some(i) if to == from => list[(i + 1) % list.len()],
+                    _ => to,
                 }
-                to
             } else {
                 let other = (b + rng.random_range(1..branches)) % branches;
                 pick(rng, Some(other))
@@ -365,13 +362,15 @@ fn next_op(
                     id,
                     from,
                     to: pick(rng, None),
-                    amount: Amount::from_minor(1_000_000_000_000).unwrap_or(Amount::ZERO),
+                    amount: Amount::from_minor(OVERDRAFT_MINOR).unwrap_or(Amount::ZERO),
                 }
             } else {
                 // To an account no branch has.
-                let to =
-                    AccountNumber::new(BranchId(u16::try_from(branches).unwrap_or(1)), 99_999_999)
-                        .unwrap_or(from);
+                let to = AccountNumber::new(
+                    BranchId(u16::try_from(branches).unwrap_or(1)),
+                    NO_SUCH_SERIAL,
+                )
+                .unwrap_or(from);
                 TransferSpec {
                     id,
                     from,

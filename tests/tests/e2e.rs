@@ -7,7 +7,6 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use branch_node::network_file::NetworkFile;
 use scenarios::check;
 use scenarios::cluster::Cluster;
 use teller_cli::{Teller, TellerError, new_transfer_id};
@@ -103,16 +102,7 @@ async fn balance(t: &Teller, account: AccountNumber) -> i64 {
 
 /// Stops the network (SIGTERM), then checks every invariant.
 fn finish(mut c: Cluster, committed: &BTreeSet<TransferId>) -> check::Report {
-    let dbs = c.databases();
-    let settled = check::wait_settled(&dbs, SETTLE_BOUND).expect("audit");
-    assert!(
-        settled.is_some(),
-        "transfers still in doubt {SETTLE_BOUND:?} after the heal"
-    );
-    c.stop();
-    let network = NetworkFile::load(&c.network_file).expect("network file");
-    let audits = check::audit_all(&dbs).expect("audit");
-    let report = check::check(&network, &audits, committed);
+    let report = check::finish(&mut c, committed, SETTLE_BOUND).expect("audit");
     assert!(report.ok(), "invariants violated: {:#?}", report.violations);
     report
 }

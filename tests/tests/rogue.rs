@@ -14,10 +14,11 @@ use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use libp2p::StreamProtocol;
 use scenarios::check;
 use scenarios::cluster::Cluster;
+use scenarios::rogue::{envelope, prepare};
 use wire::link::{EnvelopeRefusal, LinkRequest, LinkResponse};
 use wire::teller::{NewCustomer, TellerOp, TellerResponse};
-use wire::twopc::{BranchBody, BranchMessage, PrepareItem, TransferSpec};
-use wire::{AccountNumber, Amount, BranchId, BranchKey, Signed, TransferId};
+use wire::twopc::TransferSpec;
+use wire::{AccountNumber, Amount, BranchId, BranchKey, TransferId};
 
 type Link = PeerClient<WireCodec<LinkRequest, LinkResponse>>;
 
@@ -36,21 +37,6 @@ async fn link(c: &Cluster, as_key: &BranchKey) -> Link {
     )
     .await
     .expect("connect")
-}
-
-fn envelope(key: &BranchKey, signer: u16, message: &BranchMessage) -> Vec<u8> {
-    wire::encode(&Signed::sign(key, BranchId(signer), message).expect("sign")).expect("encode")
-}
-
-fn prepare(to: u16, expires_at_ms: u64, spec: TransferSpec, deadline_ms: u64) -> BranchMessage {
-    BranchMessage {
-        to: BranchId(to),
-        expires_at_ms,
-        body: BranchBody::Prepare(vec![PrepareItem {
-            transfer: spec,
-            deadline_ms,
-        }]),
-    }
 }
 
 /// A codec that writes raw bytes, to send what no honest encoder would.
@@ -146,7 +132,7 @@ async fn rogue_peer_messages_are_refused_and_change_nothing() {
         amount: Amount::from_minor(500).expect("amount"),
     };
     // Its deadline is near, so b1 asks b3 for the outcome soon after.
-    let fresh = prepare(1, now_ms() + 60_000, spec, now_ms() + 3_000);
+    let fresh = prepare(BranchId(1), now_ms() + 60_000, spec, now_ms() + 3_000);
     let before = check::audit_all(&c.databases()[..1])
         .expect("audit")
         .remove(0);
@@ -158,7 +144,9 @@ async fn rogue_peer_messages_are_refused_and_change_nothing() {
     let rogue = link(&c, &stranger).await;
     check_refused(
         rogue
-            .request(LinkRequest::TwoPc(envelope(&stranger, 3, &fresh)))
+            .request(LinkRequest::TwoPc(
+                envelope(&stranger, BranchId(3), &fresh).expect("sign"),
+            ))
             .await,
         EnvelopeRefusal::PeerNotListed,
     );
@@ -167,37 +155,47 @@ async fn rogue_peer_messages_are_refused_and_change_nothing() {
     // Forged: claims b3 but signed with another key.
     check_refused(
         as_b3
-            .request(LinkRequest::TwoPc(envelope(&stranger, 3, &fresh)))
+            .request(LinkRequest::TwoPc(
+                envelope(&stranger, BranchId(3), &fresh).expect("sign"),
+            ))
             .await,
         EnvelopeRefusal::BadSignature,
     );
     // Unknown signer.
     check_refused(
         as_b3
-            .request(LinkRequest::TwoPc(envelope(&stranger, 77, &fresh)))
+            .request(LinkRequest::TwoPc(
+                envelope(&stranger, BranchId(77), &fresh).expect("sign"),
+            ))
             .await,
         EnvelopeRefusal::UnknownSigner(BranchId(77)),
     );
     // Genuinely signed by b2, but sent over b3's connection.
     check_refused(
         as_b3
-            .request(LinkRequest::TwoPc(envelope(&b2_key, 2, &fresh)))
+            .request(LinkRequest::TwoPc(
+                envelope(&b2_key, BranchId(2), &fresh).expect("sign"),
+            ))
             .await,
         EnvelopeRefusal::SignerNotPeer(BranchId(2)),
     );
     // Addressed to another branch.
-    let elsewhere = prepare(2, now_ms() + 60_000, spec, now_ms() + 60_000);
+    let elsewhere = prepare(BranchId(2), now_ms() + 60_000, spec, now_ms() + 60_000);
     check_refused(
         as_b3
-            .request(LinkRequest::TwoPc(envelope(&b3_key, 3, &elsewhere)))
+            .request(LinkRequest::TwoPc(
+                envelope(&b3_key, BranchId(3), &elsewhere).expect("sign"),
+            ))
             .await,
         EnvelopeRefusal::WrongRecipient,
     );
     // An expired envelope.
-    let old = prepare(1, now_ms() - 1, spec, now_ms() + 60_000);
+    let old = prepare(BranchId(1), now_ms() - 1, spec, now_ms() + 60_000);
     check_refused(
         as_b3
-            .request(LinkRequest::TwoPc(envelope(&b3_key, 3, &old)))
+            .request(LinkRequest::TwoPc(
+                envelope(&b3_key, BranchId(3), &old).expect("sign"),
+            ))
             .await,
         EnvelopeRefusal::Expired,
     );
@@ -244,16 +242,18 @@ async fn rogue_peer_messages_are_refused_and_change_nothing() {
         id: TransferId(0x57a1e),
         ..spec
     };
-    let stale = prepare(1, now_ms() + 60_000, stale_spec, now_ms() - 1);
+    let stale = prepare(BranchId(1), now_ms() + 60_000, stale_spec, now_ms() - 1);
     assert_eq!(
         as_b3
-            .request(LinkRequest::TwoPc(envelope(&b3_key, 3, &stale)))
+            .request(LinkRequest::TwoPc(
+                envelope(&b3_key, BranchId(3), &stale).expect("sign")
+            ))
             .await
             .expect("answer"),
         LinkResponse::Accepted
     );
     // A valid prepare, then the same envelope replayed: held once, not twice.
-    let bytes = envelope(&b3_key, 3, &fresh);
+    let bytes = envelope(&b3_key, BranchId(3), &fresh).expect("sign");
     for _ in 0..3 {
         assert_eq!(
             as_b3

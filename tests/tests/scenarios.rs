@@ -113,6 +113,51 @@ fn every_shipped_scenario_file_parses() {
     assert!(Scenario::parse(bad).is_err());
     let bad = "name = \"x\"\n[[faults]]\nkind = \"kill\"\nbranch = 1\nfailpoint = \"nope\"\nrestart_after_ms = 1\n";
     assert!(Scenario::parse(bad).is_err());
+    let bad =
+        "name = \"x\"\n[[faults]]\nkind = \"rogue\"\ntarget = 1\nimpersonate = 1\nat_ms = 0\n";
+    assert!(
+        Scenario::parse(bad).is_err(),
+        "a rogue impersonating its target"
+    );
+    assert!(Scenario::parse("name = \"x\"\nbranches = 0\n").is_err());
+    assert!(Scenario::parse("name = \"x\"\n[accounts]\nper_branch = 1\n").is_err());
+    assert!(
+        Scenario::parse("name = \"x\"\nbogus = 1\n").is_err(),
+        "unknown keys"
+    );
+}
+
+/// The binary's refusals: a missing file, a malformed one, a folder already in use.
+/// Each exits 2 with one line, before starting anything.
+#[test]
+fn scenarios_binary_refuses_bad_input() {
+    let bin = scenarios::cluster::workspace_bin("scenarios", "scenarios").expect("binary");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, "name = 3\n").expect("write");
+    std::fs::write(dir.path().join("in-use"), "").expect("write");
+    for args in [
+        vec!["run".to_string(), "no-such-file.toml".into()],
+        vec!["run".to_string(), bad.display().to_string()],
+        vec![
+            "up".to_string(),
+            "--dir".into(),
+            dir.path().display().to_string(),
+        ],
+    ] {
+        let o = std::process::Command::new(&bin)
+            .args(&args)
+            .output()
+            .expect("run");
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {err}");
+        assert!(err.starts_with("scenarios: "), "{args:?}: {err}");
+        assert_eq!(err.lines().count(), 1, "{args:?}: one line: {err}");
+    }
+    assert!(
+        std::fs::read_dir(dir.path()).expect("dir").count() == 2,
+        "nothing was created"
+    );
 }
 
 /// The checker reports damage planted by hand: money created, a rewritten ledger entry,

@@ -161,12 +161,7 @@ fn balance(net: &Path, branch: &str, account: &str) -> String {
 
 /// Waits for nothing in flight, stops the network, and checks every invariant.
 fn finish(mut c: Cluster, committed: &BTreeSet<TransferId>) {
-    let dbs = c.databases();
-    let settled = check::wait_settled(&dbs, Duration::from_secs(30)).expect("audit");
-    assert!(settled.is_some(), "transfers still in doubt after 30 s");
-    c.stop();
-    let network = NetworkFile::load(&c.network_file).expect("network file");
-    let report = check::check(&network, &check::audit_all(&dbs).expect("audit"), committed);
+    let report = check::finish(&mut c, committed, Duration::from_secs(30)).expect("audit");
     assert!(report.ok(), "invariants violated: {:#?}", report.violations);
 }
 
