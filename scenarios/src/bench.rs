@@ -30,6 +30,15 @@ pub struct BenchOptions {
     /// Teller connections per branch the clients share.
     pub connections: usize,
     pub accounts_per_branch: usize,
+    pub mix: BenchMix,
+}
+
+/// Which mixes a bench measures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum BenchMix {
+    Local,
+    Cross,
+    Both,
 }
 
 /// CPU time (user + system) of process `pid` so far, from /proc (Linux reports it in
@@ -80,7 +89,13 @@ pub async fn run(opts: &BenchOptions, dir: &Path) -> anyhow::Result<Value> {
                 refused: 0,
             },
         ),
-    ] {
+    ]
+    .into_iter()
+    .filter(|(_, m)| match opts.mix {
+        BenchMix::Local => m.local > 0,
+        BenchMix::Cross => m.cross > 0,
+        BenchMix::Both => true,
+    }) {
         let w = Workload {
             clients: opts.clients,
             duration_ms: Some(opts.duration_s * 1000),

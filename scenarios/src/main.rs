@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use scenarios::bench::{self, BenchOptions};
+use scenarios::bench::{self, BenchMix, BenchOptions};
 use scenarios::cluster::{ADMIN_PASSWORD, Cluster};
 use scenarios::scenario::{self, RunOptions, Scenario};
 
@@ -68,6 +68,9 @@ enum Command {
         /// Teller connections per branch shared by the clients.
         #[arg(long, default_value_t = 4)]
         connections: usize,
+        /// Which mixes to measure.
+        #[arg(long, value_enum, default_value_t = BenchMix::Both)]
+        mix: BenchMix,
         /// Where to write the JSON result.
         #[arg(long, default_value = "bench-result.json")]
         out: PathBuf,
@@ -154,6 +157,7 @@ async fn run(command: Command) -> anyhow::Result<bool> {
             duration,
             clients,
             connections,
+            mix,
             out,
         } => {
             let (path, _keep) = workdir(None, "bench")?;
@@ -163,6 +167,7 @@ async fn run(command: Command) -> anyhow::Result<bool> {
                 clients,
                 connections,
                 accounts_per_branch: 200,
+                mix,
             };
             eprintln!(
                 "bench: {branches} branches, {clients} clients, {duration} s per mix, fsync on"

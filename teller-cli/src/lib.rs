@@ -145,7 +145,11 @@ impl Teller {
     }
 }
 
-/// A fresh transfer id, drawn before the first send so every retry reuses it.
+/// A fresh transfer id, made before the first send so every retry reuses it. Time
+/// first (UUIDv7 shape), so a branch's indexes grow at their end.
 pub fn new_transfer_id() -> wire::TransferId {
-    wire::TransferId::from_random_bytes(rand::random())
+    let unix_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+    wire::TransferId::from_time_and_random(unix_ms, rand::random())
 }

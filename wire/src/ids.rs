@@ -30,6 +30,19 @@ impl TransferId {
     pub fn from_random_bytes(bytes: [u8; 16]) -> Self {
         TransferId(u128::from_be_bytes(bytes))
     }
+
+    /// Builds a UUIDv7-shaped id: the caller's Unix time in milliseconds (48 bits), then
+    /// 74 random bits (with the version and variant bits of RFC 9562). Ids made this way
+    /// sort by time, so the stores insert them near the end of their indexes instead of
+    /// at random pages: fewer pages written per transfer under load.
+    pub fn from_time_and_random(unix_ms: u64, random: [u8; 10]) -> Self {
+        let mut bytes = [0u8; 16];
+        bytes[..6].copy_from_slice(&unix_ms.to_be_bytes()[2..]);
+        bytes[6..].copy_from_slice(&random);
+        bytes[6] = 0x70 | (bytes[6] & 0x0f);
+        bytes[8] = 0x80 | (bytes[8] & 0x3f);
+        TransferId(u128::from_be_bytes(bytes))
+    }
 }
 
 impl fmt::Display for TransferId {
@@ -105,5 +118,22 @@ mod tests {
             assert_eq!(id.to_string().parse::<TransferId>(), Ok(id));
         }
         assert_eq!(BranchId(7).to_string(), "007");
+    }
+
+    #[test]
+    fn time_ordered_ids_sort_by_time_and_carry_the_uuid_v7_bits() {
+        let a = TransferId::from_time_and_random(1_700_000_000_000, [0xff; 10]);
+        let b = TransferId::from_time_and_random(1_700_000_000_001, [0x00; 10]);
+        assert!(a < b, "a later millisecond sorts later whatever the random part");
+        for id in [a, b] {
+            let text = id.to_string();
+            assert_eq!(&text[12..13], "7", "version nibble in {text}");
+            assert!(matches!(&text[16..17], "8" | "9" | "a" | "b"), "variant in {text}");
+            assert_eq!(text.parse::<TransferId>(), Ok(id));
+        }
+        assert_eq!(
+            TransferId::from_time_and_random(0x0123_4567_89ab, [0; 10]).to_string(),
+            "0123456789ab70008000000000000000"
+        );
     }
 }

@@ -168,6 +168,21 @@ impl BranchBody {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+
+    /// Appends `other`'s items when it is the same kind of message; gives it back
+    /// unchanged otherwise. The caller keeps the result within `BATCH_TRANSFERS_MAX`.
+    pub fn merge(&mut self, other: BranchBody) -> Result<(), BranchBody> {
+        match (self, other) {
+            (BranchBody::Prepare(a), BranchBody::Prepare(b)) => a.extend(b),
+            (BranchBody::Votes(a), BranchBody::Votes(b)) => a.extend(b),
+            (BranchBody::Decisions(a), BranchBody::Decisions(b)) => a.extend(b),
+            (BranchBody::Acks(a), BranchBody::Acks(b))
+            | (BranchBody::StatusQuery(a), BranchBody::StatusQuery(b)) => a.extend(b),
+            (BranchBody::StatusAnswer(a), BranchBody::StatusAnswer(b)) => a.extend(b),
+            (_, other) => return Err(other),
+        }
+        Ok(())
+    }
 }
 
 impl BranchMessage {

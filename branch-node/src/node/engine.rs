@@ -7,9 +7,13 @@
 //!   itself (delivered in-process), so every stored record has a signed envelope.
 //! - Teller transfers waiting in the queue are taken together: one `Request` input, so
 //!   the machine batches them per destination branch.
+//! - The engine works in rounds: it takes everything that is ready (durable answers,
+//!   messages, transfers), steps the machine on each, and only then signs and sends what
+//!   the round produced, merged per destination and kind. Under load one envelope (one
+//!   signature, one link request) carries the items of many transfers.
 //! - Failpoints (the `fail` crate, configured with `FAILPOINTS`) sit at each 2PC step.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -33,6 +37,10 @@ pub const MESSAGE_TTL_MS: u64 = 60_000;
 
 /// Most events (transfers, verified messages) waiting for the engine; more are refused.
 pub const ENGINE_QUEUE_MAX: usize = 65_536;
+
+/// Most events and durable answers one round takes before it sends what it produced,
+/// so a flood of input cannot hold messages back for long.
+const ROUND_INPUTS_MAX: usize = 4_096;
 
 /// The failpoints at each 2PC step, as named in `FAILPOINTS` (for example
 /// `FAILPOINTS=after_decision_durable=panic`; a panic aborts the node).
@@ -143,6 +151,8 @@ pub struct Engine {
     tickets: HashMap<Ticket, oneshot::Sender<TransferState>>,
     next_ticket: Ticket,
     counters: Arc<Counters>,
+    /// What this round produced to send, merged per destination and kind.
+    outgoing: Vec<(BranchId, BranchBody)>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -181,6 +191,7 @@ pub fn new(
         tickets: HashMap::new(),
         next_ticket: 0,
         counters,
+        outgoing: Vec::new(),
     };
     (handle, engine)
 }
@@ -225,6 +236,8 @@ impl Engine {
                 },
                 () = sleep_until(timer) => self.step(Input::Tick),
             }
+            self.drain_ready()?;
+            self.flush();
         }
         // Let storage already queued finish, so its effects are durable before exit.
         let (tx, rx) = oneshot::channel();
@@ -235,6 +248,22 @@ impl Engine {
             },
         );
         let _ = rx.await;
+        Ok(())
+    }
+
+    /// Takes what else is ready now, up to [`ROUND_INPUTS_MAX`], durable answers first.
+    fn drain_ready(&mut self) -> Result<(), StoreError> {
+        let mut taken = 0;
+        while taken < ROUND_INPUTS_MAX {
+            if let Ok(stored) = self.stored_rx.try_recv() {
+                self.on_stored(stored)?;
+            } else if let Ok(event) = self.rx.try_recv() {
+                self.on_event(event);
+            } else {
+                break;
+            }
+            taken += 1;
+        }
         Ok(())
     }
 
@@ -296,15 +325,10 @@ impl Engine {
     }
 
     fn step(&mut self, input: Input) {
-        let mut work = VecDeque::from([input]);
-        while let Some(input) = work.pop_front() {
-            let mut out = Vec::new();
-            self.branch.step(now_ms(), input, &mut out);
-            for command in out {
-                if let Some(local) = self.run_command(command) {
-                    work.push_back(local);
-                }
-            }
+        let mut out = Vec::new();
+        self.branch.step(now_ms(), input, &mut out);
+        for command in out {
+            self.run_command(command);
         }
         self.counters.in_doubt.store(
             self.branch.participant().in_doubt() as u64,
@@ -312,14 +336,37 @@ impl Engine {
         );
     }
 
-    /// Runs one command; returns an input for this branch when it sent itself a message.
-    fn run_command(&mut self, command: Command) -> Option<Input> {
-        match command {
-            Command::Send { to, body } => self.send(to, body),
-            Command::Reply { ticket, id, state } => {
-                self.reply(ticket, id, state);
-                None
+    /// Signs and sends what the round produced; messages to this branch are stepped at
+    /// once, and what they produce goes out too.
+    fn flush(&mut self) {
+        while !self.outgoing.is_empty() {
+            for (to, body) in std::mem::take(&mut self.outgoing) {
+                if let Some(local) = self.send(to, body) {
+                    self.step(local);
+                }
             }
+        }
+    }
+
+    /// Keeps a message for the end of the round, merged into one of the same kind to the
+    /// same branch while the batch limit allows.
+    fn queue_send(&mut self, to: BranchId, mut body: BranchBody) {
+        for (dest, queued) in &mut self.outgoing {
+            if *dest == to && queued.len() + body.len() <= wire::limits::BATCH_TRANSFERS_MAX {
+                match queued.merge(body) {
+                    Ok(()) => return,
+                    Err(other_kind) => body = other_kind,
+                }
+            }
+        }
+        self.outgoing.push((to, body));
+    }
+
+    /// Runs one command; messages wait for the end of the round.
+    fn run_command(&mut self, command: Command) {
+        match command {
+            Command::Send { to, body } => self.queue_send(to, body),
+            Command::Reply { ticket, id, state } => self.reply(ticket, id, state),
             storage => {
                 let (before, after) = match &storage {
                     Command::Prepare { .. } => (
@@ -346,7 +393,6 @@ impl Engine {
                         after: None,
                     });
                 }
-                None
             }
         }
     }
@@ -355,14 +401,14 @@ impl Engine {
         match state {
             TransferState::Committed => {
                 self.counters.committed.fetch_add(1, Ordering::Relaxed);
-                tracing::info!(%id, "transfer committed");
+                tracing::debug!(%id, "transfer committed");
             }
             TransferState::Aborted(reason) => {
                 self.counters.aborted.fetch_add(1, Ordering::Relaxed);
-                tracing::info!(%id, %reason, "transfer aborted");
+                tracing::debug!(%id, %reason, "transfer aborted");
             }
             TransferState::Pending | TransferState::Unknown => {
-                tracing::info!(%id, ?state, "transfer outcome not yet known");
+                tracing::debug!(%id, ?state, "transfer outcome not yet known");
             }
         }
         if let Some(reply) = self.tickets.remove(&ticket) {

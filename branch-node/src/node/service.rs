@@ -256,7 +256,7 @@ impl Service {
                     .call(move |c, me| bank::movement(c, me, kind, id, account, amount, now_ms()))
                     .await
                     .map_err(store_failed)?;
-                tracing::info!(%id, %account, ?kind, ?state, "movement");
+                tracing::debug!(%id, %account, ?kind, ?state, "movement");
                 Ok(TellerResponse::Receipt { id, state })
             }
             TellerOp::Transfer(spec) => {
