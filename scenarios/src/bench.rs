@@ -115,6 +115,12 @@ pub async fn run(opts: &BenchOptions, dir: &Path) -> anyhow::Result<Value> {
             .filter(|r| r.outcome == Outcome::Committed)
             .collect();
         committed.extend(ok.iter().map(|r| r.id));
+        let count = |o: Outcome| records.iter().filter(|r| r.outcome == o).count();
+        let (aborted, refused, unknown) = (
+            count(Outcome::Aborted),
+            count(Outcome::Refused),
+            count(Outcome::Unknown),
+        );
         let mut lat: Vec<Duration> = ok.iter().map(|r| r.latency).collect();
         lat.sort();
         let n = ok.len().max(1) as f64;
@@ -122,6 +128,9 @@ pub async fn run(opts: &BenchOptions, dir: &Path) -> anyhow::Result<Value> {
             "mix": name,
             "committed": ok.len(),
             "not_committed": records.len() - ok.len(),
+            "aborted": aborted,
+            "refused": refused,
+            "unknown": unknown,
             "transfers_per_s": ok.len() as f64 / wall.as_secs_f64(),
             "p50_ms": percentile(&lat, 50.0).as_secs_f64() * 1000.0,
             "p99_ms": percentile(&lat, 99.0).as_secs_f64() * 1000.0,
@@ -131,7 +140,8 @@ pub async fn run(opts: &BenchOptions, dir: &Path) -> anyhow::Result<Value> {
         });
         eprintln!(
             "{name:>13}: {:>8.0} transfers/s  p50 {:>6.1} ms  p99 {:>6.1} ms  max {:>7.1} ms  \
-             cpu/transfer: nodes {:>5.0} us, load generator {:>5.0} us  ({} committed, {} not)",
+             cpu/transfer: nodes {:>5.0} us, load generator {:>5.0} us  ({} committed, \
+             {aborted} aborted, {refused} refused, {unknown} unknown)",
             result["transfers_per_s"].as_f64().unwrap_or(0.0),
             result["p50_ms"].as_f64().unwrap_or(0.0),
             result["p99_ms"].as_f64().unwrap_or(0.0),
@@ -139,7 +149,6 @@ pub async fn run(opts: &BenchOptions, dir: &Path) -> anyhow::Result<Value> {
             result["node_cpu_us_per_transfer"].as_f64().unwrap_or(0.0),
             result["client_cpu_us_per_transfer"].as_f64().unwrap_or(0.0),
             ok.len(),
-            records.len() - ok.len(),
         );
         results.push(result);
     }

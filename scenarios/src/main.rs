@@ -68,6 +68,9 @@ enum Command {
         /// Teller connections per branch shared by the clients.
         #[arg(long, default_value_t = 4)]
         connections: usize,
+        /// Keep the network's data dirs and logs under this folder (default: a temp dir).
+        #[arg(long)]
+        dir: Option<PathBuf>,
         /// Which mixes to measure.
         #[arg(long, value_enum, default_value_t = BenchMix::Both)]
         mix: BenchMix,
@@ -157,10 +160,11 @@ async fn run(command: Command) -> anyhow::Result<bool> {
             duration,
             clients,
             connections,
+            dir,
             mix,
             out,
         } => {
-            let (path, _keep) = workdir(None, "bench")?;
+            let (path, _keep) = workdir(dir.as_deref(), "bench")?;
             let opts = BenchOptions {
                 branches,
                 duration_s: duration,

@@ -124,11 +124,17 @@ mod tests {
     fn time_ordered_ids_sort_by_time_and_carry_the_uuid_v7_bits() {
         let a = TransferId::from_time_and_random(1_700_000_000_000, [0xff; 10]);
         let b = TransferId::from_time_and_random(1_700_000_000_001, [0x00; 10]);
-        assert!(a < b, "a later millisecond sorts later whatever the random part");
+        assert!(
+            a < b,
+            "a later millisecond sorts later whatever the random part"
+        );
         for id in [a, b] {
             let text = id.to_string();
             assert_eq!(&text[12..13], "7", "version nibble in {text}");
-            assert!(matches!(&text[16..17], "8" | "9" | "a" | "b"), "variant in {text}");
+            assert!(
+                matches!(&text[16..17], "8" | "9" | "a" | "b"),
+                "variant in {text}"
+            );
             assert_eq!(text.parse::<TransferId>(), Ok(id));
         }
         assert_eq!(

@@ -1,8 +1,9 @@
 //! The 2PC driver: one task owns this branch's `coordinator::Branch` and runs its
 //! commands against the store's writer and the network.
 //!
-//! - Storage commands go to the writer in the order they were emitted; their answers come
-//!   back, once durable, on an internal channel and are fed to the machine in that order.
+//! - Storage commands go to the writer in the order they were emitted, those of a round
+//!   as one operation. Answers come back once durable, a whole writer batch at a time
+//!   (the writer's batch-end hook), and are fed to the machine in order.
 //! - Every outgoing message is signed with the branch key, including those to this branch
 //!   itself (delivered in-process), so every stored record has a signed envelope.
 //! - Teller transfers waiting in the queue are taken together: one `Request` input, so
@@ -72,6 +73,14 @@ pub struct Counters {
     pub aborted: AtomicU64,
     /// Transfers prepared here with no decision yet (a gauge).
     pub in_doubt: AtomicU64,
+    /// Rounds that sent at least one message.
+    pub rounds: AtomicU64,
+    /// Signed 2PC messages sent to other branches.
+    pub messages_sent: AtomicU64,
+    /// Per-transfer items in those messages.
+    pub items_sent: AtomicU64,
+    /// Storage commands queued to the writer.
+    pub storage_commands: AtomicU64,
 }
 
 enum Event {
@@ -86,10 +95,57 @@ enum Event {
     },
 }
 
-/// The answer to a storage command, with the failpoint to pass before acting on it.
+/// The answers to one round's storage commands, each with the failpoint to pass before
+/// acting on it.
 struct Stored {
-    result: Result<Option<Input>, StoreError>,
-    after: Option<&'static str>,
+    results: Result<Vec<Option<Input>>, StoreError>,
+    afters: Vec<Option<&'static str>>,
+}
+
+/// Durable answers on their way to the engine. The writer adds each answer to
+/// `arriving` as it is given, and moves them to `ready` when its batch ends, so the
+/// engine takes a whole batch's answers in one round.
+#[derive(Default)]
+struct StoredQueue {
+    arriving: Vec<Stored>,
+    ready: Vec<Stored>,
+}
+
+/// The queue and the wake-up for the engine.
+#[derive(Default)]
+struct StoredShared {
+    queue: std::sync::Mutex<StoredQueue>,
+    ready: tokio::sync::Notify,
+}
+
+impl StoredShared {
+    fn push(&self, stored: Stored) {
+        if let Ok(mut q) = self.queue.lock() {
+            q.arriving.push(stored);
+        }
+    }
+
+    /// The writer's batch ended: what arrived is ready.
+    fn batch_ended(&self) {
+        let moved = match self.queue.lock() {
+            Ok(mut q) if !q.arriving.is_empty() => {
+                let arrived = std::mem::take(&mut q.arriving);
+                q.ready.extend(arrived);
+                true
+            }
+            _ => false,
+        };
+        if moved {
+            self.ready.notify_one();
+        }
+    }
+
+    fn take_ready(&self) -> Vec<Stored> {
+        self.queue
+            .lock()
+            .map(|mut q| std::mem::take(&mut q.ready))
+            .unwrap_or_default()
+    }
 }
 
 /// Hands work to the engine. Cheap to clone.
@@ -146,13 +202,15 @@ pub struct Engine {
     network: Arc<NetworkFile>,
     client: Client,
     rx: mpsc::Receiver<Event>,
-    stored_tx: mpsc::UnboundedSender<Stored>,
-    stored_rx: mpsc::UnboundedReceiver<Stored>,
+    stored: Arc<StoredShared>,
     tickets: HashMap<Ticket, oneshot::Sender<TransferState>>,
     next_ticket: Ticket,
     counters: Arc<Counters>,
     /// What this round produced to send, merged per destination and kind.
     outgoing: Vec<(BranchId, BranchBody)>,
+    /// This round's storage commands, in emit order, with their `after` failpoints;
+    /// queued to the writer as one operation when the round ends.
+    storage: Vec<(Command, Option<&'static str>)>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -172,7 +230,11 @@ pub fn new(
     client: Client,
 ) -> (EngineHandle, Engine) {
     let (tx, rx) = mpsc::channel(ENGINE_QUEUE_MAX);
-    let (stored_tx, stored_rx) = mpsc::unbounded_channel();
+    let stored = Arc::new(StoredShared::default());
+    let hook = Arc::clone(&stored);
+    // Without the hook (a writer already gone) nothing would be stored anyway: the
+    // engine's first command fails and stops it.
+    let _ = writer.on_batch_end(move || hook.batch_ended());
     let counters = Arc::new(Counters::default());
     let handle = EngineHandle {
         tx,
@@ -186,12 +248,12 @@ pub fn new(
         network,
         client,
         rx,
-        stored_tx,
-        stored_rx,
+        stored,
         tickets: HashMap::new(),
         next_ticket: 0,
         counters,
         outgoing: Vec::new(),
+        storage: Vec::new(),
     };
     (handle, engine)
 }
@@ -220,6 +282,7 @@ impl Engine {
             coordinated,
             in_doubt,
         });
+        self.flush();
         tokio::pin!(shutdown);
         loop {
             let timer = self.branch.next_timer().map(|at| {
@@ -229,7 +292,7 @@ impl Engine {
             tokio::select! {
                 biased;
                 () = &mut shutdown => break,
-                Some(stored) = self.stored_rx.recv() => self.on_stored(stored)?,
+                () = self.stored.ready.notified() => self.take_stored()?,
                 event = self.rx.recv() => match event {
                     Some(e) => self.on_event(e),
                     None => break,
@@ -251,17 +314,22 @@ impl Engine {
         Ok(())
     }
 
-    /// Takes what else is ready now, up to [`ROUND_INPUTS_MAX`], durable answers first.
+    /// Takes the durable answers of every batch that ended, in the order queued.
+    fn take_stored(&mut self) -> Result<(), StoreError> {
+        for stored in self.stored.take_ready() {
+            self.on_stored(stored)?;
+        }
+        Ok(())
+    }
+
+    /// Takes what else is ready now: ended batches' answers, then events, up to
+    /// [`ROUND_INPUTS_MAX`] of them.
     fn drain_ready(&mut self) -> Result<(), StoreError> {
+        self.take_stored()?;
         let mut taken = 0;
         while taken < ROUND_INPUTS_MAX {
-            if let Ok(stored) = self.stored_rx.try_recv() {
-                self.on_stored(stored)?;
-            } else if let Ok(event) = self.rx.try_recv() {
-                self.on_event(event);
-            } else {
-                break;
-            }
+            let Ok(event) = self.rx.try_recv() else { break };
+            self.on_event(event);
             taken += 1;
         }
         Ok(())
@@ -298,30 +366,31 @@ impl Engine {
     }
 
     fn on_stored(&mut self, stored: Stored) -> Result<(), StoreError> {
-        if let Some(name) = stored.after {
-            failpoint(name);
-        }
-        match stored.result {
-            Ok(Some(input)) => {
-                if let Input::Prepared { votes, .. } = &input {
-                    let yes = votes
-                        .iter()
-                        .filter(|v| matches!(v, wire::Vote::Yes))
-                        .count();
-                    self.counters
-                        .prepared
-                        .fetch_add(yes as u64, Ordering::Relaxed);
-                }
-                self.step(input);
-                Ok(())
-            }
-            Ok(None) => Ok(()),
+        let results = match stored.results {
+            Ok(r) => r,
             // The machine was told nothing: stop, and let recovery redo it at restart.
             Err(e) => {
                 tracing::error!("store failed under the 2pc driver, stopping: {e}");
-                Err(e)
+                return Err(e);
             }
+        };
+        for (result, after) in results.into_iter().zip(stored.afters) {
+            if let Some(name) = after {
+                failpoint(name);
+            }
+            let Some(input) = result else { continue };
+            if let Input::Prepared { votes, .. } = &input {
+                let yes = votes
+                    .iter()
+                    .filter(|v| matches!(v, wire::Vote::Yes))
+                    .count();
+                self.counters
+                    .prepared
+                    .fetch_add(yes as u64, Ordering::Relaxed);
+            }
+            self.step(input);
         }
+        Ok(())
     }
 
     fn step(&mut self, input: Input) {
@@ -339,12 +408,46 @@ impl Engine {
     /// Signs and sends what the round produced; messages to this branch are stepped at
     /// once, and what they produce goes out too.
     fn flush(&mut self) {
+        if !self.outgoing.is_empty() {
+            self.counters.rounds.fetch_add(1, Ordering::Relaxed);
+        }
         while !self.outgoing.is_empty() {
             for (to, body) in std::mem::take(&mut self.outgoing) {
                 if let Some(local) = self.send(to, body) {
                     self.step(local);
                 }
             }
+        }
+        self.submit_storage();
+    }
+
+    /// Queues the round's storage commands to the writer, in emit order, as one
+    /// operation; their answers come back together once durable.
+    fn submit_storage(&mut self) {
+        if self.storage.is_empty() {
+            return;
+        }
+        let (commands, afters): (Vec<_>, Vec<_>) =
+            std::mem::take(&mut self.storage).into_iter().unzip();
+        self.counters
+            .storage_commands
+            .fetch_add(commands.len() as u64, Ordering::Relaxed);
+        let shared = Arc::clone(&self.stored);
+        let afters_on_answer = afters.clone();
+        let queued = self
+            .writer
+            .execute_all_then(now_ms(), commands, move |results| {
+                shared.push(Stored {
+                    results,
+                    afters: afters_on_answer,
+                });
+            });
+        if let Err(e) = queued {
+            self.stored.push(Stored {
+                results: Err(e),
+                afters,
+            });
+            self.stored.batch_ended();
         }
     }
 
@@ -383,16 +486,7 @@ impl Engine {
                 if let Some(name) = before {
                     failpoint(name);
                 }
-                let tx = self.stored_tx.clone();
-                let queued = self.writer.execute_then(now_ms(), storage, move |result| {
-                    let _ = tx.send(Stored { result, after });
-                });
-                if let Err(e) = queued {
-                    let _ = self.stored_tx.send(Stored {
-                        result: Err(e),
-                        after: None,
-                    });
-                }
+                self.storage.push((storage, after));
             }
         }
     }
@@ -449,6 +543,10 @@ impl Engine {
         if let Some(name) = before {
             failpoint(name);
         }
+        self.counters.messages_sent.fetch_add(1, Ordering::Relaxed);
+        self.counters
+            .items_sent
+            .fetch_add(message.body.len() as u64, Ordering::Relaxed);
         let client = self.client.clone();
         tokio::spawn(async move {
             match client.link(peer, LinkRequest::TwoPc(envelope)).await {

@@ -151,6 +151,10 @@ pub async fn run(
         committed = c.committed.load(Ordering::Relaxed),
         aborted = c.aborted.load(Ordering::Relaxed),
         in_doubt = c.in_doubt.load(Ordering::Relaxed),
+        rounds = c.rounds.load(Ordering::Relaxed),
+        messages_sent = c.messages_sent.load(Ordering::Relaxed),
+        items_sent = c.items_sent.load(Ordering::Relaxed),
+        storage_commands = c.storage_commands.load(Ordering::Relaxed),
         "stopped"
     );
     drop(service);

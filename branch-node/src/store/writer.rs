@@ -31,8 +31,12 @@ struct Job {
     finish: FinishFn,
 }
 
+/// Called on the writer thread after each batch, once every job in it was answered.
+type BatchHook = Box<dyn Fn() + Send>;
+
 enum Msg {
     Job(Job),
+    Hook(BatchHook),
     Stop,
 }
 
@@ -54,6 +58,7 @@ impl std::fmt::Debug for Msg {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
             Msg::Job(_) => "Job",
+            Msg::Hook(_) => "Hook",
             Msg::Stop => "Stop",
         })
     }
@@ -96,15 +101,21 @@ impl Drop for Writer {
 }
 
 fn writer_loop(mut store: Store, rx: Receiver<Msg>) -> Store {
+    let mut hooks: Vec<BatchHook> = Vec::new();
     loop {
         let mut batch = match rx.recv() {
             Ok(Msg::Job(j)) => vec![j],
+            Ok(Msg::Hook(h)) => {
+                hooks.push(h);
+                continue;
+            }
             Ok(Msg::Stop) | Err(_) => return store,
         };
         let mut stop = false;
         while batch.len() < WRITER_BATCH_OPS_MAX {
             match rx.try_recv() {
                 Ok(Msg::Job(j)) => batch.push(j),
+                Ok(Msg::Hook(h)) => hooks.push(h),
                 Ok(Msg::Stop) => {
                     stop = true;
                     break;
@@ -113,6 +124,9 @@ fn writer_loop(mut store: Store, rx: Receiver<Msg>) -> Store {
             }
         }
         run_batch(&mut store, batch);
+        for hook in &hooks {
+            hook();
+        }
         if stop {
             return store;
         }
@@ -135,18 +149,20 @@ fn run_batch(store: &mut Store, batch: Vec<Job>) {
     };
     let mut finishes = Vec::with_capacity(batch.len());
     let mut failed = None;
+    // Cached statements: the savepoint SQL is not parsed again for every job.
+    let sql = |c: &Connection, s: &str| c.prepare_cached(s).and_then(|mut st| st.execute([]));
     for job in batch {
         if failed.is_none() {
-            if let Err(e) = tx.execute_batch("SAVEPOINT op") {
+            if let Err(e) = sql(&tx, "SAVEPOINT op") {
                 failed = Some(e.to_string());
             } else {
                 let ok = (job.run)(&tx, me);
                 let end = if ok {
-                    "RELEASE op"
+                    sql(&tx, "RELEASE op")
                 } else {
-                    "ROLLBACK TO op; RELEASE op"
+                    sql(&tx, "ROLLBACK TO op").and_then(|_| sql(&tx, "RELEASE op"))
                 };
-                if let Err(e) = tx.execute_batch(end) {
+                if let Err(e) = end {
                     failed = Some(e.to_string());
                 }
             }
@@ -166,6 +182,15 @@ impl WriterHandle {
     /// The branch of the store behind this handle.
     pub fn branch(&self) -> BranchId {
         self.me
+    }
+
+    /// Calls `hook` on the writer thread after every batch from now on, once each of
+    /// its jobs was answered: a caller that collects answers can take a whole batch's
+    /// worth at once. `hook` must not block.
+    pub fn on_batch_end(&self, hook: impl Fn() + Send + 'static) -> Result<(), StoreError> {
+        self.tx
+            .send(Msg::Hook(Box::new(hook)))
+            .map_err(|_| StoreError::WriterGone)
     }
 
     /// Runs `f` in the writer's next batch and waits until the batch is durable.
@@ -232,18 +257,26 @@ impl WriterHandle {
         rx.await.map_err(|_| StoreError::WriterGone)?
     }
 
-    /// Queues one 2PC storage command (see [`coordinator::execute`]); `done` gets the
-    /// input that answers it once it is durable. Commands run in the order queued.
-    pub fn execute_then(
+    /// Queues 2PC storage commands (see [`coordinator::execute`]) as one operation:
+    /// they run in order, in one savepoint, and `done` gets the input answering each,
+    /// in the same order, once they are durable. If one fails none of them is kept and
+    /// `done` gets that error. Operations run in the order queued.
+    pub fn execute_all_then(
         &self,
         now_ms: u64,
-        command: Command,
-        done: impl FnOnce(Result<Option<Input>, StoreError>) + Send + 'static,
+        commands: Vec<Command>,
+        done: impl FnOnce(Result<Vec<Option<Input>>, StoreError>) + Send + 'static,
     ) -> Result<(), StoreError> {
         self.submit_then(
             move |c, me| {
-                coordinator::execute(&mut ConnShard { conn: c, me }, now_ms, command)
-                    .map_err(|e| StoreError::CommitFailed(e.to_string()))
+                let mut shard = ConnShard { conn: c, me };
+                commands
+                    .into_iter()
+                    .map(|command| {
+                        coordinator::execute(&mut shard, now_ms, command)
+                            .map_err(|e| StoreError::CommitFailed(e.to_string()))
+                    })
+                    .collect()
             },
             done,
         )
