@@ -1,6 +1,6 @@
 //! The SQLite store: Shard conformance (direct and through the group-commit writer),
 //! refusals that change nothing, ledger verification, corrupt files, logins, outbox and
-//! concurrency on a hot account.
+//! concurrency on a hot account, the writer's batch-end hook.
 
 use std::cell::{Cell, RefCell};
 use std::path::{Path, PathBuf};
@@ -639,4 +639,56 @@ fn money_that_would_overflow_a_balance_is_refused_and_changes_nothing() {
         vec![TransferState::Aborted(Refusal::BalanceOverflow)]
     );
     assert_eq!(snapshot(&path), before);
+}
+
+#[test]
+fn the_batch_end_hook_runs_once_per_batch_after_its_answers() {
+    use std::sync::{Arc, Mutex, mpsc};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let writer = Writer::spawn(open(&dir.path().join("b.db")));
+    let log = Arc::new(Mutex::new(Vec::<&str>::new()));
+    let l = Arc::clone(&log);
+    writer
+        .handle()
+        .on_batch_end(move || l.lock().expect("log").push("end"))
+        .expect("hook");
+    // Hold the writer so the next three jobs queue up and form one batch.
+    let (release_tx, release_rx) = mpsc::channel::<()>();
+    let (held_tx, held_rx) = mpsc::channel::<()>();
+    let l = Arc::clone(&log);
+    writer
+        .handle()
+        .submit_then(
+            move |_, _| {
+                held_tx.send(()).expect("signals");
+                release_rx.recv().expect("released");
+                Ok(())
+            },
+            move |_: Result<(), StoreError>| l.lock().expect("log").push("held"),
+        )
+        .expect("queued");
+    held_rx.recv().expect("writer is held");
+    let (done_tx, done_rx) = mpsc::channel::<()>();
+    for _ in 0..3 {
+        let (l, done) = (Arc::clone(&log), done_tx.clone());
+        writer
+            .handle()
+            .submit_then(
+                |_, _| Ok(()),
+                move |_: Result<(), StoreError>| {
+                    l.lock().expect("log").push("job");
+                    done.send(()).expect("signals");
+                },
+            )
+            .expect("queued");
+    }
+    release_tx.send(()).expect("releases");
+    for _ in 0..3 {
+        done_rx.recv().expect("answered");
+    }
+    drop(writer); // joins the thread, so the last hook has run
+    assert_eq!(
+        *log.lock().expect("log"),
+        vec!["held", "end", "job", "job", "job", "end"]
+    );
 }

@@ -315,19 +315,7 @@ fn next_op(
         Kind::Deposit | Kind::Withdraw => {
             let account = pick(rng, None);
             let amount = amount(rng);
-            let op = if kind == Kind::Deposit {
-                TellerOp::Deposit {
-                    id,
-                    account,
-                    amount,
-                }
-            } else {
-                TellerOp::Withdraw {
-                    id,
-                    account,
-                    amount,
-                }
-            };
+            let op = TellerOp::movement(kind == Kind::Deposit, id, account, amount);
             (kind, branch_of(account), op, id)
         }
         Kind::Local | Kind::Cross => {

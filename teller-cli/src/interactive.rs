@@ -256,20 +256,7 @@ async fn customer_menu(
                 let Ok(amount) = ask_parsed("amount: ", amount_input) else {
                     return Ok(true);
                 };
-                let id = new_transfer_id();
-                if choice == "2" {
-                    TellerOp::Deposit {
-                        id,
-                        account,
-                        amount,
-                    }
-                } else {
-                    TellerOp::Withdraw {
-                        id,
-                        account,
-                        amount,
-                    }
-                }
+                TellerOp::movement(choice == "2", new_transfer_id(), account, amount)
             }
             "4" => {
                 let Ok(to) = ask_parsed("receiver account: ", account_input) else {

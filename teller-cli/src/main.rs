@@ -281,19 +281,8 @@ async fn run(cli: Cli) -> Result<u8, TellerError> {
         } => {
             let (account, amount) = (account(a)?, amount(amt)?);
             let id = id.unwrap_or_else(new_transfer_id);
-            let op = if matches!(command, Command::Deposit { .. }) {
-                TellerOp::Deposit {
-                    id,
-                    account,
-                    amount,
-                }
-            } else {
-                TellerOp::Withdraw {
-                    id,
-                    account,
-                    amount,
-                }
-            };
+            let deposit = matches!(command, Command::Deposit { .. });
+            let op = TellerOp::movement(deposit, id, account, amount);
             return receipt(&out, &teller, id, op).await;
         }
         Command::Transfer {

@@ -17,7 +17,7 @@ use scenarios::cluster::Cluster;
 use scenarios::rogue::{envelope, prepare};
 use wire::link::{EnvelopeRefusal, LinkRequest, LinkResponse};
 use wire::teller::{NewCustomer, TellerOp, TellerResponse};
-use wire::twopc::TransferSpec;
+use wire::twopc::{BranchMessage, TransferSpec};
 use wire::{AccountNumber, Amount, BranchId, BranchKey, TransferId};
 
 type Link = PeerClient<WireCodec<LinkRequest, LinkResponse>>;
@@ -37,6 +37,19 @@ async fn link(c: &Cluster, as_key: &BranchKey) -> Link {
     )
     .await
     .expect("connect")
+}
+
+/// Signs `message` as `signer` with `key`, sends it over `conn` and returns the answer.
+async fn send_signed(
+    conn: &Link,
+    key: &BranchKey,
+    signer: BranchId,
+    message: &BranchMessage,
+) -> LinkResponse {
+    let bytes = envelope(key, signer, message).expect("sign");
+    conn.request(LinkRequest::TwoPc(bytes))
+        .await
+        .expect("answer")
 }
 
 /// A codec that writes raw bytes, to send what no honest encoder would.
@@ -137,72 +150,64 @@ async fn rogue_peer_messages_are_refused_and_change_nothing() {
         .expect("audit")
         .remove(0);
 
-    let check_refused = |r: Result<LinkResponse, _>, want: EnvelopeRefusal| {
-        assert_eq!(r.expect("answer"), LinkResponse::Refused(want));
-    };
     // An unlisted peer may not speak the link protocol at all.
     let rogue = link(&c, &stranger).await;
-    check_refused(
-        rogue
-            .request(LinkRequest::TwoPc(
-                envelope(&stranger, BranchId(3), &fresh).expect("sign"),
-            ))
-            .await,
-        EnvelopeRefusal::PeerNotListed,
+    assert_eq!(
+        send_signed(&rogue, &stranger, BranchId(3), &fresh).await,
+        LinkResponse::Refused(EnvelopeRefusal::PeerNotListed)
     );
     // Connected as b3 from here on.
     let as_b3 = link(&c, &b3_key).await;
-    // Forged: claims b3 but signed with another key.
-    check_refused(
-        as_b3
-            .request(LinkRequest::TwoPc(
-                envelope(&stranger, BranchId(3), &fresh).expect("sign"),
-            ))
-            .await,
-        EnvelopeRefusal::BadSignature,
-    );
-    // Unknown signer.
-    check_refused(
-        as_b3
-            .request(LinkRequest::TwoPc(
-                envelope(&stranger, BranchId(77), &fresh).expect("sign"),
-            ))
-            .await,
-        EnvelopeRefusal::UnknownSigner(BranchId(77)),
-    );
-    // Genuinely signed by b2, but sent over b3's connection.
-    check_refused(
-        as_b3
-            .request(LinkRequest::TwoPc(
-                envelope(&b2_key, BranchId(2), &fresh).expect("sign"),
-            ))
-            .await,
-        EnvelopeRefusal::SignerNotPeer(BranchId(2)),
-    );
-    // Addressed to another branch.
     let elsewhere = prepare(BranchId(2), now_ms() + 60_000, spec, now_ms() + 60_000);
-    check_refused(
-        as_b3
-            .request(LinkRequest::TwoPc(
-                envelope(&b3_key, BranchId(3), &elsewhere).expect("sign"),
-            ))
-            .await,
-        EnvelopeRefusal::WrongRecipient,
-    );
-    // An expired envelope.
     let old = prepare(BranchId(1), now_ms() - 1, spec, now_ms() + 60_000);
-    check_refused(
-        as_b3
-            .request(LinkRequest::TwoPc(
-                envelope(&b3_key, BranchId(3), &old).expect("sign"),
-            ))
-            .await,
-        EnvelopeRefusal::Expired,
-    );
+    let cases = [
+        // Forged: claims b3 but signed with another key.
+        (
+            &stranger,
+            BranchId(3),
+            &fresh,
+            EnvelopeRefusal::BadSignature,
+        ),
+        // Unknown signer.
+        (
+            &stranger,
+            BranchId(77),
+            &fresh,
+            EnvelopeRefusal::UnknownSigner(BranchId(77)),
+        ),
+        // Genuinely signed by b2, but sent over b3's connection.
+        (
+            &b2_key,
+            BranchId(2),
+            &fresh,
+            EnvelopeRefusal::SignerNotPeer(BranchId(2)),
+        ),
+        // Addressed to another branch.
+        (
+            &b3_key,
+            BranchId(3),
+            &elsewhere,
+            EnvelopeRefusal::WrongRecipient,
+        ),
+        // An expired envelope.
+        (&b3_key, BranchId(3), &old, EnvelopeRefusal::Expired),
+    ];
+    for (key, signer, message, want) in cases {
+        assert_eq!(
+            send_signed(&as_b3, key, signer, message).await,
+            LinkResponse::Refused(want)
+        );
+    }
     // Malformed envelope bytes.
-    check_refused(
-        as_b3.request(LinkRequest::TwoPc(vec![0xff; 40])).await,
-        EnvelopeRefusal::Malformed,
+    let malformed = || async {
+        as_b3
+            .request(LinkRequest::TwoPc(vec![0xff; 40]))
+            .await
+            .expect("answer")
+    };
+    assert_eq!(
+        malformed().await,
+        LinkResponse::Refused(EnvelopeRefusal::Malformed)
     );
     // Oversized bytes on the wire: the node drops the stream and keeps serving.
     let t = c.target(0).expect("target");
@@ -225,9 +230,10 @@ async fn rogue_peer_messages_are_refused_and_change_nothing() {
         no_answer(raw.request(b"garbage".to_vec()).await),
         "undecodable link request"
     );
-    check_refused(
-        as_b3.request(LinkRequest::TwoPc(vec![0xff; 40])).await,
-        EnvelopeRefusal::Malformed,
+    assert_eq!(
+        malformed().await,
+        LinkResponse::Refused(EnvelopeRefusal::Malformed),
+        "still serving after the oversized and undecodable requests"
     );
     let after = check::audit_all(&c.databases()[..1])
         .expect("audit")
@@ -244,12 +250,7 @@ async fn rogue_peer_messages_are_refused_and_change_nothing() {
     };
     let stale = prepare(BranchId(1), now_ms() + 60_000, stale_spec, now_ms() - 1);
     assert_eq!(
-        as_b3
-            .request(LinkRequest::TwoPc(
-                envelope(&b3_key, BranchId(3), &stale).expect("sign")
-            ))
-            .await
-            .expect("answer"),
+        send_signed(&as_b3, &b3_key, BranchId(3), &stale).await,
         LinkResponse::Accepted
     );
     // A valid prepare, then the same envelope replayed: held once, not twice.

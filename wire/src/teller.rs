@@ -181,6 +181,25 @@ pub struct AccountView {
     pub opened_at_ms: u64,
 }
 
+impl TellerOp {
+    /// A deposit (`deposit`) or a withdrawal of `amount` on `account`, under `id`.
+    pub fn movement(deposit: bool, id: TransferId, account: AccountNumber, amount: Amount) -> Self {
+        if deposit {
+            TellerOp::Deposit {
+                id,
+                account,
+                amount,
+            }
+        } else {
+            TellerOp::Withdraw {
+                id,
+                account,
+                amount,
+            }
+        }
+    }
+}
+
 /// The kind of a ledger entry.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[cfg_attr(test, derive(proptest_derive::Arbitrary))]

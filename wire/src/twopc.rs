@@ -216,6 +216,16 @@ mod tests {
     }
 
     #[test]
+    fn merge_appends_the_same_kind_and_gives_another_kind_back() {
+        let mut acks = BranchBody::Acks(vec![TransferId(1)]);
+        assert_eq!(acks.merge(BranchBody::Acks(vec![TransferId(2)])), Ok(()));
+        assert_eq!(acks, BranchBody::Acks(vec![TransferId(1), TransferId(2)]));
+        let query = BranchBody::StatusQuery(vec![TransferId(3)]);
+        assert_eq!(acks.merge(query.clone()), Err(query));
+        assert_eq!(acks.len(), 2, "unchanged by a refused merge");
+    }
+
+    #[test]
     fn shape_checks() {
         let me = BranchId(2);
         assert_eq!(msg(1, 2, 100).check_shape(me, 100), Ok(()));

@@ -433,19 +433,16 @@ impl Engine {
             .storage_commands
             .fetch_add(commands.len() as u64, Ordering::Relaxed);
         let shared = Arc::clone(&self.stored);
-        let afters_on_answer = afters.clone();
         let queued = self
             .writer
             .execute_all_then(now_ms(), commands, move |results| {
-                shared.push(Stored {
-                    results,
-                    afters: afters_on_answer,
-                });
+                shared.push(Stored { results, afters });
             });
         if let Err(e) = queued {
+            // An error stops the engine before any failpoint is passed: no `afters`.
             self.stored.push(Stored {
                 results: Err(e),
-                afters,
+                afters: Vec::new(),
             });
             self.stored.batch_ended();
         }

@@ -246,26 +246,20 @@ impl EventLoop {
                 }
             },
             Command::RespondLink { channel, response } => {
-                if self
-                    .swarm
-                    .behaviour_mut()
-                    .link
-                    .send_response(channel, response)
-                    .is_err()
-                {
-                    tracing::debug!("link response dropped: the requester went away");
-                }
+                respond(
+                    &mut self.swarm.behaviour_mut().link,
+                    channel,
+                    response,
+                    "link",
+                );
             }
             Command::RespondTeller { channel, response } => {
-                if self
-                    .swarm
-                    .behaviour_mut()
-                    .teller
-                    .send_response(channel, response)
-                    .is_err()
-                {
-                    tracing::debug!("teller response dropped: the teller went away");
-                }
+                respond(
+                    &mut self.swarm.behaviour_mut().teller,
+                    channel,
+                    response,
+                    "teller",
+                );
             }
             Command::SetFault { peer, fault } => {
                 tracing::warn!(%peer, ?fault, "fault switch set");
@@ -404,5 +398,17 @@ impl EventLoop {
             }
             _ => {}
         }
+    }
+}
+
+/// Answers an inbound request of either protocol; a requester that went away is normal.
+fn respond<C: request_response::Codec + Clone + Send + 'static>(
+    behaviour: &mut request_response::Behaviour<C>,
+    channel: ResponseChannel<C::Response>,
+    response: C::Response,
+    protocol: &str,
+) {
+    if behaviour.send_response(channel, response).is_err() {
+        tracing::debug!(protocol, "response dropped: the requester went away");
     }
 }
