@@ -71,6 +71,11 @@ pub fn workspace_bin(package: &str, bin: &str) -> anyhow::Result<PathBuf> {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let mut build = Command::new(cargo);
         build.args(["build", "-p", package, "--bin", bin, "--profile", profile]);
+        // Build in the workspace this program came from, so it works from any folder.
+        let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        if workspace.join("Cargo.toml").exists() {
+            build.current_dir(workspace);
+        }
         let status = build.status().context("running cargo build")?;
         if !status.success() || !path.exists() {
             bail!("cannot find or build {}", path.display());

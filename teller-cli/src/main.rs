@@ -81,6 +81,7 @@ enum Command {
         amount: String,
         #[arg(long)]
         account: Option<String>,
+        /// Reuse an id to retry safely; by default a fresh one is made.
         #[arg(long)]
         id: Option<TransferId>,
     },
@@ -89,6 +90,7 @@ enum Command {
         amount: String,
         #[arg(long)]
         account: Option<String>,
+        /// Reuse an id to retry safely; by default a fresh one is made.
         #[arg(long)]
         id: Option<TransferId>,
     },
