@@ -98,7 +98,9 @@ pub enum Command {
     /// Sign `body` and send it to branch `to` (possibly this branch itself: deliver it
     /// in-process, as an [`Input::Message`] from this branch).
     Send { to: BranchId, body: BranchBody },
-    /// Tell the teller request `ticket` where transfer `id` stands.
+    /// Tell the teller request `ticket` where transfer `id` stands: a final state, or
+    /// `Unknown` when the machine did not take it (too many in flight: nothing was
+    /// recorded and nothing will happen, so the teller may send it again).
     Reply {
         ticket: Ticket,
         id: TransferId,

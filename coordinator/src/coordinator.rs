@@ -138,21 +138,19 @@ impl Coordinator {
                 }
                 continue;
             }
-            if let Err(refusal) = spec.validate() {
-                out.push(reply(TransferState::Aborted(refusal)));
-                continue;
-            }
+            // Done here in one step, which records the outcome under the id, refusals
+            // too: a transfer within this branch, and one refused on its content alone
+            // (bad amount, same account, an account at no listed branch). So every
+            // refusal a teller hears about an id is one that id keeps.
             let participants = spec.participants();
-            if participants.iter().any(|p| !self.branches.contains(p)) {
-                out.push(reply(TransferState::Aborted(Refusal::UnknownBranch)));
-                continue;
-            }
-            if participants == [self.me] {
+            let unlisted = participants.iter().any(|p| !self.branches.contains(p));
+            if participants == [self.me] || spec.validate().is_err() || unlisted {
                 local.push((ticket, spec));
                 continue;
             }
             if self.txs.len() >= self.config.in_flight_transfers_max {
-                out.push(reply(TransferState::Aborted(Refusal::Overloaded)));
+                // Not taken: nothing is recorded, so this is no refusal of the id.
+                out.push(reply(TransferState::Unknown));
                 continue;
             }
             let deadline_ms = now.saturating_add(self.config.prepare_timeout_ms);
@@ -355,12 +353,7 @@ impl Coordinator {
             // Past its deadline and still undecided: abort now; the abort reaches the
             // participants once it is durable.
             if tx.phase == Phase::Preparing && now > tx.deadline_ms {
-                self.decide(
-                    id,
-                    Decision::Abort,
-                    Some(Refusal::BranchUnreachable),
-                    &mut records,
-                );
+                self.decide(id, Decision::Abort, Some(Refusal::NoVote), &mut records);
             }
             // A decision is revealed only once durable.
             let status = match self.txs.get(&id).map(|tx| (tx.phase, tx.decision)) {
@@ -434,12 +427,7 @@ impl Coordinator {
             tx.due_ms = None;
             match (tx.phase, tx.decision) {
                 (Phase::Preparing, _) => {
-                    self.decide(
-                        id,
-                        Decision::Abort,
-                        Some(Refusal::BranchUnreachable),
-                        &mut records,
-                    );
+                    self.decide(id, Decision::Abort, Some(Refusal::NoVote), &mut records);
                 }
                 (Phase::Decided, Some((decision, _))) => {
                     for &p in &tx.participants {

@@ -514,8 +514,8 @@ impl Shard for MemShard {
         }
         Ok(match self.leg(id) {
             Some(LegState::Committed) => TransferState::Committed,
-            Some(LegState::Aborted) => TransferState::Aborted(Refusal::Interrupted),
-            Some(LegState::Prepared) => TransferState::Pending,
+            // A participant does not know why a transfer aborted: its coordinator tells.
+            Some(LegState::Aborted | LegState::Prepared) => TransferState::Pending,
             None => TransferState::Unknown,
         })
     }

@@ -237,38 +237,40 @@ fn coordinator_aborts_on_a_no_vote_or_the_deadline() {
         vec![
             (2, msg(B2, votes(Vote::Yes)), vec![]),
             (T - 1, Input::Tick, vec![]),
-            (
-                T,
-                Input::Tick,
-                vec![abort_record(Refusal::BranchUnreachable)],
-            ),
+            (T, Input::Tick, vec![abort_record(Refusal::NoVote)]),
             (T + 1, msg(B3, votes(Vote::Yes)), vec![]), // too late
         ],
     );
 }
 
 #[test]
-fn coordinator_refuses_bad_requests_at_once() {
+fn coordinator_records_refusals_on_content_in_one_step() {
+    // Refused by the one-step path, which records the refusal under the id: no 2PC.
     let mut b = branch(B1);
     let (a1, a2) = (acct(B1, 1), acct(B1, 2));
-    let stranger = acct(BranchId(9), 1);
+    let (stranger, remote) = (acct(BranchId(9), 1), acct(B2, 1));
+    let local = |t, s| {
+        vec![Command::TransferLocal {
+            items: vec![(t, s)],
+        }]
+    };
     check(
         &mut b,
         vec![
             (
                 0,
                 Input::Request(vec![(1, spec(1, a1, a1, 5))]),
-                vec![reply(1, 1, TransferState::Aborted(Refusal::SameAccount))],
+                local(1, spec(1, a1, a1, 5)),
             ),
             (
                 0,
-                Input::Request(vec![(2, spec(2, a1, a2, 0))]),
-                vec![reply(2, 2, TransferState::Aborted(Refusal::InvalidAmount))],
+                Input::Request(vec![(2, spec(2, a1, remote, 0))]),
+                local(2, spec(2, a1, remote, 0)),
             ),
             (
                 0,
                 Input::Request(vec![(3, spec(3, a1, stranger, 5))]),
-                vec![reply(3, 3, TransferState::Aborted(Refusal::UnknownBranch))],
+                local(3, spec(3, a1, stranger, 5)),
             ),
             (
                 0,
@@ -376,7 +378,7 @@ fn coordinator_batches_per_participant_and_limits_in_flight() {
     assert_eq!(
         out,
         vec![
-            reply(4, 5, TransferState::Aborted(Refusal::Overloaded)),
+            reply(4, 5, TransferState::Unknown),
             Command::Begin {
                 items: begun.clone()
             }
@@ -465,7 +467,7 @@ fn coordinator_answers_status_queries_only_with_durable_decisions() {
             T + 1,
             msg(B2, BranchBody::StatusQuery(vec![TransferId(1)])),
             vec![
-                abort_record(Refusal::BranchUnreachable),
+                abort_record(Refusal::NoVote),
                 send(
                     B2,
                     BranchBody::StatusAnswer(vec![answer(1, TransferStatus::Pending)]),

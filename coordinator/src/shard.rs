@@ -173,6 +173,9 @@ pub trait Shard {
     /// and a repeat of the id gets the first outcome.
     fn transfer_local(&mut self, items: &[TransferSpec]) -> Result<Vec<TransferState>, ShardError>;
 
-    /// Where a transfer stands at this branch, from any role's records.
+    /// Where a transfer stands at this branch, from any role's records: the outcome
+    /// where this branch coordinated it or did it in one step; for a leg it only took
+    /// part in, `Committed` once the commit is applied and `Pending` otherwise (the
+    /// reason of an abort is the coordinator's to tell); `Unknown` without a record.
     fn transfer_state(&self, id: TransferId) -> Result<TransferState, ShardError>;
 }

@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 use crate::check;
 use crate::cluster::Cluster;
 use crate::report::percentile;
-use crate::workload::{self, Mix, Outcome, Progress, Tellers, Workload};
+use crate::workload::{self, Answer, Column, Entry, Mix, Progress, Senders, Tellers, Workload};
 
 /// How long the network may take to finish in-flight transfers after the load.
 const SETTLE_BOUND: Duration = Duration::from_secs(60);
@@ -101,6 +101,10 @@ pub async fn run(opts: &BenchOptions, dir: &Path) -> anyhow::Result<Value> {
             duration_ms: Some(opts.duration_s * 1000),
             mix,
             amount_max_minor: 100,
+            // The data path: each branch's admin through their own branch, no resends.
+            senders: Senders::Admins,
+            entry: Entry::Home,
+            resend_percent: 0,
             ..Workload::default()
         };
         let nodes_before: Duration = pids.iter().map(|p| cpu_time(p)).sum();
@@ -112,14 +116,14 @@ pub async fn run(opts: &BenchOptions, dir: &Path) -> anyhow::Result<Value> {
         let me_cpu = cpu_time("self") - me_before;
         let ok: Vec<_> = records
             .iter()
-            .filter(|r| r.outcome == Outcome::Committed)
+            .filter(|r| r.answer == Answer::Committed)
             .collect();
         committed.extend(ok.iter().map(|r| r.id));
-        let count = |o: Outcome| records.iter().filter(|r| r.outcome == o).count();
+        let count = |c: Column| records.iter().filter(|r| r.answer.column() == c).count();
         let (aborted, refused, unknown) = (
-            count(Outcome::Aborted),
-            count(Outcome::Refused),
-            count(Outcome::Unknown),
+            count(Column::Aborted),
+            count(Column::Refused),
+            count(Column::NotDone) + count(Column::Unknown),
         );
         let mut lat: Vec<Duration> = ok.iter().map(|r| r.latency).collect();
         lat.sort();

@@ -93,18 +93,28 @@ pub fn finish(
     committed: &BTreeSet<TransferId>,
     bound: Duration,
 ) -> anyhow::Result<Report> {
+    finish_audited(cluster, committed, bound).map(|(report, _)| report)
+}
+
+/// [`finish`], also giving the final audits (for the answer checker).
+pub fn finish_audited(
+    cluster: &mut Cluster,
+    committed: &BTreeSet<TransferId>,
+    bound: Duration,
+) -> anyhow::Result<(Report, Vec<Audit>)> {
     let dbs = cluster.databases();
     let settled = wait_settled(&dbs, bound)?;
     cluster.stop();
     let network = NetworkFile::load(&cluster.network_file)?;
-    let mut report = check(&network, &audit_all(&dbs)?, committed);
+    let audits = audit_all(&dbs)?;
+    let mut report = check(&network, &audits, committed);
     if settled.is_none() {
         report.violations.push(format!(
             "agreement: transfers still unfinished {} ms after the heal",
             bound.as_millis()
         ));
     }
-    Ok(report)
+    Ok((report, audits))
 }
 
 /// Checks every invariant once nothing is in flight. `committed` are the ids tellers

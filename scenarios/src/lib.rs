@@ -1,12 +1,15 @@
 //! Runs networks of real `branch-node` processes on loopback: start them (`cluster`),
 //! drive tellers against them (`workload`), inject faults from scenario files
-//! (`scenario`, `rogue`), check the invariants (`check`), report (`report`), and
-//! measure throughput (`bench`).
+//! (`scenario`, `rogue`), check the invariants (`check`) and every answer a teller was
+//! given (`answers`), report (`report`), and measure throughput (`bench`). `tellers`
+//! holds the connections and sessions the workload sends through.
 
+pub mod answers;
 pub mod bench;
 pub mod check;
 pub mod cluster;
 pub mod report;
 pub mod rogue;
 pub mod scenario;
+pub mod tellers;
 pub mod workload;

@@ -10,8 +10,9 @@ use comfy_table::Table;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::{Value, json};
 
+use crate::answers::AnswerReport;
 use crate::check::Report;
-use crate::workload::{Kind, Outcome, Progress, Record, Workload};
+use crate::workload::{Column, Kind, Progress, Record, Workload};
 
 /// Everything a scenario run found.
 #[derive(Debug)]
@@ -21,8 +22,8 @@ pub struct Summary {
     pub report: Report,
     /// How long settling took after the heal (None: it did not within the bound).
     pub settle: Option<Duration>,
-    /// Unknown outcomes asked about afterwards: (committed, not committed, still unknown).
-    pub resolved: (u64, u64, u64),
+    /// Every answer tellers were given, checked against the ledgers after the heal.
+    pub answers: AnswerReport,
     pub faults: Vec<String>,
     pub snapshots: usize,
     /// The most legs in doubt seen at one snapshot during the run.
@@ -30,6 +31,15 @@ pub struct Summary {
     pub workload_time: Duration,
     pub total_time: Duration,
 }
+
+/// The outcome table's columns, in order.
+const COLUMNS: [Column; 5] = [
+    Column::Committed,
+    Column::Aborted,
+    Column::Refused,
+    Column::NotDone,
+    Column::Unknown,
+];
 
 /// A latency percentile (0..=100) of sorted durations.
 pub fn percentile(sorted: &[Duration], p: f64) -> Duration {
@@ -57,19 +67,20 @@ impl Summary {
         self.report.ok()
     }
 
-    fn count(&self, kinds: &[Kind], outcome: Outcome) -> usize {
+    /// First answers (resends apart) of these kinds in this column.
+    fn count(&self, kinds: &[Kind], column: Column) -> usize {
         self.records
             .iter()
-            .filter(|r| kinds.contains(&r.kind) && r.outcome == outcome)
+            .filter(|r| !r.resend && kinds.contains(&r.kind) && r.answer.column() == column)
             .count()
     }
 
-    /// Latencies of answered transfers (committed or not), sorted.
+    /// Latencies of first answers that were final (committed or refused), sorted.
     fn latencies(&self) -> Vec<Duration> {
         let mut v: Vec<Duration> = self
             .records
             .iter()
-            .filter(|r| r.outcome != Outcome::Unknown)
+            .filter(|r| !r.resend && r.answer.is_final())
             .map(|r| r.latency)
             .collect();
         v.sort();
@@ -79,15 +90,13 @@ impl Summary {
     /// The report as a table, for people.
     pub fn table(&self) -> String {
         let mut t = Table::new();
-        t.set_header(["", "committed", "aborted", "refused", "unknown"]);
+        t.set_header(["", "committed", "aborted", "refused", "not done", "unknown"]);
         let row = |name: &str, kinds: &[Kind]| {
-            [
-                name.to_string(),
-                self.count(kinds, Outcome::Committed).to_string(),
-                self.count(kinds, Outcome::Aborted).to_string(),
-                self.count(kinds, Outcome::Refused).to_string(),
-                self.count(kinds, Outcome::Unknown).to_string(),
-            ]
+            let mut cells = vec![name.to_string()];
+            for c in COLUMNS {
+                cells.push(self.count(kinds, c).to_string());
+            }
+            cells
         };
         t.add_row(row("local transfers", &[Kind::Local]));
         t.add_row(row("cross-branch transfers", &[Kind::Cross]));
@@ -112,11 +121,14 @@ impl Summary {
             String::new(),
         ]);
         let lat = self.latencies();
-        let (yes, no, still) = self.resolved;
+        let a = &self.answers;
+        let first = self.records.iter().filter(|r| !r.resend).count();
         let mut out = format!(
-            "== {} ==\n{t}\n{totals}\nin doubt: {}\nlatency (answered requests): p50 {}  p99 {}  max {}\n\
+            "== {} ==\n{t}\n{totals}\nin doubt: {}\nlatency (final answers): p50 {}  p99 {}  max {}\n\
              throughput: {:.0} requests/s over {:.1} s\n\
-             unknown at the teller, asked afterwards: {yes} committed, {no} did not happen, {still} still unknown\n\
+             answers checked: {} to {} ids ({} resent): {} committed, {} refused, {} not done, {} unknown; \
+             asked after the heal: {} ids ({} unknown resolved committed, {} did not happen); \
+             answer violations: {}\n\
              settled after the heal in: {}\nconsistent snapshots during the run: {} (most legs in doubt at one: {})\n\
              committed answers found durable: {}; cross-branch commits with signed proof: {}\n",
             self.name,
@@ -124,8 +136,19 @@ impl Summary {
             ms(percentile(&lat, 50.0)),
             ms(percentile(&lat, 99.0)),
             ms(lat.last().copied().unwrap_or_default()),
-            self.records.len() as f64 / self.workload_time.as_secs_f64().max(0.001),
+            first as f64 / self.workload_time.as_secs_f64().max(0.001),
             self.workload_time.as_secs_f64(),
+            a.answers,
+            a.ids,
+            a.resent,
+            a.committed,
+            a.refused,
+            a.not_done,
+            a.unknown,
+            a.asked,
+            a.resolved_committed,
+            a.resolved_not,
+            a.violations.len(),
             self.settle.map_or("did not settle".to_string(), ms),
             self.snapshots,
             self.max_in_doubt_during,
@@ -163,13 +186,24 @@ impl Summary {
                 "meant_refused": self.count(&[Kind::Refused], o),
             })
         };
+        let a = &self.answers;
         json!({
             "name": self.name,
             "ok": self.ok(),
-            "committed": outcome(Outcome::Committed),
-            "aborted": outcome(Outcome::Aborted),
-            "refused": outcome(Outcome::Refused),
-            "unknown": outcome(Outcome::Unknown),
+            "committed": outcome(Column::Committed),
+            "aborted": outcome(Column::Aborted),
+            "refused": outcome(Column::Refused),
+            "not_done": outcome(Column::NotDone),
+            "unknown": outcome(Column::Unknown),
+            "answers": {
+                "given": a.answers, "ids": a.ids, "resent": a.resent,
+                "committed": a.committed, "refused": a.refused,
+                "not_done": a.not_done, "unknown": a.unknown,
+                "asked_after_heal": a.asked,
+                "unknown_resolved_committed": a.resolved_committed,
+                "unknown_resolved_not_happened": a.resolved_not,
+                "violations": a.violations.len(),
+            },
             "totals": self.report.totals.iter().map(|(b, (bal, held))| json!({
                 "branch": b.0, "balance": money(*bal), "held": money(*held)
             })).collect::<Vec<_>>(),
@@ -216,10 +250,11 @@ pub fn bar(show: bool, w: &Workload, progress: Arc<Progress>) -> Option<Progress
             };
             b.set_position(pos.min(len));
             b.set_message(format!(
-                "committed {}  refused {}  aborted {}  unknown {}",
+                "committed {}  refused {}  aborted {}  not done {}  unknown {}",
                 p.committed.load(Ordering::Relaxed),
                 p.refused.load(Ordering::Relaxed),
                 p.aborted.load(Ordering::Relaxed),
+                p.not_done.load(Ordering::Relaxed),
                 p.unknown.load(Ordering::Relaxed),
             ));
             tokio::time::sleep(Duration::from_millis(100)).await;

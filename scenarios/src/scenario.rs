@@ -15,10 +15,10 @@ use serde::Deserialize;
 use wire::BranchId;
 use wire::teller::{LinkFault, TellerOp};
 
-use crate::check;
 use crate::cluster::Cluster;
 use crate::report::Summary;
-use crate::workload::{self, Outcome, Progress, Tellers, Workload};
+use crate::workload::{self, Answer, Progress, Tellers, Workload};
+use crate::{answers, check};
 
 /// Teller connections per branch the workload's clients share.
 const TELLERS_PER_BRANCH: usize = 2;
@@ -446,27 +446,24 @@ pub async fn run(s: &Scenario, dir: &Path, opts: &RunOptions) -> anyhow::Result<
     }
     for from in 1..=s.branches {
         for to in (1..=s.branches).filter(|to| *to != from) {
-            link_fault(
-                &tellers,
-                usize::from(s.branches),
-                from,
-                to,
-                LinkFault::Healthy,
-            )
-            .await;
+            link_fault(&tellers, from, to, LinkFault::Healthy).await;
         }
     }
     let bound = Duration::from_millis(s.checks.settle_bound_ms);
     let settle = check::wait_settled(&dbs, bound)?;
     // Asked while the nodes still run; then the common end: settle, stop, check.
-    let resolved = workload::resolve_unknown(&records, &tellers, usize::from(s.branches)).await;
+    let statuses = answers::resolve(&records, &tellers, s.workload.senders).await;
     committed.extend(
         records
             .iter()
-            .filter(|r| r.outcome == Outcome::Committed)
+            .filter(|r| r.answer == Answer::Committed)
             .map(|r| r.id),
     );
-    let mut report = check::finish(&mut shared.cluster(), &committed, bound)?;
+    let (mut report, audits) = check::finish_audited(&mut shared.cluster(), &committed, bound)?;
+    let answer_report = answers::check(&records, &statuses, &audits);
+    report
+        .violations
+        .extend(answer_report.violations.iter().cloned());
     report.violations.extend(
         shared
             .violations
@@ -476,7 +473,7 @@ pub async fn run(s: &Scenario, dir: &Path, opts: &RunOptions) -> anyhow::Result<
     );
     let n_committed = records
         .iter()
-        .filter(|r| r.outcome == Outcome::Committed)
+        .filter(|r| !r.resend && r.answer == Answer::Committed)
         .count() as u64;
     if n_committed < s.checks.min_committed {
         report.violations.push(format!(
@@ -511,7 +508,7 @@ pub async fn run(s: &Scenario, dir: &Path, opts: &RunOptions) -> anyhow::Result<
         records,
         report,
         settle,
-        resolved,
+        answers: answer_report,
         faults: faults_done,
         snapshots: snapshot_count,
         max_in_doubt_during: shared.max_in_doubt.load(Ordering::Relaxed),
@@ -521,12 +518,10 @@ pub async fn run(s: &Scenario, dir: &Path, opts: &RunOptions) -> anyhow::Result<
 }
 
 /// Asks branch `from` to apply `fault` to its link to branch `to`.
-async fn link_fault(tellers: &Tellers, branches: usize, from: u16, to: u16, fault: LinkFault) {
+async fn link_fault(tellers: &Tellers, from: u16, to: u16, fault: LinkFault) {
     let _ = tellers
-        .call(
+        .admin(
             usize::from(from - 1),
-            branches,
-            0,
             TellerOp::SetLinkFault {
                 branch: BranchId(to),
                 fault,
@@ -543,171 +538,235 @@ async fn schedule(
     accounts: workload::Accounts,
     start: Instant,
 ) -> anyhow::Result<()> {
-    let branches = accounts.by_branch.len();
     let mut tasks = tokio::task::JoinSet::new();
     for f in faults {
-        let (shared, tellers, accounts) = (shared.clone(), tellers.clone(), accounts.clone());
+        let run = FaultRun {
+            shared: shared.clone(),
+            tellers: tellers.clone(),
+            accounts: accounts.clone(),
+            start,
+        };
         tasks.spawn(async move {
             tokio::time::sleep_until((start + Duration::from_millis(f.at())).into()).await;
-            let t = || start.elapsed().as_millis();
-            match f {
-                Fault::Kill {
-                    branch,
-                    failpoint,
-                    restart_after_ms,
-                    ..
-                } => {
-                    let i = usize::from(branch - 1);
-                    let died = match &failpoint {
-                        Some(fp) => {
-                            let sh = shared.clone();
-                            // Waits (bounded) for the armed failpoint to crash the node.
-                            let crashed = tokio::task::spawn_blocking(move || {
-                                let deadline = Instant::now() + FAILPOINT_WAIT;
-                                while Instant::now() < deadline {
-                                    if !sh.cluster().running(i) {
-                                        return true;
-                                    }
-                                    std::thread::sleep(Duration::from_millis(20));
-                                }
-                                false
-                            })
-                            .await?;
-                            if crashed {
-                                shared.note(format!("b{branch} crashed at {fp} ({} ms)", t()));
-                            }
-                            crashed
-                        }
-                        None => {
-                            let sh = shared.clone();
-                            tokio::task::spawn_blocking(move || sh.cluster().kill(i)).await?;
-                            shared.note(format!("b{branch} killed -9 ({} ms)", t()));
-                            true
-                        }
-                    };
-                    if died {
-                        tokio::time::sleep(Duration::from_millis(restart_after_ms)).await;
-                        let sh = shared.clone();
-                        tokio::task::spawn_blocking(move || sh.cluster().start_node(i, &[]))
-                            .await??;
-                        shared.note(format!("b{branch} restarted ({} ms)", t()));
-                    }
-                }
-                Fault::Partition {
-                    groups,
-                    duration_ms,
-                    ..
-                } => {
-                    let mut pairs: Vec<(u16, u16)> = Vec::new();
-                    for (gi, g) in groups.iter().enumerate() {
-                        for (gj, h) in groups.iter().enumerate() {
-                            if gi != gj {
-                                pairs.extend(g.iter().flat_map(|a| h.iter().map(|b| (*a, *b))));
-                            }
-                        }
-                    }
-                    for (a, b) in &pairs {
-                        link_fault(&tellers, branches, *a, *b, LinkFault::Blocked).await;
-                    }
-                    shared.note(format!("partition {groups:?} ({} ms)", t()));
-                    tokio::time::sleep(Duration::from_millis(duration_ms)).await;
-                    for (a, b) in &pairs {
-                        link_fault(&tellers, branches, *a, *b, LinkFault::Healthy).await;
-                    }
-                    shared.note(format!("partition healed ({} ms)", t()));
-                }
-                Fault::Delay {
-                    from,
-                    to,
-                    delay_ms,
-                    duration_ms,
-                    ..
-                } => {
-                    link_fault(
-                        &tellers,
-                        branches,
-                        from,
-                        to,
-                        LinkFault::Delayed { delay_ms },
-                    )
-                    .await;
-                    shared.note(format!("b{from}->b{to} delayed {delay_ms} ms ({} ms)", t()));
-                    tokio::time::sleep(Duration::from_millis(duration_ms)).await;
-                    link_fault(&tellers, branches, from, to, LinkFault::Healthy).await;
-                }
-                Fault::Drop {
-                    from,
-                    to,
-                    duration_ms,
-                    ..
-                } => {
-                    link_fault(&tellers, branches, from, to, LinkFault::Blocked).await;
-                    shared.note(format!("b{from}->b{to} dropping ({} ms)", t()));
-                    tokio::time::sleep(Duration::from_millis(duration_ms)).await;
-                    link_fault(&tellers, branches, from, to, LinkFault::Healthy).await;
-                }
-                Fault::Pause {
-                    branch,
-                    duration_ms,
-                    ..
-                } => {
-                    let i = usize::from(branch - 1);
-                    let paused = {
-                        let c = shared.cluster();
-                        let ok = c.pause(i).is_ok();
-                        if ok && let Ok(mut p) = shared.paused.lock() {
-                            p.insert(i);
-                        }
-                        ok
-                    };
-                    if paused {
-                        shared.note(format!("b{branch} paused ({} ms)", t()));
-                        tokio::time::sleep(Duration::from_millis(duration_ms)).await;
-                        let c = shared.cluster();
-                        let _ = c.resume(i);
-                        if let Ok(mut p) = shared.paused.lock() {
-                            p.remove(&i);
-                        }
-                        shared.note(format!("b{branch} resumed ({} ms)", t()));
-                    }
-                }
-                Fault::Rogue {
-                    target,
-                    impersonate,
-                    ..
-                } => {
-                    let (ti, ii) = (usize::from(target - 1), usize::from(impersonate - 1));
-                    let sh = shared.clone();
-                    tokio::task::spawn_blocking(move || sh.cluster().kill(ii)).await?;
-                    shared.note(format!(
-                        "b{impersonate} killed; rogue holds its key ({} ms)",
-                        t()
-                    ));
-                    let from = accounts.by_branch[ti][0];
-                    let setup = crate::rogue::Setup::new(&shared.cluster(), ti, ii)?;
-                    let wrong = crate::rogue::attack(&setup, from).await?;
-                    shared.note(format!(
-                        "rogue attacked b{target}: {} wrong answers ({} ms)",
-                        wrong.len(),
-                        t()
-                    ));
-                    for w in wrong {
-                        shared.violation(w);
-                    }
-                    tokio::time::sleep(ROGUE_RESTART_AFTER).await;
-                    let sh = shared.clone();
-                    tokio::task::spawn_blocking(move || sh.cluster().start_node(ii, &[])).await??;
-                    shared.note(format!("b{impersonate} restarted ({} ms)", t()));
-                }
-                Fault::Random { .. } => {}
-            }
-            anyhow::Ok(())
+            run.apply(f).await
         });
     }
     while let Some(r) = tasks.join_next().await {
         r.context("a fault task failed")??;
     }
     Ok(())
+}
+
+/// What one fault of the schedule acts with.
+struct FaultRun {
+    shared: Arc<Shared>,
+    tellers: Tellers,
+    accounts: workload::Accounts,
+    start: Instant,
+}
+
+impl FaultRun {
+    /// Milliseconds since the workload started, for the report's fault lines.
+    fn t(&self) -> u128 {
+        self.start.elapsed().as_millis()
+    }
+
+    async fn apply(&self, f: Fault) -> anyhow::Result<()> {
+        match f {
+            Fault::Kill {
+                branch,
+                failpoint,
+                restart_after_ms,
+                ..
+            } => self.kill(branch, failpoint, restart_after_ms).await,
+            Fault::Partition {
+                groups,
+                duration_ms,
+                ..
+            } => {
+                self.partition(groups, duration_ms).await;
+                Ok(())
+            }
+            Fault::Delay {
+                from,
+                to,
+                delay_ms,
+                duration_ms,
+                ..
+            } => {
+                let fault = LinkFault::Delayed { delay_ms };
+                let what = format!("b{from}->b{to} delayed {delay_ms} ms");
+                self.link(from, to, fault, what, duration_ms).await;
+                Ok(())
+            }
+            Fault::Drop {
+                from,
+                to,
+                duration_ms,
+                ..
+            } => {
+                let what = format!("b{from}->b{to} dropping");
+                self.link(from, to, LinkFault::Blocked, what, duration_ms)
+                    .await;
+                Ok(())
+            }
+            Fault::Pause {
+                branch,
+                duration_ms,
+                ..
+            } => {
+                self.pause(branch, duration_ms).await;
+                Ok(())
+            }
+            Fault::Rogue {
+                target,
+                impersonate,
+                ..
+            } => self.rogue(target, impersonate).await,
+            Fault::Random { .. } => Ok(()),
+        }
+    }
+
+    /// Kills `branch` (now, or by its armed failpoint) and restarts it after a while.
+    async fn kill(
+        &self,
+        branch: u16,
+        failpoint: Option<String>,
+        restart_after_ms: u64,
+    ) -> anyhow::Result<()> {
+        let i = usize::from(branch - 1);
+        let died = match &failpoint {
+            Some(fp) => {
+                let crashed = self.wait_crash(i).await?;
+                if crashed {
+                    self.shared
+                        .note(format!("b{branch} crashed at {fp} ({} ms)", self.t()));
+                }
+                crashed
+            }
+            None => {
+                let sh = self.shared.clone();
+                tokio::task::spawn_blocking(move || sh.cluster().kill(i)).await?;
+                self.shared
+                    .note(format!("b{branch} killed -9 ({} ms)", self.t()));
+                true
+            }
+        };
+        if died {
+            tokio::time::sleep(Duration::from_millis(restart_after_ms)).await;
+            self.restart(i).await?;
+            self.shared
+                .note(format!("b{branch} restarted ({} ms)", self.t()));
+        }
+        Ok(())
+    }
+
+    /// Waits (bounded) for node `i`'s armed failpoint to crash it.
+    async fn wait_crash(&self, i: usize) -> anyhow::Result<bool> {
+        let sh = self.shared.clone();
+        Ok(tokio::task::spawn_blocking(move || {
+            let deadline = Instant::now() + FAILPOINT_WAIT;
+            while Instant::now() < deadline {
+                if !sh.cluster().running(i) {
+                    return true;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            false
+        })
+        .await?)
+    }
+
+    async fn restart(&self, i: usize) -> anyhow::Result<()> {
+        let sh = self.shared.clone();
+        tokio::task::spawn_blocking(move || sh.cluster().start_node(i, &[])).await??;
+        Ok(())
+    }
+
+    /// Blocks every link between the groups (both ways), then heals them.
+    async fn partition(&self, groups: Vec<Vec<u16>>, duration_ms: u64) {
+        let mut pairs: Vec<(u16, u16)> = Vec::new();
+        for (gi, g) in groups.iter().enumerate() {
+            for (gj, h) in groups.iter().enumerate() {
+                if gi != gj {
+                    pairs.extend(g.iter().flat_map(|a| h.iter().map(|b| (*a, *b))));
+                }
+            }
+        }
+        for (a, b) in &pairs {
+            link_fault(&self.tellers, *a, *b, LinkFault::Blocked).await;
+        }
+        self.shared
+            .note(format!("partition {groups:?} ({} ms)", self.t()));
+        tokio::time::sleep(Duration::from_millis(duration_ms)).await;
+        for (a, b) in &pairs {
+            link_fault(&self.tellers, *a, *b, LinkFault::Healthy).await;
+        }
+        self.shared
+            .note(format!("partition healed ({} ms)", self.t()));
+    }
+
+    /// Sets one link's fault for a while, then heals it.
+    async fn link(&self, from: u16, to: u16, fault: LinkFault, what: String, duration_ms: u64) {
+        link_fault(&self.tellers, from, to, fault).await;
+        self.shared.note(format!("{what} ({} ms)", self.t()));
+        tokio::time::sleep(Duration::from_millis(duration_ms)).await;
+        link_fault(&self.tellers, from, to, LinkFault::Healthy).await;
+    }
+
+    /// SIGSTOPs `branch`, SIGCONTs it after a while.
+    async fn pause(&self, branch: u16, duration_ms: u64) {
+        let i = usize::from(branch - 1);
+        let paused = {
+            let c = self.shared.cluster();
+            let ok = c.pause(i).is_ok();
+            if ok && let Ok(mut p) = self.shared.paused.lock() {
+                p.insert(i);
+            }
+            ok
+        };
+        if !paused {
+            return;
+        }
+        self.shared
+            .note(format!("b{branch} paused ({} ms)", self.t()));
+        tokio::time::sleep(Duration::from_millis(duration_ms)).await;
+        let c = self.shared.cluster();
+        let _ = c.resume(i);
+        if let Ok(mut p) = self.shared.paused.lock() {
+            p.remove(&i);
+        }
+        self.shared
+            .note(format!("b{branch} resumed ({} ms)", self.t()));
+    }
+
+    /// A rogue peer holding `impersonate`'s key (which is killed) attacks `target`;
+    /// every wrong answer it gets is a violation.
+    async fn rogue(&self, target: u16, impersonate: u16) -> anyhow::Result<()> {
+        let (ti, ii) = (usize::from(target - 1), usize::from(impersonate - 1));
+        let sh = self.shared.clone();
+        tokio::task::spawn_blocking(move || sh.cluster().kill(ii)).await?;
+        self.shared.note(format!(
+            "b{impersonate} killed; rogue holds its key ({} ms)",
+            self.t()
+        ));
+        let from = self.accounts.by_branch[ti][0];
+        let setup = crate::rogue::Setup::new(&self.shared.cluster(), ti, ii)?;
+        let wrong = crate::rogue::attack(&setup, from).await?;
+        self.shared.note(format!(
+            "rogue attacked b{target}: {} wrong answers ({} ms)",
+            wrong.len(),
+            self.t()
+        ));
+        for w in wrong {
+            self.shared.violation(w);
+        }
+        tokio::time::sleep(ROGUE_RESTART_AFTER).await;
+        self.restart(ii).await?;
+        self.shared
+            .note(format!("b{impersonate} restarted ({} ms)", self.t()));
+        Ok(())
+    }
 }
 
 /// Takes stop-the-world snapshots until the workload stops; returns how many.

@@ -1,6 +1,9 @@
 //! The workload: opens accounts with initial deposits, then runs concurrent teller
 //! clients that send a weighted mix of deposits, withdrawals, local and cross-branch
-//! transfers and deliberately refused requests, recording every outcome and latency.
+//! transfers and deliberately refused requests, as each account's own customer through
+//! a randomly chosen branch, under `teller-cli`'s retry policy; some answered requests
+//! are sent again under the same id, at the same or another branch. Every answer ever
+//! given is recorded, for the answer checker (`answers.rs`).
 
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -10,12 +13,14 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use rand::{Rng, RngExt, SeedableRng};
 use serde::Deserialize;
-use teller_cli::{Target, Teller, TellerError, new_transfer_id};
+use teller_cli::money::{MoneyAnswer, RetryPolicy};
+use teller_cli::{Target, Teller, new_transfer_id};
 use wire::teller::{NewCustomer, TellerOp, TellerResponse, TransferState};
 use wire::twopc::TransferSpec;
 use wire::{AccountNumber, Amount, BranchId, Refusal, TransferId};
 
 use crate::cluster::ADMIN_PASSWORD;
+pub use crate::tellers::{CUSTOMER_PASSWORD, Person, Tellers};
 
 /// Relative weights of each kind of request.
 #[derive(Debug, Clone, Copy, Deserialize)]
@@ -41,6 +46,26 @@ impl Default for Mix {
     }
 }
 
+/// Who sends the requests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Senders {
+    /// Each account's own customer, with their own session (the default).
+    Customers,
+    /// Each branch's admin, through their own branch (the bench: no per-account logins).
+    Admins,
+}
+
+/// Which branch a request is sent to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Entry {
+    /// Any branch, at random (it forwards to the account's branch). The default.
+    Random,
+    /// The branch of the account money leaves (admins always use it).
+    Home,
+}
+
 /// What the clients do, and for how long.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -61,6 +86,14 @@ pub struct Workload {
     pub amount_max_minor: i64,
     /// Random seed (the choice of requests; timing still varies).
     pub seed: u64,
+    pub senders: Senders,
+    pub entry: Entry,
+    /// Percent of answered requests sent once more under the same id, to a branch
+    /// chosen like the first (the same one or another).
+    pub resend_percent: u32,
+    /// How long one request keeps retrying for a final answer before the teller is
+    /// told its outcome is unknown (the retry policy's wait), in milliseconds.
+    pub answer_wait_ms: u64,
 }
 
 impl Default for Workload {
@@ -75,6 +108,20 @@ impl Default for Workload {
             hot_percent: 0,
             amount_max_minor: 5_000,
             seed: 1,
+            senders: Senders::Customers,
+            entry: Entry::Random,
+            resend_percent: 10,
+            answer_wait_ms: 10_000,
+        }
+    }
+}
+
+impl Workload {
+    /// The retry policy every request of this workload is sent under.
+    pub fn policy(&self) -> RetryPolicy {
+        RetryPolicy {
+            wait: Duration::from_millis(self.answer_wait_ms),
+            ..RetryPolicy::default()
         }
     }
 }
@@ -91,9 +138,6 @@ pub struct Accounts {
 const OVERDRAFT_MINOR: i64 = 1_000_000_000_000;
 /// An account serial no generated bank reaches: transfers to it are refused.
 const NO_SUCH_SERIAL: u32 = 99_999_999;
-
-/// Every account's password in a generated bank.
-pub const CUSTOMER_PASSWORD: &str = "customer-password";
 
 /// Opens `per_branch` accounts at each branch, each with `initial_minor` deposited.
 /// Returns the accounts and the deposit ids (answered committed).
@@ -158,15 +202,53 @@ pub async fn open_accounts(
     Ok((Accounts { by_branch, all }, committed))
 }
 
-/// What happened to one request.
+/// What a teller was told about one request (see `teller_cli::money::MoneyAnswer`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Outcome {
+pub enum Answer {
     Committed,
-    /// Refused by the bank's rules (funds, unknown account, bad amount...).
-    Refused,
-    /// Aborted by the protocol (a branch unreachable, a deadline, a restart).
+    /// Final (exit 3).
+    Refused(Refusal),
+    /// Nothing reached the bank (exit 4).
+    NotDone,
+    /// It may have reached the bank; no final answer (exit 5).
+    Unknown,
+}
+
+impl Answer {
+    fn of(m: &MoneyAnswer) -> Answer {
+        match m {
+            MoneyAnswer::Committed { .. } => Answer::Committed,
+            MoneyAnswer::Refused { reason, .. } => Answer::Refused(*reason),
+            MoneyAnswer::NotDone { .. } => Answer::NotDone,
+            MoneyAnswer::Unknown { .. } => Answer::Unknown,
+        }
+    }
+
+    /// Committed or refused: the outcome every later answer must repeat.
+    pub fn is_final(&self) -> bool {
+        matches!(self, Answer::Committed | Answer::Refused(_))
+    }
+
+    /// The report's column: refusals by the protocol (a branch out of reach before the
+    /// decision, a restart) are "aborted", the bank's rules "refused".
+    pub fn column(&self) -> Column {
+        match self {
+            Answer::Committed => Column::Committed,
+            Answer::Refused(r) if is_protocol_abort(*r) => Column::Aborted,
+            Answer::Refused(_) => Column::Refused,
+            Answer::NotDone => Column::NotDone,
+            Answer::Unknown => Column::Unknown,
+        }
+    }
+}
+
+/// The columns of the report's outcome table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Column {
+    Committed,
     Aborted,
-    /// No answer: the teller does not know (resolved afterwards by asking).
+    Refused,
+    NotDone,
     Unknown,
 }
 
@@ -180,15 +262,26 @@ pub enum Kind {
     Refused,
 }
 
-/// One finished request.
+impl Kind {
+    /// Whether the request is a transfer (two legs) rather than a deposit or withdrawal.
+    pub fn is_transfer(&self) -> bool {
+        !matches!(self, Kind::Deposit | Kind::Withdraw)
+    }
+}
+
+/// One answer a teller was given.
 #[derive(Debug, Clone, Copy)]
 pub struct Record {
     pub kind: Kind,
     pub id: TransferId,
-    /// Index of the branch that was asked (it coordinates a transfer).
+    /// The account whose owner sent it (money leaves it; a deposit's account).
+    pub owner: AccountNumber,
+    /// Index of the branch the request was sent to.
     pub branch: usize,
-    pub outcome: Outcome,
+    pub answer: Answer,
     pub latency: Duration,
+    /// A second send of an id already answered.
+    pub resend: bool,
 }
 
 /// Live counters, for progress bars and the schedule.
@@ -198,81 +291,30 @@ pub struct Progress {
     pub committed: AtomicU64,
     pub refused: AtomicU64,
     pub aborted: AtomicU64,
+    pub not_done: AtomicU64,
     pub unknown: AtomicU64,
     pub stop: AtomicBool,
 }
 
+impl Progress {
+    fn count(&self, answer: Answer) {
+        let c = match answer.column() {
+            Column::Committed => &self.committed,
+            Column::Aborted => &self.aborted,
+            Column::Refused => &self.refused,
+            Column::NotDone => &self.not_done,
+            Column::Unknown => &self.unknown,
+        };
+        c.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
 fn is_protocol_abort(r: Refusal) -> bool {
-    matches!(
-        r,
-        Refusal::BranchUnreachable
-            | Refusal::Expired
-            | Refusal::Overloaded
-            | Refusal::Interrupted
-            | Refusal::StoreUnavailable
-    )
-}
-
-/// One admin teller per branch (admins move money on their own branch's accounts);
-/// re-logs in when a restarted branch has forgotten the session.
-#[derive(Debug, Clone)]
-pub struct Tellers {
-    tellers: Vec<Arc<tokio::sync::Mutex<Teller>>>,
-}
-
-impl Tellers {
-    /// `per_branch` connections to each branch, logged in as its admin.
-    pub async fn connect(targets: &[Target], per_branch: usize) -> anyhow::Result<Tellers> {
-        let mut tellers = Vec::new();
-        for t in targets {
-            for _ in 0..per_branch.max(1) {
-                let mut teller = Teller::connect(t).await?;
-                teller.login("admin", ADMIN_PASSWORD).await?;
-                tellers.push(Arc::new(tokio::sync::Mutex::new(teller)));
-            }
-        }
-        Ok(Tellers { tellers })
-    }
-
-    fn pick(
-        &self,
-        branch: usize,
-        branches: usize,
-        client: usize,
-    ) -> &Arc<tokio::sync::Mutex<Teller>> {
-        let per = self.tellers.len() / branches;
-        &self.tellers[branch * per + client % per]
-    }
-
-    /// Sends `op` to `branch`; a lost session is renewed once and the same op re-sent.
-    pub async fn call(
-        &self,
-        branch: usize,
-        branches: usize,
-        client: usize,
-        op: TellerOp,
-    ) -> Result<TellerResponse, TellerError> {
-        let slot = self.pick(branch, branches, client);
-        let teller = slot.lock().await.clone();
-        match teller.call(op.clone()).await {
-            Err(TellerError::Refused(Refusal::SessionExpired)) => {
-                let mut t = slot.lock().await;
-                t.login("admin", ADMIN_PASSWORD).await?;
-                let renewed = t.clone();
-                drop(t);
-                renewed.call(op).await
-            }
-            other => other,
-        }
-    }
+    matches!(r, Refusal::NoVote | Refusal::Expired | Refusal::Interrupted)
 }
 
 /// The request one client sends next.
-fn next_op(
-    rng: &mut impl Rng,
-    w: &Workload,
-    accounts: &Accounts,
-) -> (Kind, usize, TellerOp, TransferId) {
+fn next_op(rng: &mut impl Rng, w: &Workload, accounts: &Accounts) -> (Kind, TellerOp) {
     let m = w.mix;
     let total = (m.deposit + m.withdraw + m.local + m.cross + m.refused).max(1);
     let mut roll = rng.random_range(0..total);
@@ -309,14 +351,14 @@ fn next_op(
     let amount = |rng: &mut dyn rand::Rng| {
         Amount::from_minor(rng.random_range(1..=w.amount_max_minor.max(1))).unwrap_or(Amount::ZERO)
     };
-    // Branch ids are 1..=n in a local network, and `by_branch` is indexed from 0.
-    let branch_of = |a: AccountNumber| usize::from(a.branch().0).saturating_sub(1);
     match kind {
         Kind::Deposit | Kind::Withdraw => {
             let account = pick(rng, None);
             let amount = amount(rng);
-            let op = TellerOp::movement(kind == Kind::Deposit, id, account, amount);
-            (kind, branch_of(account), op, id)
+            (
+                kind,
+                TellerOp::movement(kind == Kind::Deposit, id, account, amount),
+            )
         }
         Kind::Local | Kind::Cross => {
             let from = pick(rng, None);
@@ -339,11 +381,10 @@ fn next_op(
                 to,
                 amount: amount(rng),
             };
-            (kind, b, TellerOp::Transfer(spec), id)
+            (kind, TellerOp::Transfer(spec))
         }
         Kind::Refused => {
             let from = pick(rng, None);
-            let b = branch_of(from);
             let spec = if rng.random_bool(0.5) {
                 // An overdraft: more than any account holds.
                 TransferSpec {
@@ -366,12 +407,116 @@ fn next_op(
                     amount: amount(rng),
                 }
             };
-            (kind, b, TellerOp::Transfer(spec), id)
+            (kind, TellerOp::Transfer(spec))
         }
     }
 }
 
+/// The account whose owner sends `op`: the one money leaves, or a deposit's account.
+fn owner(op: &TellerOp) -> Option<AccountNumber> {
+    match op {
+        TellerOp::Deposit { account, .. } | TellerOp::Withdraw { account, .. } => Some(*account),
+        TellerOp::Transfer(spec) => Some(spec.from),
+        _ => None,
+    }
+}
+
+/// Branch ids are 1..=n in a local network, and branch indexes count from 0.
+fn branch_of(a: AccountNumber) -> usize {
+    usize::from(a.branch().0).saturating_sub(1)
+}
+
+/// One client's view of a run: what it sends, through which tellers, where answers go.
+struct Client {
+    n: usize,
+    w: Workload,
+    accounts: Accounts,
+    tellers: Tellers,
+    progress: Arc<Progress>,
+    policy: RetryPolicy,
+}
+
+impl Client {
+    /// The branch a request of `owner`'s goes to.
+    fn entry(&self, rng: &mut impl Rng, owner: AccountNumber) -> usize {
+        match (self.w.senders, self.w.entry) {
+            (Senders::Customers, Entry::Random) => rng.random_range(0..self.tellers.branches()),
+            _ => branch_of(owner),
+        }
+    }
+
+    fn person(&self, owner: AccountNumber) -> Person {
+        match self.w.senders {
+            Senders::Customers => Person::Customer(owner),
+            Senders::Admins => Person::Admin(branch_of(owner)),
+        }
+    }
+
+    /// Sends `op` once (under the retry policy) and records what the teller was told.
+    async fn send(&self, rng: &mut impl Rng, kind: Kind, op: &TellerOp, resend: bool) -> Record {
+        let owner = owner(op).unwrap_or_else(|| self.accounts.all[0]);
+        let branch = self.entry(rng, owner);
+        let started = Instant::now();
+        let told = self
+            .tellers
+            .send_money(
+                &self.person(owner),
+                self.n,
+                branch,
+                op.clone(),
+                &self.policy,
+            )
+            .await;
+        let answer = Answer::of(&told);
+        if !resend {
+            self.progress.count(answer);
+        }
+        Record {
+            kind,
+            id: told.id(),
+            owner,
+            branch,
+            answer,
+            latency: started.elapsed(),
+            resend,
+        }
+    }
+
+    /// Sends requests until the count or the deadline is reached, or the run stops.
+    async fn run(self, deadline: Option<Instant>, gap: Option<Duration>) -> Vec<Record> {
+        let seed = self.w.seed.wrapping_mul(1_000_003) + self.n as u64;
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        let mut mine = Vec::new();
+        loop {
+            if self.progress.stop.load(Ordering::Relaxed)
+                || deadline.is_some_and(|d| Instant::now() >= d)
+            {
+                break;
+            }
+            let n = self.progress.sent.fetch_add(1, Ordering::Relaxed);
+            if self.w.count.is_some_and(|c| n >= c) {
+                break;
+            }
+            let started = Instant::now();
+            let (kind, op) = next_op(&mut rng, &self.w, &self.accounts);
+            let first = self.send(&mut rng, kind, &op, false).await;
+            mine.push(first);
+            if first.answer != Answer::NotDone && rng.random_range(0..100) < self.w.resend_percent {
+                mine.push(self.send(&mut rng, kind, &op, true).await);
+            }
+            if let Some(gap) = gap {
+                let spent = started.elapsed();
+                if spent < gap {
+                    tokio::time::sleep(gap - spent).await;
+                }
+            }
+        }
+        mine
+    }
+}
+
 /// Runs the workload until its count or duration is reached, or `progress.stop` is set.
+/// Returns every answer given, resends included.
 pub async fn run(
     w: &Workload,
     accounts: &Accounts,
@@ -381,70 +526,29 @@ pub async fn run(
     if accounts.all.is_empty() {
         bail!("the workload needs accounts");
     }
-    let records = Arc::new(Mutex::new(Vec::new()));
     let deadline = match (w.count, w.duration_ms) {
         (Some(_), None) => None,
         (_, d) => Some(Instant::now() + Duration::from_millis(d.unwrap_or(10_000))),
     };
     let clients = w.clients.max(1);
-    let per_client_gap = w
+    let gap = w
         .rate
         .filter(|r| *r > 0)
         .map(|r| Duration::from_secs_f64(clients as f64 / f64::from(r)));
+    let records = Arc::new(Mutex::new(Vec::new()));
     let mut tasks = tokio::task::JoinSet::new();
-    for client in 0..clients {
-        let (w, accounts, tellers) = (w.clone(), accounts.clone(), tellers.clone());
-        let (progress, records) = (progress.clone(), records.clone());
+    for n in 0..clients {
+        let client = Client {
+            n,
+            w: w.clone(),
+            accounts: accounts.clone(),
+            tellers: tellers.clone(),
+            progress: progress.clone(),
+            policy: w.policy(),
+        };
+        let records = records.clone();
         tasks.spawn(async move {
-            let mut rng =
-                rand::rngs::StdRng::seed_from_u64(w.seed.wrapping_mul(1_000_003) + client as u64);
-            let branches = accounts.by_branch.len();
-            let mut mine = Vec::new();
-            loop {
-                if progress.stop.load(Ordering::Relaxed)
-                    || deadline.is_some_and(|d| Instant::now() >= d)
-                {
-                    break;
-                }
-                let n = progress.sent.fetch_add(1, Ordering::Relaxed);
-                if w.count.is_some_and(|c| n >= c) {
-                    break;
-                }
-                let started = Instant::now();
-                let (kind, branch, op, id) = next_op(&mut rng, &w, &accounts);
-                let answer = tellers.call(branch, branches, client, op).await;
-                let outcome = match answer {
-                    Ok(TellerResponse::Receipt { state, .. }) => match state {
-                        TransferState::Committed => Outcome::Committed,
-                        TransferState::Aborted(r) if is_protocol_abort(r) => Outcome::Aborted,
-                        TransferState::Aborted(_) => Outcome::Refused,
-                        TransferState::Pending | TransferState::Unknown => Outcome::Unknown,
-                    },
-                    Err(TellerError::Refused(r)) if is_protocol_abort(r) => Outcome::Aborted,
-                    Err(TellerError::Refused(_) | TellerError::Invalid(_)) => Outcome::Refused,
-                    Ok(_) | Err(_) => Outcome::Unknown,
-                };
-                let counter = match outcome {
-                    Outcome::Committed => &progress.committed,
-                    Outcome::Refused => &progress.refused,
-                    Outcome::Aborted => &progress.aborted,
-                    Outcome::Unknown => &progress.unknown,
-                };
-                counter.fetch_add(1, Ordering::Relaxed);
-                mine.push(Record {
-                    kind,
-                    id,
-                    branch,
-                    outcome,
-                    latency: started.elapsed(),
-                });
-                if let Some(gap) = per_client_gap {
-                    let spent = started.elapsed();
-                    if spent < gap {
-                        tokio::time::sleep(gap - spent).await;
-                    }
-                }
-            }
+            let mine = client.run(deadline, gap).await;
             if let Ok(mut all) = records.lock() {
                 all.extend(mine);
             }
@@ -455,36 +559,4 @@ pub async fn run(
     }
     let out = std::mem::take(&mut *records.lock().map_err(|_| anyhow::anyhow!("poisoned"))?);
     Ok(out)
-}
-
-/// Asks, after the heal, how each request with an unknown outcome ended.
-/// Returns (committed, not committed, still unknown).
-pub async fn resolve_unknown(
-    records: &[Record],
-    tellers: &Tellers,
-    branches: usize,
-) -> (u64, u64, u64) {
-    let (mut yes, mut no, mut still) = (0, 0, 0);
-    for r in records.iter().filter(|r| r.outcome == Outcome::Unknown) {
-        match tellers
-            .call(r.branch, branches, 0, TellerOp::TransferStatus { id: r.id })
-            .await
-        {
-            Ok(TellerResponse::Status {
-                state: TransferState::Committed,
-                ..
-            }) => yes += 1,
-            Ok(TellerResponse::Status {
-                state: TransferState::Aborted(_),
-                ..
-            }) => no += 1,
-            // Never seen by the branch: it did not happen.
-            Ok(TellerResponse::Status {
-                state: TransferState::Unknown,
-                ..
-            }) => no += 1,
-            _ => still += 1,
-        }
-    }
-    (yes, no, still)
 }

@@ -4,12 +4,11 @@
 
 use std::io::{BufRead, Write};
 
+use teller_cli::money::{self, MoneyAnswer, RetryPolicy};
 use teller_cli::{Target, Teller, TellerError, new_transfer_id};
-use wire::AccountNumber;
-use wire::teller::{
-    NewCustomer, PageRequest, Role, Scope, TellerOp, TellerResponse, TransferState,
-};
+use wire::teller::{NewCustomer, PageRequest, Role, Scope, TellerOp, TellerResponse};
 use wire::twopc::TransferSpec;
+use wire::{AccountNumber, TransferId};
 
 use crate::output::{accounts_table, entries_table};
 
@@ -81,8 +80,9 @@ fn leave_on_ctrl_c() {
     });
 }
 
-/// Runs the menus until the user leaves; exit status 0, or 4 if the branch is unreachable.
-pub async fn run(target: Target) -> Result<u8, TellerError> {
+/// Runs the menus until the user leaves; exit status 0, or 4 if the branch cannot be
+/// reached at all. Money goes through the same retry policy as the subcommands.
+pub async fn run(target: Target, policy: RetryPolicy) -> Result<u8, TellerError> {
     leave_on_ctrl_c();
     let mut teller = Teller::connect(&target).await?;
     println!("BankMate: connected to {}", target.addr);
@@ -97,15 +97,18 @@ pub async fn run(target: Target) -> Result<u8, TellerError> {
         let accounts = match teller.login(&user, &password).await {
             Ok(TellerResponse::LoggedIn { accounts, .. }) => accounts,
             Ok(_) => continue,
-            Err(TellerError::Refused(r)) => {
-                println!("  login refused: {r}");
+            Err(e @ TellerError::Refused(_)) => {
+                println!("  login refused: {e}");
                 continue;
             }
-            Err(e) => return Err(e),
+            Err(e) => {
+                println!("  login not done: {e}; try again");
+                continue;
+            }
         };
         let left = match teller.role {
-            Some(Role::Admin) => admin_menu(&mut teller).await?,
-            _ => customer_menu(&mut teller, accounts.first().map(|a| a.number)).await?,
+            Some(Role::Admin) => admin_menu(&mut teller).await,
+            _ => customer_menu(&mut teller, accounts.first().map(|a| a.number), &policy).await,
         };
         let _ = teller.logout().await;
         if left {
@@ -114,39 +117,62 @@ pub async fn run(target: Target) -> Result<u8, TellerError> {
     }
 }
 
-fn show(r: Result<TellerResponse, TellerError>) -> Result<Option<TellerResponse>, TellerError> {
+/// The answer, or `None` after saying in one line why there is none.
+fn show(r: Result<TellerResponse, TellerError>) -> Option<TellerResponse> {
     match r {
-        Ok(r) => Ok(Some(r)),
+        Ok(r) => Some(r),
         Err(TellerError::Refused(reason)) => {
             println!("  refused: {reason}");
-            Ok(None)
+            None
         }
-        Err(e) => Err(e),
+        Err(e) if e.may_have_happened() => {
+            println!("  no answer ({e}); it may or may not have been done");
+            None
+        }
+        Err(e) => {
+            println!("  not done: {e}");
+            None
+        }
+    }
+}
+
+/// Says what a money request ended as, always with its id.
+fn show_money(answer: &MoneyAnswer) {
+    match answer {
+        MoneyAnswer::Committed { id } => println!("  done ({id})"),
+        MoneyAnswer::Refused { id, reason } => println!("  refused: {reason} ({id})"),
+        MoneyAnswer::NotDone { id, why, .. } => {
+            println!("  not done: {why}; nothing happened under {id}, you may try again")
+        }
+        MoneyAnswer::Unknown { id, why } => println!(
+            "  outcome unknown for {id} ({why}); it may still complete. Check it with \
+             \"Transfer status\" or: teller-cli transfer-status {id}"
+        ),
     }
 }
 
 /// Returns true when the user left (Ctrl-D), false on log out.
-async fn admin_menu(teller: &mut Teller) -> Result<bool, TellerError> {
+async fn admin_menu(teller: &mut Teller) -> bool {
     loop {
         println!(
             "\n== Admin menu ==\n1) Create account\n2) Close account\n3) View all accounts\n4) View all transactions\n5) Log out"
         );
         let Ok(choice) = ask("choice: ") else {
-            return Ok(true);
+            return true;
         };
         let op = match choice.as_str() {
             "1" => {
                 let Ok(op) = new_account() else {
-                    return Ok(true);
+                    return true;
                 };
                 op
             }
             "2" => {
                 let Ok(account) = ask_parsed("account to close: ", account_input) else {
-                    return Ok(true);
+                    return true;
                 };
                 let Ok(admin_password) = ask_secret("your admin password again: ") else {
-                    return Ok(true);
+                    return true;
                 };
                 TellerOp::CloseAccount {
                     account,
@@ -163,13 +189,13 @@ async fn admin_menu(teller: &mut Teller) -> Result<bool, TellerError> {
                     limit: 100,
                 },
             },
-            "5" => return Ok(false),
+            "5" => return false,
             _ => {
                 println!("  choose 1 to 5");
                 continue;
             }
         };
-        match show(teller.call(op).await)? {
+        match show(teller.call_renewing(op).await) {
             Some(TellerResponse::AccountOpened(a)) => println!(
                 "  opened {} for {}; the customer logs in with the account number",
                 a.number, a.owner_name
@@ -230,14 +256,15 @@ fn new_account() -> Result<TellerOp, Eof> {
 async fn customer_menu(
     teller: &mut Teller,
     account: Option<AccountNumber>,
-) -> Result<bool, TellerError> {
+    policy: &RetryPolicy,
+) -> bool {
     let Some(account) = account else {
         println!("  this login has no open account");
-        return Ok(false);
+        return false;
     };
     loop {
         if let Some(TellerResponse::Account(a)) =
-            show(teller.call(TellerOp::Balance { account }).await)?
+            show(teller.call_renewing(TellerOp::Balance { account }).await)
         {
             println!(
                 "\n== {}  balance {}  (held {}) ==",
@@ -245,58 +272,68 @@ async fn customer_menu(
             );
         }
         println!(
-            "1) Refresh\n2) Deposit\n3) Withdraw\n4) Transfer\n5) Transaction history\n6) Log out"
+            "1) Refresh\n2) Deposit\n3) Withdraw\n4) Transfer\n5) Transaction history\n6) Transfer status\n7) Log out"
         );
         let Ok(choice) = ask("choice: ") else {
-            return Ok(true);
+            return true;
         };
-        let op = match choice.as_str() {
+        let Ok(op) = (match choice.as_str() {
             "1" => continue,
-            "2" | "3" => {
-                let Ok(amount) = ask_parsed("amount: ", amount_input) else {
-                    return Ok(true);
-                };
-                TellerOp::movement(choice == "2", new_transfer_id(), account, amount)
-            }
-            "4" => {
-                let Ok(to) = ask_parsed("receiver account: ", account_input) else {
-                    return Ok(true);
-                };
-                let Ok(amount) = ask_parsed("amount: ", amount_input) else {
-                    return Ok(true);
-                };
-                TellerOp::Transfer(TransferSpec {
-                    id: new_transfer_id(),
-                    from: account,
-                    to,
-                    amount,
-                })
-            }
-            "5" => TellerOp::History {
+            "2" | "3" | "4" => money_op(&choice, account),
+            "5" => Ok(TellerOp::History {
                 account,
                 page: PageRequest {
                     before: None,
                     limit: 50,
                 },
-            },
-            "6" => return Ok(false),
+            }),
+            "6" => ask_parsed("transfer id: ", |s| {
+                s.parse::<TransferId>()
+                    .map_err(|e| format!("not a transfer id ({e})"))
+            })
+            .map(|id| TellerOp::TransferStatus { id }),
+            "7" => return false,
             _ => {
-                println!("  choose 1 to 6");
+                println!("  choose 1 to 7");
                 continue;
             }
+        }) else {
+            return true;
         };
-        match show(teller.call(op).await)? {
-            Some(TellerResponse::Receipt { id, state }) => match state {
-                TransferState::Committed => println!("  done ({id})"),
-                TransferState::Aborted(r) => println!("  refused: {r}"),
-                _ => println!(
-                    "  outcome unknown for {id}; it may still complete. Check with: teller-cli transfer-status {id}"
-                ),
-            },
+        if op.money_id().is_some() {
+            show_money(&money::send(teller, op, policy).await);
+            continue;
+        }
+        match show(teller.call_renewing(op).await) {
             Some(TellerResponse::Entries { entries, .. }) => {
                 println!("{}", entries_table(&entries))
+            }
+            Some(r @ TellerResponse::Status { .. }) => {
+                crate::output::Printer { json: false }.response(&r)
             }
             _ => {}
         }
     }
+}
+
+/// Asks for a deposit ("2"), withdrawal ("3") or transfer ("4"); its id is made here,
+/// once, so every retry reuses it.
+fn money_op(choice: &str, account: AccountNumber) -> Result<TellerOp, Eof> {
+    if choice == "4" {
+        let to = ask_parsed("receiver account: ", account_input)?;
+        let amount = ask_parsed("amount: ", amount_input)?;
+        return Ok(TellerOp::Transfer(TransferSpec {
+            id: new_transfer_id(),
+            from: account,
+            to,
+            amount,
+        }));
+    }
+    let amount = ask_parsed("amount: ", amount_input)?;
+    Ok(TellerOp::movement(
+        choice == "2",
+        new_transfer_id(),
+        account,
+        amount,
+    ))
 }

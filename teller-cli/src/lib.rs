@@ -1,5 +1,8 @@
 //! The teller's side of BankMate: connect to one branch (its key pinned), log in, and
 //! send teller requests. Used by the `teller-cli` binary, the scenarios and the tests.
+//! [`money`] holds the one retry policy for deposits, withdrawals and transfers.
+
+pub mod money;
 
 use std::path::Path;
 use std::time::Duration;
@@ -9,7 +12,7 @@ use branch_node::p2p::client::{ClientError, PeerClient};
 use branch_node::p2p::{TELLER_PROTOCOL, WireCodec};
 use libp2p::multiaddr::Protocol;
 use libp2p::{Multiaddr, PeerId};
-use wire::teller::{Role, SessionToken, TellerOp, TellerRequest, TellerResponse};
+use wire::teller::{Role, SessionToken, TellerOp, TellerRequest, TellerResponse, Unavailable};
 use wire::{BranchKey, Refusal};
 
 /// How long connecting to a branch may take before the teller is told it is unreachable.
@@ -18,8 +21,12 @@ pub const CONNECT_TIMEOUT_MS: u64 = 5_000;
 /// Why a teller request did not get a business answer.
 #[derive(Debug, thiserror::Error)]
 pub enum TellerError {
+    /// The bank refused the request, finally.
     #[error("{0}")]
     Refused(Refusal),
+    /// The branch did not carry the request out now (see `may_have_happened`).
+    #[error("{0}")]
+    Unavailable(Unavailable),
     #[error("{0}")]
     Connection(#[from] ClientError),
     #[error("{0}")]
@@ -76,11 +83,53 @@ impl Target {
     }
 }
 
+impl TellerError {
+    /// Whether the request may have taken effect although no answer says so.
+    pub fn may_have_happened(&self) -> bool {
+        match self {
+            TellerError::Unavailable(u) => u.may_have_happened(),
+            TellerError::Connection(e) => e.may_have_arrived(),
+            TellerError::Unexpected(_) => true,
+            TellerError::Refused(_) | TellerError::Usage(_) | TellerError::Invalid(_) => false,
+        }
+    }
+
+    /// A stable machine-readable code (snake case) for `--json` output.
+    pub fn code(&self) -> &'static str {
+        match self {
+            TellerError::Refused(r) => r.code(),
+            TellerError::Unavailable(u) => u.code(),
+            TellerError::Connection(e) if e.may_have_arrived() => "no_answer",
+            TellerError::Connection(_) => "branch_unreachable",
+            TellerError::Usage(_) => "usage",
+            TellerError::Invalid(_) => "invalid_input",
+            TellerError::Unexpected(_) => "unexpected",
+        }
+    }
+}
+
+/// Who logged in, kept so that a lost session (expired, or a branch restored from an
+/// older copy) can be renewed without asking the person again.
+#[derive(Clone)]
+struct Credentials {
+    user: String,
+    password: String,
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Credentials")
+            .field("user", &self.user)
+            .finish_non_exhaustive()
+    }
+}
+
 /// A connection to one branch, with an optional logged-in session.
 #[derive(Debug, Clone)]
 pub struct Teller {
     client: PeerClient<WireCodec<TellerRequest, TellerResponse>>,
     session: Option<SessionToken>,
+    credentials: Option<Credentials>,
     pub role: Option<Role>,
     pub target: Target,
 }
@@ -88,7 +137,12 @@ pub struct Teller {
 impl Teller {
     /// Connects with a fresh random identity (tellers may use any key).
     pub async fn connect(target: &Target) -> Result<Teller, TellerError> {
-        let key = BranchKey::from_secret(rand::random());
+        Teller::connect_with_key(target, &BranchKey::from_secret(rand::random())).await
+    }
+
+    /// Connects with identity `key`: a second connection with the same key is the same
+    /// teller to every branch (sessions are bound to the key's PeerId).
+    pub async fn connect_with_key(target: &Target, key: &BranchKey) -> Result<Teller, TellerError> {
         let client = PeerClient::connect(
             key.libp2p_keypair(),
             TELLER_PROTOCOL,
@@ -100,12 +154,47 @@ impl Teller {
         Ok(Teller {
             client,
             session: None,
+            credentials: None,
             role: None,
             target: target.clone(),
         })
     }
 
-    /// Sends `op` with the current session; a `Refused` answer is an error.
+    /// Another teller over the same connection and key, not logged in: many people's
+    /// sessions can share one connection.
+    pub fn share(&self) -> Teller {
+        Teller {
+            client: self.client.clone(),
+            session: None,
+            credentials: None,
+            role: None,
+            target: self.target.clone(),
+        }
+    }
+
+    /// A teller over this connection carrying `other`'s session and credentials: valid
+    /// when both connections use the same key (a session is bound to the key).
+    pub fn with_session_of(&self, other: &Teller) -> Teller {
+        Teller {
+            client: self.client.clone(),
+            session: other.session,
+            credentials: other.credentials.clone(),
+            role: other.role,
+            target: self.target.clone(),
+        }
+    }
+
+    /// The session this teller sends, if logged in.
+    pub fn session(&self) -> Option<SessionToken> {
+        self.session
+    }
+
+    /// Sends `session` from now on (a session made over another connection).
+    pub fn use_session(&mut self, session: Option<SessionToken>) {
+        self.session = session;
+    }
+
+    /// Sends `op` with the current session; `Refused` and `Unavailable` answers are errors.
     pub async fn call(&self, op: TellerOp) -> Result<TellerResponse, TellerError> {
         let request = TellerRequest {
             session: self.session,
@@ -113,11 +202,25 @@ impl Teller {
         };
         match self.client.request(request).await? {
             TellerResponse::Refused(r) => Err(TellerError::Refused(r)),
+            TellerResponse::Unavailable(u) => Err(TellerError::Unavailable(u)),
             other => Ok(other),
         }
     }
 
-    /// Logs in; the session is kept for later calls.
+    /// Like [`Teller::call`], but a lost session is renewed (when this teller knows the
+    /// credentials) and the request sent once more: safe, since a request answered
+    /// "session expired" was not carried out.
+    pub async fn call_renewing(&mut self, op: TellerOp) -> Result<TellerResponse, TellerError> {
+        match self.call(op.clone()).await {
+            Err(TellerError::Unavailable(Unavailable::SessionExpired)) if self.can_renew() => {
+                self.renew().await?;
+                self.call(op).await
+            }
+            other => other,
+        }
+    }
+
+    /// Logs in; the session (and the credentials, to renew it) are kept.
     pub async fn login(
         &mut self,
         user: &str,
@@ -132,15 +235,33 @@ impl Teller {
         if let TellerResponse::LoggedIn { session, role, .. } = &r {
             self.session = Some(*session);
             self.role = Some(*role);
+            self.credentials = Some(Credentials {
+                user: user.to_owned(),
+                password: password.to_owned(),
+            });
         }
         Ok(r)
     }
 
-    /// Forgets the session after telling the branch.
+    /// Whether [`Teller::renew`] can log in again without asking anyone.
+    pub fn can_renew(&self) -> bool {
+        self.credentials.is_some()
+    }
+
+    /// Logs in again with the kept credentials.
+    pub async fn renew(&mut self) -> Result<(), TellerError> {
+        let Some(c) = self.credentials.clone() else {
+            return Err(TellerError::Unavailable(Unavailable::SessionExpired));
+        };
+        self.login(&c.user, &c.password).await.map(|_| ())
+    }
+
+    /// Forgets the session and the credentials after telling the branch.
     pub async fn logout(&mut self) -> Result<(), TellerError> {
         let r = self.call(TellerOp::Logout).await;
         self.session = None;
         self.role = None;
+        self.credentials = None;
         r.map(|_| ())
     }
 }

@@ -1,6 +1,6 @@
 //! `teller-cli`: every teller action as a subcommand for scripts (with `--json`), and
-//! the interactive menus when run without one. Exit status: 0 success, 2 usage error,
-//! 3 refused, 4 connection failure, 5 outcome unknown.
+//! the interactive menus when run without one. Exit status (see [`EXIT_CODES`]): 0 done,
+//! 2 usage, 3 refused (finally), 4 not done (nothing happened), 5 outcome unknown.
 
 mod interactive;
 mod output;
@@ -11,6 +11,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use libp2p::Multiaddr;
+use teller_cli::money::{self, EXIT_NOT_DONE, EXIT_REFUSED, EXIT_UNKNOWN, RetryPolicy};
 use teller_cli::{Target, Teller, TellerError, new_transfer_id};
 use wire::teller::{
     LinkFault, NewCustomer, PageRequest, Scope, TellerOp, TellerResponse, TransferState,
@@ -18,25 +19,28 @@ use wire::teller::{
 use wire::twopc::TransferSpec;
 use wire::{AccountNumber, Amount, BranchId, TransferId};
 
-/// Exit status for a refusal by the bank.
-pub const EXIT_REFUSED: u8 = 3;
-/// Exit status when the branch cannot be reached.
-pub const EXIT_CONNECTION: u8 = 4;
-/// Exit status when a transfer's outcome could not be learned.
-pub const EXIT_UNKNOWN: u8 = 5;
 /// Exit status for bad arguments (clap uses it too).
 pub const EXIT_USAGE: u8 = 2;
 
-/// Times a transfer is sent again, with the same id, when no answer comes.
-const TRANSFER_RETRIES: u32 = 3;
-/// Wait before the first retry, in milliseconds; doubles each time.
-const TRANSFER_RETRY_MS: u64 = 500;
+/// What each exit status promises; shown by `--help`.
+const EXIT_CODES: &str = "\
+Exit status:
+  0  done (a deposit, withdrawal or transfer: committed)
+  2  usage error: nothing was sent
+  3  refused by the bank, finally: it did not happen and never will; for money, the
+     refusal is recorded under the id, so no later attempt with that id can apply it
+  4  not done: no request reached the bank (branch unreachable, too busy, session
+     ended), so nothing happened and nothing will; sending the same id again is safe
+  5  outcome unknown: a request may have reached the bank but no final answer came;
+     the id is printed, ask with: teller-cli transfer-status ID
+transfer-status exits 0 committed, 3 refused, 5 not known yet.";
 
 #[derive(Parser, Debug)]
 #[command(
     name = "teller-cli",
     version,
-    about = "BankMate teller: menus, or one action per command"
+    about = "BankMate teller: menus, or one action per command",
+    after_help = EXIT_CODES
 )]
 struct Cli {
     /// Network file naming the branches (for --branch).
@@ -62,9 +66,13 @@ struct Cli {
     /// Read the password from the first line of stdin.
     #[arg(long, global = true, conflicts_with = "password_env")]
     password_stdin: bool,
-    /// Print machine-readable JSON (amounts are decimal strings).
+    /// Print machine-readable JSON (amounts are decimal strings; refusals carry a code).
     #[arg(long, global = true)]
     json: bool,
+    /// How long a deposit, withdrawal or transfer keeps trying for a final answer, in
+    /// seconds, retrying with the same id; after that the outcome is reported unknown.
+    #[arg(long, global = true, default_value_t = money::MONEY_WAIT_MS / 1000)]
+    wait: u64,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -178,24 +186,46 @@ fn main() -> ExitCode {
         }
     };
     let json = cli.json;
+    let mutating = cli.command.as_ref().is_some_and(Command::mutates);
     match runtime.block_on(run(cli)) {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
             eprintln!("teller-cli: {e}");
-            let (code, kind) = match e {
-                TellerError::Refused(_) | TellerError::Invalid(_) => (EXIT_REFUSED, "refused"),
-                TellerError::Connection(_) => (EXIT_CONNECTION, "connection"),
-                TellerError::Usage(_) => (EXIT_USAGE, "usage"),
-                TellerError::Unexpected(_) => (1, "unexpected"),
-            };
+            let (code, kind) = exit_for(&e, mutating);
             if json {
                 println!(
                     "{}",
-                    serde_json::json!({ "error": kind, "message": e.to_string() })
+                    serde_json::json!({ "error": kind, "code": e.code(), "message": e.to_string() })
                 );
             }
             ExitCode::from(code)
         }
+    }
+}
+
+/// The exit status (and its name in `--json`) for a command that ended in `e`.
+/// `mutating`: the command changes something (an admin action), so a request that may
+/// have arrived leaves its outcome unknown.
+fn exit_for(e: &TellerError, mutating: bool) -> (u8, &'static str) {
+    match e {
+        TellerError::Refused(_) | TellerError::Invalid(_) => (EXIT_REFUSED, "refused"),
+        TellerError::Usage(_) => (EXIT_USAGE, "usage"),
+        _ if mutating && e.may_have_happened() => (EXIT_UNKNOWN, "unknown"),
+        TellerError::Unexpected(_) => (1, "unexpected"),
+        TellerError::Unavailable(_) | TellerError::Connection(_) => (EXIT_NOT_DONE, "not_done"),
+    }
+}
+
+impl Command {
+    /// Whether the command changes anything at the bank besides money (which has its
+    /// own answers).
+    fn mutates(&self) -> bool {
+        matches!(
+            self,
+            Command::Admin(
+                Admin::OpenAccount { .. } | Admin::CloseAccount { .. } | Admin::LinkFault { .. }
+            )
+        )
     }
 }
 
@@ -243,8 +273,12 @@ pub fn amount(text: &str) -> Result<Amount, TellerError> {
 
 async fn run(cli: Cli) -> Result<u8, TellerError> {
     let target = target(&cli)?;
+    let policy = RetryPolicy {
+        wait: std::time::Duration::from_secs(cli.wait),
+        ..RetryPolicy::default()
+    };
     let Some(command) = cli.command.as_ref() else {
-        return interactive::run(target).await;
+        return interactive::run(target, policy).await;
     };
     let user = cli
         .user
@@ -262,15 +296,10 @@ async fn run(cli: Cli) -> Result<u8, TellerError> {
         None => mine.ok_or_else(|| TellerError::Usage("give the account with --account".into())),
     };
     let out = output::Printer { json: cli.json };
-    match command {
-        Command::Balance { account: a } => {
-            let r = teller
-                .call(TellerOp::Balance {
-                    account: account(a)?,
-                })
-                .await?;
-            out.response(&r);
-        }
+    let op = match command {
+        Command::Balance { account: a } => TellerOp::Balance {
+            account: account(a)?,
+        },
         Command::Deposit {
             amount: amt,
             account: a,
@@ -285,7 +314,7 @@ async fn run(cli: Cli) -> Result<u8, TellerError> {
             let id = id.unwrap_or_else(new_transfer_id);
             let deposit = matches!(command, Command::Deposit { .. });
             let op = TellerOp::movement(deposit, id, account, amount);
-            return receipt(&out, &teller, id, op).await;
+            return Ok(send_money(&out, &mut teller, op, &policy).await);
         }
         Command::Transfer {
             amount: amt,
@@ -299,36 +328,58 @@ async fn run(cli: Cli) -> Result<u8, TellerError> {
                 to: account_number(to)?,
                 amount: amount(amt)?,
             };
-            return receipt(&out, &teller, spec.id, TellerOp::Transfer(spec)).await;
+            return Ok(send_money(&out, &mut teller, TellerOp::Transfer(spec), &policy).await);
         }
         Command::History {
             account: a,
             limit,
             before,
-        } => {
-            let page = PageRequest {
+        } => TellerOp::History {
+            account: account(a)?,
+            page: PageRequest {
                 before: *before,
                 limit: *limit,
-            };
-            let r = teller
-                .call(TellerOp::History {
-                    account: account(a)?,
-                    page,
-                })
-                .await?;
-            out.response(&r);
-        }
-        Command::TransferStatus { id } => {
-            let r = teller.call(TellerOp::TransferStatus { id: *id }).await?;
-            out.response(&r);
-        }
-        Command::Admin(admin) => {
-            let r = teller.call(admin_op(admin, &password)?).await?;
-            out.response(&r);
-        }
-    }
+            },
+        },
+        Command::TransferStatus { id } => TellerOp::TransferStatus { id: *id },
+        Command::Admin(admin) => admin_op(admin, &password)?,
+    };
+    let r = teller.call_renewing(op).await?;
+    out.response(&r);
     let _ = teller.logout().await;
-    Ok(0)
+    Ok(match r {
+        TellerResponse::Status { state, .. } => status_exit(state),
+        _ => 0,
+    })
+}
+
+/// `transfer-status` says the outcome in its exit status too.
+fn status_exit(state: TransferState) -> u8 {
+    match state {
+        TransferState::Committed => 0,
+        TransferState::Aborted(_) => EXIT_REFUSED,
+        TransferState::Pending | TransferState::Unknown => EXIT_UNKNOWN,
+    }
+}
+
+/// Sends a money movement under the one retry policy and prints what the teller is
+/// finally told; returns its exit status.
+async fn send_money(
+    out: &output::Printer,
+    teller: &mut Teller,
+    op: TellerOp,
+    policy: &RetryPolicy,
+) -> u8 {
+    let answer = money::send(teller, op, policy).await;
+    out.money(&answer);
+    // After "not done" or "unknown" the branch is likely out of reach: no logout wait.
+    if matches!(
+        answer,
+        money::MoneyAnswer::Committed { .. } | money::MoneyAnswer::Refused { .. }
+    ) {
+        let _ = teller.logout().await;
+    }
+    answer.exit_code()
 }
 
 fn admin_op(admin: &Admin, admin_password: &str) -> Result<TellerOp, TellerError> {
@@ -390,53 +441,4 @@ fn admin_op(admin: &Admin, admin_password: &str) -> Result<TellerOp, TellerError
             },
         },
     })
-}
-
-/// Sends a money movement, retrying with the same id when no answer comes, and never
-/// reports "failed" for an outcome it does not know.
-async fn receipt(
-    out: &output::Printer,
-    teller: &Teller,
-    id: TransferId,
-    op: TellerOp,
-) -> Result<u8, TellerError> {
-    let mut last = None;
-    for attempt in 0..=TRANSFER_RETRIES {
-        if attempt > 0 {
-            tokio::time::sleep(std::time::Duration::from_millis(
-                TRANSFER_RETRY_MS << attempt,
-            ))
-            .await;
-        }
-        // The client redials by itself, keeping its key, so the session stays valid.
-        let result = teller.call(op.clone()).await;
-        match result {
-            Ok(TellerResponse::Receipt {
-                state: TransferState::Pending | TransferState::Unknown,
-                ..
-            }) => {
-                last = Some("the branch has not decided yet".to_string());
-            }
-            Ok(
-                r @ TellerResponse::Receipt {
-                    state: TransferState::Committed,
-                    ..
-                },
-            ) => {
-                out.response(&r);
-                return Ok(0);
-            }
-            Ok(TellerResponse::Receipt {
-                state: TransferState::Aborted(reason),
-                ..
-            }) => {
-                return Err(TellerError::Refused(reason));
-            }
-            Ok(other) => return Err(TellerError::Unexpected(format!("{other:?}"))),
-            Err(TellerError::Connection(e)) => last = Some(e.to_string()),
-            Err(e) => return Err(e),
-        }
-    }
-    out.unknown(id, last.as_deref().unwrap_or("no answer"));
-    Ok(EXIT_UNKNOWN)
 }

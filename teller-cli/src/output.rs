@@ -3,6 +3,7 @@
 
 use comfy_table::Table;
 use serde_json::{Value, json};
+use teller_cli::money::MoneyAnswer;
 use wire::TransferId;
 use wire::teller::{AccountView, EntryView, TellerResponse, TransferState};
 
@@ -16,8 +17,21 @@ fn state_text(s: &TransferState) -> String {
     match s {
         TransferState::Committed => "committed".into(),
         TransferState::Aborted(r) => format!("refused: {r}"),
-        TransferState::Pending => "pending".into(),
-        TransferState::Unknown => "unknown".into(),
+        TransferState::Pending => "not known yet (pending)".into(),
+        TransferState::Unknown => "not known yet (no record of this id here)".into(),
+    }
+}
+
+/// A transfer state as JSON: `state` is committed, refused, pending or unknown; a
+/// refusal carries its stable `code` and its message.
+fn state_json(id: TransferId, s: &TransferState) -> Value {
+    match s {
+        TransferState::Committed => json!({ "id": id.to_string(), "state": "committed" }),
+        TransferState::Aborted(r) => json!({
+            "id": id.to_string(), "state": "refused", "code": r.code(), "message": r.to_string(),
+        }),
+        TransferState::Pending => json!({ "id": id.to_string(), "state": "pending" }),
+        TransferState::Unknown => json!({ "id": id.to_string(), "state": "unknown" }),
     }
 }
 
@@ -116,7 +130,7 @@ impl Printer {
                 },
             ),
             TellerResponse::Receipt { id, state } | TellerResponse::Status { id, state } => (
-                json!({ "id": id.to_string(), "state": state_text(state) }),
+                state_json(*id, state),
                 format!("{}: {id}", state_text(state)),
             ),
             TellerResponse::LinkFaultSet { branch, fault } => (
@@ -135,18 +149,45 @@ impl Printer {
         }
     }
 
-    /// Says that a transfer's outcome is not known, and how to find it.
-    pub fn unknown(&self, id: TransferId, why: &str) {
+    /// Prints what a teller is finally told about a money request: always with its id;
+    /// an unknown outcome with the command that asks for it. Anything but "committed"
+    /// is also one line on stderr, as every failing command's is.
+    pub fn money(&self, answer: &MoneyAnswer) {
+        let id = answer.id();
+        let check = format!("teller-cli transfer-status {id}");
+        let (value, text) = match answer {
+            MoneyAnswer::Committed { .. } => (
+                state_json(id, &TransferState::Committed),
+                format!("committed: {id}"),
+            ),
+            MoneyAnswer::Refused { reason, .. } => (
+                state_json(id, &TransferState::Aborted(*reason)),
+                format!("refused: {reason}: {id}"),
+            ),
+            MoneyAnswer::NotDone { why, code, .. } => (
+                json!({ "id": id.to_string(), "state": "not_done", "code": code, "message": why }),
+                format!(
+                    "not done: {why}; nothing happened under {id} and nothing will (sending it again is safe)"
+                ),
+            ),
+            MoneyAnswer::Unknown { why, .. } => (
+                json!({
+                    "id": id.to_string(), "state": "unknown", "code": "outcome_unknown",
+                    "message": why, "check": check,
+                }),
+                format!(
+                    "outcome unknown for {id} ({why}); it may still complete. Check with: {check}"
+                ),
+            ),
+        };
+        let committed = matches!(answer, MoneyAnswer::Committed { .. });
+        if !committed {
+            eprintln!("teller-cli: {text}");
+        }
         if self.json {
-            println!(
-                "{}",
-                json!({ "id": id.to_string(), "state": "unknown", "reason": why })
-            );
-        } else {
-            println!(
-                "outcome unknown for transfer {id} ({why}); it may still complete. \
-                 Check with: teller-cli transfer-status {id}"
-            );
+            println!("{value}");
+        } else if committed {
+            println!("{text}");
         }
     }
 }

@@ -182,7 +182,7 @@ async fn checker_catches_planted_damage() {
     committed.extend(
         records
             .iter()
-            .filter(|r| r.outcome == workload::Outcome::Committed)
+            .filter(|r| r.answer == workload::Answer::Committed)
             .map(|r| r.id),
     );
     let dbs = c.databases();

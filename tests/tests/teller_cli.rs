@@ -398,11 +398,26 @@ fn refusals_have_their_exit_codes_and_change_nothing() {
         &customer("b1", &b, &["transfer", "--from", &a, "--to", &b, "1"]),
     )
     .refused(EXIT_REFUSED, "not authorized");
-    // With --json the refusal is also a JSON object on stdout.
+    // With --json the refusal is also a JSON object on stdout, with the id and a
+    // stable code.
     let r = cli(&net, &customer("b1", &a, &["--json", "withdraw", "999"]));
     r.refused(EXIT_REFUSED, "insufficient funds");
-    assert_eq!(r.json()["error"], "refused", "{}", r.out);
-    assert_eq!(r.json()["message"], "insufficient funds", "{}", r.out);
+    let v = r.json();
+    assert_eq!(v["state"], "refused", "{v}");
+    assert_eq!(v["code"], "insufficient_funds", "{v}");
+    assert_eq!(v["message"], "insufficient funds", "{v}");
+    assert!(
+        v["id"]
+            .as_str()
+            .is_some_and(|id| id.parse::<TransferId>().is_ok()),
+        "{v}"
+    );
+    let r = cli(
+        &net,
+        &customer("b2", &b, &["--json", "balance", "--account", &a]),
+    );
+    r.refused(EXIT_REFUSED, "not authorized");
+    assert_eq!(r.json()["code"], "unauthorized", "{}", r.out);
     // A customer trying an admin action.
     cli(&net, &customer("b1", &a, &["admin", "accounts"])).refused(EXIT_REFUSED, "not authorized");
 
@@ -606,8 +621,8 @@ fn customer_menu_in_a_terminal() {
     step(&mut p, "choice: ", "5");
     p.exp_string("balance after").expect("history table");
     p.exp_string("30.00").expect("transfer in history");
-    step(&mut p, "choice: ", "7");
-    step(&mut p, "choose 1 to 6", "1");
+    step(&mut p, "choice: ", "9");
+    step(&mut p, "choose 1 to 7", "1");
     p.exp_string(&format!("== {a}  balance 50.25"))
         .expect("refreshed");
     // Ctrl-C at a prompt leaves cleanly.
@@ -617,4 +632,117 @@ fn customer_menu_in_a_terminal() {
     exited_cleanly(&p);
     assert_eq!(balance(&net, "b3", &b), "30.00");
     finish(c, &BTreeSet::new());
+}
+
+/// Spawns `teller-cli` in the background (passwords as in [`cli`]); `finish` waits.
+fn spawn_cli(network: &Path, args: &[&str]) -> std::process::Child {
+    Command::new(teller_cli_bin().expect("teller-cli binary"))
+        .arg("--network-file")
+        .arg(network)
+        .args(args)
+        .env("CUST_PW", CUSTOMER_PASSWORD)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn teller-cli")
+}
+
+fn finished(child: std::process::Child) -> Run {
+    let o = child.wait_with_output().expect("teller-cli ran");
+    Run {
+        code: o.status.code().unwrap_or(-1),
+        out: String::from_utf8_lossy(&o.stdout).into_owned(),
+        err: String::from_utf8_lossy(&o.stderr).into_owned(),
+    }
+}
+
+const EXIT_UNKNOWN: i32 = 5;
+
+/// What each exit status promises, held to with real crashes: exit 5 with the id when
+/// the coordinator stops answering after the login (and `transfer-status` then tells
+/// the outcome); a retry after the coordinator dies at `after_decision_durable`,
+/// through the same branch and through another, ends "committed" with exit 0; the same
+/// id sent again at a third branch is the same transfer; and a customer whose branch is
+/// down is told "not done" (exit 4), with nothing moved.
+#[test]
+fn money_answers_hold_through_crashes() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut c = Cluster::start(dir.path(), 3, &[]).expect("cluster");
+    let net = c.network_file.clone();
+    let a = open_account(&net, "b1", "CRASH-A");
+    let b = open_account(&net, "b2", "CRASH-B");
+    let mut committed = BTreeSet::new();
+    committed.insert(committed_id(&cli(
+        &net,
+        &admin("b1", &["--json", "deposit", "100", "--account", &a]),
+    )));
+
+    // b1 (the coordinator: it owns the debit account) stalls before its first prepare
+    // is durable, for longer than the teller waits.
+    c.kill(0);
+    c.start_node(0, &[("FAILPOINTS", "before_prepare_durable=1*sleep(4000)")])
+        .expect("restart stalling");
+    let r = cli(
+        &net,
+        &customer(
+            "b1",
+            &a,
+            &["--json", "--wait", "2", "transfer", "--to", &b, "1.00"],
+        ),
+    );
+    assert_eq!(r.code, EXIT_UNKNOWN, "{} / {}", r.out, r.err);
+    let v = r.json();
+    assert_eq!(v["state"], "unknown", "{v}");
+    let id = v["id"].as_str().expect("the id is given").to_owned();
+    assert!(v["check"].as_str().is_some_and(|c| c.contains(&id)), "{v}");
+    // Once b1 goes on, the id's outcome is final, from any branch.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        let r = cli(
+            &net,
+            &customer("b3", &a, &["--json", "transfer-status", &id]),
+        );
+        if r.code != EXIT_UNKNOWN || std::time::Instant::now() > deadline {
+            break r;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(status.code, 0, "{} / {}", status.out, status.err);
+    assert_eq!(status.json()["state"], "committed");
+    committed.insert(id.parse().expect("id"));
+
+    // The coordinator dies right after its commit decision is durable; the teller keeps
+    // retrying the same id until b1 is back, and is told the truth.
+    for entry in ["b1", "b2"] {
+        c.kill(0);
+        c.start_node(0, &[("FAILPOINTS", "after_decision_durable=panic")])
+            .expect("restart armed");
+        let id = teller_cli::new_transfer_id().to_string();
+        let send = ["--json", "transfer", "--to", &b, "2.00", "--id", &id];
+        let child = spawn_cli(&net, &customer(entry, &a, &send));
+        assert!(c.wait_exit(0, Duration::from_secs(20)), "b1 did not crash");
+        c.start_node(0, &[]).expect("restart");
+        let r = finished(child);
+        assert_eq!(r.code, 0, "through {entry}: {} / {}", r.out, r.err);
+        assert_eq!(r.json()["id"], id.as_str());
+        assert_eq!(committed_id(&r), id.parse().expect("id"));
+        // The same id again, at a third branch: the same transfer, not a second one.
+        let again = cli(&net, &customer("b3", &a, &send));
+        assert_eq!(committed_id(&again), id.parse().expect("id"));
+        committed.insert(id.parse().expect("id"));
+    }
+    assert_eq!(balance(&net, "b2", &b), "5.00");
+
+    // b1 down: its customer, through b2, is told "not done" (exit 4); nothing moves.
+    c.kill(0);
+    let r = cli(
+        &net,
+        &customer("b2", &a, &["--json", "transfer", "--to", &b, "1.00"]),
+    );
+    assert_eq!(r.code, EXIT_CONNECTION, "{} / {}", r.out, r.err);
+    assert_eq!(r.json()["code"], "branch_unreachable", "{}", r.out);
+    c.start_node(0, &[]).expect("restart");
+    assert_eq!(balance(&net, "b1", &a), "95.00");
+    finish(c, &committed);
 }

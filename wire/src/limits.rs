@@ -62,8 +62,11 @@ pub const SESSION_TTL_MS: u64 = 30 * 60 * 1_000;
 /// Most live teller sessions one branch keeps; the oldest expire first beyond it.
 pub const SESSIONS_MAX: usize = 100_000;
 
-/// How long a node waits for another branch to answer a forwarded request, in milliseconds.
-pub const FORWARD_TIMEOUT_MS: u64 = 5_000;
+/// How long a node waits for another branch to answer a forwarded request, in
+/// milliseconds. Longer than a transfer's prepare timeout (the forwarded transfer is
+/// decided within it), shorter than a teller's request timeout (10 s), so a teller
+/// hears "no answer from branch N" from its branch before its own wait ends.
+pub const FORWARD_TIMEOUT_MS: u64 = 8_000;
 
 /// Longest a fault switch may delay a link, in milliseconds.
 pub const LINK_DELAY_MS_MAX: u32 = 60_000;

@@ -7,11 +7,10 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::account::AccountNumber;
-use crate::ids::BranchId;
+use crate::ids::{BranchId, TransferId};
 use crate::refusal::Refusal;
 use crate::teller::{
-    AccountView, EntryView, PageRequest, Role, SessionToken, TellerRequest, TellerResponse,
+    AccountView, EntryView, PageRequest, TellerRequest, TellerResponse, TransferState,
 };
 
 /// What one branch asks another.
@@ -23,41 +22,28 @@ pub enum LinkRequest {
     Forward(ForwardRequest),
 }
 
-/// A forwarded teller request. `teller` is the PeerId bytes of the teller connected to
-/// the asking branch, which the Noise handshake proved to that branch.
+/// A request one branch passes to another. `teller` is the PeerId bytes of the teller
+/// connected to the asking branch, which the Noise handshake proved to that branch (the
+/// receiving branch trusts a listed branch to report it truthfully).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(test, derive(proptest_derive::Arbitrary))]
 pub enum ForwardRequest {
-    /// Answer `request` as if `teller` were connected here (its account or session is here).
+    /// Answer `request` as if `teller` were connected here: its session (or, for a
+    /// login, its account) is here. Never forwarded again, and never acted on after
+    /// `expires_at_ms` (the asking branch has stopped waiting by then, so a forward
+    /// that arrives late cannot take effect after its teller was told "no answer").
     Teller {
         teller: Vec<u8>,
         request: TellerRequest,
+        expires_at_ms: u64,
     },
-    /// Who holds `session`, if it is live and bound to `teller`?
-    Session {
-        teller: Vec<u8>,
-        session: SessionToken,
-    },
+    /// Where transfer `id` stands by this branch's own records as its coordinator (the
+    /// id's authority); asked by a participant that cannot tell the final outcome.
+    Outcome { id: TransferId },
     /// An admin of the asking branch lists this branch's accounts.
     Accounts,
     /// An admin of the asking branch lists this branch's ledger.
     Transactions { page: PageRequest },
-}
-
-/// A live session as the issuing branch knows it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
-pub struct SessionInfo {
-    pub login: String,
-    pub role: Role,
-    #[cfg_attr(
-        test,
-        proptest(
-            strategy = "proptest::collection::vec(crate::account::tests::any_account(), 0..3)"
-        )
-    )]
-    pub accounts: Vec<AccountNumber>,
-    pub expires_at_ms: u64,
 }
 
 /// The answer to a [`LinkRequest`].
@@ -69,7 +55,7 @@ pub enum LinkResponse {
     /// The 2PC envelope was refused; nothing was done with it.
     Refused(EnvelopeRefusal),
     Teller(TellerResponse),
-    Session(Result<SessionInfo, Refusal>),
+    Outcome(TransferState),
     Accounts(Vec<AccountView>),
     Entries {
         entries: Vec<EntryView>,

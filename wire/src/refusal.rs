@@ -4,6 +4,13 @@
 //! The same enum is the reason in a `Vote::No`, in an aborted transfer's outcome and in
 //! a teller's `Refused` answer, so a reason found at a remote branch reaches the teller
 //! unchanged. Messages are one line, lowercase, without a trailing period.
+//!
+//! A refusal is **final**: the request did not take effect and never will. Anything that
+//! is not final (no session, a branch out of reach, a busy branch, a failing store) is
+//! a [`crate::teller::Unavailable`], never a `Refusal`.
+//!
+//! Refusals are stored (postcard, by variant index) in aborted transfers' records, so
+//! the order of the variants is part of the store format: append, never reorder.
 
 use serde::{Deserialize, Serialize};
 
@@ -41,8 +48,6 @@ pub enum Refusal {
     LockedOut,
     #[error("wrong user or password")]
     BadCredentials,
-    #[error("session expired or unknown; log in again")]
-    SessionExpired,
     #[error("account still holds money or has holds; it must be empty to close")]
     AccountNotEmpty,
     #[error("balance would exceed the largest representable amount")]
@@ -51,18 +56,62 @@ pub enum Refusal {
     InvalidInput,
     #[error("branch is not in the network file")]
     UnknownBranch,
-    #[error("branch did not answer before the transfer's deadline")]
-    BranchUnreachable,
+    /// The coordinator's prepare deadline passed without every vote: recorded as aborted.
+    #[error("a branch did not vote before the transfer's deadline; nothing moved")]
+    NoVote,
     #[error("the transfer's deadline passed before it was prepared")]
     Expired,
-    #[error("too many transfers in flight; retry shortly")]
-    Overloaded,
     #[error("user already exists")]
     UserExists,
     #[error("transfer interrupted by a branch restart before its decision; nothing moved")]
     Interrupted,
-    #[error("branch store failed; the request was not applied, try again")]
-    StoreUnavailable,
+}
+
+impl Refusal {
+    /// Every refusal, in declaration (and encoding) order.
+    pub const ALL: [Refusal; 17] = [
+        Refusal::InsufficientFunds,
+        Refusal::AccountNotFound,
+        Refusal::AccountClosed,
+        Refusal::SameAccount,
+        Refusal::InvalidAmount,
+        Refusal::IdConflict,
+        Refusal::Unauthorized,
+        Refusal::LockedOut,
+        Refusal::BadCredentials,
+        Refusal::AccountNotEmpty,
+        Refusal::BalanceOverflow,
+        Refusal::InvalidInput,
+        Refusal::UnknownBranch,
+        Refusal::NoVote,
+        Refusal::Expired,
+        Refusal::UserExists,
+        Refusal::Interrupted,
+    ];
+
+    /// A stable machine-readable code (snake case) for programs: `--json` output and
+    /// scripts match on it, never on the message.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Refusal::InsufficientFunds => "insufficient_funds",
+            Refusal::AccountNotFound => "unknown_account",
+            Refusal::AccountClosed => "account_closed",
+            Refusal::SameAccount => "same_account",
+            Refusal::InvalidAmount => "invalid_amount",
+            Refusal::IdConflict => "id_conflict",
+            Refusal::Unauthorized => "unauthorized",
+            Refusal::LockedOut => "locked_out",
+            Refusal::BadCredentials => "bad_credentials",
+            Refusal::AccountNotEmpty => "account_not_empty",
+            Refusal::BalanceOverflow => "balance_overflow",
+            Refusal::InvalidInput => "invalid_input",
+            Refusal::UnknownBranch => "unknown_branch",
+            Refusal::NoVote => "no_vote",
+            Refusal::Expired => "expired",
+            Refusal::UserExists => "user_exists",
+            Refusal::Interrupted => "interrupted",
+        }
+    }
 }
 
 #[cfg(test)]
@@ -71,30 +120,7 @@ mod tests {
 
     #[test]
     fn messages_are_one_lowercase_line_without_period() {
-        use Refusal::*;
-        let all = [
-            InsufficientFunds,
-            AccountNotFound,
-            AccountClosed,
-            SameAccount,
-            InvalidAmount,
-            IdConflict,
-            Unauthorized,
-            LockedOut,
-            BadCredentials,
-            SessionExpired,
-            AccountNotEmpty,
-            BalanceOverflow,
-            InvalidInput,
-            UnknownBranch,
-            BranchUnreachable,
-            Expired,
-            Overloaded,
-            UserExists,
-            Interrupted,
-            StoreUnavailable,
-        ];
-        for r in all {
+        for r in Refusal::ALL {
             let m = r.to_string();
             assert!(!m.contains('\n') && !m.ends_with('.'), "{m:?}");
             assert_eq!(
@@ -102,6 +128,27 @@ mod tests {
                 m.chars().next().map(|c| c.to_ascii_lowercase()),
                 "{m:?}"
             );
+        }
+    }
+
+    #[test]
+    fn codes_are_unique_snake_case() {
+        let codes: std::collections::BTreeSet<_> = Refusal::ALL.iter().map(|r| r.code()).collect();
+        assert_eq!(codes.len(), Refusal::ALL.len());
+        for c in codes {
+            assert!(
+                c.chars().all(|ch| ch.is_ascii_lowercase() || ch == '_'),
+                "{c}"
+            );
+        }
+    }
+
+    /// Stored records hold refusals by variant index: this pins the store format.
+    #[test]
+    fn encoding_is_the_declaration_index() {
+        for (i, r) in Refusal::ALL.iter().enumerate() {
+            let bytes = crate::encode(r).expect("encodes");
+            assert_eq!(bytes, vec![u8::try_from(i).expect("small")], "{r:?}");
         }
     }
 }

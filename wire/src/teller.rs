@@ -3,7 +3,9 @@
 //! Teller traffic is not signed per message: the libp2p Noise channel authenticates the
 //! teller's PeerId, and a session token from `Login` is bound to that PeerId by the
 //! branch. Every request is checked with [`TellerRequest::validate`] before it reaches
-//! a store, and every refusal comes back as [`TellerResponse::Refused`].
+//! a store. A final refusal comes back as [`TellerResponse::Refused`]; a request the
+//! branch could not carry out now comes back as [`TellerResponse::Unavailable`], which
+//! says whether it may still take effect.
 
 use serde::{Deserialize, Serialize};
 
@@ -182,6 +184,35 @@ pub struct AccountView {
 }
 
 impl TellerOp {
+    /// The operation's name, as logs and the authorization table say it.
+    pub fn name(&self) -> &'static str {
+        match self {
+            TellerOp::Login { .. } => "login",
+            TellerOp::Logout => "logout",
+            TellerOp::Balance { .. } => "balance",
+            TellerOp::Deposit { .. } => "deposit",
+            TellerOp::Withdraw { .. } => "withdraw",
+            TellerOp::Transfer(_) => "transfer",
+            TellerOp::History { .. } => "history",
+            TellerOp::TransferStatus { .. } => "transfer-status",
+            TellerOp::OpenAccount { .. } => "open-account",
+            TellerOp::CloseAccount { .. } => "close-account",
+            TellerOp::ListAccounts { .. } => "list-accounts",
+            TellerOp::ListTransactions { .. } => "list-transactions",
+            TellerOp::SetLinkFault { .. } => "set-link-fault",
+        }
+    }
+
+    /// The id of a money movement (deposit, withdrawal or transfer): the id its outcome
+    /// is recorded and asked about under.
+    pub fn money_id(&self) -> Option<TransferId> {
+        match self {
+            TellerOp::Deposit { id, .. } | TellerOp::Withdraw { id, .. } => Some(*id),
+            TellerOp::Transfer(spec) => Some(spec.id),
+            _ => None,
+        }
+    }
+
     /// A deposit (`deposit`) or a withdrawal of `amount` on `account`, under `id`.
     pub fn movement(deposit: bool, id: TransferId, account: AccountNumber, amount: Amount) -> Self {
         if deposit {
@@ -230,16 +261,75 @@ pub struct EntryView {
     pub at_ms: u64,
 }
 
-/// Where a transfer (or deposit or withdrawal) stands.
+/// Where a transfer (or deposit or withdrawal) stands. `Committed` and `Aborted` are
+/// final and the same from every branch; `Pending` and `Unknown` mean "not known yet".
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[cfg_attr(test, derive(proptest_derive::Arbitrary))]
 pub enum TransferState {
     Committed,
+    /// Final: recorded so that this id can never apply.
     Aborted(Refusal),
-    /// Prepared, decision not yet reached: ask again.
+    /// Known here, decision not known here yet: ask again.
     Pending,
-    /// This branch has no record of the id.
+    /// This branch has no record of the id (yet). From the id's authority, once nothing
+    /// is in flight, it means the request never took effect.
     Unknown,
+}
+
+impl TransferState {
+    /// True for `Committed` and `Aborted`: the outcome every later answer repeats.
+    pub fn is_final(&self) -> bool {
+        matches!(self, TransferState::Committed | TransferState::Aborted(_))
+    }
+}
+
+/// Why a branch did not carry out a request now. Not a refusal: sending the same
+/// request again (the same id, for money) is safe and may succeed. Whether the request
+/// may still take effect is [`Unavailable::may_have_happened`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, thiserror::Error)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+pub enum Unavailable {
+    /// No session, or it expired or was ended: log in again. Nothing was done.
+    #[error("session expired or unknown; log in again (nothing was done)")]
+    SessionExpired,
+    /// The branch that must do the work could not be reached: nothing was sent to it.
+    #[error("branch {0} could not be reached; nothing was sent to it")]
+    BranchUnreachable(BranchId),
+    /// The request reached branch `0`, which did not answer in time: it may still be
+    /// carried out there. Ask again with the same id.
+    #[error("branch {0} did not answer in time; the request may still be carried out")]
+    NoAnswer(BranchId),
+    /// Too busy to take the request: nothing was recorded.
+    #[error("branch is too busy to take the request; nothing was done, retry shortly")]
+    Overloaded,
+    /// The branch's store failed while carrying the request out: it may or may not
+    /// have taken effect.
+    #[error("branch store failed; the request may or may not have been carried out")]
+    StoreFailed,
+    /// The branch is shutting down and did not take the request: nothing was done.
+    #[error("branch is stopping; nothing was done")]
+    Stopping,
+}
+
+impl Unavailable {
+    /// True when the request may still take effect (or already did): its outcome is
+    /// unknown until its id is asked about. False when nothing was done and nothing
+    /// will be.
+    pub fn may_have_happened(&self) -> bool {
+        matches!(self, Unavailable::NoAnswer(_) | Unavailable::StoreFailed)
+    }
+
+    /// A stable machine-readable code (snake case).
+    pub fn code(&self) -> &'static str {
+        match self {
+            Unavailable::SessionExpired => "session_expired",
+            Unavailable::BranchUnreachable(_) => "branch_unreachable",
+            Unavailable::NoAnswer(_) => "no_answer",
+            Unavailable::Overloaded => "overloaded",
+            Unavailable::StoreFailed => "store_failed",
+            Unavailable::Stopping => "stopping",
+        }
+    }
 }
 
 /// A branch's answer.
@@ -274,7 +364,10 @@ pub enum TellerResponse {
         branch: BranchId,
         fault: LinkFault,
     },
+    /// Final: the request did not take effect and never will.
     Refused(Refusal),
+    /// Not carried out now; see [`Unavailable::may_have_happened`].
+    Unavailable(Unavailable),
 }
 
 fn text_ok(s: &str) -> bool {
@@ -290,74 +383,51 @@ fn page_ok(p: &PageRequest) -> bool {
 }
 
 impl TellerRequest {
-    /// Checks everything that needs no store: field lengths, amounts, page sizes and
-    /// that a session is present where one is needed. Authorization comes after.
+    /// Checks everything that needs no store: field lengths and page sizes. Whether a
+    /// session is present, and authorization, come after. A money request's content
+    /// (amount, same account) is left to the branch that is its id's authority, which
+    /// records a refusal under the id, so the id keeps that answer.
     pub fn validate(&self) -> Result<(), Refusal> {
-        let movable = |a: &Amount| {
-            a.validate_movable()
-                .map(|_| ())
-                .map_err(|_| Refusal::InvalidAmount)
-        };
-        match (&self.op, self.session) {
-            (TellerOp::Login { user, password }, _) => {
-                if text_ok(user) && password_ok(password) {
-                    Ok(())
-                } else {
-                    Err(Refusal::BadCredentials)
-                }
+        let ok_or = |ok: bool, refusal| if ok { Ok(()) } else { Err(refusal) };
+        match &self.op {
+            TellerOp::Login { user, password } => ok_or(
+                text_ok(user) && password_ok(password),
+                Refusal::BadCredentials,
+            ),
+            TellerOp::History { page, .. } | TellerOp::ListTransactions { page, .. } => {
+                ok_or(page_ok(page), Refusal::InvalidInput)
             }
-            (_, None) => Err(Refusal::SessionExpired),
-            (TellerOp::Deposit { amount, .. } | TellerOp::Withdraw { amount, .. }, _) => {
-                movable(amount)
+            TellerOp::OpenAccount {
+                customer, password, ..
+            } => ok_or(
+                customer_ok(customer) && password_ok(password),
+                Refusal::InvalidInput,
+            ),
+            TellerOp::CloseAccount { admin_password, .. } => {
+                ok_or(password_ok(admin_password), Refusal::BadCredentials)
             }
-            (TellerOp::Transfer(spec), _) => spec.validate(),
-            (TellerOp::History { page, .. } | TellerOp::ListTransactions { page, .. }, _) => {
-                if page_ok(page) {
-                    Ok(())
-                } else {
-                    Err(Refusal::InvalidInput)
-                }
-            }
-            (
-                TellerOp::OpenAccount {
-                    customer, password, ..
-                },
-                _,
-            ) => {
-                let c = customer;
-                let fields = [&c.national_id, &c.phone, &c.first_name, &c.last_name];
-                let phone_ok = c
-                    .phone
-                    .chars()
-                    .all(|ch| ch.is_ascii_digit() || ch == '+' || ch == ' ');
-                if fields.iter().all(|f| text_ok(f)) && phone_ok && password_ok(password) {
-                    Ok(())
-                } else {
-                    Err(Refusal::InvalidInput)
-                }
-            }
-            (TellerOp::CloseAccount { admin_password, .. }, _) => {
-                if password_ok(admin_password) {
-                    Ok(())
-                } else {
-                    Err(Refusal::BadCredentials)
-                }
-            }
-            (
-                TellerOp::Logout
-                | TellerOp::Balance { .. }
-                | TellerOp::TransferStatus { .. }
-                | TellerOp::ListAccounts { .. },
-                _,
-            ) => Ok(()),
-            (TellerOp::SetLinkFault { fault, .. }, _) => match fault {
-                LinkFault::Delayed { delay_ms } if *delay_ms > LINK_DELAY_MS_MAX => {
-                    Err(Refusal::InvalidInput)
-                }
-                _ => Ok(()),
-            },
+            TellerOp::Logout
+            | TellerOp::Deposit { .. }
+            | TellerOp::Withdraw { .. }
+            | TellerOp::Transfer(_)
+            | TellerOp::Balance { .. }
+            | TellerOp::TransferStatus { .. }
+            | TellerOp::ListAccounts { .. } => Ok(()),
+            TellerOp::SetLinkFault { fault, .. } => ok_or(
+                !matches!(fault, LinkFault::Delayed { delay_ms } if *delay_ms > LINK_DELAY_MS_MAX),
+                Refusal::InvalidInput,
+            ),
         }
     }
+}
+
+fn customer_ok(c: &NewCustomer) -> bool {
+    let fields = [&c.national_id, &c.phone, &c.first_name, &c.last_name];
+    let phone_ok = c
+        .phone
+        .chars()
+        .all(|ch| ch.is_ascii_digit() || ch == '+' || ch == ' ');
+    fields.iter().all(|f| text_ok(f)) && phone_ok
 }
 
 #[cfg(test)]
@@ -409,11 +479,7 @@ mod tests {
             login("admin", &"x".repeat(PASSWORD_BYTES_MAX + 1)),
             Err(Refusal::BadCredentials),
         );
-        check(
-            false,
-            TellerOp::Balance { account: acct(1) },
-            Err(Refusal::SessionExpired),
-        );
+        check(false, TellerOp::Balance { account: acct(1) }, Ok(()));
         check(true, TellerOp::Balance { account: acct(1) }, Ok(()));
         check(
             true,
@@ -431,7 +497,7 @@ mod tests {
                 account: acct(1),
                 amount: amt(0),
             },
-            Err(Refusal::InvalidAmount),
+            Ok(()), // refused, and recorded, by the account's branch
         );
         let spec = TransferSpec {
             id: TransferId(1),
@@ -439,7 +505,7 @@ mod tests {
             to: acct(1),
             amount: amt(5),
         };
-        check(true, TellerOp::Transfer(spec), Err(Refusal::SameAccount));
+        check(true, TellerOp::Transfer(spec), Ok(())); // likewise
         let page = |limit| PageRequest {
             before: None,
             limit,

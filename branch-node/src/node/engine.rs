@@ -22,9 +22,9 @@ use std::time::Duration;
 use coordinator::{Branch, Command, Evidence, Input, Ticket};
 use tokio::sync::{mpsc, oneshot};
 use wire::link::{LinkRequest, LinkResponse};
-use wire::teller::TransferState;
+use wire::teller::{TransferState, Unavailable};
 use wire::twopc::{BranchBody, BranchMessage, TransferSpec};
-use wire::{BranchId, BranchKey, Refusal, Signed};
+use wire::{BranchId, BranchKey, Signed};
 
 use super::now_ms;
 use crate::network_file::NetworkFile;
@@ -151,6 +151,7 @@ impl StoredShared {
 /// Hands work to the engine. Cheap to clone.
 #[derive(Clone, Debug)]
 pub struct EngineHandle {
+    me: BranchId,
     tx: mpsc::Sender<Event>,
     counters: Arc<Counters>,
 }
@@ -165,14 +166,19 @@ impl std::fmt::Debug for Event {
 }
 
 impl EngineHandle {
-    /// Coordinates `spec` and waits for its outcome. A lost engine (shutdown) answers
-    /// `Pending`: the outcome is not known to the caller, who can ask for the status.
-    pub async fn transfer(&self, spec: TransferSpec) -> TransferState {
+    /// Coordinates `spec` and waits for its final outcome. Not taken (a full queue, too
+    /// many in flight, a stopped engine): nothing was recorded, and the error says so.
+    /// An engine lost after taking it: the outcome is not known (`NoAnswer`).
+    pub async fn transfer(&self, spec: TransferSpec) -> Result<TransferState, Unavailable> {
         let (reply, rx) = oneshot::channel();
         match self.tx.try_send(Event::Transfer { spec, reply }) {
-            Ok(()) => rx.await.unwrap_or(TransferState::Pending),
-            Err(mpsc::error::TrySendError::Full(_)) => TransferState::Aborted(Refusal::Overloaded),
-            Err(mpsc::error::TrySendError::Closed(_)) => TransferState::Pending,
+            Ok(()) => match rx.await {
+                Ok(TransferState::Unknown) => Err(Unavailable::Overloaded),
+                Ok(state) => Ok(state),
+                Err(_) => Err(Unavailable::NoAnswer(self.me)),
+            },
+            Err(mpsc::error::TrySendError::Full(_)) => Err(Unavailable::Overloaded),
+            Err(mpsc::error::TrySendError::Closed(_)) => Err(Unavailable::Stopping),
         }
     }
 
@@ -237,6 +243,7 @@ pub fn new(
     let _ = writer.on_batch_end(move || hook.batch_ended());
     let counters = Arc::new(Counters::default());
     let handle = EngineHandle {
+        me: branch.id(),
         tx,
         counters: Arc::clone(&counters),
     };

@@ -3,6 +3,7 @@
 //! shuts down in order when asked: stop taking work, let queued storage become
 //! durable, then close the store.
 
+pub mod authz;
 pub mod engine;
 pub mod link;
 pub mod notifier;
@@ -81,6 +82,11 @@ pub async fn run(
         "no address to listen on: give --listen or list one in the network file"
     );
     let store = Store::open(&cfg.data_dir.join(DB_FILE), me, cfg.durability)?;
+    let sessions = Sessions::load(me, store.live_sessions(now_ms())?);
+    tracing::info!(
+        sessions = sessions.len(),
+        "sessions kept from before the start"
+    );
     let writer = Writer::spawn(store);
     let wh = writer.handle();
 
@@ -119,7 +125,7 @@ pub async fn run(
         writer: wh,
         engine: engine.clone(),
         client: client.clone(),
-        sessions: Mutex::new(Sessions::new(me)),
+        sessions: Mutex::new(sessions),
         fault_switch: cfg.fault_switch,
     });
     let mut addrs = Vec::new();

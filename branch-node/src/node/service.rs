@@ -1,29 +1,36 @@
-//! The teller service: authorizes and validates every teller request before it touches
-//! the store, runs it here or forwards it to the branch that holds the account or the
-//! session, and answers forwarded requests from other branches.
+//! The teller service: validates and authorizes every teller request before it touches
+//! the store, runs it here or forwards it to the branch that must run it, and answers
+//! requests forwarded by other branches.
 //!
-//! Routing: a customer's login, session and accounts live at their account's branch.
-//! A request with another branch's session is forwarded there, except a transfer (and
-//! its status), which is coordinated here after the issuing branch vouches for the
-//! session. Admins act on their own branch's accounts and may list the whole network.
+//! Routing, one rule: **a session's requests run at the branch that issued it.** A
+//! customer logs in at their account's branch (a login sent elsewhere is forwarded
+//! there) and an admin at the branch they administer, so the issuing branch owns every
+//! account the session may touch: it is the authority for every money id the session
+//! can send (it coordinates the transfer, or does the deposit or withdrawal), and it
+//! checks the authorization table (`authz.rs`) for every request. Any other branch
+//! only passes the request on, so a retry of an id reaches the same authority wherever
+//! the teller connects, and nothing a teller sends can be authorized anywhere else.
 
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use futures::future::join_all;
 use libp2p::PeerId;
-use wire::link::{ForwardRequest, LinkRequest, LinkResponse, SessionInfo};
+use wire::link::{EnvelopeRefusal, ForwardRequest, LinkRequest, LinkResponse};
 use wire::teller::{
-    AccountView, EntryView, Role, Scope, SessionToken, TellerOp, TellerRequest, TellerResponse,
+    AccountView, EntryView, LinkFault, NewCustomer, PageRequest, Scope, SessionToken, TellerOp,
+    TellerRequest, TellerResponse, TransferState, Unavailable,
 };
-use wire::{AccountNumber, BranchId, Refusal};
+use wire::twopc::TransferSpec;
+use wire::{AccountNumber, Amount, BranchId, Refusal, TransferId};
 
+use super::authz;
 use super::engine::EngineHandle;
 use super::now_ms;
-use super::sessions::Sessions;
+use super::sessions::{SessionInfo, Sessions};
 use crate::network_file::NetworkFile;
-use crate::p2p::network::Client;
+use crate::p2p::network::{Client, LinkError};
 use crate::store::writer::WriterHandle;
-use crate::store::{Movement, StoreError, bank, twopc};
+use crate::store::{Movement, StoreError, bank, sessions as stored_sessions, twopc};
 
 /// Everything a branch needs to answer tellers and forwarded requests.
 #[derive(Debug)]
@@ -38,11 +45,31 @@ pub struct Service {
     pub(crate) fault_switch: bool,
 }
 
-type Answer = Result<TellerResponse, Refusal>;
+/// Why a request got no business answer: a final refusal, or not carried out now.
+#[derive(Debug)]
+enum Fail {
+    Refused(Refusal),
+    Unavailable(Unavailable),
+}
 
-fn store_failed(e: StoreError) -> Refusal {
+impl From<Refusal> for Fail {
+    fn from(r: Refusal) -> Self {
+        Fail::Refused(r)
+    }
+}
+
+impl From<Unavailable> for Fail {
+    fn from(u: Unavailable) -> Self {
+        Fail::Unavailable(u)
+    }
+}
+
+type Answer = Result<TellerResponse, Fail>;
+
+/// A store failure: logged here, and told as "may or may not have happened".
+fn store_failed(e: StoreError) -> Fail {
     tracing::error!("store failed: {e}");
-    Refusal::StoreUnavailable
+    Fail::Unavailable(Unavailable::StoreFailed)
 }
 
 impl Service {
@@ -54,56 +81,57 @@ impl Service {
         request: TellerRequest,
         forwarded: bool,
     ) -> TellerResponse {
-        let op = op_name(&request.op);
+        let op = request.op.name();
         match self.route(peer, request, forwarded).await {
             Ok(r) => r,
-            Err(refusal) => {
+            Err(Fail::Refused(refusal)) => {
                 tracing::info!(%peer, op, %refusal, "teller request refused");
                 TellerResponse::Refused(refusal)
+            }
+            Err(Fail::Unavailable(why)) => {
+                tracing::info!(%peer, op, %why, "teller request not carried out");
+                TellerResponse::Unavailable(why)
             }
         }
     }
 
     async fn route(&self, peer: PeerId, request: TellerRequest, forwarded: bool) -> Answer {
         request.validate()?;
-        if let TellerOp::Login { user, password } = &request.op {
+        if let TellerOp::Login { user, .. } = &request.op {
             return match user.parse::<AccountNumber>() {
-                Ok(a) if a.branch() != self.me && !forwarded => {
+                Ok(a) if a.branch() == self.me => self.login(peer, request.op).await,
+                Ok(_) if forwarded => Err(Refusal::BadCredentials.into()),
+                Ok(a) if self.network.get(a.branch()).is_some() => {
                     self.forward_teller(a.branch(), peer, request).await
                 }
-                Ok(a) if a.branch() != self.me => Err(Refusal::BadCredentials),
-                _ => self.login(peer, user.clone(), password.clone()).await,
+                Ok(_) => Err(Refusal::BadCredentials.into()),
+                Err(_) => self.login(peer, request.op).await,
             };
         }
-        let token = request.session.ok_or(Refusal::SessionExpired)?;
+        let token = request.session.ok_or(Unavailable::SessionExpired)?;
         let issuer = token.issuer();
-        if issuer == self.me {
-            let info = self.local_session(token, &peer)?;
-            return self.execute(peer, token, info, request.op).await;
-        }
-        if forwarded || self.network.get(issuer).is_none() {
-            return Err(Refusal::SessionExpired);
-        }
-        match request.op {
-            TellerOp::Transfer(_) | TellerOp::TransferStatus { .. } => {
-                let info = self.remote_session(issuer, peer, token).await?;
-                self.execute(peer, token, info, request.op).await
+        if issuer != self.me {
+            if forwarded || self.network.get(issuer).is_none() {
+                return Err(Unavailable::SessionExpired.into());
             }
-            _ => self.forward_teller(issuer, peer, request).await,
+            return self.forward_teller(issuer, peer, request).await;
         }
+        let session = self
+            .sessions()
+            .get(token, &peer, now_ms())
+            .ok_or(Unavailable::SessionExpired)?;
+        authz::check(&session, self.me, &request.op)?;
+        self.execute(peer, token, &session, request.op).await
     }
 
-    fn local_session(&self, token: SessionToken, peer: &PeerId) -> Result<SessionInfo, Refusal> {
-        let mut sessions = self
-            .sessions
-            .lock()
-            .map_err(|_| Refusal::StoreUnavailable)?;
-        sessions
-            .get(token, peer, now_ms())
-            .ok_or(Refusal::SessionExpired)
+    /// The session table; a panic elsewhere while it was held leaves nothing half-done
+    /// in it (every change is one map operation), so a poisoned lock is used as it is.
+    fn sessions(&self) -> MutexGuard<'_, Sessions> {
+        self.sessions.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    async fn link(&self, to: BranchId, request: ForwardRequest) -> Result<LinkResponse, Refusal> {
+    /// Sends a link request to branch `to`, bounded by [`wire::limits::FORWARD_TIMEOUT_MS`].
+    async fn link(&self, to: BranchId, request: ForwardRequest) -> Result<LinkResponse, Fail> {
         let peer = self.network.get(to).ok_or(Refusal::UnknownBranch)?.peer_id;
         let response = tokio::time::timeout(
             std::time::Duration::from_millis(wire::limits::FORWARD_TIMEOUT_MS),
@@ -111,13 +139,17 @@ impl Service {
         )
         .await;
         match response {
-            Ok(Ok(LinkResponse::ForwardRefused(r))) => Err(r),
+            Ok(Ok(LinkResponse::ForwardRefused(r))) => Err(r.into()),
+            // The other branch refused the link itself: it did nothing with the request.
+            Ok(Ok(LinkResponse::Refused(EnvelopeRefusal::LinkBlocked))) => {
+                Err(Unavailable::BranchUnreachable(to).into())
+            }
             Ok(Ok(r)) => Ok(r),
             Ok(Err(e)) => {
                 tracing::info!(%to, "forward failed: {e}");
-                Err(Refusal::BranchUnreachable)
+                Err(unreached(to, &e).into())
             }
-            Err(_) => Err(Refusal::BranchUnreachable),
+            Err(_) => Err(Unavailable::NoAnswer(to).into()),
         }
     }
 
@@ -125,50 +157,85 @@ impl Service {
         let forward = ForwardRequest::Teller {
             teller: peer.to_bytes(),
             request,
+            expires_at_ms: now_ms().saturating_add(wire::limits::FORWARD_TIMEOUT_MS),
         };
         match self.link(to, forward).await? {
-            LinkResponse::Teller(TellerResponse::Refused(r)) => Err(r),
             LinkResponse::Teller(r) => Ok(r),
-            _ => Err(Refusal::BranchUnreachable),
+            other => {
+                tracing::warn!(%to, ?other, "unexpected answer to a forwarded request");
+                Err(Unavailable::NoAnswer(to).into())
+            }
         }
     }
 
-    async fn remote_session(
+    async fn execute(
         &self,
-        issuer: BranchId,
         peer: PeerId,
-        session: SessionToken,
-    ) -> Result<SessionInfo, Refusal> {
-        let ask = ForwardRequest::Session {
-            teller: peer.to_bytes(),
-            session,
-        };
-        match self.link(issuer, ask).await? {
-            LinkResponse::Session(answer) => answer,
-            _ => Err(Refusal::BranchUnreachable),
+        token: SessionToken,
+        session: &SessionInfo,
+        op: TellerOp,
+    ) -> Answer {
+        match op {
+            TellerOp::Login { .. } => Err(Refusal::InvalidInput.into()),
+            TellerOp::Logout => self.logout(token, peer).await,
+            TellerOp::Balance { account } => self.balance(account).await,
+            TellerOp::Deposit {
+                id,
+                account,
+                amount,
+            } => self.movement(Movement::Deposit, id, account, amount).await,
+            TellerOp::Withdraw {
+                id,
+                account,
+                amount,
+            } => {
+                self.movement(Movement::Withdrawal, id, account, amount)
+                    .await
+            }
+            TellerOp::Transfer(spec) => self.transfer(spec).await,
+            TellerOp::History { account, page } => self.history(account, page).await,
+            TellerOp::TransferStatus { id } => self.status(session, id).await,
+            TellerOp::OpenAccount {
+                customer,
+                password,
+                existing,
+            } => self.open_account(customer, password, existing).await,
+            TellerOp::CloseAccount {
+                account,
+                admin_password,
+            } => self.close_account(session, account, admin_password).await,
+            TellerOp::ListAccounts { scope } => {
+                Ok(TellerResponse::Accounts(self.accounts(scope).await?))
+            }
+            TellerOp::ListTransactions { scope, page } => {
+                let (entries, next_before) = self.transactions(scope, page).await?;
+                Ok(TellerResponse::Entries {
+                    entries,
+                    next_before,
+                })
+            }
+            TellerOp::SetLinkFault { branch, fault } => self.set_link_fault(branch, fault).await,
         }
     }
 
-    async fn login(&self, peer: PeerId, user: String, password: String) -> Answer {
+    async fn login(&self, peer: PeerId, op: TellerOp) -> Answer {
+        let TellerOp::Login { user, password } = op else {
+            return Err(Refusal::InvalidInput.into());
+        };
         let now = now_ms();
-        let user_info = self
+        let user = self
             .writer
             .login(user, password, now)
             .await
             .map_err(store_failed)??;
-        let info = SessionInfo {
-            login: user_info.login,
-            role: user_info.role,
-            accounts: user_info.accounts,
-            expires_at_ms: 0,
-        };
-        let (session, info) = {
-            let mut sessions = self
-                .sessions
-                .lock()
-                .map_err(|_| Refusal::StoreUnavailable)?;
-            sessions.open(peer, info, rand::random(), now)
-        };
+        let opened = self.sessions().open(peer, user, rand::random(), now);
+        // Stored before the token is handed out, so a restart keeps the session.
+        let (row, evicted) = (opened.row, opened.evicted);
+        self.writer
+            .call(move |c, _| stored_sessions::insert(c, &row, &evicted, now))
+            .await
+            .map_err(store_failed)?;
+        let info = opened.info;
         tracing::info!(%peer, login = %info.login, role = ?info.role, "logged in");
         let numbers = info.accounts.clone();
         let accounts = self
@@ -183,196 +250,196 @@ impl Service {
             .await
             .map_err(store_failed)?;
         Ok(TellerResponse::LoggedIn {
-            session,
+            session: opened.token,
             role: info.role,
             accounts,
             expires_at_ms: info.expires_at_ms,
         })
     }
 
-    /// May this session act on account `n`? Customers: their own accounts. Admins: the
-    /// accounts of this branch.
-    fn may_touch(&self, info: &SessionInfo, n: AccountNumber) -> Result<(), Refusal> {
-        let ok = match info.role {
-            Role::Admin => n.branch() == self.me,
-            Role::Customer => info.accounts.contains(&n),
-        };
-        if ok {
-            Ok(())
-        } else {
-            Err(Refusal::Unauthorized)
+    async fn logout(&self, token: SessionToken, peer: PeerId) -> Answer {
+        let closed = self.sessions().close(token, &peer);
+        if let Some(hash) = closed {
+            self.writer
+                .call(move |c, _| stored_sessions::delete(c, &hash))
+                .await
+                .map_err(store_failed)?;
         }
+        Ok(TellerResponse::LoggedOut)
     }
 
-    fn admin(info: &SessionInfo) -> Result<(), Refusal> {
-        if info.role == Role::Admin {
-            Ok(())
-        } else {
-            Err(Refusal::Unauthorized)
-        }
+    async fn balance(&self, account: AccountNumber) -> Answer {
+        let view = self
+            .writer
+            .call(move |c, me| bank::view(c, me, account))
+            .await
+            .map_err(store_failed)?;
+        Ok(TellerResponse::Account(
+            view.ok_or(Refusal::AccountNotFound)?,
+        ))
     }
 
-    async fn execute(
+    /// A deposit or withdrawal: this branch owns the account, so it is the id's authority.
+    async fn movement(
         &self,
-        peer: PeerId,
-        token: SessionToken,
-        info: SessionInfo,
-        op: TellerOp,
+        kind: Movement,
+        id: TransferId,
+        account: AccountNumber,
+        amount: Amount,
     ) -> Answer {
-        let w = &self.writer;
-        match op {
-            TellerOp::Login { .. } => Err(Refusal::InvalidInput),
-            TellerOp::Logout => {
-                if let Ok(mut s) = self.sessions.lock() {
-                    s.close(token, &peer);
-                }
-                Ok(TellerResponse::LoggedOut)
-            }
-            TellerOp::Balance { account } => {
-                self.may_touch(&info, account)?;
-                let view = w.call(move |c, me| bank::view(c, me, account)).await;
-                Ok(TellerResponse::Account(
-                    view.map_err(store_failed)?
-                        .ok_or(Refusal::AccountNotFound)?,
-                ))
-            }
-            TellerOp::Deposit {
+        let state = self
+            .writer
+            .call(move |c, me| bank::movement(c, me, kind, id, account, amount, now_ms()))
+            .await
+            .map_err(store_failed)?;
+        tracing::debug!(%id, %account, ?kind, ?state, "movement");
+        Ok(TellerResponse::Receipt { id, state })
+    }
+
+    /// A transfer: this branch owns the debit account, so it coordinates (and is the
+    /// id's authority; a refusal on content is recorded there too).
+    async fn transfer(&self, spec: TransferSpec) -> Answer {
+        let state = self.engine.transfer(spec).await?;
+        Ok(TellerResponse::Receipt { id: spec.id, state })
+    }
+
+    async fn history(&self, account: AccountNumber, page: PageRequest) -> Answer {
+        let (entries, next_before) = self
+            .writer
+            .call(move |c, me| bank::history(c, me, Some(account), page))
+            .await
+            .map_err(store_failed)?;
+        Ok(TellerResponse::Entries {
+            entries,
+            next_before,
+        })
+    }
+
+    /// Where `id` stands, for a session it concerns. This branch's record is the answer
+    /// when this branch is the id's authority or applied its commit; otherwise the
+    /// authority (the coordinator) is asked, and if it cannot tell, "not known yet".
+    async fn status(&self, session: &SessionInfo, id: TransferId) -> Answer {
+        let record = self
+            .writer
+            .call(move |c, me| twopc::transfer_record(c, me, id))
+            .await
+            .map_err(store_failed)?;
+        let Some(record) = record else {
+            return Ok(TellerResponse::Status {
                 id,
-                account,
-                amount,
-            }
-            | TellerOp::Withdraw {
-                id,
-                account,
-                amount,
-            } => {
-                self.may_touch(&info, account)?;
-                let kind = if matches!(op, TellerOp::Deposit { .. }) {
-                    Movement::Deposit
-                } else {
-                    Movement::Withdrawal
-                };
-                let state = w
-                    .call(move |c, me| bank::movement(c, me, kind, id, account, amount, now_ms()))
-                    .await
-                    .map_err(store_failed)?;
-                tracing::debug!(%id, %account, ?kind, ?state, "movement");
-                Ok(TellerResponse::Receipt { id, state })
-            }
-            TellerOp::Transfer(spec) => {
-                self.may_touch(&info, spec.from)?;
-                if self.network.get(spec.to.branch()).is_none() {
-                    return Err(Refusal::UnknownBranch);
-                }
-                let state = self.engine.transfer(spec).await;
-                Ok(TellerResponse::Receipt { id: spec.id, state })
-            }
-            TellerOp::TransferStatus { id } => {
-                let state = w
-                    .call(move |c, _| twopc::transfer_state(c, id))
-                    .await
-                    .map_err(store_failed)?;
-                Ok(TellerResponse::Status { id, state })
-            }
-            TellerOp::History { account, page } => {
-                self.may_touch(&info, account)?;
-                let (entries, next_before) = w
-                    .call(move |c, me| bank::history(c, me, Some(account), page))
-                    .await
-                    .map_err(store_failed)?;
-                Ok(TellerResponse::Entries {
-                    entries,
-                    next_before,
-                })
-            }
-            TellerOp::OpenAccount {
-                customer,
-                password,
-                existing,
-            } => {
-                Self::admin(&info)?;
-                let hash =
-                    tokio::task::spawn_blocking(move || crate::store::hash_password(&password))
-                        .await
-                        .map_err(|_| Refusal::StoreUnavailable)?
-                        .map_err(store_failed)?;
-                let opened = w
-                    .call(move |c, me| {
-                        bank::open_account(c, me, &customer, &hash, existing, now_ms())
-                    })
-                    .await
-                    .map_err(store_failed)??;
-                tracing::info!(account = %opened.number, "account opened");
-                Ok(TellerResponse::AccountOpened(opened))
-            }
-            TellerOp::CloseAccount {
-                account,
-                admin_password,
-            } => {
-                Self::admin(&info)?;
-                self.may_touch(&info, account)?;
-                w.login(info.login.clone(), admin_password, now_ms())
-                    .await
-                    .map_err(store_failed)?
-                    .map_err(|_| Refusal::BadCredentials)?;
-                let closed = w
-                    .call(move |c, me| bank::close_account(c, me, account, now_ms()))
-                    .await
-                    .map_err(store_failed)??;
-                tracing::info!(%account, "account closed");
-                Ok(TellerResponse::AccountClosed(closed))
-            }
-            TellerOp::ListAccounts { scope } => {
-                Self::admin(&info)?;
-                Ok(TellerResponse::Accounts(self.accounts(scope).await?))
-            }
-            TellerOp::ListTransactions { scope, page } => {
-                Self::admin(&info)?;
-                let (entries, next_before) = self.transactions(scope, page).await?;
-                Ok(TellerResponse::Entries {
-                    entries,
-                    next_before,
-                })
-            }
-            TellerOp::SetLinkFault { branch, fault } => {
-                Self::admin(&info)?;
-                if !self.fault_switch {
-                    return Err(Refusal::Unauthorized);
-                }
-                let peer = self
-                    .network
-                    .get(branch)
-                    .ok_or(Refusal::UnknownBranch)?
-                    .peer_id;
-                self.client.set_fault(peer, fault).await;
-                Ok(TellerResponse::LinkFaultSet { branch, fault })
-            }
+                state: TransferState::Unknown,
+            });
+        };
+        if !authz::may_see(session, &record.accounts) {
+            return Err(Refusal::Unauthorized.into());
+        }
+        let state = match record.authority {
+            Some(coordinator) if !record.state.is_final() => self
+                .ask_authority(coordinator, id)
+                .await
+                .unwrap_or(record.state),
+            _ => record.state,
+        };
+        Ok(TellerResponse::Status { id, state })
+    }
+
+    /// The final outcome of `id` by its coordinator's records, if it has one.
+    async fn ask_authority(&self, coordinator: BranchId, id: TransferId) -> Option<TransferState> {
+        if coordinator == self.me {
+            return None;
+        }
+        match self.link(coordinator, ForwardRequest::Outcome { id }).await {
+            Ok(LinkResponse::Outcome(state)) if state.is_final() => Some(state),
+            _ => None,
         }
     }
 
-    async fn local_accounts(&self) -> Result<Vec<AccountView>, Refusal> {
+    async fn open_account(
+        &self,
+        customer: NewCustomer,
+        password: String,
+        existing: Option<AccountNumber>,
+    ) -> Answer {
+        let hash = tokio::task::spawn_blocking(move || crate::store::hash_password(&password))
+            .await
+            .map_err(|_| Unavailable::StoreFailed)?
+            .map_err(store_failed)?;
+        let opened = self
+            .writer
+            .call(move |c, me| bank::open_account(c, me, &customer, &hash, existing, now_ms()))
+            .await
+            .map_err(store_failed)??;
+        tracing::info!(account = %opened.number, "account opened");
+        Ok(TellerResponse::AccountOpened(opened))
+    }
+
+    /// Closes an empty account after the admin gives their password again; the
+    /// account's login goes with it, and so do its sessions.
+    async fn close_account(
+        &self,
+        session: &SessionInfo,
+        account: AccountNumber,
+        admin_password: String,
+    ) -> Answer {
+        self.writer
+            .login(session.login.clone(), admin_password, now_ms())
+            .await
+            .map_err(store_failed)?
+            .map_err(|_| Refusal::BadCredentials)?;
+        let closed = self
+            .writer
+            .call(move |c, me| bank::close_account(c, me, account, now_ms()))
+            .await
+            .map_err(store_failed)??;
+        let ended = self.sessions().end_login(&account.to_string());
+        tracing::info!(%account, sessions_ended = ended, "account closed");
+        Ok(TellerResponse::AccountClosed(closed))
+    }
+
+    async fn set_link_fault(&self, branch: BranchId, fault: LinkFault) -> Answer {
+        if !self.fault_switch {
+            return Err(Refusal::Unauthorized.into());
+        }
+        let peer = self
+            .network
+            .get(branch)
+            .ok_or(Refusal::UnknownBranch)?
+            .peer_id;
+        self.client.set_fault(peer, fault).await;
+        Ok(TellerResponse::LinkFaultSet { branch, fault })
+    }
+
+    async fn local_accounts(&self) -> Result<Vec<AccountView>, Fail> {
         self.writer.call(bank::list).await.map_err(store_failed)
     }
 
-    async fn accounts(&self, scope: Scope) -> Result<Vec<AccountView>, Refusal> {
+    async fn accounts(&self, scope: Scope) -> Result<Vec<AccountView>, Fail> {
         let mut all = self.local_accounts().await?;
         if scope == Scope::Network {
-            let others = self.network.branches().filter(|b| b.id != self.me);
-            let answers = join_all(others.map(|b| self.link(b.id, ForwardRequest::Accounts))).await;
-            for a in answers {
+            let asks = self
+                .others()
+                .map(|b| self.link(b, ForwardRequest::Accounts));
+            for (a, b) in join_all(asks).await.into_iter().zip(self.others()) {
                 match a? {
                     LinkResponse::Accounts(v) => all.extend(v),
-                    _ => return Err(Refusal::BranchUnreachable),
+                    _ => return Err(Unavailable::NoAnswer(b).into()),
                 }
             }
         }
         Ok(all)
     }
 
+    fn others(&self) -> impl Iterator<Item = BranchId> + '_ {
+        self.network
+            .branches()
+            .filter(|b| b.id != self.me)
+            .map(|b| b.id)
+    }
+
     async fn local_transactions(
         &self,
-        page: wire::teller::PageRequest,
-    ) -> Result<(Vec<EntryView>, Option<u64>), Refusal> {
+        page: PageRequest,
+    ) -> Result<(Vec<EntryView>, Option<u64>), Fail> {
         self.writer
             .call(move |c, me| bank::history(c, me, None, page))
             .await
@@ -384,18 +451,19 @@ impl Service {
     async fn transactions(
         &self,
         scope: Scope,
-        page: wire::teller::PageRequest,
-    ) -> Result<(Vec<EntryView>, Option<u64>), Refusal> {
+        page: PageRequest,
+    ) -> Result<(Vec<EntryView>, Option<u64>), Fail> {
         let (mut all, next) = self.local_transactions(page).await?;
         if scope == Scope::Branch {
             return Ok((all, next));
         }
-        let others = self.network.branches().filter(|b| b.id != self.me);
-        let asks = others.map(|b| self.link(b.id, ForwardRequest::Transactions { page }));
-        for a in join_all(asks).await {
+        let asks = self
+            .others()
+            .map(|b| self.link(b, ForwardRequest::Transactions { page }));
+        for (a, b) in join_all(asks).await.into_iter().zip(self.others()) {
             match a? {
                 LinkResponse::Entries { entries, .. } => all.extend(entries),
-                _ => return Err(Refusal::BranchUnreachable),
+                _ => return Err(Unavailable::NoAnswer(b).into()),
             }
         }
         all.sort_by_key(|e| std::cmp::Reverse((e.at_ms, e.branch, e.seq)));
@@ -405,26 +473,39 @@ impl Service {
 
     /// Answers a forwarded request from branch peer `from` (already checked as listed).
     pub async fn forwarded(self: Arc<Self>, from: PeerId, request: ForwardRequest) -> LinkResponse {
+        let refused = |r: Fail| match r {
+            Fail::Refused(r) => LinkResponse::ForwardRefused(r),
+            Fail::Unavailable(u) => LinkResponse::Teller(TellerResponse::Unavailable(u)),
+        };
         match request {
-            ForwardRequest::Teller { teller, request } => match PeerId::from_bytes(&teller) {
-                Ok(peer) => LinkResponse::Teller(self.teller(peer, request, true).await),
-                Err(_) => LinkResponse::ForwardRefused(Refusal::InvalidInput),
-            },
-            ForwardRequest::Session { teller, session } => {
-                let answer = PeerId::from_bytes(&teller)
-                    .map_err(|_| Refusal::InvalidInput)
-                    .and_then(|peer| self.local_session(session, &peer));
-                if let Err(r) = &answer {
-                    tracing::info!(%from, %r, "session check refused");
+            ForwardRequest::Teller {
+                teller,
+                request,
+                expires_at_ms,
+            } => {
+                if now_ms() > expires_at_ms {
+                    // Its sender stopped waiting: it must not act now. Nobody reads this.
+                    tracing::info!(%from, op = request.op.name(), "stale forwarded request dropped");
+                    return LinkResponse::Teller(TellerResponse::Unavailable(
+                        Unavailable::NoAnswer(self.me),
+                    ));
                 }
-                LinkResponse::Session(answer)
+                match PeerId::from_bytes(&teller) {
+                    Ok(peer) => LinkResponse::Teller(self.teller(peer, request, true).await),
+                    Err(_) => LinkResponse::ForwardRefused(Refusal::InvalidInput),
+                }
             }
+            ForwardRequest::Outcome { id } => match self.own_outcome(id).await {
+                Ok(state) => LinkResponse::Outcome(state),
+                Err(r) => refused(r),
+            },
             ForwardRequest::Accounts => match self.local_accounts().await {
                 Ok(v) => LinkResponse::Accounts(v),
-                Err(r) => LinkResponse::ForwardRefused(r),
+                Err(r) => refused(r),
             },
             ForwardRequest::Transactions { page } => {
                 if !(1..=wire::limits::PAGE_ROWS_MAX).contains(&page.limit) {
+                    tracing::info!(%from, "forwarded listing refused: bad page");
                     return LinkResponse::ForwardRefused(Refusal::InvalidInput);
                 }
                 match self.local_transactions(page).await {
@@ -432,27 +513,32 @@ impl Service {
                         entries,
                         next_before,
                     },
-                    Err(r) => LinkResponse::ForwardRefused(r),
+                    Err(r) => refused(r),
                 }
             }
         }
     }
+
+    /// Where `id` stands by this branch's records as its authority; `Unknown` when this
+    /// branch is not its authority or has no record.
+    async fn own_outcome(&self, id: TransferId) -> Result<TransferState, Fail> {
+        let record = self
+            .writer
+            .call(move |c, me| twopc::transfer_record(c, me, id))
+            .await
+            .map_err(store_failed)?;
+        Ok(match record {
+            Some(r) if r.authority.is_none() => r.state,
+            _ => TransferState::Unknown,
+        })
+    }
 }
 
-fn op_name(op: &TellerOp) -> &'static str {
-    match op {
-        TellerOp::Login { .. } => "login",
-        TellerOp::Logout => "logout",
-        TellerOp::Balance { .. } => "balance",
-        TellerOp::Deposit { .. } => "deposit",
-        TellerOp::Withdraw { .. } => "withdraw",
-        TellerOp::Transfer(_) => "transfer",
-        TellerOp::History { .. } => "history",
-        TellerOp::TransferStatus { .. } => "transfer-status",
-        TellerOp::OpenAccount { .. } => "open-account",
-        TellerOp::CloseAccount { .. } => "close-account",
-        TellerOp::ListAccounts { .. } => "list-accounts",
-        TellerOp::ListTransactions { .. } => "list-transactions",
-        TellerOp::SetLinkFault { .. } => "set-link-fault",
+/// What a failed link request means for a request passed to branch `to`.
+fn unreached(to: BranchId, e: &LinkError) -> Unavailable {
+    if e.may_have_arrived() {
+        Unavailable::NoAnswer(to)
+    } else {
+        Unavailable::BranchUnreachable(to)
     }
 }

@@ -18,15 +18,27 @@ use super::{IDLE_CONNECTION_TIMEOUT_MS, REQUEST_TIMEOUT_MS};
 /// Why a client could not get an answer.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum ClientError {
+    /// Nothing was sent: the branch could not be reached.
     #[error("cannot reach {addr}: {reason}")]
     Unreachable { addr: Multiaddr, reason: String },
+    /// The request may have arrived (and been acted on), but no answer came back.
     #[error("no answer from {addr}: {reason}")]
     NoAnswer { addr: Multiaddr, reason: String },
     #[error("client setup failed: {0}")]
     Setup(String),
 }
 
-type Pending<Resp> = oneshot::Sender<Result<Resp, String>>;
+impl ClientError {
+    /// Whether the branch may have received the request and acted on it.
+    pub fn may_have_arrived(&self) -> bool {
+        matches!(self, ClientError::NoAnswer { .. })
+    }
+}
+
+/// Why one request failed: the reason, and whether it may have arrived.
+type Failure = (String, bool);
+
+type Pending<Resp> = oneshot::Sender<Result<Resp, Failure>>;
 
 struct Request<C: Codec> {
     request: C::Request,
@@ -135,18 +147,22 @@ where
 
     /// Sends one request and waits for its answer (bounded by the request timeout).
     pub async fn request(&self, request: C::Request) -> Result<C::Response, ClientError> {
-        let no_answer = |reason: String| ClientError::NoAnswer {
-            addr: self.addr.clone(),
-            reason,
+        let failed = |(reason, arrived): Failure| {
+            let addr = self.addr.clone();
+            if arrived {
+                ClientError::NoAnswer { addr, reason }
+            } else {
+                ClientError::Unreachable { addr, reason }
+            }
         };
         let (reply, rx) = oneshot::channel();
         self.tx
             .send(Request { request, reply })
             .await
-            .map_err(|_| no_answer("client stopped".into()))?;
+            .map_err(|_| failed(("client stopped".into(), false)))?;
         rx.await
-            .map_err(|_| no_answer("client stopped".into()))?
-            .map_err(no_answer)
+            .map_err(|_| failed(("client stopped".into(), true)))?
+            .map_err(failed)
     }
 
     /// The branch this client talks to.
@@ -192,7 +208,8 @@ async fn drive<C>(
                     request_id, error, ..
                 }) => {
                     if let Some(reply) = pending.remove(&request_id) {
-                        let _ = reply.send(Err(error.to_string()));
+                        let arrived = super::may_have_arrived(&error);
+                        let _ = reply.send(Err((error.to_string(), arrived)));
                     }
                 }
                 _ => {}

@@ -53,6 +53,13 @@ pub enum BuildError {
     Transport(String),
 }
 
+/// Whether a request that failed may still have reached the peer (and been acted on):
+/// only a failed dial or a refused protocol prove that it never left.
+pub fn may_have_arrived(failure: &request_response::OutboundFailure) -> bool {
+    use request_response::OutboundFailure as F;
+    !matches!(failure, F::DialFailure | F::UnsupportedProtocols)
+}
+
 fn rr_config() -> request_response::Config {
     request_response::Config::default()
         .with_request_timeout(Duration::from_millis(REQUEST_TIMEOUT_MS))

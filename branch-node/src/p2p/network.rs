@@ -44,10 +44,21 @@ pub enum Inbound {
 pub enum LinkError {
     #[error("link blocked by the fault switch")]
     Blocked,
-    #[error("request failed: {0}")]
-    Failed(String),
+    /// The request never left: a failed dial, or a peer without the protocol.
+    #[error("request not sent: {0}")]
+    NotSent(String),
+    /// The request may have arrived (and been acted on), but no answer came back.
+    #[error("no answer: {0}")]
+    NoAnswer(String),
     #[error("network event loop has stopped")]
     Stopped,
+}
+
+impl LinkError {
+    /// Whether the other branch may have received the request and acted on it.
+    pub fn may_have_arrived(&self) -> bool {
+        matches!(self, LinkError::NoAnswer(_))
+    }
 }
 
 #[derive(Debug)]
@@ -98,7 +109,9 @@ impl Client {
             })
             .await
             .map_err(|_| LinkError::Stopped)?;
-        rx.await.map_err(|_| LinkError::Stopped)?
+        // Taken by the event loop, which stopped before answering: it may have gone out.
+        rx.await
+            .map_err(|_| LinkError::NoAnswer("network event loop stopped".into()))?
     }
 
     /// Answers an inbound link request.
@@ -363,7 +376,12 @@ impl EventLoop {
             } => {
                 tracing::debug!(%peer, %error, "link request failed");
                 if let Some(reply) = self.pending.remove(&request_id) {
-                    let _ = reply.send(Err(LinkError::Failed(error.to_string())));
+                    let e = if super::may_have_arrived(&error) {
+                        LinkError::NoAnswer(error.to_string())
+                    } else {
+                        LinkError::NotSent(error.to_string())
+                    };
+                    let _ = reply.send(Err(e));
                 }
             }
             Event::InboundFailure { peer, error, .. } => {

@@ -40,6 +40,32 @@ pub struct Audit {
     pub ledger: Result<LedgerReport, LedgerViolation>,
 }
 
+impl Audit {
+    /// The audit of an empty branch `branch` (a starting point for checkers' tests).
+    pub fn empty(branch: BranchId) -> Audit {
+        Audit {
+            branch,
+            balance_total: 0,
+            held_total: 0,
+            pending_credit_total: 0,
+            deposits: 0,
+            withdrawals: 0,
+            bad_accounts: 0,
+            debits: BTreeMap::new(),
+            credits: BTreeMap::new(),
+            movement_ids: BTreeSet::new(),
+            in_doubt: Vec::new(),
+            unfinished: 0,
+            committed: Vec::new(),
+            evidence: BTreeMap::new(),
+            ledger: Ok(LedgerReport {
+                entries: 0,
+                accounts: 0,
+            }),
+        }
+    }
+}
+
 fn sum(conn: &Connection, sql: &str) -> Result<i64, StoreError> {
     Ok(conn
         .query_row(sql, [], |r| r.get::<_, Option<i64>>(0))?

@@ -124,11 +124,7 @@ pub fn login_read(conn: &Connection, login: &str, now_ms: u64) -> Result<LoginRo
         None => LoginRow::Unknown,
         Some((.., locked_until)) if sql_ms(now_ms) < locked_until => LoginRow::Locked,
         Some((role, customer_id, hash, _)) => LoginRow::Found {
-            role: if role == "admin" {
-                Role::Admin
-            } else {
-                Role::Customer
-            },
+            role: role_from(&role),
             customer_id,
             hash,
         },
@@ -185,20 +181,35 @@ pub fn login_record(
         "UPDATE users SET failed_attempts = 0 WHERE login = ?1 AND failed_attempts != 0",
         [login],
     )?;
-    let mut accounts = Vec::new();
-    if let Some(cid) = customer_id {
-        let mut stmt = conn
-            .prepare_cached("SELECT serial FROM accounts WHERE customer_id = ?1 ORDER BY serial")?;
-        let serials: Vec<i64> = stmt
-            .query_map([cid], |r| r.get(0))?
-            .collect::<Result<_, _>>()?;
-        for s in serials {
-            accounts.push(account_number(me, s)?);
-        }
-    }
     Ok(Ok(UserInfo {
         login: login.to_owned(),
         role,
-        accounts,
+        accounts: customer_accounts(conn, me, customer_id)?,
     }))
+}
+
+/// The accounts of customer `customer_id` (none for an admin's `None`), by number.
+pub(crate) fn customer_accounts(
+    conn: &Connection,
+    me: wire::BranchId,
+    customer_id: Option<i64>,
+) -> Result<Vec<AccountNumber>, StoreError> {
+    let Some(cid) = customer_id else {
+        return Ok(Vec::new());
+    };
+    let mut stmt =
+        conn.prepare_cached("SELECT serial FROM accounts WHERE customer_id = ?1 ORDER BY serial")?;
+    let serials: Vec<i64> = stmt
+        .query_map([cid], |r| r.get(0))?
+        .collect::<Result<_, _>>()?;
+    serials.into_iter().map(|s| account_number(me, s)).collect()
+}
+
+/// A role as the users table spells it.
+pub(crate) fn role_from(text: &str) -> Role {
+    if text == "admin" {
+        Role::Admin
+    } else {
+        Role::Customer
+    }
 }

@@ -211,19 +211,59 @@ pub(crate) fn outcome_of(
         .transpose()
 }
 
+/// The accounts a one-step movement touches: where money leaves and where it arrives.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Touches {
+    pub debit: Option<AccountNumber>,
+    pub credit: Option<AccountNumber>,
+}
+
 pub(crate) fn record(
     conn: &Connection,
     id: TransferId,
     hash: &[u8],
     state: TransferState,
+    touches: Touches,
     at_ms: u64,
 ) -> Result<(), StoreError> {
     let outcome = wire::encode(&state).map_err(|e| StoreError::Malformed(e.to_string()))?;
     conn.prepare_cached(
-        "INSERT INTO transfers (id, content_hash, outcome, at_ms) VALUES (?1, ?2, ?3, ?4)",
+        "INSERT INTO transfers (id, content_hash, outcome, at_ms, debit_serial, credit_serial)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
     )?
-    .execute(params![id_blob(id), hash, outcome, sql_ms(at_ms)])?;
+    .execute(params![
+        id_blob(id),
+        hash,
+        outcome,
+        sql_ms(at_ms),
+        touches.debit.map(|n| n.serial()),
+        touches.credit.map(|n| n.serial())
+    ])?;
     Ok(())
+}
+
+/// A one-step movement's record: the accounts it touches (as far as the record says)
+/// and its outcome.
+pub(crate) fn one_step_record(
+    conn: &Connection,
+    me: BranchId,
+    id: TransferId,
+) -> Result<Option<(Vec<AccountNumber>, TransferState)>, StoreError> {
+    type Raw = (Vec<u8>, Option<i64>, Option<i64>);
+    let r: Option<Raw> = conn
+        .prepare_cached("SELECT outcome, debit_serial, credit_serial FROM transfers WHERE id = ?1")?
+        .query_row([id_blob(id)], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+        .optional()?;
+    let Some((outcome, debit, credit)) = r else {
+        return Ok(None);
+    };
+    let state = wire::decode(&outcome).map_err(|e| StoreError::Malformed(e.to_string()))?;
+    let accounts = [debit, credit]
+        .into_iter()
+        .flatten()
+        .map(|serial| account_number(me, serial))
+        .collect::<Result<_, _>>()?;
+    Ok(Some((accounts, state)))
 }
 
 /// True when `id` is used by a 2PC record at this branch (either role).
@@ -280,7 +320,11 @@ pub(crate) fn transfer_local(
             TransferState::Committed
         }
     };
-    record(conn, spec.id, &hash, state, at_ms)?;
+    let touches = Touches {
+        debit: Some(spec.from),
+        credit: Some(spec.to),
+    };
+    record(conn, spec.id, &hash, state, touches, at_ms)?;
     Ok(state)
 }
 
@@ -337,7 +381,17 @@ pub(crate) fn movement(
             TransferState::Committed
         }
     };
-    record(conn, id, &hash, state, at_ms)?;
+    let touches = match kind {
+        Movement::Deposit => Touches {
+            debit: None,
+            credit: Some(n),
+        },
+        Movement::Withdrawal => Touches {
+            debit: Some(n),
+            credit: None,
+        },
+    };
+    record(conn, id, &hash, state, touches, at_ms)?;
     Ok(state)
 }
 
@@ -400,7 +454,8 @@ pub(crate) fn open_account(
     })?))
 }
 
-/// Closes an empty account with no holds or pending credits; its history stays.
+/// Closes an empty account with no holds or pending credits; its history stays. Its
+/// login (the account number) is removed, which ends that login's sessions.
 pub(crate) fn close_account(
     conn: &Connection,
     me: BranchId,
@@ -420,6 +475,7 @@ pub(crate) fn close_account(
         "UPDATE accounts SET status = 'closed', closed_at_ms = ?2 WHERE serial = ?1",
         params![n.serial(), sql_ms(at_ms)],
     )?;
+    conn.execute("DELETE FROM users WHERE login = ?1", [n.to_string()])?;
     Ok(Ok(view(conn, me, n)?.ok_or_else(|| {
         StoreError::Malformed("closed account vanished".into())
     })?))

@@ -16,6 +16,7 @@ pub(crate) mod bank;
 pub(crate) mod ledger;
 pub(crate) mod outbox;
 mod schema;
+pub(crate) mod sessions;
 #[cfg(feature = "testing")]
 pub mod testing;
 pub(crate) mod twopc;
@@ -30,6 +31,8 @@ use wire::{AccountNumber, BranchId, TransferId};
 pub use auth::{LoginOutcome, LoginRow, UserInfo, hash_password};
 pub use bank::Movement;
 pub use ledger::{LedgerReport, LedgerViolation};
+pub use sessions::SessionRow;
+pub use twopc::IdRecord;
 
 /// How hard a `sql_commit` pushes data to disk.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -171,6 +174,12 @@ impl Store {
         let r = f(&tx, self.me)?;
         tx.commit()?;
         Ok(r)
+    }
+
+    /// The teller sessions live at `now_ms` (expired ones are deleted), for the node's
+    /// session table at start.
+    pub fn live_sessions(&self, now_ms: u64) -> Result<Vec<(SessionRow, UserInfo)>, StoreError> {
+        sessions::live(&self.conn, self.me, now_ms)
     }
 
     /// Read-only access for queries.

@@ -120,4 +120,22 @@ CREATE TABLE outbox (
     delivered_at_ms INTEGER
 ) STRICT;
 "#,
+    // 2: teller sessions survive a restart; one-step records name their accounts, so
+    // `transfer-status` can tell whose transfer an id is.
+    r#"
+-- A live teller session: only the SHA-256 of its token is kept, with the teller's
+-- PeerId it is bound to. Deleting the user (closing its account) ends its sessions.
+CREATE TABLE sessions (
+    token_hash    BLOB PRIMARY KEY CHECK (length(token_hash) = 32),
+    login         TEXT NOT NULL REFERENCES users(login) ON DELETE CASCADE,
+    teller        BLOB NOT NULL,
+    expires_at_ms INTEGER NOT NULL
+) STRICT;
+CREATE INDEX sessions_by_expiry ON sessions(expires_at_ms);
+
+-- The account money left (withdrawal, local transfer) and arrived in (deposit, local
+-- transfer), by serial; NULL in rows written before this migration.
+ALTER TABLE transfers ADD COLUMN debit_serial INTEGER;
+ALTER TABLE transfers ADD COLUMN credit_serial INTEGER;
+"#,
 ];

@@ -428,26 +428,62 @@ pub(crate) fn apply(
         .collect()
 }
 
+/// What one branch's records say of a transfer, deposit or withdrawal id.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IdRecord {
+    /// The accounts it touches, as far as the record says (an abort that arrived before
+    /// any prepare names none).
+    pub accounts: Vec<wire::AccountNumber>,
+    /// Where it stands by this branch's records.
+    pub state: TransferState,
+    /// `None` when this branch is the id's authority (it coordinated the transfer, or did
+    /// it in one step): `state` is then the outcome. `Some(c)` when this branch only
+    /// took part: a commit it applied is final, anything else is for `c` to tell.
+    pub authority: Option<BranchId>,
+}
+
+/// This branch's record of `id`, from any role's records.
+pub(crate) fn transfer_record(
+    conn: &Connection,
+    me: BranchId,
+    id: TransferId,
+) -> Result<Option<IdRecord>, StoreError> {
+    let coord: Option<RawCoordinated> = conn
+        .prepare_cached("SELECT spec, decision, reason FROM coordinated WHERE id = ?1")?
+        .query_row([id_blob(id)], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+        .optional()?;
+    if let Some((spec, d, reason)) = coord {
+        let spec: TransferSpec = dec(&spec)?;
+        return Ok(Some(IdRecord {
+            accounts: vec![spec.from, spec.to],
+            state: coord_state(decision_from(d), reason)?,
+            authority: None,
+        }));
+    }
+    if let Some((accounts, state)) = bank::one_step_record(conn, me, id)? {
+        return Ok(Some(IdRecord {
+            accounts,
+            state,
+            authority: None,
+        }));
+    }
+    Ok(leg_row(conn, id)?.map(|leg| IdRecord {
+        accounts: leg.spec.map(|s| vec![s.from, s.to]).unwrap_or_default(),
+        state: match leg.decision {
+            Some(Decision::Commit) => TransferState::Committed,
+            _ => TransferState::Pending,
+        },
+        authority: Some(leg.coordinator),
+    }))
+}
+
+/// Where `id` stands by this branch's records alone (see [`IdRecord`]).
 pub(crate) fn transfer_state(
     conn: &Connection,
+    me: BranchId,
     id: TransferId,
 ) -> Result<TransferState, StoreError> {
-    let coord: Option<(Option<String>, Option<Vec<u8>>)> = conn
-        .prepare_cached("SELECT decision, reason FROM coordinated WHERE id = ?1")?
-        .query_row([id_blob(id)], |r| Ok((r.get(0)?, r.get(1)?)))
-        .optional()?;
-    if let Some((d, reason)) = coord {
-        return coord_state(decision_from(d), reason);
-    }
-    if let Some(state) = bank::outcome_of(conn, id)? {
-        return Ok(state);
-    }
-    Ok(match leg_row(conn, id)?.map(|l| (l.vote, l.decision)) {
-        Some((_, Some(Decision::Commit))) => TransferState::Committed,
-        Some((Some(Vote::Yes), None)) => TransferState::Pending,
-        Some(_) => TransferState::Aborted(Refusal::Interrupted),
-        None => TransferState::Unknown,
-    })
+    Ok(transfer_record(conn, me, id)?.map_or(TransferState::Unknown, |r| r.state))
 }
 
 pub(crate) fn in_doubt(conn: &Connection) -> Result<Vec<InDoubtRecord>, StoreError> {
@@ -564,6 +600,6 @@ impl Shard for Store {
         })?)
     }
     fn transfer_state(&self, id: TransferId) -> Result<TransferState, ShardError> {
-        Ok(transfer_state(self.conn(), id)?)
+        Ok(transfer_state(self.conn(), self.branch(), id)?)
     }
 }

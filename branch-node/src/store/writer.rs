@@ -476,6 +476,6 @@ impl Shard for ConnShard<'_> {
             .collect::<Result<_, _>>()?)
     }
     fn transfer_state(&self, id: TransferId) -> Result<TransferState, ShardError> {
-        Ok(twopc::transfer_state(self.conn, id)?)
+        Ok(twopc::transfer_state(self.conn, self.me, id)?)
     }
 }

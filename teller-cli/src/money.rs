@@ -1,0 +1,238 @@
+//! The one retry policy for money (deposits, withdrawals, transfers), used by the
+//! subcommands, the menus and the scenario workload alike.
+//!
+//! The id is made once, before the first send, and every retry sends the same request
+//! under it: the id's authority (the branch that owns the account money leaves, or the
+//! account of a deposit) records one outcome per id, so a retry can only learn that
+//! outcome, never move money twice. What the teller is finally told is a [`MoneyAnswer`]:
+//!
+//! - `Committed`: the money moved (exit 0);
+//! - `Refused`: final, it did not move and never will (exit 3): either the id's recorded
+//!   outcome, or a refusal of the request itself (not authorized, invalid) that nothing
+//!   was recorded for because nothing reached the account;
+//! - `NotDone`: no attempt can have reached the bank, so nothing happened and nothing
+//!   will (exit 4): sending the same id again is safe;
+//! - `Unknown`: an attempt may have reached the bank and no final answer came before the
+//!   policy's time ran out (exit 5): ask `transfer-status ID`.
+
+use std::time::{Duration, Instant};
+
+use wire::teller::{TellerOp, TellerResponse, TransferState, Unavailable};
+use wire::{Refusal, TransferId};
+
+use crate::{Teller, TellerError};
+
+/// How long a money request keeps trying for a final answer, and how.
+#[derive(Clone, Copy, Debug)]
+pub struct RetryPolicy {
+    /// Stop retrying once this long has passed since the first send.
+    pub wait: Duration,
+    /// Wait before the second attempt; doubles after each, up to `backoff_max`.
+    pub backoff: Duration,
+    pub backoff_max: Duration,
+    /// Longest one attempt may wait for its answer (never past `wait`, but at least
+    /// [`ATTEMPT_MIN_MS`]).
+    pub attempt_timeout: Duration,
+}
+
+/// The shortest wait one attempt gets, in milliseconds, even at the end of `wait`.
+pub const ATTEMPT_MIN_MS: u64 = 1_000;
+
+/// Default total wait for a final answer, in milliseconds: long enough to ride out a
+/// branch restart and its recovery.
+pub const MONEY_WAIT_MS: u64 = 30_000;
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy {
+            wait: Duration::from_millis(MONEY_WAIT_MS),
+            backoff: Duration::from_millis(250),
+            backoff_max: Duration::from_secs(4),
+            // A branch answers a forwarded request within 8 s; the teller's own request
+            // times out at 10 s.
+            attempt_timeout: Duration::from_secs(12),
+        }
+    }
+}
+
+/// What a teller is finally told about a money request.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum MoneyAnswer {
+    Committed {
+        id: TransferId,
+    },
+    Refused {
+        id: TransferId,
+        reason: Refusal,
+    },
+    NotDone {
+        id: TransferId,
+        why: String,
+        code: &'static str,
+    },
+    Unknown {
+        id: TransferId,
+        why: String,
+    },
+}
+
+/// Exit status: the bank refused, finally.
+pub const EXIT_REFUSED: u8 = 3;
+/// Exit status: not done; nothing happened and nothing will (the branch could not be
+/// reached, no session).
+pub const EXIT_NOT_DONE: u8 = 4;
+/// Exit status: the outcome is not known yet; ask with the id.
+pub const EXIT_UNKNOWN: u8 = 5;
+
+impl MoneyAnswer {
+    /// The id the answer is about.
+    pub fn id(&self) -> TransferId {
+        match self {
+            MoneyAnswer::Committed { id }
+            | MoneyAnswer::Refused { id, .. }
+            | MoneyAnswer::NotDone { id, .. }
+            | MoneyAnswer::Unknown { id, .. } => *id,
+        }
+    }
+
+    /// The process exit status that says this answer.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            MoneyAnswer::Committed { .. } => 0,
+            MoneyAnswer::Refused { .. } => EXIT_REFUSED,
+            MoneyAnswer::NotDone { .. } => EXIT_NOT_DONE,
+            MoneyAnswer::Unknown { .. } => EXIT_UNKNOWN,
+        }
+    }
+}
+
+/// Why the latest attempt did not end the request: said to the teller, with its code.
+#[derive(Clone, Debug)]
+struct Why {
+    text: String,
+    code: &'static str,
+}
+
+/// What one attempt's answer means for the policy.
+enum Step {
+    /// The id's final outcome.
+    Final(TransferState),
+    /// The request itself was refused: final when no earlier attempt may have arrived.
+    Refused(Refusal),
+    /// The session is gone: log in again, then send again.
+    Renew,
+    /// Send again; `arrived` when this attempt may have reached the bank.
+    Retry { arrived: bool, why: Why },
+}
+
+fn retry(arrived: bool, text: String, code: &'static str) -> Step {
+    Step::Retry {
+        arrived,
+        why: Why { text, code },
+    }
+}
+
+fn step(answer: Result<Result<TellerResponse, TellerError>, tokio::time::error::Elapsed>) -> Step {
+    let Ok(answer) = answer else {
+        return retry(true, "no answer in time".into(), "no_answer");
+    };
+    match answer {
+        Ok(TellerResponse::Receipt { state, .. }) if state.is_final() => Step::Final(state),
+        Ok(TellerResponse::Receipt { .. }) => {
+            retry(true, "the bank has not decided yet".into(), "pending")
+        }
+        Ok(other) => retry(true, format!("unexpected answer {other:?}"), "unexpected"),
+        Err(TellerError::Refused(r)) => Step::Refused(r),
+        Err(TellerError::Unavailable(Unavailable::SessionExpired)) => Step::Renew,
+        Err(e) => retry(e.may_have_happened(), e.to_string(), e.code()),
+    }
+}
+
+/// Times a lost session is renewed within one request before it counts as a failure.
+const RENEWALS_MAX: u32 = 2;
+
+/// Sends money request `op` (its id made by the caller) until a final answer comes or
+/// `policy.wait` runs out, renewing a lost session with the teller's kept credentials.
+pub async fn send(teller: &mut Teller, op: TellerOp, policy: &RetryPolicy) -> MoneyAnswer {
+    let id = op.money_id().unwrap_or(TransferId(0));
+    let started = Instant::now();
+    let mut backoff = policy.backoff;
+    let mut renewals = 0;
+    // Whether some attempt may have reached the bank: from then on only a final
+    // outcome ends the request as anything but "unknown".
+    let mut arrived = false;
+    let mut why: Why;
+    loop {
+        let left = policy.wait.saturating_sub(started.elapsed());
+        let limit = policy
+            .attempt_timeout
+            .min(left.max(Duration::from_millis(ATTEMPT_MIN_MS)));
+        let answer = tokio::time::timeout(limit, teller.call(op.clone())).await;
+        match step(answer) {
+            Step::Final(TransferState::Aborted(reason)) => {
+                return MoneyAnswer::Refused { id, reason };
+            }
+            Step::Final(_) => return MoneyAnswer::Committed { id },
+            Step::Refused(reason) if !arrived => return MoneyAnswer::Refused { id, reason },
+            Step::Refused(reason) => {
+                why = Why {
+                    text: format!("refused on a retry: {reason}"),
+                    code: reason.code(),
+                };
+            }
+            Step::Renew if renewals < RENEWALS_MAX && teller.can_renew() => {
+                renewals += 1;
+                match teller.renew().await {
+                    Ok(()) => continue,
+                    Err(TellerError::Refused(reason)) => return login_refused(id, arrived, reason),
+                    Err(e) => {
+                        why = Why {
+                            text: e.to_string(),
+                            code: e.code(),
+                        }
+                    }
+                }
+            }
+            Step::Renew => why = session_expired(),
+            Step::Retry { arrived: a, why: w } => {
+                arrived |= a;
+                why = w;
+            }
+        }
+        if started.elapsed() + backoff > policy.wait {
+            break;
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(policy.backoff_max);
+    }
+    if arrived {
+        MoneyAnswer::Unknown { id, why: why.text }
+    } else {
+        MoneyAnswer::NotDone {
+            id,
+            why: why.text,
+            code: why.code,
+        }
+    }
+}
+
+fn session_expired() -> Why {
+    let u = Unavailable::SessionExpired;
+    Why {
+        text: u.to_string(),
+        code: u.code(),
+    }
+}
+
+/// Logging in again was refused: before anything may have arrived, that refusal is the
+/// answer; after, the request's outcome is not known.
+fn login_refused(id: TransferId, arrived: bool, reason: Refusal) -> MoneyAnswer {
+    if arrived {
+        MoneyAnswer::Unknown {
+            id,
+            why: format!("the session ended and logging in again was refused: {reason}"),
+        }
+    } else {
+        MoneyAnswer::Refused { id, reason }
+    }
+}
