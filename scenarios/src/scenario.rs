@@ -196,6 +196,10 @@ impl Scenario {
             s.accounts.per_branch >= 2,
             "accounts.per_branch must be at least 2"
         );
+        anyhow::ensure!(
+            s.workload.resend_percent <= 100,
+            "workload.resend_percent must be 0..=100"
+        );
         let ok = |b: u16| (1..=n).contains(&b);
         for f in &s.faults {
             let named: Vec<u16> = match f {

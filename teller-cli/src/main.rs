@@ -27,8 +27,10 @@ const EXIT_CODES: &str = "\
 Exit status:
   0  done (a deposit, withdrawal or transfer: committed)
   2  usage error: nothing was sent
-  3  refused by the bank, finally: it did not happen and never will; for money, the
-     refusal is recorded under the id, so no later attempt with that id can apply it
+  3  refused by the bank, finally: it did not happen and never will. A refusal of the
+     money itself (funds, a closed account...) is recorded under the id at the account's
+     branch, so no later attempt with that id can apply it; a refusal of the request
+     (not authorized, a wrong password) reached no account
   4  not done: no request reached the bank (branch unreachable, too busy, session
      ended), so nothing happened and nothing will; sending the same id again is safe
   5  outcome unknown: a request may have reached the bank but no final answer came;
@@ -85,6 +87,7 @@ enum Command {
         account: Option<String>,
     },
     /// Deposit AMOUNT (like 1250.50).
+    #[command(after_help = EXIT_CODES)]
     Deposit {
         amount: String,
         #[arg(long)]
@@ -94,6 +97,7 @@ enum Command {
         id: Option<TransferId>,
     },
     /// Withdraw AMOUNT.
+    #[command(after_help = EXIT_CODES)]
     Withdraw {
         amount: String,
         #[arg(long)]
@@ -103,6 +107,7 @@ enum Command {
         id: Option<TransferId>,
     },
     /// Transfer AMOUNT to another account, at this or any branch.
+    #[command(after_help = EXIT_CODES)]
     Transfer {
         amount: String,
         #[arg(long)]
@@ -124,6 +129,7 @@ enum Command {
         before: Option<u64>,
     },
     /// Where a transfer, deposit or withdrawal stands, by id.
+    #[command(after_help = EXIT_CODES)]
     TransferStatus { id: TransferId },
     /// Admin actions.
     #[command(subcommand)]

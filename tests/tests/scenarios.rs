@@ -6,10 +6,10 @@ use std::collections::BTreeSet;
 use std::path::PathBuf;
 
 use branch_node::network_file::NetworkFile;
-use scenarios::check;
 use scenarios::cluster::Cluster;
 use scenarios::scenario::{self, RunOptions, Scenario};
 use scenarios::workload::{self, Tellers, Workload};
+use scenarios::{answers, check};
 
 fn file(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -88,6 +88,22 @@ async fn rogue_peer() {
         "{:?}",
         s.faults
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_each_branch_while_customers_retry_across_branches() {
+    let s = play("files/kill-each-branch.toml", 0.8).await;
+    for b in 1..=3 {
+        assert!(
+            s.faults
+                .iter()
+                .any(|f| f.starts_with(&format!("b{b} killed -9"))),
+            "{:?}",
+            s.faults
+        );
+    }
+    assert!(s.answers.resent > 0, "some answered ids were sent again");
+    assert!(s.answers.asked > 0, "ids were asked about after the heal");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -194,6 +210,34 @@ async fn checker_catches_planted_damage() {
     };
     let clean = check_now(&committed);
     assert!(clean.ok(), "{:?}", clean.violations);
+    // The answer checker over the same ledgers: clean, then with answers that lie.
+    let audits = check::audit_all(&dbs).expect("audit");
+    let no_statuses = Default::default();
+    let answered = answers::check(&records, &no_statuses, &audits);
+    assert!(answered.violations.is_empty(), "{:?}", answered.violations);
+    let mut lies = records.clone();
+    let moved = lies
+        .iter_mut()
+        .find(|r| r.answer == workload::Answer::Committed && r.kind == workload::Kind::Cross)
+        .expect("a committed cross-branch transfer");
+    moved.answer = workload::Answer::Refused(wire::Refusal::InsufficientFunds);
+    let mut made_up = *moved;
+    made_up.id = teller_cli::new_transfer_id();
+    made_up.answer = workload::Answer::Committed;
+    lies.push(made_up);
+    let found = answers::check(&lies, &no_statuses, &audits).violations;
+    assert!(
+        found
+            .iter()
+            .any(|v| v.contains("refused, but it moved money")),
+        "{found:?}"
+    );
+    assert!(
+        found
+            .iter()
+            .any(|v| v.contains("committed, but its money is not")),
+        "{found:?}"
+    );
     assert!(
         clean.proofs_checked > 0,
         "the workload made cross-branch commits"

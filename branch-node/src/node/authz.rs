@@ -77,9 +77,13 @@ pub fn may_touch(session: &SessionInfo, n: AccountNumber) -> bool {
     }
 }
 
-/// May `session` see the record of an id that touches `accounts`? When one of them is
-/// its to touch.
+/// May `session` see the record of an id that touches `accounts`, kept at the session's
+/// issuing branch? When one of them is its to touch. A record that names no account
+/// (an abort that arrived before any prepare) is a leg of this branch: its admin's.
 pub fn may_see(session: &SessionInfo, accounts: &[AccountNumber]) -> bool {
+    if accounts.is_empty() {
+        return session.role == Role::Admin;
+    }
     accounts.iter().any(|n| may_touch(session, *n))
 }
 
@@ -224,5 +228,9 @@ mod tests {
         let admin = session(Role::Admin, 1);
         assert!(may_see(&admin, &[acct(2, 5), acct(1, 9)]));
         assert!(!may_see(&admin, &[acct(2, 5), acct(3, 9)]));
+        assert!(
+            may_see(&admin, &[]),
+            "a leg that names no account is the branch's own"
+        );
     }
 }
