@@ -132,8 +132,9 @@ fn retry(arrived: bool, text: String, code: &'static str) -> Step {
     }
 }
 
-fn step(answer: Result<Result<TellerResponse, TellerError>, tokio::time::error::Elapsed>) -> Step {
-    let Ok(answer) = answer else {
+/// What one attempt's answer (`None`: none came in time) means for the policy.
+fn step(answer: Option<Result<TellerResponse, TellerError>>) -> Step {
+    let Some(answer) = answer else {
         return retry(true, "no answer in time".into(), "no_answer");
     };
     match answer {
@@ -168,7 +169,7 @@ pub async fn send(teller: &mut Teller, op: TellerOp, policy: &RetryPolicy) -> Mo
             .attempt_timeout
             .min(left.max(Duration::from_millis(ATTEMPT_MIN_MS)));
         let answer = tokio::time::timeout(limit, teller.call(op.clone())).await;
-        match step(answer) {
+        match step(answer.ok()) {
             Step::Final(TransferState::Aborted(reason)) => {
                 return MoneyAnswer::Refused { id, reason };
             }
@@ -234,5 +235,94 @@ fn login_refused(id: TransferId, arrived: bool, reason: Refusal) -> MoneyAnswer 
         }
     } else {
         MoneyAnswer::Refused { id, reason }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use branch_node::p2p::client::ClientError;
+    use wire::BranchId;
+
+    /// What the policy makes of one answer: "final", "refused", "renew", or
+    /// "retry (arrived)" / "retry (not sent)".
+    fn check(answer: Option<Result<TellerResponse, TellerError>>, expected: &str) {
+        let got = match step(answer) {
+            Step::Final(_) => "final",
+            Step::Refused(_) => "refused",
+            Step::Renew => "renew",
+            Step::Retry { arrived: true, .. } => "retry (arrived)",
+            Step::Retry { arrived: false, .. } => "retry (not sent)",
+        };
+        assert_eq!(got, expected);
+    }
+
+    fn receipt(state: TransferState) -> Option<Result<TellerResponse, TellerError>> {
+        Some(Ok(TellerResponse::Receipt {
+            id: TransferId(1),
+            state,
+        }))
+    }
+
+    fn failed(e: TellerError) -> Option<Result<TellerResponse, TellerError>> {
+        Some(Err(e))
+    }
+
+    #[test]
+    fn each_answer_means_one_thing() {
+        let addr: libp2p::Multiaddr = "/ip4/127.0.0.1/tcp/1".parse().expect("addr");
+        let b2 = BranchId(2);
+        check(receipt(TransferState::Committed), "final");
+        check(
+            receipt(TransferState::Aborted(Refusal::InsufficientFunds)),
+            "final",
+        );
+        check(receipt(TransferState::Pending), "retry (arrived)");
+        check(receipt(TransferState::Unknown), "retry (arrived)");
+        check(
+            failed(TellerError::Refused(Refusal::Unauthorized)),
+            "refused",
+        );
+        check(
+            failed(TellerError::Unavailable(Unavailable::SessionExpired)),
+            "renew",
+        );
+        check(
+            failed(TellerError::Unavailable(Unavailable::BranchUnreachable(b2))),
+            "retry (not sent)",
+        );
+        check(
+            failed(TellerError::Unavailable(Unavailable::Overloaded)),
+            "retry (not sent)",
+        );
+        check(
+            failed(TellerError::Unavailable(Unavailable::Stopping)),
+            "retry (not sent)",
+        );
+        check(
+            failed(TellerError::Unavailable(Unavailable::NoAnswer(b2))),
+            "retry (arrived)",
+        );
+        check(
+            failed(TellerError::Unavailable(Unavailable::StoreFailed)),
+            "retry (arrived)",
+        );
+        let reason = String::from("x");
+        let unreachable = ClientError::Unreachable {
+            addr: addr.clone(),
+            reason: reason.clone(),
+        };
+        check(
+            failed(TellerError::Connection(unreachable)),
+            "retry (not sent)",
+        );
+        check(
+            failed(TellerError::Connection(ClientError::NoAnswer {
+                addr,
+                reason,
+            })),
+            "retry (arrived)",
+        );
+        check(None, "retry (arrived)");
     }
 }
