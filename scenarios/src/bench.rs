@@ -11,7 +11,9 @@ use serde_json::{Value, json};
 use crate::check;
 use crate::cluster::Cluster;
 use crate::report::percentile;
-use crate::workload::{self, Answer, Column, Entry, Mix, Progress, Senders, Tellers, Workload};
+use crate::workload::{
+    self, Answer, Column, Entry, Mix, Person, Progress, Senders, Tellers, Workload,
+};
 
 /// How long the network may take to finish in-flight transfers after the load.
 const SETTLE_BOUND: Duration = Duration::from_secs(60);
@@ -66,6 +68,8 @@ pub async fn run(opts: &BenchOptions, dir: &Path) -> anyhow::Result<Value> {
     let (accounts, mut committed) =
         workload::open_accounts(&targets, opts.accounts_per_branch, INITIAL_MINOR).await?;
     let tellers = Tellers::connect(&targets, opts.connections).await?;
+    let admins: Vec<Person> = (0..targets.len()).map(Person::Admin).collect();
+    tellers.warm(&admins).await?;
     let pids: Vec<String> = cluster.pids().iter().map(u32::to_string).collect();
     let mut results = Vec::new();
     for (name, mix) in [
