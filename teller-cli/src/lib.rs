@@ -29,6 +29,10 @@ pub enum TellerError {
     Unavailable(Unavailable),
     #[error("{0}")]
     Connection(#[from] ClientError),
+    /// The login before a command got no answer or was not done: the command itself was
+    /// never sent.
+    #[error("could not log in ({0}); the command was not sent")]
+    LoginNotDone(Box<TellerError>),
     #[error("{0}")]
     Usage(String),
     /// Input the bank would refuse, caught before sending (a mistyped account number).
@@ -90,7 +94,10 @@ impl TellerError {
             TellerError::Unavailable(u) => u.may_have_happened(),
             TellerError::Connection(e) => e.may_have_arrived(),
             TellerError::Unexpected(_) => true,
-            TellerError::Refused(_) | TellerError::Usage(_) | TellerError::Invalid(_) => false,
+            TellerError::Refused(_)
+            | TellerError::Usage(_)
+            | TellerError::Invalid(_)
+            | TellerError::LoginNotDone(_) => false,
         }
     }
 
@@ -104,6 +111,7 @@ impl TellerError {
             TellerError::Usage(_) => "usage",
             TellerError::Invalid(_) => "invalid_input",
             TellerError::Unexpected(_) => "unexpected",
+            TellerError::LoginNotDone(e) => e.code(),
         }
     }
 }

@@ -218,7 +218,9 @@ fn exit_for(e: &TellerError, mutating: bool) -> (u8, &'static str) {
         TellerError::Usage(_) => (EXIT_USAGE, "usage"),
         _ if mutating && e.may_have_happened() => (EXIT_UNKNOWN, "unknown"),
         TellerError::Unexpected(_) => (1, "unexpected"),
-        TellerError::Unavailable(_) | TellerError::Connection(_) => (EXIT_NOT_DONE, "not_done"),
+        TellerError::Unavailable(_) | TellerError::Connection(_) | TellerError::LoginNotDone(_) => {
+            (EXIT_NOT_DONE, "not_done")
+        }
     }
 }
 
@@ -292,7 +294,10 @@ async fn run(cli: Cli) -> Result<u8, TellerError> {
         .ok_or_else(|| TellerError::Usage("give the login with --user".into()))?;
     let password = password(&cli)?;
     let mut teller = Teller::connect(&target).await?;
-    let login = teller.login(&user, &password).await?;
+    let login = teller.login(&user, &password).await.map_err(|e| match e {
+        TellerError::Refused(_) => e,
+        other => TellerError::LoginNotDone(Box::new(other)),
+    })?;
     let mine = match &login {
         TellerResponse::LoggedIn { accounts, .. } => accounts.first().map(|a| a.number),
         _ => None,

@@ -742,6 +742,7 @@ fn money_answers_hold_through_crashes() {
     );
     assert_eq!(r.code, EXIT_CONNECTION, "{} / {}", r.out, r.err);
     assert_eq!(r.json()["code"], "branch_unreachable", "{}", r.out);
+    assert!(r.err.contains("the command was not sent"), "{}", r.err);
     c.start_node(0, &[]).expect("restart");
     assert_eq!(balance(&net, "b1", &a), "95.00");
     finish(c, &committed);
