@@ -1,4 +1,4 @@
-//! The invariants of DESIGN.md, checked over a whole simulated network: used after every
+//! The invariants of ARCHITECTURE.md ("Invariants"), checked over a whole simulated network: used after every
 //! step of the simulation and in every state of the model check.
 
 use std::collections::BTreeMap;

@@ -131,24 +131,17 @@ impl Tellers {
         op: TellerOp,
         policy: &RetryPolicy,
     ) -> MoneyAnswer {
-        let key = self.key(client);
         let id = op.money_id().unwrap_or(wire::TransferId(0));
-        let mut teller = match self.teller(who, key, entry).await {
-            Ok(t) => t,
-            Err(e) => {
-                return MoneyAnswer::NotDone {
-                    id,
-                    why: format!("login: {e}"),
-                    code: e.code(),
-                };
-            }
-        };
-        let before = teller.session();
-        let answer = money::send(&mut teller, op, policy).await;
-        if teller.session() != before {
-            self.keep(who, key, &teller);
-        }
-        answer
+        let sent = self
+            .using(who, client, entry, async |t| {
+                money::send(t, op, policy).await
+            })
+            .await;
+        sent.unwrap_or_else(|e| MoneyAnswer::NotDone {
+            id,
+            why: format!("login: {e}"),
+            code: e.code(),
+        })
     }
 
     /// Sends `op` as `who` through branch `entry`, renewing a lost session once.
@@ -159,14 +152,27 @@ impl Tellers {
         entry: usize,
         op: TellerOp,
     ) -> Result<TellerResponse, TellerError> {
+        self.using(who, client, entry, async |t| t.call_renewing(op).await)
+            .await?
+    }
+
+    /// Runs `f` with a teller of `who` through branch `entry`, keeping the session it
+    /// ends with when `f` renewed it. Fails only when the first login fails.
+    async fn using<R>(
+        &self,
+        who: &Person,
+        client: usize,
+        entry: usize,
+        f: impl AsyncFnOnce(&mut Teller) -> R,
+    ) -> Result<R, TellerError> {
         let key = self.key(client);
         let mut teller = self.teller(who, key, entry).await?;
         let before = teller.session();
-        let r = teller.call_renewing(op).await;
+        let r = f(&mut teller).await;
         if teller.session() != before {
             self.keep(who, key, &teller);
         }
-        r
+        Ok(r)
     }
 
     /// Sends `op` as branch `b`'s admin, through branch `b`.

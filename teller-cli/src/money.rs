@@ -42,15 +42,21 @@ pub const ATTEMPT_MIN_MS: u64 = 1_000;
 /// branch restart and its recovery.
 pub const MONEY_WAIT_MS: u64 = 30_000;
 
+/// Wait before the second attempt, in milliseconds; it doubles after each attempt...
+pub const MONEY_BACKOFF_MS: u64 = 250;
+/// ...up to this, in milliseconds.
+pub const MONEY_BACKOFF_MAX_MS: u64 = 4_000;
+/// Longest one attempt waits, in milliseconds: a branch answers a forwarded request
+/// within `FORWARD_TIMEOUT_MS` (8 s), and a teller's own request times out at 10 s.
+pub const MONEY_ATTEMPT_TIMEOUT_MS: u64 = 12_000;
+
 impl Default for RetryPolicy {
     fn default() -> Self {
         RetryPolicy {
             wait: Duration::from_millis(MONEY_WAIT_MS),
-            backoff: Duration::from_millis(250),
-            backoff_max: Duration::from_secs(4),
-            // A branch answers a forwarded request within 8 s; the teller's own request
-            // times out at 10 s.
-            attempt_timeout: Duration::from_secs(12),
+            backoff: Duration::from_millis(MONEY_BACKOFF_MS),
+            backoff_max: Duration::from_millis(MONEY_BACKOFF_MAX_MS),
+            attempt_timeout: Duration::from_millis(MONEY_ATTEMPT_TIMEOUT_MS),
         }
     }
 }

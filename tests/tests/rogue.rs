@@ -1,7 +1,8 @@
 //! A hand-made rogue peer against a real branch node: forged signatures, unknown
 //! signers, a signer that is not the connected peer, an unlisted peer, replays, stale
 //! and misaddressed messages, malformed and oversized bytes. Each is refused (or, for a
-//! replay, answered from the records) and the branch's store is left unchanged.
+//! replay, answered from the records) and the branch's store is left unchanged. And a
+//! forwarded teller request that arrives after its expiry is not acted on.
 
 use std::io;
 use std::time::Duration;
@@ -296,4 +297,113 @@ async fn rogue_peer_messages_are_refused_and_change_nothing() {
     );
     assert!(report.ok(), "{:#?}", report.violations);
     assert_eq!(report.network_total, 10_000);
+}
+
+/// A forwarded teller request that reaches its branch after its expiry (the forwarding
+/// branch has told its teller "no answer" by then) is not acted on; the same request
+/// in time is. Sent by a listed branch (b2) to b1, for a customer of b1.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forward_that_arrives_after_its_expiry_is_not_acted_on() {
+    use wire::link::ForwardRequest;
+    use wire::teller::{TellerRequest, TransferState, Unavailable};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let c = Cluster::start(dir.path(), 2, &[]).expect("cluster");
+    let admin = c.admin(0).await.expect("admin");
+    let opened = admin
+        .call(TellerOp::OpenAccount {
+            customer: NewCustomer {
+                national_id: "LATE".into(),
+                phone: "+1 555".into(),
+                first_name: "Lena".into(),
+                last_name: "Late".into(),
+                sms_opt_in: false,
+            },
+            password: "late-pw".into(),
+            existing: None,
+        })
+        .await
+        .expect("open");
+    let TellerResponse::AccountOpened(view) = opened else {
+        panic!("{opened:?}")
+    };
+    let as_b2 = link(&c, &read_key(&c.nodes[1].dir).expect("key")).await;
+    let teller = libp2p::PeerId::random().to_bytes();
+    let forward = |request: TellerRequest, expires_at_ms: u64| {
+        LinkRequest::Forward(ForwardRequest::Teller {
+            teller: teller.clone(),
+            request,
+            expires_at_ms,
+        })
+    };
+    let login = TellerRequest {
+        session: None,
+        op: TellerOp::Login {
+            user: view.number.to_string(),
+            password: "late-pw".into(),
+        },
+    };
+    let stale = |r| {
+        r == LinkResponse::Teller(TellerResponse::Unavailable(Unavailable::NoAnswer(
+            BranchId(1),
+        )))
+    };
+    let late = as_b2
+        .request(forward(login.clone(), now_ms() - 1))
+        .await
+        .expect("answer");
+    assert!(stale(late.clone()), "{late:?}");
+    let LinkResponse::Teller(TellerResponse::LoggedIn { session, .. }) = as_b2
+        .request(forward(login, now_ms() + 5_000))
+        .await
+        .expect("answer")
+    else {
+        panic!("a forward in time logs in")
+    };
+    let deposit = |id| TellerRequest {
+        session: Some(session),
+        op: TellerOp::Deposit {
+            id,
+            account: view.number,
+            amount: Amount::from_minor(700).expect("amount"),
+        },
+    };
+    let id = teller_cli::new_transfer_id();
+    let late = as_b2
+        .request(forward(deposit(id), now_ms() - 1))
+        .await
+        .expect("answer");
+    assert!(stale(late.clone()), "{late:?}");
+    let r = admin
+        .call(TellerOp::TransferStatus { id })
+        .await
+        .expect("status");
+    assert_eq!(
+        r,
+        TellerResponse::Status {
+            id,
+            state: TransferState::Unknown
+        },
+        "no record of it"
+    );
+    let r = admin
+        .call(TellerOp::Balance {
+            account: view.number,
+        })
+        .await
+        .expect("balance");
+    assert!(
+        matches!(&r, TellerResponse::Account(a) if a.balance.minor() == 0),
+        "{r:?}"
+    );
+    let r = as_b2
+        .request(forward(deposit(id), now_ms() + 5_000))
+        .await
+        .expect("answer");
+    assert_eq!(
+        r,
+        LinkResponse::Teller(TellerResponse::Receipt {
+            id,
+            state: TransferState::Committed
+        })
+    );
 }

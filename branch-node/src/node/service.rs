@@ -97,15 +97,16 @@ impl Service {
 
     async fn route(&self, peer: PeerId, request: TellerRequest, forwarded: bool) -> Answer {
         request.validate()?;
-        if let TellerOp::Login { user, .. } = &request.op {
+        if let TellerOp::Login { user, password } = &request.op {
+            let here = || self.login(peer, user.clone(), password.clone());
             return match user.parse::<AccountNumber>() {
-                Ok(a) if a.branch() == self.me => self.login(peer, request.op).await,
+                Ok(a) if a.branch() == self.me => here().await,
                 Ok(_) if forwarded => Err(Refusal::BadCredentials.into()),
                 Ok(a) if self.network.get(a.branch()).is_some() => {
                     self.forward_teller(a.branch(), peer, request).await
                 }
                 Ok(_) => Err(Refusal::BadCredentials.into()),
-                Err(_) => self.login(peer, request.op).await,
+                Err(_) => here().await,
             };
         }
         let token = request.session.ok_or(Unavailable::SessionExpired)?;
@@ -218,10 +219,7 @@ impl Service {
         }
     }
 
-    async fn login(&self, peer: PeerId, op: TellerOp) -> Answer {
-        let TellerOp::Login { user, password } = op else {
-            return Err(Refusal::InvalidInput.into());
-        };
+    async fn login(&self, peer: PeerId, user: String, password: String) -> Answer {
         let now = now_ms();
         let user = self
             .writer
@@ -229,18 +227,14 @@ impl Service {
             .await
             .map_err(store_failed)??;
         let opened = self.sessions().open(peer, user, rand::random(), now);
-        // Stored before the token is handed out, so a restart keeps the session.
-        let (row, evicted) = (opened.row, opened.evicted);
-        self.writer
-            .call(move |c, _| stored_sessions::insert(c, &row, &evicted, now))
-            .await
-            .map_err(store_failed)?;
         let info = opened.info;
-        tracing::info!(%peer, login = %info.login, role = ?info.role, "logged in");
-        let numbers = info.accounts.clone();
+        // The session is stored (durably, in the same writer operation that reads the
+        // accounts) before the token is handed out, so a restart keeps it.
+        let (row, evicted, numbers) = (opened.row, opened.evicted, info.accounts.clone());
         let accounts = self
             .writer
             .call(move |c, me| {
+                stored_sessions::insert(c, &row, &evicted, now)?;
                 let mut out = Vec::new();
                 for n in numbers {
                     out.extend(bank::view(c, me, n)?);
@@ -249,6 +243,7 @@ impl Service {
             })
             .await
             .map_err(store_failed)?;
+        tracing::info!(%peer, login = %info.login, role = ?info.role, "logged in");
         Ok(TellerResponse::LoggedIn {
             session: opened.token,
             role: info.role,
