@@ -13,7 +13,8 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use branch_node::init;
 use teller_cli::{Target, Teller};
-use wire::BranchId;
+use wire::teller::{NewCustomer, TellerOp, TellerResponse};
+use wire::{AccountNumber, BranchId};
 
 /// How long a node may take to print its ready line.
 pub const NODE_START_TIMEOUT_MS: u64 = 30_000;
@@ -321,6 +322,36 @@ impl Cluster {
         let mut t = Teller::connect(&self.target(i)?).await?;
         t.login(init::ADMIN_LOGIN, ADMIN_PASSWORD).await?;
         Ok(t)
+    }
+
+    /// Opens an account at node `i` (as its admin) for a new customer with this national
+    /// id, whose login password is `password`; returns its number.
+    pub async fn open_account(
+        &self,
+        i: usize,
+        national_id: &str,
+        password: &str,
+        sms_opt_in: bool,
+    ) -> anyhow::Result<AccountNumber> {
+        let opened = self
+            .admin(i)
+            .await?
+            .call(TellerOp::OpenAccount {
+                customer: NewCustomer {
+                    national_id: national_id.into(),
+                    phone: "+1 555 0100".into(),
+                    first_name: "Test".into(),
+                    last_name: national_id.into(),
+                    sms_opt_in,
+                },
+                password: password.into(),
+                existing: None,
+            })
+            .await?;
+        match opened {
+            TellerResponse::AccountOpened(view) => Ok(view.number),
+            other => bail!("open account: {other:?}"),
+        }
     }
 
     /// Each branch's database file.

@@ -27,29 +27,16 @@ fn amt(minor: i64) -> Amount {
 
 /// Opens an account at node `i` for a new customer, with `deposit` minor units in it.
 async fn open(c: &Cluster, i: usize, national_id: &str, deposit: i64) -> AccountNumber {
-    let admin = c.admin(i).await.expect("admin");
-    let r = admin
-        .call(TellerOp::OpenAccount {
-            customer: NewCustomer {
-                national_id: national_id.into(),
-                phone: "+1 555 0100".into(),
-                first_name: "Test".into(),
-                last_name: national_id.into(),
-                sms_opt_in: false,
-            },
-            password: PW.into(),
-            existing: None,
-        })
+    let account = c
+        .open_account(i, national_id, PW, false)
         .await
         .expect("open");
-    let TellerResponse::AccountOpened(view) = r else {
-        panic!("{r:?}")
-    };
     if deposit > 0 {
+        let admin = c.admin(i).await.expect("admin");
         let r = admin
             .call(TellerOp::Deposit {
                 id: new_transfer_id(),
-                account: view.number,
+                account,
                 amount: amt(deposit),
             })
             .await
@@ -62,7 +49,7 @@ async fn open(c: &Cluster, i: usize, national_id: &str, deposit: i64) -> Account
             }
         ));
     }
-    view.number
+    account
 }
 
 /// Every row of the tables a teller request could change (not sessions), per branch.

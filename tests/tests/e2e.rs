@@ -10,7 +10,7 @@ use std::time::Duration;
 use scenarios::check;
 use scenarios::cluster::Cluster;
 use teller_cli::{Teller, TellerError, new_transfer_id};
-use wire::teller::{NewCustomer, TellerOp, TellerResponse, TransferState};
+use wire::teller::{TellerOp, TellerResponse, TransferState};
 use wire::twopc::TransferSpec;
 use wire::{AccountNumber, Amount, TransferId};
 
@@ -30,25 +30,11 @@ async fn customer(
     deposit: i64,
     at: usize,
 ) -> (AccountNumber, Teller) {
-    let admin = c.admin(i).await.expect("admin login");
-    let opened = admin
-        .call(TellerOp::OpenAccount {
-            customer: NewCustomer {
-                national_id: format!("N{i}-{n}"),
-                phone: "+1 555 0100".into(),
-                first_name: format!("Cust{n}"),
-                last_name: format!("Branch{i}"),
-                sms_opt_in: n.is_multiple_of(2),
-            },
-            password: "customer-pw".into(),
-            existing: None,
-        })
+    let account = c
+        .open_account(i, &format!("N{i}-{n}"), "customer-pw", n.is_multiple_of(2))
         .await
         .expect("open account");
-    let TellerResponse::AccountOpened(view) = opened else {
-        panic!("{opened:?}")
-    };
-    let account = view.number;
+    let admin = c.admin(i).await.expect("admin login");
     let deposited = admin
         .call(TellerOp::Deposit {
             id: new_transfer_id(),

@@ -17,7 +17,7 @@ use scenarios::check;
 use scenarios::cluster::Cluster;
 use scenarios::rogue::{envelope, prepare};
 use wire::link::{EnvelopeRefusal, LinkRequest, LinkResponse};
-use wire::teller::{NewCustomer, TellerOp, TellerResponse};
+use wire::teller::{TellerOp, TellerResponse};
 use wire::twopc::{BranchMessage, TransferSpec};
 use wire::{AccountNumber, Amount, BranchId, BranchKey, TransferId};
 
@@ -105,25 +105,8 @@ async fn rogue_peer_messages_are_refused_and_change_nothing() {
     let mut c = Cluster::start(dir.path(), 3, &[]).expect("cluster");
     let network = NetworkFile::load(&c.network_file).expect("network");
     // An account at b1 with money in it, the target of the rogue prepares.
+    let from = c.open_account(0, "R1", "pw", false).await.expect("open");
     let admin = c.admin(0).await.expect("admin");
-    let opened = admin
-        .call(TellerOp::OpenAccount {
-            customer: NewCustomer {
-                national_id: "R1".into(),
-                phone: "+1 555".into(),
-                first_name: "Rosa".into(),
-                last_name: "Target".into(),
-                sms_opt_in: false,
-            },
-            password: "pw".into(),
-            existing: None,
-        })
-        .await
-        .expect("open");
-    let TellerResponse::AccountOpened(view) = opened else {
-        panic!("{opened:?}")
-    };
-    let from = view.number;
     let id = teller_cli::new_transfer_id();
     admin
         .call(TellerOp::Deposit {
@@ -308,24 +291,11 @@ async fn a_forward_that_arrives_after_its_expiry_is_not_acted_on() {
     use wire::teller::{TellerRequest, TransferState, Unavailable};
     let dir = tempfile::tempdir().expect("tempdir");
     let c = Cluster::start(dir.path(), 2, &[]).expect("cluster");
-    let admin = c.admin(0).await.expect("admin");
-    let opened = admin
-        .call(TellerOp::OpenAccount {
-            customer: NewCustomer {
-                national_id: "LATE".into(),
-                phone: "+1 555".into(),
-                first_name: "Lena".into(),
-                last_name: "Late".into(),
-                sms_opt_in: false,
-            },
-            password: "late-pw".into(),
-            existing: None,
-        })
+    let account = c
+        .open_account(0, "LATE", "late-pw", false)
         .await
         .expect("open");
-    let TellerResponse::AccountOpened(view) = opened else {
-        panic!("{opened:?}")
-    };
+    let admin = c.admin(0).await.expect("admin");
     let as_b2 = link(&c, &read_key(&c.nodes[1].dir).expect("key")).await;
     let teller = libp2p::PeerId::random().to_bytes();
     let forward = |request: TellerRequest, expires_at_ms: u64| {
@@ -338,7 +308,7 @@ async fn a_forward_that_arrives_after_its_expiry_is_not_acted_on() {
     let login = TellerRequest {
         session: None,
         op: TellerOp::Login {
-            user: view.number.to_string(),
+            user: account.to_string(),
             password: "late-pw".into(),
         },
     };
@@ -363,7 +333,7 @@ async fn a_forward_that_arrives_after_its_expiry_is_not_acted_on() {
         session: Some(session),
         op: TellerOp::Deposit {
             id,
-            account: view.number,
+            account,
             amount: Amount::from_minor(700).expect("amount"),
         },
     };
@@ -386,9 +356,7 @@ async fn a_forward_that_arrives_after_its_expiry_is_not_acted_on() {
         "no record of it"
     );
     let r = admin
-        .call(TellerOp::Balance {
-            account: view.number,
-        })
+        .call(TellerOp::Balance { account })
         .await
         .expect("balance");
     assert!(
