@@ -107,6 +107,7 @@ pub fn init(
         .unwrap_or_default();
     let hash = hash_password(&password)?;
     std::fs::create_dir_all(data_dir).map_err(io(data_dir))?;
+    owner_only_dir(data_dir)?;
     let key = BranchKey::from_secret(rand::random());
     write_key(&key_path, &key)?;
     // The database holds password hashes and balances: owner-only too. SQLite gives its
@@ -139,6 +140,39 @@ pub fn init(
 }
 
 /// Creates an empty file readable and writable by its owner only; never overwrites.
+/// Makes `dir` readable by its owner only (0700): the data dir holds the key, the
+/// database and `sms.log`, which name customers, phones and balances. Files in it are
+/// created 0600 (SQLite gives its `-wal` and `-shm` files the database's mode). A
+/// `run` tightens a dir that was opened up, and says so.
+pub fn owner_only_dir(dir: &Path) -> Result<(), InitError> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(dir)
+            .map_err(io(dir))?
+            .permissions()
+            .mode();
+        if mode & 0o077 != 0 {
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+                .map_err(io(dir))?;
+            tracing::info!(dir = %dir.display(), was = format!("{:o}", mode & 0o777), "data dir made owner-only (0700)");
+        }
+    }
+    Ok(())
+}
+
+/// Opens `path` for appending, creating it readable by its owner only (0600).
+pub fn owner_only_append(path: &Path) -> std::io::Result<std::fs::File> {
+    let mut options = OpenOptions::new();
+    options.append(true).create(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    options.open(path)
+}
+
 fn owner_only_file(path: &Path) -> std::io::Result<std::fs::File> {
     let mut options = OpenOptions::new();
     options.write(true).create_new(true);

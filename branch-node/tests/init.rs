@@ -166,3 +166,96 @@ fn help_describes_every_command() {
         );
     }
 }
+
+/// The network file entry `init` printed, listening on a free loopback port.
+fn network_entry(out: &Output) -> String {
+    stdout(out)
+        .split("add this branch to network.toml:")
+        .nth(1)
+        .expect("entry printed")
+        .replace("addresses = []", "addresses = [\"/ip4/127.0.0.1/tcp/0\"]")
+}
+
+fn run_node(data: &Path, network: &Path) -> Output {
+    branch_node(&[
+        "run",
+        "--data-dir",
+        data.to_str().expect("utf-8"),
+        "--network",
+        network.to_str().expect("utf-8"),
+    ])
+}
+
+#[test]
+fn run_refuses_a_data_dir_without_its_database_or_key_or_with_another_branchs() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (b1, b2) = (dir.path().join("b1"), dir.path().join("b2"));
+    let (i1, i2) = (init(&b1, "1", &[]), init(&b2, "2", &[]));
+    assert!(i1.status.success() && i2.status.success());
+    let network = dir.path().join("network.toml");
+    let second = network_entry(&i2).replace("Mumbai Fort", "Pune Camp");
+    std::fs::write(&network, network_entry(&i1) + &second).expect("writes");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&b1).expect("dir").permissions().mode();
+        assert_eq!(mode & 0o777, 0o700, "init makes the data dir owner-only");
+        std::fs::set_permissions(&b1, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    }
+
+    let db = b1.join(DB_FILE);
+    let saved = dir.path().join("saved.db");
+    std::fs::rename(&db, &saved).expect("moves");
+    let out = run_node(&b1, &network);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(stderr(&out).contains("is missing"), "{}", stderr(&out));
+    assert!(!db.exists(), "no empty database is made in its place");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&b1).expect("dir").permissions().mode();
+        assert_eq!(mode & 0o777, 0o700, "run tightens an opened-up data dir");
+    }
+
+    std::fs::copy(b2.join(DB_FILE), &db).expect("copies");
+    let out = run_node(&b1, &network);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("belongs to branch 002, not 001"),
+        "{}",
+        stderr(&out)
+    );
+    std::fs::rename(&saved, &db).expect("moves back");
+
+    let key = b1.join(KEY_FILE);
+    std::fs::remove_file(&key).expect("removes");
+    let out = run_node(&b1, &network);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains(KEY_FILE), "{}", stderr(&out));
+}
+
+#[test]
+fn a_database_file_that_is_not_a_branch_is_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join(DB_FILE);
+    rusqlite::Connection::open(&path).expect("makes an empty sqlite file");
+    let err = Store::open_existing(&path, BranchId(1), Durability::Full).expect_err("refused");
+    assert!(err.to_string().contains("not made by"), "{err}");
+    let err = Store::open_existing(&dir.path().join("none.db"), BranchId(1), Durability::Full)
+        .expect_err("refused");
+    assert!(err.to_string().contains("is missing"), "{err}");
+}
+
+#[cfg(unix)]
+#[test]
+fn files_the_node_appends_to_are_owner_only() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("sms.log");
+    drop(branch_node::init::owner_only_append(&path).expect("creates"));
+    let mode = std::fs::metadata(&path)
+        .expect("exists")
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+}

@@ -39,7 +39,7 @@ impl Report {
 pub fn audit_all(databases: &[(BranchId, PathBuf)]) -> anyhow::Result<Vec<Audit>> {
     let mut out = Vec::new();
     for (id, path) in databases {
-        let store = Store::open(path, *id, Durability::Full)?;
+        let store = Store::open_existing(path, *id, Durability::Full)?;
         out.push(store.audit()?);
     }
     Ok(out)

@@ -81,7 +81,8 @@ pub async fn run(
         !listen.is_empty(),
         "no address to listen on: give --listen or list one in the network file"
     );
-    let store = Store::open(&cfg.data_dir.join(DB_FILE), me, cfg.durability)?;
+    crate::init::owner_only_dir(&cfg.data_dir)?;
+    let store = Store::open_existing(&cfg.data_dir.join(DB_FILE), me, cfg.durability)?;
     let sessions = Sessions::load(me, store.live_sessions(now_ms())?);
     tracing::info!(
         sessions = sessions.len(),

@@ -125,11 +125,8 @@ async fn deliver(sink: &SmsSink, m: &OutboxMessage) -> Result<(), String> {
     match sink {
         SmsSink::LogFile(path) => {
             let line = format!("{}\tto={}\t{}\n", now_ms(), m.phone, m.body);
-            let mut f = tokio::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(path)
-                .await
+            let mut f = crate::init::owner_only_append(path)
+                .map(tokio::fs::File::from_std)
                 .map_err(|e| e.to_string())?;
             f.write_all(line.as_bytes())
                 .await

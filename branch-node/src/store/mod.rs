@@ -53,6 +53,12 @@ pub enum StoreError {
     Corrupt(String),
     #[error("database belongs to branch {found}, not {expected}")]
     WrongBranch { found: BranchId, expected: BranchId },
+    #[error(
+        "{0} is missing: a running branch never starts on an empty database (restore it, or make a new branch with `branch-node init`)"
+    )]
+    Missing(String),
+    #[error("database has no branch id: it was not made by `branch-node init`")]
+    NotInitialized,
     #[error("database schema version {found} is newer than this program ({known})")]
     TooNew { found: usize, known: usize },
     #[error("stored record is malformed: {0}")]
@@ -105,6 +111,35 @@ pub(crate) fn blob_id(blob: &[u8]) -> Result<TransferId, StoreError> {
 }
 
 impl Store {
+    /// Opens the database of an initialized branch `me`, for `branch-node run`: a missing
+    /// file, a database without a branch id or with another branch's is refused, so
+    /// that a lost file never turns into an empty branch that answers "presumed
+    /// abort" for transfers it had committed.
+    pub fn open_existing(
+        path: &Path,
+        me: BranchId,
+        durability: Durability,
+    ) -> Result<Store, StoreError> {
+        if !path.is_file() {
+            return Err(StoreError::Missing(path.display().to_string()));
+        }
+        let conn = Connection::open_with_flags(
+            path,
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )?;
+        let branch: Option<i64> = conn
+            .query_row("SELECT value FROM meta WHERE key = 'branch_id'", [], |r| {
+                r.get(0)
+            })
+            .optional()
+            .unwrap_or(None);
+        if branch.is_none() {
+            return Err(StoreError::NotInitialized);
+        }
+        drop(conn);
+        Store::open(path, me, durability)
+    }
+
     /// Opens (creating if needed) the database of branch `me` at `path`.
     pub fn open(path: &Path, me: BranchId, durability: Durability) -> Result<Store, StoreError> {
         let mut conn = Connection::open(path)?;
