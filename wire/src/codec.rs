@@ -25,6 +25,8 @@ pub enum CodecError {
     TrailingBytes(usize),
     #[error("malformed message: {0}")]
     Malformed(String),
+    #[error("message is not in its one canonical encoding")]
+    NonCanonical,
 }
 
 /// Encodes `value`; refuses a result larger than [`MESSAGE_BYTES_MAX`].
@@ -37,12 +39,21 @@ pub fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, CodecError> {
 }
 
 /// Decodes exactly one value from `bytes`. Never panics, whatever the bytes.
-pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
+///
+/// Only the canonical encoding is accepted: the value must re-encode to exactly
+/// `bytes`. Postcard's varints would otherwise take over-long forms (a branch id in
+/// three bytes, a transfer id with a redundant zero byte), so one signed message would
+/// have several valid byte forms, and anything that compares or stores envelope bytes
+/// could be told two different things about one message.
+pub fn decode<T: DeserializeOwned + Serialize>(bytes: &[u8]) -> Result<T, CodecError> {
     if bytes.len() > MESSAGE_BYTES_MAX {
         return Err(CodecError::Oversized(bytes.len()));
     }
     match postcard::take_from_bytes::<T>(bytes) {
-        Ok((value, [])) => Ok(value),
+        Ok((value, [])) => match postcard::to_stdvec(&value) {
+            Ok(again) if again == bytes => Ok(value),
+            _ => Err(CodecError::NonCanonical),
+        },
         Ok((_, rest)) => Err(CodecError::TrailingBytes(rest.len())),
         Err(postcard::Error::DeserializeUnexpectedEnd) => Err(CodecError::Truncated),
         Err(e) => Err(CodecError::Malformed(e.to_string())),
@@ -74,7 +85,9 @@ pub fn frame_len(buf: &[u8]) -> Result<Option<usize>, CodecError> {
 
 /// Decodes the first frame in `buf`: `Ok(Some((value, bytes_used)))`, `Ok(None)` when
 /// more bytes are needed, or an error when the frame can never be valid.
-pub fn decode_frame<T: DeserializeOwned>(buf: &[u8]) -> Result<Option<(T, usize)>, CodecError> {
+pub fn decode_frame<T: DeserializeOwned + Serialize>(
+    buf: &[u8],
+) -> Result<Option<(T, usize)>, CodecError> {
     let Some(len) = frame_len(buf)? else {
         return Ok(None);
     };
@@ -121,6 +134,29 @@ mod tests {
             decode::<BranchMessage>(&[1, 5, 9, 1, 0]),
             Err(CodecError::Malformed(_))
         ));
+    }
+
+    #[test]
+    fn over_long_integer_encodings_are_refused() {
+        // Found by an outside fuzz run: both decoded, verified under a valid signature,
+        // and re-encoded to other bytes.
+        let long_id = hex::decode("0188270302faffffffffffffffffffffffff0000").expect("hex");
+        let long_branch = hex::decode("a3a300000000").expect("hex");
+        for bytes in [long_id, long_branch] {
+            assert_eq!(
+                decode::<BranchMessage>(&bytes),
+                Err(CodecError::NonCanonical),
+                "{}",
+                hex::encode(&bytes)
+            );
+        }
+        // A branch id of 0x11a3 in its two-byte canonical form still decodes.
+        let canonical = encode(&BranchId(0x11a3)).expect("fits");
+        assert_eq!(decode::<BranchId>(&canonical), Ok(BranchId(0x11a3)));
+        let mut padded = canonical.clone();
+        padded[1] |= 0x80;
+        padded.push(0);
+        assert_eq!(decode::<BranchId>(&padded), Err(CodecError::NonCanonical));
     }
 
     #[test]

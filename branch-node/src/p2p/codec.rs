@@ -47,7 +47,9 @@ pub async fn read_limited<T: AsyncRead + Unpin + Send>(io: &mut T) -> io::Result
     Ok(buf)
 }
 
-async fn read_value<T: DeserializeOwned, R: AsyncRead + Unpin + Send>(io: &mut R) -> io::Result<T> {
+async fn read_value<T: DeserializeOwned + Serialize, R: AsyncRead + Unpin + Send>(
+    io: &mut R,
+) -> io::Result<T> {
     let bytes = read_limited(io).await?;
     wire::decode(&bytes).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
 }

@@ -23,7 +23,7 @@ fn enc<T: serde::Serialize>(v: &T) -> Result<Vec<u8>, StoreError> {
     wire::encode(v).map_err(|e| StoreError::Malformed(e.to_string()))
 }
 
-fn dec<T: serde::de::DeserializeOwned>(b: &[u8]) -> Result<T, StoreError> {
+fn dec<T: serde::de::DeserializeOwned + serde::Serialize>(b: &[u8]) -> Result<T, StoreError> {
     wire::decode(b).map_err(|e| StoreError::Malformed(e.to_string()))
 }
 
