@@ -26,7 +26,9 @@ pub enum InitError {
     BranchId,
     #[error("branch name must be 1..={TEXT_FIELD_BYTES_MAX} bytes of printable text")]
     Name,
-    #[error("admin password must be 1..={PASSWORD_BYTES_MAX} bytes")]
+    #[error(
+        "admin password must be at least 8 characters, at most {PASSWORD_BYTES_MAX} bytes, and not a commonly used one"
+    )]
     Password,
     #[error("{0} is already initialized (it has {KEY_FILE} or {DB_FILE}); refusing to overwrite")]
     AlreadyInitialized(PathBuf),
@@ -48,6 +50,8 @@ pub struct Initialized {
     pub peer_id: PeerId,
     /// Set when the admin password was generated (shown once).
     pub generated_password: Option<String>,
+    /// The admin's `otpauth://` URI when `init --totp` enrolled it for one-time codes.
+    pub otp_uri: Option<String>,
 }
 
 impl Initialized {
@@ -81,6 +85,7 @@ pub fn init(
     branch: BranchId,
     name: &str,
     admin_password: Option<String>,
+    totp: bool,
 ) -> Result<Initialized, InitError> {
     if branch.0 == 0 || branch.0 > ACCOUNT_BRANCH_MAX {
         return Err(InitError::BranchId);
@@ -92,8 +97,8 @@ pub fn init(
         return Err(InitError::Name);
     }
     if admin_password
-        .as_ref()
-        .is_some_and(|p| p.is_empty() || p.len() > PASSWORD_BYTES_MAX)
+        .as_deref()
+        .is_some_and(|p| wire::teller::new_password_ok(p).is_err())
     {
         return Err(InitError::Password);
     }
@@ -116,26 +121,40 @@ pub fn init(
     let made = Store::open(&db_path, branch, Durability::Full)
         .map_err(InitError::from)
         .and_then(|mut store| match store.create_admin(ADMIN_LOGIN, &hash)? {
-            Ok(()) => Ok(()),
+            Ok(()) if totp => {
+                let secret = crate::totp::new_secret();
+                store
+                    .enroll_otp(ADMIN_LOGIN, &secret, false)?
+                    .map_err(|r| InitError::Io {
+                        path: db_path.clone(),
+                        source: std::io::Error::other(r.to_string()),
+                    })?;
+                Ok(Some(crate::totp::otpauth_uri(&secret, name, ADMIN_LOGIN)))
+            }
+            Ok(()) => Ok(None),
             Err(Refusal::UserExists) => Err(InitError::AlreadyInitialized(data_dir.to_owned())),
             Err(other) => Err(InitError::Io {
                 path: db_path.clone(),
                 source: std::io::Error::other(other.to_string()),
             }),
         });
-    if let Err(e) = made {
-        // Leave no half-made data dir behind: a retry must start clean.
-        for f in [KEY_FILE, DB_FILE, "branch.db-wal", "branch.db-shm"] {
-            let _ = std::fs::remove_file(data_dir.join(f));
+    let otp_uri = match made {
+        Ok(uri) => uri,
+        Err(e) => {
+            // Leave no half-made data dir behind: a retry must start clean.
+            for f in [KEY_FILE, DB_FILE, "branch.db-wal", "branch.db-shm"] {
+                let _ = std::fs::remove_file(data_dir.join(f));
+            }
+            return Err(e);
         }
-        return Err(e);
-    }
+    };
     Ok(Initialized {
         branch,
         name: name.to_owned(),
         public_key: key.public(),
         peer_id: key.peer_id(),
         generated_password: generated,
+        otp_uri,
     })
 }
 

@@ -6,3 +6,4 @@ pub mod network_file;
 pub mod node;
 pub mod p2p;
 pub mod store;
+pub mod totp;

@@ -35,6 +35,10 @@ enum Command {
         /// File holding the first admin's password; without it one is generated and shown once.
         #[arg(long)]
         admin_password_file: Option<PathBuf>,
+        /// Enrol the admin for one-time codes (TOTP): prints the otpauth:// URI to add
+        /// to an authenticator app; every admin login then needs the current code.
+        #[arg(long)]
+        totp: bool,
     },
     /// Serve a branch: teller protocol, 2PC with the other branches, SMS notifier.
     ///
@@ -93,6 +97,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             branch_id,
             name,
             admin_password_file,
+            totp,
         } => {
             let password = match admin_password_file {
                 Some(f) => {
@@ -102,7 +107,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 }
                 None => None,
             };
-            let done = branch_node::init::init(&data_dir, BranchId(branch_id), &name, password)?;
+            let done =
+                branch_node::init::init(&data_dir, BranchId(branch_id), &name, password, totp)?;
             println!(
                 "initialized branch {} ({}) in {}",
                 done.branch,
@@ -112,6 +118,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             println!("admin login: {}", branch_node::init::ADMIN_LOGIN);
             if let Some(p) = &done.generated_password {
                 println!("admin password: {p}  (shown once: keep it safe)");
+            }
+            if let Some(uri) = &done.otp_uri {
+                println!("admin one-time codes: add this to an authenticator app (shown once):");
+                println!("  {uri}");
             }
             println!(
                 "\nadd this branch to network.toml:\n\n{}",

@@ -78,7 +78,7 @@ fn init_makes_key_database_admin_and_network_entry() {
     }
     let mut store = Store::open(&data.join(DB_FILE), BranchId(1), Durability::Full).expect("opens");
     let admin = store
-        .login("admin", "correct horse", 0)
+        .login("admin", "correct horse", None, 0)
         .expect("works")
         .expect("logs in");
     assert_eq!(admin.role, wire::teller::Role::Admin);
@@ -102,7 +102,12 @@ fn init_generates_a_password_when_none_is_given() {
     assert_eq!(password.len(), 20);
     let mut store =
         Store::open(&dir.path().join(DB_FILE), BranchId(7), Durability::Full).expect("opens");
-    assert!(store.login("admin", password, 0).expect("works").is_ok());
+    assert!(
+        store
+            .login("admin", password, None, 0)
+            .expect("works")
+            .is_ok()
+    );
 }
 
 #[test]

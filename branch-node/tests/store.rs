@@ -9,7 +9,6 @@ use branch_node::store::writer::Writer;
 use branch_node::store::{Durability, LedgerViolation, Movement, Store, StoreError, hash_password};
 use coordinator::Shard;
 use coordinator::testing::{Fixture, HERE, run_all};
-use wire::limits::{LOGIN_FAILURES_MAX, LOGIN_LOCKOUT_MS};
 use wire::teller::{NewCustomer, Role, TransferState};
 use wire::twopc::TransferSpec;
 use wire::{AccountNumber, Amount, BranchId, Refusal, TransferId};
@@ -323,7 +322,7 @@ fn a_corrupt_or_foreign_file_is_refused_with_a_clear_error() {
 }
 
 #[test]
-fn logins_check_passwords_and_lock_after_repeated_failures() {
+fn logins_check_passwords_and_every_failure_is_one_answer() {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut s = open(&dir.path().join("b.db"));
     let admin_hash = hash_password("admin-pw").expect("hashes");
@@ -338,39 +337,69 @@ fn logins_check_passwords_and_lock_after_repeated_failures() {
     fund_store(&mut s, a, 10);
     let now = 1_000_000;
     let admin = s
-        .login("admin", "admin-pw", now)
+        .login("admin", "admin-pw", None, now)
         .expect("works")
         .expect("logs in");
     assert_eq!((admin.role, admin.accounts.len()), (Role::Admin, 0));
     let cust = s
-        .login(&a.to_string(), "secret", now)
+        .login(&a.to_string(), "secret", None, now)
         .expect("works")
         .expect("logs in");
     assert_eq!((cust.role, cust.accounts), (Role::Customer, vec![a]));
     assert_eq!(
-        s.login("nobody", "x", now).expect("works"),
+        s.login("nobody", "x", None, now).expect("works"),
         Err(Refusal::BadCredentials)
     );
-    for _ in 1..LOGIN_FAILURES_MAX {
-        assert_eq!(
-            s.login("admin", "wrong", now).expect("works"),
-            Err(Refusal::BadCredentials)
-        );
-    }
     assert_eq!(
-        s.login("admin", "wrong", now).expect("works"),
-        Err(Refusal::LockedOut)
+        s.login("admin", "wrong", None, now).expect("works"),
+        Err(Refusal::BadCredentials),
+        "a wrong password and an unknown login get one answer"
     );
-    let locked = s.login("admin", "admin-pw", now + 1).expect("works");
+}
+
+#[test]
+fn an_enrolled_login_needs_its_one_time_code_and_a_code_works_once() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut s = open(&dir.path().join("b.db"));
+    let hash = hash_password("admin-pw").expect("hashes");
+    s.create_admin("admin", &hash)
+        .expect("works")
+        .expect("created");
+    let secret = [9u8; branch_node::totp::SECRET_BYTES];
+    s.enroll_otp("admin", &secret, false)
+        .expect("works")
+        .expect("enrolled");
     assert_eq!(
-        locked,
-        Err(Refusal::LockedOut),
-        "locked even with the right password"
+        s.enroll_otp("admin", &[1u8; 20], false).expect("works"),
+        Err(Refusal::AlreadyEnrolled)
     );
-    let later = s
-        .login("admin", "admin-pw", now + LOGIN_LOCKOUT_MS)
-        .expect("works");
-    assert!(later.is_ok(), "unlocked after the lockout");
+    assert_eq!(
+        s.enroll_otp("nobody", &[1u8; 20], true).expect("works"),
+        Err(Refusal::AccountNotFound)
+    );
+    let now = 1_700_000_000_000;
+    let code = branch_node::totp::code_at(&secret, branch_node::totp::step_at(now));
+    let login =
+        |s: &mut Store, otp: Option<&str>| s.login("admin", "admin-pw", otp, now).expect("works");
+    assert_eq!(
+        login(&mut s, None),
+        Err(Refusal::OneTimeCode),
+        "a stolen password alone fails"
+    );
+    assert_eq!(
+        login(&mut s, Some("000000")).err(),
+        Some(Refusal::OneTimeCode)
+    );
+    assert!(login(&mut s, Some(&code)).is_ok());
+    assert_eq!(
+        login(&mut s, Some(&code)),
+        Err(Refusal::OneTimeCode),
+        "used once"
+    );
+    assert_eq!(
+        s.login("admin", "wrong", Some(&code), now).expect("works"),
+        Err(Refusal::BadCredentials)
+    );
 }
 
 #[test]

@@ -141,7 +141,13 @@ impl Cluster {
         for i in 1..=n {
             let name = format!("b{i}");
             let data = dir.join(&name);
-            let done = init::init(&data, BranchId(i), &name, Some(ADMIN_PASSWORD.into()))?;
+            let done = init::init(
+                &data,
+                BranchId(i),
+                &name,
+                Some(ADMIN_PASSWORD.into()),
+                false,
+            )?;
             let port = free_port()?;
             let entry = done.network_entry();
             let addr = format!("addresses = [\"/ip4/127.0.0.1/tcp/{port}\"]");

@@ -94,7 +94,7 @@ pub async fn run(target: Target, policy: RetryPolicy) -> Result<u8, TellerError>
         let Ok(password) = ask_secret("password: ") else {
             return Ok(0);
         };
-        let accounts = match teller.login(&user, &password).await {
+        let accounts = match login(&mut teller, &user, &password).await {
             Ok(TellerResponse::LoggedIn { accounts, .. }) => accounts,
             Ok(_) => continue,
             Err(e @ TellerError::Refused(_)) => {
@@ -107,14 +107,52 @@ pub async fn run(target: Target, policy: RetryPolicy) -> Result<u8, TellerError>
             }
         };
         let left = match teller.role {
-            Some(Role::Admin) => admin_menu(&mut teller).await,
-            _ => customer_menu(&mut teller, accounts.first().map(|a| a.number), &policy).await,
+            Some(Role::Admin) => admin_menu(&mut teller, &user).await,
+            _ => {
+                let first = accounts.first().map(|a| a.number);
+                customer_menu(&mut teller, first, &user, &policy).await
+            }
         };
         let _ = teller.logout().await;
         if left {
             return Ok(0);
         }
     }
+}
+
+/// Logs in; a login enrolled for one-time codes is asked for the current code.
+async fn login(
+    teller: &mut Teller,
+    user: &str,
+    password: &str,
+) -> Result<TellerResponse, TellerError> {
+    match teller.login(user, password).await {
+        Err(TellerError::Refused(wire::Refusal::OneTimeCode)) => {
+            let code = ask("one-time code (from your authenticator app): ")
+                .map_err(|_| TellerError::Usage("no code given".into()))?;
+            teller
+                .login_with_code(user, password, Some(code.trim()))
+                .await
+        }
+        other => other,
+    }
+}
+
+/// Asks whom to enrol for one-time codes (an admin may name a login; a customer
+/// enrols themselves) and the caller's password again.
+fn enroll_op(admin: bool, me: &str) -> Result<TellerOp, Eof> {
+    let user = if admin {
+        let who = ask("login to enrol (blank for yourself): ")?;
+        if who.trim().is_empty() {
+            me.to_owned()
+        } else {
+            who.trim().to_owned()
+        }
+    } else {
+        me.to_owned()
+    };
+    let password = ask_secret("your password again: ")?;
+    Ok(TellerOp::EnrollOtp { user, password })
 }
 
 /// The answer, or `None` after saying in one line why there is none.
@@ -152,10 +190,10 @@ fn show_money(answer: &MoneyAnswer) {
 }
 
 /// Returns true when the user left (Ctrl-D), false on log out.
-async fn admin_menu(teller: &mut Teller) -> bool {
+async fn admin_menu(teller: &mut Teller, me: &str) -> bool {
     loop {
         println!(
-            "\n== Admin menu ==\n1) Create account\n2) Close account\n3) View all accounts\n4) View all transactions\n5) Log out"
+            "\n== Admin menu ==\n1) Create account\n2) Close account\n3) View all accounts\n4) View all transactions\n5) Enrol a login for one-time codes\n6) Log out"
         );
         let Ok(choice) = ask("choice: ") else {
             return true;
@@ -189,9 +227,15 @@ async fn admin_menu(teller: &mut Teller) -> bool {
                     limit: 100,
                 },
             },
-            "5" => return false,
+            "5" => {
+                let Ok(op) = enroll_op(true, me) else {
+                    return true;
+                };
+                op
+            }
+            "6" => return false,
             _ => {
-                println!("  choose 1 to 5");
+                println!("  choose 1 to 6");
                 continue;
             }
         };
@@ -202,6 +246,9 @@ async fn admin_menu(teller: &mut Teller) -> bool {
             ),
             Some(TellerResponse::AccountClosed(a)) => println!("  closed {}", a.number),
             Some(TellerResponse::Accounts(v)) => println!("{}", accounts_table(&v)),
+            Some(r @ TellerResponse::OtpEnrolled { .. }) => {
+                crate::output::Printer { json: false }.response(&r)
+            }
             Some(TellerResponse::Entries { entries, .. }) => {
                 println!("{}", entries_table(&entries))
             }
@@ -234,10 +281,9 @@ fn new_account() -> Result<TellerOp, Eof> {
     let sms_opt_in = ask_parsed("SMS alerts (Y/N): ", yes_no)?;
     let password = loop {
         let p = ask_secret("customer password: ")?;
-        if p.is_empty() {
-            println!("  must not be empty; try again");
-        } else {
-            break p;
+        match wire::teller::new_password_ok(&p) {
+            Ok(()) => break p,
+            Err(why) => println!("  {why}; try again"),
         }
     };
     Ok(TellerOp::OpenAccount {
@@ -256,6 +302,7 @@ fn new_account() -> Result<TellerOp, Eof> {
 async fn customer_menu(
     teller: &mut Teller,
     account: Option<AccountNumber>,
+    me: &str,
     policy: &RetryPolicy,
 ) -> bool {
     let Some(account) = account else {
@@ -272,7 +319,7 @@ async fn customer_menu(
             );
         }
         println!(
-            "1) Refresh\n2) Deposit\n3) Withdraw\n4) Transfer\n5) Transaction history\n6) Transfer status\n7) Log out"
+            "1) Refresh\n2) Deposit\n3) Withdraw\n4) Transfer\n5) Transaction history\n6) Transfer status\n7) Enrol for one-time codes\n8) Log out"
         );
         let Ok(choice) = ask("choice: ") else {
             return true;
@@ -292,9 +339,10 @@ async fn customer_menu(
                     .map_err(|e| format!("not a transfer id ({e})"))
             })
             .map(|id| TellerOp::TransferStatus { id }),
-            "7" => return false,
+            "7" => enroll_op(false, me),
+            "8" => return false,
             _ => {
-                println!("  choose 1 to 7");
+                println!("  choose 1 to 8");
                 continue;
             }
         }) else {
@@ -308,7 +356,7 @@ async fn customer_menu(
             Some(TellerResponse::Entries { entries, .. }) => {
                 println!("{}", entries_table(&entries))
             }
-            Some(r @ TellerResponse::Status { .. }) => {
+            Some(r @ (TellerResponse::Status { .. } | TellerResponse::OtpEnrolled { .. })) => {
                 crate::output::Printer { json: false }.response(&r)
             }
             _ => {}

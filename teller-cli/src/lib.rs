@@ -234,10 +234,22 @@ impl Teller {
         user: &str,
         password: &str,
     ) -> Result<TellerResponse, TellerError> {
+        self.login_with_code(user, password, None).await
+    }
+
+    /// Logs in with the current one-time code of a login enrolled for them. The code is
+    /// not kept: it works once, so renewing such a session needs the person again.
+    pub async fn login_with_code(
+        &mut self,
+        user: &str,
+        password: &str,
+        otp: Option<&str>,
+    ) -> Result<TellerResponse, TellerError> {
         let r = self
             .call(TellerOp::Login {
                 user: user.to_owned(),
                 password: password.to_owned(),
+                otp: otp.map(str::to_owned),
             })
             .await?;
         if let TellerResponse::LoggedIn { session, role, .. } = &r {

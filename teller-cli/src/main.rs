@@ -68,6 +68,10 @@ struct Cli {
     /// Read the password from the first line of stdin.
     #[arg(long, global = true, conflicts_with = "password_env")]
     password_stdin: bool,
+    /// Read the current one-time code (six digits) from this environment variable, for
+    /// a login enrolled for one-time codes.
+    #[arg(long, global = true)]
+    otp_env: Option<String>,
     /// Print machine-readable JSON (amounts are decimal strings; refusals carry a code).
     #[arg(long, global = true)]
     json: bool,
@@ -131,6 +135,13 @@ enum Command {
     /// Where a transfer, deposit or withdrawal stands, by id.
     #[command(after_help = EXIT_CODES)]
     TransferStatus { id: TransferId },
+    /// Enrol for one-time codes (TOTP) and print the otpauth:// URI for an
+    /// authenticator app: your own login, or as an admin --for another login of the
+    /// branch (replacing a lost device). Every later login needs the current code.
+    EnrollOtp {
+        #[arg(long = "for")]
+        for_user: Option<String>,
+    },
     /// Admin actions.
     #[command(subcommand)]
     Admin(Admin),
@@ -230,9 +241,12 @@ impl Command {
     fn mutates(&self) -> bool {
         matches!(
             self,
-            Command::Admin(
-                Admin::OpenAccount { .. } | Admin::CloseAccount { .. } | Admin::LinkFault { .. }
-            )
+            Command::EnrollOtp { .. }
+                | Command::Admin(
+                    Admin::OpenAccount { .. }
+                        | Admin::CloseAccount { .. }
+                        | Admin::LinkFault { .. }
+                )
         )
     }
 }
@@ -262,6 +276,16 @@ fn password(cli: &Cli) -> Result<String, TellerError> {
     Err(TellerError::Usage(
         "give the password with --password-env VAR or --password-stdin".into(),
     ))
+}
+
+/// The one-time code from `--otp-env VAR`, if given.
+fn otp_code(cli: &Cli) -> Result<Option<String>, TellerError> {
+    let Some(var) = &cli.otp_env else {
+        return Ok(None);
+    };
+    let code = std::env::var(var)
+        .map_err(|_| TellerError::Usage(format!("environment variable {var} is not set")))?;
+    Ok(Some(code.trim().to_owned()))
 }
 
 /// Parses an account number; a typo (bad check digits) is refused here, before
@@ -294,10 +318,14 @@ async fn run(cli: Cli) -> Result<u8, TellerError> {
         .ok_or_else(|| TellerError::Usage("give the login with --user".into()))?;
     let password = password(&cli)?;
     let mut teller = Teller::connect(&target).await?;
-    let login = teller.login(&user, &password).await.map_err(|e| match e {
-        TellerError::Refused(_) => e,
-        other => TellerError::LoginNotDone(Box::new(other)),
-    })?;
+    let otp = otp_code(&cli)?;
+    let login = teller
+        .login_with_code(&user, &password, otp.as_deref())
+        .await
+        .map_err(|e| match e {
+            TellerError::Refused(_) => e,
+            other => TellerError::LoginNotDone(Box::new(other)),
+        })?;
     let mine = match &login {
         TellerResponse::LoggedIn { accounts, .. } => accounts.first().map(|a| a.number),
         _ => None,
@@ -353,6 +381,10 @@ async fn run(cli: Cli) -> Result<u8, TellerError> {
             },
         },
         Command::TransferStatus { id } => TellerOp::TransferStatus { id: *id },
+        Command::EnrollOtp { for_user } => TellerOp::EnrollOtp {
+            user: for_user.clone().unwrap_or_else(|| user.clone()),
+            password: password.clone(),
+        },
         Command::Admin(admin) => admin_op(admin, &password)?,
     };
     let r = teller.call_renewing(op).await?;

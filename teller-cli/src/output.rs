@@ -133,6 +133,14 @@ impl Printer {
                 state_json(*id, state),
                 format!("{}: {id}", state_text(state)),
             ),
+            TellerResponse::OtpEnrolled { user, uri } => (
+                json!({ "user": user, "otpauth_uri": uri }),
+                format!(
+                    "{user} is enrolled for one-time codes. Add this to an authenticator app \
+                     (shown once; it holds the secret):\n  {uri}\nFrom now on every login \
+                     of {user} needs the app's current code."
+                ),
+            ),
             TellerResponse::LinkFaultSet { branch, fault } => (
                 json!({ "branch": branch.0, "fault": format!("{fault:?}") }),
                 format!("link to branch {branch}: {fault:?}"),

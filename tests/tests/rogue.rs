@@ -105,7 +105,10 @@ async fn rogue_peer_messages_are_refused_and_change_nothing() {
     let mut c = Cluster::start(dir.path(), 3, &[]).expect("cluster");
     let network = NetworkFile::load(&c.network_file).expect("network");
     // An account at b1 with money in it, the target of the rogue prepares.
-    let from = c.open_account(0, "R1", "pw", false).await.expect("open");
+    let from = c
+        .open_account(0, "R1", "rogue-password", false)
+        .await
+        .expect("open");
     let admin = c.admin(0).await.expect("admin");
     let id = teller_cli::new_transfer_id();
     admin
@@ -292,7 +295,7 @@ async fn a_forward_that_arrives_after_its_expiry_is_not_acted_on() {
     let dir = tempfile::tempdir().expect("tempdir");
     let c = Cluster::start(dir.path(), 2, &[]).expect("cluster");
     let account = c
-        .open_account(0, "LATE", "late-pw", false)
+        .open_account(0, "LATE", "late-password", false)
         .await
         .expect("open");
     let admin = c.admin(0).await.expect("admin");
@@ -309,7 +312,8 @@ async fn a_forward_that_arrives_after_its_expiry_is_not_acted_on() {
         session: None,
         op: TellerOp::Login {
             user: account.to_string(),
-            password: "late-pw".into(),
+            password: "late-password".into(),
+            otp: None,
         },
     };
     let stale = |r| {

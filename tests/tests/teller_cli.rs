@@ -550,7 +550,7 @@ fn admin_menu_in_a_terminal() {
     step(&mut p, "login refused", "admin");
     step(&mut p, "password: ", ADMIN_PASSWORD);
     step(&mut p, "== Admin menu ==", "9");
-    step(&mut p, "choose 1 to 5", "1");
+    step(&mut p, "choose 1 to 6", "1");
     step(&mut p, "national id: ", "");
     step(&mut p, "must not be empty", "PTY-1");
     step(&mut p, "phone: ", "call me");
@@ -559,7 +559,9 @@ fn admin_menu_in_a_terminal() {
     step(&mut p, "last name: ", "Hopper");
     step(&mut p, "SMS alerts (Y/N): ", "maybe");
     step(&mut p, "answer Y or N", "y");
-    step(&mut p, "customer password: ", "pty-customer");
+    step(&mut p, "customer password: ", "short");
+    step(&mut p, "at least 8 characters", "password123");
+    step(&mut p, "not a commonly used one", "pty-customer");
     let (_, opened) = p.exp_regex(r"opened \d{3}-\d{8}-\d{2}").expect("opened");
     let account = opened.trim_start_matches("opened ").trim().to_owned();
     // View all accounts (network-wide): the new one and b2's.
@@ -579,8 +581,32 @@ fn admin_menu_in_a_terminal() {
     step(&mut p, "account to close: ", &other);
     step(&mut p, "your admin password again: ", ADMIN_PASSWORD);
     p.exp_string("refused:").expect("refused");
-    // Log out, back at the login; Ctrl-D leaves.
+    // Enrol for one-time codes: the URI is shown once.
     step(&mut p, "choice: ", "5");
+    step(&mut p, "login to enrol (blank for yourself): ", "");
+    step(&mut p, "your password again: ", ADMIN_PASSWORD);
+    let (_, uri) = p.exp_regex(r"otpauth://totp/[^ \r\n]+").expect("uri shown");
+    let secret = otp_secret(&uri);
+    // Log out, back at the login: now the code is asked for, and a wrong one refused.
+    step(&mut p, "choice: ", "6");
+    step(&mut p, "user (admin or account number): ", "admin");
+    step(&mut p, "password: ", ADMIN_PASSWORD);
+    step(
+        &mut p,
+        "one-time code (from your authenticator app): ",
+        "000000",
+    );
+    p.exp_string("login refused: this login needs its current one-time code")
+        .expect("wrong code refused");
+    step(&mut p, "user (admin or account number): ", "admin");
+    step(&mut p, "password: ", ADMIN_PASSWORD);
+    let code = branch_node::totp::code_at(&secret, branch_node::totp::step_at(now_ms()));
+    step(
+        &mut p,
+        "one-time code (from your authenticator app): ",
+        &code,
+    );
+    step(&mut p, "== Admin menu ==", "6");
     p.exp_string("user (admin or account number): ")
         .expect("login again");
     p.send_control('d').expect("ctrl-d");
@@ -622,7 +648,7 @@ fn customer_menu_in_a_terminal() {
     p.exp_string("balance after").expect("history table");
     p.exp_string("30.00").expect("transfer in history");
     step(&mut p, "choice: ", "9");
-    step(&mut p, "choose 1 to 7", "1");
+    step(&mut p, "choose 1 to 8", "1");
     p.exp_string(&format!("== {a}  balance 50.25"))
         .expect("refreshed");
     // Ctrl-C at a prompt leaves cleanly.
@@ -632,6 +658,40 @@ fn customer_menu_in_a_terminal() {
     exited_cleanly(&p);
     assert_eq!(balance(&net, "b3", &b), "30.00");
     finish(c, &BTreeSet::new());
+}
+
+/// The secret of an `otpauth://` URI (RFC 4648 base32, no padding).
+fn otp_secret(uri: &str) -> Vec<u8> {
+    let text = uri
+        .split("secret=")
+        .nth(1)
+        .and_then(|rest| rest.split('&').next())
+        .expect("secret in the uri");
+    let (mut out, mut buffer, mut bits) = (Vec::new(), 0u32, 0u32);
+    for ch in text.bytes() {
+        let v = match ch {
+            b'A'..=b'Z' => ch - b'A',
+            b'2'..=b'7' => ch - b'2' + 26,
+            _ => panic!("not base32: {text}"),
+        };
+        buffer = (buffer << 5) | u32::from(v);
+        bits += 5;
+        if bits >= 8 {
+            bits -= 8;
+            out.push(u8::try_from((buffer >> bits) & 0xff).expect("a byte"));
+        }
+    }
+    out
+}
+
+fn now_ms() -> u64 {
+    u64::try_from(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("after 1970")
+            .as_millis(),
+    )
+    .expect("fits")
 }
 
 /// Spawns `teller-cli` in the background (passwords as in [`cli`]); `finish` waits.

@@ -47,11 +47,46 @@ pub const STATUS_QUERY_DELAY_MS: u64 = 500;
 /// Longest wait between retries (decision re-sends, status queries), in milliseconds.
 pub const RETRY_BACKOFF_MAX_MS: u64 = 8_000;
 
-/// Failed logins in a row after which a login is locked.
-pub const LOGIN_FAILURES_MAX: u32 = 5;
+/// Failed logins to one login, from tellers it does not trust, before each further
+/// attempt must wait (known and unknown logins alike).
+pub const LOGIN_FREE_FAILURES: u32 = 5;
 
-/// How long a locked login stays locked, in milliseconds.
-pub const LOGIN_LOCKOUT_MS: u64 = 5 * 60 * 1_000;
+/// Failed logins from one teller peer, to any logins, before each further attempt must
+/// wait. Higher than per login: one teller terminal serves many customers.
+pub const LOGIN_PEER_FREE_FAILURES: u32 = 20;
+
+/// The first wait once the free failures are used, in milliseconds; it doubles with
+/// every further failure up to [`LOGIN_DELAY_MAX_MS`].
+pub const LOGIN_DELAY_FIRST_MS: u64 = 1_000;
+
+/// Longest wait between login attempts, in milliseconds. There is no lockout: a
+/// stranger's guessing can delay a login's owner this long at most, and not at all on
+/// a teller the owner logged in from before.
+pub const LOGIN_DELAY_MAX_MS: u64 = 15 * 60 * 1_000;
+
+/// A login's or a peer's failure count is forgotten after this long without a failure,
+/// in milliseconds.
+pub const LOGIN_FORGET_MS: u64 = 24 * 60 * 60 * 1_000;
+
+/// How long a teller peer that logged in to a login stays trusted for it (its attempts
+/// skip that login's throttle, so strangers cannot delay its owner), in milliseconds.
+pub const LOGIN_TRUST_MS: u64 = 30 * 24 * 60 * 60 * 1_000;
+
+/// Most logins, peers and trusted pairs each throttle table keeps.
+pub const LOGIN_THROTTLE_KEYS_MAX: usize = 100_000;
+
+/// Password checks (argon2, ~60 ms and 19 MiB each) that may wait for a core, per core;
+/// a login beyond that is told "overloaded" at once.
+pub const PASSWORD_CHECKS_WAITING_PER_CORE: usize = 8;
+
+/// Digits in a one-time code (RFC 6238 TOTP, as authenticator apps show them).
+pub const OTP_DIGITS: usize = 6;
+
+/// Length of one TOTP time step, in milliseconds (RFC 6238's default, 30 s).
+pub const OTP_STEP_MS: u64 = 30_000;
+
+/// Time steps either side of now whose code is still accepted (clock drift).
+pub const OTP_DRIFT_STEPS: u64 = 1;
 
 /// Most operations the store's writer puts in one SQLite transaction (group commit).
 pub const WRITER_BATCH_OPS_MAX: usize = 4_096;

@@ -44,8 +44,11 @@ pub enum Refusal {
     IdConflict,
     #[error("not authorized")]
     Unauthorized,
-    #[error("login locked after repeated failures; try again later")]
-    LockedOut,
+    /// The login is enrolled for one-time codes and none was given, or the code was
+    /// wrong or already used. (Index 7 was a lockout before throttles replaced it; login
+    /// answers are never stored, so the index is free to reuse.)
+    #[error("this login needs its current one-time code (a code works once)")]
+    OneTimeCode,
     #[error("wrong user or password")]
     BadCredentials,
     #[error("account still holds money or has holds; it must be empty to close")]
@@ -65,11 +68,17 @@ pub enum Refusal {
     UserExists,
     #[error("transfer interrupted by a branch restart before its decision; nothing moved")]
     Interrupted,
+    /// A new password is shorter than 8 characters or on the list of common passwords.
+    #[error("password must be at least 8 characters and not a commonly used one")]
+    WeakPassword,
+    /// A customer enrolling a second time: an admin replaces a lost device.
+    #[error("this login is already enrolled for one-time codes; an admin can replace it")]
+    AlreadyEnrolled,
 }
 
 impl Refusal {
     /// Every refusal, in declaration (and encoding) order.
-    pub const ALL: [Refusal; 17] = [
+    pub const ALL: [Refusal; 19] = [
         Refusal::InsufficientFunds,
         Refusal::AccountNotFound,
         Refusal::AccountClosed,
@@ -77,7 +86,7 @@ impl Refusal {
         Refusal::InvalidAmount,
         Refusal::IdConflict,
         Refusal::Unauthorized,
-        Refusal::LockedOut,
+        Refusal::OneTimeCode,
         Refusal::BadCredentials,
         Refusal::AccountNotEmpty,
         Refusal::BalanceOverflow,
@@ -87,6 +96,8 @@ impl Refusal {
         Refusal::Expired,
         Refusal::UserExists,
         Refusal::Interrupted,
+        Refusal::WeakPassword,
+        Refusal::AlreadyEnrolled,
     ];
 
     /// A stable machine-readable code (snake case) for programs: `--json` output and
@@ -100,7 +111,7 @@ impl Refusal {
             Refusal::InvalidAmount => "invalid_amount",
             Refusal::IdConflict => "id_conflict",
             Refusal::Unauthorized => "unauthorized",
-            Refusal::LockedOut => "locked_out",
+            Refusal::OneTimeCode => "one_time_code",
             Refusal::BadCredentials => "bad_credentials",
             Refusal::AccountNotEmpty => "account_not_empty",
             Refusal::BalanceOverflow => "balance_overflow",
@@ -110,6 +121,8 @@ impl Refusal {
             Refusal::Expired => "expired",
             Refusal::UserExists => "user_exists",
             Refusal::Interrupted => "interrupted",
+            Refusal::WeakPassword => "weak_password",
+            Refusal::AlreadyEnrolled => "already_enrolled",
         }
     }
 }

@@ -11,7 +11,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::account::AccountNumber;
 use crate::ids::{BranchId, TransferId};
-use crate::limits::{LINK_DELAY_MS_MAX, PAGE_ROWS_MAX, PASSWORD_BYTES_MAX, TEXT_FIELD_BYTES_MAX};
+use crate::limits::{
+    LINK_DELAY_MS_MAX, OTP_DIGITS, PAGE_ROWS_MAX, PASSWORD_BYTES_MAX, TEXT_FIELD_BYTES_MAX,
+};
 use crate::money::Amount;
 use crate::refusal::Refusal;
 use crate::twopc::TransferSpec;
@@ -90,7 +92,16 @@ pub struct NewCustomer {
 #[cfg_attr(test, derive(proptest_derive::Arbitrary))]
 pub enum TellerOp {
     /// `user` is an admin's login name or a customer's account number.
+    /// `otp` is the current one-time code (six digits) of a login enrolled for them.
     Login {
+        user: String,
+        password: String,
+        otp: Option<String>,
+    },
+    /// Enrol `user` for one-time codes (RFC 6238 TOTP); the caller types their own
+    /// password again. A customer enrols themselves; an admin enrols an admin or a
+    /// customer of the branch, or replaces a lost device.
+    EnrollOtp {
         user: String,
         password: String,
     },
@@ -188,6 +199,7 @@ impl TellerOp {
     pub fn name(&self) -> &'static str {
         match self {
             TellerOp::Login { .. } => "login",
+            TellerOp::EnrollOtp { .. } => "enroll-otp",
             TellerOp::Logout => "logout",
             TellerOp::Balance { .. } => "balance",
             TellerOp::Deposit { .. } => "deposit",
@@ -309,6 +321,10 @@ pub enum Unavailable {
     /// The branch is shutting down and did not take the request: nothing was done.
     #[error("branch is stopping; nothing was done")]
     Stopping,
+    /// Too many failed logins for this login or from this teller: wait, then retry.
+    /// The password was not checked.
+    #[error("too many failed logins; try again in {} s (nothing was checked)", retry_after_ms.div_ceil(1000))]
+    Throttled { retry_after_ms: u64 },
 }
 
 impl Unavailable {
@@ -328,6 +344,7 @@ impl Unavailable {
             Unavailable::Overloaded => "overloaded",
             Unavailable::StoreFailed => "store_failed",
             Unavailable::Stopping => "stopping",
+            Unavailable::Throttled { .. } => "throttled",
         }
     }
 }
@@ -364,6 +381,12 @@ pub enum TellerResponse {
         branch: BranchId,
         fault: LinkFault,
     },
+    /// `user` is enrolled: `uri` is the `otpauth://` URI an authenticator app takes
+    /// (shown once; it holds the secret).
+    OtpEnrolled {
+        user: String,
+        uri: String,
+    },
     /// Final: the request did not take effect and never will.
     Refused(Refusal),
     /// Not carried out now; see [`Unavailable::may_have_happened`].
@@ -378,6 +401,33 @@ fn password_ok(s: &str) -> bool {
     !s.is_empty() && s.len() <= PASSWORD_BYTES_MAX
 }
 
+fn otp_ok(s: &str) -> bool {
+    s.len() == OTP_DIGITS && s.bytes().all(|b| b.is_ascii_digit())
+}
+
+/// Shortest new password, in characters (NIST SP 800-63B's minimum).
+pub const PASSWORD_CHARS_MIN: usize = 8;
+
+/// The policy for a new password (not for logins: existing passwords keep working): at
+/// least [`PASSWORD_CHARS_MIN`] characters, at most [`PASSWORD_BYTES_MAX`] bytes, and
+/// not on the list of common passwords, compared without regard to case.
+pub fn new_password_ok(password: &str) -> Result<(), Refusal> {
+    if password.len() > PASSWORD_BYTES_MAX {
+        return Err(Refusal::InvalidInput);
+    }
+    let lower = password.to_lowercase();
+    let common = COMMON_PASSWORDS
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .any(|l| l == lower);
+    if password.chars().count() < PASSWORD_CHARS_MIN || common {
+        return Err(Refusal::WeakPassword);
+    }
+    Ok(())
+}
+
+const COMMON_PASSWORDS: &str = include_str!("common_passwords.txt");
+
 fn page_ok(p: &PageRequest) -> bool {
     (1..=PAGE_ROWS_MAX).contains(&p.limit)
 }
@@ -390,19 +440,27 @@ impl TellerRequest {
     pub fn validate(&self) -> Result<(), Refusal> {
         let ok_or = |ok: bool, refusal| if ok { Ok(()) } else { Err(refusal) };
         match &self.op {
-            TellerOp::Login { user, password } => ok_or(
-                text_ok(user) && password_ok(password),
+            TellerOp::Login {
+                user,
+                password,
+                otp,
+            } => ok_or(
+                text_ok(user) && password_ok(password) && otp.as_deref().is_none_or(otp_ok),
                 Refusal::BadCredentials,
+            ),
+            TellerOp::EnrollOtp { user, password } => ok_or(
+                text_ok(user) && password_ok(password),
+                Refusal::InvalidInput,
             ),
             TellerOp::History { page, .. } | TellerOp::ListTransactions { page, .. } => {
                 ok_or(page_ok(page), Refusal::InvalidInput)
             }
             TellerOp::OpenAccount {
                 customer, password, ..
-            } => ok_or(
-                customer_ok(customer) && password_ok(password),
-                Refusal::InvalidInput,
-            ),
+            } => {
+                ok_or(customer_ok(customer), Refusal::InvalidInput)?;
+                new_password_ok(password)
+            }
             TellerOp::CloseAccount { admin_password, .. } => {
                 ok_or(password_ok(admin_password), Refusal::BadCredentials)
             }
@@ -470,8 +528,19 @@ mod tests {
         let login = |u: &str, p: &str| TellerOp::Login {
             user: u.into(),
             password: p.into(),
+            otp: None,
         };
+        // Policy is for new passwords: an old short one still logs in.
         check(false, login("admin", "pw"), Ok(()));
+        let with_otp = |otp: &str| TellerOp::Login {
+            user: "admin".into(),
+            password: "pw".into(),
+            otp: Some(otp.into()),
+        };
+        check(false, with_otp("012345"), Ok(()));
+        for bad in ["12345", "1234567", "12345a", ""] {
+            check(false, with_otp(bad), Err(Refusal::BadCredentials));
+        }
         check(false, login("", "pw"), Err(Refusal::BadCredentials));
         check(false, login("admin", ""), Err(Refusal::BadCredentials));
         check(
@@ -533,9 +602,16 @@ mod tests {
         };
         check(
             true,
-            open(customer("+91 98765 43210", "Asha"), "pw"),
+            open(customer("+91 98765 43210", "Asha"), "river-otter-42"),
             Ok(()),
         );
+        for weak in ["pw", "seven77", "Password123", "QWERTYUIOP", "12345678"] {
+            check(
+                true,
+                open(customer("+91 98765 43210", "Asha"), weak),
+                Err(Refusal::WeakPassword),
+            );
+        }
         check(
             true,
             open(customer("call me", "Asha"), "pw"),
@@ -554,7 +630,7 @@ mod tests {
         check(
             true,
             open(customer("123", "Asha"), ""),
-            Err(Refusal::InvalidInput),
+            Err(Refusal::WeakPassword),
         );
     }
 }

@@ -11,6 +11,7 @@
 //! | transfer-status                                   | touches own account | touches the issuing branch     |
 //! | open-account, close-account                       | no                  | the issuing branch (`existing`/closed account there) |
 //! | list accounts / transactions, set-link-fault      | no                  | yes                            |
+//! | enroll-otp (for `user`)                           | own login           | a login of the issuing branch  |
 //!
 //! [^1]: for a transfer, the account money leaves (`from`); it may go anywhere.
 
@@ -30,6 +31,8 @@ pub enum Access {
     Admin(Option<AccountNumber>),
     /// Decided against the accounts of the id's record, once it is read ([`may_see`]).
     Record,
+    /// A login's own session, or an admin (for a login of the issuing branch).
+    Login,
 }
 
 /// The row of the table for `op`.
@@ -42,6 +45,7 @@ pub fn access(op: &TellerOp) -> Access {
         | TellerOp::Withdraw { account, .. } => Access::Account(*account),
         TellerOp::Transfer(spec) => Access::Account(spec.from),
         TellerOp::TransferStatus { .. } => Access::Record,
+        TellerOp::EnrollOtp { .. } => Access::Login,
         TellerOp::OpenAccount { existing, .. } => Access::Admin(*existing),
         TellerOp::CloseAccount { account, .. } => Access::Admin(Some(*account)),
         TellerOp::ListAccounts { .. }
@@ -56,6 +60,10 @@ pub fn check(session: &SessionInfo, me: BranchId, op: &TellerOp) -> Result<(), R
     let ok = session.issuer == me
         && match access(op) {
             Access::Session | Access::Record => true,
+            Access::Login => {
+                session.role == Role::Admin
+                    || matches!(op, TellerOp::EnrollOtp { user, .. } if *user == session.login)
+            }
             Access::Account(n) => may_touch(session, n),
             Access::Admin(n) => {
                 session.role == Role::Admin && n.is_none_or(|n| may_touch(session, n))

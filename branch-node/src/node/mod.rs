@@ -5,7 +5,9 @@
 
 pub mod authz;
 pub mod engine;
+pub mod guard;
 pub mod link;
+pub mod logins;
 pub mod notifier;
 pub mod service;
 pub mod sessions;
@@ -24,6 +26,7 @@ use wire::link::{EnvelopeRefusal, LinkRequest, LinkResponse};
 use crate::init::{DB_FILE, read_key};
 use crate::network_file::NetworkFile;
 use crate::p2p::network::{self, Client, Inbound};
+use crate::store::reader::Reader;
 use crate::store::writer::Writer;
 use crate::store::{Durability, Store};
 use engine::EngineHandle;
@@ -89,6 +92,8 @@ pub async fn run(
         "sessions kept from before the start"
     );
     let writer = Writer::spawn(store);
+    let cores = std::thread::available_parallelism().map_or(1, usize::from);
+    let reader = Reader::open(&cfg.data_dir.join(DB_FILE), me, cores)?;
     let wh = writer.handle();
 
     let mut swarm = crate::p2p::node_swarm(key.libp2p_keypair(), cfg.mdns)?;
@@ -127,6 +132,8 @@ pub async fn run(
         engine: engine.clone(),
         client: client.clone(),
         sessions: Mutex::new(sessions),
+        reader,
+        logins: logins::Logins::new(cores),
         fault_switch: cfg.fault_switch,
     });
     let mut addrs = Vec::new();

@@ -25,10 +25,12 @@ use wire::{AccountNumber, Amount, BranchId, Refusal, TransferId};
 
 use super::authz;
 use super::engine::EngineHandle;
+use super::logins::Logins;
 use super::now_ms;
 use super::sessions::{SessionInfo, Sessions};
 use crate::network_file::NetworkFile;
 use crate::p2p::network::{Client, LinkError};
+use crate::store::reader::Reader;
 use crate::store::writer::WriterHandle;
 use crate::store::{Movement, StoreError, bank, sessions as stored_sessions, twopc};
 
@@ -41,13 +43,17 @@ pub struct Service {
     pub(crate) engine: EngineHandle,
     pub(crate) client: Client,
     pub(crate) sessions: Mutex<Sessions>,
+    /// Read-only connections: reads never wait behind the writer's batches.
+    pub(crate) reader: Reader,
+    /// The login throttle and the argon2 budget.
+    pub(crate) logins: Logins,
     /// Whether admins may use the fault switch (`branch-node run --fault-switch`).
     pub(crate) fault_switch: bool,
 }
 
 /// Why a request got no business answer: a final refusal, or not carried out now.
 #[derive(Debug)]
-enum Fail {
+pub(crate) enum Fail {
     Refused(Refusal),
     Unavailable(Unavailable),
 }
@@ -64,10 +70,10 @@ impl From<Unavailable> for Fail {
     }
 }
 
-type Answer = Result<TellerResponse, Fail>;
+pub(crate) type Answer = Result<TellerResponse, Fail>;
 
 /// A store failure: logged here, and told as "may or may not have happened".
-fn store_failed(e: StoreError) -> Fail {
+pub(crate) fn store_failed(e: StoreError) -> Fail {
     tracing::error!("store failed: {e}");
     Fail::Unavailable(Unavailable::StoreFailed)
 }
@@ -97,8 +103,13 @@ impl Service {
 
     async fn route(&self, peer: PeerId, request: TellerRequest, forwarded: bool) -> Answer {
         request.validate()?;
-        if let TellerOp::Login { user, password } = &request.op {
-            let here = || self.login(peer, user.clone(), password.clone());
+        if let TellerOp::Login {
+            user,
+            password,
+            otp,
+        } = &request.op
+        {
+            let here = || self.login(peer, user.clone(), password.clone(), otp.clone());
             return match user.parse::<AccountNumber>() {
                 Ok(a) if a.branch() == self.me => here().await,
                 Ok(_) if forwarded => Err(Refusal::BadCredentials.into()),
@@ -127,7 +138,7 @@ impl Service {
 
     /// The session table; a panic elsewhere while it was held leaves nothing half-done
     /// in it (every change is one map operation), so a poisoned lock is used as it is.
-    fn sessions(&self) -> MutexGuard<'_, Sessions> {
+    pub(crate) fn sessions(&self) -> MutexGuard<'_, Sessions> {
         self.sessions.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
@@ -178,6 +189,9 @@ impl Service {
     ) -> Answer {
         match op {
             TellerOp::Login { .. } => Err(Refusal::InvalidInput.into()),
+            TellerOp::EnrollOtp { user, password } => {
+                self.enroll_otp(peer, session, user, password).await
+            }
             TellerOp::Logout => self.logout(token, peer).await,
             TellerOp::Balance { account } => self.balance(account).await,
             TellerOp::Deposit {
@@ -204,7 +218,10 @@ impl Service {
             TellerOp::CloseAccount {
                 account,
                 admin_password,
-            } => self.close_account(session, account, admin_password).await,
+            } => {
+                self.close_account(peer, session, account, admin_password)
+                    .await
+            }
             TellerOp::ListAccounts { scope } => {
                 Ok(TellerResponse::Accounts(self.accounts(scope).await?))
             }
@@ -217,39 +234,6 @@ impl Service {
             }
             TellerOp::SetLinkFault { branch, fault } => self.set_link_fault(branch, fault).await,
         }
-    }
-
-    async fn login(&self, peer: PeerId, user: String, password: String) -> Answer {
-        let now = now_ms();
-        let user = self
-            .writer
-            .login(user, password, now)
-            .await
-            .map_err(store_failed)??;
-        let opened = self.sessions().open(peer, user, rand::random(), now);
-        let info = opened.info;
-        // The session is stored (durably, in the same writer operation that reads the
-        // accounts) before the token is handed out, so a restart keeps it.
-        let (row, evicted, numbers) = (opened.row, opened.evicted, info.accounts.clone());
-        let accounts = self
-            .writer
-            .call(move |c, me| {
-                stored_sessions::insert(c, &row, &evicted, now)?;
-                let mut out = Vec::new();
-                for n in numbers {
-                    out.extend(bank::view(c, me, n)?);
-                }
-                Ok(out)
-            })
-            .await
-            .map_err(store_failed)?;
-        tracing::info!(%peer, login = %info.login, role = ?info.role, "logged in");
-        Ok(TellerResponse::LoggedIn {
-            session: opened.token,
-            role: info.role,
-            accounts,
-            expires_at_ms: info.expires_at_ms,
-        })
     }
 
     async fn logout(&self, token: SessionToken, peer: PeerId) -> Answer {
@@ -372,15 +356,12 @@ impl Service {
     /// account's login goes with it, and so do its sessions.
     async fn close_account(
         &self,
+        peer: PeerId,
         session: &SessionInfo,
         account: AccountNumber,
         admin_password: String,
     ) -> Answer {
-        self.writer
-            .login(session.login.clone(), admin_password, now_ms())
-            .await
-            .map_err(store_failed)?
-            .map_err(|_| Refusal::BadCredentials)?;
+        self.reauthenticate(peer, session, admin_password).await?;
         let closed = self
             .writer
             .call(move |c, me| bank::close_account(c, me, account, now_ms()))

@@ -1,11 +1,11 @@
 //! Users and logins: argon2id password hashes (OWASP parameters m=19456 KiB, t=2, p=1),
-//! one answer for every kind of failure, and a lockout after repeated failures.
+//! one answer for every kind of password failure, and one-time codes (TOTP) for
+//! enrolled logins. Guessing is throttled by the node (`node/guard.rs`), not here.
 
 use argon2::Argon2;
 use argon2::password_hash::phc::PasswordHash;
 use argon2::password_hash::{PasswordHasher, PasswordVerifier};
 use rusqlite::{Connection, OptionalExtension, params};
-use wire::limits::{LOGIN_FAILURES_MAX, LOGIN_LOCKOUT_MS};
 use wire::teller::Role;
 use wire::{AccountNumber, Refusal};
 
@@ -84,18 +84,29 @@ impl Store {
         })
     }
 
-    /// Checks a login at time `now_ms`. Every failure is `BadCredentials` (unknown user
-    /// and wrong password alike); after [`LOGIN_FAILURES_MAX`] failures in a row the
-    /// login is `LockedOut` for [`LOGIN_LOCKOUT_MS`], even with the right password.
+    /// Checks a login at time `now_ms`, all three steps on this thread. Every password
+    /// failure is `BadCredentials` (unknown user and wrong password alike). Guessing is
+    /// limited by the node's throttle, not here.
     pub fn login(
         &mut self,
         login: &str,
         password: &str,
+        otp: Option<&str>,
         now_ms: u64,
     ) -> Result<LoginOutcome, StoreError> {
-        let user = login_read(self.conn(), login, now_ms)?;
+        let user = login_read(self.conn(), login)?;
         let verified = login_verify(password, &user);
-        self.in_tx(|c, me| login_record(c, me, login, &user, verified, now_ms))
+        self.in_tx(|c, me| login_record(c, me, login, &user, verified, otp, now_ms))
+    }
+
+    /// Enrols `login` for one-time codes with `secret` (see [`enroll_otp`]).
+    pub fn enroll_otp(
+        &mut self,
+        login: &str,
+        secret: &[u8],
+        replace: bool,
+    ) -> Result<Result<(), Refusal>, StoreError> {
+        self.in_tx(|c, _| enroll_otp(c, login, secret, replace))
     }
 }
 
@@ -103,32 +114,31 @@ impl Store {
 #[derive(Debug, Clone)]
 pub enum LoginRow {
     Unknown,
-    Locked,
     Found {
         role: Role,
         customer_id: Option<i64>,
         hash: String,
+        otp_secret: Option<Vec<u8>>,
     },
 }
 
-/// Step 1 of a login: the user's row, or why there is none to check.
-pub fn login_read(conn: &Connection, login: &str, now_ms: u64) -> Result<LoginRow, StoreError> {
-    let user: Option<(String, Option<i64>, String, i64)> = conn
+/// Step 1 of a login: the user's row, if there is one.
+pub fn login_read(conn: &Connection, login: &str) -> Result<LoginRow, StoreError> {
+    let user = conn
         .query_row(
-            "SELECT role, customer_id, password_hash, locked_until_ms FROM users WHERE login = ?1",
+            "SELECT role, customer_id, password_hash, otp_secret FROM users WHERE login = ?1",
             [login],
-            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+            |r| {
+                Ok(LoginRow::Found {
+                    role: role_from(&r.get::<_, String>(0)?),
+                    customer_id: r.get(1)?,
+                    hash: r.get(2)?,
+                    otp_secret: r.get(3)?,
+                })
+            },
         )
         .optional()?;
-    Ok(match user {
-        None => LoginRow::Unknown,
-        Some((.., locked_until)) if sql_ms(now_ms) < locked_until => LoginRow::Locked,
-        Some((role, customer_id, hash, _)) => LoginRow::Found {
-            role: role_from(&role),
-            customer_id,
-            hash,
-        },
-    })
+    Ok(user.unwrap_or(LoginRow::Unknown))
 }
 
 /// Step 2, outside any SQLite transaction (~60 ms of argon2): does the password match?
@@ -140,52 +150,93 @@ pub fn login_verify(password: &str, row: &LoginRow) -> bool {
             let _ = verify(password, dummy_hash());
             false
         }
-        LoginRow::Locked => false,
     }
 }
 
-/// Step 3: count a failure (locking the login after too many) or clear the count.
-/// Counting is one SQL increment, so concurrent failures are never lost.
+/// Step 3: for a verified password, the one-time code of an enrolled login (used up
+/// in the same statement that checks it was not used before), then who logged in.
 pub fn login_record(
     conn: &Connection,
     me: wire::BranchId,
     login: &str,
     row: &LoginRow,
     verified: bool,
+    otp: Option<&str>,
     now_ms: u64,
 ) -> Result<LoginOutcome, StoreError> {
-    let (role, customer_id) = match row {
-        LoginRow::Unknown => return Ok(Err(Refusal::BadCredentials)),
-        LoginRow::Locked => return Ok(Err(Refusal::LockedOut)),
-        LoginRow::Found {
-            role, customer_id, ..
-        } => (*role, *customer_id),
+    let LoginRow::Found {
+        role, customer_id, ..
+    } = row
+    else {
+        return Ok(Err(Refusal::BadCredentials));
     };
     if !verified {
-        let failures: i64 = conn.query_row(
-            "UPDATE users SET failed_attempts = failed_attempts + 1 WHERE login = ?1
-             RETURNING failed_attempts",
-            [login],
-            |r| r.get(0),
-        )?;
-        if failures < i64::from(LOGIN_FAILURES_MAX) {
-            return Ok(Err(Refusal::BadCredentials));
-        }
-        conn.execute(
-            "UPDATE users SET failed_attempts = 0, locked_until_ms = ?2 WHERE login = ?1",
-            params![login, sql_ms(now_ms.saturating_add(LOGIN_LOCKOUT_MS))],
-        )?;
-        return Ok(Err(Refusal::LockedOut));
+        return Ok(Err(Refusal::BadCredentials));
     }
-    conn.execute(
-        "UPDATE users SET failed_attempts = 0 WHERE login = ?1 AND failed_attempts != 0",
-        [login],
-    )?;
+    if !otp_accepted(conn, login, otp, now_ms)? {
+        return Ok(Err(Refusal::OneTimeCode));
+    }
     Ok(Ok(UserInfo {
         login: login.to_owned(),
-        role,
-        accounts: customer_accounts(conn, me, customer_id)?,
+        role: *role,
+        accounts: customer_accounts(conn, me, *customer_id)?,
     }))
+}
+
+/// True when `login` is not enrolled, or `otp` is its code for a step near `now_ms`
+/// that it has not used yet; that step is then marked used. Read again here, inside
+/// the writer's transaction, so two logins racing with one code cannot both pass.
+fn otp_accepted(
+    conn: &Connection,
+    login: &str,
+    otp: Option<&str>,
+    now_ms: u64,
+) -> Result<bool, StoreError> {
+    let (secret, last): (Option<Vec<u8>>, i64) = conn.query_row(
+        "SELECT otp_secret, otp_last_step FROM users WHERE login = ?1",
+        [login],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )?;
+    let Some(secret) = secret else {
+        return Ok(true);
+    };
+    let last = u64::try_from(last).unwrap_or(0);
+    let Some(step) = otp.and_then(|code| crate::totp::matching_step(&secret, code, now_ms, last))
+    else {
+        return Ok(false);
+    };
+    conn.execute(
+        "UPDATE users SET otp_last_step = ?2 WHERE login = ?1",
+        params![login, sql_ms(step)],
+    )?;
+    Ok(true)
+}
+
+/// Stores `secret` as `login`'s TOTP secret. An enrolled login is refused
+/// `AlreadyEnrolled` unless `replace` (an admin replacing a lost device).
+pub fn enroll_otp(
+    conn: &Connection,
+    login: &str,
+    secret: &[u8],
+    replace: bool,
+) -> Result<Result<(), Refusal>, StoreError> {
+    let current: Option<Option<Vec<u8>>> = conn
+        .query_row(
+            "SELECT otp_secret FROM users WHERE login = ?1",
+            [login],
+            |r| r.get(0),
+        )
+        .optional()?;
+    match current {
+        None => return Ok(Err(Refusal::AccountNotFound)),
+        Some(Some(_)) if !replace => return Ok(Err(Refusal::AlreadyEnrolled)),
+        Some(_) => {}
+    }
+    conn.execute(
+        "UPDATE users SET otp_secret = ?2, otp_last_step = 0 WHERE login = ?1",
+        params![login, secret],
+    )?;
+    Ok(Ok(()))
 }
 
 /// The accounts of customer `customer_id` (none for an admin's `None`), by number.

@@ -11,10 +11,11 @@
 //! transaction (group commit, one fsync) with a savepoint around each.
 
 pub mod audit;
-mod auth;
+pub(crate) mod auth;
 pub(crate) mod bank;
 pub(crate) mod ledger;
 pub(crate) mod outbox;
+pub mod reader;
 mod schema;
 pub(crate) mod sessions;
 #[cfg(feature = "testing")]
@@ -78,7 +79,7 @@ impl From<StoreError> for coordinator::ShardError {
 }
 
 /// How long a statement waits for another connection's lock, in milliseconds.
-const BUSY_TIMEOUT_MS: u64 = 5_000;
+pub(crate) const BUSY_TIMEOUT_MS: u64 = 5_000;
 
 /// One branch's database, used by one owner at a time.
 #[derive(Debug)]

@@ -138,4 +138,14 @@ CREATE INDEX sessions_by_expiry ON sessions(expires_at_ms);
 ALTER TABLE transfers ADD COLUMN debit_serial INTEGER;
 ALTER TABLE transfers ADD COLUMN credit_serial INTEGER;
 "#,
+    // 3: one-time codes; guessing is throttled in memory by the node, for known and
+    // unknown logins alike, so the per-user lockout columns go.
+    r#"
+-- The TOTP secret of an enrolled login (NULL: not enrolled), and the last time step
+-- whose code it used: a code works once.
+ALTER TABLE users ADD COLUMN otp_secret BLOB CHECK (otp_secret IS NULL OR length(otp_secret) = 20);
+ALTER TABLE users ADD COLUMN otp_last_step INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE users DROP COLUMN failed_attempts;
+ALTER TABLE users DROP COLUMN locked_until_ms;
+"#,
 ];

@@ -17,7 +17,6 @@ use wire::teller::{AccountView, NewCustomer, TransferState};
 use wire::twopc::{DecisionItem, PrepareItem, TransferSpec, Vote};
 use wire::{AccountNumber, Amount, BranchId, Decision, Refusal, TransferId};
 
-use super::auth;
 use super::bank::{self, Movement};
 use super::{Store, StoreError, now_ms, twopc};
 
@@ -280,27 +279,6 @@ impl WriterHandle {
             },
             done,
         )
-    }
-
-    /// A login in three steps, so that argon2 (~60 ms) runs on the caller's thread and
-    /// never holds up the writer's batch: read the row, verify, record the result.
-    pub async fn login(
-        &self,
-        login: String,
-        password: String,
-        now_ms: u64,
-    ) -> Result<auth::LoginOutcome, StoreError> {
-        let who = login.clone();
-        let row = self
-            .call(move |c, _| auth::login_read(c, &who, now_ms))
-            .await?;
-        let verify_row = row.clone();
-        let verified =
-            tokio::task::spawn_blocking(move || auth::login_verify(&password, &verify_row))
-                .await
-                .unwrap_or(false);
-        self.call(move |c, me| auth::login_record(c, me, &login, &row, verified, now_ms))
-            .await
     }
 
     /// Opens an account (see [`Store::open_account`]).

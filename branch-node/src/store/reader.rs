@@ -1,0 +1,83 @@
+//! Reads beside the writer: a few read-only connections to the same WAL database, so a
+//! balance, a history page, a listing or a login's user row never waits in the
+//! writer's queue behind a batch of transfers. WAL gives each read one consistent
+//! snapshot of the last durable batch; a read sees nothing that is not durable.
+
+use std::path::Path;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use rusqlite::{Connection, OpenFlags};
+use tokio::sync::Semaphore;
+use wire::BranchId;
+
+use super::{BUSY_TIMEOUT_MS, StoreError};
+
+/// A pool of read-only connections; cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Reader {
+    inner: Arc<Pool>,
+}
+
+#[derive(Debug)]
+struct Pool {
+    idle: Mutex<Vec<Connection>>,
+    slots: Semaphore,
+    me: BranchId,
+}
+
+impl Reader {
+    /// Opens `connections` read-only connections to the database at `path`, which the
+    /// writer has already opened (and migrated).
+    pub fn open(path: &Path, me: BranchId, connections: usize) -> Result<Reader, StoreError> {
+        let mut idle = Vec::with_capacity(connections);
+        for _ in 0..connections.max(1) {
+            let conn = Connection::open_with_flags(
+                path,
+                OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+            )?;
+            conn.busy_timeout(std::time::Duration::from_millis(BUSY_TIMEOUT_MS))?;
+            conn.set_db_config(
+                rusqlite::config::DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG,
+                true,
+            )?;
+            idle.push(conn);
+        }
+        Ok(Reader {
+            inner: Arc::new(Pool {
+                slots: Semaphore::new(idle.len()),
+                idle: Mutex::new(idle),
+                me,
+            }),
+        })
+    }
+
+    /// Runs `f` on an idle connection, on the blocking pool; waits for one if all are busy.
+    pub async fn read<R: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection, BranchId) -> Result<R, StoreError> + Send + 'static,
+    ) -> Result<R, StoreError> {
+        let _slot = self
+            .inner
+            .slots
+            .acquire()
+            .await
+            .map_err(|_| StoreError::WriterGone)?;
+        let pool = Arc::clone(&self.inner);
+        tokio::task::spawn_blocking(move || {
+            let conn = pool
+                .idle
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .pop()
+                .ok_or(StoreError::WriterGone)?;
+            let result = f(&conn, pool.me);
+            pool.idle
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .push(conn);
+            result
+        })
+        .await
+        .map_err(|_| StoreError::WriterGone)?
+    }
+}
