@@ -1,0 +1,189 @@
+//! Hostile tellers against real nodes: parallel password guesses, unknown logins that
+//! must look like known ones, a stranger who must not lock the owner out, a stolen
+//! password against a login enrolled for one-time codes, and weak new passwords.
+
+use scenarios::cluster::{ADMIN_PASSWORD, Cluster};
+use teller_cli::{Teller, TellerError};
+use wire::Refusal;
+use wire::limits::LOGIN_FREE_FAILURES;
+use wire::teller::{NewCustomer, TellerOp, TellerResponse, Unavailable};
+
+const PW: &str = "customer-pw";
+
+/// What `n` guesses sent at once from `n` fresh tellers got, plus the right password
+/// sent last: (bad credentials, throttled, logged in, the last one's answer).
+async fn parallel_guesses(c: &Cluster, user: &str, n: usize) -> (usize, usize, usize, String) {
+    let target = c.target(0).expect("target");
+    let mut tellers = Vec::new();
+    for _ in 0..=n {
+        tellers.push(Teller::connect(&target).await.expect("connects"));
+    }
+    let mut last = tellers.pop().expect("one more");
+    let guesses = tellers.into_iter().map(|mut t| {
+        let user = user.to_owned();
+        tokio::spawn(async move { t.login(&user, "wrong-guess").await })
+    });
+    let guesses = futures::future::join_all(guesses).await;
+    let right = last.login(user, PW).await;
+    let last = match &right {
+        Ok(_) => "logged in".to_owned(),
+        Err(e) => e.code().to_owned(),
+    };
+    let (mut bad, mut throttled, mut ok) = (0, 0, 0);
+    for g in guesses
+        .into_iter()
+        .map(|g| g.expect("joins"))
+        .chain([right])
+    {
+        match g {
+            Err(TellerError::Refused(Refusal::BadCredentials)) => bad += 1,
+            Err(TellerError::Unavailable(Unavailable::Throttled { .. })) => throttled += 1,
+            Ok(TellerResponse::LoggedIn { .. }) => ok += 1,
+            other => panic!("unexpected answer to a guess: {other:?}"),
+        }
+    }
+    (bad, throttled, ok, last)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parallel_guesses_stop_at_the_limit_and_unknown_logins_look_the_same() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let c = Cluster::start(dir.path(), 1, &[]).expect("cluster");
+    let account = c.open_account(0, "HOST-1", PW, false).await.expect("open");
+    // The owner logs in once from their usual teller, which is then trusted.
+    let mut owner = Teller::connect(&c.target(0).expect("target"))
+        .await
+        .expect("connects");
+    owner
+        .login(&account.to_string(), PW)
+        .await
+        .expect("owner logs in");
+
+    let (bad, throttled, ok, last) = parallel_guesses(&c, &account.to_string(), 60).await;
+    assert_eq!(bad, LOGIN_FREE_FAILURES as usize, "guesses checked");
+    assert_eq!((throttled, ok), (61 - bad, 0));
+    assert_eq!(
+        last, "throttled",
+        "a stranger with the right password waits too"
+    );
+
+    // An account number nobody has gets exactly the same answers.
+    let unknown = format!(
+        "{}",
+        wire::AccountNumber::new(wire::BranchId(1), 999).expect("valid")
+    );
+    let (ubad, uthrottled, uok, ulast) = parallel_guesses(&c, &unknown, 60).await;
+    assert_eq!((ubad, uthrottled, uok), (bad, throttled, 0));
+    assert_eq!(ulast, "throttled");
+
+    // The owner, at the teller they used before, is not delayed by the stranger.
+    owner.logout().await.expect("logs out");
+    owner
+        .login(&account.to_string(), PW)
+        .await
+        .expect("the owner still logs in at once");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stolen_password_does_not_open_an_enrolled_login() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let c = Cluster::start(dir.path(), 1, &[]).expect("cluster");
+    let account = c.open_account(0, "HOST-2", PW, false).await.expect("open");
+    let target = c.target(0).expect("target");
+    let mut customer = Teller::connect(&target).await.expect("connects");
+    customer
+        .login(&account.to_string(), PW)
+        .await
+        .expect("logs in");
+    // Enrolling another login is not a customer's to do.
+    let other = customer
+        .call(TellerOp::EnrollOtp {
+            user: "admin".into(),
+            password: PW.into(),
+        })
+        .await;
+    assert!(
+        matches!(other, Err(TellerError::Refused(Refusal::Unauthorized))),
+        "{other:?}"
+    );
+    let enrolled = customer
+        .call(TellerOp::EnrollOtp {
+            user: account.to_string(),
+            password: PW.into(),
+        })
+        .await
+        .expect("enrols");
+    let TellerResponse::OtpEnrolled { uri, .. } = enrolled else {
+        panic!("{enrolled:?}")
+    };
+    assert!(uri.starts_with("otpauth://totp/"), "{uri}");
+    let again = customer
+        .call(TellerOp::EnrollOtp {
+            user: account.to_string(),
+            password: PW.into(),
+        })
+        .await;
+    assert!(matches!(
+        again,
+        Err(TellerError::Refused(Refusal::AlreadyEnrolled))
+    ));
+
+    // A thief with the password, at another teller, gets nowhere without the code.
+    let mut thief = Teller::connect(&target).await.expect("connects");
+    let stolen = thief.login(&account.to_string(), PW).await;
+    assert!(
+        matches!(stolen, Err(TellerError::Refused(Refusal::OneTimeCode))),
+        "{stolen:?}"
+    );
+    let guessed = thief
+        .login_with_code(&account.to_string(), PW, Some("123456"))
+        .await;
+    assert!(matches!(
+        guessed,
+        Err(TellerError::Refused(Refusal::OneTimeCode))
+    ));
+
+    // The admin can replace the customer's device; the customer cannot do it twice.
+    let admin = c.admin(0).await.expect("admin");
+    let replaced = admin
+        .call(TellerOp::EnrollOtp {
+            user: account.to_string(),
+            password: ADMIN_PASSWORD.into(),
+        })
+        .await
+        .expect("admin replaces");
+    assert!(matches!(replaced, TellerResponse::OtpEnrolled { .. }));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn weak_new_passwords_are_refused_and_change_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let c = Cluster::start(dir.path(), 1, &[]).expect("cluster");
+    let admin = c.admin(0).await.expect("admin");
+    for weak in ["short", "password123", "Qwertyuiop"] {
+        let r = admin
+            .call(TellerOp::OpenAccount {
+                customer: NewCustomer {
+                    national_id: "WEAK-1".into(),
+                    phone: "+1 555 0100".into(),
+                    first_name: "W".into(),
+                    last_name: "K".into(),
+                    sms_opt_in: false,
+                },
+                password: weak.into(),
+                existing: None,
+            })
+            .await;
+        assert!(
+            matches!(r, Err(TellerError::Refused(Refusal::WeakPassword))),
+            "{weak}: {r:?}"
+        );
+    }
+    let listed = admin
+        .call(TellerOp::ListAccounts {
+            scope: wire::teller::Scope::Branch,
+        })
+        .await
+        .expect("lists");
+    assert!(matches!(listed, TellerResponse::Accounts(v) if v.is_empty()));
+}
