@@ -118,7 +118,7 @@ pub async fn run(
         Arc::clone(&network),
         client.clone(),
     );
-    let engine_task = tokio::spawn(engine_loop.run(stopped(stop_rx.clone())));
+    let mut engine_task = tokio::spawn(engine_loop.run(stopped(stop_rx.clone())));
     let sink = cfg
         .sms
         .clone()
@@ -152,11 +152,27 @@ pub async fn run(
     );
     tracing::info!(branch = %me, %name, "branch node ready");
 
-    dispatch(inbound, &service, &client, &engine, &network, shutdown).await;
+    // A node never serves with a dead 2PC engine: if the engine stops (its store
+    // failed), the node stops too, with a non-zero exit, and recovery at the next start
+    // finishes whatever was in flight.
+    let engine_died = tokio::select! {
+        () = dispatch(inbound, &service, &client, &engine, &network, shutdown) => None,
+        ended = &mut engine_task => Some(ended),
+    };
+    let died = engine_died.is_some();
+    if died {
+        tracing::error!(
+            "the 2pc engine stopped (see the store error above): stopping this node; \
+             restart it once the store is healthy, and recovery finishes what was in flight"
+        );
+    }
 
     tracing::info!("shutting down: finishing queued storage");
     let _ = stop_tx.send(true);
-    let engine_result = engine_task.await;
+    let engine_result = match engine_died {
+        Some(ended) => ended,
+        None => engine_task.await,
+    };
     let _ = notifier_task.await;
     let _ = net_task.await;
     let c = engine.counters();
@@ -175,6 +191,7 @@ pub async fn run(
     drop(engine);
     let _ = tokio::task::spawn_blocking(move || writer.stop()).await;
     match engine_result {
+        Ok(Ok(())) if died => Err(anyhow::anyhow!("2pc engine stopped")),
         Ok(r) => r.map_err(Into::into),
         Err(e) => Err(anyhow::anyhow!("2pc engine task failed: {e}")),
     }
