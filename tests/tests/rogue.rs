@@ -28,10 +28,19 @@ fn now_ms() -> u64 {
 }
 
 async fn link(c: &Cluster, as_key: &BranchKey) -> Link {
+    connect(c, as_key, LINK_PROTOCOL).await
+}
+
+/// A connection on the forward protocol, the one teller requests passed on travel by.
+async fn forward_link(c: &Cluster, as_key: &BranchKey) -> Link {
+    connect(c, as_key, branch_node::p2p::FORWARD_PROTOCOL).await
+}
+
+async fn connect(c: &Cluster, as_key: &BranchKey, protocol: StreamProtocol) -> Link {
     let t = c.target(0).expect("target");
     PeerClient::connect(
         as_key.libp2p_keypair(),
-        LINK_PROTOCOL,
+        protocol,
         t.addr,
         t.peer,
         Duration::from_secs(5),
@@ -299,7 +308,20 @@ async fn a_forward_that_arrives_after_its_expiry_is_not_acted_on() {
         .await
         .expect("open");
     let admin = c.admin(0).await.expect("admin");
-    let as_b2 = link(&c, &read_key(&c.nodes[1].dir).expect("key")).await;
+    let b2_key = read_key(&c.nodes[1].dir).expect("key");
+    // On the 2PC protocol a forward is refused: each kind has its own protocol.
+    let wrong_protocol = link(&c, &b2_key)
+        .await
+        .request(LinkRequest::Forward(ForwardRequest::Outcome {
+            id: TransferId(1),
+        }))
+        .await
+        .expect("answer");
+    assert_eq!(
+        wrong_protocol,
+        LinkResponse::Refused(EnvelopeRefusal::Malformed)
+    );
+    let as_b2 = forward_link(&c, &b2_key).await;
     let teller = libp2p::PeerId::random().to_bytes();
     let forward = |request: TellerRequest, expires_at_ms: u64| {
         LinkRequest::Forward(ForwardRequest::Teller {

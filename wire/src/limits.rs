@@ -103,5 +103,16 @@ pub const SESSIONS_MAX: usize = 100_000;
 /// hears "no answer from branch N" from its branch before its own wait ends.
 pub const FORWARD_TIMEOUT_MS: u64 = 8_000;
 
+/// Teller and forwarded requests one peer may have in service at a branch at once;
+/// more are answered "overloaded". A branch forwarding for many tellers is one peer.
+pub const REQUESTS_PER_PEER_MAX: usize = 256;
+
+/// Teller and forwarded requests a branch serves at once, from all peers.
+pub const REQUESTS_IN_FLIGHT_MAX: usize = 4_096;
+
+/// Requests a branch forwards to one other branch at once; more are answered
+/// "overloaded" at the forwarding branch, so one link carries a bounded share.
+pub const FORWARDS_PER_BRANCH_MAX: usize = 256;
+
 /// Longest a fault switch may delay a link, in milliseconds.
 pub const LINK_DELAY_MS_MAX: u32 = 60_000;

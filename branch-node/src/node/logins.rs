@@ -32,12 +32,14 @@ pub struct Logins {
 }
 
 impl Logins {
-    /// Password checks run at most `cores` at a time, with a bounded queue.
+    /// Password checks run on at most `cores - 1` cores at once (one on a one-core
+    /// machine), so a login flood always leaves a core for 2PC and the writer, with a
+    /// bounded queue.
     pub fn new(cores: usize) -> Logins {
         let cores = cores.max(1);
         Logins {
             guard: Mutex::default(),
-            checks: Semaphore::new(cores),
+            checks: Semaphore::new(cores.saturating_sub(1).max(1)),
             waiting: AtomicUsize::new(0),
             waiting_max: cores * PASSWORD_CHECKS_WAITING_PER_CORE,
         }

@@ -14,18 +14,20 @@ pub mod sessions;
 
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
 use coordinator::Branch;
 use libp2p::Multiaddr;
 use tokio::sync::watch;
+use wire::limits::{REQUESTS_IN_FLIGHT_MAX, REQUESTS_PER_PEER_MAX};
 use wire::link::{EnvelopeRefusal, LinkRequest, LinkResponse};
+use wire::teller::{TellerResponse, Unavailable};
 
 use crate::init::{DB_FILE, read_key};
 use crate::network_file::NetworkFile;
-use crate::p2p::network::{self, Client, Inbound};
+use crate::p2p::network::{self, Client, Inbound, InboundQueues};
 use crate::store::reader::Reader;
 use crate::store::writer::Writer;
 use crate::store::{Durability, Store};
@@ -134,6 +136,14 @@ pub async fn run(
         sessions: Mutex::new(sessions),
         reader,
         logins: logins::Logins::new(cores),
+        forwards: network
+            .branches()
+            .filter(|b| b.id != me)
+            .map(|b| {
+                let slots = tokio::sync::Semaphore::new(wire::limits::FORWARDS_PER_BRANCH_MAX);
+                (b.id, slots)
+            })
+            .collect(),
         fault_switch: cfg.fault_switch,
     });
     let mut addrs = Vec::new();
@@ -198,7 +208,7 @@ pub async fn run(
 }
 
 async fn dispatch(
-    mut inbound: tokio::sync::mpsc::Receiver<Inbound>,
+    mut queues: InboundQueues,
     service: &Arc<Service>,
     client: &Client,
     engine: &EngineHandle,
@@ -206,10 +216,14 @@ async fn dispatch(
     shutdown: impl std::future::Future<Output = ()>,
 ) {
     tokio::pin!(shutdown);
+    let busy = Arc::new(InFlight::default());
     loop {
+        // 2PC first: a flood of teller requests waits behind it, never the other way.
         let next = tokio::select! {
+            biased;
             () = &mut shutdown => return,
-            n = inbound.recv() => n,
+            n = queues.twopc.recv() => n,
+            n = queues.requests.recv() => n,
         };
         match next {
             None => return,
@@ -219,42 +233,113 @@ async fn dispatch(
                 channel,
             }) => {
                 let (service, client) = (Arc::clone(service), client.clone());
+                let Some(slot) = InFlight::take(&busy, peer) else {
+                    let overloaded = TellerResponse::Unavailable(Unavailable::Overloaded);
+                    client.respond_teller(channel, overloaded).await;
+                    continue;
+                };
                 tokio::spawn(async move {
                     let response = service.teller(peer, request, false).await;
                     client.respond_teller(channel, response).await;
+                    drop(slot);
                 });
             }
             Some(Inbound::Link {
                 peer,
                 request: LinkRequest::TwoPc(bytes),
                 channel,
+                via,
             }) => {
-                let response =
-                    match link::verify_envelope(network, service.me, &peer, &bytes, now_ms()) {
-                        Ok((from, message)) => {
-                            if engine.deliver(from, message.body, Some(Arc::from(bytes))) {
-                                LinkResponse::Accepted
-                            } else {
-                                LinkResponse::Refused(EnvelopeRefusal::Overloaded)
-                            }
-                        }
-                        Err(refusal) => {
-                            tracing::warn!(%peer, %refusal, "2pc envelope refused");
-                            LinkResponse::Refused(refusal)
-                        }
-                    };
-                client.respond_link(channel, response).await;
+                let response = twopc_envelope(network, service.me, engine, &peer, bytes);
+                client.respond_link(channel, response, via).await;
             }
             Some(Inbound::Link {
                 peer,
                 request: LinkRequest::Forward(request),
                 channel,
+                via,
             }) => {
                 let (service, client) = (Arc::clone(service), client.clone());
+                let Some(slot) = InFlight::take(&busy, peer) else {
+                    let overloaded = LinkResponse::Refused(EnvelopeRefusal::Overloaded);
+                    client.respond_link(channel, overloaded, via).await;
+                    continue;
+                };
                 tokio::spawn(async move {
                     let response = service.forwarded(peer, request).await;
-                    client.respond_link(channel, response).await;
+                    client.respond_link(channel, response, via).await;
+                    drop(slot);
                 });
+            }
+        }
+    }
+}
+
+/// Verifies a 2PC envelope and hands it to the engine.
+fn twopc_envelope(
+    network: &NetworkFile,
+    me: wire::BranchId,
+    engine: &EngineHandle,
+    peer: &libp2p::PeerId,
+    bytes: Vec<u8>,
+) -> LinkResponse {
+    match link::verify_envelope(network, me, peer, &bytes, now_ms()) {
+        Ok((from, message)) => {
+            if engine.deliver(from, message.body, Some(Arc::from(bytes))) {
+                LinkResponse::Accepted
+            } else {
+                LinkResponse::Refused(EnvelopeRefusal::Overloaded)
+            }
+        }
+        Err(refusal) => {
+            tracing::warn!(%peer, %refusal, "2pc envelope refused");
+            LinkResponse::Refused(refusal)
+        }
+    }
+}
+
+/// Teller and forwarded requests being served, per peer and in all. A request past
+/// either bound is answered "overloaded" at once instead of getting a task.
+#[derive(Debug, Default)]
+struct InFlight {
+    counts: Mutex<(usize, std::collections::HashMap<libp2p::PeerId, usize>)>,
+}
+
+/// One request's place in [`InFlight`], given back when dropped.
+#[derive(Debug)]
+struct Slot {
+    table: Arc<InFlight>,
+    peer: libp2p::PeerId,
+}
+
+impl InFlight {
+    fn take(table: &Arc<InFlight>, peer: libp2p::PeerId) -> Option<Slot> {
+        let mut c = table.counts.lock().unwrap_or_else(PoisonError::into_inner);
+        let mine = c.1.get(&peer).copied().unwrap_or(0);
+        if c.0 >= REQUESTS_IN_FLIGHT_MAX || mine >= REQUESTS_PER_PEER_MAX {
+            return None;
+        }
+        c.0 += 1;
+        c.1.insert(peer, mine + 1);
+        Some(Slot {
+            table: Arc::clone(table),
+            peer,
+        })
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut c = self
+            .table
+            .counts
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        c.0 = c.0.saturating_sub(1);
+        if let Some(n) = c.1.get_mut(&self.peer) {
+            *n -= 1;
+            if *n == 0 {
+                c.1.remove(&self.peer);
             }
         }
     }

@@ -47,6 +47,9 @@ pub struct Service {
     pub(crate) reader: Reader,
     /// The login throttle and the argon2 budget.
     pub(crate) logins: Logins,
+    /// Forwards in flight to each other branch, bounded by
+    /// [`wire::limits::FORWARDS_PER_BRANCH_MAX`].
+    pub(crate) forwards: std::collections::HashMap<BranchId, tokio::sync::Semaphore>,
     /// Whether admins may use the fault switch (`branch-node run --fault-switch`).
     pub(crate) fault_switch: bool,
 }
@@ -145,6 +148,12 @@ impl Service {
     /// Sends a link request to branch `to`, bounded by [`wire::limits::FORWARD_TIMEOUT_MS`].
     async fn link(&self, to: BranchId, request: ForwardRequest) -> Result<LinkResponse, Fail> {
         let peer = self.network.get(to).ok_or(Refusal::UnknownBranch)?.peer_id;
+        let _slot = self
+            .forwards
+            .get(&to)
+            .ok_or(Refusal::UnknownBranch)?
+            .try_acquire()
+            .map_err(|_| Unavailable::Overloaded)?;
         let response = tokio::time::timeout(
             std::time::Duration::from_millis(wire::limits::FORWARD_TIMEOUT_MS),
             self.client.link(peer, LinkRequest::Forward(request)),
@@ -155,6 +164,10 @@ impl Service {
             // The other branch refused the link itself: it did nothing with the request.
             Ok(Ok(LinkResponse::Refused(EnvelopeRefusal::LinkBlocked))) => {
                 Err(Unavailable::BranchUnreachable(to).into())
+            }
+            // Too busy to take it: it did nothing with the request either.
+            Ok(Ok(LinkResponse::Refused(EnvelopeRefusal::Overloaded))) => {
+                Err(Unavailable::Overloaded.into())
             }
             Ok(Ok(r)) => Ok(r),
             Ok(Err(e)) => {

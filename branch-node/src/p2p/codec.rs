@@ -16,6 +16,10 @@ use wire::limits::MESSAGE_BYTES_MAX;
 pub const TELLER_PROTOCOL: StreamProtocol = StreamProtocol::new("/bankmate/teller/1");
 /// The branch-to-branch protocol: `LinkRequest` in, `LinkResponse` out.
 pub const LINK_PROTOCOL: StreamProtocol = StreamProtocol::new("/bankmate/link/1");
+/// Requests one branch forwards to another for tellers (`LinkRequest::Forward`): their
+/// own protocol, with their own stream budget and inbound queue, so that a teller flood
+/// passed on by a branch can never hold up that link's 2PC messages.
+pub const FORWARD_PROTOCOL: StreamProtocol = StreamProtocol::new("/bankmate/forward/1");
 
 /// A request-response codec for `Req` and `Resp`, in `wire`'s encoding.
 #[derive(Debug)]

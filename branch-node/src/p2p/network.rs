@@ -1,7 +1,10 @@
 //! The branch node's network: `new()` gives a [`Client`] (cheap to clone) and an
-//! [`EventLoop`] (one task owns the swarm). Inbound requests go out on a channel as
-//! [`Inbound`]; answers come back through the client. Nothing here panics on a network
-//! event: failures are logged and answered with errors.
+//! [`EventLoop`] (one task owns the swarm). Inbound requests go out as [`Inbound`] on
+//! two bounded queues ([`InboundQueues`]): 2PC envelopes on one, teller and forwarded
+//! requests on the other, so a teller flood can fill only its own. A request that
+//! finds its queue full is answered "overloaded" at once, never dropped unanswered.
+//! Answers come back through the client. Nothing here panics on a network event:
+//! failures are logged and answered with errors.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -12,14 +15,40 @@ use libp2p::swarm::SwarmEvent;
 use libp2p::{Multiaddr, PeerId, Swarm, mdns};
 use tokio::sync::{mpsc, oneshot};
 use wire::link::{EnvelopeRefusal, LinkRequest, LinkResponse};
-use wire::teller::LinkFault;
+use wire::teller::{LinkFault, Unavailable};
 use wire::{TellerRequest, TellerResponse};
 
 use super::{NodeBehaviour, NodeBehaviourEvent};
 use crate::network_file::NetworkFile;
 
-/// Most inbound requests waiting for the node to pick them up; more are refused.
+/// Most inbound requests of each queue waiting for the node to pick them up; more are
+/// answered "overloaded".
 pub const INBOUND_QUEUE_MAX: usize = 16_384;
+
+/// The two inbound queues: 2PC envelopes, and everything a teller caused.
+#[derive(Debug)]
+pub struct InboundQueues {
+    pub twopc: mpsc::Receiver<Inbound>,
+    pub requests: mpsc::Receiver<Inbound>,
+}
+
+/// Which branch-to-branch protocol a request or an answer travels on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Via {
+    /// `LINK_PROTOCOL`: 2PC envelopes.
+    Link,
+    /// `FORWARD_PROTOCOL`: teller requests passed on.
+    Forward,
+}
+
+impl Via {
+    fn of(request: &LinkRequest) -> Via {
+        match request {
+            LinkRequest::TwoPc(_) => Via::Link,
+            LinkRequest::Forward(_) => Via::Forward,
+        }
+    }
+}
 /// Most client commands waiting for the event loop.
 const COMMAND_QUEUE_MAX: usize = 16_384;
 
@@ -31,6 +60,7 @@ pub enum Inbound {
         peer: PeerId,
         request: LinkRequest,
         channel: ResponseChannel<LinkResponse>,
+        via: Via,
     },
     Teller {
         peer: PeerId,
@@ -72,6 +102,7 @@ enum Command {
     RespondLink {
         channel: ResponseChannel<LinkResponse>,
         response: LinkResponse,
+        via: Via,
     },
     RespondTeller {
         channel: ResponseChannel<TellerResponse>,
@@ -114,15 +145,20 @@ impl Client {
             .map_err(|_| LinkError::NoAnswer("network event loop stopped".into()))?
     }
 
-    /// Answers an inbound link request.
+    /// Answers an inbound link request on the protocol it came by.
     pub async fn respond_link(
         &self,
         channel: ResponseChannel<LinkResponse>,
         response: LinkResponse,
+        via: Via,
     ) {
         let _ = self
             .tx
-            .send(Command::RespondLink { channel, response })
+            .send(Command::RespondLink {
+                channel,
+                response,
+                via,
+            })
             .await;
     }
 
@@ -159,8 +195,9 @@ pub struct EventLoop {
     network: NetworkFile,
     commands: mpsc::Receiver<Command>,
     self_tx: mpsc::Sender<Command>,
-    inbound: mpsc::Sender<Inbound>,
-    pending: HashMap<OutboundRequestId, oneshot::Sender<Result<LinkResponse, LinkError>>>,
+    twopc: mpsc::Sender<Inbound>,
+    requests: mpsc::Sender<Inbound>,
+    pending: HashMap<(Via, OutboundRequestId), oneshot::Sender<Result<LinkResponse, LinkError>>>,
     faults: HashMap<PeerId, LinkFault>,
     /// Where each listed branch can be dialled: the network file, plus mDNS finds.
     addresses: HashMap<PeerId, Vec<Multiaddr>>,
@@ -179,7 +216,7 @@ impl std::fmt::Debug for EventLoop {
 pub fn new(
     swarm: Swarm<NodeBehaviour>,
     network: NetworkFile,
-) -> (Client, EventLoop, mpsc::Receiver<Inbound>) {
+) -> (Client, EventLoop, InboundQueues) {
     let me = *swarm.local_peer_id();
     let addresses = network
         .branches()
@@ -187,19 +224,25 @@ pub fn new(
         .map(|b| (b.peer_id, b.addresses.clone()))
         .collect();
     let (tx, commands) = mpsc::channel(COMMAND_QUEUE_MAX);
-    let (inbound, inbound_rx) = mpsc::channel(INBOUND_QUEUE_MAX);
+    let (twopc, twopc_rx) = mpsc::channel(INBOUND_QUEUE_MAX);
+    let (requests, requests_rx) = mpsc::channel(INBOUND_QUEUE_MAX);
     let client = Client { tx: tx.clone() };
     let event_loop = EventLoop {
         swarm,
         network,
         commands,
         self_tx: tx,
-        inbound,
+        twopc,
+        requests,
         pending: HashMap::new(),
         faults: HashMap::new(),
         addresses,
     };
-    (client, event_loop, inbound_rx)
+    let queues = InboundQueues {
+        twopc: twopc_rx,
+        requests: requests_rx,
+    };
+    (client, event_loop, queues)
 }
 
 impl EventLoop {
@@ -215,6 +258,13 @@ impl EventLoop {
                 },
                 () = &mut shutdown => return,
             }
+        }
+    }
+
+    fn link_behaviour(&mut self, via: Via) -> &mut super::LinkBehaviour {
+        match via {
+            Via::Link => &mut self.swarm.behaviour_mut().link,
+            Via::Forward => &mut self.swarm.behaviour_mut().forward,
         }
     }
 
@@ -250,21 +300,19 @@ impl EventLoop {
                     // Addresses go with every request: libp2p drops a cached address after
                     // one failed dial, which would cut a restarted branch off for good.
                     let addrs = self.addresses.get(&peer).cloned().unwrap_or_default();
+                    let via = Via::of(&request);
                     let id = self
-                        .swarm
-                        .behaviour_mut()
-                        .link
+                        .link_behaviour(via)
                         .send_request_with_addresses(&peer, request, addrs);
-                    self.pending.insert(id, reply);
+                    self.pending.insert((via, id), reply);
                 }
             },
-            Command::RespondLink { channel, response } => {
-                respond(
-                    &mut self.swarm.behaviour_mut().link,
-                    channel,
-                    response,
-                    "link",
-                );
+            Command::RespondLink {
+                channel,
+                response,
+                via,
+            } => {
+                respond(self.link_behaviour(via), channel, response, "link");
             }
             Command::RespondTeller { channel, response } => {
                 respond(
@@ -290,7 +338,8 @@ impl EventLoop {
 
     fn on_event(&mut self, event: SwarmEvent<NodeBehaviourEvent>) {
         match event {
-            SwarmEvent::Behaviour(NodeBehaviourEvent::Link(e)) => self.on_link(e),
+            SwarmEvent::Behaviour(NodeBehaviourEvent::Link(e)) => self.on_link(Via::Link, e),
+            SwarmEvent::Behaviour(NodeBehaviourEvent::Forward(e)) => self.on_link(Via::Forward, e),
             SwarmEvent::Behaviour(NodeBehaviourEvent::Teller(e)) => self.on_teller(e),
             SwarmEvent::Behaviour(NodeBehaviourEvent::Mdns(mdns::Event::Discovered(found))) => {
                 for (peer, addr) in found {
@@ -319,7 +368,7 @@ impl EventLoop {
         }
     }
 
-    fn on_link(&mut self, event: request_response::Event<LinkRequest, LinkResponse>) {
+    fn on_link(&mut self, via: Via, event: request_response::Event<LinkRequest, LinkResponse>) {
         use request_response::{Event, Message};
         match event {
             Event::Message {
@@ -334,26 +383,34 @@ impl EventLoop {
                     Some(EnvelopeRefusal::PeerNotListed)
                 } else if self.fault(&peer) == LinkFault::Blocked {
                     Some(EnvelopeRefusal::LinkBlocked)
+                } else if Via::of(&request) != via {
+                    Some(EnvelopeRefusal::Malformed)
                 } else {
                     None
                 };
                 if let Some(r) = refusal {
                     tracing::warn!(%peer, refusal = %r, "link request refused");
                     let _ = self
-                        .swarm
-                        .behaviour_mut()
-                        .link
+                        .link_behaviour(via)
                         .send_response(channel, LinkResponse::Refused(r));
                     return;
                 }
+                let queue = match via {
+                    Via::Link => &self.twopc,
+                    Via::Forward => &self.requests,
+                };
                 let inbound = Inbound::Link {
                     peer,
                     request,
                     channel,
+                    via,
                 };
-                if let Err(e) = self.inbound.try_send(inbound) {
-                    tracing::warn!(%peer, "inbound queue full, link request dropped");
-                    drop(e);
+                if let Err(full) = queue.try_send(inbound) {
+                    tracing::warn!(%peer, ?via, "inbound queue full: answered overloaded");
+                    if let Inbound::Link { channel, .. } = full.into_inner() {
+                        let refused = LinkResponse::Refused(EnvelopeRefusal::Overloaded);
+                        let _ = self.link_behaviour(via).send_response(channel, refused);
+                    }
                 }
             }
             Event::Message {
@@ -364,7 +421,7 @@ impl EventLoop {
                     },
                 ..
             } => {
-                if let Some(reply) = self.pending.remove(&request_id) {
+                if let Some(reply) = self.pending.remove(&(via, request_id)) {
                     let _ = reply.send(Ok(response));
                 }
             }
@@ -375,7 +432,7 @@ impl EventLoop {
                 ..
             } => {
                 tracing::debug!(%peer, %error, "link request failed");
-                if let Some(reply) = self.pending.remove(&request_id) {
+                if let Some(reply) = self.pending.remove(&(via, request_id)) {
                     let e = if super::may_have_arrived(&error) {
                         LinkError::NoAnswer(error.to_string())
                     } else {
@@ -407,8 +464,17 @@ impl EventLoop {
                     request,
                     channel,
                 };
-                if self.inbound.try_send(inbound).is_err() {
-                    tracing::warn!(%peer, "inbound queue full, teller request dropped");
+                if let Err(full) = self.requests.try_send(inbound) {
+                    tracing::warn!(%peer, "inbound queue full: teller answered overloaded");
+                    if let Inbound::Teller { channel, .. } = full.into_inner() {
+                        let busy = TellerResponse::Unavailable(Unavailable::Overloaded);
+                        respond(
+                            &mut self.swarm.behaviour_mut().teller,
+                            channel,
+                            busy,
+                            "teller",
+                        );
+                    }
                 }
             }
             Event::InboundFailure { peer, error, .. } => {
