@@ -79,6 +79,9 @@ pub const LOGIN_THROTTLE_KEYS_MAX: usize = 100_000;
 /// a login beyond that is told "overloaded" at once.
 pub const PASSWORD_CHECKS_WAITING_PER_CORE: usize = 8;
 
+/// Longest a throttled login's answer is held back before it is sent, in milliseconds.
+pub const THROTTLE_HOLD_MS_MAX: u64 = 1_000;
+
 /// Digits in a one-time code (RFC 6238 TOTP, as authenticator apps show them).
 pub const OTP_DIGITS: usize = 6;
 

@@ -11,9 +11,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, PoisonError};
 
 use libp2p::PeerId;
-use tokio::sync::Semaphore;
 use wire::Refusal;
-use wire::limits::PASSWORD_CHECKS_WAITING_PER_CORE;
+use wire::limits::{PASSWORD_CHECKS_WAITING_PER_CORE, THROTTLE_HOLD_MS_MAX};
 use wire::teller::{Role, TellerResponse, Unavailable};
 
 use super::guard::{Attempt, Guard};
@@ -22,11 +21,17 @@ use super::service::{Answer, Fail, Service, store_failed};
 use super::sessions::SessionInfo;
 use crate::store::{LoginRow, auth, bank, sessions as stored_sessions};
 
+/// One password to check, and where its answer goes.
+type Check = (String, LoginRow, tokio::sync::oneshot::Sender<bool>);
+
 /// The login throttle and the argon2 budget of one branch.
 #[derive(Debug)]
 pub struct Logins {
     guard: Mutex<Guard>,
-    checks: Semaphore,
+    /// Argon2 runs on a few threads of its own, never on the shared blocking pool:
+    /// each check allocates 19 MiB, and the allocator keeps that much per thread that
+    /// ever ran one (a flood grew a node to 750 MB on 500 pool threads).
+    checks: std::sync::mpsc::Sender<Check>,
     waiting: AtomicUsize,
     waiting_max: usize,
 }
@@ -37,9 +42,20 @@ impl Logins {
     /// bounded queue.
     pub fn new(cores: usize) -> Logins {
         let cores = cores.max(1);
+        let (checks, queue) = std::sync::mpsc::channel::<Check>();
+        let queue = std::sync::Arc::new(Mutex::new(queue));
+        for i in 0..cores.saturating_sub(1).max(1) {
+            let queue = std::sync::Arc::clone(&queue);
+            let spawned = std::thread::Builder::new()
+                .name(format!("password-check-{i}"))
+                .spawn(move || password_checker(&queue));
+            if let Err(e) = spawned {
+                tracing::error!("cannot start a password-check thread: {e}");
+            }
+        }
         Logins {
             guard: Mutex::default(),
-            checks: Semaphore::new(cores.saturating_sub(1).max(1)),
+            checks,
             waiting: AtomicUsize::new(0),
             waiting_max: cores * PASSWORD_CHECKS_WAITING_PER_CORE,
         }
@@ -49,19 +65,32 @@ impl Logins {
         self.guard.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Runs argon2 for `password` against `row` on the blocking pool, at most one per
-    /// core at once; `Overloaded` when too many already wait.
+    /// Runs argon2 for `password` against `row` on the password-check threads;
+    /// `Overloaded` at once when too many checks already wait.
     async fn verify(&self, password: String, row: LoginRow) -> Result<bool, Fail> {
         if self.waiting.fetch_add(1, Ordering::AcqRel) >= self.waiting_max {
             self.waiting.fetch_sub(1, Ordering::AcqRel);
             return Err(Unavailable::Overloaded.into());
         }
-        let permit = self.checks.acquire().await;
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let sent = self.checks.send((password, row, reply));
+        let verified = match sent {
+            Ok(()) => answer.await.map_err(|_| Unavailable::Stopping),
+            Err(_) => Err(Unavailable::Stopping),
+        };
         self.waiting.fetch_sub(1, Ordering::AcqRel);
-        let _permit = permit.map_err(|_| Unavailable::Stopping)?;
-        tokio::task::spawn_blocking(move || auth::login_verify(&password, &row))
-            .await
-            .map_err(|_| Unavailable::StoreFailed.into())
+        Ok(verified?)
+    }
+}
+
+/// A password-check thread: takes checks off the shared queue until it closes.
+fn password_checker(queue: &Mutex<std::sync::mpsc::Receiver<Check>>) {
+    loop {
+        let next = queue.lock().unwrap_or_else(PoisonError::into_inner).recv();
+        let Ok((password, row, reply)) = next else {
+            return;
+        };
+        let _ = reply.send(auth::login_verify(&password, &row));
     }
 }
 
@@ -76,11 +105,19 @@ impl Service {
         password: String,
     ) -> Result<(Attempt, LoginRow), Fail> {
         let now = now_ms();
-        let attempt = self
-            .logins
-            .guard()
-            .admit(login, peer, now)
-            .map_err(|retry_after_ms| Unavailable::Throttled { retry_after_ms })?;
+        let admitted = self.logins.guard().admit(login, peer, now);
+        let attempt = match admitted {
+            Ok(attempt) => attempt,
+            Err(retry_after_ms) => {
+                // Answered only after a pause: a teller that sends one request at a time
+                // (as guessing scripts do) is slowed to the pause, and costs the node a
+                // sleeping task instead of CPU. Bounded, so a slot is not held long.
+                let hold = retry_after_ms.min(THROTTLE_HOLD_MS_MAX);
+                tokio::time::sleep(std::time::Duration::from_millis(hold)).await;
+                let retry_after_ms = retry_after_ms - hold;
+                return Err(Unavailable::Throttled { retry_after_ms }.into());
+            }
+        };
         let who = login.to_owned();
         let row = self
             .reader

@@ -122,9 +122,11 @@ pub fn node_swarm(
                     [(LINK_PROTOCOL, ProtocolSupport::Full)],
                     rr_config(LINK_STREAMS_PER_CONNECTION_MAX),
                 ),
+                // A branch forwards at most this many to one other at once: never more
+                // streams than the receiving side takes, so none is cut off.
                 forward: request_response::Behaviour::new(
                     [(FORWARD_PROTOCOL, ProtocolSupport::Full)],
-                    rr_config(STREAMS_PER_CONNECTION_MAX),
+                    rr_config(wire::limits::FORWARDS_PER_BRANCH_MAX),
                 ),
                 teller: request_response::Behaviour::new(
                     [(TELLER_PROTOCOL, ProtocolSupport::Inbound)],

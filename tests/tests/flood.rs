@@ -1,0 +1,175 @@
+//! A login flood against real nodes while cross-branch transfers run: a few hundred
+//! teller connections guess logins at branch 1 (half of them for accounts of branch 2,
+//! which branch 1 forwards). Transfers must keep committing with every answer final,
+//! nothing may stay in doubt, the flooded node's memory must stay bounded, and every
+//! flood request must be answered (refused, throttled or overloaded), not queued
+//! without limit. The figures are printed (`--nocapture`); speed is for benchmarks.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use scenarios::check;
+use scenarios::cluster::Cluster;
+use teller_cli::money::{self, MoneyAnswer, RetryPolicy};
+use teller_cli::{Teller, new_transfer_id};
+use wire::teller::{TellerOp, TellerResponse, TransferState};
+use wire::twopc::TransferSpec;
+use wire::{AccountNumber, Amount, BranchId, TransferId};
+
+const PW: &str = "customer-pw";
+const FLOOD_CONNECTIONS: usize = 240;
+const PHASE: Duration = Duration::from_secs(6);
+/// The flooded node may not grow past this resident size, in KiB.
+const RSS_KIB_MAX: u64 = 768 * 1024;
+
+/// The flood's answers, counted by code.
+type FloodAnswers = std::sync::Mutex<std::collections::BTreeMap<&'static str, usize>>;
+
+/// The answers a flood request may get: it was refused, throttled or turned away.
+const FLOOD_CODES: [&str; 3] = ["bad_credentials", "throttled", "overloaded"];
+
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Sends 1.00 transfers from `a` to `b` until `stop`; returns (committed ids, others).
+async fn transfers(
+    t: &mut Teller,
+    a: AccountNumber,
+    b: AccountNumber,
+    until: Instant,
+) -> (Vec<TransferId>, Vec<MoneyAnswer>) {
+    let policy = RetryPolicy::default();
+    let (mut done, mut other) = (Vec::new(), Vec::new());
+    while Instant::now() < until {
+        let spec = TransferSpec {
+            id: new_transfer_id(),
+            from: a,
+            to: b,
+            amount: Amount::from_minor(100).expect("positive"),
+        };
+        match money::send(t, TellerOp::Transfer(spec), &policy).await {
+            MoneyAnswer::Committed { id } => done.push(id),
+            answer => other.push(answer),
+        }
+    }
+    (done, other)
+}
+
+/// One flooding connection: logins for made-up accounts of branch `to`, until `stop`.
+async fn flood_one(
+    mut t: Teller,
+    to: u16,
+    seed: u32,
+    stop: Arc<AtomicBool>,
+    tally: Arc<FloodAnswers>,
+) {
+    let mut serial = 10_000 + seed * 1_000;
+    while !stop.load(Ordering::Relaxed) {
+        serial += 1;
+        let user = AccountNumber::new(BranchId(to), serial)
+            .expect("valid")
+            .to_string();
+        let code = match t.login(&user, "guess-password").await {
+            Ok(_) => "logged_in",
+            Err(e) => e.code(),
+        };
+        *tally.lock().expect("tally").entry(code).or_default() += 1;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transfers_keep_committing_through_a_login_flood() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut c = Cluster::start(dir.path(), 2, &[]).expect("cluster");
+    let a = c
+        .open_account(0, "FLOOD-A", PW, false)
+        .await
+        .expect("open a");
+    let b = c
+        .open_account(1, "FLOOD-B", PW, false)
+        .await
+        .expect("open b");
+    let admin = c.admin(0).await.expect("admin");
+    let deposit = new_transfer_id();
+    let r = admin
+        .call(TellerOp::Deposit {
+            id: deposit,
+            account: a,
+            amount: Amount::from_minor(100_000_000).expect("positive"),
+        })
+        .await
+        .expect("deposit");
+    assert!(matches!(
+        r,
+        TellerResponse::Receipt {
+            state: TransferState::Committed,
+            ..
+        }
+    ));
+    let target = c.target(0).expect("target");
+    let mut t = Teller::connect(&target).await.expect("connects");
+    t.login(&a.to_string(), PW).await.expect("logs in");
+    let pid = c.pids()[0];
+
+    let (quiet, quiet_other) = transfers(&mut t, a, b, Instant::now() + PHASE).await;
+    let rss_before = rss_kib(pid);
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let tally = Arc::new(FloodAnswers::default());
+    let mut flooders = Vec::new();
+    for i in 0..FLOOD_CONNECTIONS {
+        let conn = Teller::connect(&target).await.expect("flood connects");
+        let to = if i % 2 == 0 { 1 } else { 2 };
+        let seed = u32::try_from(i).expect("small");
+        flooders.push(tokio::spawn(flood_one(
+            conn,
+            to,
+            seed,
+            Arc::clone(&stop),
+            Arc::clone(&tally),
+        )));
+    }
+    let (flooded, flooded_other) = transfers(&mut t, a, b, Instant::now() + PHASE).await;
+    let rss_during = rss_kib(pid);
+    stop.store(true, Ordering::Relaxed);
+    for f in flooders {
+        let _ = tokio::time::timeout(Duration::from_secs(15), f).await;
+    }
+    let secs = PHASE.as_secs_f64();
+    eprintln!(
+        "quiet: {} transfers committed ({:.0}/s); flooded by {FLOOD_CONNECTIONS} connections: {} ({:.0}/s); \
+         flood answers: {tally:?}; b1 RSS {} KiB before, {} KiB during",
+        quiet.len(),
+        quiet.len() as f64 / secs,
+        flooded.len(),
+        flooded.len() as f64 / secs,
+        rss_before,
+        rss_during
+    );
+    assert!(
+        quiet_other.is_empty() && flooded_other.is_empty(),
+        "every transfer committed: {quiet_other:?} {flooded_other:?}"
+    );
+    assert!(!flooded.is_empty(), "transfers kept committing");
+    assert!(rss_during < RSS_KIB_MAX, "b1 grew to {rss_during} KiB");
+    let tally = tally.lock().expect("tally").clone();
+    let answered: usize = FLOOD_CODES.iter().filter_map(|c| tally.get(c)).sum();
+    let other = tally.values().sum::<usize>() - answered;
+    assert!(
+        answered > 0 && other * 20 <= answered,
+        "flood answers: {tally:?}"
+    );
+    assert!(!tally.contains_key("logged_in"), "{tally:?}");
+
+    let told: BTreeSet<TransferId> = quiet.into_iter().chain(flooded).chain([deposit]).collect();
+    let report = check::finish(&mut c, &told, Duration::from_secs(30)).expect("audit");
+    assert!(report.ok(), "invariants violated: {:#?}", report.violations);
+}
