@@ -97,8 +97,13 @@ pub const WRITER_BATCH_OPS_MAX: usize = 4_096;
 /// How long a teller session lives after login, in milliseconds.
 pub const SESSION_TTL_MS: u64 = 30 * 60 * 1_000;
 
-/// Most live teller sessions one branch keeps; the oldest expire first beyond it.
+/// Most live teller sessions one branch keeps; beyond it the customer session closest
+/// to expiry goes first (an admin's only when no customer holds one).
 pub const SESSIONS_MAX: usize = 100_000;
+
+/// Most live sessions of one login; its oldest goes first beyond it, so one login's
+/// repeated logins can never push anyone else's session out.
+pub const SESSIONS_PER_LOGIN_MAX: usize = 16;
 
 /// How long a node waits for another branch to answer a forwarded request, in
 /// milliseconds. Longer than a transfer's prepare timeout (the forwarded transfer is

@@ -10,7 +10,7 @@ use std::collections::HashMap;
 
 use libp2p::PeerId;
 use sha2::{Digest, Sha256};
-use wire::limits::{SESSION_TTL_MS, SESSIONS_MAX};
+use wire::limits::{SESSION_TTL_MS, SESSIONS_MAX, SESSIONS_PER_LOGIN_MAX};
 use wire::teller::{Role, SessionToken};
 use wire::{AccountNumber, BranchId};
 
@@ -98,7 +98,8 @@ impl Sessions {
 
     /// Starts a session of `user` for `peer`; `random` comes from the caller's RNG.
     pub fn open(&mut self, peer: PeerId, user: UserInfo, random: u128, now_ms: u64) -> Opened {
-        let evicted = self.make_room(now_ms);
+        let mut evicted = self.make_room_for(&user.login);
+        evicted.extend(self.make_room(now_ms));
         let token = SessionToken::new(self.me, random);
         let info = SessionInfo {
             login: user.login,
@@ -129,8 +130,30 @@ impl Sessions {
         }
     }
 
-    /// Below [`SESSIONS_MAX`]: drops expired sessions, then, if still full, the one
-    /// closest to expiry. Returns the keys dropped while live.
+    /// Below [`SESSIONS_PER_LOGIN_MAX`] for `login`: drops its oldest sessions. One
+    /// login's repeated logins can then never fill the table.
+    fn make_room_for(&mut self, login: &str) -> Vec<[u8; 32]> {
+        let mut mine: Vec<([u8; 32], u64)> = self
+            .live
+            .iter()
+            .filter(|(_, s)| s.info.login == login)
+            .map(|(k, s)| (*k, s.info.expires_at_ms))
+            .collect();
+        if mine.len() < SESSIONS_PER_LOGIN_MAX {
+            return Vec::new();
+        }
+        mine.sort_by_key(|(_, expires)| *expires);
+        let extra = mine.len() + 1 - SESSIONS_PER_LOGIN_MAX;
+        let evicted: Vec<[u8; 32]> = mine.into_iter().take(extra).map(|(k, _)| k).collect();
+        for k in &evicted {
+            self.live.remove(k);
+        }
+        evicted
+    }
+
+    /// Below [`SESSIONS_MAX`]: drops expired sessions, then, if still full, the
+    /// customer session closest to expiry (an admin's only when no customer has one).
+    /// Returns the keys dropped while live.
     fn make_room(&mut self, now_ms: u64) -> Vec<[u8; 32]> {
         if self.live.len() < SESSIONS_MAX {
             return Vec::new();
@@ -141,7 +164,7 @@ impl Sessions {
             let Some(oldest) = self
                 .live
                 .iter()
-                .min_by_key(|(_, s)| s.info.expires_at_ms)
+                .min_by_key(|(_, s)| (s.info.role == Role::Admin, s.info.expires_at_ms))
                 .map(|(k, _)| *k)
             else {
                 break;
@@ -233,5 +256,30 @@ mod tests {
         assert_eq!(back.end_login("001-00000001-46"), 1);
         assert!(back.get(t1.token, &a, 5).is_none());
         assert!(back.get(t2.token, &a, 5).is_some());
+    }
+
+    #[test]
+    fn one_logins_repeated_logins_never_push_out_another_session() {
+        let a = PeerId::random();
+        let mut s = Sessions::new(BranchId(1));
+        let admin = s.open(a, user("admin"), 1, 0).token;
+        let customer = |login: &str| UserInfo {
+            role: Role::Customer,
+            ..user(login)
+        };
+        let mut first = None;
+        for i in 0..1_000u64 {
+            let o = s.open(a, customer("001-00000001-46"), u128::from(i) + 2, i);
+            first.get_or_insert(o.token);
+        }
+        assert_eq!(s.len(), 1 + SESSIONS_PER_LOGIN_MAX);
+        assert!(
+            s.get(admin, &a, 2_000).is_some(),
+            "the admin is still logged in"
+        );
+        assert!(
+            s.get(first.expect("one"), &a, 2_000).is_none(),
+            "its own oldest went"
+        );
     }
 }

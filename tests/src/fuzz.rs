@@ -1,0 +1,60 @@
+//! What each fuzz target does with its bytes, as library functions: `fuzz/` runs them
+//! under libFuzzer and `tests/fuzz_corpus.rs` replays the saved corpus through them.
+//! Each must return normally for any input; a panic is a bug.
+
+use wire::link::LinkRequest;
+use wire::twopc::BranchMessage;
+use wire::{BranchId, Signed, TellerRequest, TellerResponse};
+
+/// A teller request as a branch receives it: decode, and validate what decodes.
+/// Whatever decodes re-encodes to the same bytes (one byte form per message).
+pub fn teller_request(data: &[u8]) {
+    if let Ok(request) = wire::decode::<TellerRequest>(data) {
+        let _ = request.validate();
+        assert_eq!(wire::encode(&request).ok().as_deref(), Some(data));
+    }
+    let _ = wire::decode::<TellerResponse>(data);
+}
+
+/// A link request and, inside it, a signed 2PC envelope and its payload.
+pub fn link_request(data: &[u8]) {
+    if let Ok(request) = wire::decode::<LinkRequest>(data) {
+        assert_eq!(wire::encode(&request).ok().as_deref(), Some(data));
+        if let LinkRequest::TwoPc(bytes) = request {
+            let _ = wire::decode::<Signed<BranchMessage>>(&bytes);
+        }
+    }
+    if let Ok(signed) = wire::decode::<Signed<BranchMessage>>(data) {
+        assert_eq!(wire::encode(&signed).ok().as_deref(), Some(data));
+    }
+    // The payload decoder, reached here without a valid signature.
+    if let Ok(message) = wire::decode::<BranchMessage>(data) {
+        let _ = message.check_shape(BranchId(1), 0);
+        assert_eq!(wire::encode(&message).ok().as_deref(), Some(data));
+    }
+}
+
+/// A network file's text.
+pub fn network_file(data: &[u8]) {
+    if let Ok(text) = std::str::from_utf8(data) {
+        let _ = branch_node::network_file::NetworkFile::parse(text);
+    }
+}
+
+/// A scenario file's text.
+pub fn scenario_file(data: &[u8]) {
+    if let Ok(text) = std::str::from_utf8(data) {
+        let _ = scenarios::scenario::Scenario::parse(text);
+    }
+}
+
+/// A fuzz body: takes any bytes, panics only on a bug.
+pub type Body = fn(&[u8]);
+
+/// Every target by name, as `fuzz/` and the corpus replay know them.
+pub const TARGETS: [(&str, Body); 4] = [
+    ("teller_request", teller_request),
+    ("link_request", link_request),
+    ("network_file", network_file),
+    ("scenario_file", scenario_file),
+];
