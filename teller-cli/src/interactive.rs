@@ -10,7 +10,7 @@ use wire::teller::{NewCustomer, PageRequest, Role, Scope, TellerOp, TellerRespon
 use wire::twopc::TransferSpec;
 use wire::{AccountNumber, TransferId};
 
-use crate::output::{accounts_table, entries_table};
+use crate::output::entries_table;
 
 /// End of input: the user left.
 struct Eof;
@@ -217,9 +217,13 @@ async fn admin_menu(teller: &mut Teller, me: &str) -> bool {
                     admin_password,
                 }
             }
-            "3" => TellerOp::ListAccounts {
-                scope: Scope::Network,
-            },
+            "3" => {
+                match teller.all_accounts(Scope::Network).await {
+                    Ok(r) => crate::output::Printer { json: false }.response(&r),
+                    Err(e) => println!("  not listed: {e}"),
+                }
+                continue;
+            }
             "4" => TellerOp::ListTransactions {
                 scope: Scope::Network,
                 page: PageRequest {
@@ -245,7 +249,6 @@ async fn admin_menu(teller: &mut Teller, me: &str) -> bool {
                 a.number, a.owner_name
             ),
             Some(TellerResponse::AccountClosed(a)) => println!("  closed {}", a.number),
-            Some(TellerResponse::Accounts(v)) => println!("{}", accounts_table(&v)),
             Some(r @ TellerResponse::OtpEnrolled { .. }) => {
                 crate::output::Printer { json: false }.response(&r)
             }

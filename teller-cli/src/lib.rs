@@ -12,7 +12,9 @@ use branch_node::p2p::client::{ClientError, PeerClient};
 use branch_node::p2p::{TELLER_PROTOCOL, WireCodec};
 use libp2p::multiaddr::Protocol;
 use libp2p::{Multiaddr, PeerId};
-use wire::teller::{Role, SessionToken, TellerOp, TellerRequest, TellerResponse, Unavailable};
+use wire::teller::{
+    AccountsPage, Role, Scope, SessionToken, TellerOp, TellerRequest, TellerResponse, Unavailable,
+};
 use wire::{BranchKey, Refusal};
 
 /// How long connecting to a branch may take before the teller is told it is unreachable.
@@ -274,6 +276,45 @@ impl Teller {
             return Err(TellerError::Unavailable(Unavailable::SessionExpired));
         };
         self.login(&c.user, &c.password).await.map(|_| ())
+    }
+
+    /// Every account of the branch (or the network), page by page; the branches that
+    /// did not answer are named in the answer's `unreachable`.
+    pub async fn all_accounts(&mut self, scope: Scope) -> Result<TellerResponse, TellerError> {
+        let (mut accounts, mut unreachable) = (Vec::new(), Vec::new());
+        let mut after = None;
+        loop {
+            let page = AccountsPage {
+                after,
+                limit: wire::limits::PAGE_ROWS_MAX,
+            };
+            let r = self
+                .call_renewing(TellerOp::ListAccounts { scope, page })
+                .await?;
+            let TellerResponse::Accounts {
+                accounts: got,
+                next_after,
+                unreachable: missed,
+            } = r
+            else {
+                return Err(TellerError::Unexpected(format!("{r:?}")));
+            };
+            accounts.extend(got);
+            for b in missed {
+                if !unreachable.contains(&b) {
+                    unreachable.push(b);
+                }
+            }
+            match next_after {
+                Some(n) => after = Some(n),
+                None => break,
+            }
+        }
+        Ok(TellerResponse::Accounts {
+            accounts,
+            next_after: None,
+            unreachable,
+        })
     }
 
     /// Forgets the session and the credentials after telling the branch.

@@ -14,7 +14,8 @@ use libp2p::Multiaddr;
 use teller_cli::money::{self, EXIT_NOT_DONE, EXIT_REFUSED, EXIT_UNKNOWN, RetryPolicy};
 use teller_cli::{Target, Teller, TellerError, new_transfer_id};
 use wire::teller::{
-    LinkFault, NewCustomer, PageRequest, Scope, TellerOp, TellerResponse, TransferState,
+    AccountsPage, LinkFault, NewCustomer, PageRequest, Scope, TellerOp, TellerResponse,
+    TransferState,
 };
 use wire::twopc::TransferSpec;
 use wire::{AccountNumber, Amount, BranchId, TransferId};
@@ -385,6 +386,17 @@ async fn run(cli: Cli) -> Result<u8, TellerError> {
             user: for_user.clone().unwrap_or_else(|| user.clone()),
             password: password.clone(),
         },
+        Command::Admin(Admin::Accounts { network }) => {
+            let scope = if *network {
+                Scope::Network
+            } else {
+                Scope::Branch
+            };
+            let r = teller.all_accounts(scope).await?;
+            out.response(&r);
+            let _ = teller.logout().await;
+            return Ok(0);
+        }
         Command::Admin(admin) => admin_op(admin, &password)?,
     };
     let r = teller.call_renewing(op).await?;
@@ -463,6 +475,10 @@ fn admin_op(admin: &Admin, admin_password: &str) -> Result<TellerOp, TellerError
         },
         Admin::Accounts { network } => TellerOp::ListAccounts {
             scope: scope(*network),
+            page: AccountsPage {
+                after: None,
+                limit: wire::limits::PAGE_ROWS_MAX,
+            },
         },
         Admin::Transactions { network, limit } => TellerOp::ListTransactions {
             scope: scope(*network),

@@ -102,6 +102,18 @@ pub fn entries_table(entries: &[EntryView]) -> Table {
     t
 }
 
+/// A line naming the branches a network listing could not reach, or nothing.
+pub fn unreachable_note(unreachable: &[wire::BranchId]) -> String {
+    if unreachable.is_empty() {
+        return String::new();
+    }
+    let names: Vec<String> = unreachable.iter().map(ToString::to_string).collect();
+    format!(
+        "\nnot listed: branch {} did not answer (the rest is complete)",
+        names.join(", branch ")
+    )
+}
+
 impl Printer {
     /// Prints one answer.
     pub fn response(&self, r: &TellerResponse) {
@@ -112,21 +124,38 @@ impl Printer {
                 account_json(a),
                 accounts_table(std::slice::from_ref(a)).to_string(),
             ),
-            TellerResponse::Accounts(v) => (
-                Value::Array(v.iter().map(account_json).collect()),
-                accounts_table(v).to_string(),
+            TellerResponse::Accounts {
+                accounts,
+                unreachable,
+                ..
+            } => (
+                json!({
+                    "accounts": accounts.iter().map(account_json).collect::<Vec<_>>(),
+                    "unreachable": unreachable.iter().map(|b| b.0).collect::<Vec<_>>(),
+                }),
+                format!(
+                    "{}{}",
+                    accounts_table(accounts),
+                    unreachable_note(unreachable)
+                ),
             ),
             TellerResponse::Entries {
                 entries,
                 next_before,
+                unreachable,
             } => (
                 json!({
                     "entries": entries.iter().map(entry_json).collect::<Vec<_>>(),
                     "next_before": next_before,
+                    "unreachable": unreachable.iter().map(|b| b.0).collect::<Vec<_>>(),
                 }),
                 match next_before {
                     Some(n) => format!("{}\nmore: --before {n}", entries_table(entries)),
-                    None => entries_table(entries).to_string(),
+                    None => format!(
+                        "{}{}",
+                        entries_table(entries),
+                        unreachable_note(unreachable)
+                    ),
                 },
             ),
             TellerResponse::Receipt { id, state } | TellerResponse::Status { id, state } => (

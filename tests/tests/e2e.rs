@@ -270,6 +270,10 @@ async fn teller_errors_are_typed_and_unreachable_branches_fail_fast() {
         .expect("connect")
         .call(TellerOp::ListAccounts {
             scope: wire::teller::Scope::Branch,
+            page: wire::teller::AccountsPage {
+                after: None,
+                limit: 10,
+            },
         })
         .await;
     assert!(

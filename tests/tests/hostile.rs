@@ -6,7 +6,7 @@ use scenarios::cluster::{ADMIN_PASSWORD, Cluster};
 use teller_cli::{Teller, TellerError};
 use wire::Refusal;
 use wire::limits::LOGIN_FREE_FAILURES;
-use wire::teller::{NewCustomer, TellerOp, TellerResponse, Unavailable};
+use wire::teller::{NewCustomer, Scope, TellerOp, TellerResponse, Unavailable};
 
 const PW: &str = "customer-pw";
 
@@ -179,11 +179,85 @@ async fn weak_new_passwords_are_refused_and_change_nothing() {
             "{weak}: {r:?}"
         );
     }
+    let mut admin = admin;
     let listed = admin
-        .call(TellerOp::ListAccounts {
-            scope: wire::teller::Scope::Branch,
-        })
+        .all_accounts(wire::teller::Scope::Branch)
         .await
         .expect("lists");
-    assert!(matches!(listed, TellerResponse::Accounts(v) if v.is_empty()));
+    assert!(matches!(listed, TellerResponse::Accounts { accounts, .. } if accounts.is_empty()));
+}
+
+/// A branch with 30,000 accounts lists them all, page by page (one message could not
+/// hold them), and a network listing with a branch down names that branch and shows
+/// the rest.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn big_listings_page_and_a_missing_branch_is_named() {
+    const MANY: u32 = 30_000;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut c = Cluster::create(dir.path(), 2, &[]).expect("cluster");
+    {
+        let db = c.nodes[0].dir.join(branch_node::init::DB_FILE);
+        let mut conn = rusqlite::Connection::open(db).expect("opens");
+        let tx = conn.transaction().expect("tx");
+        tx.execute(
+            "INSERT INTO customers (id, national_id, phone, first_name, last_name, sms_opt_in, created_at_ms)
+             VALUES (1, 'BULK', '+1 555 0100', 'Bulk', 'Owner', 0, 0)",
+            [],
+        )
+        .expect("customer");
+        for serial in 1..=MANY {
+            tx.execute(
+                "INSERT INTO accounts (serial, customer_id, balance, status, opened_at_ms)
+                 VALUES (?1, 1, 0, 'open', 0)",
+                [serial],
+            )
+            .expect("account");
+        }
+        tx.commit().expect("commits");
+    }
+    c.start_node(0, &[]).expect("b1");
+    c.start_node(1, &[]).expect("b2");
+    let other = c.open_account(1, "B2-ONE", PW, false).await.expect("open");
+    let mut admin = c.admin(0).await.expect("admin");
+    let all = admin.all_accounts(Scope::Network).await.expect("lists");
+    let TellerResponse::Accounts {
+        accounts,
+        unreachable,
+        ..
+    } = all
+    else {
+        panic!()
+    };
+    assert_eq!(accounts.len(), MANY as usize + 1);
+    assert_eq!(accounts.last().map(|a| a.number), Some(other));
+    assert!(unreachable.is_empty());
+
+    c.kill(1);
+    let partial = admin
+        .all_accounts(Scope::Network)
+        .await
+        .expect("lists what it can");
+    let TellerResponse::Accounts {
+        accounts,
+        unreachable,
+        ..
+    } = partial
+    else {
+        panic!()
+    };
+    assert_eq!(accounts.len(), MANY as usize);
+    assert_eq!(unreachable, vec![wire::BranchId(2)]);
+    let entries = admin
+        .call(TellerOp::ListTransactions {
+            scope: Scope::Network,
+            page: wire::teller::PageRequest {
+                before: None,
+                limit: 10,
+            },
+        })
+        .await
+        .expect("lists what it can");
+    assert!(
+        matches!(entries, TellerResponse::Entries { unreachable, .. } if unreachable == vec![wire::BranchId(2)])
+    );
 }

@@ -267,8 +267,7 @@ fn every_subcommand_against_three_branches() {
 
     // Admin listings: this branch, and the whole network.
     let r = cli(&net, &admin("b1", &["--json", "admin", "accounts"]));
-    let mine: Vec<String> = r
-        .json()
+    let mine: Vec<String> = r.json()["accounts"]
         .as_array()
         .expect("array")
         .iter()

@@ -40,8 +40,8 @@ pub enum ForwardRequest {
     /// Where transfer `id` stands by this branch's own records as its coordinator (the
     /// id's authority); asked by a participant that cannot tell the final outcome.
     Outcome { id: TransferId },
-    /// An admin of the asking branch lists this branch's accounts.
-    Accounts,
+    /// An admin of the asking branch lists a page of this branch's accounts.
+    Accounts { page: crate::teller::AccountsPage },
     /// An admin of the asking branch lists this branch's ledger.
     Transactions { page: PageRequest },
 }

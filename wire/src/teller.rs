@@ -76,6 +76,18 @@ pub struct PageRequest {
     pub limit: u32,
 }
 
+/// One page of an account listing, in account-number order: accounts after `after`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+pub struct AccountsPage {
+    #[cfg_attr(
+        test,
+        proptest(strategy = "proptest::option::of(crate::account::tests::any_account())")
+    )]
+    pub after: Option<AccountNumber>,
+    pub limit: u32,
+}
+
 /// The person behind a new account.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(test, derive(proptest_derive::Arbitrary))]
@@ -150,8 +162,11 @@ pub enum TellerOp {
         account: AccountNumber,
         admin_password: String,
     },
+    /// A page of accounts; with `Scope::Network` pages continue from branch to branch
+    /// in account-number order.
     ListAccounts {
         scope: Scope,
+        page: AccountsPage,
     },
     ListTransactions {
         scope: Scope,
@@ -366,9 +381,13 @@ pub enum TellerResponse {
         id: TransferId,
         state: TransferState,
     },
+    /// Ledger entries, newest first; `next_before` asks for the next page (one
+    /// branch's listing only). Branches that did not answer a network listing are
+    /// named in `unreachable`.
     Entries {
         entries: Vec<EntryView>,
         next_before: Option<u64>,
+        unreachable: Vec<BranchId>,
     },
     Status {
         id: TransferId,
@@ -376,7 +395,18 @@ pub enum TellerResponse {
     },
     AccountOpened(AccountView),
     AccountClosed(AccountView),
-    Accounts(Vec<AccountView>),
+    /// A page of accounts: ask again with `after: next_after` for more. Branches that
+    /// did not answer a network listing are named in `unreachable` (their accounts are
+    /// missing from the page, the rest is there).
+    Accounts {
+        accounts: Vec<AccountView>,
+        #[cfg_attr(
+            test,
+            proptest(strategy = "proptest::option::of(crate::account::tests::any_account())")
+        )]
+        next_after: Option<AccountNumber>,
+        unreachable: Vec<BranchId>,
+    },
     LinkFaultSet {
         branch: BranchId,
         fault: LinkFault,
@@ -469,8 +499,11 @@ impl TellerRequest {
             | TellerOp::Withdraw { .. }
             | TellerOp::Transfer(_)
             | TellerOp::Balance { .. }
-            | TellerOp::TransferStatus { .. }
-            | TellerOp::ListAccounts { .. } => Ok(()),
+            | TellerOp::TransferStatus { .. } => Ok(()),
+            TellerOp::ListAccounts { page, .. } => ok_or(
+                (1..=PAGE_ROWS_MAX).contains(&page.limit),
+                Refusal::InvalidInput,
+            ),
             TellerOp::SetLinkFault { fault, .. } => ok_or(
                 !matches!(fault, LinkFault::Delayed { delay_ms } if *delay_ms > LINK_DELAY_MS_MAX),
                 Refusal::InvalidInput,

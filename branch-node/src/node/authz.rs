@@ -167,6 +167,10 @@ mod tests {
             },
             TellerOp::ListAccounts {
                 scope: Scope::Network,
+                page: wire::teller::AccountsPage {
+                    after: None,
+                    limit: 10,
+                },
             },
             TellerOp::ListTransactions {
                 scope: Scope::Branch,

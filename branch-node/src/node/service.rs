@@ -17,8 +17,8 @@ use futures::future::join_all;
 use libp2p::PeerId;
 use wire::link::{EnvelopeRefusal, ForwardRequest, LinkRequest, LinkResponse};
 use wire::teller::{
-    AccountView, EntryView, LinkFault, NewCustomer, PageRequest, Scope, SessionToken, TellerOp,
-    TellerRequest, TellerResponse, TransferState, Unavailable,
+    AccountView, AccountsPage, EntryView, LinkFault, NewCustomer, PageRequest, Scope, SessionToken,
+    TellerOp, TellerRequest, TellerResponse, TransferState, Unavailable,
 };
 use wire::twopc::TransferSpec;
 use wire::{AccountNumber, Amount, BranchId, Refusal, TransferId};
@@ -235,16 +235,8 @@ impl Service {
                 self.close_account(peer, session, account, admin_password)
                     .await
             }
-            TellerOp::ListAccounts { scope } => {
-                Ok(TellerResponse::Accounts(self.accounts(scope).await?))
-            }
-            TellerOp::ListTransactions { scope, page } => {
-                let (entries, next_before) = self.transactions(scope, page).await?;
-                Ok(TellerResponse::Entries {
-                    entries,
-                    next_before,
-                })
-            }
+            TellerOp::ListAccounts { scope, page } => self.accounts(scope, page).await,
+            TellerOp::ListTransactions { scope, page } => self.transactions(scope, page).await,
             TellerOp::SetLinkFault { branch, fault } => self.set_link_fault(branch, fault).await,
         }
     }
@@ -262,8 +254,8 @@ impl Service {
 
     async fn balance(&self, account: AccountNumber) -> Answer {
         let view = self
-            .writer
-            .call(move |c, me| bank::view(c, me, account))
+            .reader
+            .read(move |c, me| bank::view(c, me, account))
             .await
             .map_err(store_failed)?;
         Ok(TellerResponse::Account(
@@ -297,13 +289,14 @@ impl Service {
 
     async fn history(&self, account: AccountNumber, page: PageRequest) -> Answer {
         let (entries, next_before) = self
-            .writer
-            .call(move |c, me| bank::history(c, me, Some(account), page))
+            .reader
+            .read(move |c, me| bank::history(c, me, Some(account), page))
             .await
             .map_err(store_failed)?;
         Ok(TellerResponse::Entries {
             entries,
             next_before,
+            unreachable: Vec::new(),
         })
     }
 
@@ -398,24 +391,64 @@ impl Service {
         Ok(TellerResponse::LinkFaultSet { branch, fault })
     }
 
-    async fn local_accounts(&self) -> Result<Vec<AccountView>, Fail> {
-        self.writer.call(bank::list).await.map_err(store_failed)
+    /// A page of this branch's accounts after serial `after_serial`.
+    async fn local_accounts(
+        &self,
+        after_serial: u32,
+        limit: u32,
+    ) -> Result<Vec<AccountView>, Fail> {
+        self.reader
+            .read(move |c, me| bank::list(c, me, after_serial, limit))
+            .await
+            .map_err(store_failed)
     }
 
-    async fn accounts(&self, scope: Scope) -> Result<Vec<AccountView>, Fail> {
-        let mut all = self.local_accounts().await?;
-        if scope == Scope::Network {
-            let asks = self
-                .others()
-                .map(|b| self.link(b, ForwardRequest::Accounts));
-            for (a, b) in join_all(asks).await.into_iter().zip(self.others()) {
-                match a? {
-                    LinkResponse::Accounts(v) => all.extend(v),
-                    _ => return Err(Unavailable::NoAnswer(b).into()),
+    /// A page of accounts in account-number order. For the network, branches are read
+    /// in id order from the cursor's branch on until the page is full; a branch that
+    /// does not answer is named and passed over, so the rest still lists.
+    async fn accounts(&self, scope: Scope, page: AccountsPage) -> Answer {
+        let limit = usize::try_from(page.limit).unwrap_or(usize::MAX);
+        let start = page.after.map_or(BranchId(0), |a| a.branch());
+        let mut branches: Vec<BranchId> = match scope {
+            Scope::Branch => vec![self.me],
+            Scope::Network => self.network.branches().map(|b| b.id).collect(),
+        };
+        branches.sort();
+        let (mut accounts, mut unreachable) = (Vec::new(), Vec::new());
+        for b in branches.into_iter().filter(|b| *b >= start) {
+            let want = limit - accounts.len();
+            let after = page.after.filter(|a| a.branch() == b);
+            let part = AccountsPage {
+                after,
+                limit: u32::try_from(want).unwrap_or(u32::MAX),
+            };
+            let after_serial = after.map_or(0, |a| a.serial());
+            let got = if b == self.me {
+                self.local_accounts(after_serial, part.limit).await
+            } else {
+                match self.link(b, ForwardRequest::Accounts { page: part }).await {
+                    Ok(LinkResponse::Accounts(v)) => Ok(v),
+                    Ok(_) => Err(Unavailable::NoAnswer(b).into()),
+                    Err(e) => Err(e),
                 }
+            };
+            match got {
+                Ok(v) => accounts.extend(v.into_iter().take(want)),
+                Err(Fail::Unavailable(_)) if b != self.me => unreachable.push(b),
+                Err(e) => return Err(e),
+            }
+            if accounts.len() >= limit {
+                break;
             }
         }
-        Ok(all)
+        let next_after = (accounts.len() >= limit)
+            .then(|| accounts.last().map(|a| a.number))
+            .flatten();
+        Ok(TellerResponse::Accounts {
+            accounts,
+            next_after,
+            unreachable,
+        })
     }
 
     fn others(&self) -> impl Iterator<Item = BranchId> + '_ {
@@ -429,35 +462,44 @@ impl Service {
         &self,
         page: PageRequest,
     ) -> Result<(Vec<EntryView>, Option<u64>), Fail> {
-        self.writer
-            .call(move |c, me| bank::history(c, me, None, page))
+        self.reader
+            .read(move |c, me| bank::history(c, me, None, page))
             .await
             .map_err(store_failed)
     }
 
-    /// A page of this branch's ledger; with `Scope::Network`, the same page of every
-    /// branch's ledger, newest first (there is no network-wide cursor, so no next page).
-    async fn transactions(
-        &self,
-        scope: Scope,
-        page: PageRequest,
-    ) -> Result<(Vec<EntryView>, Option<u64>), Fail> {
-        let (mut all, next) = self.local_transactions(page).await?;
+    /// A page of this branch's ledger; with `Scope::Network`, the newest entries of
+    /// every branch's ledger merged, newest first (there is no network-wide cursor, so
+    /// no next page). A branch that does not answer is named, not fatal.
+    async fn transactions(&self, scope: Scope, page: PageRequest) -> Answer {
+        let (mut entries, next_before) = self.local_transactions(page).await?;
         if scope == Scope::Branch {
-            return Ok((all, next));
+            return Ok(TellerResponse::Entries {
+                entries,
+                next_before,
+                unreachable: Vec::new(),
+            });
         }
         let asks = self
             .others()
             .map(|b| self.link(b, ForwardRequest::Transactions { page }));
+        let mut unreachable = Vec::new();
         for (a, b) in join_all(asks).await.into_iter().zip(self.others()) {
-            match a? {
-                LinkResponse::Entries { entries, .. } => all.extend(entries),
-                _ => return Err(Unavailable::NoAnswer(b).into()),
+            match a {
+                Ok(LinkResponse::Entries {
+                    entries: theirs, ..
+                }) => entries.extend(theirs),
+                Ok(_) | Err(Fail::Unavailable(_)) => unreachable.push(b),
+                Err(e) => return Err(e),
             }
         }
-        all.sort_by_key(|e| std::cmp::Reverse((e.at_ms, e.branch, e.seq)));
-        all.truncate(usize::try_from(page.limit).unwrap_or(usize::MAX));
-        Ok((all, None))
+        entries.sort_by_key(|e| std::cmp::Reverse((e.at_ms, e.branch, e.seq)));
+        entries.truncate(usize::try_from(page.limit).unwrap_or(usize::MAX));
+        Ok(TellerResponse::Entries {
+            entries,
+            next_before: None,
+            unreachable,
+        })
     }
 
     /// Answers a forwarded request from branch peer `from` (already checked as listed).
@@ -488,10 +530,19 @@ impl Service {
                 Ok(state) => LinkResponse::Outcome(state),
                 Err(r) => refused(r),
             },
-            ForwardRequest::Accounts => match self.local_accounts().await {
-                Ok(v) => LinkResponse::Accounts(v),
-                Err(r) => refused(r),
-            },
+            ForwardRequest::Accounts { page } => {
+                if !(1..=wire::limits::PAGE_ROWS_MAX).contains(&page.limit) {
+                    return LinkResponse::ForwardRefused(Refusal::InvalidInput);
+                }
+                let after = page
+                    .after
+                    .filter(|a| a.branch() == self.me)
+                    .map_or(0, |a| a.serial());
+                match self.local_accounts(after, page.limit).await {
+                    Ok(v) => LinkResponse::Accounts(v),
+                    Err(r) => refused(r),
+                }
+            }
             ForwardRequest::Transactions { page } => {
                 if !(1..=wire::limits::PAGE_ROWS_MAX).contains(&page.limit) {
                     tracing::info!(%from, "forwarded listing refused: bad page");

@@ -514,9 +514,17 @@ pub(crate) fn view(
 }
 
 /// Every account of branch `me`, by number.
-pub(crate) fn list(conn: &Connection, me: BranchId) -> Result<Vec<AccountView>, StoreError> {
-    let mut stmt = conn.prepare_cached(&format!("{VIEW_SQL} ORDER BY a.serial"))?;
-    let mut rows = stmt.query([])?;
+/// Up to `limit` accounts with a serial above `after_serial`, in serial order.
+pub(crate) fn list(
+    conn: &Connection,
+    me: BranchId,
+    after_serial: u32,
+    limit: u32,
+) -> Result<Vec<AccountView>, StoreError> {
+    let mut stmt = conn.prepare_cached(&format!(
+        "{VIEW_SQL} WHERE a.serial > ?1 ORDER BY a.serial LIMIT ?2"
+    ))?;
+    let mut rows = stmt.query(rusqlite::params![after_serial, limit])?;
     let mut out = Vec::new();
     while let Some(r) = rows.next()? {
         out.push(view_row(me, r)?);
@@ -582,7 +590,7 @@ impl Store {
 
     /// Every account of this branch, by number.
     pub fn accounts(&self) -> Result<Vec<AccountView>, StoreError> {
-        list(self.conn(), self.branch())
+        list(self.conn(), self.branch(), 0, u32::MAX)
     }
 
     /// One page of an account's history (or of the whole ledger with `None`), newest first.
