@@ -570,7 +570,7 @@ fn signed_envelopes_are_stored_once_and_linked_to_every_record_they_justify() {
         .iter()
         .map(|t| PrepareItem {
             transfer: *t,
-            deadline_ms: u64::MAX,
+            deadline_ms: 5_000,
         })
         .collect();
     let prepare_envelope: Evidence = Some(Arc::from(vec![1u8; 4096]));
@@ -720,4 +720,49 @@ fn the_batch_end_hook_runs_once_per_batch_after_its_answers() {
         *log.lock().expect("log"),
         vec!["held", "end", "job", "job", "job", "end"]
     );
+}
+
+/// A listed branch sending aborts for ids it never prepared cannot grow the legs table
+/// past the per-coordinator bound; the abort is still acknowledged (presumed abort).
+#[test]
+fn abort_only_legs_stop_at_their_bound_per_coordinator() {
+    use wire::limits::ABORT_ONLY_LEGS_PER_PEER_MAX;
+    use wire::twopc::DecisionItem;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("b.db");
+    let mut s = open(&path);
+    let count = |sql: &str| -> i64 {
+        rusqlite::Connection::open(&path)
+            .expect("opens")
+            .query_row(sql, [], |r| r.get(0))
+            .expect("counts")
+    };
+    {
+        let mut raw = rusqlite::Connection::open(&path).expect("opens");
+        let tx = raw.transaction().expect("tx");
+        for i in 0..ABORT_ONLY_LEGS_PER_PEER_MAX - 1 {
+            tx.execute(
+                "INSERT INTO legs (id, coordinator, deadline_ms, decision) VALUES (?1, 2, 0, 'abort')",
+                [u128::from(i + 1_000_000).to_be_bytes().to_vec()],
+            )
+            .expect("inserts");
+        }
+        tx.commit().expect("commits");
+    }
+    let abort = |id: u128| DecisionItem {
+        id: TransferId(id),
+        decision: wire::Decision::Abort,
+    };
+    let outcomes = s
+        .apply(BranchId(2), &[abort(1), abort(2)], &None)
+        .expect("works");
+    assert_eq!(outcomes, vec![coordinator::ApplyOutcome::Applied; 2]);
+    let kept = count("SELECT count(*) FROM legs WHERE coordinator = 2 AND spec IS NULL");
+    assert_eq!(
+        kept,
+        i64::try_from(ABORT_ONLY_LEGS_PER_PEER_MAX).expect("fits")
+    );
+    // Another coordinator has its own bound.
+    s.apply(BranchId(3), &[abort(3)], &None).expect("works");
+    assert_eq!(count("SELECT count(*) FROM legs WHERE coordinator = 3"), 1);
 }

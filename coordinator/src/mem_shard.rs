@@ -242,6 +242,9 @@ impl MemShard {
         if now_ms > deadline_ms {
             return Err(Refusal::Expired);
         }
+        if deadline_ms > now_ms.saturating_add(wire::limits::PREPARE_DEADLINE_MAX_MS) {
+            return Err(Refusal::DeadlineTooFar);
+        }
         spec.validate()?;
         let (debit, credit) = (self.mine(spec.from), self.mine(spec.to));
         if !debit && !credit {

@@ -205,6 +205,14 @@ fn prepare_refusals_change_nothing<S: Fixture>(s: &mut S) {
             DEADLINE + 1,
             Refusal::Expired,
         ),
+        (
+            PrepareItem {
+                deadline_ms: NOW + wire::limits::PREPARE_DEADLINE_MAX_MS + 1,
+                ..prep(spec(20, x.a, x.there, 1))
+            },
+            NOW,
+            Refusal::DeadlineTooFar,
+        ),
     ];
     for (item, now, refusal) in cases {
         assert_eq!(prepare_one(s, item, now), Vote::No(refusal), "{item:?}");

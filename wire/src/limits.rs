@@ -38,6 +38,22 @@ pub const IN_FLIGHT_TRANSFERS_MAX: usize = 65_536;
 /// Time a participant has to vote before the coordinator aborts, in milliseconds.
 pub const PREPARE_TIMEOUT_MS: u64 = 5_000;
 
+/// Furthest ahead a prepare's deadline may lie when it arrives, in milliseconds; a
+/// participant votes no to a later one. Bounds how long a coordinator (honest or not)
+/// can keep a participant's money held before the participant may ask and, by presumed
+/// abort, release it. Twelve prepare timeouts: room for clock skew between branches.
+pub const PREPARE_DEADLINE_MAX_MS: u64 = 12 * PREPARE_TIMEOUT_MS;
+
+/// Abort-only legs (an abort that arrived before any prepare) one branch keeps per
+/// coordinator; beyond it such an abort is acknowledged but not stored (presumed abort
+/// makes the record a convenience, and a listed branch could otherwise fill the disk).
+pub const ABORT_ONLY_LEGS_PER_PEER_MAX: u64 = 100_000;
+
+/// A leg in doubt this long past its deadline is alerted (log line and counter), in
+/// milliseconds: recovery should have settled it well before (ask, backoff up to
+/// [`RETRY_BACKOFF_MAX_MS`]), so its coordinator is down or misbehaving.
+pub const IN_DOUBT_ALERT_MS: u64 = 60_000;
+
 /// First wait before a coordinator re-sends an unacknowledged decision, in milliseconds.
 pub const DECISION_RESEND_MS: u64 = 500;
 

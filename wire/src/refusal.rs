@@ -74,11 +74,15 @@ pub enum Refusal {
     /// A customer enrolling a second time: an admin replaces a lost device.
     #[error("this login is already enrolled for one-time codes; an admin can replace it")]
     AlreadyEnrolled,
+    /// A prepare whose deadline lies further ahead than a participant accepts: a
+    /// coordinator could otherwise hold this branch's money in doubt for that long.
+    #[error("the transfer's deadline is too far ahead; nothing moved")]
+    DeadlineTooFar,
 }
 
 impl Refusal {
     /// Every refusal, in declaration (and encoding) order.
-    pub const ALL: [Refusal; 19] = [
+    pub const ALL: [Refusal; 20] = [
         Refusal::InsufficientFunds,
         Refusal::AccountNotFound,
         Refusal::AccountClosed,
@@ -98,6 +102,7 @@ impl Refusal {
         Refusal::Interrupted,
         Refusal::WeakPassword,
         Refusal::AlreadyEnrolled,
+        Refusal::DeadlineTooFar,
     ];
 
     /// A stable machine-readable code (snake case) for programs: `--json` output and
@@ -123,6 +128,7 @@ impl Refusal {
             Refusal::Interrupted => "interrupted",
             Refusal::WeakPassword => "weak_password",
             Refusal::AlreadyEnrolled => "already_enrolled",
+            Refusal::DeadlineTooFar => "deadline_too_far",
         }
     }
 }

@@ -73,6 +73,8 @@ pub struct Counters {
     pub aborted: AtomicU64,
     /// Transfers prepared here with no decision yet (a gauge).
     pub in_doubt: AtomicU64,
+    /// Of those, the ones in doubt past the recovery bound (a gauge; see `alerts.rs`).
+    pub in_doubt_overdue: AtomicU64,
     /// Rounds that sent at least one message.
     pub rounds: AtomicU64,
     /// Signed 2PC messages sent to other branches.

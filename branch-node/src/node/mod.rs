@@ -3,6 +3,7 @@
 //! shuts down in order when asked: stop taking work, let queued storage become
 //! durable, then close the store.
 
+pub mod alerts;
 pub mod authz;
 pub mod engine;
 pub mod guard;
@@ -126,6 +127,11 @@ pub async fn run(
         .clone()
         .unwrap_or_else(|| SmsSink::LogFile(cfg.data_dir.join(SMS_LOG_FILE)));
     let notifier_task = tokio::spawn(notifier::run(wh.clone(), sink, stopped(stop_rx.clone())));
+    let watch_task = tokio::spawn(alerts::run(
+        reader.clone(),
+        engine.clone(),
+        stopped(stop_rx.clone()),
+    ));
 
     let service = Arc::new(Service {
         me,
@@ -184,6 +190,7 @@ pub async fn run(
         None => engine_task.await,
     };
     let _ = notifier_task.await;
+    let _ = watch_task.await;
     let _ = net_task.await;
     let c = engine.counters();
     tracing::info!(

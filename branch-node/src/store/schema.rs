@@ -148,4 +148,8 @@ ALTER TABLE users ADD COLUMN otp_last_step INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE users DROP COLUMN failed_attempts;
 ALTER TABLE users DROP COLUMN locked_until_ms;
 "#,
+    // 4: abort-only legs are counted per coordinator (a bound per listed branch).
+    r#"
+CREATE INDEX legs_abort_only ON legs(coordinator) WHERE spec IS NULL;
+"#,
 ];

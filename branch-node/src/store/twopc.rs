@@ -17,6 +17,8 @@ use wire::{BranchId, Decision, Refusal, TransferId};
 
 use super::bank::{self, check_credit, check_debit, write_row};
 use super::ledger::{self, NewEntry};
+use wire::limits::{ABORT_ONLY_LEGS_PER_PEER_MAX, PREPARE_DEADLINE_MAX_MS};
+
 use super::{Store, StoreError, blob_id, id_blob, now_ms, sql_ms};
 
 fn enc<T: serde::Serialize>(v: &T) -> Result<Vec<u8>, StoreError> {
@@ -227,6 +229,8 @@ fn prepare_one(
     let (debit, credit) = (spec.from.branch() == me, spec.to.branch() == me);
     let refusal = if now > item.deadline_ms {
         Some(Refusal::Expired)
+    } else if item.deadline_ms > now.saturating_add(PREPARE_DEADLINE_MAX_MS) {
+        Some(Refusal::DeadlineTooFar)
     } else if let Err(r) = spec.validate() {
         Some(r)
     } else if !debit && !credit {
@@ -367,6 +371,12 @@ fn apply_one(
         if item.decision == Decision::Commit {
             return Ok(ApplyOutcome::Refused(ApplyRefusal::UnknownTransfer));
         }
+        if abort_only_legs(conn, coordinator)? >= ABORT_ONLY_LEGS_PER_PEER_MAX {
+            // Presumed abort: with no record a late prepare is held only until its
+            // coordinator is asked; a listed branch cannot fill the disk with these.
+            tracing::warn!(%coordinator, id = %item.id, "abort-only legs at their limit: not stored");
+            return Ok(ApplyOutcome::Applied);
+        }
         conn.prepare_cached(
             "INSERT INTO legs (id, coordinator, deadline_ms, decision) VALUES (?1, ?2, 0, 'abort')",
         )?
@@ -484,6 +494,14 @@ pub(crate) fn transfer_state(
     id: TransferId,
 ) -> Result<TransferState, StoreError> {
     Ok(transfer_record(conn, me, id)?.map_or(TransferState::Unknown, |r| r.state))
+}
+
+/// Abort-only legs (an abort that came before any prepare) kept for `coordinator`.
+fn abort_only_legs(conn: &Connection, coordinator: BranchId) -> Result<u64, StoreError> {
+    let n: i64 = conn
+        .prepare_cached("SELECT count(*) FROM legs WHERE coordinator = ?1 AND spec IS NULL")?
+        .query_row([coordinator.0], |r| r.get(0))?;
+    Ok(u64::try_from(n).unwrap_or(0))
 }
 
 pub(crate) fn in_doubt(conn: &Connection) -> Result<Vec<InDoubtRecord>, StoreError> {
