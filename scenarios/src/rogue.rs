@@ -102,6 +102,15 @@ pub async fn attack(setup: &Setup, from: AccountNumber) -> anyhow::Result<Vec<St
     // Its deadline is near, so the target asks the (absent) coordinator soon after, and
     // presumed abort releases the hold once the real branch is back.
     let valid = prepare(me, now + ENVELOPE_TTL_MS, spec, now + PREPARE_DEADLINE_MS);
+    // Only the debit account's branch coordinates: a prepare from another branch that
+    // debits an account here is refused whole. The valid prepare credits one instead.
+    let remote_debit = valid.clone();
+    let credit = TransferSpec {
+        from: spec.to,
+        to: spec.from,
+        ..spec
+    };
+    let valid = prepare(me, now + ENVELOPE_TTL_MS, credit, now + PREPARE_DEADLINE_MS);
     let connect = |key: &BranchKey| {
         PeerClient::<WireCodec<LinkRequest, LinkResponse>>::connect(
             key.libp2p_keypair(),
@@ -179,6 +188,13 @@ pub async fn attack(setup: &Setup, from: AccountNumber) -> anyhow::Result<Vec<St
         "malformed",
         as_other.request(LinkRequest::TwoPc(vec![0xff; 40])).await,
         refused(EnvelopeRefusal::Malformed),
+    ));
+    wrong.extend(check(
+        "remote debit",
+        as_other
+            .request(LinkRequest::TwoPc(envelope(stolen, other, &remote_debit)?))
+            .await,
+        refused(EnvelopeRefusal::RemoteDebit),
     ));
     // A valid prepare and its replays: every copy is accepted (answered from the records),
     // and the checker later proves nothing was held twice or left in doubt.

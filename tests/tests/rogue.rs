@@ -239,6 +239,19 @@ async fn rogue_peer_messages_are_refused_and_change_nothing() {
         (before.balance_total, before.held_total, 0)
     );
 
+    // A validly signed prepare that debits an account here: only this branch may
+    // coordinate a debit of its own accounts, so it is refused whole.
+    assert_eq!(
+        send_signed(&as_b3, &b3_key, BranchId(3), &fresh).await,
+        LinkResponse::Refused(EnvelopeRefusal::RemoteDebit)
+    );
+    // From here on the rogue's prepares credit b1's account, as an honest b3 would.
+    let spec = TransferSpec {
+        from: AccountNumber::new(BranchId(3), 1).expect("account"),
+        to: from,
+        ..spec
+    };
+    let fresh = prepare(BranchId(1), now_ms() + 60_000, spec, now_ms() + 3_000);
     // A stale prepare (its deadline passed) in a valid envelope: voted no, nothing held.
     let stale_spec = TransferSpec {
         id: TransferId(0x57a1e),
@@ -249,7 +262,7 @@ async fn rogue_peer_messages_are_refused_and_change_nothing() {
         send_signed(&as_b3, &b3_key, BranchId(3), &stale).await,
         LinkResponse::Accepted
     );
-    // A valid prepare, then the same envelope replayed: held once, not twice.
+    // A valid prepare, then the same envelope replayed: promised once, not twice.
     let bytes = envelope(&b3_key, BranchId(3), &fresh).expect("sign");
     for _ in 0..3 {
         assert_eq!(
@@ -265,12 +278,16 @@ async fn rogue_peer_messages_are_refused_and_change_nothing() {
         let a = check::audit_all(&c.databases()[..1])
             .expect("audit")
             .remove(0);
-        if a.held_total > 0 || std::time::Instant::now() > deadline {
+        if a.pending_credit_total > 0 || std::time::Instant::now() > deadline {
             break a;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
-    assert_eq!(held.held_total, 500, "the replay held the money once");
+    assert_eq!(
+        (held.pending_credit_total, held.held_total),
+        (500, 0),
+        "the replay promised the money once"
+    );
     assert_eq!(
         held.in_doubt,
         vec![spec.id],

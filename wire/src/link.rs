@@ -89,4 +89,8 @@ pub enum EnvelopeRefusal {
     LinkBlocked,
     #[error("branch is overloaded; the sender retries")]
     Overloaded,
+    /// A prepare from another branch debits an account of this branch. Only the debit
+    /// account's branch coordinates a transfer, so no honest branch sends one.
+    #[error("prepare debits an account of this branch, which only this branch may coordinate")]
+    RemoteDebit,
 }

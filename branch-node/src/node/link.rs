@@ -35,5 +35,14 @@ pub fn verify_envelope(
         ShapeError::Expired => EnvelopeRefusal::Expired,
         ShapeError::EmptyBatch | ShapeError::BatchTooLarge(_) => EnvelopeRefusal::BadBatch,
     })?;
+    if signed.signer != me && debits_here(&message, me) {
+        return Err(EnvelopeRefusal::RemoteDebit);
+    }
     Ok((signed.signer, message))
+}
+
+/// Whether `message` is a prepare that debits an account of branch `me`.
+fn debits_here(message: &BranchMessage, me: BranchId) -> bool {
+    matches!(&message.body, wire::twopc::BranchBody::Prepare(items)
+        if items.iter().any(|i| i.transfer.from.branch() == me))
 }
