@@ -14,7 +14,7 @@ use scenarios::check;
 use scenarios::cluster::Cluster;
 use teller_cli::money::{self, MoneyAnswer, RetryPolicy};
 use teller_cli::{Teller, new_transfer_id};
-use wire::teller::{TellerOp, TellerResponse, TransferState};
+use wire::teller::TellerOp;
 use wire::twopc::TransferSpec;
 use wire::{AccountNumber, Amount, TransferId};
 
@@ -115,31 +115,7 @@ async fn a_full_disk_refuses_or_stops_and_loses_no_committed_answer() {
     c.nodes[0].dir = small.clone();
     c.start_node(0, &[]).expect("b1");
     c.start_node(1, &[]).expect("b2");
-    let a = c
-        .open_account(0, "DISK-A", PW, false)
-        .await
-        .expect("open a");
-    let b = c
-        .open_account(1, "DISK-B", PW, false)
-        .await
-        .expect("open b");
-    let admin = c.admin(0).await.expect("admin");
-    let deposit = new_transfer_id();
-    let r = admin
-        .call(TellerOp::Deposit {
-            id: deposit,
-            account: a,
-            amount: Amount::from_minor(1_000_000).expect("positive"),
-        })
-        .await
-        .expect("deposit");
-    assert!(matches!(
-        r,
-        TellerResponse::Receipt {
-            state: TransferState::Committed,
-            ..
-        }
-    ));
+    let (a, b, deposit) = tests::funded_pair(&c, "DISK", PW, 1000000).await;
     let mut told = BTreeSet::from([deposit]);
     let target = c.target(0).expect("target");
     let mut t = Teller::connect(&target).await.expect("connects");

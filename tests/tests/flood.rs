@@ -14,7 +14,7 @@ use scenarios::check;
 use scenarios::cluster::Cluster;
 use teller_cli::money::{self, MoneyAnswer, RetryPolicy};
 use teller_cli::{Teller, new_transfer_id};
-use wire::teller::{TellerOp, TellerResponse, TransferState};
+use wire::teller::TellerOp;
 use wire::twopc::TransferSpec;
 use wire::{AccountNumber, Amount, BranchId, TransferId};
 
@@ -89,31 +89,7 @@ async fn flood_one(
 async fn transfers_keep_committing_through_a_login_flood() {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut c = Cluster::start(dir.path(), 2, &[]).expect("cluster");
-    let a = c
-        .open_account(0, "FLOOD-A", PW, false)
-        .await
-        .expect("open a");
-    let b = c
-        .open_account(1, "FLOOD-B", PW, false)
-        .await
-        .expect("open b");
-    let admin = c.admin(0).await.expect("admin");
-    let deposit = new_transfer_id();
-    let r = admin
-        .call(TellerOp::Deposit {
-            id: deposit,
-            account: a,
-            amount: Amount::from_minor(100_000_000).expect("positive"),
-        })
-        .await
-        .expect("deposit");
-    assert!(matches!(
-        r,
-        TellerResponse::Receipt {
-            state: TransferState::Committed,
-            ..
-        }
-    ));
+    let (a, b, deposit) = tests::funded_pair(&c, "FLOOD", PW, 100000000).await;
     let target = c.target(0).expect("target");
     let mut t = Teller::connect(&target).await.expect("connects");
     t.login(&a.to_string(), PW).await.expect("logs in");

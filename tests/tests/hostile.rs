@@ -11,7 +11,8 @@ use wire::teller::{NewCustomer, Scope, TellerOp, TellerResponse, Unavailable};
 const PW: &str = "customer-pw";
 
 /// What `n` guesses sent at once from `n` fresh tellers got, plus the right password
-/// sent last: (bad credentials, throttled, logged in, the last one's answer).
+/// sent 300 ms later, while the guesses' wait (1 s from the last counted failure) runs:
+/// (bad credentials, throttled, logged in, the last one's answer).
 async fn parallel_guesses(c: &Cluster, user: &str, n: usize) -> (usize, usize, usize, String) {
     let target = c.target(0).expect("target");
     let mut tellers = Vec::new();
@@ -19,12 +20,16 @@ async fn parallel_guesses(c: &Cluster, user: &str, n: usize) -> (usize, usize, u
         tellers.push(Teller::connect(&target).await.expect("connects"));
     }
     let mut last = tellers.pop().expect("one more");
-    let guesses = tellers.into_iter().map(|mut t| {
-        let user = user.to_owned();
-        tokio::spawn(async move { t.login(&user, "wrong-guess").await })
-    });
-    let guesses = futures::future::join_all(guesses).await;
+    let guesses: Vec<_> = tellers
+        .into_iter()
+        .map(|mut t| {
+            let user = user.to_owned();
+            tokio::spawn(async move { t.login(&user, "wrong-guess").await })
+        })
+        .collect();
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     let right = last.login(user, PW).await;
+    let guesses = futures::future::join_all(guesses).await;
     let last = match &right {
         Ok(_) => "logged in".to_owned(),
         Err(e) => e.code().to_owned(),
