@@ -186,10 +186,8 @@ impl Cluster {
     /// and waits for its ready line.
     pub fn start_node(&mut self, i: usize, env: &[(&str, &str)]) -> anyhow::Result<()> {
         let node = &mut self.nodes[i];
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(node.dir.join("node.log"))?;
+        // Owner-only, like every file in a data dir (it names accounts and peers).
+        let log = branch_node::init::owner_only_append(&node.dir.join("node.log"))?;
         let mut cmd = Command::new(&self.bin);
         cmd.arg("run")
             .arg("--data-dir")

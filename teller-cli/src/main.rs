@@ -324,6 +324,10 @@ async fn run(cli: Cli) -> Result<u8, TellerError> {
         .login_with_code(&user, &password, otp.as_deref())
         .await
         .map_err(|e| match e {
+            TellerError::Refused(wire::Refusal::OneTimeCode) if cli.otp_env.is_none() => {
+                eprintln!("teller-cli: this login is enrolled for one-time codes: give the code with --otp-env VAR");
+                e
+            }
             TellerError::Refused(_) => e,
             other => TellerError::LoginNotDone(Box::new(other)),
         })?;
