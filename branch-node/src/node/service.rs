@@ -305,8 +305,8 @@ impl Service {
     /// authority (the coordinator) is asked, and if it cannot tell, "not known yet".
     async fn status(&self, session: &SessionInfo, id: TransferId) -> Answer {
         let record = self
-            .writer
-            .call(move |c, me| twopc::transfer_record(c, me, id))
+            .reader
+            .read(move |c, me| twopc::transfer_record(c, me, id))
             .await
             .map_err(store_failed)?;
         let Some(record) = record else {
@@ -563,8 +563,8 @@ impl Service {
     /// branch is not its authority or has no record.
     async fn own_outcome(&self, id: TransferId) -> Result<TransferState, Fail> {
         let record = self
-            .writer
-            .call(move |c, me| twopc::transfer_record(c, me, id))
+            .reader
+            .read(move |c, me| twopc::transfer_record(c, me, id))
             .await
             .map_err(store_failed)?;
         Ok(match record {
