@@ -766,3 +766,48 @@ fn abort_only_legs_stop_at_their_bound_per_coordinator() {
     s.apply(BranchId(3), &[abort(3)], &None).expect("works");
     assert_eq!(count("SELECT count(*) FROM legs WHERE coordinator = 3"), 1);
 }
+
+/// Refused prepares from one coordinator stop being stored at their bound; the vote is
+/// still no, and nothing is held.
+#[test]
+fn no_vote_legs_stop_at_their_bound_per_coordinator() {
+    use wire::limits::NO_VOTE_LEGS_PER_PEER_MAX;
+    use wire::twopc::{PrepareItem, Vote};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("b.db");
+    let mut s = open(&path);
+    let no = wire::encode(&Vote::No(Refusal::AccountNotFound)).expect("encodes");
+    {
+        let mut raw = rusqlite::Connection::open(&path).expect("opens");
+        let tx = raw.transaction().expect("tx");
+        for i in 0..NO_VOTE_LEGS_PER_PEER_MAX {
+            tx.execute(
+                "INSERT INTO legs (id, coordinator, deadline_ms, vote) VALUES (?1, 2, 0, ?2)",
+                rusqlite::params![u128::from(i + 1_000_000).to_be_bytes().to_vec(), no],
+            )
+            .expect("inserts");
+        }
+        tx.commit().expect("commits");
+    }
+    let item = PrepareItem {
+        transfer: TransferSpec {
+            id: TransferId(7),
+            from: AccountNumber::new(BranchId(2), 1).expect("account"),
+            to: acct(424_242),
+            amount: Amount::from_minor(100).expect("amount"),
+        },
+        deadline_ms: 5_000,
+    };
+    let votes = s.prepare(BranchId(2), &[item], 0, &None).expect("works");
+    assert_eq!(votes, vec![Vote::No(Refusal::AccountNotFound)]);
+    let stored: i64 = rusqlite::Connection::open(&path)
+        .expect("opens")
+        .query_row("SELECT count(*) FROM legs WHERE coordinator = 2", [], |r| {
+            r.get(0)
+        })
+        .expect("counts");
+    assert_eq!(
+        stored,
+        i64::try_from(NO_VOTE_LEGS_PER_PEER_MAX).expect("fits")
+    );
+}

@@ -54,6 +54,10 @@ pub const ABORT_ONLY_LEGS_PER_PEER_MAX: u64 = 100_000;
 /// [`RETRY_BACKOFF_MAX_MS`]), so its coordinator is down or misbehaving.
 pub const IN_DOUBT_ALERT_MS: u64 = 60_000;
 
+/// Refused prepares (legs voted no) one branch keeps per coordinator; beyond it the no
+/// vote is sent but not stored (a no vote need not be durable under presumed abort).
+pub const NO_VOTE_LEGS_PER_PEER_MAX: u64 = 100_000;
+
 /// First wait before a coordinator re-sends an unacknowledged decision, in milliseconds.
 pub const DECISION_RESEND_MS: u64 = 500;
 

@@ -148,8 +148,10 @@ ALTER TABLE users ADD COLUMN otp_last_step INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE users DROP COLUMN failed_attempts;
 ALTER TABLE users DROP COLUMN locked_until_ms;
 "#,
-    // 4: abort-only legs are counted per coordinator (a bound per listed branch).
+    // 4: abort-only and no-vote legs are counted per coordinator (bounds per listed
+    // branch). A yes vote is stored as the one byte 0x00.
     r#"
 CREATE INDEX legs_abort_only ON legs(coordinator) WHERE spec IS NULL;
+CREATE INDEX legs_no_votes ON legs(coordinator) WHERE vote IS NOT NULL AND vote != x'00';
 "#,
 ];

@@ -17,7 +17,9 @@ use wire::{BranchId, Decision, Refusal, TransferId};
 
 use super::bank::{self, check_credit, check_debit, write_row};
 use super::ledger::{self, NewEntry};
-use wire::limits::{ABORT_ONLY_LEGS_PER_PEER_MAX, PREPARE_DEADLINE_MAX_MS};
+use wire::limits::{
+    ABORT_ONLY_LEGS_PER_PEER_MAX, NO_VOTE_LEGS_PER_PEER_MAX, PREPARE_DEADLINE_MAX_MS,
+};
 
 use super::{Store, StoreError, blob_id, id_blob, now_ms, sql_ms};
 
@@ -254,6 +256,12 @@ fn prepare_one(
             Vote::Yes
         }
     };
+    if vote != Vote::Yes && no_vote_legs(conn, coordinator)? >= NO_VOTE_LEGS_PER_PEER_MAX {
+        // A no vote need not be durable (presumed abort): past the bound it is sent
+        // but not stored, so a listed branch cannot fill the disk with refused prepares.
+        tracing::warn!(%coordinator, id = %spec.id, "no-vote legs at their limit: not stored");
+        return Ok(vote);
+    }
     conn.prepare_cached(
         "INSERT INTO legs (id, coordinator, spec, deadline_ms, vote) VALUES (?1, ?2, ?3, ?4, ?5)",
     )?
@@ -494,6 +502,17 @@ pub(crate) fn transfer_state(
     id: TransferId,
 ) -> Result<TransferState, StoreError> {
     Ok(transfer_record(conn, me, id)?.map_or(TransferState::Unknown, |r| r.state))
+}
+
+/// Legs voted no (a refused prepare) kept for `coordinator`. A yes vote encodes as the
+/// one byte 0x00; the partial index `legs_no_votes` holds the others.
+fn no_vote_legs(conn: &Connection, coordinator: BranchId) -> Result<u64, StoreError> {
+    let n: i64 = conn
+        .prepare_cached(
+            "SELECT count(*) FROM legs WHERE coordinator = ?1 AND vote IS NOT NULL AND vote != x'00'",
+        )?
+        .query_row([coordinator.0], |r| r.get(0))?;
+    Ok(u64::try_from(n).unwrap_or(0))
 }
 
 /// Abort-only legs (an abort that came before any prepare) kept for `coordinator`.
