@@ -100,34 +100,25 @@ async fn a_stolen_password_does_not_open_an_enrolled_login() {
         .login(&account.to_string(), PW)
         .await
         .expect("logs in");
+    let enroll = |user: String, password: &str| TellerOp::EnrollOtp {
+        user,
+        password: password.into(),
+    };
     // Enrolling another login is not a customer's to do.
-    let other = customer
-        .call(TellerOp::EnrollOtp {
-            user: "admin".into(),
-            password: PW.into(),
-        })
-        .await;
+    let other = customer.call(enroll("admin".into(), PW)).await;
     assert!(
         matches!(other, Err(TellerError::Refused(Refusal::Unauthorized))),
         "{other:?}"
     );
     let enrolled = customer
-        .call(TellerOp::EnrollOtp {
-            user: account.to_string(),
-            password: PW.into(),
-        })
+        .call(enroll(account.to_string(), PW))
         .await
         .expect("enrols");
     let TellerResponse::OtpEnrolled { uri, .. } = enrolled else {
         panic!("{enrolled:?}")
     };
     assert!(uri.starts_with("otpauth://totp/"), "{uri}");
-    let again = customer
-        .call(TellerOp::EnrollOtp {
-            user: account.to_string(),
-            password: PW.into(),
-        })
-        .await;
+    let again = customer.call(enroll(account.to_string(), PW)).await;
     assert!(matches!(
         again,
         Err(TellerError::Refused(Refusal::AlreadyEnrolled))
@@ -151,10 +142,7 @@ async fn a_stolen_password_does_not_open_an_enrolled_login() {
     // The admin can replace the customer's device; the customer cannot do it twice.
     let admin = c.admin(0).await.expect("admin");
     let replaced = admin
-        .call(TellerOp::EnrollOtp {
-            user: account.to_string(),
-            password: ADMIN_PASSWORD.into(),
-        })
+        .call(enroll(account.to_string(), ADMIN_PASSWORD))
         .await
         .expect("admin replaces");
     assert!(matches!(replaced, TellerResponse::OtpEnrolled { .. }));

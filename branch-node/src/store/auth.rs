@@ -118,7 +118,6 @@ pub enum LoginRow {
         role: Role,
         customer_id: Option<i64>,
         hash: String,
-        otp_secret: Option<Vec<u8>>,
     },
 }
 
@@ -126,14 +125,13 @@ pub enum LoginRow {
 pub fn login_read(conn: &Connection, login: &str) -> Result<LoginRow, StoreError> {
     let user = conn
         .query_row(
-            "SELECT role, customer_id, password_hash, otp_secret FROM users WHERE login = ?1",
+            "SELECT role, customer_id, password_hash FROM users WHERE login = ?1",
             [login],
             |r| {
                 Ok(LoginRow::Found {
                     role: role_from(&r.get::<_, String>(0)?),
                     customer_id: r.get(1)?,
                     hash: r.get(2)?,
-                    otp_secret: r.get(3)?,
                 })
             },
         )

@@ -68,6 +68,8 @@ pub enum StoreError {
     Password(String),
     #[error("the store's writer thread has stopped")]
     WriterGone,
+    #[error("the store's read-only connections are gone")]
+    ReaderGone,
     #[error("group commit failed: {0}")]
     CommitFailed(String),
 }

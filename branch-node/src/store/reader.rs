@@ -61,7 +61,7 @@ impl Reader {
             .slots
             .acquire()
             .await
-            .map_err(|_| StoreError::WriterGone)?;
+            .map_err(|_| StoreError::ReaderGone)?;
         let pool = Arc::clone(&self.inner);
         tokio::task::spawn_blocking(move || {
             let conn = pool
@@ -69,7 +69,7 @@ impl Reader {
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
                 .pop()
-                .ok_or(StoreError::WriterGone)?;
+                .ok_or(StoreError::ReaderGone)?;
             let result = f(&conn, pool.me);
             pool.idle
                 .lock()
@@ -78,6 +78,6 @@ impl Reader {
             result
         })
         .await
-        .map_err(|_| StoreError::WriterGone)?
+        .map_err(|_| StoreError::ReaderGone)?
     }
 }
