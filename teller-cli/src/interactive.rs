@@ -230,6 +230,7 @@ async fn admin_menu(teller: &mut Teller, me: &str) -> bool {
                     before: None,
                     limit: 100,
                 },
+                filter: wire::teller::EntryFilter::default(),
             },
             "5" => {
                 let Ok(op) = enroll_op(true, me) else {

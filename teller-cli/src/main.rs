@@ -490,6 +490,7 @@ fn admin_op(admin: &Admin, admin_password: &str) -> Result<TellerOp, TellerError
                 before: None,
                 limit: *limit,
             },
+            filter: wire::teller::EntryFilter::default(),
         },
         Admin::LinkFault {
             to_branch,

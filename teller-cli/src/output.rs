@@ -43,6 +43,9 @@ pub fn account_json(a: &AccountView) -> Value {
         "held": a.held.to_string(),
         "status": format!("{:?}", a.status).to_lowercase(),
         "opened_at_ms": a.opened_at_ms,
+        "national_id_masked": a.contact.national_id_masked,
+        "phone": a.contact.phone,
+        "sms_opt_in": a.contact.sms_opt_in,
     })
 }
 

@@ -247,6 +247,7 @@ async fn big_listings_page_and_a_missing_branch_is_named() {
                 before: None,
                 limit: 10,
             },
+            filter: wire::teller::EntryFilter::default(),
         })
         .await
         .expect("lists what it can");

@@ -43,7 +43,10 @@ pub enum ForwardRequest {
     /// An admin of the asking branch lists a page of this branch's accounts.
     Accounts { page: crate::teller::AccountsPage },
     /// An admin of the asking branch lists this branch's ledger.
-    Transactions { page: PageRequest },
+    Transactions {
+        page: PageRequest,
+        filter: crate::teller::EntryFilter,
+    },
 }
 
 /// The answer to a [`LinkRequest`].

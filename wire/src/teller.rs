@@ -88,6 +88,50 @@ pub struct AccountsPage {
     pub limit: u32,
 }
 
+/// Which ledger entries a listing shows: every field set must match (all `None`: all).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+pub struct EntryFilter {
+    #[cfg_attr(
+        test,
+        proptest(strategy = "proptest::option::of(crate::account::tests::any_account())")
+    )]
+    pub account: Option<AccountNumber>,
+    pub kind: Option<EntryKind>,
+    /// Entries at or after this time (Unix milliseconds).
+    pub since_ms: Option<u64>,
+    /// Entries before this time (Unix milliseconds).
+    pub until_ms: Option<u64>,
+}
+
+/// What an account listing shows of its customer besides the name. The national id
+/// leaves the branch masked: only its last characters are shown.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+pub struct ContactView {
+    pub national_id_masked: String,
+    pub phone: String,
+    pub sms_opt_in: bool,
+}
+
+/// How many trailing characters of a national id a listing shows.
+pub const NATIONAL_ID_SHOWN: usize = 4;
+
+/// `id` with all but its last [`NATIONAL_ID_SHOWN`] characters replaced by `*` (all of
+/// them when it is that short), so a listing never carries a whole national id.
+pub fn mask_national_id(id: &str) -> String {
+    let n = id.chars().count();
+    let shown = if n > NATIONAL_ID_SHOWN {
+        NATIONAL_ID_SHOWN
+    } else {
+        0
+    };
+    id.chars()
+        .enumerate()
+        .map(|(i, c)| if i + shown < n { '*' } else { c })
+        .collect()
+}
+
 /// The person behind a new account.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(test, derive(proptest_derive::Arbitrary))]
@@ -168,9 +212,11 @@ pub enum TellerOp {
         scope: Scope,
         page: AccountsPage,
     },
+    /// Ledger entries newest first, only those `filter` lets through.
     ListTransactions {
         scope: Scope,
         page: PageRequest,
+        filter: EntryFilter,
     },
     /// Admin, on a node started with `--fault-switch`: block or delay the link to `branch`.
     SetLinkFault {
@@ -207,6 +253,7 @@ pub struct AccountView {
     pub held: Amount,
     pub status: AccountStatus,
     pub opened_at_ms: u64,
+    pub contact: ContactView,
 }
 
 impl TellerOp {
@@ -482,8 +529,9 @@ impl TellerRequest {
                 text_ok(user) && password_ok(password),
                 Refusal::InvalidInput,
             ),
-            TellerOp::History { page, .. } | TellerOp::ListTransactions { page, .. } => {
-                ok_or(page_ok(page), Refusal::InvalidInput)
+            TellerOp::History { page, .. } => ok_or(page_ok(page), Refusal::InvalidInput),
+            TellerOp::ListTransactions { page, filter, .. } => {
+                ok_or(page_ok(page) && filter.is_valid(), Refusal::InvalidInput)
             }
             TellerOp::OpenAccount {
                 customer, password, ..
@@ -512,6 +560,16 @@ impl TellerRequest {
     }
 }
 
+impl EntryFilter {
+    /// False for a time range that ends before it starts.
+    pub fn is_valid(&self) -> bool {
+        match (self.since_ms, self.until_ms) {
+            (Some(since), Some(until)) => since <= until,
+            _ => true,
+        }
+    }
+}
+
 fn customer_ok(c: &NewCustomer) -> bool {
     let fields = [&c.national_id, &c.phone, &c.first_name, &c.last_name];
     let phone_ok = c
@@ -524,6 +582,33 @@ fn customer_ok(c: &NewCustomer) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn national_ids_leave_masked() {
+        assert_eq!(mask_national_id("19850312-1234"), "*********1234");
+        assert_eq!(mask_national_id("AB12"), "****");
+        assert_eq!(mask_national_id(""), "");
+        assert_eq!(mask_national_id("ÅÄÖ12345"), "****2345");
+    }
+
+    #[test]
+    fn a_time_range_that_ends_before_it_starts_is_refused() {
+        let op = |since_ms, until_ms| TellerOp::ListTransactions {
+            scope: Scope::Branch,
+            page: PageRequest {
+                before: None,
+                limit: 10,
+            },
+            filter: EntryFilter {
+                since_ms,
+                until_ms,
+                ..EntryFilter::default()
+            },
+        };
+        check(true, op(Some(5), Some(5)), Ok(()));
+        check(true, op(Some(5), None), Ok(()));
+        check(true, op(Some(6), Some(5)), Err(Refusal::InvalidInput));
+    }
 
     fn acct(serial: u32) -> AccountNumber {
         AccountNumber::new(BranchId(1), serial).expect("valid")

@@ -175,6 +175,7 @@ mod tests {
             TellerOp::ListTransactions {
                 scope: Scope::Branch,
                 page,
+                filter: wire::teller::EntryFilter::default(),
             },
         ]
     }

@@ -17,7 +17,7 @@ use futures::future::join_all;
 use libp2p::PeerId;
 use wire::link::{EnvelopeRefusal, ForwardRequest, LinkRequest, LinkResponse};
 use wire::teller::{
-    AccountView, AccountsPage, EntryView, LinkFault, NewCustomer, PageRequest, Scope, SessionToken,
+    AccountView, AccountsPage, EntryFilter, EntryView, LinkFault, NewCustomer, PageRequest, Scope, SessionToken,
     TellerOp, TellerRequest, TellerResponse, TransferState, Unavailable,
 };
 use wire::twopc::TransferSpec;
@@ -236,7 +236,11 @@ impl Service {
                     .await
             }
             TellerOp::ListAccounts { scope, page } => self.accounts(scope, page).await,
-            TellerOp::ListTransactions { scope, page } => self.transactions(scope, page).await,
+            TellerOp::ListTransactions {
+                scope,
+                page,
+                filter,
+            } => self.transactions(scope, page, filter).await,
             TellerOp::SetLinkFault { branch, fault } => self.set_link_fault(branch, fault).await,
         }
     }
@@ -290,7 +294,13 @@ impl Service {
     async fn history(&self, account: AccountNumber, page: PageRequest) -> Answer {
         let (entries, next_before) = self
             .reader
-            .read(move |c, me| bank::history(c, me, Some(account), page))
+            .read(move |c, me| {
+                let filter = EntryFilter {
+                    account: Some(account),
+                    ..EntryFilter::default()
+                };
+                bank::history(c, me, filter, page)
+            })
             .await
             .map_err(store_failed)?;
         Ok(TellerResponse::Entries {
@@ -461,9 +471,10 @@ impl Service {
     async fn local_transactions(
         &self,
         page: PageRequest,
+        filter: EntryFilter,
     ) -> Result<(Vec<EntryView>, Option<u64>), Fail> {
         self.reader
-            .read(move |c, me| bank::history(c, me, None, page))
+            .read(move |c, me| bank::history(c, me, filter, page))
             .await
             .map_err(store_failed)
     }
@@ -471,8 +482,8 @@ impl Service {
     /// A page of this branch's ledger; with `Scope::Network`, the newest entries of
     /// every branch's ledger merged, newest first (there is no network-wide cursor, so
     /// no next page). A branch that does not answer is named, not fatal.
-    async fn transactions(&self, scope: Scope, page: PageRequest) -> Answer {
-        let (mut entries, next_before) = self.local_transactions(page).await?;
+    async fn transactions(&self, scope: Scope, page: PageRequest, filter: EntryFilter) -> Answer {
+        let (mut entries, next_before) = self.local_transactions(page, filter).await?;
         if scope == Scope::Branch {
             return Ok(TellerResponse::Entries {
                 entries,
@@ -482,7 +493,7 @@ impl Service {
         }
         let asks = self
             .others()
-            .map(|b| self.link(b, ForwardRequest::Transactions { page }));
+            .map(|b| self.link(b, ForwardRequest::Transactions { page, filter }));
         let mut unreachable = Vec::new();
         for (a, b) in join_all(asks).await.into_iter().zip(self.others()) {
             match a {
@@ -543,12 +554,12 @@ impl Service {
                     Err(r) => refused(r),
                 }
             }
-            ForwardRequest::Transactions { page } => {
-                if !(1..=wire::limits::PAGE_ROWS_MAX).contains(&page.limit) {
+            ForwardRequest::Transactions { page, filter } => {
+                if !(1..=wire::limits::PAGE_ROWS_MAX).contains(&page.limit) || !filter.is_valid() {
                     tracing::info!(%from, "forwarded listing refused: bad page");
                     return LinkResponse::ForwardRefused(Refusal::InvalidInput);
                 }
-                match self.local_transactions(page).await {
+                match self.local_transactions(page, filter).await {
                     Ok((entries, next_before)) => LinkResponse::Entries {
                         entries,
                         next_before,

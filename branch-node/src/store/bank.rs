@@ -4,9 +4,7 @@
 
 use rusqlite::{Connection, OptionalExtension, params};
 use sha2::{Digest, Sha256};
-use wire::teller::{
-    AccountStatus, AccountView, EntryKind, EntryView, NewCustomer, PageRequest, TransferState,
-};
+use wire::teller::{AccountStatus, AccountView, ContactView, EntryFilter, EntryKind, EntryView, NewCustomer, PageRequest, TransferState};
 use wire::twopc::TransferSpec;
 use wire::{AccountNumber, Amount, BranchId, Refusal, TransferId};
 
@@ -481,7 +479,8 @@ pub(crate) fn close_account(
     })?))
 }
 
-const VIEW_SQL: &str = "SELECT a.serial, c.first_name || ' ' || c.last_name, a.balance, a.held, a.status, a.opened_at_ms
+const VIEW_SQL: &str = "SELECT a.serial, c.first_name || ' ' || c.last_name, a.balance, a.held, a.status, a.opened_at_ms,
+                               c.national_id, c.phone, c.sms_opt_in
                         FROM accounts a JOIN customers c ON c.id = a.customer_id";
 
 fn view_row(me: BranchId, r: &rusqlite::Row) -> Result<AccountView, StoreError> {
@@ -496,6 +495,11 @@ fn view_row(me: BranchId, r: &rusqlite::Row) -> Result<AccountView, StoreError> 
             AccountStatus::Closed
         },
         opened_at_ms: u64::try_from(r.get::<_, i64>(5)?).unwrap_or(0),
+        contact: ContactView {
+            national_id_masked: wire::teller::mask_national_id(&r.get::<_, String>(6)?),
+            phone: r.get(7)?,
+            sms_opt_in: r.get::<_, i64>(8)? != 0,
+        },
     })
 }
 
@@ -532,22 +536,29 @@ pub(crate) fn list(
     Ok(out)
 }
 
-/// One page of an account's history (or of the whole ledger with `None`), newest first.
+/// One page of the ledger's entries that `filter` lets through, newest first. An
+/// account of another branch has no entries here.
 pub(crate) fn history(
     conn: &Connection,
     me: BranchId,
-    account: Option<AccountNumber>,
+    filter: EntryFilter,
     page: PageRequest,
 ) -> Result<(Vec<EntryView>, Option<u64>), StoreError> {
-    let serial = match account {
+    let serial = match filter.account {
         Some(n) if n.branch() != me => return Ok((Vec::new(), None)),
         Some(n) => Some(n.serial()),
         None => None,
     };
+    let read = ledger::ReadFilter {
+        serial,
+        kind: filter.kind,
+        since_ms: filter.since_ms,
+        until_ms: filter.until_ms,
+    };
     ledger::read(
         conn,
         me,
-        serial,
+        &read,
         page.before,
         page.limit.min(wire::limits::PAGE_ROWS_MAX),
     )
@@ -599,7 +610,11 @@ impl Store {
         account: Option<AccountNumber>,
         page: PageRequest,
     ) -> Result<(Vec<EntryView>, Option<u64>), StoreError> {
-        history(self.conn(), self.branch(), account, page)
+        let filter = EntryFilter {
+            account,
+            ..EntryFilter::default()
+        };
+        history(self.conn(), self.branch(), filter, page)
     }
 
     /// Messages waiting in the outbox (phone, body), oldest first.

@@ -11,6 +11,16 @@ use super::{Store, StoreError, account_number, blob_id, id_blob, sql_ms};
 /// The hash before the first entry.
 const GENESIS: [u8; 32] = [0; 32];
 
+/// Which entries [`read`] returns: those of account `serial` (all with `None`), of
+/// `kind`, at or after `since_ms` and before `until_ms`, where set.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct ReadFilter {
+    pub serial: Option<u32>,
+    pub kind: Option<EntryKind>,
+    pub since_ms: Option<u64>,
+    pub until_ms: Option<u64>,
+}
+
 pub(crate) fn kind_text(kind: EntryKind) -> &'static str {
     match kind {
         EntryKind::Deposit => "deposit",
@@ -125,16 +135,21 @@ pub(crate) fn append_all(
 pub(crate) fn read(
     conn: &Connection,
     me: BranchId,
-    account: Option<u32>,
+    filter: &ReadFilter,
     before: Option<u64>,
     limit: u32,
 ) -> Result<(Vec<EntryView>, Option<u64>), StoreError> {
     let before = before.map_or(i64::MAX, sql_ms);
     let mut stmt = conn.prepare_cached(
         "SELECT seq, account_serial, kind, counterparty, amount, balance_after, transfer_id, at_ms FROM ledger
-         WHERE seq < ?1 AND (?2 IS NULL OR account_serial = ?2) ORDER BY seq DESC LIMIT ?3",
+         WHERE seq < ?1 AND (?2 IS NULL OR account_serial = ?2) AND (?4 IS NULL OR kind = ?4)
+           AND (?5 IS NULL OR at_ms >= ?5) AND (?6 IS NULL OR at_ms < ?6)
+         ORDER BY seq DESC LIMIT ?3",
     )?;
-    let rows = stmt.query_map(params![before, account, limit], |r| {
+    let kind = filter.kind.map(kind_text);
+    let (since, until) = (filter.since_ms.map(sql_ms), filter.until_ms.map(sql_ms));
+    let args = params![before, filter.serial, limit, kind, since, until];
+    let rows = stmt.query_map(args, |r| {
         Ok((
             r.get::<_, i64>(0)?,
             r.get::<_, i64>(1)?,
