@@ -3,6 +3,8 @@
 //! [`money`] holds the one retry policy for deposits, withdrawals and transfers.
 
 pub mod money;
+pub mod web;
+pub mod when;
 
 use std::path::Path;
 use std::time::Duration;
@@ -324,6 +326,45 @@ impl Teller {
         self.role = None;
         self.credentials = None;
         r.map(|_| ())
+    }
+}
+
+/// The teller key in file `path` (64 hex digits), made and written readable by its
+/// owner only when the file does not exist yet.
+pub fn identity(path: &Path) -> Result<BranchKey, TellerError> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let bad = |why: String| TellerError::Usage(format!("identity {}: {why}", path.display()));
+    match std::fs::read_to_string(path) {
+        Ok(text) => {
+            let text = text.trim();
+            let mut secret = [0u8; 32];
+            let ok = text.len() == 64
+                && secret.iter_mut().enumerate().all(|(i, b)| {
+                    u8::from_str_radix(text.get(2 * i..2 * i + 2).unwrap_or("x"), 16)
+                        .map(|v| *b = v)
+                        .is_ok()
+                });
+            if !ok {
+                return Err(bad("not 64 hex digits".into()));
+            }
+            Ok(BranchKey::from_secret(secret))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let secret: [u8; 32] = rand::random();
+            let hex: String = secret.iter().map(|b| format!("{b:02x}")).collect();
+            let mut file = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(path)
+                .map_err(|e| bad(e.to_string()))?;
+            writeln!(file, "{hex}")
+                .and_then(|()| file.sync_all())
+                .map_err(|e| bad(e.to_string()))?;
+            Ok(BranchKey::from_secret(secret))
+        }
+        Err(e) => Err(bad(e.to_string())),
     }
 }
 

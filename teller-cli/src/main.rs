@@ -146,6 +146,18 @@ enum Command {
     /// Admin actions.
     #[command(subcommand)]
     Admin(Admin),
+    /// Serve the web teller console to a browser on this machine: it speaks to the
+    /// branch (--branch or --addr) as this CLI does. Every login happens in the browser.
+    Web {
+        /// Where to listen; loopback only (the console serves plain HTTP).
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: std::net::SocketAddr,
+        /// The console's teller key, made (readable by its owner only) if missing: with
+        /// the same key after a restart, branches still know this teller, so a stranger's
+        /// guessing elsewhere never slows its logins down. Default: a new key each run.
+        #[arg(long)]
+        identity: Option<PathBuf>,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -304,6 +316,47 @@ pub fn amount(text: &str) -> Result<Amount, TellerError> {
         .map_err(|_| TellerError::Refused(wire::Refusal::InvalidAmount))
 }
 
+/// Runs the web console until Ctrl-C or SIGTERM.
+async fn web(
+    target: Target,
+    branch_name: String,
+    policy: RetryPolicy,
+    listen: std::net::SocketAddr,
+    identity: Option<&std::path::Path>,
+) -> Result<u8, TellerError> {
+    teller_cli::web::check_listen(&listen)?;
+    let key = match identity {
+        Some(path) => teller_cli::identity(path)?,
+        None => wire::BranchKey::from_secret(rand::random()),
+    };
+    let teller = Teller::connect_with_key(&target, &key).await?;
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .map_err(|e| TellerError::Usage(format!("cannot listen on {listen}: {e}")))?;
+    let config = teller_cli::web::WebConfig {
+        teller,
+        branch_name: branch_name.clone(),
+        policy,
+    };
+    println!("web console for branch {branch_name}: http://{listen}/ (Ctrl-C stops it)");
+    teller_cli::web::serve(listener, config, stop_signal())
+        .await
+        .map_err(|e| TellerError::Usage(format!("web console failed: {e}")))?;
+    Ok(0)
+}
+
+/// Resolves at Ctrl-C or SIGTERM.
+async fn stop_signal() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => return std::future::pending().await,
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
+
 async fn run(cli: Cli) -> Result<u8, TellerError> {
     let target = target(&cli)?;
     let policy = RetryPolicy {
@@ -313,6 +366,13 @@ async fn run(cli: Cli) -> Result<u8, TellerError> {
     let Some(command) = cli.command.as_ref() else {
         return interactive::run(target, policy).await;
     };
+    if let Command::Web { listen, identity } = command {
+        let name = cli
+            .branch
+            .clone()
+            .unwrap_or_else(|| target.peer.to_string());
+        return web(target, name, policy, *listen, identity.as_deref()).await;
+    }
     let user = cli
         .user
         .clone()
@@ -402,6 +462,7 @@ async fn run(cli: Cli) -> Result<u8, TellerError> {
             return Ok(0);
         }
         Command::Admin(admin) => admin_op(admin, &password)?,
+        Command::Web { .. } => return Err(TellerError::Usage("web takes no login".into())),
     };
     let r = teller.call_renewing(op).await?;
     out.response(&r);

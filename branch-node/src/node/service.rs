@@ -17,8 +17,8 @@ use futures::future::join_all;
 use libp2p::PeerId;
 use wire::link::{EnvelopeRefusal, ForwardRequest, LinkRequest, LinkResponse};
 use wire::teller::{
-    AccountView, AccountsPage, EntryFilter, EntryView, LinkFault, NewCustomer, PageRequest, Scope, SessionToken,
-    TellerOp, TellerRequest, TellerResponse, TransferState, Unavailable,
+    AccountView, AccountsPage, EntryFilter, EntryView, LinkFault, NewCustomer, PageRequest, Scope,
+    SessionToken, TellerOp, TellerRequest, TellerResponse, TransferState, Unavailable,
 };
 use wire::twopc::TransferSpec;
 use wire::{AccountNumber, Amount, BranchId, Refusal, TransferId};

@@ -4,7 +4,10 @@
 
 use rusqlite::{Connection, OptionalExtension, params};
 use sha2::{Digest, Sha256};
-use wire::teller::{AccountStatus, AccountView, ContactView, EntryFilter, EntryKind, EntryView, NewCustomer, PageRequest, TransferState};
+use wire::teller::{
+    AccountStatus, AccountView, ContactView, EntryFilter, EntryKind, EntryView, NewCustomer,
+    PageRequest, TransferState,
+};
 use wire::twopc::TransferSpec;
 use wire::{AccountNumber, Amount, BranchId, Refusal, TransferId};
 

@@ -1,0 +1,443 @@
+//! An admin's screens: every account with its customer's details (branch or
+//! network), every transaction (paged, filtered), opening and closing accounts.
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::Query;
+use axum::http::StatusCode;
+use axum::response::Response;
+use axum::routing::get;
+use maud::{Markup, html};
+use wire::teller::{
+    AccountsPage, EntryFilter, EntryKind, NewCustomer, PageRequest, Role, Scope, TellerOp,
+    TellerResponse,
+};
+use wire::{AccountNumber, Refusal};
+
+use super::customer::entries_table;
+use super::pages::{self, csrf_field, error_box, page};
+use super::visits::{Visit, Visitor};
+use super::{Fields, Web, logged_in};
+use crate::{Teller, TellerError};
+
+/// Rows per page of the account and transaction listings.
+const ROWS: u32 = 50;
+
+pub(crate) fn routes() -> Router<Arc<Web>> {
+    Router::new()
+        .route("/admin/accounts", get(accounts))
+        .route("/admin/transactions", get(transactions))
+        .route("/admin/open", get(open_form).post(open))
+        .route("/admin/close", get(close_form).post(close))
+}
+
+/// The visit's teller when an admin is logged in; otherwise the page that says why not
+/// (a login page, or "not authorized" for a customer).
+fn admin(v: &mut Visit) -> Result<&mut Teller, Response> {
+    if v.role() == Some(Role::Customer) {
+        let refused = TellerError::Refused(Refusal::Unauthorized);
+        return Err(page(
+            StatusCode::FORBIDDEN,
+            v,
+            "Not for this login",
+            error_box(&refused),
+        ));
+    }
+    logged_in(v)
+}
+
+fn scope_of(q: &Fields) -> Scope {
+    match q.get("scope").map(String::as_str) {
+        Some("network") => Scope::Network,
+        _ => Scope::Branch,
+    }
+}
+
+fn scope_select(scope: Scope) -> Markup {
+    html! {
+        label for="scope" { "Show" }
+        select #scope name="scope" {
+            option value="branch" selected[scope == Scope::Branch] { "this branch" }
+            option value="network" selected[scope == Scope::Network] { "the whole network" }
+        }
+    }
+}
+
+fn unreachable_note(unreachable: &[wire::BranchId]) -> Markup {
+    let names: Vec<String> = unreachable.iter().map(ToString::to_string).collect();
+    html! {
+        @if !names.is_empty() {
+            (pages::problem_box("branch_unreachable", &format!(
+                "not listed: branch {} did not answer; the rest is shown", names.join(", "))))
+        }
+    }
+}
+
+/// Every account with its customer's details, a page at a time.
+async fn accounts(visitor: Visitor, Query(q): Query<Fields>) -> Response {
+    let mut v = visitor.lock().await;
+    let scope = scope_of(&q);
+    let after = q.get("after").and_then(|a| a.parse::<AccountNumber>().ok());
+    let op = TellerOp::ListAccounts {
+        scope,
+        page: AccountsPage { after, limit: ROWS },
+    };
+    let r = match admin(&mut v) {
+        Ok(t) => t.call_renewing(op).await,
+        Err(r) => return r,
+    };
+    let (accounts, next, unreachable) = match r {
+        Ok(TellerResponse::Accounts {
+            accounts,
+            next_after,
+            unreachable,
+        }) => (accounts, next_after, unreachable),
+        Ok(other) => {
+            return page(
+                StatusCode::BAD_GATEWAY,
+                &v,
+                "Accounts",
+                error_box(&TellerError::Unexpected(format!("{other:?}"))),
+            );
+        }
+        Err(e) => return page(pages::status_of(&e), &v, "Accounts", error_box(&e)),
+    };
+    let scope_arg = if scope == Scope::Network {
+        "network"
+    } else {
+        "branch"
+    };
+    let body = html! {
+        form.inline method="get" action="/admin/accounts" { (scope_select(scope)) button type="submit" { "List" } }
+        (unreachable_note(&unreachable))
+        table.accounts {
+            thead { tr {
+                th { "Account" } th { "Customer" } th { "National id" } th { "Phone" } th { "SMS" }
+                th.num { "Balance" } th.num { "Held" } th { "Status" } th { "Opened (UTC)" }
+            } }
+            tbody { @for a in &accounts { tr {
+                td { (a.number.to_string()) }
+                td { (a.owner_name) }
+                td { (a.contact.national_id_masked) }
+                td { (a.contact.phone) }
+                td { @if a.contact.sms_opt_in { "yes" } @else { "no" } }
+                td.num { (pages::money(a.balance)) }
+                td.num { (pages::money(a.held)) }
+                td { (format!("{:?}", a.status).to_lowercase()) }
+                td { (crate::when::utc_minute(a.opened_at_ms)) }
+            } } }
+        }
+        @if accounts.is_empty() { p { "No accounts." } }
+        @if let Some(n) = next { p { a rel="next" href=(format!("/admin/accounts?scope={scope_arg}&after={n}")) { "Next accounts" } } }
+    };
+    page(StatusCode::OK, &v, "Accounts", body)
+}
+
+/// The filter the transactions form asks for, or why it cannot be read.
+fn filter_of(q: &Fields) -> Result<EntryFilter, String> {
+    let get = |k: &str| q.get(k).map(|s| s.trim()).filter(|s| !s.is_empty());
+    let account = get("account")
+        .map(|a| {
+            a.parse::<AccountNumber>()
+                .map_err(|e| format!("account: {e}"))
+        })
+        .transpose()?;
+    let kind = match get("kind") {
+        None => None,
+        Some("deposit") => Some(EntryKind::Deposit),
+        Some("withdrawal") => Some(EntryKind::Withdrawal),
+        Some("transfer_out") => Some(EntryKind::TransferDebit),
+        Some("transfer_in") => Some(EntryKind::TransferCredit),
+        Some(other) => return Err(format!("kind {other:?} is not one of the listed kinds")),
+    };
+    let since_ms = get("since").map(crate::when::parse_day).transpose()?;
+    let until_day = get("until").map(crate::when::parse_day).transpose()?;
+    if let (Some(since), Some(until)) = (since_ms, until_day)
+        && until < since
+    {
+        return Err("the dates end before they start".into());
+    }
+    // "Until" a day includes that whole day.
+    let until_ms = until_day.map(|d| d + crate::when::DAY_MS);
+    Ok(EntryFilter {
+        account,
+        kind,
+        since_ms,
+        until_ms,
+    })
+}
+
+fn transactions_form(scope: Scope, q: &Fields) -> Markup {
+    let value = |k: &str| q.get(k).map(String::as_str).unwrap_or_default();
+    let kinds = [
+        ("", "any kind"),
+        ("deposit", "deposit"),
+        ("withdrawal", "withdrawal"),
+        ("transfer_out", "transfer out"),
+        ("transfer_in", "transfer in"),
+    ];
+    html! {
+        form.filters method="get" action="/admin/transactions" {
+            (scope_select(scope))
+            label for="account" { "Account" }
+            input #account name="account" value=(value("account")) data-account data-optional
+                placeholder="any account" aria-describedby="account-hint" autocomplete="off";
+            small #account-hint aria-live="polite" {}
+            label for="kind" { "Kind" }
+            select #kind name="kind" { @for (k, label) in kinds { option value=(k) selected[value("kind") == k] { (label) } } }
+            label for="since" { "From (UTC)" }
+            input #since name="since" type="date" value=(value("since"));
+            label for="until" { "Until (UTC, inclusive)" }
+            input #until name="until" type="date" value=(value("until"));
+            button type="submit" { "Filter" }
+        }
+    }
+}
+
+/// Ledger entries, newest first, filtered; this branch's pages continue by cursor,
+/// the network's show the newest entries of every branch merged.
+async fn transactions(visitor: Visitor, Query(q): Query<Fields>) -> Response {
+    let mut v = visitor.lock().await;
+    let scope = scope_of(&q);
+    let filter = match filter_of(&q) {
+        Ok(f) => f,
+        Err(why) => {
+            if let Err(r) = admin(&mut v) {
+                return r;
+            }
+            let body =
+                html! { (error_box(&TellerError::Invalid(why))) (transactions_form(scope, &q)) };
+            return page(StatusCode::UNPROCESSABLE_ENTITY, &v, "Transactions", body);
+        }
+    };
+    let before = q.get("before").and_then(|b| b.parse().ok());
+    let op = TellerOp::ListTransactions {
+        scope,
+        page: PageRequest {
+            before,
+            limit: ROWS,
+        },
+        filter,
+    };
+    let r = match admin(&mut v) {
+        Ok(t) => t.call_renewing(op).await,
+        Err(r) => return r,
+    };
+    let (entries, next, unreachable) = match r {
+        Ok(TellerResponse::Entries {
+            entries,
+            next_before,
+            unreachable,
+        }) => (entries, next_before, unreachable),
+        Ok(other) => {
+            return page(
+                StatusCode::BAD_GATEWAY,
+                &v,
+                "Transactions",
+                error_box(&TellerError::Unexpected(format!("{other:?}"))),
+            );
+        }
+        Err(e) => {
+            return page(
+                pages::status_of(&e),
+                &v,
+                "Transactions",
+                html! { (error_box(&e)) (transactions_form(scope, &q)) },
+            );
+        }
+    };
+    let next_link = next.map(|n| {
+        let mut args: Vec<String> = q
+            .iter()
+            .filter(|(k, _)| *k != "before")
+            .map(|(k, v)| format!("{}={}", k, url_escape(v)))
+            .collect();
+        args.sort();
+        args.push(format!("before={n}"));
+        format!("/admin/transactions?{}", args.join("&"))
+    });
+    let body = html! {
+        (transactions_form(scope, &q))
+        (unreachable_note(&unreachable))
+        (entries_table(&entries))
+        @if let Some(href) = next_link { p { a rel="next" href=(href) { "Older entries" } } }
+        @if scope == Scope::Network { p.note { "The network view shows the newest " (ROWS) " entries across branches; narrow it with the filters." } }
+    };
+    page(StatusCode::OK, &v, "Transactions", body)
+}
+
+/// Percent-encodes a query value (everything but unreserved characters).
+fn url_escape(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                char::from(b).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+fn open_fields(v: &Visit, f: &Fields) -> Markup {
+    let value = |k: &str| f.get(k).map(String::as_str).unwrap_or_default();
+    let text = |name: &'static str, label: &'static str, auto: &'static str| {
+        html! {
+            label for=(name) { (label) }
+            input id=(name) name=(name) value=(value(name)) required autocomplete=(auto);
+        }
+    };
+    html! {
+        form.card method="post" action="/admin/open" {
+            (csrf_field(v))
+            (text("first_name", "First name", "off"))
+            (text("last_name", "Last name", "off"))
+            (text("national_id", "National id", "off"))
+            label for="phone" { "Phone" }
+            input #phone name="phone" value=(value("phone")) required inputmode="tel" pattern="[0-9+ ]+" autocomplete="off";
+            small { "digits, spaces and + only" }
+            div.check {
+                input #sms_opt_in name="sms_opt_in" type="checkbox" value="yes" checked[value("sms_opt_in") == "yes"];
+                label for="sms_opt_in" { "SMS alerts for every movement" }
+            }
+            label for="password" { "Customer's password" }
+            input #password name="password" type="password" required minlength="8" autocomplete="new-password";
+            small { "at least 8 characters, not a common password" }
+            label for="password2" { "Password again" }
+            input #password2 name="password2" type="password" required minlength="8" autocomplete="new-password";
+            label for="existing" { "Existing account of the same customer (optional)" }
+            input #existing name="existing" value=(value("existing")) data-account data-optional autocomplete="off"
+                aria-describedby="existing-hint";
+            small #existing-hint aria-live="polite" { "leave blank for a new customer" }
+            button type="submit" { "Open account" }
+        }
+    }
+}
+
+async fn open_form(visitor: Visitor) -> Response {
+    let mut v = visitor.lock().await;
+    if let Err(r) = admin(&mut v) {
+        return r;
+    }
+    let body = open_fields(&v, &Fields::new());
+    page(StatusCode::OK, &v, "Open an account", body)
+}
+
+/// The request the open-account form asks for, or why it cannot be sent.
+fn open_op(f: &Fields) -> Result<TellerOp, String> {
+    let get = |k: &str| f.get(k).map(|s| s.trim().to_owned()).unwrap_or_default();
+    let password = f.get("password").cloned().unwrap_or_default();
+    if f.get("password2") != Some(&password) {
+        return Err("the two passwords differ".into());
+    }
+    wire::teller::new_password_ok(&password).map_err(|r| r.to_string())?;
+    let existing = Some(get("existing"))
+        .filter(|s| !s.is_empty())
+        .map(|s| {
+            s.parse::<AccountNumber>()
+                .map_err(|e| format!("existing account: {e}"))
+        })
+        .transpose()?;
+    let customer = NewCustomer {
+        national_id: get("national_id"),
+        phone: get("phone"),
+        first_name: get("first_name"),
+        last_name: get("last_name"),
+        sms_opt_in: f.get("sms_opt_in").is_some_and(|s| s == "yes"),
+    };
+    Ok(TellerOp::OpenAccount {
+        customer,
+        password,
+        existing,
+    })
+}
+
+async fn open(visitor: Visitor, axum::Form(f): axum::Form<Fields>) -> Response {
+    let mut v = visitor.lock().await;
+    if let Err(r) = v.check_csrf(&f) {
+        return r;
+    }
+    let r = match (open_op(&f), admin(&mut v)) {
+        (_, Err(r)) => return r,
+        (Err(why), Ok(_)) => Err(TellerError::Invalid(why)),
+        (Ok(op), Ok(t)) => t.call_renewing(op).await,
+    };
+    let (status, body) = match r {
+        Ok(TellerResponse::AccountOpened(a)) => (
+            StatusCode::OK,
+            html! {
+                (pages::done_box(&format!("Opened {} for {}; the customer logs in with the account number.", a.number, a.owner_name)))
+                p { a href="/admin/open" { "Open another" } " · " a href="/admin/accounts" { "Accounts" } }
+            },
+        ),
+        Ok(other) => (
+            StatusCode::BAD_GATEWAY,
+            error_box(&TellerError::Unexpected(format!("{other:?}"))),
+        ),
+        Err(e) => (
+            pages::status_of(&e),
+            html! { (error_box(&e)) (open_fields(&v, &f)) },
+        ),
+    };
+    page(status, &v, "Open an account", body)
+}
+
+fn close_fields(v: &Visit, account: &str) -> Markup {
+    html! {
+        form.card method="post" action="/admin/close" {
+            (csrf_field(v))
+            (pages::account_field("account", "Account to close", account))
+            p.note { "Only an empty account with nothing held can be closed; its login goes with it." }
+            label for="admin_password" { "Your admin password again" }
+            input #admin_password name="admin_password" type="password" required autocomplete="current-password";
+            button type="submit" { "Close account" }
+        }
+    }
+}
+
+async fn close_form(visitor: Visitor) -> Response {
+    let mut v = visitor.lock().await;
+    if let Err(r) = admin(&mut v) {
+        return r;
+    }
+    let body = close_fields(&v, "");
+    page(StatusCode::OK, &v, "Close an account", body)
+}
+
+async fn close(visitor: Visitor, axum::Form(f): axum::Form<Fields>) -> Response {
+    let mut v = visitor.lock().await;
+    if let Err(r) = v.check_csrf(&f) {
+        return r;
+    }
+    let typed = f
+        .get("account")
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_default();
+    let admin_password = f.get("admin_password").cloned().unwrap_or_default();
+    let r = match (typed.parse::<AccountNumber>(), admin(&mut v)) {
+        (_, Err(r)) => return r,
+        (Err(e), Ok(_)) => Err(TellerError::Invalid(format!("account: {e}"))),
+        (Ok(account), Ok(t)) => {
+            t.call_renewing(TellerOp::CloseAccount {
+                account,
+                admin_password,
+            })
+            .await
+        }
+    };
+    let (status, body) = match r {
+        Ok(TellerResponse::AccountClosed(a)) => (
+            StatusCode::OK,
+            pages::done_box(&format!("Closed {}.", a.number)),
+        ),
+        Ok(other) => (
+            StatusCode::BAD_GATEWAY,
+            error_box(&TellerError::Unexpected(format!("{other:?}"))),
+        ),
+        Err(e) => (
+            pages::status_of(&e),
+            html! { (error_box(&e)) (close_fields(&v, &typed)) },
+        ),
+    };
+    page(status, &v, "Close an account", body)
+}

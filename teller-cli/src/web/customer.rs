@@ -1,0 +1,415 @@
+//! A customer's screens (accounts with balances, deposit, withdraw, transfer,
+//! history), and the two every login has: a transfer's status by id, and enrolling
+//! for one-time codes.
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::{Query, State};
+use axum::http::StatusCode;
+use axum::response::Response;
+use axum::routing::get;
+use maud::{Markup, html};
+use wire::teller::{EntryView, PageRequest, TellerOp, TellerResponse};
+use wire::twopc::TransferSpec;
+use wire::{AccountNumber, Amount, TransferId};
+
+use super::pages::{self, csrf_field, error_box, page};
+use super::visits::{Visit, Visitor};
+use super::{Fields, Web, logged_in};
+use crate::money::{self, MoneyAnswer};
+use crate::{TellerError, new_transfer_id};
+
+/// Rows per history page.
+const HISTORY_ROWS: u32 = 25;
+
+pub(crate) fn routes() -> Router<Arc<Web>> {
+    Router::new()
+        .route("/accounts", get(accounts))
+        .route("/deposit", get(deposit_form).post(send_money))
+        .route("/withdraw", get(withdraw_form).post(send_money))
+        .route("/transfer", get(transfer_form).post(send_money))
+        .route("/history", get(history))
+        .route("/status", get(status))
+        .route("/otp", get(otp_form).post(enroll))
+}
+
+/// An answer from the branch, or the page that says why there is none.
+fn or_error_page(
+    v: &Visit,
+    title: &str,
+    r: Result<TellerResponse, TellerError>,
+) -> Result<TellerResponse, Response> {
+    r.map_err(|e| page(pages::status_of(&e), v, title, error_box(&e)))
+}
+
+/// The customer's accounts with fresh balances.
+async fn accounts(visitor: Visitor) -> Response {
+    let mut v = visitor.lock().await;
+    let numbers = v.accounts().to_vec();
+    let teller = match logged_in(&mut v) {
+        Ok(t) => t,
+        Err(r) => return r,
+    };
+    let mut rows = Vec::new();
+    for account in numbers {
+        match teller.call_renewing(TellerOp::Balance { account }).await {
+            Ok(TellerResponse::Account(a)) => rows.push(Ok(a)),
+            Ok(other) => rows.push(Err(TellerError::Unexpected(format!("{other:?}")))),
+            Err(e) => rows.push(Err(e)),
+        }
+    }
+    let body = html! {
+        p { a #refresh href="/accounts" { "Refresh balances" } }
+        table {
+            thead { tr { th { "Account" } th.num { "Balance" } th.num { "Held" } th.num { "Available" } th { "Status" } } }
+            tbody {
+                @for row in &rows {
+                    @match row {
+                        Ok(a) => tr {
+                            td { (a.number.to_string()) }
+                            td.num data-balance=(a.number.to_string()) { (pages::money(a.balance)) }
+                            td.num { (pages::money(a.held)) }
+                            td.num { (pages::money(a.balance.checked_sub(a.held).unwrap_or(Amount::ZERO))) }
+                            td { (format!("{:?}", a.status).to_lowercase()) }
+                        },
+                        Err(e) => tr { td colspan="5" { (error_box(e)) } },
+                    }
+                }
+            }
+        }
+    };
+    page(StatusCode::OK, &v, "Your accounts", body)
+}
+
+/// Which money form: deposit, withdrawal or transfer.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Deposit,
+    Withdraw,
+    Transfer,
+}
+
+impl Kind {
+    fn words(self) -> &'static str {
+        match self {
+            Kind::Deposit => "deposit",
+            Kind::Withdraw => "withdrawal",
+            Kind::Transfer => "transfer",
+        }
+    }
+
+    fn path(self) -> &'static str {
+        match self {
+            Kind::Deposit => "/deposit",
+            Kind::Withdraw => "/withdraw",
+            Kind::Transfer => "/transfer",
+        }
+    }
+
+    fn title(self) -> &'static str {
+        match self {
+            Kind::Deposit => "Deposit",
+            Kind::Withdraw => "Withdraw",
+            Kind::Transfer => "Transfer",
+        }
+    }
+
+    fn from_path(path: &str) -> Kind {
+        match path {
+            "/deposit" => Kind::Deposit,
+            "/withdraw" => Kind::Withdraw,
+            _ => Kind::Transfer,
+        }
+    }
+}
+
+async fn deposit_form(visitor: Visitor) -> Response {
+    money_form(visitor, Kind::Deposit).await
+}
+
+async fn withdraw_form(visitor: Visitor) -> Response {
+    money_form(visitor, Kind::Withdraw).await
+}
+
+async fn transfer_form(visitor: Visitor) -> Response {
+    money_form(visitor, Kind::Transfer).await
+}
+
+/// The form, with the id of the movement it will make: made now, once, so a second
+/// click or a resubmitted page sends the same id and can only learn its outcome.
+fn money_fields(v: &Visit, kind: Kind, id: TransferId, f: &Fields) -> Markup {
+    let value = |k: &str| f.get(k).map(String::as_str).unwrap_or_default();
+    html! {
+        form.card method="post" action=(kind.path()) data-once {
+            (csrf_field(v))
+            input type="hidden" name="id" value=(id.to_string());
+            (pages::own_accounts("account", if kind == Kind::Transfer { "From account" } else { "Account" }, v.accounts()))
+            @if kind == Kind::Transfer { (pages::account_field("to", "To account", value("to"))) }
+            (pages::amount_field(value("amount")))
+            button type="submit" { (kind.title()) }
+        }
+    }
+}
+
+async fn money_form(visitor: Visitor, kind: Kind) -> Response {
+    let mut v = visitor.lock().await;
+    if let Err(r) = logged_in(&mut v) {
+        return r;
+    }
+    let body = money_fields(&v, kind, new_transfer_id(), &Fields::new());
+    page(StatusCode::OK, &v, kind.title(), body)
+}
+
+/// The request a money form asks for, or why it cannot be sent.
+fn money_op(kind: Kind, f: &Fields) -> Result<TellerOp, String> {
+    let get = |k: &str| f.get(k).map(|s| s.trim()).unwrap_or_default();
+    let id: TransferId = get("id")
+        .parse()
+        .map_err(|e| format!("the form's id is not valid ({e})"))?;
+    let account: AccountNumber = get("account")
+        .parse()
+        .map_err(|e| format!("account: {e}"))?;
+    let amount = Amount::parse(get("amount")).map_err(|e| format!("amount: {e}"))?;
+    Ok(match kind {
+        Kind::Transfer => {
+            let to: AccountNumber = get("to").parse().map_err(|e| format!("to account: {e}"))?;
+            TellerOp::Transfer(TransferSpec {
+                id,
+                from: account,
+                to,
+                amount,
+            })
+        }
+        _ => TellerOp::movement(kind == Kind::Deposit, id, account, amount),
+    })
+}
+
+fn money_status(a: &MoneyAnswer) -> StatusCode {
+    match a {
+        MoneyAnswer::Committed { .. } => StatusCode::OK,
+        MoneyAnswer::Refused { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+        MoneyAnswer::NotDone { .. } => StatusCode::SERVICE_UNAVAILABLE,
+        MoneyAnswer::Unknown { .. } => StatusCode::ACCEPTED,
+    }
+}
+
+/// Sends a deposit, withdrawal or transfer under the form's id, with the CLI's retry
+/// policy, and says what it came to. A form that cannot be read is shown again, with
+/// the same id, and nothing is sent.
+async fn send_money(
+    State(web): State<Arc<Web>>,
+    visitor: Visitor,
+    uri: axum::http::Uri,
+    axum::Form(f): axum::Form<Fields>,
+) -> Response {
+    let kind = Kind::from_path(uri.path());
+    let mut v = visitor.lock().await;
+    if let Err(r) = v.check_csrf(&f) {
+        return r;
+    }
+    let op = match money_op(kind, &f) {
+        Ok(op) => op,
+        Err(why) => {
+            let id = f
+                .get("id")
+                .and_then(|s| s.parse().ok())
+                .unwrap_or_else(new_transfer_id);
+            let body = html! {
+                (error_box(&TellerError::Invalid(why)))
+                (money_fields(&v, kind, id, &f))
+            };
+            return page(StatusCode::UNPROCESSABLE_ENTITY, &v, kind.title(), body);
+        }
+    };
+    let teller = match logged_in(&mut v) {
+        Ok(t) => t,
+        Err(r) => return r,
+    };
+    let answer = money::send(teller, op, &web.policy).await;
+    let body = html! {
+        (pages::money_answer(kind.words(), &answer))
+        @if let MoneyAnswer::NotDone { id, .. } = &answer { (money_fields(&v, kind, *id, &f)) }
+        p { a href=(kind.path()) { "New " (kind.words()) } " · " a href="/accounts" { "Accounts" } }
+    };
+    page(money_status(&answer), &v, kind.title(), body)
+}
+
+/// A table of ledger entries, newest first, dates in UTC.
+pub(crate) fn entries_table(entries: &[EntryView]) -> Markup {
+    html! {
+        @if entries.is_empty() { p { "No entries." } } @else {
+            table.entries {
+                thead { tr {
+                    th { "Date (UTC)" } th { "Account" } th { "Kind" } th.num { "Amount" }
+                    th.num { "Balance after" } th { "Other account" } th { "Id" }
+                } }
+                tbody { @for e in entries { tr {
+                    td { (crate::when::utc_minute(e.at_ms)) }
+                    td { (e.account.to_string()) }
+                    td { (pages::kind_words(e.kind)) }
+                    td.num { (pages::money(e.amount)) }
+                    td.num { (pages::money(e.balance_after)) }
+                    td { (e.counterparty.map(|c| c.to_string()).unwrap_or_default()) }
+                    td { code.id { (e.transfer_id.to_string()) } }
+                } } }
+            }
+        }
+    }
+}
+
+/// An account's history, a page at a time (older pages by the `before` cursor).
+async fn history(visitor: Visitor, Query(q): Query<Fields>) -> Response {
+    let mut v = visitor.lock().await;
+    let chosen = q
+        .get("account")
+        .and_then(|a| a.parse::<AccountNumber>().ok());
+    let Some(account) = chosen.or_else(|| v.accounts().first().copied()) else {
+        return page(
+            StatusCode::OK,
+            &v,
+            "History",
+            html! { p { "This login has no account." } },
+        );
+    };
+    let before = q.get("before").and_then(|b| b.parse().ok());
+    let op = TellerOp::History {
+        account,
+        page: PageRequest {
+            before,
+            limit: HISTORY_ROWS,
+        },
+    };
+    let r = match logged_in(&mut v) {
+        Ok(t) => t.call_renewing(op).await,
+        Err(r) => return r,
+    };
+    let (entries, next) = match or_error_page(&v, "History", r) {
+        Ok(TellerResponse::Entries {
+            entries,
+            next_before,
+            ..
+        }) => (entries, next_before),
+        Ok(other) => {
+            return page(
+                StatusCode::BAD_GATEWAY,
+                &v,
+                "History",
+                error_box(&TellerError::Unexpected(format!("{other:?}"))),
+            );
+        }
+        Err(r) => return r,
+    };
+    let body = html! {
+        form.inline method="get" action="/history" {
+            (pages::own_accounts("account", "Account", v.accounts()))
+            button type="submit" { "Show" }
+        }
+        (entries_table(&entries))
+        @if let Some(n) = next { p { a rel="next" href=(format!("/history?account={account}&before={n}")) { "Older entries" } } }
+    };
+    page(StatusCode::OK, &v, &format!("History of {account}"), body)
+}
+
+/// Where a transfer stands, by id (any login; the branch says what it may see).
+async fn status(visitor: Visitor, Query(q): Query<Fields>) -> Response {
+    let mut v = visitor.lock().await;
+    let typed = q.get("id").map(|s| s.trim().to_owned()).unwrap_or_default();
+    let answer = if typed.is_empty() {
+        html! {}
+    } else {
+        match typed.parse::<TransferId>() {
+            Err(e) => error_box(&TellerError::Invalid(format!("not a transfer id ({e})"))),
+            Ok(id) => match logged_in(&mut v) {
+                Err(r) => return r,
+                Ok(t) => match t.call_renewing(TellerOp::TransferStatus { id }).await {
+                    Ok(TellerResponse::Status { id, state }) => pages::state_box(id, &state),
+                    Ok(other) => error_box(&TellerError::Unexpected(format!("{other:?}"))),
+                    Err(e) => error_box(&e),
+                },
+            },
+        }
+    };
+    if let Err(r) = logged_in(&mut v) {
+        return r;
+    }
+    let body = html! {
+        (answer)
+        form.card method="get" action="/status" {
+            label for="id" { "Transfer id" }
+            input #id name="id" value=(typed) required autocomplete="off";
+            button type="submit" { "Check status" }
+        }
+    };
+    page(StatusCode::OK, &v, "Transfer status", body)
+}
+
+fn otp_fields(v: &Visit) -> Markup {
+    html! {
+        form.card method="post" action="/otp" {
+            (csrf_field(v))
+            @if v.role() == Some(wire::teller::Role::Admin) {
+                label for="user" { "Login to enrol (blank for yourself)" }
+                input #user name="user" autocomplete="off";
+            }
+            label for="password" { "Your password again" }
+            input #password name="password" type="password" required autocomplete="current-password";
+            button type="submit" { "Enrol" }
+        }
+    }
+}
+
+async fn otp_form(visitor: Visitor) -> Response {
+    let mut v = visitor.lock().await;
+    if let Err(r) = logged_in(&mut v) {
+        return r;
+    }
+    let body = html! {
+        p { "After enrolling, every login asks for the six-digit code of an authenticator app." }
+        (otp_fields(&v))
+    };
+    page(StatusCode::OK, &v, "One-time codes", body)
+}
+
+/// Enrols the caller (or, for an admin, a named login) for one-time codes and shows
+/// the `otpauth://` address to put into an authenticator app.
+async fn enroll(visitor: Visitor, axum::Form(f): axum::Form<Fields>) -> Response {
+    let mut v = visitor.lock().await;
+    if let Err(r) = v.check_csrf(&f) {
+        return r;
+    }
+    let me = v.user().unwrap_or_default().to_owned();
+    let user = f
+        .get("user")
+        .map(|s| s.trim())
+        .filter(|s| !s.is_empty())
+        .unwrap_or(&me)
+        .to_owned();
+    let password = f.get("password").cloned().unwrap_or_default();
+    let r = match logged_in(&mut v) {
+        Ok(t) => {
+            t.call_renewing(TellerOp::EnrollOtp { user, password })
+                .await
+        }
+        Err(r) => return r,
+    };
+    let (status, answer) = match r {
+        Ok(TellerResponse::OtpEnrolled { user, uri }) => (
+            StatusCode::OK,
+            html! {
+                (pages::done_box(&format!("{user} is enrolled: from now on a login needs the code.")))
+                p { "Add this to the authenticator app (it is shown once):" }
+                p { code.uri { (uri) } }
+            },
+        ),
+        Ok(other) => (
+            StatusCode::BAD_GATEWAY,
+            error_box(&TellerError::Unexpected(format!("{other:?}"))),
+        ),
+        Err(e) => (
+            pages::status_of(&e),
+            html! { (error_box(&e)) (otp_fields(&v)) },
+        ),
+    };
+    page(status, &v, "One-time codes", answer)
+}

@@ -1,0 +1,646 @@
+//! The web teller console over HTTP: every route, every refusal and the CSRF check,
+//! against real branch processes. The console runs in the test process on loopback,
+//! connected to branch 1 by libp2p as `teller-cli web` is; an HTTP client plays the
+//! browser. Every money answer a page gave is held against the ledgers at the end
+//! (the scenarios' answer checker), after the stores' invariants.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use scenarios::answers::{self, Statuses};
+use scenarios::check;
+use scenarios::cluster::{ADMIN_PASSWORD, Cluster};
+use scenarios::workload::{Answer, Kind, Record};
+use teller_cli::Teller;
+use teller_cli::money::RetryPolicy;
+use teller_cli::web::{WebConfig, serve};
+use wire::teller::TransferState;
+use wire::{AccountNumber, Refusal, TransferId};
+
+const PASSWORD: &str = "web-customer-pw";
+const SETTLE_BOUND: Duration = Duration::from_secs(30);
+
+/// One answer of the console.
+#[derive(Debug)]
+struct Page {
+    status: u16,
+    body: String,
+    location: Option<String>,
+}
+
+impl Page {
+    /// The value of the first `attr="..."` in the page.
+    fn attr(&self, attr: &str) -> Option<String> {
+        let start = self.body.find(&format!("{attr}=\""))? + attr.len() + 2;
+        let len = self.body[start..].find('"')?;
+        Some(self.body[start..start + len].to_owned())
+    }
+
+    /// The problem's stable code, if the page shows one.
+    fn code(&self) -> Option<String> {
+        self.attr("data-code")
+    }
+
+    /// `(outcome, id)` of a money answer or a status.
+    fn outcome(&self) -> (String, TransferId) {
+        let outcome = self.attr("data-outcome").expect("an outcome");
+        let id = self.attr("data-id").expect("an id").parse().expect("id");
+        (outcome, id)
+    }
+
+    fn has(&self, text: &str) -> bool {
+        self.body.contains(text)
+    }
+}
+
+/// A browser without JavaScript: keeps the visit cookie and the latest CSRF token.
+struct Browser {
+    http: reqwest::Client,
+    base: String,
+    cookie: Option<String>,
+    csrf: String,
+}
+
+impl Browser {
+    fn new(base: &str) -> Browser {
+        let http = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .expect("client");
+        Browser {
+            http,
+            base: base.to_owned(),
+            cookie: None,
+            csrf: String::new(),
+        }
+    }
+
+    async fn send(&mut self, req: reqwest::RequestBuilder) -> Page {
+        let req = match &self.cookie {
+            Some(c) => req.header("cookie", c.as_str()),
+            None => req,
+        };
+        let r = req.send().await.expect("the console answers");
+        let header = |name: &str| {
+            r.headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned)
+        };
+        if let Some(set) = header("set-cookie") {
+            assert!(
+                set.contains("HttpOnly") && set.contains("SameSite=Strict"),
+                "{set}"
+            );
+            self.cookie = set.split(';').next().map(str::to_owned);
+        }
+        let (status, location) = (r.status().as_u16(), header("location"));
+        let body = r.text().await.expect("body");
+        let page = Page {
+            status,
+            body,
+            location,
+        };
+        if let Some(t) = page.attr("name=\"csrf\" value") {
+            self.csrf = t;
+        }
+        page
+    }
+
+    async fn get(&mut self, path: &str) -> Page {
+        let req = self.http.get(format!("{}{path}", self.base));
+        self.send(req).await
+    }
+
+    /// Posts `fields` with this visit's CSRF token.
+    async fn post(&mut self, path: &str, fields: &[(&str, &str)]) -> Page {
+        let csrf = self.csrf.clone();
+        let mut all = vec![("csrf", csrf.as_str())];
+        all.extend_from_slice(fields);
+        self.post_raw(path, &all).await
+    }
+
+    /// Posts exactly `fields` (no token added).
+    async fn post_raw(&mut self, path: &str, fields: &[(&str, &str)]) -> Page {
+        let req = self.http.post(format!("{}{path}", self.base)).form(fields);
+        self.send(req).await
+    }
+
+    async fn login(&mut self, user: &str, password: &str) -> Page {
+        self.get("/login").await;
+        self.post("/login", &[("user", user), ("password", password)])
+            .await
+    }
+
+    /// The transfer id a money form was shown with.
+    async fn form_id(&mut self, path: &str) -> String {
+        let form = self.get(path).await;
+        assert_eq!(form.status, 200, "{}", form.body);
+        form.attr("name=\"id\" value")
+            .expect("the form carries its id")
+    }
+}
+
+/// A console for branch `i` of `c`, serving until the test ends; its base URL.
+async fn console(c: &Cluster, i: usize, policy: RetryPolicy) -> String {
+    let teller = Teller::connect(&c.target(i).expect("target"))
+        .await
+        .expect("connect");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let base = format!("http://{}", listener.local_addr().expect("addr"));
+    let config = WebConfig {
+        teller,
+        branch_name: format!("b{}", i + 1),
+        policy,
+    };
+    tokio::spawn(serve(listener, config, std::future::pending()));
+    base
+}
+
+/// Every money answer the pages gave, for the answer checker.
+#[derive(Default)]
+struct Told {
+    records: Vec<Record>,
+}
+
+impl Told {
+    fn note(&mut self, kind: Kind, owner: AccountNumber, page: &Page) -> (String, TransferId) {
+        let (outcome, id) = page.outcome();
+        let answer = match outcome.as_str() {
+            "committed" => Answer::Committed,
+            "refused" => Answer::Refused(refusal(&page.code().expect("a code"))),
+            "not_done" => Answer::NotDone,
+            _ => Answer::Unknown,
+        };
+        let resend = self.records.iter().any(|r| r.id == id);
+        self.records.push(Record {
+            kind,
+            id,
+            owner,
+            branch: 0,
+            answer,
+            latency: Duration::ZERO,
+            resend,
+        });
+        (outcome, id)
+    }
+
+    /// An id answered committed outside the console (the test's set-up).
+    fn committed_before(&mut self, kind: Kind, id: TransferId, owner: AccountNumber) {
+        self.records.push(Record {
+            kind,
+            id,
+            owner,
+            branch: 0,
+            answer: Answer::Committed,
+            latency: Duration::ZERO,
+            resend: false,
+        });
+    }
+
+    fn committed(&self) -> BTreeSet<TransferId> {
+        let done = |r: &&Record| r.answer == Answer::Committed;
+        self.records.iter().filter(done).map(|r| r.id).collect()
+    }
+}
+
+fn refusal(code: &str) -> Refusal {
+    Refusal::ALL
+        .into_iter()
+        .find(|r| r.code() == code)
+        .unwrap_or_else(|| panic!("{code} is not a refusal code"))
+}
+
+/// What the status page says of `id`, as a transfer state.
+async fn status_of(b: &mut Browser, id: TransferId) -> TransferState {
+    let page = b.get(&format!("/status?id={id}")).await;
+    assert_eq!(page.status, 200, "{}", page.body);
+    match page.outcome().0.as_str() {
+        "committed" => TransferState::Committed,
+        "refused" => TransferState::Aborted(refusal(&page.code().expect("code"))),
+        _ => TransferState::Pending,
+    }
+}
+
+/// Stops the network, then checks the stores and every answer the pages gave.
+fn finish(mut c: Cluster, told: &Told, statuses: &Statuses) {
+    let (report, audits) =
+        check::finish_audited(&mut c, &told.committed(), SETTLE_BOUND).expect("audit");
+    assert!(report.ok(), "invariants violated: {:#?}", report.violations);
+    let answers = answers::check(&told.records, statuses, &audits);
+    assert!(
+        answers.violations.is_empty(),
+        "answers violated: {:#?}",
+        answers.violations
+    );
+}
+
+fn quick_policy() -> RetryPolicy {
+    RetryPolicy {
+        wait: Duration::from_secs(3),
+        attempt_timeout: Duration::from_secs(2),
+        ..RetryPolicy::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_customer_moves_money_and_every_answer_is_the_truth() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let c = Cluster::start(dir.path(), 2, &[]).expect("cluster");
+    let (a, b, funded) = tests::funded_pair(&c, "WEB", PASSWORD, 10_000).await;
+    let base = console(&c, 0, quick_policy()).await;
+    let mut br = Browser::new(&base);
+    let mut told = Told::default();
+    told.committed_before(Kind::Deposit, funded, a);
+    let (a_text, b_text) = (a.to_string(), b.to_string());
+
+    // Not logged in: every screen sends the browser to the login page.
+    let p = br.get("/accounts").await;
+    assert_eq!((p.status, p.location.as_deref()), (303, Some("/login")));
+    // A wrong password is refused with its code, and nothing else happens.
+    let p = br.login(&a_text, "wrong-password").await;
+    assert_eq!(
+        (p.status, p.code().as_deref()),
+        (422, Some("bad_credentials"))
+    );
+    // The login gives the visit a new cookie: one planted before it is worth nothing.
+    let planted = br.cookie.clone();
+    let p = br.login(&a_text, PASSWORD).await;
+    assert_eq!((p.status, p.location.as_deref()), (303, Some("/")));
+    assert_ne!(br.cookie, planted, "the visit id changes at login");
+
+    let p = br.get("/accounts").await;
+    assert!(p.has(&a_text) && p.has("Refresh balances"), "{}", p.body);
+
+    // Deposit; the same form sent again (a double click) gets the same answer, once.
+    let id = br.form_id("/deposit").await;
+    let deposit = [
+        ("id", id.as_str()),
+        ("account", a_text.as_str()),
+        ("amount", "1250.50"),
+    ];
+    let p = br.post("/deposit", &deposit).await;
+    assert_eq!(told.note(Kind::Deposit, a, &p).0, "committed", "{}", p.body);
+    let p = br.post("/deposit", &deposit).await;
+    assert_eq!(told.note(Kind::Deposit, a, &p).0, "committed", "{}", p.body);
+    let p = br.get("/accounts").await;
+    assert!(p.has("1,350.50"), "deposited once: {}", p.body);
+
+    // A transfer to the other branch, then the history and the status show it.
+    let id = br.form_id("/transfer").await;
+    let fields = [
+        ("id", id.as_str()),
+        ("account", &a_text),
+        ("to", &b_text),
+        ("amount", "250.50"),
+    ];
+    let p = br.post("/transfer", &fields).await;
+    let (outcome, transfer) = told.note(Kind::Cross, a, &p);
+    assert_eq!(outcome, "committed", "{}", p.body);
+    // The answer comes once the decision is durable; the legs apply just after it.
+    let mut p = br.get(&format!("/history?account={a}")).await;
+    for _ in 0..40 {
+        if p.has("transfer out") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        p = br.get(&format!("/history?account={a}")).await;
+    }
+    assert!(
+        p.has("transfer out") && p.has(&b_text) && p.has("1,100.00"),
+        "{}",
+        p.body
+    );
+    assert_eq!(status_of(&mut br, transfer).await, TransferState::Committed);
+
+    // Refusals: each says why, with its code, and moves nothing.
+    let id = br.form_id("/withdraw").await;
+    let p = br
+        .post(
+            "/withdraw",
+            &[("id", &id), ("account", &a_text), ("amount", "5000")],
+        )
+        .await;
+    assert_eq!(
+        (p.status, p.code().as_deref()),
+        (422, Some("insufficient_funds"))
+    );
+    told.note(Kind::Withdraw, a, &p);
+    let mistyped = format!("{}9", &b_text[..b_text.len() - 1]);
+    let id = br.form_id("/transfer").await;
+    let p = br
+        .post(
+            "/transfer",
+            &[
+                ("id", &id),
+                ("account", &a_text),
+                ("to", &mistyped),
+                ("amount", "1"),
+            ],
+        )
+        .await;
+    assert_eq!(
+        (p.status, p.code().as_deref()),
+        (422, Some("invalid_input")),
+        "{}",
+        p.body
+    );
+    assert!(
+        p.has(&format!("value=\"{id}\"")),
+        "the form comes back with its id"
+    );
+    let p = br
+        .post(
+            "/deposit",
+            &[("id", &id), ("account", &a_text), ("amount", "1.234")],
+        )
+        .await;
+    assert_eq!(
+        (p.status, p.code().as_deref()),
+        (422, Some("invalid_input"))
+    );
+    let p = br.get("/status?id=not-an-id").await;
+    assert_eq!(p.code().as_deref(), Some("invalid_input"));
+    // Another customer's account: not this login's to move.
+    let id = br.form_id("/withdraw").await;
+    let p = br
+        .post(
+            "/withdraw",
+            &[("id", &id), ("account", &b_text), ("amount", "1")],
+        )
+        .await;
+    assert_eq!(
+        (p.status, p.code().as_deref()),
+        (422, Some("unauthorized")),
+        "{}",
+        p.body
+    );
+    // A customer has no admin screens.
+    let p = br.get("/admin/accounts").await;
+    assert_eq!((p.status, p.code().as_deref()), (403, Some("unauthorized")));
+
+    // A form without the visit's token, or with another visit's, does nothing.
+    let id = br.form_id("/deposit").await;
+    let p = br
+        .post_raw(
+            "/deposit",
+            &[("id", &id), ("account", &a_text), ("amount", "7")],
+        )
+        .await;
+    assert_eq!((p.status, p.code().as_deref()), (403, Some("csrf")));
+    let mut other = Browser::new(&base);
+    other.get("/login").await;
+    let foreign = other.csrf.clone();
+    let p = br
+        .post_raw(
+            "/deposit",
+            &[
+                ("csrf", &foreign),
+                ("id", &id),
+                ("account", &a_text),
+                ("amount", "7"),
+            ],
+        )
+        .await;
+    assert_eq!((p.status, p.code().as_deref()), (403, Some("csrf")));
+    assert_eq!(
+        status_of(&mut br, id.parse().expect("id")).await,
+        TransferState::Pending
+    );
+
+    // Branch 2 stops answering: the console says the outcome is not known, with the id
+    // and a way to ask; after the heal the status is final.
+    c.pause(1).expect("pause b2");
+    let id = br.form_id("/transfer").await;
+    let fields = [
+        ("id", id.as_str()),
+        ("account", &a_text),
+        ("to", &b_text),
+        ("amount", "10"),
+    ];
+    let p = br.post("/transfer", &fields).await;
+    c.resume(1).expect("resume b2");
+    let (outcome, unknown) = told.note(Kind::Cross, a, &p);
+    assert_eq!((p.status, outcome.as_str()), (202, "unknown"), "{}", p.body);
+    assert!(p.has("Check status"), "{}", p.body);
+    let mut statuses = BTreeMap::new();
+    let deadline = std::time::Instant::now() + SETTLE_BOUND;
+    let state = loop {
+        let s = status_of(&mut br, unknown).await;
+        if s.is_final() || std::time::Instant::now() > deadline {
+            break s;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    assert!(state.is_final(), "{unknown} settles");
+    statuses.insert(unknown, Ok(state));
+
+    // Logging out ends the visit's login: its cookie no longer opens a screen.
+    let p = br.post("/logout", &[]).await;
+    assert_eq!(p.location.as_deref(), Some("/login"));
+    let p = br.get("/accounts").await;
+    assert_eq!(p.location.as_deref(), Some("/login"));
+    finish(c, &told, &statuses);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_admin_lists_opens_and_closes_and_every_refusal_changes_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let c = Cluster::start(dir.path(), 2, &[]).expect("cluster");
+    let (a, b, deposit) = tests::funded_pair(&c, "ADM", PASSWORD, 12_345).await;
+    let base = console(&c, 0, quick_policy()).await;
+    let mut br = Browser::new(&base);
+    let p = br.login("admin", ADMIN_PASSWORD).await;
+    assert_eq!(p.location.as_deref(), Some("/"));
+    let p = br.get("/").await;
+    assert_eq!(p.location.as_deref(), Some("/admin/accounts"));
+
+    // Accounts with the customer's details; the national id leaves the branch masked.
+    let p = br.get("/admin/accounts").await;
+    assert!(
+        p.has(&a.to_string()) && !p.has(&b.to_string()),
+        "{}",
+        p.body
+    );
+    assert!(p.has("<td>*DM-A</td>"), "masked national id: {}", p.body);
+    assert!(p.has("+1 555 0100") && p.has("123.45"), "{}", p.body);
+    let p = br.get("/admin/accounts?scope=network").await;
+    assert!(p.has(&a.to_string()) && p.has(&b.to_string()), "{}", p.body);
+
+    // Transactions, filtered by kind, account and dates.
+    let p = br.get("/admin/transactions?kind=deposit").await;
+    assert!(p.has(&deposit.to_string()), "{}", p.body);
+    let p = br.get("/admin/transactions?kind=withdrawal").await;
+    assert!(p.has("No entries."), "{}", p.body);
+    let p = br
+        .get(&format!("/admin/transactions?account={b}&scope=network"))
+        .await;
+    assert!(p.has("No entries."), "{}", p.body);
+    let p = br
+        .get("/admin/transactions?since=1970-01-01&until=1970-01-02")
+        .await;
+    assert!(p.has("No entries."), "{}", p.body);
+    let p = br.get("/admin/transactions?since=2020-01-01").await;
+    assert!(p.has(&deposit.to_string()), "{}", p.body);
+    for bad in [
+        "since=2026-02-30",
+        "since=2026-02-02&until=2026-02-01",
+        "kind=gift",
+        "account=1",
+    ] {
+        let p = br.get(&format!("/admin/transactions?{bad}")).await;
+        assert_eq!(
+            (p.status, p.code().as_deref()),
+            (422, Some("invalid_input")),
+            "{bad}"
+        );
+    }
+
+    // Opening: every form error is refused before anything is sent.
+    let form = |pw: &'static str, pw2: &'static str, id: &'static str| {
+        vec![
+            ("first_name", "Ada"),
+            ("last_name", "Web"),
+            ("national_id", id),
+            ("phone", "+46 70 123"),
+            ("sms_opt_in", "yes"),
+            ("password", pw),
+            ("password2", pw2),
+        ]
+    };
+    br.get("/admin/open").await;
+    let p = br
+        .post(
+            "/admin/open",
+            &form("long-enough-1", "long-enough-2", "WEB-NEW"),
+        )
+        .await;
+    assert_eq!(
+        (p.status, p.code().as_deref()),
+        (422, Some("invalid_input"))
+    );
+    assert!(p.has("value=\"WEB-NEW\""), "the form keeps what was typed");
+    let p = br
+        .post("/admin/open", &form("password", "password", "WEB-NEW"))
+        .await;
+    assert_eq!(
+        (p.status, p.code().as_deref()),
+        (422, Some("invalid_input")),
+        "{}",
+        p.body
+    );
+    let p = br
+        .post(
+            "/admin/open",
+            &form("long-enough-1", "long-enough-1", "ADM-A"),
+        )
+        .await;
+    assert_eq!(
+        p.status, 422,
+        "a national id already a customer: {}",
+        p.body
+    );
+    let p = br
+        .post(
+            "/admin/open",
+            &form("long-enough-1", "long-enough-1", "WEB-NEW"),
+        )
+        .await;
+    assert_eq!(p.status, 200, "{}", p.body);
+    let opened = p
+        .body
+        .split("Opened ")
+        .nth(1)
+        .and_then(|s| s.get(..15))
+        .expect("number");
+    let opened: AccountNumber = opened.parse().expect("account number");
+    let p = br.get("/admin/accounts").await;
+    assert!(
+        p.has(&opened.to_string()) && p.has("+46 70 123"),
+        "{}",
+        p.body
+    );
+
+    // Closing: the password again; a non-empty account stays open.
+    br.get("/admin/close").await;
+    let opened_text = opened.to_string();
+    let p = br
+        .post(
+            "/admin/close",
+            &[
+                ("account", &opened_text),
+                ("admin_password", "wrong-password"),
+            ],
+        )
+        .await;
+    assert_eq!(
+        (p.status, p.code().as_deref()),
+        (422, Some("bad_credentials"))
+    );
+    let a_text = a.to_string();
+    let p = br
+        .post(
+            "/admin/close",
+            &[("account", &a_text), ("admin_password", ADMIN_PASSWORD)],
+        )
+        .await;
+    assert_eq!(
+        (p.status, p.code().as_deref()),
+        (422, Some("account_not_empty"))
+    );
+    let p = br
+        .post(
+            "/admin/close",
+            &[
+                ("account", "001-00000001-00"),
+                ("admin_password", ADMIN_PASSWORD),
+            ],
+        )
+        .await;
+    assert_eq!(
+        (p.status, p.code().as_deref()),
+        (422, Some("invalid_input"))
+    );
+    let p = br
+        .post(
+            "/admin/close",
+            &[
+                ("account", &opened_text),
+                ("admin_password", ADMIN_PASSWORD),
+            ],
+        )
+        .await;
+    assert_eq!(p.status, 200, "{}", p.body);
+    assert!(p.has(&format!("Closed {opened}")), "{}", p.body);
+    let p = br.get("/admin/accounts").await;
+    assert!(p.has("closed"), "{}", p.body);
+    // Without the token nothing is opened or closed.
+    let rows = |p: &Page| p.body.matches("<tr>").count();
+    let before = rows(&br.get("/admin/accounts").await);
+    let p = br
+        .post_raw(
+            "/admin/open",
+            &form("long-enough-1", "long-enough-1", "WEB-CSRF"),
+        )
+        .await;
+    assert_eq!((p.status, p.code().as_deref()), (403, Some("csrf")));
+    let p = br
+        .post_raw(
+            "/admin/close",
+            &[("account", &a_text), ("admin_password", ADMIN_PASSWORD)],
+        )
+        .await;
+    assert_eq!((p.status, p.code().as_deref()), (403, Some("csrf")));
+    assert_eq!(rows(&br.get("/admin/accounts").await), before);
+
+    // Pages that do not exist, and assets that do.
+    let p = br.get("/nowhere").await;
+    assert_eq!((p.status, p.code().as_deref()), (404, Some("not_found")));
+    let p = br.get("/static/app.js").await;
+    assert!(p.status == 200 && p.has("accountProblem"));
+    let mut told = Told::default();
+    told.committed_before(Kind::Deposit, deposit, a);
+    finish(c, &told, &BTreeMap::new());
+}
