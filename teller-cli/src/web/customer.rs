@@ -185,6 +185,29 @@ fn money_op(kind: Kind, f: &Fields) -> Result<TellerOp, String> {
     })
 }
 
+/// What a money request asks, in words: "Transfer of 1,250.50 from A to B".
+fn asked(op: &TellerOp) -> String {
+    match op {
+        TellerOp::Deposit {
+            account, amount, ..
+        } => {
+            format!("Deposit of {} to {account}", pages::money(*amount))
+        }
+        TellerOp::Withdraw {
+            account, amount, ..
+        } => {
+            format!("Withdrawal of {} from {account}", pages::money(*amount))
+        }
+        TellerOp::Transfer(t) => format!(
+            "Transfer of {} from {} to {}",
+            pages::money(t.amount),
+            t.from,
+            t.to
+        ),
+        other => other.name().to_owned(),
+    }
+}
+
 fn money_status(a: &MoneyAnswer) -> StatusCode {
     match a {
         MoneyAnswer::Committed { .. } => StatusCode::OK,
@@ -226,8 +249,10 @@ async fn send_money(
         Ok(t) => t,
         Err(r) => return r,
     };
+    let asked = asked(&op);
     let answer = money::send(teller, op, &web.policy).await;
     let body = html! {
+        p.asked { (asked) }
         (pages::money_answer(kind.words(), &answer))
         @if let MoneyAnswer::NotDone { id, .. } = &answer { (money_fields(&v, kind, *id, &f)) }
         p { a href=(kind.path()) { "New " (kind.words()) } " · " a href="/accounts" { "Accounts" } }
@@ -248,7 +273,7 @@ pub(crate) fn entries_table(entries: &[EntryView]) -> Markup {
                     td { (crate::when::utc_minute(e.at_ms)) }
                     td { (e.account.to_string()) }
                     td { (pages::kind_words(e.kind)) }
-                    td.num { (pages::money(e.amount)) }
+                    td.num { (pages::signed(e.kind, e.amount)) }
                     td.num { (pages::money(e.balance_after)) }
                     td { (e.counterparty.map(|c| c.to_string()).unwrap_or_default()) }
                     td { code.id { (e.transfer_id.to_string()) } }

@@ -163,6 +163,14 @@ pub(crate) fn money(a: Amount) -> String {
     format!("{sign}{grouped}.{cents}")
 }
 
+/// An entry's amount with a minus when money left the account.
+pub(crate) fn signed(k: EntryKind, a: Amount) -> String {
+    match k {
+        EntryKind::Withdrawal | EntryKind::TransferDebit => format!("\u{2212}{}", money(a)),
+        EntryKind::Deposit | EntryKind::TransferCredit => money(a),
+    }
+}
+
 /// A ledger entry's kind in words.
 pub(crate) fn kind_words(k: EntryKind) -> &'static str {
     match k {
