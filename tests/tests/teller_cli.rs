@@ -806,3 +806,36 @@ fn money_answers_hold_through_crashes() {
     assert_eq!(balance(&net, "b1", &a), "95.00");
     finish(c, &committed);
 }
+
+#[test]
+fn the_web_console_listens_on_loopback_only_and_keeps_its_identity() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let network = dir.path().join("none.toml");
+    // Nothing listens on port 9 of loopback: the console cannot reach this branch.
+    let addr = format!("/ip4/127.0.0.1/tcp/9/p2p/{}", libp2p::PeerId::random());
+    let web = |extra: &[&str]| {
+        let mut args = vec!["--addr", addr.as_str(), "web"];
+        args.extend_from_slice(extra);
+        cli(&network, &args)
+    };
+    web(&["--listen", "0.0.0.0:8080"]).refused(2, "not a loopback address");
+    web(&["--listen", "192.168.1.2:8080"]).refused(2, "not a loopback address");
+
+    let key = dir.path().join("console.key");
+    let key_arg = key.to_str().expect("utf-8 path");
+    let run = web(&["--listen", "127.0.0.1:0", "--identity", key_arg]);
+    assert_eq!(run.code, 4, "branch unreachable: {} {}", run.out, run.err);
+    let made = std::fs::read_to_string(&key).expect("the key file is made");
+    assert_eq!(made.trim().len(), 64);
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&key).expect("meta").permissions().mode();
+    assert_eq!(mode & 0o777, 0o600, "owner-only key file");
+    web(&["--listen", "127.0.0.1:0", "--identity", key_arg]);
+    assert_eq!(
+        std::fs::read_to_string(&key).expect("key"),
+        made,
+        "reused, not remade"
+    );
+    std::fs::write(&key, "not a key\n").expect("spoil");
+    web(&["--listen", "127.0.0.1:0", "--identity", key_arg]).refused(2, "not 64 hex digits");
+}

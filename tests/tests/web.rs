@@ -644,3 +644,142 @@ async fn an_admin_lists_opens_and_closes_and_every_refusal_changes_nothing() {
     told.committed_before(Kind::Deposit, deposit, a);
     finish(c, &told, &BTreeMap::new());
 }
+
+/// Decodes RFC 4648 base32 (the secret in an `otpauth://` URI).
+fn base32(text: &str) -> Vec<u8> {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567";
+    let (mut bits, mut value, mut out) = (0u32, 0u32, Vec::new());
+    for c in text.bytes().filter(|c| *c != b'=') {
+        let v = ALPHABET.iter().position(|a| *a == c).expect("base32 digit");
+        value = (value << 5) | u32::try_from(v).expect("small");
+        bits += 5;
+        if bits >= 8 {
+            bits -= 8;
+            out.push(u8::try_from((value >> bits) & 0xff).expect("byte"));
+        }
+    }
+    out
+}
+
+/// Sessions the branch keeps for `login` (they are stored, to survive a restart).
+fn branch_sessions(c: &Cluster, login: &str) -> i64 {
+    let db = rusqlite::Connection::open(&c.databases()[0].1).expect("open the branch db");
+    db.query_row(
+        "SELECT count(*) FROM sessions WHERE login = ?1",
+        [login],
+        |r| r.get(0),
+    )
+    .expect("count")
+}
+
+fn rows(p: &Page) -> usize {
+    p.body.matches("<tr>").count().saturating_sub(1)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pages_continue_one_time_codes_work_and_logout_ends_the_branch_session() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let c = Cluster::start(dir.path(), 1, &[]).expect("cluster");
+    let account = c
+        .open_account(0, "PAGE-0", PASSWORD, true)
+        .await
+        .expect("open");
+    let admin = c.admin(0).await.expect("admin");
+    let mut told = Told::default();
+    for _ in 0..30 {
+        let id = teller_cli::new_transfer_id();
+        let op = wire::teller::TellerOp::Deposit {
+            id,
+            account,
+            amount: wire::Amount::from_minor(100).expect("amount"),
+        };
+        admin.call(op).await.expect("deposit");
+        told.committed_before(Kind::Deposit, id, account);
+    }
+    for i in 1..=55 {
+        c.open_account(0, &format!("PAGE-{i}"), PASSWORD, false)
+            .await
+            .expect("open");
+    }
+    let base = console(&c, 0, quick_policy()).await;
+
+    // History: 25 entries a page, then the older ones by the link.
+    let mut br = Browser::new(&base);
+    let me = account.to_string();
+    br.login(&me, PASSWORD).await;
+    assert_eq!(branch_sessions(&c, &me), 1);
+    let p = br.get("/history").await;
+    assert_eq!(rows(&p), 25, "{}", p.body);
+    let next = p
+        .attr("rel=\"next\" href")
+        .expect("a next page")
+        .replace("&amp;", "&");
+    let p = br.get(&next).await;
+    assert_eq!(rows(&p), 5, "{}", p.body);
+    assert!(p.attr("rel=\"next\" href").is_none());
+
+    // One-time codes: the password again, then every login needs the code.
+    let p = br.get("/otp").await;
+    assert_eq!(p.status, 200);
+    let p = br.post("/otp", &[("password", "wrong-password")]).await;
+    assert_eq!(
+        (p.status, p.code().as_deref()),
+        (422, Some("bad_credentials"))
+    );
+    let p = br.post("/otp", &[("password", PASSWORD)]).await;
+    assert_eq!(p.status, 200, "{}", p.body);
+    let uri = p
+        .body
+        .split("otpauth://")
+        .nth(1)
+        .expect("a URI")
+        .split('<')
+        .next()
+        .expect("uri");
+    let secret = uri
+        .split("secret=")
+        .nth(1)
+        .expect("secret")
+        .split('&')
+        .next()
+        .expect("secret");
+    let secret = base32(secret);
+
+    // Logging out ends the branch session too, not only the visit's.
+    br.post("/logout", &[]).await;
+    assert_eq!(branch_sessions(&c, &me), 0, "the branch session ended");
+    let p = br.login(&me, PASSWORD).await;
+    assert_eq!(
+        (p.status, p.code().as_deref()),
+        (422, Some("one_time_code"))
+    );
+    let now = u64::try_from(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("clock")
+            .as_millis(),
+    )
+    .expect("ms");
+    let code = branch_node::totp::code_at(&secret, branch_node::totp::step_at(now));
+    br.get("/login").await;
+    let p = br
+        .post(
+            "/login",
+            &[("user", &me), ("password", PASSWORD), ("otp", &code)],
+        )
+        .await;
+    assert_eq!(p.location.as_deref(), Some("/"), "{}", p.body);
+
+    // Accounts: 50 a page, then the rest.
+    let mut ad = Browser::new(&base);
+    ad.login("admin", ADMIN_PASSWORD).await;
+    let p = ad.get("/admin/accounts").await;
+    assert_eq!(rows(&p), 50, "{}", p.body);
+    let next = p
+        .attr("rel=\"next\" href")
+        .expect("a next page")
+        .replace("&amp;", "&");
+    let p = ad.get(&next).await;
+    assert_eq!(rows(&p), 6, "{}", p.body);
+    finish(c, &told, &BTreeMap::new());
+}
