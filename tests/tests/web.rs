@@ -361,6 +361,16 @@ async fn a_customer_moves_money_and_every_answer_is_the_truth() {
         (p.status, p.code().as_deref()),
         (422, Some("invalid_input"))
     );
+    let p = br
+        .post(
+            "/deposit",
+            &[("id", &id), ("account", &a_text), ("amount", "0")],
+        )
+        .await;
+    assert_eq!(
+        (p.status, p.code().as_deref()),
+        (422, Some("invalid_input"))
+    );
     let p = br.get("/status?id=not-an-id").await;
     assert_eq!(p.code().as_deref(), Some("invalid_input"));
     // Another customer's account: not this login's to move.
@@ -634,6 +644,15 @@ async fn an_admin_lists_opens_and_closes_and_every_refusal_changes_nothing() {
         .await;
     assert_eq!((p.status, p.code().as_deref()), (403, Some("csrf")));
     assert_eq!(rows(&br.get("/admin/accounts").await), before);
+
+    // Another site's page, its name resolved to loopback, is not answered.
+    let r = reqwest::Client::new()
+        .get(format!("{base}/login"))
+        .header("host", "evil.example")
+        .send()
+        .await
+        .expect("answer");
+    assert_eq!(r.status().as_u16(), 421);
 
     // Pages that do not exist, and assets that do.
     let p = br.get("/nowhere").await;

@@ -170,7 +170,9 @@ fn money_op(kind: Kind, f: &Fields) -> Result<TellerOp, String> {
     let account: AccountNumber = get("account")
         .parse()
         .map_err(|e| format!("account: {e}"))?;
-    let amount = Amount::parse(get("amount")).map_err(|e| format!("amount: {e}"))?;
+    let amount = Amount::parse(get("amount"))
+        .and_then(Amount::validate_movable)
+        .map_err(|e| format!("amount: {e}"))?;
     Ok(match kind {
         Kind::Transfer => {
             let to: AccountNumber = get("to").parse().map_err(|e| format!("to account: {e}"))?;

@@ -50,6 +50,9 @@ pub(crate) struct Web {
     branch_name: String,
     policy: RetryPolicy,
     visits: Visits,
+    /// The Host headers the console answers (a page of another site whose name was
+    /// made to resolve to loopback sends its own name, and is refused).
+    hosts: Vec<String>,
 }
 
 /// A form or query string, field by field.
@@ -68,13 +71,14 @@ pub fn check_listen(addr: &SocketAddr) -> Result<(), TellerError> {
     }
 }
 
-/// The console's routes, ready to serve.
-pub fn router(config: WebConfig) -> Router {
+/// The console's routes, ready to serve at `addr`.
+pub fn router(config: WebConfig, addr: SocketAddr) -> Router {
     let web = Arc::new(Web {
         teller: config.teller,
         visits: Visits::new(&config.branch_name),
         branch_name: config.branch_name,
         policy: config.policy,
+        hosts: vec![addr.to_string(), format!("localhost:{}", addr.port())],
     });
     Router::new()
         .route("/", get(home))
@@ -86,6 +90,7 @@ pub fn router(config: WebConfig) -> Router {
         .route("/static/app.js", get(js))
         .fallback(not_found)
         .layer(middleware::from_fn_with_state(web.clone(), visits::attach))
+        .layer(middleware::from_fn_with_state(web.clone(), known_host))
         .layer(middleware::from_fn(security_headers))
         .with_state(web)
 }
@@ -96,9 +101,27 @@ pub async fn serve(
     config: WebConfig,
     stop: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(config))
+    let addr = listener.local_addr()?;
+    axum::serve(listener, router(config, addr))
         .with_graceful_shutdown(stop)
         .await
+}
+
+/// Refuses a request whose Host is not the console's own address (DNS rebinding:
+/// another site's page must not use the console as its way to the branches).
+async fn known_host(State(web): State<Arc<Web>>, request: Request, next: Next) -> Response {
+    let host = request
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok());
+    match host {
+        Some(h) if web.hosts.iter().any(|k| k == h) => next.run(request).await,
+        _ => (
+            StatusCode::MISDIRECTED_REQUEST,
+            "this console answers only at its own address",
+        )
+            .into_response(),
+    }
 }
 
 /// Headers on every answer: pages are never cached, framed or allowed to load
@@ -182,6 +205,8 @@ async fn login(
         form.get("password").cloned().unwrap_or_default(),
     );
     let otp = Some(field("otp")).filter(|s| !s.is_empty());
+    // A login on a visit that is logged in replaces that login: end its session first.
+    v.log_out().await;
     let mut teller = web.teller.share();
     match teller.login_with_code(user, &password, otp).await {
         Ok(TellerResponse::LoggedIn { role, accounts, .. }) => {
