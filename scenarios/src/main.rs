@@ -208,6 +208,8 @@ async fn up(branches: u16, dir: &Path) -> anyhow::Result<bool> {
         "  BANKMATE_ADMIN_PW={ADMIN_PASSWORD} {teller} --network-file {net} --branch b1 \
          --user admin --password-env BANKMATE_ADMIN_PW admin accounts --network"
     );
+    println!("or the web console, then open http://127.0.0.1:8080/ in a browser:");
+    println!("  {teller} --network-file {net} --branch b1 web");
     println!(
         "logs: {}/<branch>/node.log. Ctrl-C stops the network.",
         dir.display()
