@@ -180,15 +180,23 @@ impl Screen {
         (outcome, id.parse().expect("id"))
     }
 
-    async fn wait_text(&self, css: &str, text: &str) {
+    /// Waits until `css` shows `text`, the page just submitted having been replaced
+    /// (an element of the old page goes stale: that is "not yet"); with `reload`, the
+    /// page is loaded again between looks (a GET page whose data arrives later).
+    async fn wait_text(&self, css: &str, text: &str, reload: bool) {
         let deadline = Instant::now() + APPEAR;
         loop {
-            if self.text(css).await.contains(text) {
+            if let Ok(e) = self.b.find(Locator::Css(css)).await
+                && let Ok(t) = e.text().await
+                && t.contains(text)
+            {
                 return;
             }
             assert!(Instant::now() < deadline, "{css} never showed {text:?}");
             tokio::time::sleep(Duration::from_millis(100)).await;
-            self.b.refresh().await.expect("refresh");
+            if reload {
+                self.b.refresh().await.expect("refresh");
+            }
         }
     }
 }
@@ -203,7 +211,7 @@ async fn customer_session(s: &mut Screen, a: AccountNumber, b: AccountNumber) ->
     s.fill("#user", &a.to_string()).await;
     s.fill("#password", PASSWORD).await;
     s.submit("form[action='/login']").await;
-    s.wait_text("main", "Refresh balances").await;
+    s.wait_text("main", "Refresh balances", false).await;
     s.shot("customer-accounts").await;
 
     s.find("nav a[href='/deposit']")
@@ -243,7 +251,7 @@ async fn customer_session(s: &mut Screen, a: AccountNumber, b: AccountNumber) ->
     s.shot("transfer-committed").await;
 
     s.open("/history").await;
-    s.wait_text("table.entries", "transfer out").await;
+    s.wait_text("table.entries", "transfer out", true).await;
     assert!(s.text("table.entries").await.contains(&good));
     s.shot("history").await;
 
@@ -268,7 +276,7 @@ async fn admin_session(s: &mut Screen) {
         .send_keys(&format!("admin{TAB}{ADMIN_PASSWORD}{ENTER}"))
         .await
         .expect("keys");
-    s.wait_text("main", "National id").await;
+    s.wait_text("main", "National id", false).await;
     s.shot("admin-accounts").await;
 
     s.open("/admin/open").await;
