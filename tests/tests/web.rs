@@ -237,10 +237,12 @@ fn finish(mut c: Cluster, told: &Told, statuses: &Statuses) {
     );
 }
 
+/// Short enough that a transfer waiting on a stopped branch is answered "unknown"
+/// well before its coordinator gives up on the vote (`PREPARE_TIMEOUT_MS`, 5 s).
 fn quick_policy() -> RetryPolicy {
     RetryPolicy {
-        wait: Duration::from_secs(3),
-        attempt_timeout: Duration::from_secs(2),
+        wait: Duration::from_secs(2),
+        attempt_timeout: Duration::from_millis(1_500),
         ..RetryPolicy::default()
     }
 }
