@@ -48,6 +48,16 @@ impl Page {
         (outcome, id)
     }
 
+    /// Asserts the page's HTTP status and problem code.
+    fn says(&self, status: u16, code: &str) {
+        assert_eq!(
+            (self.status, self.code().as_deref()),
+            (status, Some(code)),
+            "{}",
+            self.body
+        );
+    }
+
     fn has(&self, text: &str) -> bool {
         self.body.contains(text)
     }
@@ -263,10 +273,7 @@ async fn a_customer_moves_money_and_every_answer_is_the_truth() {
     assert_eq!((p.status, p.location.as_deref()), (303, Some("/login")));
     // A wrong password is refused with its code, and nothing else happens.
     let p = br.login(&a_text, "wrong-password").await;
-    assert_eq!(
-        (p.status, p.code().as_deref()),
-        (422, Some("bad_credentials"))
-    );
+    p.says(422, "bad_credentials");
     // The login gives the visit a new cookie: one planted before it is worth nothing.
     let planted = br.cookie.clone();
     let p = br.login(&a_text, PASSWORD).await;
@@ -325,10 +332,7 @@ async fn a_customer_moves_money_and_every_answer_is_the_truth() {
             &[("id", &id), ("account", &a_text), ("amount", "5000")],
         )
         .await;
-    assert_eq!(
-        (p.status, p.code().as_deref()),
-        (422, Some("insufficient_funds"))
-    );
+    p.says(422, "insufficient_funds");
     told.note(Kind::Withdraw, a, &p);
     let mistyped = format!("{}9", &b_text[..b_text.len() - 1]);
     let id = br.form_id("/transfer").await;
@@ -343,12 +347,7 @@ async fn a_customer_moves_money_and_every_answer_is_the_truth() {
             ],
         )
         .await;
-    assert_eq!(
-        (p.status, p.code().as_deref()),
-        (422, Some("invalid_input")),
-        "{}",
-        p.body
-    );
+    p.says(422, "invalid_input");
     assert!(
         p.has(&format!("value=\"{id}\"")),
         "the form comes back with its id"
@@ -359,20 +358,14 @@ async fn a_customer_moves_money_and_every_answer_is_the_truth() {
             &[("id", &id), ("account", &a_text), ("amount", "1.234")],
         )
         .await;
-    assert_eq!(
-        (p.status, p.code().as_deref()),
-        (422, Some("invalid_input"))
-    );
+    p.says(422, "invalid_input");
     let p = br
         .post(
             "/deposit",
             &[("id", &id), ("account", &a_text), ("amount", "0")],
         )
         .await;
-    assert_eq!(
-        (p.status, p.code().as_deref()),
-        (422, Some("invalid_input"))
-    );
+    p.says(422, "invalid_input");
     let p = br.get("/status?id=not-an-id").await;
     assert_eq!(p.code().as_deref(), Some("invalid_input"));
     // Another customer's account: not this login's to move.
@@ -383,15 +376,10 @@ async fn a_customer_moves_money_and_every_answer_is_the_truth() {
             &[("id", &id), ("account", &b_text), ("amount", "1")],
         )
         .await;
-    assert_eq!(
-        (p.status, p.code().as_deref()),
-        (422, Some("unauthorized")),
-        "{}",
-        p.body
-    );
+    p.says(422, "unauthorized");
     // A customer has no admin screens.
     let p = br.get("/admin/accounts").await;
-    assert_eq!((p.status, p.code().as_deref()), (403, Some("unauthorized")));
+    p.says(403, "unauthorized");
 
     // A form without the visit's token, or with another visit's, does nothing.
     let id = br.form_id("/deposit").await;
@@ -401,7 +389,7 @@ async fn a_customer_moves_money_and_every_answer_is_the_truth() {
             &[("id", &id), ("account", &a_text), ("amount", "7")],
         )
         .await;
-    assert_eq!((p.status, p.code().as_deref()), (403, Some("csrf")));
+    p.says(403, "csrf");
     let mut other = Browser::new(&base);
     other.get("/login").await;
     let foreign = other.csrf.clone();
@@ -416,7 +404,7 @@ async fn a_customer_moves_money_and_every_answer_is_the_truth() {
             ],
         )
         .await;
-    assert_eq!((p.status, p.code().as_deref()), (403, Some("csrf")));
+    p.says(403, "csrf");
     assert_eq!(
         status_of(&mut br, id.parse().expect("id")).await,
         TransferState::Pending
@@ -503,11 +491,7 @@ async fn an_admin_lists_opens_and_closes_and_every_refusal_changes_nothing() {
         "account=1",
     ] {
         let p = br.get(&format!("/admin/transactions?{bad}")).await;
-        assert_eq!(
-            (p.status, p.code().as_deref()),
-            (422, Some("invalid_input")),
-            "{bad}"
-        );
+        p.says(422, "invalid_input");
     }
 
     // Opening: every form error is refused before anything is sent.
@@ -529,20 +513,12 @@ async fn an_admin_lists_opens_and_closes_and_every_refusal_changes_nothing() {
             &form("long-enough-1", "long-enough-2", "WEB-NEW"),
         )
         .await;
-    assert_eq!(
-        (p.status, p.code().as_deref()),
-        (422, Some("invalid_input"))
-    );
+    p.says(422, "invalid_input");
     assert!(p.has("value=\"WEB-NEW\""), "the form keeps what was typed");
     let p = br
         .post("/admin/open", &form("password", "password", "WEB-NEW"))
         .await;
-    assert_eq!(
-        (p.status, p.code().as_deref()),
-        (422, Some("invalid_input")),
-        "{}",
-        p.body
-    );
+    p.says(422, "invalid_input");
     let p = br
         .post(
             "/admin/open",
@@ -587,10 +563,7 @@ async fn an_admin_lists_opens_and_closes_and_every_refusal_changes_nothing() {
             ],
         )
         .await;
-    assert_eq!(
-        (p.status, p.code().as_deref()),
-        (422, Some("bad_credentials"))
-    );
+    p.says(422, "bad_credentials");
     let a_text = a.to_string();
     let p = br
         .post(
@@ -598,10 +571,7 @@ async fn an_admin_lists_opens_and_closes_and_every_refusal_changes_nothing() {
             &[("account", &a_text), ("admin_password", ADMIN_PASSWORD)],
         )
         .await;
-    assert_eq!(
-        (p.status, p.code().as_deref()),
-        (422, Some("account_not_empty"))
-    );
+    p.says(422, "account_not_empty");
     let p = br
         .post(
             "/admin/close",
@@ -611,10 +581,7 @@ async fn an_admin_lists_opens_and_closes_and_every_refusal_changes_nothing() {
             ],
         )
         .await;
-    assert_eq!(
-        (p.status, p.code().as_deref()),
-        (422, Some("invalid_input"))
-    );
+    p.says(422, "invalid_input");
     let p = br
         .post(
             "/admin/close",
@@ -637,14 +604,14 @@ async fn an_admin_lists_opens_and_closes_and_every_refusal_changes_nothing() {
             &form("long-enough-1", "long-enough-1", "WEB-CSRF"),
         )
         .await;
-    assert_eq!((p.status, p.code().as_deref()), (403, Some("csrf")));
+    p.says(403, "csrf");
     let p = br
         .post_raw(
             "/admin/close",
             &[("account", &a_text), ("admin_password", ADMIN_PASSWORD)],
         )
         .await;
-    assert_eq!((p.status, p.code().as_deref()), (403, Some("csrf")));
+    p.says(403, "csrf");
     assert_eq!(rows(&br.get("/admin/accounts").await), before);
 
     // Another site's page, its name resolved to loopback, is not answered.
@@ -658,7 +625,7 @@ async fn an_admin_lists_opens_and_closes_and_every_refusal_changes_nothing() {
 
     // Pages that do not exist, and assets that do.
     let p = br.get("/nowhere").await;
-    assert_eq!((p.status, p.code().as_deref()), (404, Some("not_found")));
+    p.says(404, "not_found");
     let p = br.get("/static/app.js").await;
     assert!(p.status == 200 && p.has("accountProblem"));
     let mut told = Told::default();
@@ -743,10 +710,7 @@ async fn pages_continue_one_time_codes_work_and_logout_ends_the_branch_session()
     let p = br.get("/otp").await;
     assert_eq!(p.status, 200);
     let p = br.post("/otp", &[("password", "wrong-password")]).await;
-    assert_eq!(
-        (p.status, p.code().as_deref()),
-        (422, Some("bad_credentials"))
-    );
+    p.says(422, "bad_credentials");
     let p = br.post("/otp", &[("password", PASSWORD)]).await;
     assert_eq!(p.status, 200, "{}", p.body);
     let uri = p
@@ -770,10 +734,7 @@ async fn pages_continue_one_time_codes_work_and_logout_ends_the_branch_session()
     br.post("/logout", &[]).await;
     assert_eq!(branch_sessions(&c, &me), 0, "the branch session ended");
     let p = br.login(&me, PASSWORD).await;
-    assert_eq!(
-        (p.status, p.code().as_deref()),
-        (422, Some("one_time_code"))
-    );
+    p.says(422, "one_time_code");
     let now = u64::try_from(
         std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
