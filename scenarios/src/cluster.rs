@@ -35,6 +35,23 @@ pub fn teller_cli_bin() -> anyhow::Result<PathBuf> {
     workspace_bin("teller-cli", "teller-cli")
 }
 
+/// The packages whose binaries a run needs, built in one `cargo build` (their names are
+/// also their binaries' names).
+const BUILT_TOGETHER: [&str; 3] = ["scenarios", "branch-node", "teller-cli"];
+
+/// Variables cargo sets for the program it runs (by prefix), not for a cargo it starts.
+const PROGRAM_VARS: [&str; 9] = [
+    "CARGO_PKG_",
+    "CARGO_MANIFEST_",
+    "CARGO_CRATE_NAME",
+    "CARGO_BIN_NAME",
+    "CARGO_BIN_EXE_",
+    "CARGO_PRIMARY_PACKAGE",
+    "CARGO_TARGET_TMPDIR",
+    "CARGO_RUSTC_CURRENT_DIR",
+    "OUT_DIR",
+];
+
 /// Where binary `bin` of workspace package `package` is: `BANKMATE_BIN_DIR`, else next
 /// to the running program (target/<profile>/, or its parent for test binaries in deps/).
 /// When it is not there yet it is built with the same profile.
@@ -71,7 +88,24 @@ pub fn workspace_bin(package: &str, bin: &str) -> anyhow::Result<PathBuf> {
     if !built.iter().any(|b| b == bin) && (under_cargo || !path.exists()) {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let mut build = Command::new(cargo);
-        build.args(["build", "-p", package, "--bin", bin, "--profile", profile]);
+        // Every binary at once, with `scenarios` in the set: cargo resolves features
+        // over the packages named, so this is the feature set `cargo run -p scenarios`
+        // built with, and no shared library (libp2p, branch-node) is built twice.
+        build.args(["build", "--bins", "--profile", profile]);
+        // `cargo run` and `cargo test` give their program the package's variables
+        // (CARGO_PKG_NAME, CARGO_MANIFEST_DIR, ...). Build scripts (ring's, through
+        // `cc`) rerun when those change, so a build that inherits them redoes libp2p's
+        // crypto and everything above it, and the next plain build redoes it back.
+        for (name, _) in std::env::vars_os() {
+            let name = name.to_string_lossy();
+            if PROGRAM_VARS.iter().any(|p| name.starts_with(p)) {
+                build.env_remove(name.as_ref());
+            }
+        }
+        let extra = (!BUILT_TOGETHER.contains(&package)).then_some(package);
+        for p in BUILT_TOGETHER.into_iter().chain(extra) {
+            build.args(["-p", p]);
+        }
         // Build in the workspace this program came from, so it works from any folder.
         let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
         if workspace.join("Cargo.toml").exists() {
@@ -82,6 +116,9 @@ pub fn workspace_bin(package: &str, bin: &str) -> anyhow::Result<PathBuf> {
             bail!("cannot find or build {}", path.display());
         }
         built.push(bin.to_owned());
+        if BUILT_TOGETHER.contains(&package) {
+            built.extend(BUILT_TOGETHER.iter().map(|p| p.to_string()));
+        }
     }
     Ok(path)
 }
