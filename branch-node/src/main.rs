@@ -66,6 +66,10 @@ enum Command {
         /// Without it, messages are appended to sms.log in the data dir.
         #[arg(long)]
         sms_url: Option<String>,
+        /// Serve Prometheus metrics at http://ADDR/metrics, with /healthz and /readyz
+        /// (port 0 picks a free port; the address is printed).
+        #[arg(long)]
+        metrics_listen: Option<std::net::SocketAddr>,
         /// synchronous=NORMAL instead of FULL: an acknowledged write may be lost on power
         /// loss. For benchmarks only.
         #[arg(long)]
@@ -137,6 +141,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             fault_switch,
             sms_url,
             unsafe_no_fsync,
+            metrics_listen,
         } => {
             tracing_subscriber::fmt()
                 .with_env_filter(
@@ -163,6 +168,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 } else {
                     Durability::Full
                 },
+                metrics_listen,
             };
             let runtime = tokio::runtime::Runtime::new()?;
             runtime.block_on(branch_node::node::run(cfg, shutdown_signal()))

@@ -147,6 +147,8 @@ pub struct Node {
     pub dir: PathBuf,
     pub child: Option<Child>,
     pub port: u16,
+    /// Its metrics endpoint (`http://ADDR/metrics`), when started with `--metrics-listen`.
+    pub metrics_url: Option<String>,
 }
 
 /// A running local network.
@@ -206,6 +208,7 @@ impl Cluster {
                 dir: data,
                 child: None,
                 port,
+                metrics_url: None,
             });
         }
         let network_file = dir.join("network.toml");
@@ -250,12 +253,23 @@ impl Cluster {
         let (tx, rx) = mpsc::channel();
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if line.starts_with("ready:") {
-                    let _ = tx.send(());
+                if line.starts_with("ready:") || line.starts_with("metrics: ") {
+                    let _ = tx.send(line);
                 }
             }
         });
-        let ready = rx.recv_timeout(Duration::from_millis(NODE_START_TIMEOUT_MS));
+        let deadline = std::time::Instant::now() + Duration::from_millis(NODE_START_TIMEOUT_MS);
+        let ready = loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(line) if line.starts_with("ready:") => break Ok(()),
+                Ok(line) => {
+                    let url = line.trim_start_matches("metrics: ");
+                    node.metrics_url = url.split_whitespace().next().map(str::to_owned);
+                }
+                Err(e) => break Err(e),
+            }
+        };
         node.child = Some(child);
         if ready.is_err() {
             let name = node.name.clone();

@@ -438,6 +438,8 @@ impl Engine {
         }
         let (commands, afters): (Vec<_>, Vec<_>) =
             std::mem::take(&mut self.storage).into_iter().unzip();
+        let steps = durable_steps(&commands);
+        let started = std::time::Instant::now();
         self.counters
             .storage_commands
             .fetch_add(commands.len() as u64, Ordering::Relaxed);
@@ -445,6 +447,13 @@ impl Engine {
         let queued = self
             .writer
             .execute_all_then(now_ms(), commands, move |results| {
+                let m = super::metrics::get();
+                for step in steps {
+                    let h = m
+                        .twopc_durable_seconds
+                        .get_or_create(&super::metrics::label(step));
+                    h.observe(started.elapsed().as_secs_f64());
+                }
                 shared.push(Stored { results, afters });
             });
         if let Err(e) = queued {
@@ -550,6 +559,7 @@ impl Engine {
             failpoint(name);
         }
         self.counters.messages_sent.fetch_add(1, Ordering::Relaxed);
+        super::metrics::get().twopc_messages_sent.inc();
         self.counters
             .items_sent
             .fetch_add(message.body.len() as u64, Ordering::Relaxed);
@@ -568,6 +578,23 @@ impl Engine {
         });
         None
     }
+}
+
+/// The 2PC steps a round's storage commands make durable, each named once.
+fn durable_steps(commands: &[Command]) -> Vec<&'static str> {
+    let mut steps = Vec::new();
+    for c in commands {
+        let step = match c {
+            Command::Prepare { .. } => "prepare",
+            Command::RecordDecisions { .. } => "decision",
+            Command::Apply { .. } => "apply",
+            _ => "other",
+        };
+        if !steps.contains(&step) {
+            steps.push(step);
+        }
+    }
+    steps
 }
 
 async fn sleep_until(at: Option<tokio::time::Instant>) {

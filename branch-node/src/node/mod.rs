@@ -9,6 +9,7 @@ pub mod engine;
 pub mod guard;
 pub mod link;
 pub mod logins;
+pub mod metrics;
 pub mod notifier;
 pub mod service;
 pub mod sessions;
@@ -58,6 +59,8 @@ pub struct RunConfig {
     pub sms: Option<SmsSink>,
     /// `Durability::Normal` is for benchmarks only.
     pub durability: Durability,
+    /// Where to serve `/metrics`, `/healthz` and `/readyz`, if anywhere.
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 /// The file the default SMS sink appends to, in the data dir.
@@ -121,7 +124,14 @@ pub async fn run(
         Arc::clone(&network),
         client.clone(),
     );
-    let mut engine_task = tokio::spawn(engine_loop.run(stopped(stop_rx.clone())));
+    let engine_running = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let running = Arc::clone(&engine_running);
+    let engine_stop = stopped(stop_rx.clone());
+    let mut engine_task = tokio::spawn(async move {
+        let ended = engine_loop.run(engine_stop).await;
+        running.store(false, Ordering::Relaxed);
+        ended
+    });
     let sink = cfg
         .sms
         .clone()
@@ -160,6 +170,25 @@ pub async fn run(
         }
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
+    let metrics_task = match cfg.metrics_listen {
+        Some(addr) => {
+            let listener = metrics::bind(addr).await?;
+            let bound = listener.local_addr()?;
+            println!("metrics: http://{bound}/metrics (and /healthz, /readyz)");
+            tracing::info!(%bound, "serving metrics");
+            let health = metrics::Health {
+                reader: service.reader.clone(),
+                engine_running,
+                peers_listed: network.branches().count().saturating_sub(1),
+            };
+            Some(tokio::spawn(metrics::serve(
+                listener,
+                health,
+                stopped(stop_rx.clone()),
+            )))
+        }
+        None => None,
+    };
     let shown: Vec<String> = addrs.iter().map(ToString::to_string).collect();
     println!(
         "ready: branch {me} ({name}) peer {} listening on {}",
@@ -191,6 +220,9 @@ pub async fn run(
     };
     let _ = notifier_task.await;
     let _ = watch_task.await;
+    if let Some(t) = metrics_task {
+        let _ = t.await;
+    }
     let _ = net_task.await;
     let c = engine.counters();
     tracing::info!(

@@ -97,9 +97,14 @@ pub async fn run(
             let id = m.id;
             let result = deliver(&sink, &m).await;
             let now = now_ms();
+            let metrics = super::metrics::get();
             let marked = match result {
-                Ok(()) => writer.call(move |c, _| outbox::delivered(c, id, now)).await,
+                Ok(()) => {
+                    metrics.sms_sent.inc();
+                    writer.call(move |c, _| outbox::delivered(c, id, now)).await
+                }
                 Err(e) => {
+                    metrics.sms_failures.inc();
                     let wait = NOTIFIER_RETRY_MS
                         .saturating_mul(1 << m.attempts.min(20))
                         .min(NOTIFIER_RETRY_MAX_MS);

@@ -75,6 +75,22 @@ impl From<Unavailable> for Fail {
 
 pub(crate) type Answer = Result<TellerResponse, Fail>;
 
+/// What an answer came to, as a metrics label: "ok", a money state, a refusal code or
+/// the code of why it was not carried out.
+fn outcome_of(answer: &Answer) -> &'static str {
+    match answer {
+        Ok(TellerResponse::Receipt { state, .. }) => match state {
+            TransferState::Committed => "committed",
+            TransferState::Aborted(r) => r.code(),
+            TransferState::Pending => "pending",
+            TransferState::Unknown => "unknown",
+        },
+        Ok(_) => "ok",
+        Err(Fail::Refused(r)) => r.code(),
+        Err(Fail::Unavailable(u)) => u.code(),
+    }
+}
+
 /// A store failure: logged here, and told as "may or may not have happened".
 pub(crate) fn store_failed(e: StoreError) -> Fail {
     tracing::error!("store failed: {e}");
@@ -112,7 +128,13 @@ impl Service {
             otp,
         } = &request.op
         {
-            let here = || self.login(peer, user.clone(), password.clone(), otp.clone());
+            let here = || async {
+                let r = self
+                    .login(peer, user.clone(), password.clone(), otp.clone())
+                    .await;
+                super::metrics::get().login(outcome_of(&r));
+                r
+            };
             return match user.parse::<AccountNumber>() {
                 Ok(a) if a.branch() == self.me => here().await,
                 Ok(_) if forwarded => Err(Refusal::BadCredentials.into()),
@@ -193,7 +215,29 @@ impl Service {
         }
     }
 
+    /// Runs `op`; a money request is counted in the metrics with its answer and time.
     async fn execute(
+        &self,
+        peer: PeerId,
+        token: SessionToken,
+        session: &SessionInfo,
+        op: TellerOp,
+    ) -> Answer {
+        let money = match &op {
+            TellerOp::Deposit { .. } => Some("deposit"),
+            TellerOp::Withdraw { .. } => Some("withdrawal"),
+            TellerOp::Transfer(_) => Some("transfer"),
+            _ => None,
+        };
+        let started = std::time::Instant::now();
+        let answer = self.execute_op(peer, token, session, op).await;
+        if let Some(kind) = money {
+            super::metrics::get().money_answer(kind, outcome_of(&answer), started);
+        }
+        answer
+    }
+
+    async fn execute_op(
         &self,
         peer: PeerId,
         token: SessionToken,

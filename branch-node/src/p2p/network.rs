@@ -201,6 +201,8 @@ pub struct EventLoop {
     faults: HashMap<PeerId, LinkFault>,
     /// Where each listed branch can be dialled: the network file, plus mDNS finds.
     addresses: HashMap<PeerId, Vec<Multiaddr>>,
+    /// Listed branches with at least one open connection (the metrics' gauge).
+    connected: std::collections::HashSet<PeerId>,
 }
 
 impl std::fmt::Debug for EventLoop {
@@ -237,6 +239,7 @@ pub fn new(
         pending: HashMap::new(),
         faults: HashMap::new(),
         addresses,
+        connected: std::collections::HashSet::new(),
     };
     let queues = InboundQueues {
         twopc: twopc_rx,
@@ -246,6 +249,11 @@ pub fn new(
 }
 
 impl EventLoop {
+    fn count_connected(&self) {
+        let n = i64::try_from(self.connected.len()).unwrap_or(i64::MAX);
+        crate::node::metrics::get().peers_connected.set(n);
+    }
+
     /// Runs until `shutdown` resolves or every client is gone.
     pub async fn run(mut self, shutdown: impl std::future::Future<Output = ()>) {
         tokio::pin!(shutdown);
@@ -357,9 +365,21 @@ impl EventLoop {
             }
             SwarmEvent::ConnectionEstablished { peer_id, .. } => {
                 tracing::debug!(%peer_id, "connected");
+                if self.network.by_peer(&peer_id).is_some() {
+                    self.connected.insert(peer_id);
+                    self.count_connected();
+                }
             }
-            SwarmEvent::ConnectionClosed { peer_id, cause, .. } => {
+            SwarmEvent::ConnectionClosed {
+                peer_id,
+                cause,
+                num_established,
+                ..
+            } => {
                 tracing::debug!(%peer_id, ?cause, "connection closed");
+                if num_established == 0 && self.connected.remove(&peer_id) {
+                    self.count_connected();
+                }
             }
             SwarmEvent::IncomingConnectionError { error, .. } => {
                 tracing::debug!(%error, "incoming connection failed");

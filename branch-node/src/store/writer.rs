@@ -168,9 +168,18 @@ fn run_batch(store: &mut Store, batch: Vec<Job>) {
         }
         finishes.push(job.finish);
     }
+    let metrics = crate::node::metrics::get();
+    metrics.writer_batch_ops.observe(finishes.len() as f64);
     let outcome = match failed {
         Some(e) => Some(e), // dropping `tx` rolls everything back
-        None => tx.commit().err().map(|e| e.to_string()),
+        None => {
+            let started = std::time::Instant::now();
+            let committed = tx.commit();
+            metrics
+                .writer_commit_seconds
+                .observe(started.elapsed().as_secs_f64());
+            committed.err().map(|e| e.to_string())
+        }
     };
     for finish in finishes {
         finish(outcome.clone());

@@ -1,0 +1,287 @@
+//! What a running branch exposes to its operator (`branch-node run --metrics-listen`):
+//! Prometheus metrics (OpenMetrics text, encoded by prometheus-client), `/healthz`
+//! (the process answers) and `/readyz` (the store reads and the 2PC engine runs; the
+//! peers connected are said, not required). One process-wide set of metrics, counted
+//! where things happen; what is cheaper to read than to count (legs in doubt, the SMS
+//! outbox) is read through the read-only pool when scraped.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, LazyLock};
+use std::time::Instant;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+use super::now_ms;
+use crate::store::reader::Reader;
+use crate::store::twopc;
+
+/// A money request's kind and what it came to here.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct MoneyLabels {
+    /// deposit, withdrawal or transfer.
+    pub kind: String,
+    /// committed, refused, pending, unknown, or the code of an unavailable answer.
+    pub outcome: String,
+}
+
+/// One label: which kind, step or result.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabel {
+    pub kind: String,
+}
+
+fn seconds_histogram() -> Histogram {
+    // 0.25 ms .. ~8 s.
+    Histogram::new(exponential_buckets(0.000_25, 2.0, 16))
+}
+
+/// The node's metrics.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    pub money: Family<MoneyLabels, Counter>,
+    pub money_seconds: Family<KindLabel, Histogram, fn() -> Histogram>,
+    pub twopc_durable_seconds: Family<KindLabel, Histogram, fn() -> Histogram>,
+    pub writer_batch_ops: Histogram,
+    pub writer_commit_seconds: Histogram,
+    pub in_doubt: Gauge,
+    pub in_doubt_oldest_past_deadline_seconds: Gauge<f64, AtomicU64>,
+    pub peers_connected: Gauge,
+    pub logins: Family<KindLabel, Counter>,
+    pub sms_outbox: Gauge,
+    pub sms_sent: Counter,
+    pub sms_failures: Counter,
+    pub twopc_messages_sent: Counter,
+}
+
+impl Metrics {
+    fn new() -> Metrics {
+        let mut m = Metrics {
+            registry: Registry::with_prefix("bankmate"),
+            money: Family::default(),
+            money_seconds: Family::new_with_constructor(seconds_histogram),
+            twopc_durable_seconds: Family::new_with_constructor(seconds_histogram),
+            writer_batch_ops: Histogram::new(exponential_buckets(1.0, 2.0, 12)),
+            writer_commit_seconds: seconds_histogram(),
+            in_doubt: Gauge::default(),
+            in_doubt_oldest_past_deadline_seconds: Gauge::default(),
+            peers_connected: Gauge::default(),
+            logins: Family::default(),
+            sms_outbox: Gauge::default(),
+            sms_sent: Counter::default(),
+            sms_failures: Counter::default(),
+            twopc_messages_sent: Counter::default(),
+        };
+        m.register();
+        m
+    }
+
+    fn register(&mut self) {
+        let r = &mut self.registry;
+        r.register(
+            "money_answers",
+            "Deposits, withdrawals and transfers run here, by kind and by the answer given",
+            self.money.clone(),
+        );
+        r.register(
+            "money_seconds",
+            "Time from a money request's arrival here to its answer",
+            self.money_seconds.clone(),
+        );
+        r.register("twopc_durable_seconds", "Time to make one round's 2PC records durable, by step (prepare, decision, apply, other)", self.twopc_durable_seconds.clone());
+        r.register(
+            "twopc_messages_sent",
+            "Signed 2PC messages sent to other branches",
+            self.twopc_messages_sent.clone(),
+        );
+        r.register(
+            "writer_batch_ops",
+            "Operations per writer batch (one SQLite transaction, one fsync)",
+            self.writer_batch_ops.clone(),
+        );
+        r.register(
+            "writer_commit_seconds",
+            "Time of one writer batch's commit (the fsync)",
+            self.writer_commit_seconds.clone(),
+        );
+        r.register(
+            "in_doubt_legs",
+            "Legs this branch voted yes on with no decision yet",
+            self.in_doubt.clone(),
+        );
+        r.register(
+            "in_doubt_oldest_past_deadline_seconds",
+            "How far the oldest leg in doubt is past its prepare deadline (0 when none is)",
+            self.in_doubt_oldest_past_deadline_seconds.clone(),
+        );
+        r.register(
+            "peers_connected",
+            "Listed branches with an open connection to this one",
+            self.peers_connected.clone(),
+        );
+        r.register(
+            "logins",
+            "Login attempts by result: ok, a refusal code, throttled or overloaded",
+            self.logins.clone(),
+        );
+        r.register(
+            "sms_outbox",
+            "SMS messages not delivered yet",
+            self.sms_outbox.clone(),
+        );
+        r.register(
+            "sms_sent",
+            "SMS messages handed to the gateway",
+            self.sms_sent.clone(),
+        );
+        r.register(
+            "sms_failures",
+            "SMS deliveries that failed (each retried later)",
+            self.sms_failures.clone(),
+        );
+    }
+
+    /// Counts a money answer of `kind` given `started` ago.
+    pub fn money_answer(&self, kind: &str, outcome: &str, started: Instant) {
+        let labels = MoneyLabels {
+            kind: kind.to_owned(),
+            outcome: outcome.to_owned(),
+        };
+        self.money.get_or_create(&labels).inc();
+        self.money_seconds
+            .get_or_create(&label(kind))
+            .observe(started.elapsed().as_secs_f64());
+    }
+
+    /// Counts one login attempt's `result`.
+    pub fn login(&self, result: &str) {
+        self.logins.get_or_create(&label(result)).inc();
+    }
+}
+
+/// A one-label set.
+pub fn label(kind: &str) -> KindLabel {
+    KindLabel {
+        kind: kind.to_owned(),
+    }
+}
+
+static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
+
+/// The process's metrics.
+pub fn get() -> &'static Metrics {
+    &METRICS
+}
+
+/// What the endpoint needs to answer `/readyz` and refresh read-time gauges.
+#[derive(Debug, Clone)]
+pub struct Health {
+    pub reader: Reader,
+    /// False once the 2PC engine has stopped.
+    pub engine_running: Arc<AtomicBool>,
+    /// Branches listed besides this one.
+    pub peers_listed: usize,
+}
+
+/// Reads the legs in doubt and the outbox into their gauges.
+async fn refresh(health: &Health) -> Result<(), String> {
+    let (legs, outbox) = health
+        .reader
+        .read(|c, _| {
+            let legs = twopc::in_doubt(c)?;
+            let outbox: i64 = c.query_row(
+                "SELECT count(*) FROM outbox WHERE delivered_at_ms IS NULL",
+                [],
+                |r| r.get(0),
+            )?;
+            Ok((legs, outbox))
+        })
+        .await
+        .map_err(|e| e.to_string())?;
+    let m = get();
+    m.in_doubt
+        .set(i64::try_from(legs.len()).unwrap_or(i64::MAX));
+    let now = now_ms();
+    let oldest = legs.iter().map(|l| now.saturating_sub(l.deadline_ms)).max();
+    m.in_doubt_oldest_past_deadline_seconds
+        .set(oldest.map_or(0.0, |ms| ms as f64 / 1000.0));
+    m.sms_outbox.set(outbox);
+    Ok(())
+}
+
+async fn metrics(State(health): State<Health>) -> Response {
+    if let Err(e) = refresh(&health).await {
+        tracing::warn!("metrics: cannot read the store: {e}");
+    }
+    let mut text = String::new();
+    if prometheus_client::encoding::text::encode(&mut text, &get().registry).is_err() {
+        return StatusCode::INTERNAL_SERVER_ERROR.into_response();
+    }
+    let kind = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+    ([(header::CONTENT_TYPE, kind)], text).into_response()
+}
+
+async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+/// Ready when the store reads and the engine runs; the peers are reported.
+async fn readyz(State(health): State<Health>) -> Response {
+    let store = health
+        .reader
+        .read(|c, _| Ok(c.query_row("SELECT 1", [], |r| r.get::<_, i64>(0))?))
+        .await
+        .is_ok();
+    let engine = health.engine_running.load(Ordering::Relaxed);
+    let peers = get().peers_connected.get();
+    let body = format!(
+        "store: {}\nengine: {}\npeers connected: {peers} of {}\n",
+        if store { "open" } else { "failing" },
+        if engine { "running" } else { "stopped" },
+        health.peers_listed
+    );
+    let status = if store && engine {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, body).into_response()
+}
+
+/// Serves `/metrics`, `/healthz` and `/readyz` on `listener` until `stop` resolves.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    health: Health,
+    stop: impl std::future::Future<Output = ()> + Send + 'static,
+) {
+    let app = Router::new()
+        .route("/metrics", routing::get(metrics))
+        .route("/healthz", routing::get(healthz))
+        .route("/readyz", routing::get(readyz))
+        .with_state(health);
+    if let Err(e) = axum::serve(listener, app)
+        .with_graceful_shutdown(stop)
+        .await
+    {
+        tracing::warn!("metrics endpoint stopped: {e}");
+    }
+}
+
+/// Binds the metrics endpoint; its address is said on stdout and in the log.
+pub async fn bind(addr: SocketAddr) -> anyhow::Result<tokio::net::TcpListener> {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen for metrics on {addr}: {e}"))?;
+    Ok(listener)
+}

@@ -1,0 +1,137 @@
+//! Operating a branch: the metrics endpoint of real `branch-node run --metrics-listen`
+//! processes is scraped before and during a workload of cross-branch transfers, a
+//! refused transfer, a wrong password and SMS alerts, and the values must move; the
+//! health and readiness answers say what they promise.
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use scenarios::check;
+use scenarios::cluster::Cluster;
+use teller_cli::{Teller, TellerError, new_transfer_id};
+use wire::teller::{TellerOp, TellerResponse, TransferState};
+use wire::twopc::TransferSpec;
+use wire::{Amount, Refusal};
+
+const PASSWORD: &str = "operate-customer-pw";
+
+async fn fetch(url: &str) -> (u16, String) {
+    let r = reqwest::get(url).await.expect("the endpoint answers");
+    let status = r.status().as_u16();
+    (status, r.text().await.expect("body"))
+}
+
+/// The value of the sample named `series` (name and labels exactly as exposed), or 0.
+fn sample(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or(0.0)
+}
+
+fn base(c: &Cluster, i: usize) -> String {
+    let url = c.nodes[i].metrics_url.clone().expect("a metrics address");
+    url.trim_end_matches("/metrics").to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_move_with_the_work_and_health_says_what_holds() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let c = Cluster::start(dir.path(), 2, &["--metrics-listen", "127.0.0.1:0"]).expect("cluster");
+    let b1 = base(&c, 0);
+    let (status, text) = fetch(&format!("{b1}/healthz")).await;
+    assert_eq!((status, text.as_str()), (200, "ok\n"));
+    let before = fetch(&format!("{b1}/metrics")).await.1;
+    let committed_series = r#"bankmate_money_answers_total{kind="transfer",outcome="committed"}"#;
+    assert_eq!(sample(&before, committed_series), 0.0);
+
+    let (a, b, deposit) = tests::funded_pair(&c, "OPS", PASSWORD, 100_000).await;
+    let mut t = Teller::connect(&c.target(0).expect("target"))
+        .await
+        .expect("connect");
+    let wrong = t.login(&a.to_string(), "wrong-password").await;
+    assert!(matches!(
+        wrong,
+        Err(TellerError::Refused(Refusal::BadCredentials))
+    ));
+    t.login(&a.to_string(), PASSWORD).await.expect("login");
+    let mut committed: BTreeSet<_> = [deposit].into();
+    for amount in [100, 200, 300, 400, 500, 10_000_000] {
+        let spec = TransferSpec {
+            id: new_transfer_id(),
+            from: a,
+            to: b,
+            amount: Amount::from_minor(amount).expect("amount"),
+        };
+        match t.call(TellerOp::Transfer(spec)).await.expect("an answer") {
+            TellerResponse::Receipt {
+                state: TransferState::Committed,
+                ..
+            } => {
+                committed.insert(spec.id);
+            }
+            TellerResponse::Receipt {
+                state: TransferState::Aborted(Refusal::InsufficientFunds),
+                ..
+            } => assert_eq!(amount, 10_000_000),
+            other => panic!("{other:?}"),
+        }
+    }
+    // An account with SMS alerts: its deposit leaves a message for the notifier.
+    let sms = c
+        .open_account(0, "OPS-SMS", PASSWORD, true)
+        .await
+        .expect("open");
+    let id = new_transfer_id();
+    let admin = c.admin(0).await.expect("admin");
+    let op = TellerOp::Deposit {
+        id,
+        account: sms,
+        amount: Amount::from_minor(700).expect("amount"),
+    };
+    assert!(matches!(
+        admin.call(op).await.expect("deposit"),
+        TellerResponse::Receipt {
+            state: TransferState::Committed,
+            ..
+        }
+    ));
+    committed.insert(id);
+
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let after = loop {
+        let text = fetch(&format!("{b1}/metrics")).await.1;
+        if sample(&text, "bankmate_sms_sent_total") >= 1.0 || Instant::now() > deadline {
+            break text;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    let got = |series: &str| sample(&after, series);
+    assert_eq!(got(committed_series), 5.0, "{after}");
+    let refused = r#"bankmate_money_answers_total{kind="transfer",outcome="insufficient_funds"}"#;
+    assert_eq!(got(refused), 1.0);
+    assert_eq!(got(r#"bankmate_money_seconds_count{kind="transfer"}"#), 6.0);
+    assert!(got(r#"bankmate_money_answers_total{kind="deposit",outcome="committed"}"#) >= 2.0);
+    assert!(got(r#"bankmate_twopc_durable_seconds_count{kind="prepare"}"#) >= 1.0);
+    assert!(got(r#"bankmate_twopc_durable_seconds_count{kind="decision"}"#) >= 1.0);
+    assert!(got("bankmate_twopc_messages_sent_total") >= 5.0);
+    assert!(got("bankmate_writer_batch_ops_count") >= 6.0);
+    assert!(got("bankmate_writer_commit_seconds_count") >= 6.0);
+    assert!(got(r#"bankmate_logins_total{kind="bad_credentials"}"#) >= 1.0);
+    assert!(got(r#"bankmate_logins_total{kind="ok"}"#) >= 1.0);
+    assert_eq!(got("bankmate_peers_connected"), 1.0);
+    assert_eq!(got("bankmate_in_doubt_legs"), 0.0);
+    assert!(got("bankmate_sms_sent_total") >= 1.0, "{after}");
+    assert_eq!(got("bankmate_sms_outbox"), 0.0);
+
+    let (status, ready) = fetch(&format!("{b1}/readyz")).await;
+    assert_eq!(status, 200, "{ready}");
+    assert!(ready.contains("engine: running") && ready.contains("peers connected: 1 of 1"));
+    // With b2 gone, b1 is still ready (peers are reported, not required).
+    let mut c = c;
+    c.kill(1);
+    let (status, ready) = fetch(&format!("{b1}/readyz")).await;
+    assert_eq!(status, 200, "{ready}");
+    c.start_node(1, &[]).expect("restart b2");
+    let report = check::finish(&mut c, &committed, Duration::from_secs(30)).expect("audit");
+    assert!(report.ok(), "invariants violated: {:#?}", report.violations);
+}
