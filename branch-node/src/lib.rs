@@ -7,3 +7,4 @@ pub mod node;
 pub mod p2p;
 pub mod store;
 pub mod totp;
+pub mod verify;

@@ -40,6 +40,16 @@ enum Command {
         #[arg(long)]
         totp: bool,
     },
+    /// Audit a stopped branch's data dir (or a restored backup) offline: SQLite
+    /// integrity, the ledger's hash chain, balances recomputed from the ledger, the
+    /// signed votes and decisions of every cross-branch commit against the network
+    /// file's keys, nothing half-applied. Exit 0 only when every check holds.
+    Verify {
+        #[arg(long)]
+        data_dir: PathBuf,
+        #[arg(long)]
+        network: PathBuf,
+    },
     /// Serve a branch: teller protocol, 2PC with the other branches, SMS notifier.
     ///
     /// Logs go to stderr (filter with RUST_LOG, default info). Ctrl-C or SIGTERM stops
@@ -96,6 +106,12 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
+        Command::Verify { data_dir, network } => {
+            let report = branch_node::verify::verify(&data_dir, &network)?;
+            print!("{}", report.text());
+            anyhow::ensure!(report.ok(), "{} did not verify", data_dir.display());
+            Ok(())
+        }
         Command::Init {
             data_dir,
             branch_id,

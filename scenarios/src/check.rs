@@ -12,8 +12,9 @@ use branch_node::store::audit::Audit;
 use branch_node::store::{Durability, Store};
 
 use crate::cluster::Cluster;
-use wire::twopc::{BranchBody, BranchMessage, Decision, TransferStatus, Vote};
-use wire::{BranchId, Signed, TransferId};
+use branch_node::verify::{commits, signed_message};
+use wire::twopc::{BranchBody, Vote};
+use wire::{BranchId, TransferId};
 
 /// The checker's findings.
 #[derive(Debug, Default, Clone)]
@@ -202,26 +203,6 @@ fn check_durability(
                 "durability: {id} was answered committed but no ledger has it"
             ));
         }
-    }
-}
-
-fn signed_message(network: &NetworkFile, bytes: &[u8]) -> Option<(BranchId, BranchMessage)> {
-    let signed: Signed<BranchMessage> = wire::decode(bytes).ok()?;
-    let key = network.get(signed.signer)?.public_key;
-    Some((signed.signer, signed.verify(&key).ok()?))
-}
-
-/// Whether a coordinator's signed body says `id` committed: a decision, or the answer
-/// to a status query.
-fn commits(body: &BranchBody, id: TransferId) -> bool {
-    match body {
-        BranchBody::Decisions(d) => d
-            .iter()
-            .any(|i| i.id == id && i.decision == Decision::Commit),
-        BranchBody::StatusAnswer(s) => s
-            .iter()
-            .any(|i| i.id == id && i.status == TransferStatus::Decided(Decision::Commit)),
-        _ => false,
     }
 }
 

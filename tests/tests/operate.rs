@@ -7,7 +7,7 @@ use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use scenarios::check;
-use scenarios::cluster::Cluster;
+use scenarios::cluster::{Cluster, branch_node_bin};
 use teller_cli::{Teller, TellerError, new_transfer_id};
 use wire::teller::{TellerOp, TellerResponse, TransferState};
 use wire::twopc::TransferSpec;
@@ -134,4 +134,172 @@ async fn metrics_move_with_the_work_and_health_says_what_holds() {
     c.start_node(1, &[]).expect("restart b2");
     let report = check::finish(&mut c, &committed, Duration::from_secs(30)).expect("audit");
     assert!(report.ok(), "invariants violated: {:#?}", report.violations);
+}
+
+/// `branch-node verify` on `data_dir`: (exit code, report).
+fn verify(data_dir: &std::path::Path, network: &std::path::Path) -> (i32, String) {
+    let out = std::process::Command::new(branch_node_bin().expect("branch-node"))
+        .arg("verify")
+        .arg("--data-dir")
+        .arg(data_dir)
+        .arg("--network")
+        .arg(network)
+        .output()
+        .expect("run verify");
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    (out.status.code().unwrap_or(-1), text)
+}
+
+/// A copy of data dir `from` (key, database and its WAL) at `to`.
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).expect("mkdir");
+    for e in std::fs::read_dir(from).expect("read dir") {
+        let e = e.expect("entry");
+        if e.file_type().expect("type").is_file() {
+            std::fs::copy(e.path(), to.join(e.file_name())).expect("copy");
+        }
+    }
+}
+
+/// Cross-branch transfers both ways, so each branch coordinated commits and applied
+/// others' commits; the network is then stopped and checked.
+async fn settled_network(dir: &std::path::Path) -> Cluster {
+    let mut c = Cluster::start(dir, 2, &[]).expect("cluster");
+    let (a, b, deposit) = tests::funded_pair(&c, "VER", PASSWORD, 100_000).await;
+    let id = new_transfer_id();
+    let admin2 = c.admin(1).await.expect("admin b2");
+    let op = TellerOp::Deposit {
+        id,
+        account: b,
+        amount: Amount::from_minor(50_000).expect("amount"),
+    };
+    admin2.call(op).await.expect("deposit at b2");
+    let mut committed: BTreeSet<_> = [deposit, id].into();
+    for (from, to, at) in [(a, b, 0), (b, a, 1), (a, b, 0)] {
+        let mut t = Teller::connect(&c.target(at).expect("target"))
+            .await
+            .expect("connect");
+        t.login(&from.to_string(), PASSWORD).await.expect("login");
+        let spec = TransferSpec {
+            id: new_transfer_id(),
+            from,
+            to,
+            amount: Amount::from_minor(1_000).expect("amount"),
+        };
+        let r = t.call(TellerOp::Transfer(spec)).await.expect("answer");
+        assert!(
+            matches!(
+                r,
+                TellerResponse::Receipt {
+                    state: TransferState::Committed,
+                    ..
+                }
+            ),
+            "{r:?}"
+        );
+        committed.insert(spec.id);
+    }
+    let report = check::finish(&mut c, &committed, Duration::from_secs(30)).expect("audit");
+    assert!(report.ok(), "invariants violated: {:#?}", report.violations);
+    c
+}
+
+/// The damage that changes one byte of every stored envelope (a forged signature).
+const FORGE: &str = "forge";
+
+fn forge(db: &rusqlite::Connection) {
+    let mut stmt = db
+        .prepare("SELECT hash, bytes FROM envelopes")
+        .expect("select");
+    let rows: Vec<(Vec<u8>, Vec<u8>)> = stmt
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .expect("rows")
+        .collect::<Result<_, _>>()
+        .expect("envelopes");
+    for (hash, mut bytes) in rows {
+        let last = bytes.len() - 1;
+        bytes[last] ^= 0x01;
+        db.execute(
+            "UPDATE envelopes SET bytes = ?2 WHERE hash = ?1",
+            rusqlite::params![hash, bytes],
+        )
+        .expect("forge");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verify_passes_a_clean_branch_and_reports_each_planted_damage() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let c = settled_network(dir.path()).await;
+    for n in &c.nodes {
+        let (code, text) = verify(&n.dir, &c.network_file);
+        assert_eq!(code, 0, "{text}");
+        assert!(text.contains("verified: every check holds"), "{text}");
+        assert!(!text.contains("FAIL"), "{text}");
+        eprintln!("{text}");
+    }
+    let damages: [(&str, &str); 7] = [
+        (
+            "DROP TRIGGER ledger_no_update; UPDATE ledger SET amount = amount + 1 WHERE seq = 1",
+            "ledger chain and balances",
+        ),
+        (
+            "UPDATE accounts SET balance = balance + 100 WHERE serial = 1",
+            "ledger chain and balances",
+        ),
+        (
+            "DELETE FROM evidence WHERE what = 'vote'",
+            "signed votes for commits coordinated here",
+        ),
+        (FORGE, "signed votes for commits coordinated here"),
+        (
+            "DELETE FROM evidence WHERE what = 'decision'",
+            "signed decisions for commits applied here",
+        ),
+        (
+            "UPDATE legs SET decision = 'abort' WHERE decision = 'commit'",
+            "nothing half-applied",
+        ),
+        (
+            "UPDATE accounts SET held = 1 WHERE serial = 1",
+            "nothing half-applied",
+        ),
+    ];
+    for (i, (sql, check_name)) in damages.iter().enumerate() {
+        let copy = dir.path().join(format!("damaged-{i}"));
+        copy_dir(&c.nodes[0].dir, &copy);
+        let db =
+            rusqlite::Connection::open(copy.join(branch_node::init::DB_FILE)).expect("open copy");
+        if *sql == FORGE {
+            forge(&db);
+        } else {
+            db.execute_batch(sql).expect("plant damage");
+        }
+        drop(db);
+        let (code, text) = verify(&copy, &c.network_file);
+        assert_eq!(code, 1, "{sql}: {text}");
+        assert!(
+            text.contains(&format!("FAIL  {check_name}")),
+            "{sql}: {text}"
+        );
+    }
+    // Bytes overwritten in the middle of the file: SQLite's own check says so.
+    let copy = dir.path().join("damaged-file");
+    copy_dir(&c.nodes[0].dir, &copy);
+    let db = copy.join(branch_node::init::DB_FILE);
+    rusqlite::Connection::open(&db)
+        .expect("open")
+        .execute_batch("PRAGMA wal_checkpoint(TRUNCATE)")
+        .expect("checkpoint");
+    let mut bytes = std::fs::read(&db).expect("read");
+    let middle = bytes.len() / 2;
+    bytes[middle..middle + 512].fill(0xA5);
+    std::fs::write(&db, bytes).expect("write");
+    let (code, text) = verify(&copy, &c.network_file);
+    assert_eq!(code, 1, "{text}");
+    assert!(
+        text.contains("FAIL  sqlite integrity") || text.contains("malformed"),
+        "{text}"
+    );
 }
