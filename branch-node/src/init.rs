@@ -192,7 +192,7 @@ pub fn owner_only_append(path: &Path) -> std::io::Result<std::fs::File> {
     options.open(path)
 }
 
-fn owner_only_file(path: &Path) -> std::io::Result<std::fs::File> {
+pub fn owner_only_file(path: &Path) -> std::io::Result<std::fs::File> {
     let mut options = OpenOptions::new();
     options.write(true).create_new(true);
     #[cfg(unix)]

@@ -40,6 +40,23 @@ enum Command {
         #[arg(long)]
         totp: bool,
     },
+    /// Copy a branch's database to a new file FILE (owner-only) while the node runs:
+    /// one consistent moment (SQLite's online backup). The key file is not included.
+    Backup {
+        #[arg(long)]
+        data_dir: PathBuf,
+        #[arg(long)]
+        to: PathBuf,
+    },
+    /// Put a backup back as the database of a data dir that holds the branch's key and
+    /// no database. Then `verify` and `run`: recovery finishes the transfers that were
+    /// in doubt at the backup; what the branch did after the backup is lost.
+    Restore {
+        #[arg(long)]
+        from: PathBuf,
+        #[arg(long)]
+        data_dir: PathBuf,
+    },
     /// Audit a stopped branch's data dir (or a restored backup) offline: SQLite
     /// integrity, the ledger's hash chain, balances recomputed from the ledger, the
     /// signed votes and decisions of every cross-branch commit against the network
@@ -106,6 +123,32 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
+        Command::Backup { data_dir, to } => {
+            let c = branch_node::backup::backup(&data_dir, &to)?;
+            println!(
+                "backed up branch {:03} to {}: {} accounts, {} ledger entries, {} legs in doubt \
+                 (the key file is not in it)",
+                c.branch,
+                to.display(),
+                c.accounts,
+                c.ledger_entries,
+                c.legs_in_doubt
+            );
+            Ok(())
+        }
+        Command::Restore { from, data_dir } => {
+            let c = branch_node::backup::restore(&from, &data_dir)?;
+            println!(
+                "restored branch {:03} into {}: {} accounts, {} ledger entries, {} legs in doubt \
+                 (recovery finishes them at start); next: branch-node verify, then run",
+                c.branch,
+                data_dir.display(),
+                c.accounts,
+                c.ledger_entries,
+                c.legs_in_doubt
+            );
+            Ok(())
+        }
         Command::Verify { data_dir, network } => {
             let report = branch_node::verify::verify(&data_dir, &network)?;
             print!("{}", report.text());

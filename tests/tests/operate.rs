@@ -303,3 +303,141 @@ async fn verify_passes_a_clean_branch_and_reports_each_planted_damage() {
         "{text}"
     );
 }
+
+/// Runs `branch-node` with `args`: (exit code, stdout and stderr).
+fn branch_node(args: &[&std::ffi::OsStr]) -> (i32, String) {
+    let out = std::process::Command::new(branch_node_bin().expect("branch-node"))
+        .args(args)
+        .output()
+        .expect("run branch-node");
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    (out.status.code().unwrap_or(-1), text)
+}
+
+/// Legs branch `i` voted yes on with no decision yet, read beside the running node.
+fn in_doubt(c: &Cluster, i: usize) -> i64 {
+    let db = rusqlite::Connection::open_with_flags(
+        &c.databases()[i].1,
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+    )
+    .expect("open");
+    db.query_row(
+        "SELECT count(*) FROM legs WHERE decision IS NULL AND vote IS NOT NULL",
+        [],
+        |r| r.get(0),
+    )
+    .expect("count")
+}
+
+async fn wait_in_doubt(c: &Cluster, i: usize, want: i64) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while in_doubt(c, i) != want {
+        assert!(
+            Instant::now() < deadline,
+            "branch {i} never had {want} in doubt"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backup_taken_while_a_transfer_is_in_doubt_restores_and_the_network_heals() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut c = Cluster::start(dir.path(), 2, &[]).expect("cluster");
+    let (a, b, deposit) = tests::funded_pair(&c, "BAK", PASSWORD, 100_000).await;
+    let id = new_transfer_id();
+    let op = TellerOp::Deposit {
+        id,
+        account: b,
+        amount: Amount::from_minor(50_000).expect("amount"),
+    };
+    c.admin(1)
+        .await
+        .expect("admin b2")
+        .call(op)
+        .await
+        .expect("deposit at b2");
+    let committed: BTreeSet<_> = [deposit, id].into();
+
+    // b2 coordinates b -> a and dies before its decision is durable: b1 voted yes and
+    // holds the credit in doubt.
+    c.kill(1);
+    c.start_node(1, &[("FAILPOINTS", "before_decision_durable=panic")])
+        .expect("b2 with a failpoint");
+    let mut t = Teller::connect(&c.target(1).expect("target"))
+        .await
+        .expect("connect");
+    t.login(&b.to_string(), PASSWORD).await.expect("login");
+    let spec = TransferSpec {
+        id: new_transfer_id(),
+        from: b,
+        to: a,
+        amount: Amount::from_minor(1_234).expect("amount"),
+    };
+    let _ = t.call(TellerOp::Transfer(spec)).await; // no answer: b2 is gone
+    assert!(
+        c.wait_exit(1, Duration::from_secs(10)),
+        "b2 crashed at the failpoint"
+    );
+    wait_in_doubt(&c, 0, 1).await;
+
+    // The backup, taken from the running b1.
+    let file = dir.path().join("b1.backup");
+    let (code, said) = branch_node(&[
+        "backup".as_ref(),
+        "--data-dir".as_ref(),
+        c.nodes[0].dir.as_os_str(),
+        "--to".as_ref(),
+        file.as_os_str(),
+    ]);
+    assert_eq!(code, 0, "{said}");
+    assert!(said.contains("1 legs in doubt"), "{said}");
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&file).expect("meta").permissions().mode();
+    assert_eq!(mode & 0o777, 0o600, "the backup is owner-only");
+    let again = branch_node(&[
+        "backup".as_ref(),
+        "--data-dir".as_ref(),
+        c.nodes[0].dir.as_os_str(),
+        "--to".as_ref(),
+        file.as_os_str(),
+    ]);
+    assert_ne!(again.0, 0, "an existing file is never overwritten");
+
+    // b2 comes back: its recovery aborts the transfer (presumed abort) and tells b1.
+    c.start_node(1, &[]).expect("b2 again");
+    wait_in_doubt(&c, 0, 0).await;
+
+    // b1's disk is lost; its database comes back from the backup, in doubt again.
+    c.kill(0);
+    for f in ["", "-wal", "-shm"] {
+        let path = c.nodes[0]
+            .dir
+            .join(format!("{}{f}", branch_node::init::DB_FILE));
+        let _ = std::fs::remove_file(path);
+    }
+    let restore = |c: &Cluster| {
+        branch_node(&[
+            "restore".as_ref(),
+            "--from".as_ref(),
+            file.as_os_str(),
+            "--data-dir".as_ref(),
+            c.nodes[0].dir.as_os_str(),
+        ])
+    };
+    let (code, said) = restore(&c);
+    assert_eq!(code, 0, "{said}");
+    let (code, said) = restore(&c);
+    assert_ne!(code, 0, "never over a database: {said}");
+    let (code, report) = verify(&c.nodes[0].dir, &c.network_file);
+    assert_eq!(code, 0, "{report}");
+    c.start_node(0, &[]).expect("b1 from its backup");
+    wait_in_doubt(&c, 0, 0).await;
+    let report = check::finish(&mut c, &committed, Duration::from_secs(30)).expect("audit");
+    assert!(report.ok(), "invariants violated: {:#?}", report.violations);
+    for n in &c.nodes {
+        let (code, text) = verify(&n.dir, &c.network_file);
+        assert_eq!(code, 0, "{text}");
+    }
+}
