@@ -4,6 +4,7 @@
 
 mod interactive;
 mod output;
+mod trace;
 
 use std::io::Read;
 use std::path::PathBuf;
@@ -195,6 +196,12 @@ enum Admin {
         #[arg(long, default_value_t = 100)]
         limit: u32,
     },
+    /// A transfer across branches: each branch's coordinator record, its leg (vote,
+    /// decision), the signed votes and decisions it keeps (signatures checked), and
+    /// its ledger lines.
+    Trace { id: TransferId },
+    /// What is not finished at any branch, and which branch each waits on.
+    InDoubt,
     /// Fault switch (node started with --fault-switch): healthy, blocked, or delay-ms N.
     LinkFault {
         #[arg(long)]
@@ -534,6 +541,8 @@ fn admin_op(admin: &Admin, admin_password: &str) -> Result<TellerOp, TellerError
             })?,
             existing: existing.as_deref().map(account_number).transpose()?,
         },
+        Admin::Trace { id } => TellerOp::Trace { id: *id },
+        Admin::InDoubt => TellerOp::InDoubt,
         Admin::CloseAccount { account } => TellerOp::CloseAccount {
             account: account_number(account)?,
             admin_password: admin_password.to_owned(),

@@ -173,6 +173,28 @@ impl Printer {
                      of {user} needs the app's current code."
                 ),
             ),
+            TellerResponse::Trace {
+                id,
+                branches,
+                unreachable,
+            } => (
+                json!({ "id": id.to_string(), "branches": crate::trace::trace_json(branches),
+                        "unreachable": unreachable.iter().map(|b| b.0).collect::<Vec<_>>() }),
+                format!(
+                    "{}{}",
+                    crate::trace::trace_text(*id, branches),
+                    unreachable_note(unreachable)
+                ),
+            ),
+            TellerResponse::Stuck { items, unreachable } => (
+                json!({ "in_doubt": crate::trace::stuck_json(items),
+                        "unreachable": unreachable.iter().map(|b| b.0).collect::<Vec<_>>() }),
+                format!(
+                    "{}{}",
+                    crate::trace::stuck_table(items),
+                    unreachable_note(unreachable)
+                ),
+            ),
             TellerResponse::LinkFaultSet { branch, fault } => (
                 json!({ "branch": branch.0, "fault": format!("{fault:?}") }),
                 format!("link to branch {branch}: {fault:?}"),

@@ -48,6 +48,11 @@ pub fn utc_minute(ms: u64) -> String {
     )
 }
 
+/// `2026-11-28 09:30:12` (UTC) for Unix milliseconds `ms`.
+pub fn utc_second(ms: u64) -> String {
+    format!("{}:{:02}", utc_minute(ms), (ms / 1_000) % 60)
+}
+
 /// Unix milliseconds at 00:00 UTC of a date typed as `YYYY-MM-DD` (what an HTML date
 /// field sends), or why it is not one.
 pub fn parse_day(text: &str) -> Result<u64, String> {
@@ -89,6 +94,7 @@ mod tests {
         // 2000-02-29 12:34:56 UTC, a leap day in a century year.
         assert_eq!(utc_minute(951_827_696_000), "2000-02-29 12:34");
         assert_eq!(utc_minute(1_795_858_200_000), "2026-11-28 09:30");
+        assert_eq!(utc_second(1_795_858_212_345), "2026-11-28 09:30:12");
     }
 
     #[test]

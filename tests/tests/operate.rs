@@ -7,7 +7,7 @@ use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use scenarios::check;
-use scenarios::cluster::{Cluster, branch_node_bin};
+use scenarios::cluster::{Cluster, branch_node_bin, teller_cli_bin};
 use teller_cli::{Teller, TellerError, new_transfer_id};
 use wire::teller::{TellerOp, TellerResponse, TransferState};
 use wire::twopc::TransferSpec;
@@ -440,4 +440,126 @@ async fn a_backup_taken_while_a_transfer_is_in_doubt_restores_and_the_network_he
         let (code, text) = verify(&n.dir, &c.network_file);
         assert_eq!(code, 0, "{text}");
     }
+}
+
+/// `teller-cli --json` as branch `branch`'s admin: the parsed answer.
+fn admin_json(c: &Cluster, branch: &str, args: &[&str]) -> serde_json::Value {
+    let out = std::process::Command::new(teller_cli_bin().expect("teller-cli"))
+        .arg("--network-file")
+        .arg(&c.network_file)
+        .args([
+            "--branch",
+            branch,
+            "--user",
+            "admin",
+            "--password-env",
+            "PW",
+            "--json",
+            "admin",
+        ])
+        .args(args)
+        .env("PW", scenarios::cluster::ADMIN_PASSWORD)
+        .output()
+        .expect("run teller-cli");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{args:?}: {text} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trace_and_in_doubt_follow_a_transfer_across_branches() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut c = Cluster::start(dir.path(), 2, &[]).expect("cluster");
+    let (a, b, deposit) = tests::funded_pair(&c, "TRC", PASSWORD, 100_000).await;
+    let mut t = Teller::connect(&c.target(0).expect("target"))
+        .await
+        .expect("connect");
+    t.login(&a.to_string(), PASSWORD).await.expect("login");
+    let spec = TransferSpec {
+        id: new_transfer_id(),
+        from: a,
+        to: b,
+        amount: Amount::from_minor(4_321).expect("amount"),
+    };
+    let r = t.call(TellerOp::Transfer(spec)).await.expect("answer");
+    assert!(matches!(
+        r,
+        TellerResponse::Receipt {
+            state: TransferState::Committed,
+            ..
+        }
+    ));
+    let mut committed: BTreeSet<_> = [deposit, spec.id].into();
+
+    // The trace from b2: b1 coordinated and holds b2's signed vote; b2 holds b1's signed
+    // decision; both have their ledger line.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let trace = loop {
+        let v = admin_json(&c, "b2", &["trace", &spec.id.to_string()]);
+        if v["branches"][0]["coordinated"]["ended"] == true || Instant::now() > deadline {
+            break v;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let (b1, b2) = (&trace["branches"][0], &trace["branches"][1]);
+    assert_eq!(b1["coordinated"]["decision"], "Commit", "{trace}");
+    assert_eq!(b1["coordinated"]["ended"], true, "{trace}");
+    let signed = |t: &serde_json::Value, what: &str, by: u64| {
+        t["evidence"]
+            .as_array()
+            .expect("evidence")
+            .iter()
+            .any(|e| e["what"] == what && e["signer"] == by && e["verified"] == true)
+    };
+    assert!(signed(b1, "vote", 2), "{trace}");
+    assert!(signed(b2, "decision", 1), "{trace}");
+    assert_eq!(b2["leg"]["decision"], "Commit", "{trace}");
+    assert_eq!(b2["leg"]["vote"], "yes", "{trace}");
+    assert_eq!(b1["ledger"][0]["kind"], "TransferDebit", "{trace}");
+    assert_eq!(b2["ledger"][0]["kind"], "TransferCredit", "{trace}");
+    assert_eq!(trace["unreachable"], serde_json::json!([]));
+
+    // b2 coordinates b -> a and dies before deciding: b1 waits on it.
+    assert_eq!(
+        admin_json(&c, "b1", &["in-doubt"])["in_doubt"],
+        serde_json::json!([])
+    );
+    c.kill(1);
+    c.start_node(1, &[("FAILPOINTS", "before_decision_durable=panic")])
+        .expect("b2");
+    let mut tb = Teller::connect(&c.target(1).expect("target"))
+        .await
+        .expect("connect");
+    tb.login(&b.to_string(), PASSWORD).await.expect("login");
+    let stuck = TransferSpec {
+        id: new_transfer_id(),
+        from: b,
+        to: a,
+        amount: Amount::from_minor(1_000).expect("amount"),
+    };
+    let _ = tb.call(TellerOp::Transfer(stuck)).await;
+    assert!(
+        c.wait_exit(1, Duration::from_secs(10)),
+        "b2 crashed at the failpoint"
+    );
+    let v = admin_json(&c, "b1", &["in-doubt"]);
+    let item = &v["in_doubt"][0];
+    assert_eq!(item["id"], stuck.id.to_string(), "{v}");
+    assert_eq!(item["role"], "AwaitingDecision", "{v}");
+    assert_eq!(item["waiting_on"], serde_json::json!([2]), "{v}");
+    assert_eq!(v["unreachable"], serde_json::json!([2]), "{v}");
+
+    c.start_node(1, &[]).expect("b2 again");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while admin_json(&c, "b1", &["in-doubt"])["in_doubt"] != serde_json::json!([]) {
+        assert!(Instant::now() < deadline, "recovery finishes it");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    committed.retain(|id| *id != stuck.id);
+    let report = check::finish(&mut c, &committed, Duration::from_secs(30)).expect("audit");
+    assert!(report.ok(), "invariants violated: {:#?}", report.violations);
 }

@@ -13,6 +13,7 @@ pub mod money;
 pub mod refusal;
 pub mod signed;
 pub mod teller;
+pub mod trace;
 pub mod twopc;
 
 pub use account::{AccountNumber, AccountNumberError};

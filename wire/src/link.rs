@@ -47,6 +47,10 @@ pub enum ForwardRequest {
         page: PageRequest,
         filter: crate::teller::EntryFilter,
     },
+    /// An admin of the asking branch traces transfer `id`: this branch's records.
+    Trace { id: TransferId },
+    /// An admin of the asking branch lists what is not finished here.
+    InDoubt,
 }
 
 /// The answer to a [`LinkRequest`].
@@ -64,6 +68,8 @@ pub enum LinkResponse {
         entries: Vec<EntryView>,
         next_before: Option<u64>,
     },
+    Trace(crate::trace::BranchTrace),
+    Stuck(Vec<crate::trace::StuckView>),
     /// The forward itself was refused (for example a request no branch may forward).
     ForwardRefused(Refusal),
 }

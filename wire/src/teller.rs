@@ -218,6 +218,13 @@ pub enum TellerOp {
         page: PageRequest,
         filter: EntryFilter,
     },
+    /// Admin: every branch's records of transfer `id` (coordinator, legs, signed
+    /// evidence, ledger lines).
+    Trace {
+        id: TransferId,
+    },
+    /// Admin: the transfers not finished at any branch, and what each waits on.
+    InDoubt,
     /// Admin, on a node started with `--fault-switch`: block or delay the link to `branch`.
     SetLinkFault {
         branch: BranchId,
@@ -274,6 +281,8 @@ impl TellerOp {
             TellerOp::ListAccounts { .. } => "list-accounts",
             TellerOp::ListTransactions { .. } => "list-transactions",
             TellerOp::SetLinkFault { .. } => "set-link-fault",
+            TellerOp::Trace { .. } => "trace",
+            TellerOp::InDoubt => "in-doubt",
         }
     }
 
@@ -464,6 +473,18 @@ pub enum TellerResponse {
         user: String,
         uri: String,
     },
+    /// Every branch's records of a transfer; branches that did not answer are named.
+    Trace {
+        id: TransferId,
+        branches: Vec<crate::trace::BranchTrace>,
+        unreachable: Vec<BranchId>,
+    },
+    /// What is not finished, network-wide (each branch's oldest first, at most a page
+    /// each); branches that did not answer are named.
+    Stuck {
+        items: Vec<crate::trace::StuckView>,
+        unreachable: Vec<BranchId>,
+    },
     /// Final: the request did not take effect and never will.
     Refused(Refusal),
     /// Not carried out now; see [`Unavailable::may_have_happened`].
@@ -547,7 +568,9 @@ impl TellerRequest {
             | TellerOp::Withdraw { .. }
             | TellerOp::Transfer(_)
             | TellerOp::Balance { .. }
-            | TellerOp::TransferStatus { .. } => Ok(()),
+            | TellerOp::TransferStatus { .. }
+            | TellerOp::Trace { .. }
+            | TellerOp::InDoubt => Ok(()),
             TellerOp::ListAccounts { page, .. } => ok_or(
                 (1..=PAGE_ROWS_MAX).contains(&page.limit),
                 Refusal::InvalidInput,

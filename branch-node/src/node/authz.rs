@@ -10,7 +10,7 @@
 //! | balance, history, deposit, withdraw, transfer[^1] | own account         | an account of the issuing branch |
 //! | transfer-status                                   | touches own account | touches the issuing branch     |
 //! | open-account, close-account                       | no                  | the issuing branch (`existing`/closed account there) |
-//! | list accounts / transactions, set-link-fault      | no                  | yes                            |
+//! | list accounts / transactions, trace, in-doubt, set-link-fault | no      | yes                            |
 //! | enroll-otp (for `user`)                           | own login           | a login of the issuing branch  |
 //!
 //! [^1]: for a transfer, the account money leaves (`from`); it may go anywhere.
@@ -50,6 +50,8 @@ pub fn access(op: &TellerOp) -> Access {
         TellerOp::CloseAccount { account, .. } => Access::Admin(Some(*account)),
         TellerOp::ListAccounts { .. }
         | TellerOp::ListTransactions { .. }
+        | TellerOp::Trace { .. }
+        | TellerOp::InDoubt
         | TellerOp::SetLinkFault { .. } => Access::Admin(None),
     }
 }
@@ -177,6 +179,10 @@ mod tests {
                 page,
                 filter: wire::teller::EntryFilter::default(),
             },
+            TellerOp::Trace {
+                id: wire::TransferId(1),
+            },
+            TellerOp::InDoubt,
         ]
     }
 
@@ -218,6 +224,8 @@ mod tests {
                 "transfer-status",
                 "list-accounts",
                 "list-transactions",
+                "trace",
+                "in-doubt",
             ],
         );
     }

@@ -20,6 +20,7 @@ use wire::teller::{
     AccountView, AccountsPage, EntryFilter, EntryView, LinkFault, NewCustomer, PageRequest, Scope,
     SessionToken, TellerOp, TellerRequest, TellerResponse, TransferState, Unavailable,
 };
+use wire::trace::{BranchTrace, StuckView};
 use wire::twopc::TransferSpec;
 use wire::{AccountNumber, Amount, BranchId, Refusal, TransferId};
 
@@ -32,7 +33,7 @@ use crate::network_file::NetworkFile;
 use crate::p2p::network::{Client, LinkError};
 use crate::store::reader::Reader;
 use crate::store::writer::WriterHandle;
-use crate::store::{Movement, StoreError, bank, sessions as stored_sessions, twopc};
+use crate::store::{Movement, StoreError, bank, sessions as stored_sessions, trace, twopc};
 
 /// Everything a branch needs to answer tellers and forwarded requests.
 #[derive(Debug)]
@@ -267,6 +268,8 @@ impl Service {
             TellerOp::Transfer(spec) => self.transfer(spec).await,
             TellerOp::History { account, page } => self.history(account, page).await,
             TellerOp::TransferStatus { id } => self.status(session, id).await,
+            TellerOp::Trace { id } => self.trace(id).await,
+            TellerOp::InDoubt => self.in_doubt().await,
             TellerOp::OpenAccount {
                 customer,
                 password,
@@ -557,6 +560,63 @@ impl Service {
         })
     }
 
+    async fn local_trace(&self, id: TransferId) -> Result<BranchTrace, Fail> {
+        let net = Arc::clone(&self.network);
+        self.reader
+            .read(move |c, me| trace::trace(c, me, id, &net))
+            .await
+            .map_err(store_failed)
+    }
+
+    async fn local_stuck(&self) -> Result<Vec<StuckView>, Fail> {
+        let limit = wire::limits::PAGE_ROWS_MAX as usize;
+        self.reader
+            .read(move |c, me| trace::stuck(c, me, limit))
+            .await
+            .map_err(store_failed)
+    }
+
+    /// Every branch's records of `id`: this one's, and each other's by a forward; a
+    /// branch that does not answer is named.
+    async fn trace(&self, id: TransferId) -> Answer {
+        let mut branches = vec![self.local_trace(id).await?];
+        let asks = self
+            .others()
+            .map(|b| self.link(b, ForwardRequest::Trace { id }));
+        let mut unreachable = Vec::new();
+        for (a, b) in join_all(asks).await.into_iter().zip(self.others()) {
+            match a {
+                Ok(LinkResponse::Trace(t)) if t.branch == b => branches.push(t),
+                Ok(_) | Err(Fail::Unavailable(_)) => unreachable.push(b),
+                Err(e) => return Err(e),
+            }
+        }
+        branches.sort_by_key(|t| t.branch);
+        Ok(TellerResponse::Trace {
+            id,
+            branches,
+            unreachable,
+        })
+    }
+
+    /// What is not finished at any branch, oldest deadline first.
+    async fn in_doubt(&self) -> Answer {
+        let mut items = self.local_stuck().await?;
+        let asks = self.others().map(|b| self.link(b, ForwardRequest::InDoubt));
+        let mut unreachable = Vec::new();
+        for (a, b) in join_all(asks).await.into_iter().zip(self.others()) {
+            match a {
+                Ok(LinkResponse::Stuck(theirs)) => {
+                    items.extend(theirs.into_iter().filter(|s| s.branch == b))
+                }
+                Ok(_) | Err(Fail::Unavailable(_)) => unreachable.push(b),
+                Err(e) => return Err(e),
+            }
+        }
+        items.sort_by_key(|s| (s.deadline_ms, s.branch));
+        Ok(TellerResponse::Stuck { items, unreachable })
+    }
+
     /// Answers a forwarded request from branch peer `from` (already checked as listed).
     pub async fn forwarded(self: Arc<Self>, from: PeerId, request: ForwardRequest) -> LinkResponse {
         let refused = |r: Fail| match r {
@@ -598,6 +658,14 @@ impl Service {
                     Err(r) => refused(r),
                 }
             }
+            ForwardRequest::Trace { id } => match self.local_trace(id).await {
+                Ok(t) => LinkResponse::Trace(t),
+                Err(r) => refused(r),
+            },
+            ForwardRequest::InDoubt => match self.local_stuck().await {
+                Ok(v) => LinkResponse::Stuck(v),
+                Err(r) => refused(r),
+            },
             ForwardRequest::Transactions { page, filter } => {
                 if !(1..=wire::limits::PAGE_ROWS_MAX).contains(&page.limit) || !filter.is_valid() {
                     tracing::info!(%from, "forwarded listing refused: bad page");

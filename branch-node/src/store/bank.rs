@@ -557,6 +557,7 @@ pub(crate) fn history(
         kind: filter.kind,
         since_ms: filter.since_ms,
         until_ms: filter.until_ms,
+        transfer: None,
     };
     ledger::read(
         conn,

@@ -19,6 +19,8 @@ pub(crate) struct ReadFilter {
     pub kind: Option<EntryKind>,
     pub since_ms: Option<u64>,
     pub until_ms: Option<u64>,
+    /// Only the lines of this transfer (or deposit, or withdrawal).
+    pub transfer: Option<TransferId>,
 }
 
 pub(crate) fn kind_text(kind: EntryKind) -> &'static str {
@@ -144,11 +146,13 @@ pub(crate) fn read(
         "SELECT seq, account_serial, kind, counterparty, amount, balance_after, transfer_id, at_ms FROM ledger
          WHERE seq < ?1 AND (?2 IS NULL OR account_serial = ?2) AND (?4 IS NULL OR kind = ?4)
            AND (?5 IS NULL OR at_ms >= ?5) AND (?6 IS NULL OR at_ms < ?6)
+           AND (?7 IS NULL OR transfer_id = ?7)
          ORDER BY seq DESC LIMIT ?3",
     )?;
     let kind = filter.kind.map(kind_text);
     let (since, until) = (filter.since_ms.map(sql_ms), filter.until_ms.map(sql_ms));
-    let args = params![before, filter.serial, limit, kind, since, until];
+    let transfer = filter.transfer.map(id_blob);
+    let args = params![before, filter.serial, limit, kind, since, until, transfer];
     let rows = stmt.query_map(args, |r| {
         Ok((
             r.get::<_, i64>(0)?,

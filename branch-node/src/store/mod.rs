@@ -20,6 +20,7 @@ mod schema;
 pub(crate) mod sessions;
 #[cfg(feature = "testing")]
 pub mod testing;
+pub(crate) mod trace;
 pub(crate) mod twopc;
 pub mod writer;
 

@@ -1,0 +1,178 @@
+//! One branch's records of a transfer for `admin trace`, and what is not finished here
+//! for `admin in-doubt`: read as stored, each signed envelope checked against the
+//! network file's keys.
+
+use rusqlite::{Connection, OptionalExtension};
+use wire::trace::{BranchTrace, CoordinatorView, EvidenceView, LegView, StuckRole, StuckView};
+use wire::twopc::{Decision, TransferSpec, Vote};
+use wire::{BranchId, TransferId};
+
+use super::ledger::{self, ReadFilter};
+use super::{StoreError, blob_id, id_blob};
+use crate::network_file::NetworkFile;
+
+fn dec<T: serde::de::DeserializeOwned + serde::Serialize>(b: &[u8]) -> Result<T, StoreError> {
+    wire::decode(b).map_err(|e| StoreError::Malformed(e.to_string()))
+}
+
+fn decision(text: Option<String>) -> Option<Decision> {
+    match text.as_deref() {
+        Some("commit") => Some(Decision::Commit),
+        Some("abort") => Some(Decision::Abort),
+        _ => None,
+    }
+}
+
+fn ms(v: i64) -> u64 {
+    u64::try_from(v).unwrap_or(0)
+}
+
+fn branch(v: i64) -> BranchId {
+    BranchId(u16::try_from(v).unwrap_or(u16::MAX))
+}
+
+fn coordinated(conn: &Connection, id: TransferId) -> Result<Option<CoordinatorView>, StoreError> {
+    let row: Option<(Vec<u8>, Option<String>, i64, i64)> = conn
+        .prepare_cached("SELECT spec, decision, ended, deadline_ms FROM coordinated WHERE id = ?1")?
+        .query_row([id_blob(id)], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+        })
+        .optional()?;
+    row.map(|(spec, d, ended, deadline)| {
+        Ok(CoordinatorView {
+            spec: dec(&spec)?,
+            decision: decision(d),
+            ended: ended == 1,
+            deadline_ms: ms(deadline),
+        })
+    })
+    .transpose()
+}
+
+fn leg(conn: &Connection, id: TransferId) -> Result<Option<LegView>, StoreError> {
+    let row: Option<(i64, Option<Vec<u8>>, Option<String>, i64)> = conn
+        .prepare_cached("SELECT coordinator, vote, decision, deadline_ms FROM legs WHERE id = ?1")?
+        .query_row([id_blob(id)], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+        })
+        .optional()?;
+    row.map(|(c, vote, d, deadline)| {
+        Ok(LegView {
+            coordinator: branch(c),
+            vote: vote.map(|v| dec::<Vote>(&v)).transpose()?,
+            decision: decision(d),
+            deadline_ms: ms(deadline),
+        })
+    })
+    .transpose()
+}
+
+fn evidence(
+    conn: &Connection,
+    id: TransferId,
+    net: &NetworkFile,
+) -> Result<Vec<EvidenceView>, StoreError> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT e.what, v.bytes FROM evidence e JOIN envelopes v ON v.hash = e.envelope_hash
+         WHERE e.transfer_id = ?1",
+    )?;
+    let rows: Vec<(String, Vec<u8>)> = stmt
+        .query_map([id_blob(id)], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<Result<_, _>>()?;
+    Ok(rows
+        .into_iter()
+        .map(|(what, bytes)| {
+            let signed: Option<wire::Signed<wire::twopc::BranchMessage>> =
+                wire::decode(&bytes).ok();
+            let verified = crate::verify::signed_message(net, &bytes);
+            EvidenceView {
+                what,
+                signer: signed.as_ref().map_or(BranchId(0), |s| s.signer),
+                verified: verified.is_some(),
+                expires_at_ms: verified.map_or(0, |(_, m)| m.expires_at_ms),
+            }
+        })
+        .collect())
+}
+
+/// Everything this branch records of `id`.
+pub(crate) fn trace(
+    conn: &Connection,
+    me: BranchId,
+    id: TransferId,
+    net: &NetworkFile,
+) -> Result<BranchTrace, StoreError> {
+    let filter = ReadFilter {
+        transfer: Some(id),
+        ..ReadFilter::default()
+    };
+    let (lines, _) = ledger::read(conn, me, &filter, None, wire::limits::PAGE_ROWS_MAX)?;
+    Ok(BranchTrace {
+        branch: me,
+        coordinated: coordinated(conn, id)?,
+        leg: leg(conn, id)?,
+        evidence: evidence(conn, id, net)?,
+        ledger: lines,
+    })
+}
+
+/// What is not finished here, oldest deadline first, at most `limit`.
+pub(crate) fn stuck(
+    conn: &Connection,
+    me: BranchId,
+    limit: usize,
+) -> Result<Vec<StuckView>, StoreError> {
+    let mut out = Vec::new();
+    let mut legs = conn.prepare_cached(
+        "SELECT id, coordinator, spec, vote, deadline_ms FROM legs
+         WHERE decision IS NULL AND vote IS NOT NULL ORDER BY deadline_ms LIMIT ?1",
+    )?;
+    type LegRow = (Vec<u8>, i64, Option<Vec<u8>>, Vec<u8>, i64);
+    let rows: Vec<LegRow> = legs
+        .query_map([limit as i64], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+        })?
+        .collect::<Result<_, _>>()?;
+    for (id, c, spec, vote, deadline) in rows {
+        if dec::<Vote>(&vote)? != Vote::Yes {
+            continue;
+        }
+        let spec: Option<TransferSpec> = spec.map(|s| dec(&s)).transpose()?;
+        out.push(StuckView {
+            branch: me,
+            id: blob_id(&id)?,
+            role: StuckRole::AwaitingDecision,
+            waiting_on: vec![branch(c)],
+            amount: spec.map(|s| s.amount),
+            deadline_ms: ms(deadline),
+        });
+    }
+    let mut coord = conn.prepare_cached(
+        "SELECT spec, decision, deadline_ms FROM coordinated WHERE ended = 0 ORDER BY deadline_ms LIMIT ?1",
+    )?;
+    let rows: Vec<(Vec<u8>, Option<String>, i64)> = coord
+        .query_map([limit as i64], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+        .collect::<Result<_, _>>()?;
+    for (spec, d, deadline) in rows {
+        let spec: TransferSpec = dec(&spec)?;
+        out.push(StuckView {
+            branch: me,
+            id: spec.id,
+            role: if d.is_some() {
+                StuckRole::AwaitingAcks
+            } else {
+                StuckRole::AwaitingVotes
+            },
+            waiting_on: spec
+                .participants()
+                .into_iter()
+                .filter(|b| *b != me)
+                .collect(),
+            amount: Some(spec.amount),
+            deadline_ms: ms(deadline),
+        });
+    }
+    out.sort_by_key(|s| s.deadline_ms);
+    out.truncate(limit);
+    Ok(out)
+}

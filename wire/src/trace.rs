@@ -1,0 +1,82 @@
+//! What an admin sees when tracing one transfer across branches (`teller-cli admin
+//! trace ID`) or listing what is stuck (`admin in-doubt`): each branch's own records,
+//! read as they are, with the signed evidence it keeps and whether each signature
+//! verified against the network file.
+
+use serde::{Deserialize, Serialize};
+
+use crate::ids::{BranchId, TransferId};
+use crate::money::Amount;
+use crate::teller::EntryView;
+use crate::twopc::{Decision, TransferSpec, Vote};
+
+/// A transfer as its coordinator recorded it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+pub struct CoordinatorView {
+    pub spec: TransferSpec,
+    /// `None` while votes are awaited.
+    pub decision: Option<Decision>,
+    /// True once every participant acknowledged the decision.
+    pub ended: bool,
+    pub deadline_ms: u64,
+}
+
+/// A transfer as one participant recorded its leg.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+pub struct LegView {
+    pub coordinator: BranchId,
+    pub vote: Option<Vote>,
+    pub decision: Option<Decision>,
+    pub deadline_ms: u64,
+}
+
+/// One signed 2PC message a branch keeps as evidence for the transfer.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+pub struct EvidenceView {
+    /// prepare, vote or decision.
+    pub what: String,
+    pub signer: BranchId,
+    /// Whether the signature verified against the signer's listed key.
+    pub verified: bool,
+    /// When the message stopped being valid (it was sent a message lifetime before).
+    pub expires_at_ms: u64,
+}
+
+/// Everything one branch records of a transfer.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+pub struct BranchTrace {
+    pub branch: BranchId,
+    pub coordinated: Option<CoordinatorView>,
+    pub leg: Option<LegView>,
+    pub evidence: Vec<EvidenceView>,
+    pub ledger: Vec<EntryView>,
+}
+
+/// Why a transfer is stuck at a branch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+pub enum StuckRole {
+    /// This branch voted yes and waits for the coordinator's decision.
+    AwaitingDecision,
+    /// This branch coordinates and waits for votes.
+    AwaitingVotes,
+    /// This branch decided and waits for acknowledgements.
+    AwaitingAcks,
+}
+
+/// One transfer not finished at one branch.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+pub struct StuckView {
+    pub branch: BranchId,
+    pub id: TransferId,
+    pub role: StuckRole,
+    /// The branches it waits on.
+    pub waiting_on: Vec<BranchId>,
+    pub amount: Option<Amount>,
+    pub deadline_ms: u64,
+}
