@@ -50,7 +50,8 @@ fn coordinated(conn: &Connection, id: TransferId) -> Result<Option<CoordinatorVi
 }
 
 fn leg(conn: &Connection, id: TransferId) -> Result<Option<LegView>, StoreError> {
-    let row: Option<(i64, Option<Vec<u8>>, Option<String>, i64)> = conn
+    type Row = (i64, Option<Vec<u8>>, Option<String>, i64);
+    let row: Option<Row> = conn
         .prepare_cached("SELECT coordinator, vote, decision, deadline_ms FROM legs WHERE id = ?1")?
         .query_row([id_blob(id)], |r| {
             Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
