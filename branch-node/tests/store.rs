@@ -440,6 +440,35 @@ fn opted_in_customers_get_an_outbox_message_per_ledger_entry() {
 }
 
 #[test]
+fn a_phone_gets_at_most_its_hourly_sms_maximum() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut s = open(&dir.path().join("b.db"));
+    let yes = s
+        .open_account(&customer("CAP", true), shared_hash(), None)
+        .expect("works")
+        .expect("opens")
+        .number;
+    let max = branch_node::store::SMS_PER_PHONE_PER_HOUR_MAX;
+    for i in 0..max + 5 {
+        let id = TransferId(100 + u128::try_from(i).expect("small"));
+        let state = s
+            .movement(Movement::Deposit, id, yes, amt(1))
+            .expect("works");
+        assert_eq!(
+            state,
+            TransferState::Committed,
+            "every deposit still commits"
+        );
+    }
+    let outbox = s.outbox().expect("reads");
+    assert_eq!(outbox.len() as i64, max, "texts capped, money not");
+    assert_eq!(
+        s.account(yes).expect("reads").expect("exists").balance,
+        amt(max + 5)
+    );
+}
+
+#[test]
 fn concurrent_deposits_and_transfers_on_a_hot_account_stay_exact() {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut store = open(&dir.path().join("b.db"));

@@ -62,6 +62,7 @@ pub struct Metrics {
     pub sms_outbox: Gauge,
     pub sms_sent: Counter,
     pub sms_failures: Counter,
+    pub sms_capped: Counter,
     pub twopc_messages_sent: Counter,
 }
 
@@ -81,6 +82,7 @@ impl Metrics {
             sms_outbox: Gauge::default(),
             sms_sent: Counter::default(),
             sms_failures: Counter::default(),
+            sms_capped: Counter::default(),
             twopc_messages_sent: Counter::default(),
         };
         m.register();

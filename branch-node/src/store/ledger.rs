@@ -8,6 +8,25 @@ use wire::{AccountNumber, Amount, BranchId, TransferId};
 
 use super::{Store, StoreError, account_number, blob_id, id_blob, sql_ms};
 
+/// Most SMS alerts one phone gets per hour; further movements in that hour are not
+/// texted (their ledger lines are still there), so one customer's stream of tiny
+/// transfers cannot run up the bank's SMS bill.
+pub const SMS_PER_PHONE_PER_HOUR_MAX: i64 = 10;
+
+/// Whether `phone` may get another alert for a movement at `at_ms`; a refused one is
+/// counted in the metrics.
+fn sms_allowed(conn: &Connection, phone: &str, at_ms: u64) -> Result<bool, StoreError> {
+    let since = sql_ms(at_ms.saturating_sub(3_600_000));
+    let sent: i64 = conn
+        .prepare_cached("SELECT count(*) FROM outbox WHERE phone = ?1 AND created_at_ms > ?2")?
+        .query_row(params![phone, since], |r| r.get(0))?;
+    let allowed = sent < SMS_PER_PHONE_PER_HOUR_MAX;
+    if !allowed {
+        crate::node::metrics::get().sms_capped.inc();
+    }
+    Ok(allowed)
+}
+
 /// The hash before the first entry.
 const GENESIS: [u8; 32] = [0; 32];
 
@@ -111,7 +130,9 @@ pub(crate) fn append_all(
             prev,
             hash.to_vec()
         ])?;
-        if let Some(phone) = &e.sms_phone {
+        if let Some(phone) = &e.sms_phone
+            && sms_allowed(conn, phone, e.at_ms)?
+        {
             let account = account_number(me, i64::from(e.serial))?;
             let verb = match e.kind {
                 EntryKind::Deposit => "deposit of",

@@ -32,7 +32,7 @@ use wire::{AccountNumber, BranchId, TransferId};
 
 pub use auth::{LoginOutcome, LoginRow, UserInfo, hash_password};
 pub use bank::Movement;
-pub use ledger::{LedgerReport, LedgerViolation};
+pub use ledger::{LedgerReport, LedgerViolation, SMS_PER_PHONE_PER_HOUR_MAX};
 pub use sessions::SessionRow;
 pub use twopc::IdRecord;
 

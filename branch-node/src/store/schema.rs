@@ -154,4 +154,9 @@ ALTER TABLE users DROP COLUMN locked_until_ms;
 CREATE INDEX legs_abort_only ON legs(coordinator) WHERE spec IS NULL;
 CREATE INDEX legs_no_votes ON legs(coordinator) WHERE vote IS NOT NULL AND vote != x'00';
 "#,
+    // 5: SMS messages are counted per phone per hour (a cap on what one customer's
+    // movements can cost the bank).
+    r#"
+CREATE INDEX outbox_by_phone ON outbox(phone, created_at_ms);
+"#,
 ];
