@@ -88,9 +88,11 @@ enum Command {
         /// Let admins block or delay links to other branches (fault scenarios only).
         #[arg(long)]
         fault_switch: bool,
-        /// Send SMS through Twilio's Messages API at this http:// base URL, with
-        /// TWILIO_ACCOUNT_SID, TWILIO_AUTH_TOKEN and TWILIO_FROM from the environment.
-        /// Without it, messages are appended to sms.log in the data dir.
+        /// Send SMS through Twilio's Messages API at this base URL (https://api.twilio.com;
+        /// plain http:// only to a loopback relay), with TWILIO_ACCOUNT_SID,
+        /// TWILIO_AUTH_TOKEN and TWILIO_FROM from the environment, and optionally
+        /// TWILIO_CA_FILE (a PEM CA to trust instead of the public roots). Without it,
+        /// messages are appended to sms.log in the data dir.
         #[arg(long)]
         sms_url: Option<String>,
         /// Serve Prometheus metrics at http://ADDR/metrics, with /healthz and /readyz

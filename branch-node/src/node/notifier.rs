@@ -1,15 +1,18 @@
 //! Delivers the SMS outbox: a background task reads due messages, hands each to the
 //! configured sink and marks it delivered, or schedules a retry with doubling backoff.
 //!
-//! Sinks: a log file in the data dir (the default), or Twilio's Messages API over HTTP
+//! Sinks: a log file in the data dir (the default), or Twilio's Messages API
 //! (`POST {base}/2010-04-01/Accounts/{sid}/Messages.json`, form fields To, From, Body,
-//! basic auth). The HTTP client is a few lines over a TCP stream and speaks plain
-//! `http://` only: point it at a local relay or test server; TLS is not built in.
+//! basic auth) over HTTPS with rustls (ureq, on a blocking thread). Plain `http://` is
+//! accepted only to a loopback address (a local relay or a test); anything else would
+//! send the account's credentials in clear text. A refusal from the gateway is logged
+//! with its error code and message.
 
 use std::path::PathBuf;
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use base64::Engine;
+use tokio::io::AsyncWriteExt;
 
 use super::now_ms;
 use crate::store::outbox::{self, OutboxMessage};
@@ -40,12 +43,13 @@ pub enum SmsSink {
 /// Twilio settings; the credentials come from the environment, never from files.
 #[derive(Clone)]
 pub struct TwilioConfig {
-    /// `http://host:port[/prefix]`.
+    /// `https://host[:port][/prefix]`, or `http://` to a loopback address.
     pub base_url: String,
     pub account_sid: String,
     pub auth_token: String,
     /// The sending number.
     pub from: String,
+    agent: ureq::Agent,
 }
 
 impl std::fmt::Debug for TwilioConfig {
@@ -57,20 +61,88 @@ impl std::fmt::Debug for TwilioConfig {
     }
 }
 
+/// Refuses a gateway URL that would carry credentials in clear text over a network.
+pub fn check_gateway_url(url: &str) -> Result<(), String> {
+    if let Some(rest) = url.strip_prefix("https://") {
+        return if rest.is_empty() {
+            Err(format!("sms url has no host: {url}"))
+        } else {
+            Ok(())
+        };
+    }
+    let Some(rest) = url.strip_prefix("http://") else {
+        return Err(format!("sms url must start with https://: {url}"));
+    };
+    let authority = rest.split('/').next().unwrap_or_default();
+    let host = match authority.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or_default(),
+        None => authority.rsplit_once(':').map_or(authority, |(h, _)| h),
+    };
+    let loopback = host == "localhost"
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback());
+    if loopback {
+        Ok(())
+    } else {
+        Err(format!(
+            "sms url {url} is plain http to a host that is not loopback: the account's \
+             credentials would cross the network in clear text; use https://"
+        ))
+    }
+}
+
 impl TwilioConfig {
-    /// Reads `TWILIO_ACCOUNT_SID`, `TWILIO_AUTH_TOKEN` and `TWILIO_FROM`.
+    /// Reads `TWILIO_ACCOUNT_SID`, `TWILIO_AUTH_TOKEN`, `TWILIO_FROM` and, optionally,
+    /// `TWILIO_CA_FILE` (a PEM certificate to trust instead of the public roots: a
+    /// gateway with a private certificate, or a test).
     pub fn from_env(base_url: String) -> Result<Self, String> {
         let var = |name: &str| std::env::var(name).map_err(|_| format!("{name} is not set"));
-        Ok(TwilioConfig {
+        let ca = match std::env::var_os("TWILIO_CA_FILE") {
+            Some(path) => Some(std::fs::read(&path).map_err(|e| format!("TWILIO_CA_FILE: {e}"))?),
+            None => None,
+        };
+        TwilioConfig::new(
             base_url,
-            account_sid: var("TWILIO_ACCOUNT_SID")?,
-            auth_token: var("TWILIO_AUTH_TOKEN")?,
-            from: var("TWILIO_FROM")?,
+            var("TWILIO_ACCOUNT_SID")?,
+            var("TWILIO_AUTH_TOKEN")?,
+            var("TWILIO_FROM")?,
+            ca.as_deref(),
+        )
+    }
+
+    /// A gateway at `base_url` (checked by [`check_gateway_url`]); `ca_pem`, if given, is
+    /// the only certificate authority trusted for it.
+    pub fn new(
+        base_url: String,
+        account_sid: String,
+        auth_token: String,
+        from: String,
+        ca_pem: Option<&[u8]>,
+    ) -> Result<Self, String> {
+        check_gateway_url(&base_url)?;
+        let mut tls = ureq::tls::TlsConfig::builder();
+        if let Some(pem) = ca_pem {
+            let cert = ureq::tls::Certificate::from_pem(pem)
+                .map_err(|e| format!("ca certificate: {e}"))?;
+            tls = tls.root_certs(ureq::tls::RootCerts::new_with_certs(&[cert]));
+        }
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .timeout_global(Some(Duration::from_millis(SMS_HTTP_TIMEOUT_MS)))
+            .http_status_as_error(false)
+            .tls_config(tls.build())
+            .build()
+            .into();
+        Ok(TwilioConfig {
+            base_url: base_url.trim_end_matches('/').to_owned(),
+            account_sid,
+            auth_token,
+            from,
+            agent,
         })
     }
 }
 
-/// Runs until `shutdown` resolves.
 pub async fn run(
     writer: WriterHandle,
     sink: SmsSink,
@@ -138,194 +210,237 @@ async fn deliver(sink: &SmsSink, m: &OutboxMessage) -> Result<(), String> {
                 .map_err(|e| e.to_string())?;
             f.sync_data().await.map_err(|e| e.to_string())
         }
-        SmsSink::Twilio(cfg) => tokio::time::timeout(
-            Duration::from_millis(SMS_HTTP_TIMEOUT_MS),
-            twilio_post(cfg, &m.phone, &m.body),
-        )
-        .await
-        .map_err(|_| "sms gateway timed out".to_string())?,
+        SmsSink::Twilio(cfg) => {
+            let (cfg, to, body) = (cfg.clone(), m.phone.clone(), m.body.clone());
+            tokio::task::spawn_blocking(move || twilio_post(&cfg, &to, &body))
+                .await
+                .map_err(|e| format!("sms delivery task failed: {e}"))?
+        }
     }
 }
 
-/// Splits `http://host:port/prefix` into (`host:port`, `/prefix`).
-fn split_url(url: &str) -> Result<(&str, &str), String> {
-    let rest = url
-        .strip_prefix("http://")
-        .ok_or_else(|| format!("sms url must start with http://: {url}"))?;
-    let (host, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
-    if host.is_empty() {
-        return Err(format!("sms url has no host: {url}"));
-    }
-    Ok((host, path.trim_end_matches('/')))
-}
-
-async fn twilio_post(cfg: &TwilioConfig, to: &str, body: &str) -> Result<(), String> {
-    let (host, prefix) = split_url(&cfg.base_url)?;
-    let form = format!(
-        "To={}&From={}&Body={}",
-        form_encode(to),
-        form_encode(&cfg.from),
-        form_encode(body)
+/// Posts one message; a gateway's refusal comes back with its code and message.
+fn twilio_post(cfg: &TwilioConfig, to: &str, body: &str) -> Result<(), String> {
+    let url = format!(
+        "{}/2010-04-01/Accounts/{}/Messages.json",
+        cfg.base_url, cfg.account_sid
     );
-    let auth = base64(format!("{}:{}", cfg.account_sid, cfg.auth_token).as_bytes());
-    let request = format!(
-        "POST {prefix}/2010-04-01/Accounts/{sid}/Messages.json HTTP/1.1\r\nHost: {host}\r\n\
-         Authorization: Basic {auth}\r\nContent-Type: application/x-www-form-urlencoded\r\n\
-         Content-Length: {len}\r\nConnection: close\r\n\r\n{form}",
-        sid = form_encode(&cfg.account_sid),
-        len = form.len(),
+    let credentials = format!("{}:{}", cfg.account_sid, cfg.auth_token);
+    let auth = format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(credentials)
     );
-    let mut stream = tokio::net::TcpStream::connect(host)
-        .await
-        .map_err(|e| format!("cannot reach {host}: {e}"))?;
-    stream
-        .write_all(request.as_bytes())
-        .await
-        .map_err(|e| e.to_string())?;
-    let mut response = Vec::new();
-    stream
-        .take(SMS_RESPONSE_BYTES_MAX)
-        .read_to_end(&mut response)
-        .await
-        .map_err(|e| e.to_string())?;
-    let status_line = String::from_utf8_lossy(&response);
-    let status = status_line
-        .lines()
-        .next()
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|s| s.parse::<u16>().ok())
-        .ok_or("sms gateway sent no http status")?;
+    let mut response = cfg
+        .agent
+        .post(&url)
+        .header("Authorization", &auth)
+        .send_form([("To", to), ("From", cfg.from.as_str()), ("Body", body)])
+        .map_err(|e| format!("cannot reach the sms gateway: {e}"))?;
+    let status = response.status().as_u16();
     if (200..300).contains(&status) {
-        Ok(())
-    } else {
-        Err(format!("sms gateway answered http {status}"))
+        return Ok(());
     }
+    let text = response
+        .body_mut()
+        .with_config()
+        .limit(SMS_RESPONSE_BYTES_MAX)
+        .read_to_string()
+        .unwrap_or_default();
+    Err(format!(
+        "sms gateway answered http {status}{}",
+        gateway_error(&text)
+    ))
 }
 
-/// `application/x-www-form-urlencoded` for one value.
-fn form_encode(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'*' => {
-                out.push(char::from(b));
-            }
-            b' ' => out.push('+'),
-            _ => out.push_str(&format!("%{b:02X}")),
-        }
+/// `: error CODE: MESSAGE` from a Twilio error body, or nothing.
+fn gateway_error(body: &str) -> String {
+    let Ok(v) = serde_json::from_str::<serde_json::Value>(body) else {
+        return String::new();
+    };
+    match (v.get("code"), v.get("message").and_then(|m| m.as_str())) {
+        (Some(code), Some(message)) => format!(": error {code}: {message}"),
+        (None, Some(message)) => format!(": {message}"),
+        _ => String::new(),
     }
-    out
-}
-
-/// Standard base64 with padding (for the basic auth header).
-fn base64(bytes: &[u8]) -> String {
-    const TABLE: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
-    for chunk in bytes.chunks(3) {
-        let b = [
-            chunk[0],
-            *chunk.get(1).unwrap_or(&0),
-            *chunk.get(2).unwrap_or(&0),
-        ];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(char::from(TABLE[((n >> (18 - 6 * i)) & 63) as usize]));
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
 }
 
 #[cfg(test)]
 mod tests {
+    use std::io::{Read, Write};
+    use std::sync::Arc;
+
     use super::*;
 
     #[test]
-    fn encodings() {
-        assert_eq!(base64(b"ACxx:tok"), "QUN4eDp0b2s=");
-        assert_eq!(base64(b"ab"), "YWI=");
-        assert_eq!(base64(b"abc"), "YWJj");
-        assert_eq!(form_encode("+91 98 & ü"), "%2B91+98+%26+%C3%BC");
-        assert_eq!(
-            split_url("http://127.0.0.1:8/x/"),
-            Ok(("127.0.0.1:8", "/x"))
-        );
-        assert!(split_url("https://api.twilio.com").is_err());
-    }
-
-    /// Serves one HTTP request on 127.0.0.1 with `status`, returning what was sent.
-    async fn one_request(status: &'static str) -> (String, tokio::task::JoinHandle<String>) {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let url = format!("http://{}/relay", listener.local_addr().expect("addr"));
-        let server = tokio::spawn(async move {
-            let (mut s, _) = listener.accept().await.expect("accept");
-            let mut buf = vec![0u8; 8192];
-            let mut got = Vec::new();
-            loop {
-                let n = s.read(&mut buf).await.expect("read");
-                got.extend_from_slice(&buf[..n]);
-                let text = String::from_utf8_lossy(&got).to_string();
-                if n == 0 || text.contains("\r\n\r\n") && text.ends_with("Body=hi+there%21") {
-                    break;
-                }
-            }
-            let reply = format!("HTTP/1.1 {status}\r\nContent-Length: 0\r\n\r\n");
-            s.write_all(reply.as_bytes()).await.expect("write");
-            String::from_utf8_lossy(&got).to_string()
-        });
-        (url, server)
-    }
-
-    fn config(base_url: String) -> TwilioConfig {
-        TwilioConfig {
-            base_url,
-            account_sid: "ACxx".into(),
-            auth_token: "tok".into(),
-            from: "+15550000".into(),
+    fn only_https_or_loopback_http_carries_the_credentials() {
+        for ok in [
+            "https://api.twilio.com",
+            "http://127.0.0.1:8/relay",
+            "http://localhost:8",
+            "http://[::1]:9",
+        ] {
+            assert_eq!(check_gateway_url(ok), Ok(()), "{ok}");
+        }
+        for bad in [
+            "http://api.twilio.com",
+            "http://10.0.0.1:80",
+            "http://127.0.0.1.evil.example",
+            "ftp://x",
+            "https://",
+        ] {
+            assert!(check_gateway_url(bad).is_err(), "{bad}");
         }
     }
 
-    #[tokio::test]
-    async fn twilio_sink_posts_the_messages_api_form_with_basic_auth() {
-        let (url, server) = one_request("201 Created").await;
-        twilio_post(&config(url), "+91 98", "hi there!")
-            .await
-            .expect("delivered");
-        let sent = server.await.expect("server");
+    /// Serves one request on a loopback `listener` (wrapped by `tls`, if given) with
+    /// `reply`; returns what was sent.
+    fn serve_one(
+        listener: std::net::TcpListener,
+        tls: Option<Arc<rustls::ServerConfig>>,
+        reply: String,
+    ) -> std::thread::JoinHandle<String> {
+        std::thread::spawn(move || {
+            let Ok((tcp, _)) = listener.accept() else {
+                return String::new();
+            };
+            let _ = tcp.set_read_timeout(Some(Duration::from_secs(2)));
+            let mut stream: Box<dyn ReadWrite> = match tls {
+                Some(cfg) => {
+                    let conn = rustls::ServerConnection::new(cfg).expect("tls");
+                    Box::new(rustls::StreamOwned::new(conn, tcp))
+                }
+                None => Box::new(tcp),
+            };
+            let mut got = Vec::new();
+            let mut buf = [0u8; 4096];
+            while !String::from_utf8_lossy(&got).ends_with("Body=hi+there!") {
+                match stream.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => got.extend_from_slice(&buf[..n]),
+                }
+            }
+            let _ = stream.write_all(reply.as_bytes());
+            let _ = stream.flush();
+            String::from_utf8_lossy(&got).to_string()
+        })
+    }
+
+    trait ReadWrite: Read + Write + Send {}
+    impl<T: Read + Write + Send> ReadWrite for T {}
+
+    fn http_reply(status: &str, body: &str) -> String {
+        format!(
+            "HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        )
+    }
+
+    fn config(base_url: String, ca: Option<&[u8]>) -> TwilioConfig {
+        TwilioConfig::new(
+            base_url,
+            "ACxx".into(),
+            "tok".into(),
+            "+15550000".into(),
+            ca,
+        )
+        .expect("config")
+    }
+
+    fn loopback() -> (std::net::TcpListener, u16) {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = l.local_addr().expect("addr").port();
+        (l, port)
+    }
+
+    #[test]
+    fn the_messages_api_form_goes_with_basic_auth() {
+        let (l, port) = loopback();
+        let server = serve_one(l, None, http_reply("201 Created", "{}"));
+        twilio_post(
+            &config(format!("http://127.0.0.1:{port}/relay"), None),
+            "+91 98",
+            "hi there!",
+        )
+        .expect("delivered");
+        let sent = server.join().expect("server").to_lowercase();
         assert!(
-            sent.starts_with("POST /relay/2010-04-01/Accounts/ACxx/Messages.json HTTP/1.1\r\n"),
+            sent.starts_with("post /relay/2010-04-01/accounts/acxx/messages.json http/1.1\r\n"),
             "{sent}"
         );
         assert!(
-            sent.contains("Authorization: Basic QUN4eDp0b2s=\r\n"),
+            sent.contains("authorization: basic qun4edp0b2s=\r\n"),
             "{sent}"
         );
         assert!(
-            sent.contains("Content-Type: application/x-www-form-urlencoded"),
+            sent.contains("content-type: application/x-www-form-urlencoded"),
             "{sent}"
         );
         assert!(
-            sent.ends_with("To=%2B91+98&From=%2B15550000&Body=hi+there%21"),
+            sent.ends_with("to=%2b91+98&from=%2b15550000&body=hi+there!"),
             "{sent}"
         );
     }
 
-    #[tokio::test]
-    async fn twilio_errors_and_unreachable_gateways_are_failures_to_retry() {
-        let (url, server) = one_request("401 Unauthorized").await;
-        let e = twilio_post(&config(url), "+91 98", "hi there!").await;
-        assert_eq!(e, Err("sms gateway answered http 401".into()));
-        server.await.expect("server");
-        let closed = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let url = format!("http://{}", closed.local_addr().expect("addr"));
+    #[test]
+    fn a_refusal_is_told_with_the_gateways_code_and_message() {
+        let (l, port) = loopback();
+        let body = r#"{"code":21211,"message":"The 'To' number is not a valid phone number.","status":400}"#;
+        let server = serve_one(l, None, http_reply("400 Bad Request", body));
+        let e = twilio_post(
+            &config(format!("http://127.0.0.1:{port}"), None),
+            "+91 98",
+            "hi there!",
+        );
+        server.join().expect("server");
+        assert_eq!(
+            e,
+            Err("sms gateway answered http 400: error 21211: The 'To' number is not a valid phone number.".into())
+        );
+        let (closed, port) = loopback();
         drop(closed);
-        assert!(twilio_post(&config(url), "1", "x").await.is_err());
+        let e = twilio_post(&config(format!("http://127.0.0.1:{port}"), None), "1", "x");
+        assert!(e.is_err_and(|e| e.starts_with("cannot reach the sms gateway")));
+    }
+
+    #[test]
+    fn https_with_a_trusted_certificate_delivers_and_an_untrusted_one_does_not() {
+        let made = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned()]).expect("cert");
+        let der = made.cert.der().clone();
+        let key = rustls::pki_types::PrivateKeyDer::Pkcs8(made.signing_key.serialize_der().into());
+        let tls = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_no_client_auth()
+        .with_single_cert(vec![der], key)
+        .expect("server config");
+        let tls = Arc::new(tls);
+        let pem = made.cert.pem();
+
+        let (l, port) = loopback();
+        let server = serve_one(l, Some(tls.clone()), http_reply("201 Created", "{}"));
+        let url = format!("https://127.0.0.1:{port}");
+        twilio_post(
+            &config(url.clone(), Some(pem.as_bytes())),
+            "+91 98",
+            "hi there!",
+        )
+        .expect("delivered over TLS");
+        assert!(server.join().expect("server").contains("Body=hi+there!"));
+
+        // The public roots do not know this certificate: nothing is sent.
+        let (l, port) = loopback();
+        let server = serve_one(l, Some(tls), http_reply("201 Created", "{}"));
+        let e = twilio_post(
+            &config(format!("https://127.0.0.1:{port}"), None),
+            "+91 98",
+            "hi there!",
+        );
+        assert!(e.is_err(), "an untrusted certificate must fail");
+        assert!(
+            !server.join().expect("server").contains("Body="),
+            "no credentials sent"
+        );
     }
 }
