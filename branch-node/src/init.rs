@@ -57,8 +57,23 @@ pub struct Initialized {
 impl Initialized {
     /// The block to add to `network.toml` for this branch.
     pub fn network_entry(&self) -> String {
+        self.network_entry_at(&[])
+    }
+
+    /// The `[[branch]]` block with `listen` as its addresses, ready to paste; with no
+    /// address, an empty list and a comment saying what goes there.
+    pub fn network_entry_at(&self, listen: &[multiaddr::Multiaddr]) -> String {
+        let addresses = if listen.is_empty() {
+            "[]  # where it listens, e.g. \"/ip4/127.0.0.1/tcp/7001\"".to_owned()
+        } else {
+            let quoted: Vec<String> = listen
+                .iter()
+                .map(|a| format!("{:?}", a.to_string()))
+                .collect();
+            format!("[{}]", quoted.join(", "))
+        };
         format!(
-            "[[branch]]\nid = {}\nname = {:?}\npublic_key = \"{}\"\npeer_id = \"{}\"\naddresses = []  # where it listens, e.g. \"/ip4/127.0.0.1/tcp/7001\"\n",
+            "[[branch]]\nid = {}\nname = {:?}\npublic_key = \"{}\"\npeer_id = \"{}\"\naddresses = {addresses}\n",
             self.branch.0, self.name, self.public_key, self.peer_id
         )
     }

@@ -39,6 +39,10 @@ enum Command {
         /// to an authenticator app; every admin login then needs the current code.
         #[arg(long)]
         totp: bool,
+        /// Where the branch will listen (repeatable), e.g. /ip4/192.168.1.20/tcp/7001:
+        /// the printed network-file block lists it, ready to paste.
+        #[arg(long)]
+        listen: Vec<Multiaddr>,
     },
     /// Copy a branch's database to a new file FILE (owner-only) while the node runs:
     /// one consistent moment (SQLite's online backup). The key file is not included.
@@ -95,6 +99,9 @@ enum Command {
         /// messages are appended to sms.log in the data dir.
         #[arg(long)]
         sms_url: Option<String>,
+        /// Log lines as text (colours only on a terminal) or as one JSON object each.
+        #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+        log_format: LogFormat,
         /// Serve Prometheus metrics at http://ADDR/metrics, with /healthz and /readyz
         /// (port 0 picks a free port; the address is printed).
         #[arg(long)]
@@ -163,6 +170,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             name,
             admin_password_file,
             totp,
+            listen,
         } => {
             let password = match admin_password_file {
                 Some(f) => {
@@ -190,7 +198,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             println!(
                 "\nadd this branch to network.toml:\n\n{}",
-                done.network_entry()
+                done.network_entry_at(&listen)
             );
             Ok(())
         }
@@ -203,13 +211,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             sms_url,
             unsafe_no_fsync,
             metrics_listen,
+            log_format,
         } => {
-            tracing_subscriber::fmt()
-                .with_env_filter(
-                    EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
-                )
-                .with_writer(std::io::stderr)
-                .init();
+            init_logs(log_format);
             let _failpoints = fail::FailScenario::setup();
             let sms = match sms_url {
                 Some(url) => Some(SmsSink::Twilio(
@@ -234,6 +238,27 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let runtime = tokio::runtime::Runtime::new()?;
             runtime.block_on(branch_node::node::run(cfg, shutdown_signal()))
         }
+    }
+}
+
+/// How `run` writes its log lines.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Logs to stderr, filtered by RUST_LOG (default info): text with colours only when
+/// stderr is a terminal, or JSON lines.
+fn init_logs(format: LogFormat) {
+    use std::io::IsTerminal;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => logs.json().init(),
+        LogFormat::Text => logs.with_ansi(std::io::stderr().is_terminal()).init(),
     }
 }
 

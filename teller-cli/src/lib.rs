@@ -368,6 +368,17 @@ pub fn identity(path: &Path) -> Result<BranchKey, TellerError> {
     }
 }
 
+/// A ledger entry's kind in words, as tables and pages show it.
+pub fn kind_words(k: wire::teller::EntryKind) -> &'static str {
+    use wire::teller::EntryKind;
+    match k {
+        EntryKind::Deposit => "deposit",
+        EntryKind::Withdrawal => "withdrawal",
+        EntryKind::TransferDebit => "transfer out",
+        EntryKind::TransferCredit => "transfer in",
+    }
+}
+
 /// A fresh transfer id, made before the first send so every retry reuses it. Time
 /// first (UUIDv7 shape), so a branch's indexes grow at their end.
 pub fn new_transfer_id() -> wire::TransferId {

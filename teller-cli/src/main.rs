@@ -147,6 +147,9 @@ enum Command {
     /// Admin actions.
     #[command(subcommand)]
     Admin(Admin),
+    /// Print a shell completion script, e.g. `teller-cli completions bash >
+    /// ~/.local/share/bash-completion/completions/teller-cli`.
+    Completions { shell: clap_complete::Shell },
     /// Serve the web teller console to a browser on this machine: it speaks to the
     /// branch (--branch or --addr) as this CLI does. Every login happens in the browser.
     Web {
@@ -365,6 +368,12 @@ async fn stop_signal() {
 }
 
 async fn run(cli: Cli) -> Result<u8, TellerError> {
+    if let Some(Command::Completions { shell }) = &cli.command {
+        use clap::CommandFactory;
+        let mut command = Cli::command();
+        clap_complete::generate(*shell, &mut command, "teller-cli", &mut std::io::stdout());
+        return Ok(0);
+    }
     let target = target(&cli)?;
     let policy = RetryPolicy {
         wait: std::time::Duration::from_secs(cli.wait),
@@ -469,7 +478,9 @@ async fn run(cli: Cli) -> Result<u8, TellerError> {
             return Ok(0);
         }
         Command::Admin(admin) => admin_op(admin, &password)?,
-        Command::Web { .. } => return Err(TellerError::Usage("web takes no login".into())),
+        Command::Web { .. } | Command::Completions { .. } => {
+            return Err(TellerError::Usage("this command takes no login".into()));
+        }
     };
     let r = teller.call_renewing(op).await?;
     out.response(&r);

@@ -78,29 +78,50 @@ pub fn accounts_table(accounts: &[AccountView]) -> Table {
     t
 }
 
+/// Widest a table may be: it fits a 100-column terminal (long cells wrap).
+const TABLE_WIDTH: u16 = 100;
+
+/// Ledger entries for people: time (UTC), kinds in words, borderless, to fit a
+/// 100-column terminal with whole ids. One account's entries (a history) show the
+/// balance after each; many accounts' (a listing) show the account instead. The
+/// sequence numbers are left out: paging says the next `--before`.
 pub fn entries_table(entries: &[EntryView]) -> Table {
+    let one_account = entries.windows(2).all(|w| w[0].account == w[1].account);
     let mut t = Table::new();
+    t.load_style(comfy_table::presets::NOTHING)
+        .set_content_arrangement(comfy_table::ContentArrangement::Dynamic)
+        .set_width(TABLE_WIDTH);
+    let (middle, time_chars) = if one_account {
+        ("balance", 16)
+    } else {
+        ("account", 10)
+    };
     t.set_header([
-        "branch",
-        "seq",
-        "account",
+        "time (UTC)",
+        middle,
         "kind",
         "amount",
-        "balance after",
-        "counterparty",
+        "other account",
         "id",
     ]);
     for e in entries {
+        let when = teller_cli::when::utc_minute(e.at_ms);
+        let middle = if one_account {
+            e.balance_after.to_string()
+        } else {
+            e.account.to_string()
+        };
         t.add_row([
-            e.branch.to_string(),
-            e.seq.to_string(),
-            e.account.to_string(),
-            format!("{:?}", e.kind),
+            when[..time_chars].to_owned(),
+            middle,
+            teller_cli::kind_words(e.kind).to_owned(),
             e.amount.to_string(),
-            e.balance_after.to_string(),
             e.counterparty.map(|c| c.to_string()).unwrap_or_default(),
             e.transfer_id.to_string(),
         ]);
+    }
+    for column in t.column_iter_mut() {
+        column.set_padding((0, 1));
     }
     t
 }

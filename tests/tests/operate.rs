@@ -126,6 +126,17 @@ async fn metrics_move_with_the_work_and_health_says_what_holds() {
     let (status, ready) = fetch(&format!("{b1}/readyz")).await;
     assert_eq!(status, 200, "{ready}");
     assert!(ready.contains("engine: running") && ready.contains("peers connected: 1 of 1"));
+    // The log (not a terminal) has no colour codes, and a money line names its id.
+    let log = std::fs::read_to_string(c.nodes[0].dir.join("node.log")).expect("node.log");
+    assert!(!log.contains('\u{1b}'), "colour codes in a log file");
+    let some = committed
+        .iter()
+        .find(|id| **id != deposit)
+        .expect("a transfer");
+    assert!(
+        log.contains(&format!("id={some}")) && log.contains("money answered"),
+        "{log}"
+    );
     // With b2 gone, b1 is still ready (peers are reported, not required).
     let mut c = c;
     c.kill(1);
@@ -293,8 +304,11 @@ async fn verify_passes_a_clean_branch_and_reports_each_planted_damage() {
         .execute_batch("PRAGMA wal_checkpoint(TRUNCATE)")
         .expect("checkpoint");
     let mut bytes = std::fs::read(&db).expect("read");
-    let middle = bytes.len() / 2;
-    bytes[middle..middle + 512].fill(0xA5);
+    // Every page after the first gets a garbage b-tree header.
+    let page = usize::from(u16::from_be_bytes([bytes[16], bytes[17]]));
+    for start in (page..bytes.len()).step_by(page) {
+        bytes[start..start + 8].fill(0xA5);
+    }
     std::fs::write(&db, bytes).expect("write");
     let (code, text) = verify(&copy, &c.network_file);
     assert_eq!(code, 1, "{text}");
@@ -562,4 +576,64 @@ async fn trace_and_in_doubt_follow_a_transfer_across_branches() {
     committed.retain(|id| *id != stuck.id);
     let report = check::finish(&mut c, &committed, Duration::from_secs(30)).expect("audit");
     assert!(report.ok(), "invariants violated: {:#?}", report.violations);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn init_prints_a_ready_block_and_json_logs_are_json() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pw = dir.path().join("pw");
+    std::fs::write(&pw, "lan-admin-password\n").expect("pw");
+    let data = dir.path().join("lan");
+    let (code, said) = branch_node(&[
+        "init".as_ref(),
+        "--data-dir".as_ref(),
+        data.as_os_str(),
+        "--branch-id".as_ref(),
+        "9".as_ref(),
+        "--name".as_ref(),
+        "lan".as_ref(),
+        "--listen".as_ref(),
+        "/ip4/127.0.0.1/tcp/7001".as_ref(),
+        "--admin-password-file".as_ref(),
+        pw.as_os_str(),
+    ]);
+    assert_eq!(code, 0, "{said}");
+    let block = &said[said.find("[[branch]]").expect("a block")..];
+    assert!(!block.contains('#'), "no placeholder to edit: {block}");
+    let file = dir.path().join("network.toml");
+    std::fs::write(&file, block).expect("write");
+    let net =
+        branch_node::network_file::NetworkFile::load(&file).expect("the block is a network file");
+    let lan = net.by_name("lan").expect("lan");
+    assert_eq!(lan.addresses[0].to_string(), "/ip4/127.0.0.1/tcp/7001");
+
+    let mut c =
+        Cluster::start(&dir.path().join("net"), 1, &["--log-format", "json"]).expect("cluster");
+    let account = c
+        .open_account(0, "JSON-1", PASSWORD, false)
+        .await
+        .expect("open");
+    let id = new_transfer_id();
+    let op = TellerOp::Deposit {
+        id,
+        account,
+        amount: Amount::from_minor(100).expect("amount"),
+    };
+    c.admin(0)
+        .await
+        .expect("admin")
+        .call(op)
+        .await
+        .expect("deposit");
+    c.stop();
+    let log = std::fs::read_to_string(c.nodes[0].dir.join("node.log")).expect("node.log");
+    for line in log.lines().filter(|l| !l.trim().is_empty()) {
+        let v: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+        assert!(v.get("level").is_some(), "{line}");
+    }
+    assert!(
+        log.contains(&id.to_string()),
+        "the deposit's line names its id"
+    );
 }

@@ -243,7 +243,12 @@ fn every_subcommand_against_three_branches() {
     let r = cli(&net, &customer("b1", &a, &["history", "--limit", "2"]));
     let table = r.ok();
     assert!(
-        table.contains("balance after") && table.contains("more: --before"),
+        table.contains("time (UTC)") && table.contains("more: --before"),
+        "{table}"
+    );
+    fits_a_terminal(table);
+    assert!(
+        table.contains("transfer out") && table.contains("(UTC)"),
         "{table}"
     );
 
@@ -280,6 +285,7 @@ fn every_subcommand_against_three_branches() {
     assert!(!r.json()["entries"].as_array().expect("entries").is_empty());
     let r = cli(&net, &admin("b3", &["admin", "transactions", "--network"]));
     assert!(r.ok().contains(&a) && r.out.contains(&b), "{}", r.out);
+    fits_a_terminal(&r.out);
 
     // Close an empty account; it can no longer log in.
     let empty = open_account(&net, "b3", "CLI-C");
@@ -568,7 +574,7 @@ fn admin_menu_in_a_terminal() {
     p.exp_string(&account).expect("new account listed");
     p.exp_string("choice: ").expect("menu");
     p.send_line("4").expect("send");
-    p.exp_string("balance after").expect("transactions table");
+    p.exp_string("other account").expect("transactions table");
     // Close: a typo'd number re-prompts, then the admin password is asked again.
     step(&mut p, "choice: ", "2");
     step(&mut p, "account to close: ", "12345");
@@ -644,7 +650,7 @@ fn customer_menu_in_a_terminal() {
     step(&mut p, "amount: ", "30");
     p.exp_string("done").expect("transfer done");
     step(&mut p, "choice: ", "5");
-    p.exp_string("balance after").expect("history table");
+    p.exp_string("other account").expect("history table");
     p.exp_string("30.00").expect("transfer in history");
     step(&mut p, "choice: ", "9");
     step(&mut p, "choose 1 to 8", "1");
@@ -838,4 +844,31 @@ fn the_web_console_listens_on_loopback_only_and_keeps_its_identity() {
     );
     std::fs::write(&key, "not a key\n").expect("spoil");
     web(&["--listen", "127.0.0.1:0", "--identity", key_arg]).refused(2, "not 64 hex digits");
+}
+
+/// Every line of a table fits a 100-column terminal.
+fn fits_a_terminal(table: &str) {
+    for line in table.lines() {
+        assert!(
+            line.chars().count() <= 100,
+            "{} columns: {line}\n{table}",
+            line.chars().count()
+        );
+    }
+}
+
+#[test]
+fn completions_are_printed_for_each_shell() {
+    for shell in ["bash", "zsh", "fish"] {
+        let out = Command::new(teller_cli_bin().expect("teller-cli binary"))
+            .args(["completions", shell])
+            .output()
+            .expect("run");
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{shell}");
+        assert!(
+            text.contains("teller-cli") && text.contains("transfer-status"),
+            "{shell}: {text}"
+        );
+    }
 }

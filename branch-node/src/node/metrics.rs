@@ -64,6 +64,7 @@ pub struct Metrics {
     pub sms_failures: Counter,
     pub sms_capped: Counter,
     pub twopc_messages_sent: Counter,
+    pub money_lines_unlogged: Counter,
 }
 
 impl Metrics {
@@ -83,6 +84,7 @@ impl Metrics {
             sms_sent: Counter::default(),
             sms_failures: Counter::default(),
             sms_capped: Counter::default(),
+            money_lines_unlogged: Counter::default(),
             twopc_messages_sent: Counter::default(),
         };
         m.register();
@@ -170,6 +172,21 @@ impl Metrics {
     pub fn login(&self, result: &str) {
         self.logins.get_or_create(&label(result)).inc();
     }
+}
+
+/// Money answers logged per second at most (one info line each, with the id); past
+/// that, under load, they are counted in `money_lines_unlogged` instead.
+pub const MONEY_LOG_LINES_PER_S: u64 = 200;
+
+/// Whether one more money line may be logged this second.
+pub fn log_line_allowed() -> bool {
+    static SECOND: AtomicU64 = AtomicU64::new(0);
+    static LINES: AtomicU64 = AtomicU64::new(0);
+    let now = now_ms() / 1_000;
+    if SECOND.swap(now, Ordering::Relaxed) != now {
+        LINES.store(0, Ordering::Relaxed);
+    }
+    LINES.fetch_add(1, Ordering::Relaxed) < MONEY_LOG_LINES_PER_S
 }
 
 /// A one-label set.

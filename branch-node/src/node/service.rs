@@ -230,10 +230,19 @@ impl Service {
             TellerOp::Transfer(_) => Some("transfer"),
             _ => None,
         };
+        let id = op.money_id();
         let started = std::time::Instant::now();
         let answer = self.execute_op(peer, token, session, op).await;
-        if let Some(kind) = money {
-            super::metrics::get().money_answer(kind, outcome_of(&answer), started);
+        if let (Some(kind), Some(id)) = (money, id) {
+            let outcome = outcome_of(&answer);
+            let metrics = super::metrics::get();
+            metrics.money_answer(kind, outcome, started);
+            if super::metrics::log_line_allowed() {
+                let ms = started.elapsed().as_millis();
+                tracing::info!(%id, kind, outcome, ms, "money answered");
+            } else {
+                metrics.money_lines_unlogged.inc();
+            }
         }
         answer
     }

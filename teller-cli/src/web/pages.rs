@@ -173,12 +173,7 @@ pub(crate) fn signed(k: EntryKind, a: Amount) -> String {
 
 /// A ledger entry's kind in words.
 pub(crate) fn kind_words(k: EntryKind) -> &'static str {
-    match k {
-        EntryKind::Deposit => "deposit",
-        EntryKind::Withdrawal => "withdrawal",
-        EntryKind::TransferDebit => "transfer out",
-        EntryKind::TransferCredit => "transfer in",
-    }
+    crate::kind_words(k)
 }
 
 /// A text field for an account number, checked as it is typed (check digits).
