@@ -4,6 +4,7 @@
 
 mod interactive;
 mod output;
+mod reconcile;
 mod trace;
 
 use std::io::Read;
@@ -205,6 +206,15 @@ enum Admin {
     Trace { id: TransferId },
     /// What is not finished at any branch, and which branch each waits on.
     InDoubt,
+    /// Every branch's signed statement of its committed cross-branch debits and credits
+    /// per other branch (transfers with ids older than --settle-secs), signatures
+    /// checked against the network file, held pair by pair. Exit 0 when every pair
+    /// agrees; 1 when a pair disagrees (the transfers are named) or a statement does
+    /// not verify; 4 when a branch did not answer.
+    Reconcile {
+        #[arg(long, default_value_t = 60)]
+        settle_secs: u64,
+    },
     /// Fault switch (node started with --fault-switch): healthy, blocked, or delay-ms N.
     LinkFault {
         #[arg(long)]
@@ -324,6 +334,43 @@ pub fn amount(text: &str) -> Result<Amount, TellerError> {
     Amount::parse(text)
         .and_then(Amount::validate_movable)
         .map_err(|_| TellerError::Refused(wire::Refusal::InvalidAmount))
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// Checks and compares the statements; prints the report; the exit status says it.
+fn reconciled(
+    cli: &Cli,
+    cut_ms: u64,
+    statements: &[Vec<u8>],
+    unreachable: &[BranchId],
+) -> Result<u8, TellerError> {
+    let net = branch_node::network_file::NetworkFile::load(&cli.network_file).map_err(|e| {
+        TellerError::Usage(format!(
+            "reconcile checks signatures against the network file: {}: {e}",
+            cli.network_file.display()
+        ))
+    })?;
+    let (good, bad) = reconcile::verify(&net, statements);
+    let pairs = reconcile::pairs(&good);
+    if cli.json {
+        println!("{}", reconcile::json(cut_ms, &pairs, &bad, unreachable));
+    } else {
+        print!("{}", reconcile::text(&pairs, &bad, unreachable));
+    }
+    Ok(
+        if !bad.is_empty() || !pairs.iter().all(reconcile::Pair::agrees) {
+            1
+        } else if !unreachable.is_empty() {
+            EXIT_NOT_DONE
+        } else {
+            0
+        },
+    )
 }
 
 /// Runs the web console until Ctrl-C or SIGTERM.
@@ -483,6 +530,15 @@ async fn run(cli: Cli) -> Result<u8, TellerError> {
         }
     };
     let r = teller.call_renewing(op).await?;
+    if let TellerResponse::Statements {
+        cut_ms,
+        statements,
+        unreachable,
+    } = &r
+    {
+        let _ = teller.logout().await;
+        return reconciled(&cli, *cut_ms, statements, unreachable);
+    }
     out.response(&r);
     let _ = teller.logout().await;
     Ok(match r {
@@ -554,6 +610,9 @@ fn admin_op(admin: &Admin, admin_password: &str) -> Result<TellerOp, TellerError
         },
         Admin::Trace { id } => TellerOp::Trace { id: *id },
         Admin::InDoubt => TellerOp::InDoubt,
+        Admin::Reconcile { settle_secs } => TellerOp::Reconcile {
+            cut_ms: now_ms().saturating_sub(settle_secs.saturating_mul(1_000)),
+        },
         Admin::CloseAccount { account } => TellerOp::CloseAccount {
             account: account_number(account)?,
             admin_password: admin_password.to_owned(),

@@ -637,3 +637,114 @@ async fn init_prints_a_ready_block_and_json_logs_are_json() {
         "the deposit's line names its id"
     );
 }
+
+/// `teller-cli admin reconcile --settle-secs 0 --json` at b1: (exit code, report).
+fn reconcile(c: &Cluster) -> (i32, serde_json::Value) {
+    let out = std::process::Command::new(teller_cli_bin().expect("teller-cli"))
+        .arg("--network-file")
+        .arg(&c.network_file)
+        .args([
+            "--branch",
+            "b1",
+            "--user",
+            "admin",
+            "--password-env",
+            "PW",
+            "--json",
+        ])
+        .args(["admin", "reconcile", "--settle-secs", "0"])
+        .env("PW", scenarios::cluster::ADMIN_PASSWORD)
+        .output()
+        .expect("run teller-cli");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let v = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"));
+    (out.status.code().unwrap_or(-1), v)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reconcile_agrees_then_names_a_transfer_one_side_lost() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut c = Cluster::start(dir.path(), 2, &[]).expect("cluster");
+    let (a, b, _) = tests::funded_pair(&c, "REC", PASSWORD, 100_000).await;
+    let mut t = Teller::connect(&c.target(0).expect("target"))
+        .await
+        .expect("connect");
+    t.login(&a.to_string(), PASSWORD).await.expect("login");
+    let mut sent = Vec::new();
+    for amount in [1_000, 2_500] {
+        let spec = TransferSpec {
+            id: new_transfer_id(),
+            from: a,
+            to: b,
+            amount: Amount::from_minor(amount).expect("amount"),
+        };
+        let r = t.call(TellerOp::Transfer(spec)).await.expect("answer");
+        assert!(matches!(
+            r,
+            TellerResponse::Receipt {
+                state: TransferState::Committed,
+                ..
+            }
+        ));
+        sent.push(spec.id);
+    }
+    // Every leg applied at both branches before the statements are taken.
+    for _ in 0..100 {
+        if in_doubt(&c, 1) == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (code, v) = reconcile(&c);
+    assert_eq!(
+        (code, &v["all_agree"]),
+        (0, &serde_json::json!(true)),
+        "{v}"
+    );
+    let out = v["pairs"]
+        .as_array()
+        .expect("pairs")
+        .iter()
+        .find(|p| p["from"] == 1)
+        .expect("1 -> 2")
+        .clone();
+    assert_eq!(
+        (out["sent_count"].clone(), out["sent_total"].clone()),
+        (serde_json::json!(2), serde_json::json!("35.00")),
+        "{v}"
+    );
+
+    // b2 loses the ledger line of one credit (planted while it is stopped).
+    c.kill(1);
+    let db = rusqlite::Connection::open(&c.databases()[1].1).expect("open b2");
+    let blob = sent[1].0.to_be_bytes().to_vec();
+    db.execute_batch("DROP TRIGGER ledger_no_delete")
+        .expect("drop trigger");
+    let gone = db
+        .execute("DELETE FROM ledger WHERE transfer_id = ?1", [blob])
+        .expect("delete");
+    assert_eq!(gone, 1);
+    drop(db);
+    c.start_node(1, &[]).expect("b2 again");
+    let (code, v) = reconcile(&c);
+    assert_eq!(code, 1, "{v}");
+    let out = v["pairs"]
+        .as_array()
+        .expect("pairs")
+        .iter()
+        .find(|p| p["from"] == 1)
+        .expect("1 -> 2")
+        .clone();
+    assert_eq!(out["agree"], false, "{v}");
+    let named = out["only_sender_lists"].as_array().expect("names").clone();
+    assert_eq!(named.len(), 1, "{v}");
+    assert!(
+        named[0]
+            .as_str()
+            .expect("id")
+            .starts_with(&sent[1].to_string()),
+        "{v}"
+    );
+    c.stop();
+}

@@ -51,6 +51,8 @@ pub enum ForwardRequest {
     Trace { id: TransferId },
     /// An admin of the asking branch lists what is not finished here.
     InDoubt,
+    /// An admin of the asking branch reconciles: this branch's signed statement.
+    Statement { cut_ms: u64 },
 }
 
 /// The answer to a [`LinkRequest`].
@@ -70,6 +72,8 @@ pub enum LinkResponse {
     },
     Trace(crate::trace::BranchTrace),
     Stuck(Vec<crate::trace::StuckView>),
+    /// An encoded `Signed<Statement>`.
+    Statement(Vec<u8>),
     /// The forward itself was refused (for example a request no branch may forward).
     ForwardRefused(Refusal),
 }

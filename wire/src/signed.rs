@@ -22,6 +22,10 @@ use crate::ids::BranchId;
 /// Domain-separation tag prefixed to every signed message.
 pub const SIGNING_DOMAIN: &[u8] = b"bankmate/branch-2pc";
 
+/// The domain of a branch's signed statement of its position (`admin reconcile`): a
+/// statement can never pass for a 2PC message, nor the other way round.
+pub const STATEMENT_DOMAIN: &[u8] = b"bankmate/branch-statement";
+
 /// Version of the branch protocol; a message signed for another version does not verify.
 pub const PROTOCOL_VERSION: u16 = 1;
 
@@ -207,7 +211,8 @@ impl<T: Serialize + DeserializeOwned> Signed<T> {
         Self::sign_in_domain(SIGNING_DOMAIN, key, signer, value)
     }
 
-    fn sign_in_domain(
+    /// Encodes and signs `value` as branch `signer` in `domain`.
+    pub fn sign_in_domain(
         domain: &[u8],
         key: &BranchKey,
         signer: BranchId,
@@ -227,6 +232,11 @@ impl<T: Serialize + DeserializeOwned> Signed<T> {
     /// Checks the signature against `key` (the one listed for `self.signer`) and only
     /// then decodes the payload.
     pub fn verify(&self, key: &BranchPublicKey) -> Result<T, VerifyError> {
+        self.verify_in_domain(SIGNING_DOMAIN, key)
+    }
+
+    /// [`Signed::verify`] for a value signed in `domain`.
+    pub fn verify_in_domain(&self, domain: &[u8], key: &BranchPublicKey) -> Result<T, VerifyError> {
         let bytes: &[u8; 64] = self
             .signature
             .as_slice()
@@ -235,7 +245,7 @@ impl<T: Serialize + DeserializeOwned> Signed<T> {
         let signature = Signature::from_bytes(bytes);
         key.0
             .verify_strict(
-                &signing_bytes(SIGNING_DOMAIN, self.signer, &self.payload),
+                &signing_bytes(domain, self.signer, &self.payload),
                 &signature,
             )
             .map_err(|_| VerifyError::BadSignature)?;

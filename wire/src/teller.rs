@@ -225,6 +225,11 @@ pub enum TellerOp {
     },
     /// Admin: the transfers not finished at any branch, and what each waits on.
     InDoubt,
+    /// Admin: every branch's signed statement of its committed cross-branch position
+    /// against each other branch, for transfers with ids before `cut_ms`.
+    Reconcile {
+        cut_ms: u64,
+    },
     /// Admin, on a node started with `--fault-switch`: block or delay the link to `branch`.
     SetLinkFault {
         branch: BranchId,
@@ -283,6 +288,7 @@ impl TellerOp {
             TellerOp::SetLinkFault { .. } => "set-link-fault",
             TellerOp::Trace { .. } => "trace",
             TellerOp::InDoubt => "in-doubt",
+            TellerOp::Reconcile { .. } => "reconcile",
         }
     }
 
@@ -485,6 +491,13 @@ pub enum TellerResponse {
         items: Vec<crate::trace::StuckView>,
         unreachable: Vec<BranchId>,
     },
+    /// Each branch's encoded `Signed<Statement>` (signed in `STATEMENT_DOMAIN`: check
+    /// each against the network file); branches that did not answer are named.
+    Statements {
+        cut_ms: u64,
+        statements: Vec<Vec<u8>>,
+        unreachable: Vec<BranchId>,
+    },
     /// Final: the request did not take effect and never will.
     Refused(Refusal),
     /// Not carried out now; see [`Unavailable::may_have_happened`].
@@ -570,7 +583,8 @@ impl TellerRequest {
             | TellerOp::Balance { .. }
             | TellerOp::TransferStatus { .. }
             | TellerOp::Trace { .. }
-            | TellerOp::InDoubt => Ok(()),
+            | TellerOp::InDoubt
+            | TellerOp::Reconcile { .. } => Ok(()),
             TellerOp::ListAccounts { page, .. } => ok_or(
                 (1..=PAGE_ROWS_MAX).contains(&page.limit),
                 Refusal::InvalidInput,

@@ -1,7 +1,7 @@
 //! What an admin sees when tracing one transfer across branches (`teller-cli admin
-//! trace ID`) or listing what is stuck (`admin in-doubt`): each branch's own records,
-//! read as they are, with the signed evidence it keeps and whether each signature
-//! verified against the network file.
+//! trace ID`), listing what is stuck (`admin in-doubt`), or reconciling branches
+//! (`admin reconcile`): each branch's own records, read as they are, with the signed
+//! evidence it keeps and whether each signature verified against the network file.
 
 use serde::{Deserialize, Serialize};
 
@@ -79,4 +79,47 @@ pub struct StuckView {
     pub waiting_on: Vec<BranchId>,
     pub amount: Option<Amount>,
     pub deadline_ms: u64,
+}
+
+/// Most transfer ids one flow of a statement lists; its count and total always cover
+/// every transfer.
+pub const STATEMENT_IDS_MAX: usize = 20_000;
+
+/// Committed cross-branch money one way between this branch and a peer.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Flow {
+    pub count: u64,
+    pub total_minor: i64,
+    /// The transfers, by id, with their amounts in minor units (at most
+    /// [`STATEMENT_IDS_MAX`], oldest ids first; `truncated` says when there were more).
+    pub ids: Vec<(TransferId, i64)>,
+    pub truncated: bool,
+}
+
+/// A branch's position against one other branch.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Position {
+    pub peer: BranchId,
+    /// Money that left this branch for the peer (debits here).
+    pub sent: Flow,
+    /// Money that arrived here from the peer (credits here).
+    pub received: Flow,
+}
+
+/// What a branch signs for `admin reconcile`: its committed cross-branch debits and
+/// credits per other branch, for the transfers whose ids were made before `cut_ms`
+/// (an id's first 48 bits are its time, so both sides of a transfer agree on whether
+/// it is inside the cut).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Statement {
+    pub branch: BranchId,
+    pub cut_ms: u64,
+    pub positions: Vec<Position>,
+}
+
+impl Statement {
+    /// Whether transfer `id` is inside a cut at `cut_ms`.
+    pub fn inside(id: TransferId, cut_ms: u64) -> bool {
+        u64::try_from(id.0 >> 80).unwrap_or(u64::MAX) < cut_ms
+    }
 }

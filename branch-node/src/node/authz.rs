@@ -10,7 +10,7 @@
 //! | balance, history, deposit, withdraw, transfer[^1] | own account         | an account of the issuing branch |
 //! | transfer-status                                   | touches own account | touches the issuing branch     |
 //! | open-account, close-account                       | no                  | the issuing branch (`existing`/closed account there) |
-//! | list accounts / transactions, trace, in-doubt, set-link-fault | no      | yes                            |
+//! | list accounts / transactions, trace, in-doubt, reconcile, set-link-fault | no | yes                  |
 //! | enroll-otp (for `user`)                           | own login           | a login of the issuing branch  |
 //!
 //! [^1]: for a transfer, the account money leaves (`from`); it may go anywhere.
@@ -52,6 +52,7 @@ pub fn access(op: &TellerOp) -> Access {
         | TellerOp::ListTransactions { .. }
         | TellerOp::Trace { .. }
         | TellerOp::InDoubt
+        | TellerOp::Reconcile { .. }
         | TellerOp::SetLinkFault { .. } => Access::Admin(None),
     }
 }
@@ -183,6 +184,7 @@ mod tests {
                 id: wire::TransferId(1),
             },
             TellerOp::InDoubt,
+            TellerOp::Reconcile { cut_ms: 1 },
         ]
     }
 
@@ -226,6 +228,7 @@ mod tests {
                 "list-transactions",
                 "trace",
                 "in-doubt",
+                "reconcile",
             ],
         );
     }

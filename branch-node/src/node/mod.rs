@@ -161,6 +161,7 @@ pub async fn run(
             })
             .collect(),
         fault_switch: cfg.fault_switch,
+        key: Arc::clone(&key),
     });
     let mut addrs = Vec::new();
     for _ in 0..50 {

@@ -53,6 +53,8 @@ pub struct Service {
     pub(crate) forwards: std::collections::HashMap<BranchId, tokio::sync::Semaphore>,
     /// Whether admins may use the fault switch (`branch-node run --fault-switch`).
     pub(crate) fault_switch: bool,
+    /// The branch's key: signs its statements for `admin reconcile`.
+    pub(crate) key: Arc<wire::BranchKey>,
 }
 
 /// Why a request got no business answer: a final refusal, or not carried out now.
@@ -279,6 +281,7 @@ impl Service {
             TellerOp::TransferStatus { id } => self.status(session, id).await,
             TellerOp::Trace { id } => self.trace(id).await,
             TellerOp::InDoubt => self.in_doubt().await,
+            TellerOp::Reconcile { cut_ms } => self.reconcile(cut_ms).await,
             TellerOp::OpenAccount {
                 customer,
                 password,
@@ -608,6 +611,44 @@ impl Service {
         })
     }
 
+    /// This branch's statement at `cut_ms`, signed in the statement domain and encoded.
+    async fn local_statement(&self, cut_ms: u64) -> Result<Vec<u8>, Fail> {
+        let statement = self
+            .reader
+            .read(move |c, me| trace::statement(c, me, cut_ms))
+            .await
+            .map_err(store_failed)?;
+        let signed = wire::Signed::sign_in_domain(
+            wire::signed::STATEMENT_DOMAIN,
+            &self.key,
+            self.me,
+            &statement,
+        )
+        .and_then(|s| wire::encode(&s));
+        signed.map_err(|e| store_failed(StoreError::Malformed(e.to_string())))
+    }
+
+    /// Every branch's signed statement at `cut_ms`; the teller checks and compares them.
+    async fn reconcile(&self, cut_ms: u64) -> Answer {
+        let mut statements = vec![self.local_statement(cut_ms).await?];
+        let asks = self
+            .others()
+            .map(|b| self.link(b, ForwardRequest::Statement { cut_ms }));
+        let mut unreachable = Vec::new();
+        for (a, b) in join_all(asks).await.into_iter().zip(self.others()) {
+            match a {
+                Ok(LinkResponse::Statement(bytes)) => statements.push(bytes),
+                Ok(_) | Err(Fail::Unavailable(_)) => unreachable.push(b),
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(TellerResponse::Statements {
+            cut_ms,
+            statements,
+            unreachable,
+        })
+    }
+
     /// What is not finished at any branch, oldest deadline first.
     async fn in_doubt(&self) -> Answer {
         let mut items = self.local_stuck().await?;
@@ -669,6 +710,10 @@ impl Service {
             }
             ForwardRequest::Trace { id } => match self.local_trace(id).await {
                 Ok(t) => LinkResponse::Trace(t),
+                Err(r) => refused(r),
+            },
+            ForwardRequest::Statement { cut_ms } => match self.local_statement(cut_ms).await {
+                Ok(bytes) => LinkResponse::Statement(bytes),
                 Err(r) => refused(r),
             },
             ForwardRequest::InDoubt => match self.local_stuck().await {

@@ -1,9 +1,12 @@
-//! One branch's records of a transfer for `admin trace`, and what is not finished here
-//! for `admin in-doubt`: read as stored, each signed envelope checked against the
+//! One branch's records of a transfer for `admin trace`, what is not finished here
+//! for `admin in-doubt`, and its statement for `admin reconcile`: read as stored, each signed envelope checked against the
 //! network file's keys.
 
 use rusqlite::{Connection, OptionalExtension};
-use wire::trace::{BranchTrace, CoordinatorView, EvidenceView, LegView, StuckRole, StuckView};
+use wire::trace::{
+    BranchTrace, CoordinatorView, EvidenceView, Flow, LegView, Position, STATEMENT_IDS_MAX,
+    Statement, StuckRole, StuckView,
+};
 use wire::twopc::{Decision, TransferSpec, Vote};
 use wire::{BranchId, TransferId};
 
@@ -176,4 +179,54 @@ pub(crate) fn stuck(
     out.sort_by_key(|s| s.deadline_ms);
     out.truncate(limit);
     Ok(out)
+}
+
+/// This branch's committed cross-branch flows per other branch, for transfers with ids
+/// before `cut_ms` (see [`Statement`]).
+pub(crate) fn statement(
+    conn: &Connection,
+    me: BranchId,
+    cut_ms: u64,
+) -> Result<Statement, StoreError> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT transfer_id, kind, counterparty, amount FROM ledger
+         WHERE kind IN ('transfer_debit', 'transfer_credit') AND transfer_id < ?1
+         ORDER BY transfer_id",
+    )?;
+    let cut = id_blob(TransferId(u128::from(cut_ms) << 80));
+    let rows: Vec<(Vec<u8>, String, Option<String>, i64)> = stmt
+        .query_map([cut], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
+        .collect::<Result<_, _>>()?;
+    let mut positions: std::collections::BTreeMap<BranchId, Position> = Default::default();
+    for (id, kind, counterparty, amount) in rows {
+        let Some(peer) = counterparty
+            .and_then(|c| c.parse::<wire::AccountNumber>().ok())
+            .map(|a| a.branch())
+            .filter(|b| *b != me)
+        else {
+            continue;
+        };
+        let p = positions.entry(peer).or_insert_with(|| Position {
+            peer,
+            sent: Flow::default(),
+            received: Flow::default(),
+        });
+        let flow = if kind == "transfer_debit" {
+            &mut p.sent
+        } else {
+            &mut p.received
+        };
+        flow.count += 1;
+        flow.total_minor += amount;
+        if flow.ids.len() < STATEMENT_IDS_MAX {
+            flow.ids.push((blob_id(&id)?, amount));
+        } else {
+            flow.truncated = true;
+        }
+    }
+    Ok(Statement {
+        branch: me,
+        cut_ms,
+        positions: positions.into_values().collect(),
+    })
 }
