@@ -66,9 +66,9 @@ fn branch_text(t: &BranchTrace) -> String {
     }
     for l in &t.ledger {
         out.push_str(&format!(
-            "  ledger: {} {:?} {} on {} (balance after {}) at {}\n",
+            "  ledger: {} {} {} on {} (balance after {}) at {}\n",
             l.seq,
-            l.kind,
+            teller_cli::kind_words(l.kind),
             l.amount,
             l.account,
             l.balance_after,
