@@ -355,6 +355,35 @@ async fn wait_in_doubt(c: &Cluster, i: usize, want: i64) {
     }
 }
 
+/// Restarts b2 to crash before its decision is durable, sends `from` -> `to` there
+/// as `from`'s customer, and waits for the crash: b1 has voted yes and waits on b2.
+async fn crash_b2_deciding(
+    c: &mut Cluster,
+    from: wire::AccountNumber,
+    to: wire::AccountNumber,
+    minor: i64,
+) -> TransferSpec {
+    c.kill(1);
+    c.start_node(1, &[("FAILPOINTS", "before_decision_durable=panic")])
+        .expect("b2 with a failpoint");
+    let mut t = Teller::connect(&c.target(1).expect("target"))
+        .await
+        .expect("connect");
+    t.login(&from.to_string(), PASSWORD).await.expect("login");
+    let spec = TransferSpec {
+        id: new_transfer_id(),
+        from,
+        to,
+        amount: Amount::from_minor(minor).expect("amount"),
+    };
+    let _ = t.call(TellerOp::Transfer(spec)).await; // no answer: b2 is gone
+    assert!(
+        c.wait_exit(1, Duration::from_secs(10)),
+        "b2 crashed at the failpoint"
+    );
+    spec
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_backup_taken_while_a_transfer_is_in_doubt_restores_and_the_network_heals() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -376,24 +405,7 @@ async fn a_backup_taken_while_a_transfer_is_in_doubt_restores_and_the_network_he
 
     // b2 coordinates b -> a and dies before its decision is durable: b1 voted yes and
     // holds the credit in doubt.
-    c.kill(1);
-    c.start_node(1, &[("FAILPOINTS", "before_decision_durable=panic")])
-        .expect("b2 with a failpoint");
-    let mut t = Teller::connect(&c.target(1).expect("target"))
-        .await
-        .expect("connect");
-    t.login(&b.to_string(), PASSWORD).await.expect("login");
-    let spec = TransferSpec {
-        id: new_transfer_id(),
-        from: b,
-        to: a,
-        amount: Amount::from_minor(1_234).expect("amount"),
-    };
-    let _ = t.call(TellerOp::Transfer(spec)).await; // no answer: b2 is gone
-    assert!(
-        c.wait_exit(1, Duration::from_secs(10)),
-        "b2 crashed at the failpoint"
-    );
+    crash_b2_deciding(&mut c, b, a, 1_234).await;
     wait_in_doubt(&c, 0, 1).await;
 
     // The backup, taken from the running b1.
@@ -542,24 +554,7 @@ async fn trace_and_in_doubt_follow_a_transfer_across_branches() {
         admin_json(&c, "b1", &["in-doubt"])["in_doubt"],
         serde_json::json!([])
     );
-    c.kill(1);
-    c.start_node(1, &[("FAILPOINTS", "before_decision_durable=panic")])
-        .expect("b2");
-    let mut tb = Teller::connect(&c.target(1).expect("target"))
-        .await
-        .expect("connect");
-    tb.login(&b.to_string(), PASSWORD).await.expect("login");
-    let stuck = TransferSpec {
-        id: new_transfer_id(),
-        from: b,
-        to: a,
-        amount: Amount::from_minor(1_000).expect("amount"),
-    };
-    let _ = tb.call(TellerOp::Transfer(stuck)).await;
-    assert!(
-        c.wait_exit(1, Duration::from_secs(10)),
-        "b2 crashed at the failpoint"
-    );
+    let stuck = crash_b2_deciding(&mut c, b, a, 1_000).await;
     let v = admin_json(&c, "b1", &["in-doubt"]);
     let item = &v["in_doubt"][0];
     assert_eq!(item["id"], stuck.id.to_string(), "{v}");

@@ -591,24 +591,43 @@ impl Service {
     /// Every branch's records of `id`: this one's, and each other's by a forward; a
     /// branch that does not answer is named.
     async fn trace(&self, id: TransferId) -> Answer {
-        let mut branches = vec![self.local_trace(id).await?];
-        let asks = self
-            .others()
-            .map(|b| self.link(b, ForwardRequest::Trace { id }));
-        let mut unreachable = Vec::new();
-        for (a, b) in join_all(asks).await.into_iter().zip(self.others()) {
-            match a {
-                Ok(LinkResponse::Trace(t)) if t.branch == b => branches.push(t),
-                Ok(_) | Err(Fail::Unavailable(_)) => unreachable.push(b),
-                Err(e) => return Err(e),
-            }
-        }
+        let mine = self.local_trace(id).await?;
+        let (theirs, unreachable) = self
+            .ask_others(ForwardRequest::Trace { id }, |r, b| match r {
+                LinkResponse::Trace(t) if t.branch == b => Some(vec![t]),
+                _ => None,
+            })
+            .await?;
+        let mut branches: Vec<BranchTrace> = std::iter::once(mine).chain(theirs).collect();
         branches.sort_by_key(|t| t.branch);
         Ok(TellerResponse::Trace {
             id,
             branches,
             unreachable,
         })
+    }
+
+    /// Sends `request` to every other branch at once; `take` turns an answer from
+    /// branch `b` into items (`None`: not an answer to this request). Branches that
+    /// did not answer are named; a refusal ends the whole request.
+    async fn ask_others<T>(
+        &self,
+        request: ForwardRequest,
+        take: impl Fn(LinkResponse, BranchId) -> Option<Vec<T>>,
+    ) -> Result<(Vec<T>, Vec<BranchId>), Fail> {
+        let asks = self.others().map(|b| self.link(b, request.clone()));
+        let (mut items, mut unreachable) = (Vec::new(), Vec::new());
+        for (a, b) in join_all(asks).await.into_iter().zip(self.others()) {
+            match a {
+                Ok(r) => match take(r, b) {
+                    Some(got) => items.extend(got),
+                    None => unreachable.push(b),
+                },
+                Err(Fail::Unavailable(_)) => unreachable.push(b),
+                Err(e) => return Err(e),
+            }
+        }
+        Ok((items, unreachable))
     }
 
     /// This branch's statement at `cut_ms`, signed in the statement domain and encoded.
@@ -630,39 +649,30 @@ impl Service {
 
     /// Every branch's signed statement at `cut_ms`; the teller checks and compares them.
     async fn reconcile(&self, cut_ms: u64) -> Answer {
-        let mut statements = vec![self.local_statement(cut_ms).await?];
-        let asks = self
-            .others()
-            .map(|b| self.link(b, ForwardRequest::Statement { cut_ms }));
-        let mut unreachable = Vec::new();
-        for (a, b) in join_all(asks).await.into_iter().zip(self.others()) {
-            match a {
-                Ok(LinkResponse::Statement(bytes)) => statements.push(bytes),
-                Ok(_) | Err(Fail::Unavailable(_)) => unreachable.push(b),
-                Err(e) => return Err(e),
-            }
-        }
+        let mine = self.local_statement(cut_ms).await?;
+        let (theirs, unreachable) = self
+            .ask_others(ForwardRequest::Statement { cut_ms }, |r, _| match r {
+                LinkResponse::Statement(bytes) => Some(vec![bytes]),
+                _ => None,
+            })
+            .await?;
         Ok(TellerResponse::Statements {
             cut_ms,
-            statements,
+            statements: std::iter::once(mine).chain(theirs).collect(),
             unreachable,
         })
     }
 
     /// What is not finished at any branch, oldest deadline first.
     async fn in_doubt(&self) -> Answer {
-        let mut items = self.local_stuck().await?;
-        let asks = self.others().map(|b| self.link(b, ForwardRequest::InDoubt));
-        let mut unreachable = Vec::new();
-        for (a, b) in join_all(asks).await.into_iter().zip(self.others()) {
-            match a {
-                Ok(LinkResponse::Stuck(theirs)) => {
-                    items.extend(theirs.into_iter().filter(|s| s.branch == b))
-                }
-                Ok(_) | Err(Fail::Unavailable(_)) => unreachable.push(b),
-                Err(e) => return Err(e),
-            }
-        }
+        let mine = self.local_stuck().await?;
+        let (theirs, unreachable) = self
+            .ask_others(ForwardRequest::InDoubt, |r, b| match r {
+                LinkResponse::Stuck(v) => Some(v.into_iter().filter(|s| s.branch == b).collect()),
+                _ => None,
+            })
+            .await?;
+        let mut items: Vec<StuckView> = mine.into_iter().chain(theirs).collect();
         items.sort_by_key(|s| (s.deadline_ms, s.branch));
         Ok(TellerResponse::Stuck { items, unreachable })
     }
