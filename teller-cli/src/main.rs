@@ -199,6 +199,18 @@ enum Admin {
         network: bool,
         #[arg(long, default_value_t = 100)]
         limit: u32,
+        /// Only this account's entries.
+        #[arg(long)]
+        account: Option<String>,
+        /// Only entries of this kind.
+        #[arg(long, value_enum)]
+        kind: Option<KindArg>,
+        /// Entries on or after this day (UTC), like 2026-11-28.
+        #[arg(long)]
+        since: Option<String>,
+        /// Entries on or before this day (UTC).
+        #[arg(long)]
+        until: Option<String>,
     },
     /// A transfer across branches: each branch's coordinator record, its leg (vote,
     /// decision), the signed votes and decisions it keeps (signatures checked), and
@@ -334,6 +346,50 @@ pub fn amount(text: &str) -> Result<Amount, TellerError> {
     Amount::parse(text)
         .and_then(Amount::validate_movable)
         .map_err(|_| TellerError::Refused(wire::Refusal::InvalidAmount))
+}
+
+/// A ledger entry kind as `--kind` names it.
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum KindArg {
+    Deposit,
+    Withdrawal,
+    TransferOut,
+    TransferIn,
+}
+
+/// The filter `admin transactions` asks for; a bad account, date or range is refused
+/// before anything is sent.
+fn entry_filter(
+    account: &Option<String>,
+    kind: Option<KindArg>,
+    since: &Option<String>,
+    until: &Option<String>,
+) -> Result<wire::teller::EntryFilter, TellerError> {
+    use wire::teller::EntryKind;
+    let day = |d: &Option<String>| {
+        d.as_deref()
+            .map(teller_cli::when::parse_day)
+            .transpose()
+            .map_err(TellerError::Invalid)
+    };
+    let (since_ms, until_day) = (day(since)?, day(until)?);
+    if let (Some(s), Some(u)) = (since_ms, until_day)
+        && u < s
+    {
+        return Err(TellerError::Invalid("--until is before --since".into()));
+    }
+    Ok(wire::teller::EntryFilter {
+        account: account.as_deref().map(account_number).transpose()?,
+        kind: kind.map(|k| match k {
+            KindArg::Deposit => EntryKind::Deposit,
+            KindArg::Withdrawal => EntryKind::Withdrawal,
+            KindArg::TransferOut => EntryKind::TransferDebit,
+            KindArg::TransferIn => EntryKind::TransferCredit,
+        }),
+        since_ms,
+        // "Until" a day includes that whole day.
+        until_ms: until_day.map(|d| d + teller_cli::when::DAY_MS),
+    })
 }
 
 fn now_ms() -> u64 {
@@ -624,13 +680,20 @@ fn admin_op(admin: &Admin, admin_password: &str) -> Result<TellerOp, TellerError
                 limit: wire::limits::PAGE_ROWS_MAX,
             },
         },
-        Admin::Transactions { network, limit } => TellerOp::ListTransactions {
+        Admin::Transactions {
+            network,
+            limit,
+            account,
+            kind,
+            since,
+            until,
+        } => TellerOp::ListTransactions {
             scope: scope(*network),
             page: PageRequest {
                 before: None,
                 limit: *limit,
             },
-            filter: wire::teller::EntryFilter::default(),
+            filter: entry_filter(account, *kind, since, until)?,
         },
         Admin::LinkFault {
             to_branch,

@@ -286,6 +286,41 @@ fn every_subcommand_against_three_branches() {
     let r = cli(&net, &admin("b3", &["admin", "transactions", "--network"]));
     assert!(r.ok().contains(&a) && r.out.contains(&b), "{}", r.out);
     fits_a_terminal(&r.out);
+    // Filters: kind, account, a time range; a bad date is refused before sending.
+    let listed = |args: &[&str]| {
+        let mut all = vec!["--json", "admin", "transactions", "--network"];
+        all.extend_from_slice(args);
+        cli(&net, &admin("b1", &all)).json()["entries"]
+            .as_array()
+            .expect("entries")
+            .clone()
+    };
+    let deposits = listed(&["--kind", "deposit"]);
+    assert!(!deposits.is_empty() && deposits.iter().all(|e| e["kind"] == "Deposit"));
+    let mine = listed(&["--account", &a]);
+    assert!(!mine.is_empty() && mine.iter().all(|e| e["account"] == a.as_str()));
+    assert!(listed(&["--since", "2000-01-01", "--until", "2000-01-02"]).is_empty());
+    assert!(!listed(&["--since", "2000-01-01"]).is_empty());
+    cli(
+        &net,
+        &admin("b1", &["admin", "transactions", "--since", "2026-02-30"]),
+    )
+    .refused(3, "is not a date");
+    cli(
+        &net,
+        &admin(
+            "b1",
+            &[
+                "admin",
+                "transactions",
+                "--since",
+                "2026-02-03",
+                "--until",
+                "2026-02-01",
+            ],
+        ),
+    )
+    .refused(3, "--until is before --since");
 
     // Close an empty account; it can no longer log in.
     let empty = open_account(&net, "b3", "CLI-C");
