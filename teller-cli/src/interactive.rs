@@ -82,9 +82,13 @@ fn leave_on_ctrl_c() {
 
 /// Runs the menus until the user leaves; exit status 0, or 4 if the branch cannot be
 /// reached at all. Money goes through the same retry policy as the subcommands.
-pub async fn run(target: Target, policy: RetryPolicy) -> Result<u8, TellerError> {
+pub async fn run(
+    target: Target,
+    key: &wire::BranchKey,
+    policy: RetryPolicy,
+) -> Result<u8, TellerError> {
     leave_on_ctrl_c();
-    let mut teller = Teller::connect(&target).await?;
+    let mut teller = Teller::connect_with_key(&target, key).await?;
     println!("BankMate: connected to {}", target.addr);
     loop {
         println!("\n== Login (Ctrl-D to quit) ==");

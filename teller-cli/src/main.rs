@@ -75,6 +75,12 @@ struct Cli {
     /// a login enrolled for one-time codes.
     #[arg(long, global = true)]
     otp_env: Option<String>,
+    /// This teller's key, in a file made (readable by its owner only) if missing. With
+    /// the same key every run, branches know this teller: a login made here stays
+    /// trusted here, so a stranger's guessing elsewhere never slows it down. Default: a
+    /// new key each run.
+    #[arg(long, global = true, env = "BANKMATE_IDENTITY")]
+    identity: Option<PathBuf>,
     /// Print machine-readable JSON (amounts are decimal strings; refusals carry a code).
     #[arg(long, global = true)]
     json: bool,
@@ -157,11 +163,6 @@ enum Command {
         /// Where to listen; loopback only (the console serves plain HTTP).
         #[arg(long, default_value = "127.0.0.1:8080")]
         listen: std::net::SocketAddr,
-        /// The console's teller key, made (readable by its owner only) if missing: with
-        /// the same key after a restart, branches still know this teller, so a stranger's
-        /// guessing elsewhere never slows its logins down. Default: a new key each run.
-        #[arg(long)]
-        identity: Option<PathBuf>,
     },
 }
 
@@ -435,14 +436,10 @@ async fn web(
     branch_name: String,
     policy: RetryPolicy,
     listen: std::net::SocketAddr,
-    identity: Option<&std::path::Path>,
+    key: &wire::BranchKey,
 ) -> Result<u8, TellerError> {
     teller_cli::web::check_listen(&listen)?;
-    let key = match identity {
-        Some(path) => teller_cli::identity(path)?,
-        None => wire::BranchKey::from_secret(rand::random()),
-    };
-    let teller = Teller::connect_with_key(&target, &key).await?;
+    let teller = Teller::connect_with_key(&target, key).await?;
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .map_err(|e| TellerError::Usage(format!("cannot listen on {listen}: {e}")))?;
@@ -482,22 +479,26 @@ async fn run(cli: Cli) -> Result<u8, TellerError> {
         wait: std::time::Duration::from_secs(cli.wait),
         ..RetryPolicy::default()
     };
-    let Some(command) = cli.command.as_ref() else {
-        return interactive::run(target, policy).await;
+    let key = match &cli.identity {
+        Some(path) => teller_cli::identity(path)?,
+        None => wire::BranchKey::from_secret(rand::random()),
     };
-    if let Command::Web { listen, identity } = command {
+    let Some(command) = cli.command.as_ref() else {
+        return interactive::run(target, &key, policy).await;
+    };
+    if let Command::Web { listen } = command {
         let name = cli
             .branch
             .clone()
             .unwrap_or_else(|| target.peer.to_string());
-        return web(target, name, policy, *listen, identity.as_deref()).await;
+        return web(target, name, policy, *listen, &key).await;
     }
     let user = cli
         .user
         .clone()
         .ok_or_else(|| TellerError::Usage("give the login with --user".into()))?;
     let password = password(&cli)?;
-    let mut teller = Teller::connect(&target).await?;
+    let mut teller = Teller::connect_with_key(&target, &key).await?;
     let otp = otp_code(&cli)?;
     let login = teller
         .login_with_code(&user, &password, otp.as_deref())

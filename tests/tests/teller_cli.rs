@@ -907,3 +907,57 @@ fn completions_are_printed_for_each_shell() {
         );
     }
 }
+
+#[test]
+fn a_teller_with_an_identity_stays_trusted_while_strangers_are_throttled() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let c = Cluster::start(dir.path(), 1, &[]).expect("cluster");
+    let net = c.network_file.clone();
+    let a = open_account(&net, "b1", "CLI-ID");
+    let key = dir.path().join("counter-7.key");
+    let key = key.to_str().expect("utf-8 path");
+    let mine = |env: &'static str| {
+        let args = [
+            "--identity",
+            key,
+            "--branch",
+            "b1",
+            "--user",
+            &a,
+            "--password-env",
+            env,
+            "balance",
+        ];
+        cli(&net, &args)
+    };
+    let stranger = |env: &'static str| {
+        cli(
+            &net,
+            &[
+                "--branch",
+                "b1",
+                "--user",
+                &a,
+                "--password-env",
+                env,
+                "balance",
+            ],
+        )
+    };
+    // The customer's own counter logs in once: that teller is trusted for this login.
+    assert!(mine("CUST_PW").ok().contains("0.00"));
+    // Strangers (a new key each run) guess: 5 free failures, then waits of 1, 2, 4 s
+    // between admitted guesses; after 8 admitted failures the wait is 8 s.
+    let mut admitted = 0;
+    while admitted < 8 {
+        let r = stranger("WRONG_PW");
+        match r.code {
+            3 => admitted += 1,
+            4 => std::thread::sleep(std::time::Duration::from_millis(250)),
+            _ => r.refused(3, "wrong user or password"),
+        }
+    }
+    stranger("CUST_PW").refused(4, "too many failed logins");
+    // The trusted counter is not slowed down by them.
+    assert!(mine("CUST_PW").ok().contains("0.00"));
+}
