@@ -132,38 +132,9 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::Backup { data_dir, to } => {
-            let c = branch_node::backup::backup(&data_dir, &to)?;
-            println!(
-                "backed up branch {:03} to {}: {} accounts, {} ledger entries, {} legs in doubt \
-                 (the key file is not in it)",
-                c.branch,
-                to.display(),
-                c.accounts,
-                c.ledger_entries,
-                c.legs_in_doubt
-            );
-            Ok(())
-        }
-        Command::Restore { from, data_dir } => {
-            let c = branch_node::backup::restore(&from, &data_dir)?;
-            println!(
-                "restored branch {:03} into {}: {} accounts, {} ledger entries, {} legs in doubt \
-                 (recovery finishes them at start); next: branch-node verify, then run",
-                c.branch,
-                data_dir.display(),
-                c.accounts,
-                c.ledger_entries,
-                c.legs_in_doubt
-            );
-            Ok(())
-        }
-        Command::Verify { data_dir, network } => {
-            let report = branch_node::verify::verify(&data_dir, &network)?;
-            print!("{}", report.text());
-            anyhow::ensure!(report.ok(), "{} did not verify", data_dir.display());
-            Ok(())
-        }
+        Command::Backup { data_dir, to } => backup_command(&data_dir, &to),
+        Command::Restore { from, data_dir } => restore_command(&from, &data_dir),
+        Command::Verify { data_dir, network } => verify_command(&data_dir, &network),
         Command::Init {
             data_dir,
             branch_id,
@@ -239,6 +210,44 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             runtime.block_on(branch_node::node::run(cfg, shutdown_signal()))
         }
     }
+}
+
+/// `branch-node backup`.
+fn backup_command(data_dir: &std::path::Path, to: &std::path::Path) -> anyhow::Result<()> {
+    let c = branch_node::backup::backup(data_dir, to)?;
+    println!(
+        "backed up branch {:03} to {}: {} accounts, {} ledger entries, {} legs in doubt \
+         (the key file is not in it)",
+        c.branch,
+        to.display(),
+        c.accounts,
+        c.ledger_entries,
+        c.legs_in_doubt
+    );
+    Ok(())
+}
+
+/// `branch-node restore`.
+fn restore_command(from: &std::path::Path, data_dir: &std::path::Path) -> anyhow::Result<()> {
+    let c = branch_node::backup::restore(from, data_dir)?;
+    println!(
+        "restored branch {:03} into {}: {} accounts, {} ledger entries, {} legs in doubt \
+         (recovery finishes them at start); next: branch-node verify, then run",
+        c.branch,
+        data_dir.display(),
+        c.accounts,
+        c.ledger_entries,
+        c.legs_in_doubt
+    );
+    Ok(())
+}
+
+/// `branch-node verify`.
+fn verify_command(data_dir: &std::path::Path, network: &std::path::Path) -> anyhow::Result<()> {
+    let report = branch_node::verify::verify(data_dir, network)?;
+    print!("{}", report.text());
+    anyhow::ensure!(report.ok(), "{} did not verify", data_dir.display());
+    Ok(())
 }
 
 /// How `run` writes its log lines.

@@ -86,32 +86,9 @@ pub fn workspace_bin(package: &str, bin: &str) -> anyhow::Result<PathBuf> {
     // build is a no-op.
     let under_cargo = std::env::var_os("CARGO").is_some();
     if !built.iter().any(|b| b == bin) && (under_cargo || !path.exists()) {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let mut build = Command::new(cargo);
-        // Every binary at once, with `scenarios` in the set: cargo resolves features
-        // over the packages named, so this is the feature set `cargo run -p scenarios`
-        // built with, and no shared library (libp2p, branch-node) is built twice.
-        build.args(["build", "--bins", "--profile", profile]);
-        // `cargo run` and `cargo test` give their program the package's variables
-        // (CARGO_PKG_NAME, CARGO_MANIFEST_DIR, ...). Build scripts (ring's, through
-        // `cc`) rerun when those change, so a build that inherits them redoes libp2p's
-        // crypto and everything above it, and the next plain build redoes it back.
-        for (name, _) in std::env::vars_os() {
-            let name = name.to_string_lossy();
-            if PROGRAM_VARS.iter().any(|p| name.starts_with(p)) {
-                build.env_remove(name.as_ref());
-            }
-        }
-        let extra = (!BUILT_TOGETHER.contains(&package)).then_some(package);
-        for p in BUILT_TOGETHER.into_iter().chain(extra) {
-            build.args(["-p", p]);
-        }
-        // Build in the workspace this program came from, so it works from any folder.
-        let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-        if workspace.join("Cargo.toml").exists() {
-            build.current_dir(workspace);
-        }
-        let status = build.status().context("running cargo build")?;
+        let status = build_command(package, profile)
+            .status()
+            .context("running cargo build")?;
         if !status.success() || !path.exists() {
             bail!("cannot find or build {}", path.display());
         }
@@ -121,6 +98,36 @@ pub fn workspace_bin(package: &str, bin: &str) -> anyhow::Result<PathBuf> {
         }
     }
     Ok(path)
+}
+
+/// The `cargo build` of `package`'s binaries with the others a run needs.
+fn build_command(package: &str, profile: &str) -> Command {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut build = Command::new(cargo);
+    // Every binary at once, with `scenarios` in the set: cargo resolves features
+    // over the packages named, so this is the feature set `cargo run -p scenarios`
+    // built with, and no shared library (libp2p, branch-node) is built twice.
+    build.args(["build", "--bins", "--profile", profile]);
+    // `cargo run` and `cargo test` give their program the package's variables
+    // (CARGO_PKG_NAME, CARGO_MANIFEST_DIR, ...). Build scripts (ring's, through
+    // `cc`) rerun when those change, so a build that inherits them redoes libp2p's
+    // crypto and everything above it, and the next plain build redoes it back.
+    for (name, _) in std::env::vars_os() {
+        let name = name.to_string_lossy();
+        if PROGRAM_VARS.iter().any(|p| name.starts_with(p)) {
+            build.env_remove(name.as_ref());
+        }
+    }
+    let extra = (!BUILT_TOGETHER.contains(&package)).then_some(package);
+    for p in BUILT_TOGETHER.into_iter().chain(extra) {
+        build.args(["-p", p]);
+    }
+    // Build in the workspace this program came from, so it works from any folder.
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    if workspace.join("Cargo.toml").exists() {
+        build.current_dir(workspace);
+    }
+    build
 }
 
 /// A port free now and never handed out before by this process: clusters started at once

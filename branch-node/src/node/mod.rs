@@ -173,20 +173,12 @@ pub async fn run(
     }
     let metrics_task = match cfg.metrics_listen {
         Some(addr) => {
-            let listener = metrics::bind(addr).await?;
-            let bound = listener.local_addr()?;
-            println!("metrics: http://{bound}/metrics (and /healthz, /readyz)");
-            tracing::info!(%bound, "serving metrics");
             let health = metrics::Health {
                 reader: service.reader.clone(),
                 engine_running,
                 peers_listed: network.branches().count().saturating_sub(1),
             };
-            Some(tokio::spawn(metrics::serve(
-                listener,
-                health,
-                stopped(stop_rx.clone()),
-            )))
+            Some(start_metrics(addr, health, stopped(stop_rx.clone())).await?)
         }
         None => None,
     };
@@ -245,6 +237,19 @@ pub async fn run(
         Ok(r) => r.map_err(Into::into),
         Err(e) => Err(anyhow::anyhow!("2pc engine task failed: {e}")),
     }
+}
+
+/// Binds the metrics endpoint, says where, and serves it until `stop`.
+async fn start_metrics(
+    addr: std::net::SocketAddr,
+    health: metrics::Health,
+    stop: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    let listener = metrics::bind(addr).await?;
+    let bound = listener.local_addr()?;
+    println!("metrics: http://{bound}/metrics (and /healthz, /readyz)");
+    tracing::info!(%bound, "serving metrics");
+    Ok(tokio::spawn(metrics::serve(listener, health, stop)))
 }
 
 async fn dispatch(

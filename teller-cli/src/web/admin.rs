@@ -247,16 +247,7 @@ async fn transactions(visitor: Visitor, Query(q): Query<Fields>) -> Response {
             );
         }
     };
-    let next_link = next.map(|n| {
-        let mut args: Vec<String> = q
-            .iter()
-            .filter(|(k, _)| *k != "before")
-            .map(|(k, v)| format!("{}={}", k, url_escape(v)))
-            .collect();
-        args.sort();
-        args.push(format!("before={n}"));
-        format!("/admin/transactions?{}", args.join("&"))
-    });
+    let next_link = next.map(|n| older_link(&q, n));
     let body = html! {
         (transactions_form(scope, &q))
         (unreachable_note(&unreachable))
@@ -265,6 +256,18 @@ async fn transactions(visitor: Visitor, Query(q): Query<Fields>) -> Response {
         @if scope == Scope::Network { p.note { "The network view shows the newest " (ROWS) " entries across branches; narrow it with the filters." } }
     };
     page(StatusCode::OK, &v, "Transactions", body)
+}
+
+/// The link to the page of entries older than `before`, keeping the filters.
+fn older_link(q: &Fields, before: u64) -> String {
+    let mut args: Vec<String> = q
+        .iter()
+        .filter(|(k, _)| *k != "before")
+        .map(|(k, v)| format!("{}={}", k, url_escape(v)))
+        .collect();
+    args.sort();
+    args.push(format!("before={before}"));
+    format!("/admin/transactions?{}", args.join("&"))
 }
 
 /// Percent-encodes a query value (everything but unreserved characters).
