@@ -79,7 +79,8 @@ pub fn base32(bytes: &[u8]) -> String {
     out
 }
 
-fn uri_escape(text: &str) -> String {
+/// RFC 3986 percent-encoding of everything but the unreserved characters.
+pub fn uri_escape(text: &str) -> String {
     text.bytes()
         .map(|b| match b {
             b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {

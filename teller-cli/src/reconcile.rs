@@ -187,6 +187,39 @@ mod tests {
     }
 
     #[test]
+    fn a_statement_signed_with_another_key_or_domain_does_not_verify() {
+        let key = wire::BranchKey::from_secret([7; 32]);
+        let public: String = key
+            .public()
+            .to_bytes()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        let toml = format!(
+            "[[branch]]\nid = 1\nname = \"b1\"\npublic_key = \"{public}\"\npeer_id = \"{}\"\naddresses = []\n",
+            key.peer_id()
+        );
+        let path = std::env::temp_dir().join(format!("reconcile-{}.toml", std::process::id()));
+        std::fs::write(&path, toml).expect("write");
+        let net = NetworkFile::load(&path).expect("network file");
+        let _ = std::fs::remove_file(&path);
+        let s = statement(1, &[(1, 100)], &[], 2);
+        let sign = |k: &wire::BranchKey, domain: &[u8]| {
+            let signed = Signed::sign_in_domain(domain, k, BranchId(1), &s).expect("sign");
+            wire::encode(&signed).expect("encode")
+        };
+        let good = sign(&key, wire::signed::STATEMENT_DOMAIN);
+        let stranger = sign(
+            &wire::BranchKey::from_secret([8; 32]),
+            wire::signed::STATEMENT_DOMAIN,
+        );
+        let as_2pc = sign(&key, wire::signed::SIGNING_DOMAIN);
+        let (ok, bad) = verify(&net, &[good, stranger, as_2pc, vec![1, 2, 3]]);
+        assert_eq!(ok, vec![s]);
+        assert_eq!(bad.len(), 3, "{bad:?}");
+    }
+
+    #[test]
     fn both_sides_must_state_the_same_transfers() {
         let a = statement(1, &[(1, 100), (2, 50)], &[(9, 5)], 2);
         let b = statement(2, &[(9, 5)], &[(1, 100), (2, 50)], 1);

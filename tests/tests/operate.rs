@@ -147,6 +147,39 @@ async fn metrics_move_with_the_work_and_health_says_what_holds() {
     assert!(report.ok(), "invariants violated: {:#?}", report.violations);
 }
 
+/// A transfer `from` -> `to` of `minor` sent by `from`'s customer through branch `at`;
+/// it must be answered committed. Its id.
+async fn committed_transfer(
+    c: &Cluster,
+    at: usize,
+    from: wire::AccountNumber,
+    to: wire::AccountNumber,
+    minor: i64,
+) -> wire::TransferId {
+    let mut t = Teller::connect(&c.target(at).expect("target"))
+        .await
+        .expect("connect");
+    t.login(&from.to_string(), PASSWORD).await.expect("login");
+    let spec = TransferSpec {
+        id: new_transfer_id(),
+        from,
+        to,
+        amount: Amount::from_minor(minor).expect("amount"),
+    };
+    let r = t.call(TellerOp::Transfer(spec)).await.expect("answer");
+    assert!(
+        matches!(
+            r,
+            TellerResponse::Receipt {
+                state: TransferState::Committed,
+                ..
+            }
+        ),
+        "{r:?}"
+    );
+    spec.id
+}
+
 /// `branch-node verify` on `data_dir`: (exit code, report).
 fn verify(data_dir: &std::path::Path, network: &std::path::Path) -> (i32, String) {
     let out = std::process::Command::new(branch_node_bin().expect("branch-node"))
@@ -188,28 +221,7 @@ async fn settled_network(dir: &std::path::Path) -> Cluster {
     admin2.call(op).await.expect("deposit at b2");
     let mut committed: BTreeSet<_> = [deposit, id].into();
     for (from, to, at) in [(a, b, 0), (b, a, 1), (a, b, 0)] {
-        let mut t = Teller::connect(&c.target(at).expect("target"))
-            .await
-            .expect("connect");
-        t.login(&from.to_string(), PASSWORD).await.expect("login");
-        let spec = TransferSpec {
-            id: new_transfer_id(),
-            from,
-            to,
-            amount: Amount::from_minor(1_000).expect("amount"),
-        };
-        let r = t.call(TellerOp::Transfer(spec)).await.expect("answer");
-        assert!(
-            matches!(
-                r,
-                TellerResponse::Receipt {
-                    state: TransferState::Committed,
-                    ..
-                }
-            ),
-            "{r:?}"
-        );
-        committed.insert(spec.id);
+        committed.insert(committed_transfer(&c, at, from, to, 1_000).await);
     }
     let report = check::finish(&mut c, &committed, Duration::from_secs(30)).expect("audit");
     assert!(report.ok(), "invariants violated: {:#?}", report.violations);
@@ -501,31 +513,14 @@ async fn trace_and_in_doubt_follow_a_transfer_across_branches() {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut c = Cluster::start(dir.path(), 2, &[]).expect("cluster");
     let (a, b, deposit) = tests::funded_pair(&c, "TRC", PASSWORD, 100_000).await;
-    let mut t = Teller::connect(&c.target(0).expect("target"))
-        .await
-        .expect("connect");
-    t.login(&a.to_string(), PASSWORD).await.expect("login");
-    let spec = TransferSpec {
-        id: new_transfer_id(),
-        from: a,
-        to: b,
-        amount: Amount::from_minor(4_321).expect("amount"),
-    };
-    let r = t.call(TellerOp::Transfer(spec)).await.expect("answer");
-    assert!(matches!(
-        r,
-        TellerResponse::Receipt {
-            state: TransferState::Committed,
-            ..
-        }
-    ));
-    let mut committed: BTreeSet<_> = [deposit, spec.id].into();
+    let id = committed_transfer(&c, 0, a, b, 4_321).await;
+    let mut committed: BTreeSet<_> = [deposit, id].into();
 
     // The trace from b2: b1 coordinated and holds b2's signed vote; b2 holds b1's signed
     // decision; both have their ledger line.
     let deadline = Instant::now() + Duration::from_secs(20);
     let trace = loop {
-        let v = admin_json(&c, "b2", &["trace", &spec.id.to_string()]);
+        let v = admin_json(&c, "b2", &["trace", &id.to_string()]);
         if v["branches"][0]["coordinated"]["ended"] == true || Instant::now() > deadline {
             break v;
         }
@@ -661,27 +656,9 @@ async fn reconcile_agrees_then_names_a_transfer_one_side_lost() {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut c = Cluster::start(dir.path(), 2, &[]).expect("cluster");
     let (a, b, _) = tests::funded_pair(&c, "REC", PASSWORD, 100_000).await;
-    let mut t = Teller::connect(&c.target(0).expect("target"))
-        .await
-        .expect("connect");
-    t.login(&a.to_string(), PASSWORD).await.expect("login");
     let mut sent = Vec::new();
     for amount in [1_000, 2_500] {
-        let spec = TransferSpec {
-            id: new_transfer_id(),
-            from: a,
-            to: b,
-            amount: Amount::from_minor(amount).expect("amount"),
-        };
-        let r = t.call(TellerOp::Transfer(spec)).await.expect("answer");
-        assert!(matches!(
-            r,
-            TellerResponse::Receipt {
-                state: TransferState::Committed,
-                ..
-            }
-        ));
-        sent.push(spec.id);
+        sent.push(committed_transfer(&c, 0, a, b, amount).await);
     }
     // Every leg applied at both branches before the statements are taken.
     for _ in 0..100 {

@@ -13,10 +13,13 @@ use super::{Store, StoreError, account_number, blob_id, id_blob, sql_ms};
 /// transfers cannot run up the bank's SMS bill.
 pub const SMS_PER_PHONE_PER_HOUR_MAX: i64 = 10;
 
+/// The window that maximum counts in, in milliseconds.
+const SMS_CAP_WINDOW_MS: u64 = 3_600_000;
+
 /// Whether `phone` may get another alert for a movement at `at_ms`; a refused one is
 /// counted in the metrics.
 fn sms_allowed(conn: &Connection, phone: &str, at_ms: u64) -> Result<bool, StoreError> {
-    let since = sql_ms(at_ms.saturating_sub(3_600_000));
+    let since = sql_ms(at_ms.saturating_sub(SMS_CAP_WINDOW_MS));
     let sent: i64 = conn
         .prepare_cached("SELECT count(*) FROM outbox WHERE phone = ?1 AND created_at_ms > ?2")?
         .query_row(params![phone, since], |r| r.get(0))?;

@@ -263,23 +263,11 @@ fn older_link(q: &Fields, before: u64) -> String {
     let mut args: Vec<String> = q
         .iter()
         .filter(|(k, _)| *k != "before")
-        .map(|(k, v)| format!("{}={}", k, url_escape(v)))
+        .map(|(k, v)| format!("{}={}", k, branch_node::totp::uri_escape(v)))
         .collect();
     args.sort();
     args.push(format!("before={before}"));
     format!("/admin/transactions?{}", args.join("&"))
-}
-
-/// Percent-encodes a query value (everything but unreserved characters).
-fn url_escape(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
-                char::from(b).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
 }
 
 fn open_fields(v: &Visit, f: &Fields) -> Markup {

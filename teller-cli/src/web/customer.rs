@@ -274,7 +274,7 @@ pub(crate) fn entries_table(entries: &[EntryView]) -> Markup {
                 tbody { @for e in entries { tr {
                     td { (crate::when::utc_minute(e.at_ms)) }
                     td { (e.account.to_string()) }
-                    td { (pages::kind_words(e.kind)) }
+                    td { (crate::kind_words(e.kind)) }
                     td.num { (pages::signed(e.kind, e.amount)) }
                     td.num { (pages::money(e.balance_after)) }
                     td { (e.counterparty.map(|c| c.to_string()).unwrap_or_default()) }

@@ -171,11 +171,6 @@ pub(crate) fn signed(k: EntryKind, a: Amount) -> String {
     }
 }
 
-/// A ledger entry's kind in words.
-pub(crate) fn kind_words(k: EntryKind) -> &'static str {
-    crate::kind_words(k)
-}
-
 /// A text field for an account number, checked as it is typed (check digits).
 pub(crate) fn account_field(name: &str, label: &str, value: &str) -> Markup {
     let hint = format!("{name}-hint");
