@@ -57,6 +57,18 @@ fn first_of(records: &[Record]) -> BTreeMap<TransferId, Record> {
 /// Asks, as each id's own sender through a branch picked from the id, where every id
 /// without a final answer stands (and a sample of the others).
 pub async fn resolve(records: &[Record], tellers: &Tellers, senders: Senders) -> Statuses {
+    resolve_sampled(records, tellers, senders, CROSS_CHECK_EVERY).await
+}
+
+/// [`resolve`], asking again about one in `every` ids with a final answer (a bench's
+/// hundreds of thousands of answers are sampled more thinly).
+pub async fn resolve_sampled(
+    records: &[Record],
+    tellers: &Tellers,
+    senders: Senders,
+    every: usize,
+) -> Statuses {
+    let every = every.max(1);
     let finals: BTreeSet<TransferId> = records
         .iter()
         .filter(|r| r.answer.is_final())
@@ -65,7 +77,7 @@ pub async fn resolve(records: &[Record], tellers: &Tellers, senders: Senders) ->
     let mut out = Statuses::new();
     let branches = tellers.branches().max(1);
     for (i, (id, r)) in first_of(records).into_iter().enumerate() {
-        if finals.contains(&id) && i % CROSS_CHECK_EVERY != 0 {
+        if finals.contains(&id) && i % every != 0 {
             continue;
         }
         let who = match senders {

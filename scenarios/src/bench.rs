@@ -1,6 +1,8 @@
 //! `scenarios bench`: closed-loop load from many concurrent tellers against a local
-//! network with fsync on, local and cross-branch transfers measured separately:
-//! transfers/s, latency p50/p99/max and CPU per transfer, then every invariant.
+//! network with fsync on, local and cross-branch transfers measured separately, one
+//! transfer per request and (`--batch N`) as bulk payments of N: transfers/s, latency
+//! p50/p99/max and CPU per transfer; then every invariant, and every answer given
+//! held against the ledgers.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -8,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
+use crate::answers;
 use crate::check;
 use crate::cluster::Cluster;
 use crate::report::percentile;
@@ -17,6 +20,10 @@ use crate::workload::{
 
 /// How long the network may take to finish in-flight transfers after the load.
 const SETTLE_BOUND: Duration = Duration::from_secs(60);
+
+/// About how many ids with a final answer are asked about again after the run (every
+/// id without one is asked).
+const BENCH_ASKED_FINALS: usize = 5_000;
 
 /// Each account's opening deposit, minor units: enough that no transfer is refused
 /// for funds.
@@ -33,6 +40,10 @@ pub struct BenchOptions {
     pub connections: usize,
     pub accounts_per_branch: usize,
     pub mix: BenchMix,
+    /// Above 1, each mix is measured again as bulk payments of this many transfers.
+    pub batch: usize,
+    /// Concurrent clients sending bulk payments (each waits for its answer).
+    pub batch_clients: usize,
 }
 
 /// Which mixes a bench measures.
@@ -58,6 +69,48 @@ fn cpu_time(pid: &str) -> Duration {
         .unwrap_or_default()
 }
 
+/// One measured mode: a mix, and the transfers per request.
+struct Mode {
+    name: String,
+    mix: Mix,
+    batch: usize,
+}
+
+/// The modes `opts` asks for: local and cross-branch, one transfer per request, and
+/// with `--batch N` the same as bulk payments of N.
+fn modes(opts: &BenchOptions) -> Vec<Mode> {
+    let only = |local: u32, cross: u32| Mix {
+        deposit: 0,
+        withdraw: 0,
+        local,
+        cross,
+        refused: 0,
+    };
+    let mut out = Vec::new();
+    let batches = if opts.batch > 1 {
+        vec![1, opts.batch]
+    } else {
+        vec![1]
+    };
+    for batch in batches {
+        for (name, mix) in [("local", only(1, 0)), ("cross-branch", only(0, 1))] {
+            let wanted = match opts.mix {
+                BenchMix::Local => mix.local > 0,
+                BenchMix::Cross => mix.cross > 0,
+                BenchMix::Both => true,
+            };
+            if wanted {
+                let name = match batch {
+                    1 => name.to_owned(),
+                    n => format!("{name} x{n}"),
+                };
+                out.push(Mode { name, mix, batch });
+            }
+        }
+    }
+    out
+}
+
 /// Runs the bench in `dir`; returns the JSON result (also printed as a table).
 pub async fn run(opts: &BenchOptions, dir: &Path) -> anyhow::Result<Value> {
     let cluster = Cluster::start(dir, opts.branches, &[])?;
@@ -72,105 +125,152 @@ pub async fn run(opts: &BenchOptions, dir: &Path) -> anyhow::Result<Value> {
     tellers.warm(&admins).await?;
     let pids: Vec<String> = cluster.pids().iter().map(u32::to_string).collect();
     let mut results = Vec::new();
-    for (name, mix) in [
-        (
-            "local",
-            Mix {
-                deposit: 0,
-                withdraw: 0,
-                local: 1,
-                cross: 0,
-                refused: 0,
-            },
-        ),
-        (
-            "cross-branch",
-            Mix {
-                deposit: 0,
-                withdraw: 0,
-                local: 0,
-                cross: 1,
-                refused: 0,
-            },
-        ),
-    ]
-    .into_iter()
-    .filter(|(_, m)| match opts.mix {
-        BenchMix::Local => m.local > 0,
-        BenchMix::Cross => m.cross > 0,
-        BenchMix::Both => true,
-    }) {
-        let w = Workload {
-            clients: opts.clients,
-            duration_ms: Some(opts.duration_s * 1000),
-            mix,
-            amount_max_minor: 100,
-            // The data path: each branch's admin through their own branch, no resends.
-            senders: Senders::Admins,
-            entry: Entry::Home,
-            resend_percent: 0,
-            ..Workload::default()
-        };
-        let nodes_before: Duration = pids.iter().map(|p| cpu_time(p)).sum();
-        let me_before = cpu_time("self");
-        let start = Instant::now();
-        let records = workload::run(&w, &accounts, &tellers, Arc::new(Progress::default())).await?;
-        let wall = start.elapsed();
-        let nodes_cpu = pids.iter().map(|p| cpu_time(p)).sum::<Duration>() - nodes_before;
-        let me_cpu = cpu_time("self") - me_before;
-        let ok: Vec<_> = records
-            .iter()
-            .filter(|r| r.answer == Answer::Committed)
-            .collect();
-        committed.extend(ok.iter().map(|r| r.id));
-        let count = |c: Column| records.iter().filter(|r| r.answer.column() == c).count();
-        let (aborted, refused, unknown) = (
-            count(Column::Aborted),
-            count(Column::Refused),
-            count(Column::NotDone) + count(Column::Unknown),
+    let mut all = Vec::new();
+    for mode in modes(opts) {
+        let (result, records) = measure(opts, &mode, &accounts, &tellers, &pids).await?;
+        committed.extend(
+            records
+                .iter()
+                .filter(|r| r.answer == Answer::Committed)
+                .map(|r| r.id),
         );
-        let mut lat: Vec<Duration> = ok.iter().map(|r| r.latency).collect();
-        lat.sort();
-        let n = ok.len().max(1) as f64;
-        let result = json!({
-            "mix": name,
-            "committed": ok.len(),
-            "not_committed": records.len() - ok.len(),
-            "aborted": aborted,
-            "refused": refused,
-            "unknown": unknown,
-            "transfers_per_s": ok.len() as f64 / wall.as_secs_f64(),
-            "p50_ms": percentile(&lat, 50.0).as_secs_f64() * 1000.0,
-            "p99_ms": percentile(&lat, 99.0).as_secs_f64() * 1000.0,
-            "max_ms": lat.last().copied().unwrap_or_default().as_secs_f64() * 1000.0,
-            "node_cpu_us_per_transfer": nodes_cpu.as_secs_f64() * 1e6 / n,
-            "client_cpu_us_per_transfer": me_cpu.as_secs_f64() * 1e6 / n,
-        });
-        eprintln!(
-            "{name:>13}: {:>8.0} transfers/s  p50 {:>6.1} ms  p99 {:>6.1} ms  max {:>7.1} ms  \
-             cpu/transfer: nodes {:>5.0} us, load generator {:>5.0} us  ({} committed, \
-             {aborted} aborted, {refused} refused, {unknown} unknown)",
-            result["transfers_per_s"].as_f64().unwrap_or(0.0),
-            result["p50_ms"].as_f64().unwrap_or(0.0),
-            result["p99_ms"].as_f64().unwrap_or(0.0),
-            result["max_ms"].as_f64().unwrap_or(0.0),
-            result["node_cpu_us_per_transfer"].as_f64().unwrap_or(0.0),
-            result["client_cpu_us_per_transfer"].as_f64().unwrap_or(0.0),
-            ok.len(),
-        );
+        all.extend(records);
         results.push(result);
     }
+    eprintln!("{}", summary_table(&results));
+    // Every answer given is held against the ledgers, as a scenario's are.
+    let every = (all.len() / BENCH_ASKED_FINALS).max(1);
+    let statuses = answers::resolve_sampled(&all, &tellers, Senders::Admins, every).await;
     let mut cluster = cluster;
-    let report = check::finish(&mut cluster, &committed, SETTLE_BOUND)?;
+    let (mut report, audits) = check::finish_audited(&mut cluster, &committed, SETTLE_BOUND)?;
+    let answer_report = answers::check(&all, &statuses, &audits);
+    report.violations.extend(answer_report.violations);
     Ok(json!({
         "branches": opts.branches,
         "duration_s_per_mix": opts.duration_s,
         "clients": opts.clients,
         "connections_per_branch": opts.connections,
+        "batch": opts.batch,
         "fsync": "synchronous=FULL",
         "cpus": std::thread::available_parallelism().map(usize::from).unwrap_or(1),
         "results": results,
+        "answers_checked": all.len(),
         "invariants_ok": report.ok(),
         "violations": report.violations,
     }))
+}
+
+/// Runs one mode for the bench's duration; its figures, and every answer given.
+async fn measure(
+    opts: &BenchOptions,
+    mode: &Mode,
+    accounts: &workload::Accounts,
+    tellers: &Tellers,
+    pids: &[String],
+) -> anyhow::Result<(Value, Vec<workload::Record>)> {
+    let clients = if mode.batch > 1 {
+        opts.batch_clients
+    } else {
+        opts.clients
+    };
+    let w = Workload {
+        clients,
+        duration_ms: Some(opts.duration_s * 1000),
+        mix: mode.mix,
+        amount_max_minor: 100,
+        // The data path: each branch's admin through their own branch, no resends.
+        senders: Senders::Admins,
+        entry: Entry::Home,
+        resend_percent: 0,
+        batch: mode.batch,
+        ..Workload::default()
+    };
+    let nodes_before: Duration = pids.iter().map(|p| cpu_time(p)).sum();
+    let me_before = cpu_time("self");
+    let start = Instant::now();
+    let records = workload::run(&w, accounts, tellers, Arc::new(Progress::default())).await?;
+    let wall = start.elapsed();
+    let nodes_cpu = pids.iter().map(|p| cpu_time(p)).sum::<Duration>() - nodes_before;
+    let me_cpu = cpu_time("self") - me_before;
+    let ok: Vec<_> = records
+        .iter()
+        .filter(|r| r.answer == Answer::Committed)
+        .collect();
+    let count = |c: Column| records.iter().filter(|r| r.answer.column() == c).count();
+    let (aborted, refused, unknown) = (
+        count(Column::Aborted),
+        count(Column::Refused),
+        count(Column::NotDone) + count(Column::Unknown),
+    );
+    let mut lat: Vec<Duration> = ok.iter().map(|r| r.latency).collect();
+    lat.sort();
+    let n = ok.len().max(1) as f64;
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    let result = json!({
+        "mix": mode.name,
+        "transfers_per_request": mode.batch,
+        "clients": clients,
+        "committed": ok.len(),
+        "not_committed": records.len() - ok.len(),
+        "aborted": aborted,
+        "refused": refused,
+        "unknown": unknown,
+        "transfers_per_s": ok.len() as f64 / wall.as_secs_f64(),
+        "p50_ms": ms(percentile(&lat, 50.0)),
+        "p99_ms": ms(percentile(&lat, 99.0)),
+        "max_ms": ms(lat.last().copied().unwrap_or_default()),
+        "node_cpu_us_per_transfer": nodes_cpu.as_secs_f64() * 1e6 / n,
+        "client_cpu_us_per_transfer": me_cpu.as_secs_f64() * 1e6 / n,
+    });
+    eprintln!("{}", line(&result));
+    Ok((result, records))
+}
+
+fn num(v: &Value, key: &str) -> f64 {
+    v[key].as_f64().unwrap_or(0.0)
+}
+
+/// One mode's figures in a line, as it ends.
+fn line(r: &Value) -> String {
+    format!(
+        "{:>16}: {:>8.0} transfers/s  p50 {:>6.1} ms  p99 {:>6.1} ms  max {:>7.1} ms  \
+         cpu/transfer: nodes {:>5.0} us, load generator {:>5.0} us  ({} committed, \
+         {} aborted, {} refused, {} unknown)",
+        r["mix"].as_str().unwrap_or(""),
+        num(r, "transfers_per_s"),
+        num(r, "p50_ms"),
+        num(r, "p99_ms"),
+        num(r, "max_ms"),
+        num(r, "node_cpu_us_per_transfer"),
+        num(r, "client_cpu_us_per_transfer"),
+        r["committed"],
+        r["aborted"],
+        r["refused"],
+        r["unknown"],
+    )
+}
+
+/// Every mode side by side: a latency of a bulk payment is that of its whole request.
+fn summary_table(results: &[Value]) -> comfy_table::Table {
+    let mut t = comfy_table::Table::new();
+    t.load_style(comfy_table::presets::NOTHING);
+    t.set_header([
+        "mode",
+        "transfers/s",
+        "p50 ms",
+        "p99 ms",
+        "node cpu us/transfer",
+        "not committed",
+    ]);
+    for r in results {
+        t.add_row([
+            r["mix"].as_str().unwrap_or("").to_owned(),
+            format!("{:.0}", num(r, "transfers_per_s")),
+            format!("{:.1}", num(r, "p50_ms")),
+            format!("{:.1}", num(r, "p99_ms")),
+            format!("{:.0}", num(r, "node_cpu_us_per_transfer")),
+            r["not_committed"].to_string(),
+        ]);
+    }
+    t
 }

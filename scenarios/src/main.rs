@@ -74,6 +74,13 @@ enum Command {
         /// Which mixes to measure.
         #[arg(long, value_enum, default_value_t = BenchMix::Both)]
         mix: BenchMix,
+        /// Also measure each mix as bulk payments of N transfers per request
+        /// (`TransferBatch`, at most 1024).
+        #[arg(long, default_value_t = 1)]
+        batch: usize,
+        /// Concurrent clients for the bulk payments.
+        #[arg(long, default_value_t = 8)]
+        batch_clients: usize,
         /// Where to write the JSON result.
         #[arg(long, default_value = "bench-result.json")]
         out: PathBuf,
@@ -162,6 +169,8 @@ async fn run(command: Command) -> anyhow::Result<bool> {
             connections,
             dir,
             mix,
+            batch,
+            batch_clients,
             out,
         } => {
             let (path, _keep) = workdir(dir.as_deref(), "bench")?;
@@ -172,6 +181,8 @@ async fn run(command: Command) -> anyhow::Result<bool> {
                 connections,
                 accounts_per_branch: 200,
                 mix,
+                batch: batch.min(wire::limits::BATCH_LINES_MAX),
+                batch_clients,
             };
             eprintln!(
                 "bench: {branches} branches, {clients} clients, {duration} s per mix, fsync on"

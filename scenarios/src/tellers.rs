@@ -144,6 +144,31 @@ impl Tellers {
         })
     }
 
+    /// Sends `specs` as one bulk payment (`TransferBatch`) as `who` through branch
+    /// `entry`, under the same policy line by line; answers in the order of `specs`.
+    pub async fn send_batch(
+        &self,
+        who: &Person,
+        client: usize,
+        entry: usize,
+        specs: &[wire::twopc::TransferSpec],
+        policy: &RetryPolicy,
+    ) -> Vec<MoneyAnswer> {
+        let sent = self
+            .using(who, client, entry, async |t| {
+                money::send_batch(t, specs, policy).await
+            })
+            .await;
+        sent.unwrap_or_else(|e| {
+            let not_done = |s: &wire::twopc::TransferSpec| MoneyAnswer::NotDone {
+                id: s.id,
+                why: format!("login: {e}"),
+                code: e.code(),
+            };
+            specs.iter().map(not_done).collect()
+        })
+    }
+
     /// Sends `op` as `who` through branch `entry`, renewing a lost session once.
     pub async fn call(
         &self,

@@ -94,6 +94,11 @@ pub struct Workload {
     /// How long one request keeps retrying for a final answer before the teller is
     /// told its outcome is unknown (the retry policy's wait), in milliseconds.
     pub answer_wait_ms: u64,
+    /// Transfers per request. Above 1, a client sends bulk payments: each request a
+    /// `TransferBatch` of this many transfers (at most `BATCH_LINES_MAX`) out of one
+    /// branch's accounts, sent by that branch's admin through that branch; deposits
+    /// and withdrawals rolled on the way are sent one by one as usual.
+    pub batch: usize,
 }
 
 impl Default for Workload {
@@ -112,6 +117,7 @@ impl Default for Workload {
             entry: Entry::Random,
             resend_percent: 10,
             answer_wait_ms: 10_000,
+            batch: 1,
         }
     }
 }
@@ -313,8 +319,14 @@ fn is_protocol_abort(r: Refusal) -> bool {
     matches!(r, Refusal::NoVote | Refusal::Expired | Refusal::Interrupted)
 }
 
-/// The request one client sends next.
-fn next_op(rng: &mut impl Rng, w: &Workload, accounts: &Accounts) -> (Kind, TellerOp) {
+/// The request one client sends next; a transfer's money leaves an account of branch
+/// index `from_branch` when given.
+fn next_op(
+    rng: &mut impl Rng,
+    w: &Workload,
+    accounts: &Accounts,
+    from_branch: Option<usize>,
+) -> (Kind, TellerOp) {
     let m = w.mix;
     let total = (m.deposit + m.withdraw + m.local + m.cross + m.refused).max(1);
     let mut roll = rng.random_range(0..total);
@@ -361,7 +373,7 @@ fn next_op(rng: &mut impl Rng, w: &Workload, accounts: &Accounts) -> (Kind, Tell
             )
         }
         Kind::Local | Kind::Cross => {
-            let from = pick(rng, None);
+            let from = pick(rng, from_branch);
             let b = branch_of(from);
             let to = if kind == Kind::Local || branches < 2 {
                 // Another account of the same branch (the next one if the pick is `from`).
@@ -384,7 +396,7 @@ fn next_op(rng: &mut impl Rng, w: &Workload, accounts: &Accounts) -> (Kind, Tell
             (kind, TellerOp::Transfer(spec))
         }
         Kind::Refused => {
-            let from = pick(rng, None);
+            let from = pick(rng, from_branch);
             let spec = if rng.random_bool(0.5) {
                 // An overdraft: more than any account holds.
                 TransferSpec {
@@ -482,6 +494,61 @@ impl Client {
         }
     }
 
+    /// One bulk payment: `batch` transfers out of one branch's accounts, sent as that
+    /// branch's admin (deposits and withdrawals rolled on the way go one by one), and
+    /// sent once more whole under the same ids when a resend is rolled.
+    async fn bulk(&self, rng: &mut impl Rng) -> Vec<Record> {
+        let b = rng.random_range(0..self.accounts.by_branch.len());
+        let mut lines = Vec::new();
+        let mut records = Vec::new();
+        for _ in 0..self.w.batch.min(wire::limits::BATCH_LINES_MAX) {
+            match next_op(rng, &self.w, &self.accounts, Some(b)) {
+                (kind, TellerOp::Transfer(spec)) => lines.push((kind, spec)),
+                (kind, op) => records.push(self.send(rng, kind, &op, false).await),
+            }
+        }
+        records.extend(self.send_lines(b, &lines, false).await);
+        if rng.random_range(0..100) < self.w.resend_percent {
+            records.extend(self.send_lines(b, &lines, true).await);
+        }
+        records
+    }
+
+    /// Sends `lines` as one bulk payment by branch `b`'s admin and records each answer.
+    async fn send_lines(
+        &self,
+        b: usize,
+        lines: &[(Kind, TransferSpec)],
+        resend: bool,
+    ) -> Vec<Record> {
+        let specs: Vec<TransferSpec> = lines.iter().map(|l| l.1).collect();
+        let started = Instant::now();
+        let told = self
+            .tellers
+            .send_batch(&Person::Admin(b), self.n, b, &specs, &self.policy)
+            .await;
+        let latency = started.elapsed();
+        lines
+            .iter()
+            .zip(told)
+            .map(|((kind, spec), told)| {
+                let answer = Answer::of(&told);
+                if !resend {
+                    self.progress.count(answer);
+                }
+                Record {
+                    kind: *kind,
+                    id: spec.id,
+                    owner: spec.from,
+                    branch: b,
+                    answer,
+                    latency,
+                    resend,
+                }
+            })
+            .collect()
+    }
+
     /// Sends requests until the count or the deadline is reached, or the run stops.
     async fn run(self, deadline: Option<Instant>, gap: Option<Duration>) -> Vec<Record> {
         let seed = self.w.seed.wrapping_mul(1_000_003) + self.n as u64;
@@ -493,16 +560,23 @@ impl Client {
             {
                 break;
             }
-            let n = self.progress.sent.fetch_add(1, Ordering::Relaxed);
+            let per_request = self.w.batch.max(1) as u64;
+            let n = self.progress.sent.fetch_add(per_request, Ordering::Relaxed);
             if self.w.count.is_some_and(|c| n >= c) {
                 break;
             }
             let started = Instant::now();
-            let (kind, op) = next_op(&mut rng, &self.w, &self.accounts);
-            let first = self.send(&mut rng, kind, &op, false).await;
-            mine.push(first);
-            if first.answer != Answer::NotDone && rng.random_range(0..100) < self.w.resend_percent {
-                mine.push(self.send(&mut rng, kind, &op, true).await);
+            if self.w.batch > 1 {
+                mine.extend(self.bulk(&mut rng).await);
+            } else {
+                let (kind, op) = next_op(&mut rng, &self.w, &self.accounts, None);
+                let first = self.send(&mut rng, kind, &op, false).await;
+                mine.push(first);
+                if first.answer != Answer::NotDone
+                    && rng.random_range(0..100) < self.w.resend_percent
+                {
+                    mine.push(self.send(&mut rng, kind, &op, true).await);
+                }
             }
             if let Some(gap) = gap {
                 let spent = started.elapsed();

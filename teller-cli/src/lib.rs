@@ -2,6 +2,7 @@
 //! send teller requests. Used by the `teller-cli` binary, the scenarios and the tests.
 //! [`money`] holds the one retry policy for deposits, withdrawals and transfers.
 
+pub mod batch;
 pub mod money;
 pub mod web;
 pub mod when;

@@ -131,6 +131,21 @@ enum Command {
         #[arg(long)]
         id: Option<TransferId>,
     },
+    /// Bulk payments from a CSV file: `id,from,to,amount` per line (an optional header
+    /// line; ids are UUIDs or 32 hex digits, e.g. from `uuidgen`). The whole file is
+    /// checked first (nothing is sent if a line is wrong); then each line gets its own
+    /// answer, printed as a table (or JSON lines with --json). Running the same file
+    /// again is safe: each id keeps its one outcome. Exit status: the worst line's.
+    #[command(after_help = EXIT_CODES)]
+    TransferBatch {
+        file: PathBuf,
+        /// Lines per request (at most 1024).
+        #[arg(long, default_value_t = teller_cli::batch::CHUNK_LINES_DEFAULT)]
+        chunk: usize,
+        /// Requests in flight at once.
+        #[arg(long, default_value_t = teller_cli::batch::CHUNKS_IN_FLIGHT_DEFAULT)]
+        in_flight: usize,
+    },
     /// Transaction history of an account, newest first.
     History {
         #[arg(long)]
@@ -498,6 +513,10 @@ async fn run(cli: Cli) -> Result<u8, TellerError> {
         .clone()
         .ok_or_else(|| TellerError::Usage("give the login with --user".into()))?;
     let password = password(&cli)?;
+    let batch = match command {
+        Command::TransferBatch { file, .. } => Some(read_batch(file)?),
+        _ => None,
+    };
     let mut teller = Teller::connect_with_key(&target, &key).await?;
     let otp = otp_code(&cli)?;
     let login = teller
@@ -553,6 +572,17 @@ async fn run(cli: Cli) -> Result<u8, TellerError> {
                 amount: amount(amt)?,
             };
             return Ok(send_money(&out, &mut teller, TellerOp::Transfer(spec), &policy).await);
+        }
+        Command::TransferBatch {
+            chunk, in_flight, ..
+        } => {
+            let options = teller_cli::batch::BatchOptions {
+                chunk: *chunk,
+                in_flight: *in_flight,
+                policy,
+            };
+            let lines = batch.unwrap_or_default();
+            return Ok(send_batch(&out, &mut teller, &lines, options).await);
         }
         Command::History {
             account: a,
@@ -631,6 +661,37 @@ async fn send_money(
         let _ = teller.logout().await;
     }
     answer.exit_code()
+}
+
+/// Reads and checks a transfer file; a wrong line refuses the file before anything is sent.
+fn read_batch(file: &std::path::Path) -> Result<Vec<teller_cli::batch::BatchLine>, TellerError> {
+    let text = std::fs::read_to_string(file)
+        .map_err(|e| TellerError::Usage(format!("cannot read {}: {e}", file.display())))?;
+    teller_cli::batch::parse(&text)
+        .map_err(|p| TellerError::Invalid(format!("{}: {p}", file.display())))
+}
+
+/// Sends a transfer file's lines with a progress bar (on a terminal), prints each
+/// line's answer and the tally; returns the worst line's exit status.
+async fn send_batch(
+    out: &output::Printer,
+    teller: &mut Teller,
+    lines: &[teller_cli::batch::BatchLine],
+    options: teller_cli::batch::BatchOptions,
+) -> u8 {
+    let bar = indicatif::ProgressBar::new(lines.len() as u64);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} lines answered ({per_sec})")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    let answers = teller_cli::batch::send(teller, lines, options, |n| bar.inc(n as u64)).await;
+    bar.finish_and_clear();
+    let tally = teller_cli::batch::Tally::of(&answers);
+    out.batch(lines, &answers, &tally);
+    if tally.not_done + tally.unknown == 0 {
+        let _ = teller.logout().await;
+    }
+    tally.exit_code()
 }
 
 fn admin_op(admin: &Admin, admin_password: &str) -> Result<TellerOp, TellerError> {

@@ -17,7 +17,8 @@
 
 use std::time::{Duration, Instant};
 
-use wire::teller::{TellerOp, TellerResponse, TransferState, Unavailable};
+use wire::teller::{LineAnswer, LineReceipt, TellerOp, TellerResponse, TransferState, Unavailable};
+use wire::twopc::TransferSpec;
 use wire::{Refusal, TransferId};
 
 use crate::{Teller, TellerError};
@@ -119,7 +120,17 @@ struct Why {
     code: &'static str,
 }
 
+impl Why {
+    fn of(e: &TellerError) -> Why {
+        Why {
+            text: e.to_string(),
+            code: e.code(),
+        }
+    }
+}
+
 /// What one attempt's answer means for the policy.
+#[derive(Clone, Debug)]
 enum Step {
     /// The id's final outcome.
     Final(TransferState),
@@ -144,10 +155,7 @@ fn step(answer: Option<Result<TellerResponse, TellerError>>) -> Step {
         return retry(true, "no answer in time".into(), "no_answer");
     };
     match answer {
-        Ok(TellerResponse::Receipt { state, .. }) if state.is_final() => Step::Final(state),
-        Ok(TellerResponse::Receipt { .. }) => {
-            retry(true, "the bank has not decided yet".into(), "pending")
-        }
+        Ok(TellerResponse::Receipt { state, .. }) => state_step(state),
         Ok(other) => retry(true, format!("unexpected answer {other:?}"), "unexpected"),
         Err(TellerError::Refused(r)) => Step::Refused(r),
         Err(TellerError::Unavailable(Unavailable::SessionExpired)) => Step::Renew,
@@ -155,93 +163,248 @@ fn step(answer: Option<Result<TellerResponse, TellerError>>) -> Step {
     }
 }
 
+fn state_step(state: TransferState) -> Step {
+    if state.is_final() {
+        Step::Final(state)
+    } else {
+        retry(true, "the bank has not decided yet".into(), "pending")
+    }
+}
+
+/// What one line of a batch's answer means for the policy: what the same answer to a
+/// transfer of its own would.
+fn line_step(answer: LineAnswer) -> Step {
+    match answer {
+        LineAnswer::State(state) => state_step(state),
+        LineAnswer::Refused(r) => Step::Refused(r),
+        LineAnswer::Unavailable(u) => step(Some(Err(TellerError::Unavailable(u)))),
+    }
+}
+
 /// Times a lost session is renewed within one request before it counts as a failure.
 const RENEWALS_MAX: u32 = 2;
+
+/// One money id's way through the policy.
+struct Track {
+    id: TransferId,
+    /// Whether some attempt may have reached the bank: from then on only a final
+    /// outcome ends the request as anything but "unknown".
+    arrived: bool,
+    why: Why,
+}
+
+impl Track {
+    fn new(id: TransferId) -> Track {
+        Track {
+            id,
+            arrived: false,
+            why: Why {
+                text: "not sent".into(),
+                code: "not_sent",
+            },
+        }
+    }
+
+    /// Takes one attempt's answer: the final answer when it ends the request.
+    fn take(&mut self, step: Step) -> Option<MoneyAnswer> {
+        let id = self.id;
+        match step {
+            Step::Final(TransferState::Aborted(reason)) => {
+                Some(MoneyAnswer::Refused { id, reason })
+            }
+            Step::Final(_) => Some(MoneyAnswer::Committed { id }),
+            Step::Refused(reason) if !self.arrived => Some(MoneyAnswer::Refused { id, reason }),
+            Step::Refused(reason) => {
+                self.why = Why {
+                    text: format!("refused on a retry: {reason}"),
+                    code: reason.code(),
+                };
+                None
+            }
+            Step::Renew => {
+                self.why = session_expired();
+                None
+            }
+            Step::Retry { arrived, why } => {
+                self.arrived |= arrived;
+                self.why = why;
+                None
+            }
+        }
+    }
+
+    /// Logging in again was refused: before anything may have arrived, that refusal is
+    /// the answer; after, the request's outcome is not known.
+    fn login_refused(&self, reason: Refusal) -> MoneyAnswer {
+        if self.arrived {
+            MoneyAnswer::Unknown {
+                id: self.id,
+                why: format!("the session ended and logging in again was refused: {reason}"),
+            }
+        } else {
+            MoneyAnswer::Refused {
+                id: self.id,
+                reason,
+            }
+        }
+    }
+
+    /// The policy's time ran out without a final answer.
+    fn give_up(&self) -> MoneyAnswer {
+        let (id, why) = (self.id, self.why.clone());
+        if self.arrived {
+            MoneyAnswer::Unknown { id, why: why.text }
+        } else {
+            MoneyAnswer::NotDone {
+                id,
+                why: why.text,
+                code: why.code,
+            }
+        }
+    }
+}
+
+/// The policy's clock: how long the next attempt may wait, and the growing pause
+/// between attempts.
+struct Clock<'a> {
+    policy: &'a RetryPolicy,
+    started: Instant,
+    backoff: Duration,
+    renewals: u32,
+}
+
+impl Clock<'_> {
+    fn start(policy: &RetryPolicy) -> Clock<'_> {
+        Clock {
+            policy,
+            started: Instant::now(),
+            backoff: policy.backoff,
+            renewals: 0,
+        }
+    }
+
+    /// The longest the next attempt may wait for its answer.
+    fn attempt_limit(&self) -> Duration {
+        let left = self.policy.wait.saturating_sub(self.started.elapsed());
+        self.policy
+            .attempt_timeout
+            .min(left.max(Duration::from_millis(ATTEMPT_MIN_MS)))
+    }
+
+    /// Pauses before the next attempt; false when the policy's time would run out first.
+    async fn pause(&mut self) -> bool {
+        if self.started.elapsed() + self.backoff > self.policy.wait {
+            return false;
+        }
+        tokio::time::sleep(self.backoff).await;
+        self.backoff = (self.backoff * 2).min(self.policy.backoff_max);
+        true
+    }
+
+    /// Whether a lost session may be renewed once more in this request.
+    fn may_renew(&mut self, teller: &Teller) -> bool {
+        let ok = self.renewals < RENEWALS_MAX && teller.can_renew();
+        self.renewals += u32::from(ok);
+        ok
+    }
+}
 
 /// Sends money request `op` (its id made by the caller) until a final answer comes or
 /// `policy.wait` runs out, renewing a lost session with the teller's kept credentials.
 pub async fn send(teller: &mut Teller, op: TellerOp, policy: &RetryPolicy) -> MoneyAnswer {
-    let id = op.money_id().unwrap_or(TransferId(0));
-    let started = Instant::now();
-    let mut backoff = policy.backoff;
-    let mut renewals = 0;
-    // Whether some attempt may have reached the bank: from then on only a final
-    // outcome ends the request as anything but "unknown".
-    let mut arrived = false;
-    let mut why: Why;
+    let mut track = Track::new(op.money_id().unwrap_or(TransferId(0)));
+    let mut clock = Clock::start(policy);
     loop {
-        let left = policy.wait.saturating_sub(started.elapsed());
-        let limit = policy
-            .attempt_timeout
-            .min(left.max(Duration::from_millis(ATTEMPT_MIN_MS)));
-        let answer = tokio::time::timeout(limit, teller.call(op.clone())).await;
-        match step(answer.ok()) {
-            Step::Final(TransferState::Aborted(reason)) => {
-                return MoneyAnswer::Refused { id, reason };
+        let answer = tokio::time::timeout(clock.attempt_limit(), teller.call(op.clone())).await;
+        let step = step(answer.ok());
+        if matches!(step, Step::Renew) && clock.may_renew(teller) {
+            match teller.renew().await {
+                Ok(()) => continue,
+                Err(TellerError::Refused(reason)) => return track.login_refused(reason),
+                Err(e) => track.why = Why::of(&e),
             }
-            Step::Final(_) => return MoneyAnswer::Committed { id },
-            Step::Refused(reason) if !arrived => return MoneyAnswer::Refused { id, reason },
-            Step::Refused(reason) => {
-                why = Why {
-                    text: format!("refused on a retry: {reason}"),
-                    code: reason.code(),
-                };
-            }
-            Step::Renew if renewals < RENEWALS_MAX && teller.can_renew() => {
-                renewals += 1;
-                match teller.renew().await {
-                    Ok(()) => continue,
-                    Err(TellerError::Refused(reason)) => return login_refused(id, arrived, reason),
-                    Err(e) => {
-                        why = Why {
-                            text: e.to_string(),
-                            code: e.code(),
-                        }
-                    }
-                }
-            }
-            Step::Renew => why = session_expired(),
-            Step::Retry { arrived: a, why: w } => {
-                arrived |= a;
-                why = w;
-            }
+        } else if let Some(done) = track.take(step) {
+            return done;
         }
-        if started.elapsed() + backoff > policy.wait {
+        if !clock.pause().await {
+            return track.give_up();
+        }
+    }
+}
+
+/// Sends `specs` (at most [`wire::limits::BATCH_LINES_MAX`]) as one `TransferBatch`
+/// under the same policy as [`send`], line by line: a line ends at its final answer,
+/// the others are sent again (same ids) until theirs come or `policy.wait` runs out.
+/// The answers are in the order of `specs`.
+pub async fn send_batch(
+    teller: &mut Teller,
+    specs: &[TransferSpec],
+    policy: &RetryPolicy,
+) -> Vec<MoneyAnswer> {
+    let mut tracks: Vec<Track> = specs.iter().map(|s| Track::new(s.id)).collect();
+    let mut done: Vec<Option<MoneyAnswer>> = vec![None; specs.len()];
+    let mut clock = Clock::start(policy);
+    loop {
+        let open: Vec<usize> = (0..specs.len()).filter(|&i| done[i].is_none()).collect();
+        if open.is_empty() {
             break;
         }
-        tokio::time::sleep(backoff).await;
-        backoff = (backoff * 2).min(policy.backoff_max);
-    }
-    if arrived {
-        MoneyAnswer::Unknown { id, why: why.text }
-    } else {
-        MoneyAnswer::NotDone {
-            id,
-            why: why.text,
-            code: why.code,
+        let transfers = open.iter().map(|&i| specs[i]).collect();
+        let op = TellerOp::TransferBatch { transfers };
+        let answer = tokio::time::timeout(clock.attempt_limit(), teller.call(op)).await;
+        let steps = match answer {
+            Ok(Ok(TellerResponse::Receipts(lines))) => batch_steps(&open, specs, &lines),
+            other => {
+                let whole = step(other.ok());
+                if matches!(whole, Step::Renew) && clock.may_renew(teller) {
+                    match teller.renew().await {
+                        Ok(()) => continue,
+                        Err(TellerError::Refused(reason)) => {
+                            for &i in &open {
+                                done[i] = Some(tracks[i].login_refused(reason));
+                            }
+                            continue;
+                        }
+                        Err(e) => {
+                            vec![retry(e.may_have_happened(), e.to_string(), e.code()); open.len()]
+                        }
+                    }
+                } else {
+                    vec![whole; open.len()]
+                }
+            }
+        };
+        for (&i, step) in open.iter().zip(steps) {
+            done[i] = tracks[i].take(step);
+        }
+        if done.iter().all(Option::is_some) || !clock.pause().await {
+            break;
         }
     }
+    done.into_iter()
+        .zip(&tracks)
+        .map(|(d, t)| d.unwrap_or_else(|| t.give_up()))
+        .collect()
+}
+
+/// Each open line's step from a batch answer; an answer that does not line up with
+/// the request (another length or other ids) is "unexpected" for every line.
+fn batch_steps(open: &[usize], specs: &[TransferSpec], lines: &[LineReceipt]) -> Vec<Step> {
+    let lined_up =
+        lines.len() == open.len() && open.iter().zip(lines).all(|(&i, l)| l.id == specs[i].id);
+    if !lined_up {
+        let odd = retry(
+            true,
+            "an answer that does not match the batch".into(),
+            "unexpected",
+        );
+        return vec![odd; open.len()];
+    }
+    lines.iter().map(|l| line_step(l.answer)).collect()
 }
 
 fn session_expired() -> Why {
-    let u = Unavailable::SessionExpired;
-    Why {
-        text: u.to_string(),
-        code: u.code(),
-    }
-}
-
-/// Logging in again was refused: before anything may have arrived, that refusal is the
-/// answer; after, the request's outcome is not known.
-fn login_refused(id: TransferId, arrived: bool, reason: Refusal) -> MoneyAnswer {
-    if arrived {
-        MoneyAnswer::Unknown {
-            id,
-            why: format!("the session ended and logging in again was refused: {reason}"),
-        }
-    } else {
-        MoneyAnswer::Refused { id, reason }
-    }
+    Why::of(&TellerError::Unavailable(Unavailable::SessionExpired))
 }
 
 #[cfg(test)]

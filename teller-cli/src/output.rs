@@ -3,6 +3,7 @@
 
 use comfy_table::Table;
 use serde_json::{Value, json};
+use teller_cli::batch::{BatchLine, Tally};
 use teller_cli::money::MoneyAnswer;
 use wire::TransferId;
 use wire::teller::{AccountView, EntryView, TellerResponse, TransferState};
@@ -32,6 +33,24 @@ fn state_json(id: TransferId, s: &TransferState) -> Value {
         }),
         TransferState::Pending => json!({ "id": id.to_string(), "state": "pending" }),
         TransferState::Unknown => json!({ "id": id.to_string(), "state": "unknown" }),
+    }
+}
+
+/// What a teller is finally told about a money request, as JSON: `state` committed,
+/// refused (with `code` and `message`), not_done (`code`, `message`) or unknown
+/// (`message`, and the `check` command).
+fn money_json(answer: &MoneyAnswer) -> Value {
+    let id = answer.id();
+    match answer {
+        MoneyAnswer::Committed { .. } => state_json(id, &TransferState::Committed),
+        MoneyAnswer::Refused { reason, .. } => state_json(id, &TransferState::Aborted(*reason)),
+        MoneyAnswer::NotDone { why, code, .. } => {
+            json!({ "id": id.to_string(), "state": "not_done", "code": code, "message": why })
+        }
+        MoneyAnswer::Unknown { why, .. } => json!({
+            "id": id.to_string(), "state": "unknown", "code": "outcome_unknown",
+            "message": why, "check": format!("teller-cli transfer-status {id}"),
+        }),
     }
 }
 
@@ -238,29 +257,15 @@ impl Printer {
     pub fn money(&self, answer: &MoneyAnswer) {
         let id = answer.id();
         let check = format!("teller-cli transfer-status {id}");
-        let (value, text) = match answer {
-            MoneyAnswer::Committed { .. } => (
-                state_json(id, &TransferState::Committed),
-                format!("committed: {id}"),
+        let value = money_json(answer);
+        let text = match answer {
+            MoneyAnswer::Committed { .. } => format!("committed: {id}"),
+            MoneyAnswer::Refused { reason, .. } => format!("refused: {reason}: {id}"),
+            MoneyAnswer::NotDone { why, .. } => format!(
+                "not done: {why}; nothing happened under {id} and nothing will (sending it again is safe)"
             ),
-            MoneyAnswer::Refused { reason, .. } => (
-                state_json(id, &TransferState::Aborted(*reason)),
-                format!("refused: {reason}: {id}"),
-            ),
-            MoneyAnswer::NotDone { why, code, .. } => (
-                json!({ "id": id.to_string(), "state": "not_done", "code": code, "message": why }),
-                format!(
-                    "not done: {why}; nothing happened under {id} and nothing will (sending it again is safe)"
-                ),
-            ),
-            MoneyAnswer::Unknown { why, .. } => (
-                json!({
-                    "id": id.to_string(), "state": "unknown", "code": "outcome_unknown",
-                    "message": why, "check": check,
-                }),
-                format!(
-                    "outcome unknown for {id} ({why}); it may still complete. Check with: {check}"
-                ),
+            MoneyAnswer::Unknown { why, .. } => format!(
+                "outcome unknown for {id} ({why}); it may still complete. Check with: {check}"
             ),
         };
         let committed = matches!(answer, MoneyAnswer::Committed { .. });
@@ -273,4 +278,82 @@ impl Printer {
             println!("{text}");
         }
     }
+
+    /// Prints each line of a transfer file with its answer (a table, or JSON lines),
+    /// then the tally; the tally goes to stderr too when not every line committed.
+    pub fn batch(&self, lines: &[BatchLine], answers: &[MoneyAnswer], tally: &Tally) {
+        let summary = format!(
+            "{} lines: {} committed, {} refused, {} not done, {} unknown",
+            lines.len(),
+            tally.committed,
+            tally.refused,
+            tally.not_done,
+            tally.unknown
+        );
+        if self.json {
+            for (l, a) in lines.iter().zip(answers) {
+                println!("{}", batch_line_json(l, a));
+            }
+            println!(
+                "{}",
+                json!({ "lines": lines.len(), "committed": tally.committed, "refused": tally.refused,
+                        "not_done": tally.not_done, "unknown": tally.unknown })
+            );
+        } else {
+            println!("{}", batch_table(lines, answers));
+            println!("{summary}");
+        }
+        if tally.committed < lines.len() {
+            eprintln!("teller-cli: {summary}");
+        }
+        if tally.unknown > 0 {
+            eprintln!(
+                "teller-cli: ask about an unknown line with: teller-cli transfer-status ID, or run the same file again (it is safe)"
+            );
+        }
+    }
+}
+
+/// A line's answer in a word or a code: committed, the refusal's code, not_done (and
+/// why), unknown.
+fn answer_words(a: &MoneyAnswer) -> String {
+    match a {
+        MoneyAnswer::Committed { .. } => "committed".into(),
+        MoneyAnswer::Refused { reason, .. } => format!("refused: {}", reason.code()),
+        MoneyAnswer::NotDone { code, .. } => format!("not done: {code}"),
+        MoneyAnswer::Unknown { .. } => "unknown".into(),
+    }
+}
+
+/// A transfer file's lines with their answers, borderless to fit 100 columns with
+/// whole ids (the `from` account is left out: it is in the file, and in `--json`).
+fn batch_table(lines: &[BatchLine], answers: &[MoneyAnswer]) -> Table {
+    let mut t = Table::new();
+    t.load_style(comfy_table::presets::NOTHING)
+        .set_content_arrangement(comfy_table::ContentArrangement::Dynamic)
+        .set_width(TABLE_WIDTH);
+    t.set_header(["line", "id", "to", "amount", "answer"]);
+    for (l, a) in lines.iter().zip(answers) {
+        t.add_row([
+            l.line.to_string(),
+            l.spec.id.to_string(),
+            l.spec.to.to_string(),
+            l.spec.amount.to_string(),
+            answer_words(a),
+        ]);
+    }
+    t
+}
+
+/// One line as JSON: the line, the transfer, and its answer as `money` prints it
+/// (`state` committed, refused, not_done or unknown, with `code` and `message`).
+fn batch_line_json(l: &BatchLine, a: &MoneyAnswer) -> Value {
+    let mut v = money_json(a);
+    if let Value::Object(map) = &mut v {
+        map.insert("line".into(), json!(l.line));
+        map.insert("from".into(), json!(l.spec.from.to_string()));
+        map.insert("to".into(), json!(l.spec.to.to_string()));
+        map.insert("amount".into(), json!(l.spec.amount.to_string()));
+    }
+    v
 }

@@ -10,6 +10,11 @@ pub const MESSAGE_BYTES_MAX: usize = 1 << 20;
 /// Most transfers carried by one batched 2PC message (prepare, vote, decision, ack, status).
 pub const BATCH_TRANSFERS_MAX: usize = 1024;
 
+/// Most lines in one teller `TransferBatch` request (bulk payments): one request fills
+/// at most one batched 2PC message per destination. `teller-cli transfer-batch` sends
+/// a longer file in chunks of this size or less.
+pub const BATCH_LINES_MAX: usize = BATCH_TRANSFERS_MAX;
+
 /// Largest amount, in minor units, that one deposit, withdrawal or transfer may move:
 /// 10,000,000,000.00. Balances may grow past it; arithmetic on them is checked.
 pub const AMOUNT_MINOR_MAX: i64 = 1_000_000_000_000;

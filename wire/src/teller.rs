@@ -12,7 +12,8 @@ use serde::{Deserialize, Serialize};
 use crate::account::AccountNumber;
 use crate::ids::{BranchId, TransferId};
 use crate::limits::{
-    LINK_DELAY_MS_MAX, OTP_DIGITS, PAGE_ROWS_MAX, PASSWORD_BYTES_MAX, TEXT_FIELD_BYTES_MAX,
+    BATCH_LINES_MAX, LINK_DELAY_MS_MAX, OTP_DIGITS, PAGE_ROWS_MAX, PASSWORD_BYTES_MAX,
+    TEXT_FIELD_BYTES_MAX,
 };
 use crate::money::Amount;
 use crate::refusal::Refusal;
@@ -235,6 +236,13 @@ pub enum TellerOp {
         branch: BranchId,
         fault: LinkFault,
     },
+    /// Bulk payments: up to [`BATCH_LINES_MAX`] transfers, each under its own id with
+    /// its own outcome, answered together as [`TellerResponse::Receipts`] in this order.
+    /// Each line is authorized as a `Transfer` of its own would be; a line refused never
+    /// stops the others.
+    TransferBatch {
+        transfers: Vec<TransferSpec>,
+    },
 }
 
 /// A request: the session (absent only for `Login`) and the operation.
@@ -289,6 +297,7 @@ impl TellerOp {
             TellerOp::Trace { .. } => "trace",
             TellerOp::InDoubt => "in-doubt",
             TellerOp::Reconcile { .. } => "reconcile",
+            TellerOp::TransferBatch { .. } => "transfer-batch",
         }
     }
 
@@ -502,6 +511,28 @@ pub enum TellerResponse {
     Refused(Refusal),
     /// Not carried out now; see [`Unavailable::may_have_happened`].
     Unavailable(Unavailable),
+    /// The answer to a `TransferBatch`: one line per transfer, in the request's order.
+    Receipts(Vec<LineReceipt>),
+}
+
+/// What one line of a transfer batch came to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+pub struct LineReceipt {
+    pub id: TransferId,
+    pub answer: LineAnswer,
+}
+
+/// One line's answer: the same three kinds a single transfer gets.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+pub enum LineAnswer {
+    /// Where the id stands (`Committed`/`Aborted` are final).
+    State(TransferState),
+    /// The line itself was refused (not authorized): nothing was recorded for it.
+    Refused(Refusal),
+    /// The line was not carried out now; see [`Unavailable::may_have_happened`].
+    Unavailable(Unavailable),
 }
 
 fn text_ok(s: &str) -> bool {
@@ -587,6 +618,10 @@ impl TellerRequest {
             | TellerOp::Reconcile { .. } => Ok(()),
             TellerOp::ListAccounts { page, .. } => ok_or(
                 (1..=PAGE_ROWS_MAX).contains(&page.limit),
+                Refusal::InvalidInput,
+            ),
+            TellerOp::TransferBatch { transfers } => ok_or(
+                (1..=BATCH_LINES_MAX).contains(&transfers.len()),
                 Refusal::InvalidInput,
             ),
             TellerOp::SetLinkFault { fault, .. } => ok_or(

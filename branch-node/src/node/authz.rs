@@ -12,8 +12,12 @@
 //! | open-account, close-account                       | no                  | the issuing branch (`existing`/closed account there) |
 //! | list accounts / transactions, trace, in-doubt, reconcile, set-link-fault | no | yes                  |
 //! | enroll-otp (for `user`)                           | own login           | a login of the issuing branch  |
+//! | transfer-batch                                    | each line as a transfer[^2] | each line as a transfer |
 //!
 //! [^1]: for a transfer, the account money leaves (`from`); it may go anywhere.
+//! [^2]: the batch needs a session; each line is then checked with [`may_touch`] on
+//! its `from`, and a line refused `unauthorized` never reaches the store while the
+//! others go on.
 
 use wire::teller::{Role, TellerOp};
 use wire::{AccountNumber, BranchId, Refusal};
@@ -38,7 +42,9 @@ pub enum Access {
 /// The row of the table for `op`.
 pub fn access(op: &TellerOp) -> Access {
     match op {
-        TellerOp::Login { .. } | TellerOp::Logout => Access::Session,
+        TellerOp::Login { .. } | TellerOp::Logout | TellerOp::TransferBatch { .. } => {
+            Access::Session
+        }
         TellerOp::Balance { account }
         | TellerOp::History { account, .. }
         | TellerOp::Deposit { account, .. }

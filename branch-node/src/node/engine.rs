@@ -86,10 +86,8 @@ pub struct Counters {
 }
 
 enum Event {
-    Transfer {
-        spec: TransferSpec,
-        reply: oneshot::Sender<TransferState>,
-    },
+    /// Teller transfers: one, or the lines of a bulk payment, each with its reply.
+    Transfers(Vec<(TransferSpec, oneshot::Sender<TransferState>)>),
     Message {
         from: BranchId,
         body: BranchBody,
@@ -161,7 +159,7 @@ pub struct EngineHandle {
 impl std::fmt::Debug for Event {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Event::Transfer { spec, .. } => write!(f, "Transfer({})", spec.id),
+            Event::Transfers(t) => write!(f, "Transfers({})", t.len()),
             Event::Message { from, .. } => write!(f, "Message(from {from})"),
         }
     }
@@ -172,16 +170,41 @@ impl EngineHandle {
     /// many in flight, a stopped engine): nothing was recorded, and the error says so.
     /// An engine lost after taking it: the outcome is not known (`NoAnswer`).
     pub async fn transfer(&self, spec: TransferSpec) -> Result<TransferState, Unavailable> {
-        let (reply, rx) = oneshot::channel();
-        match self.tx.try_send(Event::Transfer { spec, reply }) {
-            Ok(()) => match rx.await {
+        let mut answers = self.transfers(vec![spec]).await;
+        answers.pop().unwrap_or(Err(Unavailable::NoAnswer(self.me)))
+    }
+
+    /// Coordinates every transfer of `specs` as one event, so the machine takes them in
+    /// one round (one envelope and one writer operation per destination for all), and
+    /// waits for each one's outcome. Each answer means what [`Self::transfer`]'s does.
+    pub async fn transfers(
+        &self,
+        specs: Vec<TransferSpec>,
+    ) -> Vec<Result<TransferState, Unavailable>> {
+        let (items, waits): (Vec<_>, Vec<_>) = specs
+            .into_iter()
+            .map(|spec| {
+                let (reply, rx) = oneshot::channel();
+                ((spec, reply), rx)
+            })
+            .unzip();
+        let not_taken = match self.tx.try_send(Event::Transfers(items)) {
+            Ok(()) => None,
+            Err(mpsc::error::TrySendError::Full(_)) => Some(Unavailable::Overloaded),
+            Err(mpsc::error::TrySendError::Closed(_)) => Some(Unavailable::Stopping),
+        };
+        if let Some(why) = not_taken {
+            return waits.iter().map(|_| Err(why)).collect();
+        }
+        let mut answers = Vec::with_capacity(waits.len());
+        for rx in waits {
+            answers.push(match rx.await {
                 Ok(TransferState::Unknown) => Err(Unavailable::Overloaded),
                 Ok(state) => Ok(state),
                 Err(_) => Err(Unavailable::NoAnswer(self.me)),
-            },
-            Err(mpsc::error::TrySendError::Full(_)) => Err(Unavailable::Overloaded),
-            Err(mpsc::error::TrySendError::Closed(_)) => Err(Unavailable::Stopping),
+            });
         }
+        answers
     }
 
     /// Hands a verified message to the engine; `false` when its queue is full.
@@ -349,11 +372,13 @@ impl Engine {
         let mut next = Some(first);
         while let Some(event) = next.take() {
             match event {
-                Event::Transfer { spec, reply } => {
-                    let ticket = self.next_ticket;
-                    self.next_ticket += 1;
-                    self.tickets.insert(ticket, reply);
-                    transfers.push((ticket, spec));
+                Event::Transfers(items) => {
+                    for (spec, reply) in items {
+                        let ticket = self.next_ticket;
+                        self.next_ticket += 1;
+                        self.tickets.insert(ticket, reply);
+                        transfers.push((ticket, spec));
+                    }
                 }
                 Event::Message {
                     from,

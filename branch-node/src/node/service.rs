@@ -17,8 +17,9 @@ use futures::future::join_all;
 use libp2p::PeerId;
 use wire::link::{EnvelopeRefusal, ForwardRequest, LinkRequest, LinkResponse};
 use wire::teller::{
-    AccountView, AccountsPage, EntryFilter, EntryView, LinkFault, NewCustomer, PageRequest, Scope,
-    SessionToken, TellerOp, TellerRequest, TellerResponse, TransferState, Unavailable,
+    AccountView, AccountsPage, EntryFilter, EntryView, LineAnswer, LineReceipt, LinkFault,
+    NewCustomer, PageRequest, Scope, SessionToken, TellerOp, TellerRequest, TellerResponse,
+    TransferState, Unavailable,
 };
 use wire::trace::{BranchTrace, StuckView};
 use wire::twopc::TransferSpec;
@@ -92,6 +93,33 @@ fn outcome_of(answer: &Answer) -> &'static str {
         Err(Fail::Refused(r)) => r.code(),
         Err(Fail::Unavailable(u)) => u.code(),
     }
+}
+
+/// Counts each line of a bulk payment as a transfer answered (metrics), and logs one
+/// line for the batch with how many lines came to what.
+fn count_lines(lines: &[LineReceipt], started: std::time::Instant) {
+    let metrics = super::metrics::get();
+    let mut committed = 0;
+    for line in lines {
+        let outcome = match line.answer {
+            LineAnswer::State(TransferState::Committed) => {
+                committed += 1;
+                "committed"
+            }
+            LineAnswer::State(TransferState::Aborted(r)) | LineAnswer::Refused(r) => r.code(),
+            LineAnswer::State(TransferState::Pending) => "pending",
+            LineAnswer::State(TransferState::Unknown) => "unknown",
+            LineAnswer::Unavailable(u) => u.code(),
+        };
+        metrics.money_answer("transfer", outcome, started);
+    }
+    let ms = started.elapsed().as_millis();
+    tracing::info!(
+        lines = lines.len(),
+        committed,
+        ms,
+        "transfer batch answered"
+    );
 }
 
 /// A store failure: logged here, and told as "may or may not have happened".
@@ -301,6 +329,7 @@ impl Service {
                 filter,
             } => self.transactions(scope, page, filter).await,
             TellerOp::SetLinkFault { branch, fault } => self.set_link_fault(branch, fault).await,
+            TellerOp::TransferBatch { transfers } => self.transfer_batch(session, transfers).await,
         }
     }
 
@@ -348,6 +377,34 @@ impl Service {
     async fn transfer(&self, spec: TransferSpec) -> Answer {
         let state = self.engine.transfer(spec).await?;
         Ok(TellerResponse::Receipt { id: spec.id, state })
+    }
+
+    /// Bulk payments: each line the session may not touch is refused `unauthorized`
+    /// (nothing recorded); the rest go to the engine as one event, so they share its
+    /// rounds, envelopes and writer batches, and each keeps its own id and outcome.
+    async fn transfer_batch(&self, session: &SessionInfo, transfers: Vec<TransferSpec>) -> Answer {
+        let started = std::time::Instant::now();
+        let mut lines: Vec<LineReceipt> = transfers
+            .iter()
+            .map(|spec| LineReceipt {
+                id: spec.id,
+                answer: LineAnswer::Refused(Refusal::Unauthorized),
+            })
+            .collect();
+        let (allowed, specs): (Vec<usize>, Vec<TransferSpec>) = transfers
+            .into_iter()
+            .enumerate()
+            .filter(|(_, spec)| authz::may_touch(session, spec.from))
+            .unzip();
+        let answers = self.engine.transfers(specs).await;
+        for (i, answer) in allowed.into_iter().zip(answers) {
+            lines[i].answer = match answer {
+                Ok(state) => LineAnswer::State(state),
+                Err(why) => LineAnswer::Unavailable(why),
+            };
+        }
+        count_lines(&lines, started);
+        Ok(TellerResponse::Receipts(lines))
     }
 
     async fn history(&self, account: AccountNumber, page: PageRequest) -> Answer {
