@@ -20,10 +20,11 @@ pub struct BatchLine {
     pub spec: TransferSpec,
 }
 
-/// Most problems one check of a file reports (the rest are counted).
-pub const FILE_PROBLEMS_SHOWN: usize = 20;
+/// Most problems the message of a refused file names (the rest are counted).
+pub const FILE_PROBLEMS_SHOWN: usize = 5;
 
-/// Why a file was not sent: every problem found, by line (nothing was sent).
+/// Why a file was not sent: every problem found, by line (nothing was sent); shown in
+/// one line naming the first few.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FileProblems {
     pub problems: Vec<(usize, String)>,
@@ -32,12 +33,16 @@ pub struct FileProblems {
 impl std::fmt::Display for FileProblems {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let n = self.problems.len();
-        write!(f, "{n} line(s) of the file are wrong; nothing was sent")?;
-        for (line, why) in self.problems.iter().take(FILE_PROBLEMS_SHOWN) {
-            write!(f, "\n  line {line}: {why}")?;
-        }
+        write!(f, "{n} wrong line(s), nothing was sent: ")?;
+        let shown: Vec<String> = self
+            .problems
+            .iter()
+            .take(FILE_PROBLEMS_SHOWN)
+            .map(|(line, why)| format!("line {line}: {why}"))
+            .collect();
+        write!(f, "{}", shown.join("; "))?;
         if n > FILE_PROBLEMS_SHOWN {
-            write!(f, "\n  ... and {} more", n - FILE_PROBLEMS_SHOWN)?;
+            write!(f, "; and {} more", n - FILE_PROBLEMS_SHOWN)?;
         }
         Ok(())
     }

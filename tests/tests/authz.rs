@@ -14,7 +14,7 @@ use scenarios::check;
 use scenarios::cluster::{ADMIN_PASSWORD, Cluster};
 use teller_cli::{Teller, TellerError, new_transfer_id};
 use wire::teller::{
-    NewCustomer, PageRequest, TellerOp, TellerResponse, TransferState, Unavailable,
+    LineAnswer, NewCustomer, PageRequest, TellerOp, TellerResponse, TransferState, Unavailable,
 };
 use wire::twopc::TransferSpec;
 use wire::{AccountNumber, Amount, BranchId, BranchKey, Refusal, TransferId};
@@ -150,6 +150,17 @@ fn operations(
             }),
         ),
         (
+            "transfer-batch",
+            TellerOp::TransferBatch {
+                transfers: vec![TransferSpec {
+                    id: new_transfer_id(),
+                    from: v,
+                    to,
+                    amount: one,
+                }],
+            },
+        ),
+        (
             "history",
             TellerOp::History {
                 account: v,
@@ -199,6 +210,9 @@ fn allowed(op: &str, r: &Result<TellerResponse, TellerError>) -> bool {
         | ("transfer-status", Ok(TellerResponse::Status { state, .. })) => {
             *state == TransferState::Committed
         }
+        ("transfer-batch", Ok(TellerResponse::Receipts(lines))) => {
+            lines.len() == 1 && lines[0].answer == LineAnswer::State(TransferState::Committed)
+        }
         _ => false,
     }
 }
@@ -211,6 +225,10 @@ fn denied(op: &str, r: &Result<TellerResponse, TellerError>) -> bool {
         ("transfer-status", Ok(TellerResponse::Status { state, .. })) => {
             *state == TransferState::Unknown
         }
+        // A batch is refused line by line.
+        ("transfer-batch", Ok(TellerResponse::Receipts(lines))) => lines
+            .iter()
+            .all(|l| l.answer == LineAnswer::Refused(Refusal::Unauthorized)),
         _ => false,
     }
 }
@@ -255,11 +273,12 @@ async fn every_operation_by_every_session_over_every_connection() {
         Actor::new(&c, "admin of another branch", 1, "admin", ADMIN_PASSWORD).await,
     ];
     // Who may run each operation on V: (operation, [actor index, ...]).
-    let may: [(&str, &[usize]); 8] = [
+    let may: [(&str, &[usize]); 9] = [
         ("balance", &[0, 3]),
         ("deposit", &[0, 3]),
         ("withdraw", &[0, 3]),
         ("transfer", &[0, 3]),
+        ("transfer-batch", &[0, 3]),
         ("history", &[0, 3]),
         ("transfer-status", &[0, 3]),
         ("open-account", &[3]),
@@ -303,7 +322,7 @@ async fn every_operation_by_every_session_over_every_connection() {
             }
         }
     }
-    assert_eq!(rows, 5 * 4 * 8);
+    assert_eq!(rows, 5 * 4 * 9);
     let mut c = c;
     let report =
         check::finish(&mut c, &Default::default(), Duration::from_secs(30)).expect("audit");

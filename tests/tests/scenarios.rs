@@ -107,6 +107,14 @@ async fn kill_each_branch_while_customers_retry_across_branches() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bulk_payments_through_crashes() {
+    let s = play("files/bulk-payments-crash.toml", 0.8).await;
+    assert!(s.faults.len() >= 2, "{:?}", s.faults);
+    assert!(s.answers.resent > 0, "some batches were sent again");
+    assert!(s.answers.committed > 200, "{:?}", s.answers);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn soak_short() {
     // A quarter of the minute-long soak: still a handful of random faults.
     let s = play("files/soak.toml", 0.25).await;

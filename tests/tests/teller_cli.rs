@@ -961,3 +961,115 @@ fn a_teller_with_an_identity_stays_trusted_while_strangers_are_throttled() {
     // The trusted counter is not slowed down by them.
     assert!(mine("CUST_PW").ok().contains("0.00"));
 }
+
+/// The JSON lines of a `transfer-batch --json` run: each line's object, then the tally.
+fn batch_lines(r: &Run) -> (Vec<Value>, Value) {
+    let mut all: Vec<Value> = r
+        .out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    let tally = all.pop().expect("a tally line");
+    (all, tally)
+}
+
+/// Bulk payments from a file: each line its own id and answer (committed, refused for
+/// funds, refused as not the sender's to move), one refusal stopping nothing, the exit
+/// status of the worst line; the same file again, through another branch and as the
+/// account's own customer, gets the same answers and moves nothing twice; a file with
+/// a wrong line, an empty file and a missing one are refused before anything is sent.
+#[test]
+fn bulk_payments_from_a_file() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let c = Cluster::start(dir.path(), 3, &[]).expect("cluster");
+    let net = c.network_file.clone();
+    let (a, a2) = (
+        open_account(&net, "b1", "BULK-A"),
+        open_account(&net, "b1", "BULK-A2"),
+    );
+    let (b, other) = (
+        open_account(&net, "b2", "BULK-B"),
+        open_account(&net, "b3", "BULK-C"),
+    );
+    let mut committed = BTreeSet::new();
+    for (branch, account) in [("b1", &a), ("b3", &other)] {
+        let deposit = ["--json", "deposit", "100", "--account", account];
+        committed.insert(committed_id(&cli(&net, &admin(branch, &deposit))));
+    }
+    let mut text = String::from("id,from,to,amount\n# salaries\n");
+    for i in 0..40 {
+        let to = if i % 2 == 0 { &a2 } else { &b };
+        let id = teller_cli::new_transfer_id();
+        text.push_str(&format!("{id},{a},{to},1.50\n"));
+    }
+    let (broke, foreign) = (teller_cli::new_transfer_id(), teller_cli::new_transfer_id());
+    text.push_str(&format!(
+        "{broke},{a},{b},1000.00\n{foreign},{other},{b},1.00\n"
+    ));
+    let file = dir.path().join("pay.csv");
+    std::fs::write(&file, &text).expect("write file");
+    let path = file.to_str().expect("path");
+
+    let send = [
+        "--json",
+        "transfer-batch",
+        path,
+        "--chunk",
+        "7",
+        "--in-flight",
+        "3",
+    ];
+    let first = cli(&net, &admin("b1", &send));
+    assert_eq!(first.code, EXIT_REFUSED, "{} / {}", first.out, first.err);
+    let (lines, tally) = batch_lines(&first);
+    assert_eq!(lines.len(), 42);
+    assert_eq!(tally["committed"], 40, "{tally}");
+    assert_eq!(tally["refused"], 2, "{tally}");
+    for l in &lines[..40] {
+        assert_eq!(l["state"], "committed", "{l}");
+        committed.insert(l["id"].as_str().expect("id").parse().expect("id"));
+    }
+    assert_eq!(lines[40]["code"], "insufficient_funds", "{}", lines[40]);
+    assert_eq!(lines[40]["line"], 43);
+    assert_eq!(lines[41]["code"], "unauthorized", "{}", lines[41]);
+    let balances = || {
+        [("b1", &a), ("b1", &a2), ("b2", &b), ("b3", &other)]
+            .map(|(branch, account)| balance(&net, branch, account))
+    };
+    assert_eq!(balances(), ["40.00", "30.00", "30.00", "100.00"]);
+
+    // Again, as the customer of `a` through b3: the same answers, nothing moves twice.
+    let again = cli(&net, &customer("b3", &a, &send));
+    assert_eq!(again.code, EXIT_REFUSED, "{}", again.err);
+    let (lines_again, _) = batch_lines(&again);
+    assert_eq!(lines_again, lines);
+    assert_eq!(balances(), ["40.00", "30.00", "30.00", "100.00"]);
+
+    // As a table for people: every line, whole ids, within 100 columns.
+    let table = cli(&net, &admin("b1", &["transfer-batch", path]));
+    assert_eq!(table.code, EXIT_REFUSED);
+    fits_a_terminal(&table.out);
+    assert!(table.out.contains(&broke.to_string()), "{}", table.out);
+    assert!(
+        table
+            .out
+            .contains("42 lines: 40 committed, 2 refused, 0 not done, 0 unknown")
+    );
+
+    // Refused before anything is sent: a wrong line, an empty file, no file.
+    let wrong =
+        text.replace(&format!("{a},{b},1000.00"), &format!("{a},{a},1000.00")) + "nonsense\n";
+    std::fs::write(&file, wrong).expect("write file");
+    cli(&net, &admin("b1", &["transfer-batch", path])).refused(
+        EXIT_REFUSED,
+        "2 wrong line(s), nothing was sent: line 43: from and to are the same account",
+    );
+    std::fs::write(&file, "id,from,to,amount\n").expect("write file");
+    cli(&net, &admin("b1", &["transfer-batch", path]))
+        .refused(EXIT_REFUSED, "the file has no transfers");
+    let missing = dir.path().join("missing.csv");
+    let missing = missing.to_str().expect("path");
+    cli(&net, &admin("b1", &["transfer-batch", missing])).refused(EXIT_USAGE, "cannot read");
+    assert_eq!(balances(), ["40.00", "30.00", "30.00", "100.00"]);
+    finish(c, &committed);
+}

@@ -686,6 +686,30 @@ mod tests {
         AccountNumber::new(BranchId(1), serial).expect("valid")
     }
 
+    #[test]
+    fn a_batch_has_one_to_batch_lines_max_lines_and_fits_a_message() {
+        let lines = |n: usize| TellerOp::TransferBatch {
+            transfers: (0..n)
+                .map(|i| TransferSpec {
+                    id: TransferId(u128::MAX - i as u128),
+                    from: acct(99_999_998),
+                    to: acct(99_999_999),
+                    amount: Amount::from_minor(crate::limits::AMOUNT_MINOR_MAX).expect("amount"),
+                })
+                .collect(),
+        };
+        check(true, lines(0), Err(Refusal::InvalidInput));
+        check(true, lines(1), Ok(()));
+        check(true, lines(BATCH_LINES_MAX), Ok(()));
+        check(true, lines(BATCH_LINES_MAX + 1), Err(Refusal::InvalidInput));
+        let largest = TellerRequest {
+            session: Some(SessionToken(u128::MAX)),
+            op: lines(BATCH_LINES_MAX),
+        };
+        let bytes = crate::encode(&largest).expect("encodes");
+        assert!(bytes.len() < crate::limits::MESSAGE_BYTES_MAX / 8, "{}", bytes.len());
+    }
+
     fn check(session: bool, op: TellerOp, expected: Result<(), Refusal>) {
         let req = TellerRequest {
             session: session.then_some(SessionToken(7)),
