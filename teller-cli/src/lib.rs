@@ -3,6 +3,7 @@
 //! [`money`] holds the one retry policy for deposits, withdrawals and transfers.
 
 pub mod batch;
+pub mod coalesce;
 pub mod money;
 pub mod web;
 pub mod when;
@@ -24,7 +25,7 @@ use wire::{BranchKey, Refusal};
 pub const CONNECT_TIMEOUT_MS: u64 = 5_000;
 
 /// Why a teller request did not get a business answer.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum TellerError {
     /// The bank refused the request, finally.
     #[error("{0}")]
@@ -137,10 +138,24 @@ impl std::fmt::Debug for Credentials {
     }
 }
 
+/// The libp2p client of the teller protocol.
+pub type TellerClient = PeerClient<WireCodec<TellerRequest, TellerResponse>>;
+
+/// A branch's answer, with `Refused` and `Unavailable` as errors.
+pub(crate) fn answer_of(r: TellerResponse) -> Result<TellerResponse, TellerError> {
+    match r {
+        TellerResponse::Refused(r) => Err(TellerError::Refused(r)),
+        TellerResponse::Unavailable(u) => Err(TellerError::Unavailable(u)),
+        other => Ok(other),
+    }
+}
+
 /// A connection to one branch, with an optional logged-in session.
 #[derive(Debug, Clone)]
 pub struct Teller {
-    client: PeerClient<WireCodec<TellerRequest, TellerResponse>>,
+    client: TellerClient,
+    /// Transfers sent at once over this connection, batched per session.
+    lanes: std::sync::Arc<coalesce::Lanes>,
     session: Option<SessionToken>,
     credentials: Option<Credentials>,
     pub role: Option<Role>,
@@ -166,6 +181,7 @@ impl Teller {
         .await?;
         Ok(Teller {
             client,
+            lanes: std::sync::Arc::default(),
             session: None,
             credentials: None,
             role: None,
@@ -178,6 +194,7 @@ impl Teller {
     pub fn share(&self) -> Teller {
         Teller {
             client: self.client.clone(),
+            lanes: self.lanes.clone(),
             session: None,
             credentials: None,
             role: None,
@@ -190,6 +207,7 @@ impl Teller {
     pub fn with_session_of(&self, other: &Teller) -> Teller {
         Teller {
             client: self.client.clone(),
+            lanes: self.lanes.clone(),
             session: other.session,
             credentials: other.credentials.clone(),
             role: other.role,
@@ -208,16 +226,17 @@ impl Teller {
     }
 
     /// Sends `op` with the current session; `Refused` and `Unavailable` answers are errors.
+    /// A transfer goes with the others sent at the same time over this connection under
+    /// this session, as one batch ([`coalesce`]); its answer is its own.
     pub async fn call(&self, op: TellerOp) -> Result<TellerResponse, TellerError> {
+        if let (TellerOp::Transfer(spec), Some(session)) = (&op, self.session) {
+            return self.lanes.transfer(&self.client, session, *spec).await;
+        }
         let request = TellerRequest {
             session: self.session,
             op,
         };
-        match self.client.request(request).await? {
-            TellerResponse::Refused(r) => Err(TellerError::Refused(r)),
-            TellerResponse::Unavailable(u) => Err(TellerError::Unavailable(u)),
-            other => Ok(other),
-        }
+        answer_of(self.client.request(request).await?)
     }
 
     /// Like [`Teller::call`], but a lost session is renewed (when this teller knows the

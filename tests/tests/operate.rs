@@ -720,3 +720,121 @@ async fn reconcile_agrees_then_names_a_transfer_one_side_lost() {
     );
     c.stop();
 }
+
+/// Transfers sent at once over one connection under one session travel together (the
+/// node's batch histogram counts requests of many lines), and each caller gets exactly
+/// the answer a transfer of its own would: committed, refused for funds, refused as not
+/// theirs to move, the same outcome for an id sent twice, and one outcome for an id
+/// sent with two contents. The money moved is what the answers say.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transfers_at_once_over_one_connection_travel_together_with_their_own_answers() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let c = Cluster::start(dir.path(), 2, &["--metrics-listen", "127.0.0.1:0"]).expect("cluster");
+    let (a, b, deposit) = tests::funded_pair(&c, "COAL", PASSWORD, 10_000).await;
+    let mut t = Teller::connect(&c.target(0).expect("target"))
+        .await
+        .expect("connect");
+    t.login(&a.to_string(), PASSWORD).await.expect("login");
+    let spec = |from, to, minor| TransferSpec {
+        id: new_transfer_id(),
+        from,
+        to,
+        amount: Amount::from_minor(minor).expect("amount"),
+    };
+    // (transfer, the answer it must get: Some(refusal) or None for committed)
+    let mut sends: Vec<(TransferSpec, Option<Refusal>)> = Vec::new();
+    for i in 0..200 {
+        let s = spec(a, b, 10);
+        sends.push((s, None));
+        if i % 10 == 0 {
+            sends.push((s, None)); // the same id again, at once
+        }
+    }
+    sends.extend((0..40).map(|_| (spec(a, b, 1_000_000), Some(Refusal::InsufficientFunds))));
+    sends.extend((0..30).map(|_| (spec(b, a, 1), Some(Refusal::Unauthorized))));
+    let twin = spec(a, b, 20);
+    let other_content = TransferSpec {
+        amount: Amount::from_minor(21).expect("amount"),
+        ..twin
+    };
+    let calls = sends
+        .iter()
+        .map(|(s, _)| *s)
+        .chain([twin, other_content])
+        .map(|s| {
+            let t = t.clone();
+            async move { t.call(TellerOp::Transfer(s)).await }
+        });
+    let answers = futures::future::join_all(calls).await;
+    let mut committed: BTreeSet<_> = [deposit].into();
+    for ((s, expected), answer) in sends.iter().zip(&answers) {
+        match (expected, answer) {
+            (
+                None,
+                Ok(TellerResponse::Receipt {
+                    id,
+                    state: TransferState::Committed,
+                }),
+            ) => {
+                assert_eq!(*id, s.id);
+                committed.insert(s.id);
+            }
+            (Some(Refusal::InsufficientFunds), Ok(TellerResponse::Receipt { state, .. })) => {
+                assert_eq!(*state, TransferState::Aborted(Refusal::InsufficientFunds));
+            }
+            (Some(Refusal::Unauthorized), Err(TellerError::Refused(Refusal::Unauthorized))) => {}
+            other => panic!("{s:?}: {other:?}"),
+        }
+    }
+    let twins: Vec<_> = answers[sends.len()..].iter().collect();
+    let won = twins
+        .iter()
+        .filter(|a| {
+            matches!(
+                a,
+                Ok(TellerResponse::Receipt {
+                    state: TransferState::Committed,
+                    ..
+                })
+            )
+        })
+        .count();
+    let conflict = twins.iter().filter(|a| {
+        matches!(
+            a,
+            Ok(TellerResponse::Receipt {
+                state: TransferState::Aborted(Refusal::IdConflict),
+                ..
+            })
+        )
+    });
+    assert_eq!((won, conflict.count()), (1, 1), "{twins:?}");
+    committed.insert(twin.id);
+
+    let text = fetch(&format!("{}/metrics", base(&c, 0))).await.1;
+    let (requests, lines) = (
+        sample(&text, "bankmate_transfer_batch_lines_count"),
+        sample(&text, "bankmate_transfer_batch_lines_sum"),
+    );
+    let batch_series: Vec<&str> = text.lines().filter(|l| l.contains("batch_lines")).collect();
+    assert!(
+        requests >= 1.0 && lines > requests,
+        "{requests} batches of {lines} lines: {batch_series:#?}"
+    );
+    let view = t
+        .call(TellerOp::Balance { account: a })
+        .await
+        .expect("balance");
+    let TellerResponse::Account(view) = view else {
+        panic!("{view:?}")
+    };
+    // 200 transfers of 0.10 and one of 0.20 or 0.21 left 100.00.
+    let left = view.balance.minor();
+    assert!(
+        left == 10_000 - 2_000 - 20 || left == 10_000 - 2_000 - 21,
+        "{left}"
+    );
+    let mut c = c;
+    let report = check::finish(&mut c, &committed, Duration::from_secs(30)).expect("audit");
+    assert!(report.ok(), "{:?}", report.violations);
+}

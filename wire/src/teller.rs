@@ -707,7 +707,11 @@ mod tests {
             op: lines(BATCH_LINES_MAX),
         };
         let bytes = crate::encode(&largest).expect("encodes");
-        assert!(bytes.len() < crate::limits::MESSAGE_BYTES_MAX / 8, "{}", bytes.len());
+        assert!(
+            bytes.len() < crate::limits::MESSAGE_BYTES_MAX / 8,
+            "{}",
+            bytes.len()
+        );
     }
 
     fn check(session: bool, op: TellerOp, expected: Result<(), Refusal>) {

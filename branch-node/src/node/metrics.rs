@@ -54,6 +54,9 @@ pub struct Metrics {
     pub money_seconds: Family<KindLabel, Histogram, fn() -> Histogram>,
     pub twopc_durable_seconds: Family<KindLabel, Histogram, fn() -> Histogram>,
     pub writer_batch_ops: Histogram,
+    /// Lines per `TransferBatch` (bulk payments, and a teller connection's coalesced
+    /// transfers).
+    pub transfer_batch_lines: Histogram,
     pub writer_commit_seconds: Histogram,
     pub in_doubt: Gauge,
     pub in_doubt_oldest_past_deadline_seconds: Gauge<f64, AtomicU64>,
@@ -75,6 +78,7 @@ impl Metrics {
             money_seconds: Family::new_with_constructor(seconds_histogram),
             twopc_durable_seconds: Family::new_with_constructor(seconds_histogram),
             writer_batch_ops: Histogram::new(exponential_buckets(1.0, 2.0, 12)),
+            transfer_batch_lines: Histogram::new(exponential_buckets(1.0, 2.0, 11)),
             writer_commit_seconds: seconds_histogram(),
             in_doubt: Gauge::default(),
             in_doubt_oldest_past_deadline_seconds: Gauge::default(),
@@ -113,6 +117,11 @@ impl Metrics {
             "writer_batch_ops",
             "Operations per writer batch (one SQLite transaction, one fsync)",
             self.writer_batch_ops.clone(),
+        );
+        r.register(
+            "transfer_batch_lines",
+            "Transfers per TransferBatch request (bulk payments, coalesced teller transfers)",
+            self.transfer_batch_lines.clone(),
         );
         r.register(
             "writer_commit_seconds",

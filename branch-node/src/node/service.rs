@@ -113,6 +113,7 @@ fn count_lines(lines: &[LineReceipt], started: std::time::Instant) {
         };
         metrics.money_answer("transfer", outcome, started);
     }
+    metrics.transfer_batch_lines.observe(lines.len() as f64);
     let ms = started.elapsed().as_millis();
     tracing::info!(
         lines = lines.len(),
