@@ -153,9 +153,13 @@ pub async fn send(
 ) -> Vec<MoneyAnswer> {
     let chunk = options.chunk.clamp(1, wire::limits::BATCH_LINES_MAX);
     let policy = options.policy;
-    let sends = lines.chunks(chunk).map(|part| {
+    let parts: Vec<Vec<TransferSpec>> = lines
+        .chunks(chunk)
+        .map(|part| part.iter().map(|l| l.spec).collect())
+        .collect();
+    let teller = teller.clone();
+    let sends = parts.into_iter().map(move |specs| {
         let mut teller = teller.clone();
-        let specs: Vec<TransferSpec> = part.iter().map(|l| l.spec).collect();
         async move { money::send_batch(&mut teller, &specs, &policy).await }
     });
     let mut answers = Vec::with_capacity(lines.len());

@@ -765,3 +765,73 @@ async fn pages_continue_one_time_codes_work_and_logout_ends_the_branch_session()
     assert_eq!(rows(&p), 6, "{}", p.body);
     finish(c, &told, &BTreeMap::new());
 }
+
+/// Every `data-outcome` of a bulk-payment answer's rows, in order, with the row's id.
+fn bulk_rows(p: &Page) -> Vec<(String, String)> {
+    p.body
+        .split("<tr data-outcome=\"")
+        .skip(1)
+        .map(|row| {
+            let outcome = row.split('"').next().unwrap_or_default().to_owned();
+            let id = row
+                .split("data-id=\"")
+                .nth(1)
+                .and_then(|r| r.split('"').next())
+                .unwrap_or_default()
+                .to_owned();
+            (outcome, id)
+        })
+        .collect()
+}
+
+/// Bulk payments in the console: the CSRF check, a wrong line refusing the whole list
+/// (nothing moves), then every line answered on its own (committed, refused for funds)
+/// and the same lines sent again answered the same, moving nothing twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bulk_payments_are_answered_line_by_line_and_safe_to_send_again() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let c = Cluster::start(dir.path(), 2, &[]).expect("cluster");
+    let (a, b, deposit) = tests::funded_pair(&c, "BULK", PASSWORD, 10_000).await;
+    let base = console(&c, 0, quick_policy()).await;
+    let mut br = Browser::new(&base);
+    br.login("admin", ADMIN_PASSWORD).await;
+    let p = br.get("/bulk").await;
+    assert!(p.status == 200 && p.has("Bulk payments"), "{}", p.body);
+    let ids: Vec<TransferId> = (0..3).map(|_| teller_cli::new_transfer_id()).collect();
+    let csv = format!(
+        "id,from,to,amount\n{},{a},{b},10.00\n{},{a},{b},5000.00\n{},{a},{b},20.00\n",
+        ids[0], ids[1], ids[2]
+    );
+    let p = br.post_raw("/bulk", &[("csv", &csv)]).await;
+    p.says(403, "csrf");
+    let typo = csv.replace("20.00", "20.001");
+    let p = br.post("/bulk", &[("csv", &typo)]).await;
+    p.says(422, "invalid_input");
+    assert!(p.has("line 4") && p.has("nothing was sent"), "{}", p.body);
+    let balance = async || {
+        let r = c.admin(0).await.expect("admin");
+        match r.call(wire::teller::TellerOp::Balance { account: a }).await {
+            Ok(wire::teller::TellerResponse::Account(v)) => v.balance.minor(),
+            other => panic!("{other:?}"),
+        }
+    };
+    assert_eq!(balance().await, 10_000);
+
+    let expected = [
+        ("committed", ids[0]),
+        ("refused", ids[1]),
+        ("committed", ids[2]),
+    ]
+    .map(|(o, id)| (o.to_owned(), id.to_string()));
+    for _ in 0..2 {
+        let p = br.post("/bulk", &[("csv", &csv)]).await;
+        p.says(422, "some_lines_not_committed");
+        assert_eq!(bulk_rows(&p), expected, "{}", p.body);
+        assert!(p.has("insufficient"), "{}", p.body);
+        assert_eq!(balance().await, 10_000 - 3_000);
+    }
+    let mut c = c;
+    let committed = [deposit, ids[0], ids[2]].into();
+    let report = check::finish(&mut c, &committed, SETTLE_BOUND).expect("audit");
+    assert!(report.ok(), "{:?}", report.violations);
+}

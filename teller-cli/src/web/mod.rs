@@ -13,6 +13,7 @@
 #![allow(clippy::result_large_err)]
 
 mod admin;
+mod bulk;
 mod customer;
 mod pages;
 mod visits;
@@ -86,6 +87,7 @@ pub fn router(config: WebConfig, addr: SocketAddr) -> Router {
         .route("/logout", axum::routing::post(logout))
         .merge(customer::routes())
         .merge(admin::routes())
+        .merge(bulk::routes())
         .route("/static/app.css", get(css))
         .route("/static/app.js", get(js))
         .fallback(not_found)
