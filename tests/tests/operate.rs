@@ -821,6 +821,8 @@ async fn transfers_at_once_over_one_connection_travel_together_with_their_own_an
         requests >= 1.0 && lines > requests,
         "{requests} batches of {lines} lines: {batch_series:#?}"
     );
+    // The debits apply once each decision reaches the legs: wait for nothing in flight.
+    check::wait_settled(&c.databases(), Duration::from_secs(30)).expect("settled");
     let view = t
         .call(TellerOp::Balance { account: a })
         .await
@@ -828,7 +830,7 @@ async fn transfers_at_once_over_one_connection_travel_together_with_their_own_an
     let TellerResponse::Account(view) = view else {
         panic!("{view:?}")
     };
-    // 200 transfers of 0.10 and one of 0.20 or 0.21 left 100.00.
+    // 200 transfers of 0.10 and one of 0.20 or 0.21 left the rest of 100.00.
     let left = view.balance.minor();
     assert!(
         left == 10_000 - 2_000 - 20 || left == 10_000 - 2_000 - 21,
