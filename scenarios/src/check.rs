@@ -5,6 +5,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use branch_node::network_file::NetworkFile;
@@ -13,7 +14,7 @@ use branch_node::store::{Durability, Store};
 
 use crate::cluster::Cluster;
 use branch_node::verify::{commits, signed_message};
-use wire::twopc::{BranchBody, Vote};
+use wire::twopc::{BranchBody, BranchMessage, Vote};
 use wire::{BranchId, TransferId};
 
 /// The checker's findings.
@@ -206,8 +207,29 @@ fn check_durability(
     }
 }
 
+/// Envelopes decoded and verified once each: one batch envelope is the proof of up to
+/// a thousand transfers.
+struct Verified<'a> {
+    network: &'a NetworkFile,
+    seen: std::collections::HashMap<*const u8, Option<(BranchId, BranchMessage)>>,
+}
+
+impl Verified<'_> {
+    fn get(&mut self, bytes: &Arc<[u8]>) -> Option<&(BranchId, BranchMessage)> {
+        let network = self.network;
+        self.seen
+            .entry(bytes.as_ptr())
+            .or_insert_with(|| signed_message(network, bytes))
+            .as_ref()
+    }
+}
+
 fn check_proofs(network: &NetworkFile, audits: &[Audit], r: &mut Report) {
     let by_branch: BTreeMap<BranchId, &Audit> = audits.iter().map(|a| (a.branch, a)).collect();
+    let mut verified = Verified {
+        network,
+        seen: std::collections::HashMap::new(),
+    };
     for coordinator in audits {
         for spec in &coordinator.committed {
             let parts = spec.participants();
@@ -221,11 +243,11 @@ fn check_proofs(network: &NetworkFile, audits: &[Audit], r: &mut Report) {
                 if what != "vote" {
                     continue;
                 }
-                if let Some((signer, m)) = signed_message(network, bytes)
-                    && let BranchBody::Votes(v) = m.body
+                if let Some((signer, m)) = verified.get(bytes)
+                    && let BranchBody::Votes(v) = &m.body
                     && v.iter().any(|i| i.id == id && i.vote == Vote::Yes)
                 {
-                    yes_signers.insert(signer);
+                    yes_signers.insert(*signer);
                 }
             }
             for p in &parts {
@@ -242,8 +264,8 @@ fn check_proofs(network: &NetworkFile, audits: &[Audit], r: &mut Report) {
                     .flatten()
                     .any(|(what, bytes)| {
                         what == "decision"
-                            && signed_message(network, bytes).is_some_and(|(signer, m)| {
-                                signer == coordinator.branch && commits(&m.body, id)
+                            && verified.get(bytes).is_some_and(|(signer, m)| {
+                                *signer == coordinator.branch && commits(&m.body, id)
                             })
                     });
                 if !decided {

@@ -3,6 +3,7 @@
 //! signed envelopes kept as proof of each committed cross-branch transfer.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 use rusqlite::Connection;
 use wire::twopc::TransferSpec;
@@ -36,7 +37,8 @@ pub struct Audit {
     /// Cross-branch transfers this branch coordinated and decided commit.
     pub committed: Vec<TransferSpec>,
     /// Stored envelopes by transfer id: (what, envelope bytes).
-    pub evidence: BTreeMap<TransferId, Vec<(String, Vec<u8>)>>,
+    /// One envelope carries the items of many transfers: each is read once and shared.
+    pub evidence: BTreeMap<TransferId, Vec<(String, Arc<[u8]>)>>,
     pub ledger: Result<LedgerReport, LedgerViolation>,
 }
 
@@ -106,26 +108,7 @@ impl Store {
                 })
                 .collect::<Result<Vec<_>, _>>()?
         };
-        let mut evidence: BTreeMap<TransferId, Vec<(String, Vec<u8>)>> = BTreeMap::new();
-        {
-            let mut stmt = c.prepare(
-                "SELECT e.transfer_id, e.what, v.bytes FROM evidence e JOIN envelopes v ON v.hash = e.envelope_hash",
-            )?;
-            let rows = stmt.query_map([], |r| {
-                Ok((
-                    r.get::<_, Vec<u8>>(0)?,
-                    r.get::<_, String>(1)?,
-                    r.get::<_, Vec<u8>>(2)?,
-                ))
-            })?;
-            for row in rows {
-                let (id, what, bytes) = row?;
-                evidence
-                    .entry(blob_id(&id)?)
-                    .or_default()
-                    .push((what, bytes));
-            }
-        }
+        let evidence = read_evidence(c)?;
         Ok(Audit {
             branch: self.branch(),
             balance_total: sum(c, "SELECT SUM(balance) FROM accounts")?,
@@ -158,4 +141,41 @@ impl Store {
             ledger: self.verify_ledger()?,
         })
     }
+}
+
+/// Every stored envelope by transfer id, each envelope's bytes read once and shared by
+/// the ids it justifies (a batch envelope justifies up to a thousand).
+fn read_evidence(
+    c: &rusqlite::Connection,
+) -> Result<BTreeMap<TransferId, Vec<(String, Arc<[u8]>)>>, StoreError> {
+    let mut envelopes: std::collections::HashMap<Vec<u8>, Arc<[u8]>> =
+        std::collections::HashMap::new();
+    let mut stmt = c.prepare("SELECT hash, bytes FROM envelopes")?;
+    let rows = stmt.query_map([], |r| {
+        Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, Vec<u8>>(1)?))
+    })?;
+    for row in rows {
+        let (hash, bytes) = row?;
+        envelopes.insert(hash, Arc::from(bytes));
+    }
+    let mut evidence: BTreeMap<TransferId, Vec<(String, Arc<[u8]>)>> = BTreeMap::new();
+    let mut stmt = c.prepare("SELECT transfer_id, what, envelope_hash FROM evidence")?;
+    let rows = stmt.query_map([], |r| {
+        Ok((
+            r.get::<_, Vec<u8>>(0)?,
+            r.get::<_, String>(1)?,
+            r.get::<_, Vec<u8>>(2)?,
+        ))
+    })?;
+    for row in rows {
+        let (id, what, hash) = row?;
+        // Evidence without its envelope is reported by the proof check as missing.
+        if let Some(bytes) = envelopes.get(&hash) {
+            evidence
+                .entry(blob_id(&id)?)
+                .or_default()
+                .push((what, Arc::clone(bytes)));
+        }
+    }
+    Ok(evidence)
 }
