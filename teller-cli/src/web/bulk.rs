@@ -18,7 +18,7 @@ use super::visits::{Visit, Visitor};
 use super::{Fields, Web, logged_in};
 use crate::TellerError;
 use crate::batch::{self, BatchLine, BatchOptions, Tally};
-use crate::money::MoneyAnswer;
+use crate::money::{self, MoneyAnswer};
 
 pub(crate) fn routes() -> Router<Arc<Web>> {
     Router::new().route("/bulk", get(form).post(send))
@@ -84,16 +84,14 @@ async fn send(
     page(status_of(&tally), &v, TITLE, body)
 }
 
-/// 200 all committed; 202 some unknown; 503 some not done; 422 some refused.
+/// The worst line's answer as an HTTP status: 202 some unknown, 503 some not done, 422
+/// some refused, 200 all committed.
 fn status_of(t: &Tally) -> StatusCode {
-    if t.unknown > 0 {
-        StatusCode::ACCEPTED
-    } else if t.not_done > 0 {
-        StatusCode::SERVICE_UNAVAILABLE
-    } else if t.refused > 0 {
-        StatusCode::UNPROCESSABLE_ENTITY
-    } else {
-        StatusCode::OK
+    match t.exit_code() {
+        money::EXIT_UNKNOWN => StatusCode::ACCEPTED,
+        money::EXIT_NOT_DONE => StatusCode::SERVICE_UNAVAILABLE,
+        money::EXIT_REFUSED => StatusCode::UNPROCESSABLE_ENTITY,
+        _ => StatusCode::OK,
     }
 }
 
