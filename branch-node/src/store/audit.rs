@@ -12,6 +12,9 @@ use wire::{BranchId, TransferId};
 use super::ledger::{LedgerReport, LedgerViolation};
 use super::{Store, StoreError, blob_id};
 
+/// Stored envelopes by transfer id: (what, envelope bytes shared by every id it justifies).
+pub type Evidence = BTreeMap<TransferId, Vec<(String, Arc<[u8]>)>>;
+
 /// What one branch's store holds, summed and listed for checking.
 #[derive(Debug, Clone)]
 pub struct Audit {
@@ -38,7 +41,7 @@ pub struct Audit {
     pub committed: Vec<TransferSpec>,
     /// Stored envelopes by transfer id: (what, envelope bytes).
     /// One envelope carries the items of many transfers: each is read once and shared.
-    pub evidence: BTreeMap<TransferId, Vec<(String, Arc<[u8]>)>>,
+    pub evidence: Evidence,
     pub ledger: Result<LedgerReport, LedgerViolation>,
 }
 
@@ -145,9 +148,7 @@ impl Store {
 
 /// Every stored envelope by transfer id, each envelope's bytes read once and shared by
 /// the ids it justifies (a batch envelope justifies up to a thousand).
-fn read_evidence(
-    c: &rusqlite::Connection,
-) -> Result<BTreeMap<TransferId, Vec<(String, Arc<[u8]>)>>, StoreError> {
+fn read_evidence(c: &rusqlite::Connection) -> Result<Evidence, StoreError> {
     let mut envelopes: std::collections::HashMap<Vec<u8>, Arc<[u8]>> =
         std::collections::HashMap::new();
     let mut stmt = c.prepare("SELECT hash, bytes FROM envelopes")?;
@@ -158,7 +159,7 @@ fn read_evidence(
         let (hash, bytes) = row?;
         envelopes.insert(hash, Arc::from(bytes));
     }
-    let mut evidence: BTreeMap<TransferId, Vec<(String, Arc<[u8]>)>> = BTreeMap::new();
+    let mut evidence: Evidence = BTreeMap::new();
     let mut stmt = c.prepare("SELECT transfer_id, what, envelope_hash FROM evidence")?;
     let rows = stmt.query_map([], |r| {
         Ok((
