@@ -268,7 +268,7 @@ async fn customer_session(s: &mut Screen, a: AccountNumber, b: AccountNumber) ->
 }
 
 /// An admin, logging in with the keyboard alone, opens an account and closes it.
-async fn admin_session(s: &mut Screen) {
+async fn admin_session(s: &mut Screen, a: AccountNumber, b: AccountNumber) -> Vec<TransferId> {
     s.open("/login").await;
     s.find("#user").await;
     let typing = s.b.active_element().await.expect("focus");
@@ -309,6 +309,19 @@ async fn admin_session(s: &mut Screen) {
     assert!(s.text(".done").await.contains(&format!("Closed {number}")));
     s.shot("admin-closed").await;
 
+    // Bulk payments: two lines, one committed, one refused for funds.
+    let (paid, refused) = (teller_cli::new_transfer_id(), teller_cli::new_transfer_id());
+    s.open("/bulk").await;
+    let lines = format!("id,from,to,amount\n{paid},{a},{b},12.50\n{refused},{a},{b},99999.00");
+    s.fill("#csv", &lines).await;
+    s.submit("form[action='/bulk']").await;
+    s.find("table.lines").await;
+    for (id, outcome) in [(paid, "committed"), (refused, "refused")] {
+        let row = format!("tr[data-id='{id}']");
+        assert_eq!(s.attr(&row, "data-outcome").await, outcome, "{id}");
+    }
+    s.shot("admin-bulk").await;
+
     s.open("/admin/transactions?scope=network").await;
     s.find("table.entries").await;
     s.shot("admin-transactions").await;
@@ -316,6 +329,7 @@ async fn admin_session(s: &mut Screen) {
     s.open("/admin/accounts?scope=network").await;
     s.find("table.accounts").await;
     s.shot("admin-accounts-phone").await;
+    vec![paid]
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -337,7 +351,7 @@ async fn a_customer_and_an_admin_use_the_console_in_chromium() {
     let mut committed: BTreeSet<TransferId> =
         customer_session(&mut s, a, b).await.into_iter().collect();
     committed.insert(funded);
-    admin_session(&mut s).await;
+    committed.extend(admin_session(&mut s, a, b).await);
     eprintln!("screenshots: {}", s.shots.display());
     s.b.close().await.expect("close the browser");
     drop((driver, console));
