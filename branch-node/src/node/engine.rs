@@ -16,7 +16,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use coordinator::{Branch, Command, Evidence, Input, Ticket};
@@ -38,6 +38,22 @@ pub const MESSAGE_TTL_MS: u64 = 60_000;
 
 /// Most events (transfers, verified messages) waiting for the engine; more are refused.
 pub const ENGINE_QUEUE_MAX: usize = 65_536;
+
+/// Most teller transfers (lines of bulk payments included) handed to the engine and
+/// not yet taken by it; past this a request's lines are answered `overloaded` at once.
+/// A bulk payment is one event of up to 1,024 lines, so the event bound alone would
+/// let a flood queue 1,024 times more transfers than before batches existed.
+pub const ENGINE_LINES_WAITING_MAX: usize = 65_536;
+
+/// Takes `n` of `max` places in `waiting`, or none when they would not fit.
+fn admit(waiting: &AtomicUsize, n: usize, max: usize) -> bool {
+    let before = waiting.fetch_add(n, Ordering::AcqRel);
+    if before.saturating_add(n) > max {
+        waiting.fetch_sub(n, Ordering::AcqRel);
+        return false;
+    }
+    true
+}
 
 /// Most events and durable answers one round takes before it sends what it produced,
 /// so a flood of input cannot hold messages back for long.
@@ -153,6 +169,8 @@ impl StoredShared {
 pub struct EngineHandle {
     me: BranchId,
     tx: mpsc::Sender<Event>,
+    /// Transfers handed over and not yet taken (see [`ENGINE_LINES_WAITING_MAX`]).
+    waiting: Arc<AtomicUsize>,
     counters: Arc<Counters>,
 }
 
@@ -188,10 +206,19 @@ impl EngineHandle {
                 ((spec, reply), rx)
             })
             .unzip();
-        let not_taken = match self.tx.try_send(Event::Transfers(items)) {
-            Ok(()) => None,
-            Err(mpsc::error::TrySendError::Full(_)) => Some(Unavailable::Overloaded),
-            Err(mpsc::error::TrySendError::Closed(_)) => Some(Unavailable::Stopping),
+        let n = items.len();
+        let not_taken = if !admit(&self.waiting, n, ENGINE_LINES_WAITING_MAX) {
+            Some(Unavailable::Overloaded)
+        } else {
+            let sent = self.tx.try_send(Event::Transfers(items));
+            if sent.is_err() {
+                self.waiting.fetch_sub(n, Ordering::AcqRel);
+            }
+            match sent {
+                Ok(()) => None,
+                Err(mpsc::error::TrySendError::Full(_)) => Some(Unavailable::Overloaded),
+                Err(mpsc::error::TrySendError::Closed(_)) => Some(Unavailable::Stopping),
+            }
         };
         if let Some(why) = not_taken {
             return waits.iter().map(|_| Err(why)).collect();
@@ -237,6 +264,8 @@ pub struct Engine {
     tickets: HashMap<Ticket, oneshot::Sender<TransferState>>,
     next_ticket: Ticket,
     counters: Arc<Counters>,
+    /// Shared with the handles: transfers handed over and not yet taken.
+    waiting: Arc<AtomicUsize>,
     /// What this round produced to send, merged per destination and kind.
     outgoing: Vec<(BranchId, BranchBody)>,
     /// This round's storage commands, in emit order, with their `after` failpoints;
@@ -267,9 +296,11 @@ pub fn new(
     // engine's first command fails and stops it.
     let _ = writer.on_batch_end(move || hook.batch_ended());
     let counters = Arc::new(Counters::default());
+    let waiting = Arc::new(AtomicUsize::new(0));
     let handle = EngineHandle {
         me: branch.id(),
         tx,
+        waiting: Arc::clone(&waiting),
         counters: Arc::clone(&counters),
     };
     let engine = Engine {
@@ -284,6 +315,7 @@ pub fn new(
         tickets: HashMap::new(),
         next_ticket: 0,
         counters,
+        waiting,
         outgoing: Vec::new(),
         storage: Vec::new(),
     };
@@ -373,6 +405,7 @@ impl Engine {
         while let Some(event) = next.take() {
             match event {
                 Event::Transfers(items) => {
+                    self.waiting.fetch_sub(items.len(), Ordering::AcqRel);
                     for (spec, reply) in items {
                         let ticket = self.next_ticket;
                         self.next_ticket += 1;
@@ -626,5 +659,24 @@ async fn sleep_until(at: Option<tokio::time::Instant>) {
     match at {
         Some(at) => tokio::time::sleep_until(at).await,
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn transfers_waiting_for_the_engine_are_bounded_by_lines_not_requests() {
+        let waiting = AtomicUsize::new(0);
+        assert!(admit(&waiting, 1_024, 2_048));
+        assert!(admit(&waiting, 1_024, 2_048));
+        // A third batch, or even one more transfer, does not fit: nothing is taken.
+        assert!(!admit(&waiting, 1_024, 2_048));
+        assert!(!admit(&waiting, 1, 2_048));
+        assert_eq!(waiting.load(Ordering::Acquire), 2_048);
+        // The engine takes a batch: its places are free again.
+        waiting.fetch_sub(1_024, Ordering::AcqRel);
+        assert!(admit(&waiting, 1, 2_048));
     }
 }
