@@ -33,6 +33,27 @@ fn base(c: &Cluster, i: usize) -> String {
     url.trim_end_matches("/metrics").to_owned()
 }
 
+/// `account`'s customer, logged in over a new connection to branch `at`.
+async fn customer(c: &Cluster, at: usize, account: wire::AccountNumber) -> Teller {
+    let mut t = Teller::connect(&c.target(at).expect("target"))
+        .await
+        .expect("connect");
+    t.login(&account.to_string(), PASSWORD)
+        .await
+        .expect("login");
+    t
+}
+
+/// A transfer of `minor` from `from` to `to` under a new id.
+fn spec(from: wire::AccountNumber, to: wire::AccountNumber, minor: i64) -> TransferSpec {
+    TransferSpec {
+        id: new_transfer_id(),
+        from,
+        to,
+        amount: Amount::from_minor(minor).expect("amount"),
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_move_with_the_work_and_health_says_what_holds() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -56,12 +77,7 @@ async fn metrics_move_with_the_work_and_health_says_what_holds() {
     t.login(&a.to_string(), PASSWORD).await.expect("login");
     let mut committed: BTreeSet<_> = [deposit].into();
     for amount in [100, 200, 300, 400, 500, 10_000_000] {
-        let spec = TransferSpec {
-            id: new_transfer_id(),
-            from: a,
-            to: b,
-            amount: Amount::from_minor(amount).expect("amount"),
-        };
+        let spec = spec(a, b, amount);
         match t.call(TellerOp::Transfer(spec)).await.expect("an answer") {
             TellerResponse::Receipt {
                 state: TransferState::Committed,
@@ -156,16 +172,8 @@ async fn committed_transfer(
     to: wire::AccountNumber,
     minor: i64,
 ) -> wire::TransferId {
-    let mut t = Teller::connect(&c.target(at).expect("target"))
-        .await
-        .expect("connect");
-    t.login(&from.to_string(), PASSWORD).await.expect("login");
-    let spec = TransferSpec {
-        id: new_transfer_id(),
-        from,
-        to,
-        amount: Amount::from_minor(minor).expect("amount"),
-    };
+    let t = customer(c, at, from).await;
+    let spec = spec(from, to, minor);
     let r = t.call(TellerOp::Transfer(spec)).await.expect("answer");
     assert!(
         matches!(
@@ -378,16 +386,8 @@ async fn crash_b2_deciding(
     c.kill(1);
     c.start_node(1, &[("FAILPOINTS", "before_decision_durable=panic")])
         .expect("b2 with a failpoint");
-    let mut t = Teller::connect(&c.target(1).expect("target"))
-        .await
-        .expect("connect");
-    t.login(&from.to_string(), PASSWORD).await.expect("login");
-    let spec = TransferSpec {
-        id: new_transfer_id(),
-        from,
-        to,
-        amount: Amount::from_minor(minor).expect("amount"),
-    };
+    let t = customer(c, 1, from).await;
+    let spec = spec(from, to, minor);
     let _ = t.call(TellerOp::Transfer(spec)).await; // no answer: b2 is gone
     assert!(
         c.wait_exit(1, Duration::from_secs(10)),
@@ -731,16 +731,7 @@ async fn transfers_at_once_over_one_connection_travel_together_with_their_own_an
     let dir = tempfile::tempdir().expect("tempdir");
     let c = Cluster::start(dir.path(), 2, &["--metrics-listen", "127.0.0.1:0"]).expect("cluster");
     let (a, b, deposit) = tests::funded_pair(&c, "COAL", PASSWORD, 10_000).await;
-    let mut t = Teller::connect(&c.target(0).expect("target"))
-        .await
-        .expect("connect");
-    t.login(&a.to_string(), PASSWORD).await.expect("login");
-    let spec = |from, to, minor| TransferSpec {
-        id: new_transfer_id(),
-        from,
-        to,
-        amount: Amount::from_minor(minor).expect("amount"),
-    };
+    let t = customer(&c, 0, a).await;
     // (transfer, the answer it must get: Some(refusal) or None for committed)
     let mut sends: Vec<(TransferSpec, Option<Refusal>)> = Vec::new();
     for i in 0..200 {
