@@ -12,6 +12,7 @@
 //! the teller connects, and nothing a teller sends can be authorized anywhere else.
 
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Instant;
 
 use futures::future::join_all;
 use libp2p::PeerId;
@@ -79,48 +80,48 @@ impl From<Unavailable> for Fail {
 
 pub(crate) type Answer = Result<TellerResponse, Fail>;
 
+/// A money state as a metrics label.
+fn state_outcome(state: &TransferState) -> &'static str {
+    match state {
+        TransferState::Committed => "committed",
+        TransferState::Aborted(r) => r.code(),
+        TransferState::Pending => "pending",
+        TransferState::Unknown => "unknown",
+    }
+}
+
 /// What an answer came to, as a metrics label: "ok", a money state, a refusal code or
 /// the code of why it was not carried out.
 fn outcome_of(answer: &Answer) -> &'static str {
     match answer {
-        Ok(TellerResponse::Receipt { state, .. }) => match state {
-            TransferState::Committed => "committed",
-            TransferState::Aborted(r) => r.code(),
-            TransferState::Pending => "pending",
-            TransferState::Unknown => "unknown",
-        },
+        Ok(TellerResponse::Receipt { state, .. }) => state_outcome(state),
         Ok(_) => "ok",
         Err(Fail::Refused(r)) => r.code(),
         Err(Fail::Unavailable(u)) => u.code(),
     }
 }
 
-/// Counts each line of a bulk payment as a transfer answered (metrics), and logs one
-/// line for the batch with how many lines came to what.
-fn count_lines(lines: &[LineReceipt], started: std::time::Instant) {
-    let metrics = super::metrics::get();
-    let mut committed = 0;
-    for line in lines {
-        let outcome = match line.answer {
-            LineAnswer::State(TransferState::Committed) => {
-                committed += 1;
-                "committed"
-            }
-            LineAnswer::State(TransferState::Aborted(r)) | LineAnswer::Refused(r) => r.code(),
-            LineAnswer::State(TransferState::Pending) => "pending",
-            LineAnswer::State(TransferState::Unknown) => "unknown",
-            LineAnswer::Unavailable(u) => u.code(),
-        };
-        metrics.money_answer("transfer", outcome, started);
+/// What one line of a bulk payment came to, as the same label.
+fn line_outcome(answer: &LineAnswer) -> &'static str {
+    match answer {
+        LineAnswer::State(state) => state_outcome(state),
+        LineAnswer::Refused(r) => r.code(),
+        LineAnswer::Unavailable(u) => u.code(),
     }
-    metrics.transfer_batch_lines.observe(lines.len() as f64);
-    let ms = started.elapsed().as_millis();
-    tracing::info!(
-        lines = lines.len(),
-        committed,
-        ms,
-        "transfer batch answered"
-    );
+}
+
+/// One money answer given here (a request's, or one line's of a bulk payment): counted
+/// and timed, and logged with its id while the log's allowance lasts (past it, counted
+/// as unlogged).
+fn answered(kind: &'static str, id: TransferId, outcome: &'static str, started: Instant) {
+    let metrics = super::metrics::get();
+    metrics.money_answer(kind, outcome, started);
+    if super::metrics::log_line_allowed() {
+        let ms = started.elapsed().as_millis();
+        tracing::info!(%id, kind, outcome, ms, "money answered");
+    } else {
+        metrics.money_lines_unlogged.inc();
+    }
 }
 
 /// A store failure: logged here, and told as "may or may not have happened".
@@ -262,18 +263,10 @@ impl Service {
             _ => None,
         };
         let id = op.money_id();
-        let started = std::time::Instant::now();
+        let started = Instant::now();
         let answer = self.execute_op(peer, token, session, op).await;
         if let (Some(kind), Some(id)) = (money, id) {
-            let outcome = outcome_of(&answer);
-            let metrics = super::metrics::get();
-            metrics.money_answer(kind, outcome, started);
-            if super::metrics::log_line_allowed() {
-                let ms = started.elapsed().as_millis();
-                tracing::info!(%id, kind, outcome, ms, "money answered");
-            } else {
-                metrics.money_lines_unlogged.inc();
-            }
+            answered(kind, id, outcome_of(&answer), started);
         }
         answer
     }
@@ -384,7 +377,7 @@ impl Service {
     /// (nothing recorded); the rest go to the engine as one event, so they share its
     /// rounds, envelopes and writer batches, and each keeps its own id and outcome.
     async fn transfer_batch(&self, session: &SessionInfo, transfers: Vec<TransferSpec>) -> Answer {
-        let started = std::time::Instant::now();
+        let started = Instant::now();
         let mut lines: Vec<LineReceipt> = transfers
             .iter()
             .map(|spec| LineReceipt {
@@ -404,7 +397,12 @@ impl Service {
                 Err(why) => LineAnswer::Unavailable(why),
             };
         }
-        count_lines(&lines, started);
+        for line in &lines {
+            answered("transfer", line.id, line_outcome(&line.answer), started);
+        }
+        super::metrics::get()
+            .transfer_batch_lines
+            .observe(lines.len() as f64);
         Ok(TellerResponse::Receipts(lines))
     }
 
