@@ -309,27 +309,81 @@ impl Clock<'_> {
     }
 }
 
+/// The policy for requests sent together (one, or a bulk payment's lines): each ends
+/// at its final answer, the rest are sent again until `policy.wait` runs out, and a
+/// lost session is renewed for all of them.
+struct Drive<'a> {
+    tracks: Vec<Track>,
+    done: Vec<Option<MoneyAnswer>>,
+    clock: Clock<'a>,
+}
+
+impl<'a> Drive<'a> {
+    fn new(ids: impl IntoIterator<Item = TransferId>, policy: &'a RetryPolicy) -> Drive<'a> {
+        let tracks: Vec<Track> = ids.into_iter().map(Track::new).collect();
+        Drive {
+            done: vec![None; tracks.len()],
+            tracks,
+            clock: Clock::start(policy),
+        }
+    }
+
+    /// The indexes still without a final answer, if any.
+    fn open(&self) -> Option<Vec<usize>> {
+        let open: Vec<usize> = (0..self.done.len())
+            .filter(|&i| self.done[i].is_none())
+            .collect();
+        (!open.is_empty()).then_some(open)
+    }
+
+    /// Takes one attempt's steps for `open` (renewing a lost session, or pausing before
+    /// the next attempt); false when the policy's time has run out.
+    async fn take(&mut self, teller: &mut Teller, open: &[usize], steps: Vec<Step>) -> bool {
+        let lost = steps.iter().all(|s| matches!(s, Step::Renew));
+        if lost && self.clock.may_renew(teller) {
+            // Renewed, nothing is lost by sending again at once.
+            match teller.renew().await {
+                Ok(()) => return true,
+                Err(TellerError::Refused(reason)) => {
+                    for &i in open {
+                        self.done[i] = Some(self.tracks[i].login_refused(reason));
+                    }
+                    return true;
+                }
+                Err(e) => open.iter().for_each(|&i| self.tracks[i].why = Why::of(&e)),
+            }
+        } else {
+            for (&i, step) in open.iter().zip(steps) {
+                self.done[i] = self.tracks[i].take(step);
+            }
+        }
+        self.done.iter().all(Option::is_some) || self.clock.pause().await
+    }
+
+    /// Every request's answer: its final one, or what running out of time makes it.
+    fn answers(self) -> Vec<MoneyAnswer> {
+        self.done
+            .into_iter()
+            .zip(&self.tracks)
+            .map(|(d, t)| d.unwrap_or_else(|| t.give_up()))
+            .collect()
+    }
+}
+
 /// Sends money request `op` (its id made by the caller) until a final answer comes or
 /// `policy.wait` runs out, renewing a lost session with the teller's kept credentials.
 pub async fn send(teller: &mut Teller, op: TellerOp, policy: &RetryPolicy) -> MoneyAnswer {
-    let mut track = Track::new(op.money_id().unwrap_or(TransferId(0)));
-    let mut clock = Clock::start(policy);
-    loop {
-        let answer = tokio::time::timeout(clock.attempt_limit(), teller.call(op.clone())).await;
-        let step = step(answer.ok());
-        if matches!(step, Step::Renew) && clock.may_renew(teller) {
-            match teller.renew().await {
-                Ok(()) => continue,
-                Err(TellerError::Refused(reason)) => return track.login_refused(reason),
-                Err(e) => track.why = Why::of(&e),
-            }
-        } else if let Some(done) = track.take(step) {
-            return done;
-        }
-        if !clock.pause().await {
-            return track.give_up();
+    let id = op.money_id().unwrap_or(TransferId(0));
+    let mut drive = Drive::new([id], policy);
+    while let Some(open) = drive.open() {
+        let limit = drive.clock.attempt_limit();
+        let answer = tokio::time::timeout(limit, teller.call(op.clone())).await;
+        if !drive.take(teller, &open, vec![step(answer.ok())]).await {
+            break;
         }
     }
+    let mut answers = drive.answers();
+    answers.pop().unwrap_or_else(|| Track::new(id).give_up())
 }
 
 /// Sends `specs` (at most [`wire::limits::BATCH_LINES_MAX`]) as one `TransferBatch`
@@ -341,50 +395,20 @@ pub async fn send_batch(
     specs: &[TransferSpec],
     policy: &RetryPolicy,
 ) -> Vec<MoneyAnswer> {
-    let mut tracks: Vec<Track> = specs.iter().map(|s| Track::new(s.id)).collect();
-    let mut done: Vec<Option<MoneyAnswer>> = vec![None; specs.len()];
-    let mut clock = Clock::start(policy);
-    loop {
-        let open: Vec<usize> = (0..specs.len()).filter(|&i| done[i].is_none()).collect();
-        if open.is_empty() {
-            break;
-        }
+    let mut drive = Drive::new(specs.iter().map(|s| s.id), policy);
+    while let Some(open) = drive.open() {
         let transfers = open.iter().map(|&i| specs[i]).collect();
         let op = TellerOp::TransferBatch { transfers };
-        let answer = tokio::time::timeout(clock.attempt_limit(), teller.call(op)).await;
-        let steps = match answer {
+        let limit = drive.clock.attempt_limit();
+        let steps = match tokio::time::timeout(limit, teller.call(op)).await {
             Ok(Ok(TellerResponse::Receipts(lines))) => batch_steps(&open, specs, &lines),
-            other => {
-                let whole = step(other.ok());
-                if matches!(whole, Step::Renew) && clock.may_renew(teller) {
-                    match teller.renew().await {
-                        Ok(()) => continue,
-                        Err(TellerError::Refused(reason)) => {
-                            for &i in &open {
-                                done[i] = Some(tracks[i].login_refused(reason));
-                            }
-                            continue;
-                        }
-                        Err(e) => {
-                            vec![retry(e.may_have_happened(), e.to_string(), e.code()); open.len()]
-                        }
-                    }
-                } else {
-                    vec![whole; open.len()]
-                }
-            }
+            other => vec![step(other.ok()); open.len()],
         };
-        for (&i, step) in open.iter().zip(steps) {
-            done[i] = tracks[i].take(step);
-        }
-        if done.iter().all(Option::is_some) || !clock.pause().await {
+        if !drive.take(teller, &open, steps).await {
             break;
         }
     }
-    done.into_iter()
-        .zip(&tracks)
-        .map(|(d, t)| d.unwrap_or_else(|| t.give_up()))
-        .collect()
+    drive.answers()
 }
 
 /// Each open line's step from a batch answer; an answer that does not line up with
