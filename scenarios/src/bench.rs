@@ -21,6 +21,10 @@ use crate::workload::{
 /// How long the network may take to finish in-flight transfers after the load.
 const SETTLE_BOUND: Duration = Duration::from_secs(60);
 
+/// Concurrent senders of bulk payments by default: eight requests of up to 1,024 lines
+/// keep every branch's engine and writer busy without queueing past their bounds.
+pub const BATCH_CLIENTS_DEFAULT: usize = 8;
+
 /// About how many ids with a final answer are asked about again after the run (every
 /// id without one is asked).
 const BENCH_ASKED_FINALS: usize = 5_000;

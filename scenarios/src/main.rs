@@ -79,7 +79,7 @@ enum Command {
         #[arg(long, default_value_t = 1)]
         batch: usize,
         /// Concurrent clients for the bulk payments.
-        #[arg(long, default_value_t = 8)]
+        #[arg(long, default_value_t = bench::BATCH_CLIENTS_DEFAULT)]
         batch_clients: usize,
         /// Where to write the JSON result.
         #[arg(long, default_value = "bench-result.json")]

@@ -105,15 +105,16 @@ impl Lanes {
 }
 
 /// Sends one batch (a lone transfer as itself) and gives each caller its answer.
-async fn send(client: &TellerClient, session: SessionToken, batch: Vec<Waiter>) {
+async fn send(client: &TellerClient, session: SessionToken, mut batch: Vec<Waiter>) {
     let session = Some(session);
-    if let [one] = &batch[..] {
+    if batch.len() == 1
+        && let Some(one) = batch.pop()
+    {
         let op = TellerOp::Transfer(one.spec);
         let answer = client.request(TellerRequest { session, op }).await;
-        let answer = answer.map_err(TellerError::from).and_then(answer_of);
-        for w in batch {
-            let _ = w.reply.send(answer.clone());
-        }
+        let _ = one
+            .reply
+            .send(answer.map_err(TellerError::from).and_then(answer_of));
         return;
     }
     let transfers = batch.iter().map(|w| w.spec).collect();
