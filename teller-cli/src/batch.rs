@@ -51,7 +51,7 @@ impl std::fmt::Display for FileProblems {
 /// Reads a transfer file: one `id,from,to,amount` per line; an optional first line
 /// `id,from,to,amount` (a header); blank lines and lines starting with `#` skipped;
 /// fields may be quoted and padded with spaces. Ids are 32 hex digits or a UUID
-/// (`uuidgen` makes one). Every line is checked as `teller-cli transfer` would check
+/// (`teller-cli new-id` makes them). Every line is checked as `teller-cli transfer` would check
 /// it (check digits, a movable amount, two different accounts), and no id may appear
 /// twice; any problem refuses the whole file, so a typo is fixed before money moves.
 pub fn parse(text: &str) -> Result<Vec<BatchLine>, FileProblems> {

@@ -132,7 +132,7 @@ enum Command {
         id: Option<TransferId>,
     },
     /// Bulk payments from a CSV file: `id,from,to,amount` per line (an optional header
-    /// line; ids are UUIDs or 32 hex digits, e.g. from `uuidgen`). The whole file is
+    /// line; ids are UUIDs or 32 hex digits, e.g. from `teller-cli new-id --count N`). The whole file is
     /// checked first (nothing is sent if a line is wrong); then each line gets its own
     /// answer, printed as a table (or JSON lines with --json). Running the same file
     /// again is safe: each id keeps its one outcome. Exit status: the worst line's.
@@ -169,6 +169,12 @@ enum Command {
     /// Admin actions.
     #[command(subcommand)]
     Admin(Admin),
+    /// Print fresh transfer ids, one per line (time-ordered, UUID-shaped): the id column
+    /// of a `transfer-batch` file. Needs no branch and no login.
+    NewId {
+        #[arg(long, default_value_t = 1)]
+        count: u32,
+    },
     /// Print a shell completion script, e.g. `teller-cli completions bash >
     /// ~/.local/share/bash-completion/completions/teller-cli`.
     Completions { shell: clap_complete::Shell },
@@ -489,6 +495,12 @@ async fn run(cli: Cli) -> Result<u8, TellerError> {
         clap_complete::generate(*shell, &mut command, "teller-cli", &mut std::io::stdout());
         return Ok(0);
     }
+    if let Some(Command::NewId { count }) = &cli.command {
+        for _ in 0..*count {
+            println!("{}", new_transfer_id());
+        }
+        return Ok(0);
+    }
     let target = target(&cli)?;
     let policy = RetryPolicy {
         wait: std::time::Duration::from_secs(cli.wait),
@@ -612,7 +624,7 @@ async fn run(cli: Cli) -> Result<u8, TellerError> {
             return Ok(0);
         }
         Command::Admin(admin) => admin_op(admin, &password)?,
-        Command::Web { .. } | Command::Completions { .. } => {
+        Command::Web { .. } | Command::Completions { .. } | Command::NewId { .. } => {
             return Err(TellerError::Usage("this command takes no login".into()));
         }
     };

@@ -996,10 +996,17 @@ fn bulk_payments_from_a_file() {
         let deposit = ["--json", "deposit", "100", "--account", account];
         committed.insert(committed_id(&cli(&net, &admin(branch, &deposit))));
     }
+    // The ids come from `teller-cli new-id`: 40 distinct ids, no branch, no login.
+    let made = cli(&net, &["new-id", "--count", "40"]);
+    let ids: BTreeSet<TransferId> = made
+        .ok()
+        .lines()
+        .map(|l| l.parse().expect("an id"))
+        .collect();
+    assert_eq!(ids.len(), 40, "{}", made.out);
     let mut text = String::from("id,from,to,amount\n# salaries\n");
-    for i in 0..40 {
+    for (i, id) in made.out.lines().enumerate() {
         let to = if i % 2 == 0 { &a2 } else { &b };
-        let id = teller_cli::new_transfer_id();
         text.push_str(&format!("{id},{a},{to},1.50\n"));
     }
     let (broke, foreign) = (teller_cli::new_transfer_id(), teller_cli::new_transfer_id());
