@@ -7,8 +7,8 @@
 use std::time::Duration;
 
 use branch_node::init::read_key;
+use branch_node::p2p::LINK_PROTOCOL;
 use branch_node::p2p::client::PeerClient;
-use branch_node::p2p::{LINK_PROTOCOL, WireCodec};
 use wire::link::{EnvelopeRefusal, LinkRequest, LinkResponse};
 use wire::twopc::{BranchBody, BranchMessage, PrepareItem, TransferSpec};
 use wire::{AccountNumber, Amount, BranchId, BranchKey, Signed, TransferId};
@@ -17,7 +17,7 @@ use teller_cli::Target;
 
 use crate::cluster::Cluster;
 
-type Link = PeerClient<WireCodec<LinkRequest, LinkResponse>>;
+type Link = PeerClient<LinkRequest, LinkResponse>;
 
 /// How long the rogue's envelopes are valid for.
 const ENVELOPE_TTL_MS: u64 = 60_000;
@@ -112,7 +112,7 @@ pub async fn attack(setup: &Setup, from: AccountNumber) -> anyhow::Result<Vec<St
     };
     let valid = prepare(me, now + ENVELOPE_TTL_MS, credit, now + PREPARE_DEADLINE_MS);
     let connect = |key: &BranchKey| {
-        PeerClient::<WireCodec<LinkRequest, LinkResponse>>::connect(
+        PeerClient::<LinkRequest, LinkResponse>::connect(
             key.libp2p_keypair(),
             LINK_PROTOCOL,
             t.addr.clone(),

@@ -12,8 +12,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use branch_node::network_file::NetworkFile;
+use branch_node::p2p::TELLER_PROTOCOL;
 use branch_node::p2p::client::{ClientError, PeerClient};
-use branch_node::p2p::{TELLER_PROTOCOL, WireCodec};
 use libp2p::multiaddr::Protocol;
 use libp2p::{Multiaddr, PeerId};
 use wire::teller::{
@@ -139,7 +139,7 @@ impl std::fmt::Debug for Credentials {
 }
 
 /// The libp2p client of the teller protocol.
-pub type TellerClient = PeerClient<WireCodec<TellerRequest, TellerResponse>>;
+pub type TellerClient = PeerClient<TellerRequest, TellerResponse>;
 
 /// A branch's answer, with `Refused` and `Unavailable` as errors.
 pub(crate) fn answer_of(r: TellerResponse) -> Result<TellerResponse, TellerError> {

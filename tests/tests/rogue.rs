@@ -4,14 +4,12 @@
 //! replay, answered from the records) and the branch's store is left unchanged. And a
 //! forwarded teller request that arrives after its expiry is not acted on.
 
-use std::io;
 use std::time::Duration;
 
 use branch_node::init::read_key;
 use branch_node::network_file::NetworkFile;
+use branch_node::p2p::LINK_PROTOCOL;
 use branch_node::p2p::client::PeerClient;
-use branch_node::p2p::{LINK_PROTOCOL, WireCodec};
-use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use libp2p::StreamProtocol;
 use scenarios::check;
 use scenarios::cluster::Cluster;
@@ -21,7 +19,7 @@ use wire::teller::{TellerOp, TellerResponse};
 use wire::twopc::{BranchMessage, TransferSpec};
 use wire::{AccountNumber, Amount, BranchId, BranchKey, TransferId};
 
-type Link = PeerClient<WireCodec<LinkRequest, LinkResponse>>;
+type Link = PeerClient<LinkRequest, LinkResponse>;
 
 fn now_ms() -> u64 {
     branch_node::node::now_ms()
@@ -60,52 +58,6 @@ async fn send_signed(
     conn.request(LinkRequest::TwoPc(bytes))
         .await
         .expect("answer")
-}
-
-/// A codec that writes raw bytes, to send what no honest encoder would.
-#[derive(Clone, Default)]
-struct RawCodec;
-
-impl libp2p::request_response::Codec for RawCodec {
-    type Protocol = StreamProtocol;
-    type Request = Vec<u8>;
-    type Response = Vec<u8>;
-    async fn read_request<T: AsyncRead + Unpin + Send>(
-        &mut self,
-        _: &StreamProtocol,
-        io: &mut T,
-    ) -> io::Result<Vec<u8>> {
-        let mut v = Vec::new();
-        io.read_to_end(&mut v).await?;
-        Ok(v)
-    }
-    async fn read_response<T: AsyncRead + Unpin + Send>(
-        &mut self,
-        _: &StreamProtocol,
-        io: &mut T,
-    ) -> io::Result<Vec<u8>> {
-        let mut v = Vec::new();
-        io.take(1 << 16).read_to_end(&mut v).await?;
-        Ok(v)
-    }
-    async fn write_request<T: AsyncWrite + Unpin + Send>(
-        &mut self,
-        _: &StreamProtocol,
-        io: &mut T,
-        r: Vec<u8>,
-    ) -> io::Result<()> {
-        io.write_all(&r).await?;
-        io.close().await
-    }
-    async fn write_response<T: AsyncWrite + Unpin + Send>(
-        &mut self,
-        _: &StreamProtocol,
-        io: &mut T,
-        r: Vec<u8>,
-    ) -> io::Result<()> {
-        io.write_all(&r).await?;
-        io.close().await
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -207,7 +159,7 @@ async fn rogue_peer_messages_are_refused_and_change_nothing() {
     );
     // Oversized bytes on the wire: the node drops the stream and keeps serving.
     let t = c.target(0).expect("target");
-    let raw: PeerClient<RawCodec> = PeerClient::connect(
+    let raw: Link = PeerClient::connect(
         b3_key.libp2p_keypair(),
         LINK_PROTOCOL,
         t.addr.clone(),
@@ -219,11 +171,11 @@ async fn rogue_peer_messages_are_refused_and_change_nothing() {
     // No answer comes back for either: an error, or a stream closed with no bytes.
     let no_answer = |r: Result<Vec<u8>, _>| r.map_or(true, |v| v.is_empty());
     assert!(no_answer(
-        raw.request(vec![0; wire::limits::MESSAGE_BYTES_MAX + 10])
+        raw.request_raw(vec![0; wire::limits::MESSAGE_BYTES_MAX + 10])
             .await
     ));
     assert!(
-        no_answer(raw.request(b"garbage".to_vec()).await),
+        no_answer(raw.request_raw(b"garbage".to_vec()).await),
         "undecodable link request"
     );
     assert_eq!(

@@ -1,5 +1,5 @@
-//! The branch-to-branch link protocol: one request-response protocol that carries signed
-//! 2PC envelopes and teller requests forwarded between branches.
+//! The branch-to-branch link protocols: requests and answers that carry signed 2PC
+//! envelopes (one protocol) and teller requests forwarded between branches (another).
 //!
 //! Only branches listed in the network file may speak it; the Noise handshake proves the
 //! sender's PeerId. 2PC envelopes are additionally signed, because they are kept as proof.

@@ -29,7 +29,7 @@ use wire::teller::{TellerResponse, Unavailable};
 
 use crate::init::{DB_FILE, read_key};
 use crate::network_file::NetworkFile;
-use crate::p2p::network::{self, Client, Inbound, InboundQueues};
+use crate::p2p::network::{self, Inbound, InboundQueues};
 use crate::store::reader::Reader;
 use crate::store::writer::Writer;
 use crate::store::{Durability, Store};
@@ -194,7 +194,7 @@ pub async fn run(
     // failed), the node stops too, with a non-zero exit, and recovery at the next start
     // finishes whatever was in flight.
     let engine_died = tokio::select! {
-        () = dispatch(inbound, &service, &client, &engine, &network, shutdown) => None,
+        () = dispatch(inbound, &service, &engine, &network, shutdown) => None,
         ended = &mut engine_task => Some(ended),
     };
     let died = engine_died.is_some();
@@ -255,7 +255,6 @@ async fn start_metrics(
 async fn dispatch(
     mut queues: InboundQueues,
     service: &Arc<Service>,
-    client: &Client,
     engine: &EngineHandle,
     network: &Arc<NetworkFile>,
     shutdown: impl std::future::Future<Output = ()>,
@@ -275,44 +274,37 @@ async fn dispatch(
             Some(Inbound::Teller {
                 peer,
                 request,
-                channel,
+                reply,
             }) => {
-                let (service, client) = (Arc::clone(service), client.clone());
+                let service = Arc::clone(service);
                 let Some(slot) = InFlight::take(&busy, peer) else {
-                    let overloaded = TellerResponse::Unavailable(Unavailable::Overloaded);
-                    client.respond_teller(channel, overloaded).await;
+                    reply.answer(&TellerResponse::Unavailable(Unavailable::Overloaded));
                     continue;
                 };
                 tokio::spawn(async move {
-                    let response = service.teller(peer, request, false).await;
-                    client.respond_teller(channel, response).await;
+                    reply.answer(&service.teller(peer, request, false).await);
                     drop(slot);
                 });
             }
             Some(Inbound::Link {
                 peer,
                 request: LinkRequest::TwoPc(bytes),
-                channel,
-                via,
+                reply,
             }) => {
-                let response = twopc_envelope(network, service.me, engine, &peer, bytes);
-                client.respond_link(channel, response, via).await;
+                reply.answer(&twopc_envelope(network, service.me, engine, &peer, bytes));
             }
             Some(Inbound::Link {
                 peer,
                 request: LinkRequest::Forward(request),
-                channel,
-                via,
+                reply,
             }) => {
-                let (service, client) = (Arc::clone(service), client.clone());
+                let service = Arc::clone(service);
                 let Some(slot) = InFlight::take(&busy, peer) else {
-                    let overloaded = LinkResponse::Refused(EnvelopeRefusal::Overloaded);
-                    client.respond_link(channel, overloaded, via).await;
+                    reply.answer(&LinkResponse::Refused(EnvelopeRefusal::Overloaded));
                     continue;
                 };
                 tokio::spawn(async move {
-                    let response = service.forwarded(peer, request).await;
-                    client.respond_link(channel, response, via).await;
+                    reply.answer(&service.forwarded(peer, request).await);
                     drop(slot);
                 });
             }

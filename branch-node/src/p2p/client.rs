@@ -1,19 +1,24 @@
 //! A one-protocol libp2p client for programs that talk *to* a branch: `teller-cli` on
 //! the teller protocol, scenario drivers, and the rogue peers of the tests on the link
-//! protocol. It dials one branch with its PeerId pinned (Noise refuses any other key)
-//! and sends requests over that connection; a task owns the swarm.
+//! protocols. It dials one branch with its PeerId pinned (Noise refuses any other key)
+//! and sends every request over one long-lived stream of tagged frames ([`pipe`]), many
+//! in flight at once; a task owns the swarm and redials when the connection is gone.
 
-use std::collections::HashMap;
+use std::marker::PhantomData;
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
 use libp2p::multiaddr::Protocol;
-use libp2p::request_response::{self, Codec, OutboundRequestId, ProtocolSupport};
 use libp2p::swarm::SwarmEvent;
+use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
 use libp2p::{Multiaddr, PeerId, StreamProtocol, SwarmBuilder, noise, tcp, yamux};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
 use tokio::sync::{mpsc, oneshot};
 
-use super::{IDLE_CONNECTION_TIMEOUT_MS, REQUEST_TIMEOUT_MS};
+use super::pipe::{self, Failure, Slot};
+use super::{IDLE_CONNECTION_TIMEOUT_MS, PIPE_IDLE_MS, REQUEST_TIMEOUT_MS};
 
 /// Why a client could not get an answer.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -35,38 +40,37 @@ impl ClientError {
     }
 }
 
-/// Why one request failed: the reason, and whether it may have arrived.
-type Failure = (String, bool);
-
-type Pending<Resp> = oneshot::Sender<Result<Resp, Failure>>;
-
-struct Request<C: Codec> {
-    request: C::Request,
-    reply: Pending<C::Response>,
+/// A connection to one branch, sending `Req` and reading `Resp`. Cheap to clone; the
+/// swarm stops when every clone is gone.
+pub struct PeerClient<Req, Resp> {
+    inner: Arc<Inner>,
+    _types: PhantomData<fn(Req) -> Resp>,
 }
 
-/// A connection to one branch. Cheap to clone; the swarm stops when every clone is gone.
-pub struct PeerClient<C: Codec> {
-    tx: mpsc::Sender<Request<C>>,
+struct Inner {
+    control: libp2p_stream::Control,
+    dial: mpsc::Sender<oneshot::Sender<()>>,
+    slot: Slot,
+    protocol: StreamProtocol,
     addr: Multiaddr,
     peer: PeerId,
+    connect_timeout: Duration,
 }
 
-impl<C: Codec> Clone for PeerClient<C> {
+impl<Req, Resp> Clone for PeerClient<Req, Resp> {
     fn clone(&self) -> Self {
         PeerClient {
-            tx: self.tx.clone(),
-            addr: self.addr.clone(),
-            peer: self.peer,
+            inner: Arc::clone(&self.inner),
+            _types: PhantomData,
         }
     }
 }
 
-impl<C: Codec> std::fmt::Debug for PeerClient<C> {
+impl<Req, Resp> std::fmt::Debug for PeerClient<Req, Resp> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PeerClient")
-            .field("addr", &self.addr)
-            .field("peer", &self.peer)
+            .field("addr", &self.inner.addr)
+            .field("peer", &self.inner.peer)
             .finish()
     }
 }
@@ -79,14 +83,48 @@ pub fn with_peer(addr: &Multiaddr, peer: PeerId) -> Multiaddr {
     }
 }
 
-impl<C> PeerClient<C>
-where
-    C: Codec<Protocol = StreamProtocol> + Default + Clone + Send + 'static,
-    C::Request: Send + 'static,
-    C::Response: Send + 'static,
-{
+type ClientSwarm = libp2p::Swarm<libp2p_stream::Behaviour>;
+
+fn client_swarm(key: libp2p::identity::Keypair) -> Result<ClientSwarm, ClientError> {
+    let setup = |e: String| ClientError::Setup(e);
+    Ok(SwarmBuilder::with_existing_identity(key)
+        .with_tokio()
+        .with_tcp(
+            tcp::Config::default().nodelay(true),
+            noise::Config::new,
+            yamux::Config::default,
+        )
+        .map_err(|e| setup(e.to_string()))?
+        .with_behaviour(|_| libp2p_stream::Behaviour::new())
+        .map_err(|e| setup(e.to_string()))?
+        .with_swarm_config(|c| {
+            c.with_idle_connection_timeout(Duration::from_millis(IDLE_CONNECTION_TIMEOUT_MS))
+        })
+        .build())
+}
+
+/// Waits, at most `timeout`, until a connection to `peer` is up.
+async fn connected(swarm: &mut ClientSwarm, peer: PeerId, timeout: Duration) -> Result<(), String> {
+    let wait = async {
+        loop {
+            match swarm.select_next_some().await {
+                SwarmEvent::ConnectionEstablished { peer_id, .. } if peer_id == peer => {
+                    return Ok(());
+                }
+                SwarmEvent::OutgoingConnectionError { error, .. } => return Err(error.to_string()),
+                _ => {}
+            }
+        }
+    };
+    match tokio::time::timeout(timeout, wait).await {
+        Err(_) => Err(format!("no connection within {timeout:?}")),
+        Ok(r) => r,
+    }
+}
+
+impl<Req: Serialize, Resp: Serialize + DeserializeOwned> PeerClient<Req, Resp> {
     /// Dials `peer` at `addr` with identity `key` and waits, at most `timeout`, until the
-    /// Noise handshake has proved the peer's key.
+    /// Noise handshake has proved the peer's key and a stream on `protocol` is open.
     pub async fn connect(
         key: libp2p::identity::Keypair,
         protocol: StreamProtocol,
@@ -98,122 +136,115 @@ where
             addr: addr.clone(),
             reason,
         };
-        let mut swarm = SwarmBuilder::with_existing_identity(key)
-            .with_tokio()
-            .with_tcp(
-                tcp::Config::default().nodelay(true),
-                noise::Config::new,
-                yamux::Config::default,
-            )
-            .map_err(|e| ClientError::Setup(e.to_string()))?
-            .with_behaviour(|_| {
-                request_response::Behaviour::<C>::new(
-                    [(protocol, ProtocolSupport::Outbound)],
-                    request_response::Config::default()
-                        .with_request_timeout(Duration::from_millis(REQUEST_TIMEOUT_MS)),
-                )
-            })
-            .map_err(|e| ClientError::Setup(e.to_string()))?
-            .with_swarm_config(|c| {
-                c.with_idle_connection_timeout(Duration::from_millis(IDLE_CONNECTION_TIMEOUT_MS))
-            })
-            .build();
+        let mut swarm = client_swarm(key)?;
         swarm
             .dial(with_peer(&addr, peer))
             .map_err(|e| unreachable(e.to_string()))?;
-        let connected = tokio::time::timeout(timeout, async {
-            loop {
-                match swarm.select_next_some().await {
-                    SwarmEvent::ConnectionEstablished { peer_id, .. } if peer_id == peer => {
-                        return Ok(());
-                    }
-                    SwarmEvent::OutgoingConnectionError { error, .. } => {
-                        return Err(error.to_string());
-                    }
-                    _ => {}
-                }
-            }
-        })
-        .await;
-        match connected {
-            Err(_) => return Err(unreachable(format!("no connection within {timeout:?}"))),
-            Ok(Err(reason)) => return Err(unreachable(reason)),
-            Ok(Ok(())) => {}
+        connected(&mut swarm, peer, timeout)
+            .await
+            .map_err(unreachable)?;
+        let control = swarm.behaviour().new_control();
+        let (dial, dials) = mpsc::channel(64);
+        tokio::spawn(drive(swarm, dials, peer, addr.clone()));
+        let client = PeerClient {
+            inner: Arc::new(Inner {
+                control,
+                dial,
+                slot: Slot::default(),
+                protocol,
+                addr,
+                peer,
+                connect_timeout: timeout,
+            }),
+            _types: PhantomData,
+        };
+        client.pipe().await?;
+        Ok(client)
+    }
+
+    /// The open stream, or a new one (redialling the branch first if need be).
+    async fn pipe(&self) -> Result<pipe::Pipe, ClientError> {
+        let inner = &self.inner;
+        let open = || async {
+            let (done, wait) = oneshot::channel();
+            inner.dial.send(done).await.map_err(|_| "client stopped")?;
+            wait.await.map_err(|_| "client stopped")?;
+            let control = inner.control.clone();
+            pipe::open_stream(
+                control,
+                inner.peer,
+                inner.protocol.clone(),
+                inner.connect_timeout,
+            )
+            .await
+        };
+        inner
+            .slot
+            .pipe(Duration::from_millis(PIPE_IDLE_MS), open)
+            .await
+            .map_err(|reason| ClientError::Unreachable {
+                addr: inner.addr.clone(),
+                reason,
+            })
+    }
+
+    fn failed(&self, (reason, arrived): Failure) -> ClientError {
+        let addr = self.inner.addr.clone();
+        if arrived {
+            ClientError::NoAnswer { addr, reason }
+        } else {
+            ClientError::Unreachable { addr, reason }
         }
-        let (tx, rx) = mpsc::channel(1_024);
-        tokio::spawn(drive(swarm, rx, peer, addr.clone()));
-        Ok(PeerClient { tx, addr, peer })
     }
 
     /// Sends one request and waits for its answer (bounded by the request timeout).
-    pub async fn request(&self, request: C::Request) -> Result<C::Response, ClientError> {
-        let failed = |(reason, arrived): Failure| {
-            let addr = self.addr.clone();
-            if arrived {
-                ClientError::NoAnswer { addr, reason }
-            } else {
-                ClientError::Unreachable { addr, reason }
-            }
-        };
-        let (reply, rx) = oneshot::channel();
-        self.tx
-            .send(Request { request, reply })
-            .await
-            .map_err(|_| failed(("client stopped".into(), false)))?;
-        rx.await
-            .map_err(|_| failed(("client stopped".into(), true)))?
-            .map_err(failed)
+    pub async fn request(&self, request: Req) -> Result<Resp, ClientError> {
+        let body = wire::encode(&request).map_err(|e| self.failed((e.to_string(), false)))?;
+        drop(request);
+        let answer = self.request_raw(body).await?;
+        wire::decode(&answer).map_err(|e| self.failed((format!("bad answer: {e}"), true)))
+    }
+
+    /// Sends `body` as it is, as a request's bytes, and returns the answer's bytes: for
+    /// tests that send what no honest encoder would.
+    pub async fn request_raw(&self, body: Vec<u8>) -> Result<Vec<u8>, ClientError> {
+        let pipe = self.pipe().await?;
+        let timeout = Duration::from_millis(REQUEST_TIMEOUT_MS);
+        pipe.call(body, timeout).await.map_err(|f| self.failed(f))
     }
 
     /// The branch this client talks to.
     pub fn peer(&self) -> PeerId {
-        self.peer
+        self.inner.peer
     }
 }
 
-async fn drive<C>(
-    mut swarm: libp2p::Swarm<request_response::Behaviour<C>>,
-    mut rx: mpsc::Receiver<Request<C>>,
+/// Polls the swarm; on each dial request, dials the branch unless connected (the
+/// address goes with every dial: libp2p forgets a cached address after a failed one).
+async fn drive(
+    mut swarm: ClientSwarm,
+    mut dials: mpsc::Receiver<oneshot::Sender<()>>,
     peer: PeerId,
     addr: Multiaddr,
-) where
-    C: Codec<Protocol = StreamProtocol> + Clone + Send + 'static,
-    C::Request: Send,
-    C::Response: Send,
-{
-    let mut pending: HashMap<OutboundRequestId, Pending<C::Response>> = HashMap::new();
+) {
     loop {
         tokio::select! {
-            r = rx.recv() => match r {
-                Some(Request { request, reply }) => {
-                    // The address goes with every request, so a restarted branch is
-                    // redialled (libp2p forgets a cached address after a failed dial).
-                    let id = swarm
-                        .behaviour_mut()
-                        .send_request_with_addresses(&peer, request, vec![addr.clone()]);
-                    pending.insert(id, reply);
+            d = dials.recv() => match d {
+                Some(done) => {
+                    if !swarm.is_connected(&peer) {
+                        let opts = DialOpts::peer_id(peer)
+                            .addresses(vec![addr.clone()])
+                            .condition(PeerCondition::DisconnectedAndNotDialing)
+                            .build();
+                        if let Err(e) = swarm.dial(opts) {
+                            tracing::debug!(%peer, %e, "redial not started");
+                        }
+                    }
+                    let _ = done.send(());
                 }
                 None => return,
             },
-            event = swarm.select_next_some() => match event {
-                SwarmEvent::Behaviour(request_response::Event::Message {
-                    message: request_response::Message::Response { request_id, response },
-                    ..
-                }) => {
-                    if let Some(reply) = pending.remove(&request_id) {
-                        let _ = reply.send(Ok(response));
-                    }
-                }
-                SwarmEvent::Behaviour(request_response::Event::OutboundFailure {
-                    request_id, error, ..
-                }) => {
-                    if let Some(reply) = pending.remove(&request_id) {
-                        let arrived = super::may_have_arrived(&error);
-                        let _ = reply.send(Err((error.to_string(), arrived)));
-                    }
-                }
-                _ => {}
-            },
+            _ = swarm.select_next_some() => {}
         }
     }
 }

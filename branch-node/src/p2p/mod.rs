@@ -1,32 +1,44 @@
 //! The libp2p side of a branch node: the swarm's behaviour, how it is built, and the
 //! event loop that owns it (see [`network`]). Transport: TCP + Noise + Yamux.
 //!
-//! Three protocols run over each connection: the teller protocol (any key may speak it),
-//! the link protocol for 2PC envelopes and the forward protocol for teller requests one
-//! branch passes to another (both only for branches in the network file; checked on
-//! every request). identify and ping run too, and mDNS when asked for (it finds
+//! Three protocols run over each connection, each as long-lived streams of tagged,
+//! pipelined frames ([`pipe`]): the teller protocol (any key may speak it), the link
+//! protocol for 2PC envelopes and the forward protocol for teller requests one branch
+//! passes to another (both only for branches in the network file; checked on every
+//! request). identify and ping run too, and mDNS when asked for (it finds
 //! addresses, never trust). Connection limits bound what any peer can open.
 
 pub mod client;
-pub mod codec;
 pub mod network;
+pub mod pipe;
 
 use std::time::Duration;
 
 use libp2p::connection_limits::{self, ConnectionLimits};
-use libp2p::request_response::{self, ProtocolSupport};
 use libp2p::swarm::NetworkBehaviour;
 use libp2p::swarm::behaviour::toggle::Toggle;
-use libp2p::{Swarm, SwarmBuilder, identify, mdns, noise, ping, tcp, yamux};
-use wire::link::{LinkRequest, LinkResponse};
-use wire::{TellerRequest, TellerResponse};
+use libp2p::{StreamProtocol, Swarm, SwarmBuilder, identify, mdns, noise, ping, tcp, yamux};
 
-pub use codec::{FORWARD_PROTOCOL, LINK_PROTOCOL, TELLER_PROTOCOL, WireCodec};
+/// The teller protocol: `TellerRequest` in, `TellerResponse` out, as tagged frames on
+/// one long-lived stream ([`pipe`]).
+pub const TELLER_PROTOCOL: StreamProtocol = StreamProtocol::new("/bankmate/teller/2");
+/// The branch-to-branch protocol for 2PC envelopes: `LinkRequest` in, `LinkResponse`
+/// out, framed the same way.
+pub const LINK_PROTOCOL: StreamProtocol = StreamProtocol::new("/bankmate/link/2");
+/// Requests one branch forwards to another for tellers (`LinkRequest::Forward`): their
+/// own protocol, with their own streams and inbound queue, so that a teller flood
+/// passed on by a branch can never hold up that link's 2PC messages.
+pub const FORWARD_PROTOCOL: StreamProtocol = StreamProtocol::new("/bankmate/forward/2");
 
 /// How long an idle connection stays open. libp2p's default (10 s) would close branch
 /// links between bursts and make every quiet spell cost a new Noise handshake; an hour
-/// let an idle stranger hold a connection slot that long.
+/// let an idle stranger hold a connection slot that long. A stream with nothing sent
+/// on it for this long is closed by the answering side too.
 pub const IDLE_CONNECTION_TIMEOUT_MS: u64 = 5 * 60 * 1_000;
+
+/// How long a requester keeps a stream with nothing in flight before closing it (well
+/// before the answering side would, so a request never meets a stream being closed).
+pub const PIPE_IDLE_MS: u64 = 60 * 1_000;
 
 /// Most connections being set up (Noise handshake) at once from outside.
 pub const PENDING_INCOMING_CONNECTIONS_MAX: u32 = 128;
@@ -40,27 +52,27 @@ pub const CONNECTIONS_PER_PEER_MAX: u32 = 4;
 /// How long a request may wait for its response before it fails, in milliseconds.
 pub const REQUEST_TIMEOUT_MS: u64 = 10_000;
 
-/// Most concurrent request streams per connection and protocol (a teller's requests
-/// beyond it wait in its own connection, not in the node).
-pub const STREAMS_PER_CONNECTION_MAX: usize = 64;
+/// How long opening a stream (and redialling for it) may take.
+pub const OPEN_TIMEOUT_MS: u64 = 5_000;
 
-/// Most concurrent 2PC streams per link connection: every prepare, vote and decision
+/// Most open streams of one protocol from one peer; more are closed at once.
+pub const STREAMS_PER_PEER_MAX: usize = 8;
+
+/// Most unanswered requests on one teller stream: past it the node stops reading that
+/// stream (the teller's further requests wait on its side, not in the node).
+pub const TELLER_IN_FLIGHT_MAX: usize = 64;
+
+/// Most unanswered 2PC envelopes on one link stream: every prepare, vote and decision
 /// between two branches; a batch carries up to 1,024 transfers.
-pub const LINK_STREAMS_PER_CONNECTION_MAX: usize = 1_024;
+pub const LINK_IN_FLIGHT_MAX: usize = 1_024;
 
-/// The teller protocol's behaviour.
-pub type TellerBehaviour = request_response::Behaviour<WireCodec<TellerRequest, TellerResponse>>;
-/// The link protocol's behaviour.
-pub type LinkBehaviour = request_response::Behaviour<WireCodec<LinkRequest, LinkResponse>>;
-
-/// Everything a branch node's swarm runs.
+/// Everything a branch node's swarm runs. The teller, link and forward protocols are
+/// streams (`libp2p_stream`), served by the event loop's accept tasks.
 #[allow(missing_debug_implementations)] // the derive's generated event type has none either
 #[derive(NetworkBehaviour)]
 pub struct NodeBehaviour {
     pub limits: connection_limits::Behaviour,
-    pub link: LinkBehaviour,
-    pub forward: LinkBehaviour,
-    pub teller: TellerBehaviour,
+    pub streams: libp2p_stream::Behaviour,
     pub identify: identify::Behaviour,
     pub ping: ping::Behaviour,
     pub mdns: Toggle<mdns::tokio::Behaviour>,
@@ -71,19 +83,6 @@ pub struct NodeBehaviour {
 pub enum BuildError {
     #[error("transport setup failed: {0}")]
     Transport(String),
-}
-
-/// Whether a request that failed may still have reached the peer (and been acted on):
-/// only a failed dial or a refused protocol prove that it never left.
-pub fn may_have_arrived(failure: &request_response::OutboundFailure) -> bool {
-    use request_response::OutboundFailure as F;
-    !matches!(failure, F::DialFailure | F::UnsupportedProtocols)
-}
-
-fn rr_config(streams: usize) -> request_response::Config {
-    request_response::Config::default()
-        .with_request_timeout(Duration::from_millis(REQUEST_TIMEOUT_MS))
-        .with_max_concurrent_streams(streams)
 }
 
 fn limits() -> connection_limits::Behaviour {
@@ -118,20 +117,7 @@ pub fn node_swarm(
             };
             NodeBehaviour {
                 limits: limits(),
-                link: request_response::Behaviour::new(
-                    [(LINK_PROTOCOL, ProtocolSupport::Full)],
-                    rr_config(LINK_STREAMS_PER_CONNECTION_MAX),
-                ),
-                // A branch forwards at most this many to one other at once: never more
-                // streams than the receiving side takes, so none is cut off.
-                forward: request_response::Behaviour::new(
-                    [(FORWARD_PROTOCOL, ProtocolSupport::Full)],
-                    rr_config(wire::limits::FORWARDS_PER_BRANCH_MAX),
-                ),
-                teller: request_response::Behaviour::new(
-                    [(TELLER_PROTOCOL, ProtocolSupport::Inbound)],
-                    rr_config(STREAMS_PER_CONNECTION_MAX),
-                ),
+                streams: libp2p_stream::Behaviour::new(),
                 identify: identify::Behaviour::new(identify::Config::new(
                     "/bankmate/1".into(),
                     key.public(),

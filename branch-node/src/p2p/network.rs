@@ -1,23 +1,26 @@
 //! The branch node's network: `new()` gives a [`Client`] (cheap to clone) and an
-//! [`EventLoop`] (one task owns the swarm). Inbound requests go out as [`Inbound`] on
-//! two bounded queues ([`InboundQueues`]): 2PC envelopes on one, teller and forwarded
-//! requests on the other, so a teller flood can fill only its own. A request that
-//! finds its queue full is answered "overloaded" at once, never dropped unanswered.
-//! Answers come back through the client. Nothing here panics on a network event:
-//! failures are logged and answered with errors.
+//! [`EventLoop`] (one task owns the swarm). Inbound requests arrive on long-lived
+//! streams ([`pipe`]), one task per stream, and go out as [`Inbound`] on two bounded
+//! queues ([`InboundQueues`]): 2PC envelopes on one, teller and forwarded requests on
+//! the other, so a teller flood can fill only its own. A request that finds its queue
+//! full is answered "overloaded" at once, never dropped unanswered. Each request comes
+//! with its [`Responder`], which writes the answer back on its stream. Nothing here
+//! panics on a network event: failures are logged and answered with errors.
 
 use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use futures::StreamExt;
-use libp2p::request_response::{self, OutboundRequestId, ResponseChannel};
 use libp2p::swarm::SwarmEvent;
-use libp2p::{Multiaddr, PeerId, Swarm, mdns};
+use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
+use libp2p::{Multiaddr, PeerId, Stream, StreamProtocol, Swarm, mdns};
 use tokio::sync::{mpsc, oneshot};
 use wire::link::{EnvelopeRefusal, LinkRequest, LinkResponse};
 use wire::teller::{LinkFault, Unavailable};
 use wire::{TellerRequest, TellerResponse};
 
+use super::pipe::{self, Responder, Slot};
 use super::{NodeBehaviour, NodeBehaviourEvent};
 use crate::network_file::NetworkFile;
 
@@ -42,6 +45,21 @@ pub enum Via {
 }
 
 impl Via {
+    fn protocol(self) -> StreamProtocol {
+        match self {
+            Via::Link => super::LINK_PROTOCOL,
+            Via::Forward => super::FORWARD_PROTOCOL,
+        }
+    }
+
+    /// Most unanswered requests on one stream of this protocol.
+    fn in_flight_max(self) -> usize {
+        match self {
+            Via::Link => super::LINK_IN_FLIGHT_MAX,
+            Via::Forward => wire::limits::FORWARDS_PER_BRANCH_MAX,
+        }
+    }
+
     fn of(request: &LinkRequest) -> Via {
         match request {
             LinkRequest::TwoPc(_) => Via::Link,
@@ -59,13 +77,12 @@ pub enum Inbound {
     Link {
         peer: PeerId,
         request: LinkRequest,
-        channel: ResponseChannel<LinkResponse>,
-        via: Via,
+        reply: Responder,
     },
     Teller {
         peer: PeerId,
         request: TellerRequest,
-        channel: ResponseChannel<TellerResponse>,
+        reply: Responder,
     },
 }
 
@@ -93,34 +110,41 @@ impl LinkError {
 
 #[derive(Debug)]
 enum Command {
-    Link {
+    /// Dial a listed branch at its addresses unless connected; `done` once started.
+    Dial {
         peer: PeerId,
-        request: LinkRequest,
-        reply: oneshot::Sender<Result<LinkResponse, LinkError>>,
-        delayed: bool,
-    },
-    RespondLink {
-        channel: ResponseChannel<LinkResponse>,
-        response: LinkResponse,
-        via: Via,
-    },
-    RespondTeller {
-        channel: ResponseChannel<TellerResponse>,
-        response: TellerResponse,
-    },
-    SetFault {
-        peer: PeerId,
-        fault: LinkFault,
+        done: oneshot::Sender<()>,
     },
     ListenAddrs {
         reply: oneshot::Sender<Vec<Multiaddr>>,
     },
 }
 
-/// Talks to the event loop. Cheap to clone.
-#[derive(Clone, Debug)]
+/// The stream to each other branch, per protocol.
+type Pipes = HashMap<(PeerId, Via), Arc<Slot>>;
+
+/// The fault switch of each link (in-process partitions for the scenarios).
+type Faults = Arc<Mutex<HashMap<PeerId, LinkFault>>>;
+
+fn fault_of(faults: &Faults, peer: &PeerId) -> LinkFault {
+    let faults = faults.lock().unwrap_or_else(PoisonError::into_inner);
+    faults.get(peer).copied().unwrap_or(LinkFault::Healthy)
+}
+
+/// Talks to the event loop, and sends to other branches on one stream per branch and
+/// protocol. Cheap to clone.
+#[derive(Clone)]
 pub struct Client {
     tx: mpsc::Sender<Command>,
+    control: libp2p_stream::Control,
+    pipes: Arc<Mutex<Pipes>>,
+    faults: Faults,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client").finish_non_exhaustive()
+    }
 }
 
 impl Client {
@@ -130,53 +154,60 @@ impl Client {
         peer: PeerId,
         request: LinkRequest,
     ) -> Result<LinkResponse, LinkError> {
-        let (reply, rx) = oneshot::channel();
-        self.tx
-            .send(Command::Link {
-                peer,
-                request,
-                reply,
-                delayed: false,
-            })
+        if let LinkFault::Delayed { delay_ms } = fault_of(&self.faults, &peer) {
+            tokio::time::sleep(Duration::from_millis(u64::from(delay_ms))).await;
+        }
+        if fault_of(&self.faults, &peer) == LinkFault::Blocked {
+            return Err(LinkError::Blocked);
+        }
+        let via = Via::of(&request);
+        let body = wire::encode(&request).map_err(|e| LinkError::NotSent(e.to_string()))?;
+        drop(request);
+        let pipe = self.pipe(peer, via).await.map_err(LinkError::NotSent)?;
+        let timeout = Duration::from_millis(super::REQUEST_TIMEOUT_MS);
+        let answer = pipe
+            .call(body, timeout)
             .await
-            .map_err(|_| LinkError::Stopped)?;
-        // Taken by the event loop, which stopped before answering: it may have gone out.
-        rx.await
-            .map_err(|_| LinkError::NoAnswer("network event loop stopped".into()))?
+            .map_err(|(reason, arrived)| {
+                if arrived {
+                    LinkError::NoAnswer(reason)
+                } else {
+                    LinkError::NotSent(reason)
+                }
+            })?;
+        wire::decode(&answer).map_err(|e| LinkError::NoAnswer(format!("bad answer: {e}")))
     }
 
-    /// Answers an inbound link request on the protocol it came by.
-    pub async fn respond_link(
-        &self,
-        channel: ResponseChannel<LinkResponse>,
-        response: LinkResponse,
-        via: Via,
-    ) {
-        let _ = self
-            .tx
-            .send(Command::RespondLink {
-                channel,
-                response,
-                via,
-            })
-            .await;
-    }
-
-    /// Answers an inbound teller request.
-    pub async fn respond_teller(
-        &self,
-        channel: ResponseChannel<TellerResponse>,
-        response: TellerResponse,
-    ) {
-        let _ = self
-            .tx
-            .send(Command::RespondTeller { channel, response })
-            .await;
+    /// The open stream to `peer` on `via`'s protocol, or a new one.
+    async fn pipe(&self, peer: PeerId, via: Via) -> Result<pipe::Pipe, String> {
+        let slot = {
+            let mut pipes = self.pipes.lock().unwrap_or_else(PoisonError::into_inner);
+            Arc::clone(pipes.entry((peer, via)).or_default())
+        };
+        let open = || async {
+            let (done, wait) = oneshot::channel();
+            let stopped = "network event loop has stopped";
+            self.tx
+                .send(Command::Dial { peer, done })
+                .await
+                .map_err(|_| stopped)?;
+            wait.await.map_err(|_| stopped)?;
+            let timeout = Duration::from_millis(super::OPEN_TIMEOUT_MS);
+            pipe::open_stream(self.control.clone(), peer, via.protocol(), timeout).await
+        };
+        slot.pipe(Duration::from_millis(super::PIPE_IDLE_MS), open)
+            .await
     }
 
     /// Sets the fault switch for the link with `peer`.
     pub async fn set_fault(&self, peer: PeerId, fault: LinkFault) {
-        let _ = self.tx.send(Command::SetFault { peer, fault }).await;
+        tracing::warn!(%peer, ?fault, "fault switch set");
+        let mut faults = self.faults.lock().unwrap_or_else(PoisonError::into_inner);
+        if fault == LinkFault::Healthy {
+            faults.remove(&peer);
+        } else {
+            faults.insert(peer, fault);
+        }
     }
 
     /// The addresses the swarm listens on now.
@@ -192,13 +223,11 @@ impl Client {
 /// Owns the swarm; run it with [`EventLoop::run`].
 pub struct EventLoop {
     swarm: Swarm<NodeBehaviour>,
-    network: NetworkFile,
+    network: Arc<NetworkFile>,
     commands: mpsc::Receiver<Command>,
-    self_tx: mpsc::Sender<Command>,
     twopc: mpsc::Sender<Inbound>,
     requests: mpsc::Sender<Inbound>,
-    pending: HashMap<(Via, OutboundRequestId), oneshot::Sender<Result<LinkResponse, LinkError>>>,
-    faults: HashMap<PeerId, LinkFault>,
+    faults: Faults,
     /// Where each listed branch can be dialled: the network file, plus mDNS finds.
     addresses: HashMap<PeerId, Vec<Multiaddr>>,
     /// Listed branches with at least one open connection (the metrics' gauge).
@@ -228,16 +257,20 @@ pub fn new(
     let (tx, commands) = mpsc::channel(COMMAND_QUEUE_MAX);
     let (twopc, twopc_rx) = mpsc::channel(INBOUND_QUEUE_MAX);
     let (requests, requests_rx) = mpsc::channel(INBOUND_QUEUE_MAX);
-    let client = Client { tx: tx.clone() };
+    let faults = Faults::default();
+    let client = Client {
+        tx,
+        control: swarm.behaviour().streams.new_control(),
+        pipes: Arc::default(),
+        faults: Arc::clone(&faults),
+    };
     let event_loop = EventLoop {
         swarm,
-        network,
+        network: Arc::new(network),
         commands,
-        self_tx: tx,
         twopc,
         requests,
-        pending: HashMap::new(),
-        faults: HashMap::new(),
+        faults,
         addresses,
         connected: std::collections::HashSet::new(),
     };
@@ -256,87 +289,73 @@ impl EventLoop {
 
     /// Runs until `shutdown` resolves or every client is gone.
     pub async fn run(mut self, shutdown: impl std::future::Future<Output = ()>) {
+        let accepting = match self.accept_all() {
+            Ok(tasks) => tasks,
+            Err(e) => {
+                tracing::error!(%e, "cannot accept streams");
+                return;
+            }
+        };
         tokio::pin!(shutdown);
         loop {
             tokio::select! {
                 event = self.swarm.select_next_some() => self.on_event(event),
                 command = self.commands.recv() => match command {
                     Some(c) => self.on_command(c),
-                    None => return,
+                    None => break,
                 },
-                () = &mut shutdown => return,
+                () = &mut shutdown => break,
             }
         }
-    }
-
-    fn link_behaviour(&mut self, via: Via) -> &mut super::LinkBehaviour {
-        match via {
-            Via::Link => &mut self.swarm.behaviour_mut().link,
-            Via::Forward => &mut self.swarm.behaviour_mut().forward,
+        for task in accepting {
+            task.abort();
         }
     }
 
-    fn fault(&self, peer: &PeerId) -> LinkFault {
-        self.faults.get(peer).copied().unwrap_or(LinkFault::Healthy)
+    /// Starts one task per protocol that serves every stream opened to this node.
+    fn accept_all(
+        &mut self,
+    ) -> Result<Vec<tokio::task::JoinHandle<()>>, libp2p_stream::AlreadyRegistered> {
+        let mut control = self.swarm.behaviour().streams.new_control();
+        let teller = control.accept(super::TELLER_PROTOCOL)?;
+        let requests = self.requests.clone();
+        let mut tasks = vec![tokio::spawn(accept(teller, move |peer, stream| {
+            serve_teller(peer, stream, requests.clone())
+        }))];
+        for via in [Via::Link, Via::Forward] {
+            let incoming = control.accept(via.protocol())?;
+            let link = LinkSide {
+                via,
+                queue: match via {
+                    Via::Link => self.twopc.clone(),
+                    Via::Forward => self.requests.clone(),
+                },
+                network: Arc::clone(&self.network),
+                faults: Arc::clone(&self.faults),
+            };
+            tasks.push(tokio::spawn(accept(incoming, move |peer, stream| {
+                link.clone().serve(peer, stream)
+            })));
+        }
+        Ok(tasks)
     }
 
     fn on_command(&mut self, command: Command) {
         match command {
-            Command::Link {
-                peer,
-                request,
-                reply,
-                delayed,
-            } => match self.fault(&peer) {
-                LinkFault::Blocked => {
-                    let _ = reply.send(Err(LinkError::Blocked));
-                }
-                LinkFault::Delayed { delay_ms } if !delayed => {
-                    let tx = self.self_tx.clone();
-                    tokio::spawn(async move {
-                        tokio::time::sleep(Duration::from_millis(u64::from(delay_ms))).await;
-                        let command = Command::Link {
-                            peer,
-                            request,
-                            reply,
-                            delayed: true,
-                        };
-                        let _ = tx.send(command).await;
-                    });
-                }
-                _ => {
-                    // Addresses go with every request: libp2p drops a cached address after
+            Command::Dial { peer, done } => {
+                if !self.swarm.is_connected(&peer) {
+                    // Addresses go with every dial: libp2p drops a cached address after
                     // one failed dial, which would cut a restarted branch off for good.
                     let addrs = self.addresses.get(&peer).cloned().unwrap_or_default();
-                    let via = Via::of(&request);
-                    let id = self
-                        .link_behaviour(via)
-                        .send_request_with_addresses(&peer, request, addrs);
-                    self.pending.insert((via, id), reply);
+                    let opts = DialOpts::peer_id(peer)
+                        .addresses(addrs)
+                        .condition(PeerCondition::DisconnectedAndNotDialing)
+                        .build();
+                    if let Err(e) = self.swarm.dial(opts) {
+                        tracing::debug!(%peer, %e, "dial not started");
+                    }
                 }
-            },
-            Command::RespondLink {
-                channel,
-                response,
-                via,
-            } => {
-                respond(self.link_behaviour(via), channel, response, "link");
-            }
-            Command::RespondTeller { channel, response } => {
-                respond(
-                    &mut self.swarm.behaviour_mut().teller,
-                    channel,
-                    response,
-                    "teller",
-                );
-            }
-            Command::SetFault { peer, fault } => {
-                tracing::warn!(%peer, ?fault, "fault switch set");
-                if fault == LinkFault::Healthy {
-                    self.faults.remove(&peer);
-                } else {
-                    self.faults.insert(peer, fault);
-                }
+                let _ = done.send(());
             }
             Command::ListenAddrs { reply } => {
                 let _ = reply.send(self.swarm.listeners().cloned().collect());
@@ -346,9 +365,6 @@ impl EventLoop {
 
     fn on_event(&mut self, event: SwarmEvent<NodeBehaviourEvent>) {
         match event {
-            SwarmEvent::Behaviour(NodeBehaviourEvent::Link(e)) => self.on_link(Via::Link, e),
-            SwarmEvent::Behaviour(NodeBehaviourEvent::Forward(e)) => self.on_link(Via::Forward, e),
-            SwarmEvent::Behaviour(NodeBehaviourEvent::Teller(e)) => self.on_teller(e),
             SwarmEvent::Behaviour(NodeBehaviourEvent::Mdns(mdns::Event::Discovered(found))) => {
                 for (peer, addr) in found {
                     if self.network.by_peer(&peer).is_some() {
@@ -387,132 +403,143 @@ impl EventLoop {
             _ => {}
         }
     }
+}
 
-    fn on_link(&mut self, via: Via, event: request_response::Event<LinkRequest, LinkResponse>) {
-        use request_response::{Event, Message};
-        match event {
-            Event::Message {
-                peer,
-                message:
-                    Message::Request {
-                        request, channel, ..
-                    },
-                ..
-            } => {
-                let refusal = if self.network.by_peer(&peer).is_none() {
-                    Some(EnvelopeRefusal::PeerNotListed)
-                } else if self.fault(&peer) == LinkFault::Blocked {
-                    Some(EnvelopeRefusal::LinkBlocked)
-                } else if Via::of(&request) != via {
-                    Some(EnvelopeRefusal::Malformed)
-                } else {
-                    None
-                };
-                if let Some(r) = refusal {
-                    tracing::warn!(%peer, refusal = %r, "link request refused");
-                    let _ = self
-                        .link_behaviour(via)
-                        .send_response(channel, LinkResponse::Refused(r));
-                    return;
-                }
-                let queue = match via {
-                    Via::Link => &self.twopc,
-                    Via::Forward => &self.requests,
-                };
-                let inbound = Inbound::Link {
-                    peer,
-                    request,
-                    channel,
-                    via,
-                };
-                if let Err(full) = queue.try_send(inbound) {
-                    tracing::warn!(%peer, ?via, "inbound queue full: answered overloaded");
-                    if let Inbound::Link { channel, .. } = full.into_inner() {
-                        let refused = LinkResponse::Refused(EnvelopeRefusal::Overloaded);
-                        let _ = self.link_behaviour(via).send_response(channel, refused);
-                    }
-                }
-            }
-            Event::Message {
-                message:
-                    Message::Response {
-                        request_id,
-                        response,
-                    },
-                ..
-            } => {
-                if let Some(reply) = self.pending.remove(&(via, request_id)) {
-                    let _ = reply.send(Ok(response));
-                }
-            }
-            Event::OutboundFailure {
-                peer,
-                request_id,
-                error,
-                ..
-            } => {
-                tracing::debug!(%peer, %error, "link request failed");
-                if let Some(reply) = self.pending.remove(&(via, request_id)) {
-                    let e = if super::may_have_arrived(&error) {
-                        LinkError::NoAnswer(error.to_string())
-                    } else {
-                        LinkError::NotSent(error.to_string())
-                    };
-                    let _ = reply.send(Err(e));
-                }
-            }
-            Event::InboundFailure { peer, error, .. } => {
-                tracing::warn!(%peer, %error, "inbound link request refused");
-            }
-            Event::ResponseSent { .. } => {}
+/// Open inbound streams per peer, for one protocol.
+#[derive(Clone, Default)]
+struct OpenStreams(Arc<Mutex<HashMap<PeerId, usize>>>);
+
+impl OpenStreams {
+    /// Counts one more stream from `peer`, or `false` at the limit.
+    fn take(&self, peer: PeerId) -> bool {
+        let mut open = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let n = open.entry(peer).or_default();
+        if *n >= super::STREAMS_PER_PEER_MAX {
+            return false;
         }
+        *n += 1;
+        true
     }
 
-    fn on_teller(&mut self, event: request_response::Event<TellerRequest, TellerResponse>) {
-        use request_response::{Event, Message};
-        match event {
-            Event::Message {
-                peer,
-                message:
-                    Message::Request {
-                        request, channel, ..
-                    },
-                ..
-            } => {
-                let inbound = Inbound::Teller {
-                    peer,
-                    request,
-                    channel,
-                };
-                if let Err(full) = self.requests.try_send(inbound) {
-                    tracing::warn!(%peer, "inbound queue full: teller answered overloaded");
-                    if let Inbound::Teller { channel, .. } = full.into_inner() {
-                        let busy = TellerResponse::Unavailable(Unavailable::Overloaded);
-                        respond(
-                            &mut self.swarm.behaviour_mut().teller,
-                            channel,
-                            busy,
-                            "teller",
-                        );
-                    }
-                }
+    fn give_back(&self, peer: PeerId) {
+        let mut open = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(n) = open.get_mut(&peer) {
+            *n -= 1;
+            if *n == 0 {
+                open.remove(&peer);
             }
-            Event::InboundFailure { peer, error, .. } => {
-                tracing::warn!(%peer, %error, "inbound teller request refused");
-            }
-            _ => {}
         }
     }
 }
 
-/// Answers an inbound request of either protocol; a requester that went away is normal.
-fn respond<C: request_response::Codec + Clone + Send + 'static>(
-    behaviour: &mut request_response::Behaviour<C>,
-    channel: ResponseChannel<C::Response>,
-    response: C::Response,
-    protocol: &str,
-) {
-    if behaviour.send_response(channel, response).is_err() {
-        tracing::debug!(protocol, "response dropped: the requester went away");
+/// Serves every stream `incoming` gives with `serve`, at most
+/// [`super::STREAMS_PER_PEER_MAX`] at once per peer (more are closed at once).
+async fn accept<F, Fut>(mut incoming: libp2p_stream::IncomingStreams, serve: F)
+where
+    F: Fn(PeerId, Stream) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let open = OpenStreams::default();
+    while let Some((peer, stream)) = incoming.next().await {
+        if !open.take(peer) {
+            tracing::warn!(%peer, "stream refused: too many open from this peer");
+            continue;
+        }
+        let served = serve(peer, stream);
+        let open = open.clone();
+        tokio::spawn(async move {
+            served.await;
+            open.give_back(peer);
+        });
+    }
+}
+
+fn idle() -> Duration {
+    Duration::from_millis(super::IDLE_CONNECTION_TIMEOUT_MS)
+}
+
+/// Serves one teller stream: each request goes on the requests queue, or is answered
+/// "overloaded" (or "stopping") at once.
+async fn serve_teller(peer: PeerId, stream: Stream, requests: mpsc::Sender<Inbound>) {
+    pipe::serve(
+        stream,
+        super::TELLER_IN_FLIGHT_MAX,
+        idle(),
+        |body, reply| {
+            let Ok(request) = wire::decode::<TellerRequest>(&body) else {
+                tracing::warn!(%peer, "teller stream closed: a request does not decode");
+                return false;
+            };
+            let inbound = Inbound::Teller {
+                peer,
+                request,
+                reply,
+            };
+            if let Err(e) = requests.try_send(inbound) {
+                let busy = match e {
+                    mpsc::error::TrySendError::Full(_) => Unavailable::Overloaded,
+                    mpsc::error::TrySendError::Closed(_) => Unavailable::Stopping,
+                };
+                tracing::warn!(%peer, ?busy, "teller request not queued");
+                if let Inbound::Teller { reply, .. } = e.into_inner() {
+                    reply.answer(&TellerResponse::Unavailable(busy));
+                }
+            }
+            true
+        },
+    )
+    .await;
+}
+
+/// What serving a branch-to-branch stream needs.
+#[derive(Clone)]
+struct LinkSide {
+    via: Via,
+    queue: mpsc::Sender<Inbound>,
+    network: Arc<NetworkFile>,
+    faults: Faults,
+}
+
+impl LinkSide {
+    /// Why a request from `peer` is refused before the node sees it, if it is.
+    fn refusal(&self, peer: &PeerId, request: &LinkRequest) -> Option<EnvelopeRefusal> {
+        if self.network.by_peer(peer).is_none() {
+            Some(EnvelopeRefusal::PeerNotListed)
+        } else if fault_of(&self.faults, peer) == LinkFault::Blocked {
+            Some(EnvelopeRefusal::LinkBlocked)
+        } else if Via::of(request) != self.via {
+            Some(EnvelopeRefusal::Malformed)
+        } else {
+            None
+        }
+    }
+
+    /// Serves one stream of the link or forward protocol.
+    async fn serve(self, peer: PeerId, stream: Stream) {
+        let via = self.via;
+        pipe::serve(stream, via.in_flight_max(), idle(), |body, reply| {
+            let Ok(request) = wire::decode::<LinkRequest>(&body) else {
+                tracing::warn!(%peer, ?via, "link stream closed: a request does not decode");
+                return false;
+            };
+            if let Some(r) = self.refusal(&peer, &request) {
+                tracing::warn!(%peer, refusal = %r, "link request refused");
+                reply.answer(&LinkResponse::Refused(r));
+                return true;
+            }
+            let inbound = Inbound::Link {
+                peer,
+                request,
+                reply,
+            };
+            if let Err(full) = self.queue.try_send(inbound) {
+                tracing::warn!(%peer, ?via, "inbound queue full: answered overloaded");
+                if let Inbound::Link { reply, .. } = full.into_inner() {
+                    reply.answer(&LinkResponse::Refused(EnvelopeRefusal::Overloaded));
+                }
+            }
+            true
+        })
+        .await;
     }
 }

@@ -1,0 +1,362 @@
+//! Tagged, pipelined frames over one long-lived libp2p stream: many requests in flight
+//! on one stream, answered in any order, instead of a new stream (Yamux open,
+//! multistream-select, a timer) per request.
+//!
+//! A frame is a 4-byte big-endian length `n`, then `n` bytes: an 8-byte big-endian tag
+//! chosen by the requester and a `wire`-encoded body of at most `MESSAGE_BYTES_MAX`
+//! bytes. An answer carries its request's tag. [`Pipe`] is the requesting end (used by
+//! `teller-cli`, by a branch for its links, by the scenarios); [`serve`] is the
+//! answering end. A frame too long, or one the answering side cannot decode, ends the
+//! stream: a peer that breaks the framing is not worth guessing about.
+
+use std::collections::HashMap;
+use std::io;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use futures::io::{ReadHalf, WriteHalf};
+use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use libp2p::Stream;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
+use wire::limits::MESSAGE_BYTES_MAX;
+
+/// Bytes of a frame before its body: the length and the tag.
+const TAG_BYTES: usize = 8;
+
+/// Most frames written in one flush.
+const FRAMES_PER_FLUSH_MAX: usize = 256;
+
+/// Why a request got no answer: the reason, and whether it may have arrived.
+pub type Failure = (String, bool);
+
+/// Reads one frame; `None` at a clean end of the stream (between frames).
+pub async fn read_frame<R: AsyncRead + Unpin>(io: &mut R) -> io::Result<Option<(u64, Vec<u8>)>> {
+    let mut len = [0u8; 4];
+    match io.read_exact(&mut len).await {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(e) => return Err(e),
+    }
+    let len = usize::try_from(u32::from_be_bytes(len)).unwrap_or(usize::MAX);
+    if !(TAG_BYTES..=TAG_BYTES + MESSAGE_BYTES_MAX).contains(&len) {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("frame of {len} bytes: a frame holds a tag and at most {MESSAGE_BYTES_MAX}"),
+        ));
+    }
+    let mut frame = vec![0u8; len];
+    io.read_exact(&mut frame).await?;
+    let body = frame.split_off(TAG_BYTES);
+    let tag = u64::from_be_bytes(frame.try_into().unwrap_or([0; TAG_BYTES]));
+    Ok(Some((tag, body)))
+}
+
+/// Appends one frame to `buf`. The length is not checked here: the reader checks it.
+pub fn put_frame(buf: &mut Vec<u8>, tag: u64, body: &[u8]) {
+    let len = u32::try_from(TAG_BYTES + body.len()).unwrap_or(u32::MAX);
+    buf.extend_from_slice(&len.to_be_bytes());
+    buf.extend_from_slice(&tag.to_be_bytes());
+    buf.extend_from_slice(body);
+}
+
+/// Writes every frame queued on `rx` (several per flush when they wait together) until
+/// `rx` ends or a write fails.
+async fn write_frames<W: AsyncWrite + Unpin>(
+    io: &mut W,
+    rx: &mut mpsc::UnboundedReceiver<(u64, Vec<u8>)>,
+    first: (u64, Vec<u8>),
+) -> io::Result<()> {
+    let mut buf = Vec::new();
+    put_frame(&mut buf, first.0, &first.1);
+    for _ in 1..FRAMES_PER_FLUSH_MAX {
+        match rx.try_recv() {
+            Ok((tag, body)) => put_frame(&mut buf, tag, &body),
+            Err(_) => break,
+        }
+    }
+    io.write_all(&buf).await?;
+    io.flush().await
+}
+
+type Waiting = HashMap<u64, oneshot::Sender<Result<Vec<u8>, Failure>>>;
+
+/// What the requesting end's tasks share: the requests waiting for answers, `None`
+/// once the stream has ended (nothing more can be sent on it).
+#[derive(Default)]
+struct Calls {
+    waiting: Mutex<Option<Waiting>>,
+    next_tag: AtomicU64,
+}
+
+impl Calls {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<Waiting>> {
+        self.waiting.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Ends the pipe: every request still waiting is told it may have arrived.
+    fn end(&self, reason: &str) {
+        let Some(waiting) = self.lock().take() else {
+            return;
+        };
+        for (_, reply) in waiting {
+            let _ = reply.send(Err((reason.to_string(), true)));
+        }
+    }
+
+    fn is_idle(&self) -> bool {
+        self.lock().as_ref().is_none_or(HashMap::is_empty)
+    }
+}
+
+/// The requesting end of one stream. Cheap to clone; the stream closes when it has been
+/// idle for the `idle` given to [`Pipe::start`], or fails.
+#[derive(Clone)]
+pub struct Pipe {
+    tx: mpsc::UnboundedSender<(u64, Vec<u8>)>,
+    calls: Arc<Calls>,
+}
+
+impl std::fmt::Debug for Pipe {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pipe")
+            .field("open", &self.is_open())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Pipe {
+    /// Starts the tasks that write requests to `stream` and read answers from it.
+    pub fn start(stream: Stream, idle: Duration) -> Pipe {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let calls = Arc::new(Calls {
+            waiting: Mutex::new(Some(HashMap::new())),
+            next_tag: AtomicU64::new(0),
+        });
+        let (read, write) = stream.split();
+        let reader = tokio::spawn(read_answers(read, Arc::clone(&calls)));
+        tokio::spawn(write_requests(write, rx, Arc::clone(&calls), reader, idle));
+        Pipe { tx, calls }
+    }
+
+    /// Whether requests can still be sent on this stream.
+    pub fn is_open(&self) -> bool {
+        !self.tx.is_closed() && self.calls.lock().is_some()
+    }
+
+    /// Sends `body` and waits at most `timeout` for its answer. An error says whether the
+    /// request may have arrived.
+    pub async fn call(&self, body: Vec<u8>, timeout: Duration) -> Result<Vec<u8>, Failure> {
+        let tag = self.calls.next_tag.fetch_add(1, Ordering::Relaxed);
+        let (reply, rx) = oneshot::channel();
+        match self.calls.lock().as_mut() {
+            Some(waiting) => waiting.insert(tag, reply),
+            None => return Err(("the stream has closed".into(), false)),
+        };
+        if self.tx.send((tag, body)).is_err() {
+            self.forget(tag);
+            return Err(("the stream has closed".into(), false));
+        }
+        match tokio::time::timeout(timeout, rx).await {
+            Ok(Ok(answer)) => answer,
+            Ok(Err(_)) => Err(("the stream ended".into(), true)),
+            Err(_) => {
+                self.forget(tag);
+                Err((format!("no answer within {timeout:?}"), true))
+            }
+        }
+    }
+
+    fn forget(&self, tag: u64) {
+        if let Some(waiting) = self.calls.lock().as_mut() {
+            waiting.remove(&tag);
+        }
+    }
+}
+
+async fn read_answers(mut io: ReadHalf<Stream>, calls: Arc<Calls>) {
+    let reason = loop {
+        match read_frame(&mut io).await {
+            Ok(Some((tag, body))) => {
+                let reply = calls.lock().as_mut().and_then(|w| w.remove(&tag));
+                if let Some(reply) = reply {
+                    let _ = reply.send(Ok(body));
+                }
+            }
+            Ok(None) => break "the stream ended".to_string(),
+            Err(e) => break format!("the stream failed: {e}"),
+        }
+    };
+    calls.end(&reason);
+}
+
+async fn write_requests(
+    mut io: WriteHalf<Stream>,
+    mut rx: mpsc::UnboundedReceiver<(u64, Vec<u8>)>,
+    calls: Arc<Calls>,
+    mut reader: tokio::task::JoinHandle<()>,
+    idle: Duration,
+) {
+    loop {
+        let next = tokio::select! {
+            next = rx.recv() => next,
+            _ = &mut reader => break,
+            () = tokio::time::sleep(idle) => if calls.is_idle() { break } else { continue },
+        };
+        let Some(first) = next else { break };
+        if let Err(e) = write_frames(&mut io, &mut rx, first).await {
+            tracing::debug!(%e, "pipe write failed");
+            break;
+        }
+    }
+    rx.close();
+    calls.end("the stream closed");
+    reader.abort();
+    let _ = io.close().await;
+}
+
+/// One peer's pipe on one protocol: opened on first use, and again on the next use
+/// after it has closed (idle, or the connection went).
+#[derive(Debug, Default)]
+pub struct Slot(tokio::sync::Mutex<Option<Pipe>>);
+
+impl Slot {
+    /// The open pipe, or a new one on the stream `open` gives (its error: nothing sent).
+    pub async fn pipe<F, Fut>(&self, idle: Duration, open: F) -> Result<Pipe, String>
+    where
+        F: FnOnce() -> Fut,
+        Fut: std::future::Future<Output = Result<Stream, String>>,
+    {
+        let mut slot = self.0.lock().await;
+        if let Some(pipe) = slot.as_ref().filter(|p| p.is_open()) {
+            return Ok(pipe.clone());
+        }
+        let pipe = Pipe::start(open().await?, idle);
+        *slot = Some(pipe.clone());
+        Ok(pipe)
+    }
+}
+
+/// Opens a stream to `peer` on `protocol`, over the connection there is (the caller
+/// dials first), within `timeout`.
+pub async fn open_stream(
+    mut control: libp2p_stream::Control,
+    peer: libp2p::PeerId,
+    protocol: libp2p::StreamProtocol,
+    timeout: Duration,
+) -> Result<Stream, String> {
+    match tokio::time::timeout(timeout, control.open_stream(peer, protocol)).await {
+        Ok(Ok(stream)) => Ok(stream),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err(format!("no stream within {timeout:?}")),
+    }
+}
+
+/// The answering end's handle for one request: answer it with [`Responder::answer`].
+/// While it lives it holds one of its stream's in-flight places.
+#[derive(Debug)]
+pub struct Responder {
+    tag: u64,
+    tx: mpsc::UnboundedSender<(u64, Vec<u8>)>,
+    _place: OwnedSemaphorePermit,
+}
+
+impl Responder {
+    /// Sends `answer` back on the stream the request came by; a requester that went away
+    /// is normal.
+    pub fn answer<T: serde::Serialize>(self, answer: &T) {
+        match wire::encode(answer) {
+            Ok(bytes) => {
+                if self.tx.send((self.tag, bytes)).is_err() {
+                    tracing::debug!("answer dropped: the stream has ended");
+                }
+            }
+            Err(e) => tracing::warn!(%e, "answer not sent: it does not encode"),
+        }
+    }
+}
+
+/// Serves one stream: reads requests (at most `in_flight` unanswered at once; past that
+/// it stops reading, which holds the requester back), hands each to `on_request` with
+/// its [`Responder`], and writes the answers as they come. Ends when the requester
+/// closes the stream, breaks the framing, sends nothing for `idle`, or `on_request`
+/// returns `false` (it could not decode the body).
+pub async fn serve(
+    stream: Stream,
+    in_flight: usize,
+    idle: Duration,
+    mut on_request: impl FnMut(Vec<u8>, Responder) -> bool,
+) {
+    let (mut read, mut write) = stream.split();
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let writer = tokio::spawn(async move {
+        while let Some(first) = rx.recv().await {
+            if write_frames(&mut write, &mut rx, first).await.is_err() {
+                return;
+            }
+        }
+        let _ = write.close().await;
+    });
+    let places = Arc::new(Semaphore::new(in_flight));
+    loop {
+        let Ok(place) = Arc::clone(&places).acquire_owned().await else {
+            break;
+        };
+        let (tag, body) = match tokio::time::timeout(idle, read_frame(&mut read)).await {
+            Ok(Ok(Some(frame))) => frame,
+            Ok(Ok(None)) | Err(_) => break,
+            Ok(Err(e)) => {
+                tracing::warn!(%e, "stream closed: broken framing");
+                break;
+            }
+        };
+        let responder = Responder {
+            tag,
+            tx: tx.clone(),
+            _place: place,
+        };
+        if !on_request(body, responder) {
+            writer.abort();
+            return;
+        }
+    }
+    drop(tx);
+    let _ = writer.await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn frames_round_trip_and_bad_lengths_are_refused() {
+        let mut buf = Vec::new();
+        put_frame(&mut buf, 7, b"hello");
+        put_frame(&mut buf, u64::MAX, b"");
+        let mut io = futures::io::Cursor::new(buf);
+        assert_eq!(
+            read_frame(&mut io).await.expect("frame"),
+            Some((7, b"hello".to_vec()))
+        );
+        assert_eq!(
+            read_frame(&mut io).await.expect("frame"),
+            Some((u64::MAX, Vec::new()))
+        );
+        assert_eq!(read_frame(&mut io).await.expect("frame"), None);
+        for len in [
+            0u32,
+            7,
+            u32::try_from(TAG_BYTES + MESSAGE_BYTES_MAX + 1).expect("fits"),
+        ] {
+            let mut io = futures::io::Cursor::new(len.to_be_bytes().to_vec());
+            let e = read_frame(&mut io).await.expect_err("refused");
+            assert_eq!(e.kind(), io::ErrorKind::InvalidData, "length {len}");
+        }
+        // Cut short inside a frame: an error, not a clean end.
+        let mut short = Vec::new();
+        put_frame(&mut short, 1, b"abc");
+        short.pop();
+        let mut io = futures::io::Cursor::new(short);
+        assert!(read_frame(&mut io).await.is_err());
+    }
+}
