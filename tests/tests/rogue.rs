@@ -15,7 +15,7 @@ use scenarios::check;
 use scenarios::cluster::Cluster;
 use scenarios::rogue::{envelope, prepare};
 use wire::link::{EnvelopeRefusal, LinkRequest, LinkResponse};
-use wire::teller::{TellerOp, TellerResponse};
+use wire::teller::{TellerOp, TellerRequest, TellerResponse, Unavailable};
 use wire::twopc::{BranchMessage, TransferSpec};
 use wire::{AccountNumber, Amount, BranchId, BranchKey, TransferId};
 
@@ -369,4 +369,83 @@ async fn a_forward_that_arrives_after_its_expiry_is_not_acted_on() {
             state: TransferState::Committed
         })
     );
+}
+
+/// A teller-protocol client with a fresh key on `c`'s first branch.
+async fn teller_stream(c: &Cluster) -> PeerClient<TellerRequest, TellerResponse> {
+    let t = c.target(0).expect("target");
+    let key = BranchKey::from_secret(rand::random());
+    PeerClient::connect(
+        key.libp2p_keypair(),
+        branch_node::p2p::TELLER_PROTOCOL,
+        t.addr,
+        t.peer,
+        Duration::from_secs(5),
+    )
+    .await
+    .expect("connect")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_stream_answers_out_of_order_and_a_peer_gets_a_bounded_number_of_streams() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let c = Cluster::start(dir.path(), 1, &[]).expect("cluster");
+    let teller = teller_stream(&c).await;
+    let no_session = |op| TellerRequest { session: None, op };
+    let account = AccountNumber::new(BranchId(1), 1).expect("account");
+    let quick = no_session(TellerOp::Balance { account });
+    let expired = TellerResponse::Unavailable(Unavailable::SessionExpired);
+
+    // Pipelined: a password check (argon2, tens of ms) sent first does not hold up a
+    // quick answer sent after it on the same stream.
+    let started = std::time::Instant::now();
+    let slow = async {
+        let login = TellerOp::Login {
+            user: "admin".into(),
+            password: "not-the-password".into(),
+            otp: None,
+        };
+        let r = teller.request(no_session(login)).await.expect("answer");
+        (r, started.elapsed())
+    };
+    let fast = async {
+        tokio::time::sleep(Duration::from_millis(2)).await;
+        let r = teller.request(quick.clone()).await.expect("answer");
+        (r, started.elapsed())
+    };
+    let ((login, slow_at), (balance, fast_at)) = tokio::join!(slow, fast);
+    assert!(matches!(login, TellerResponse::Refused(_)), "{login:?}");
+    assert_eq!(balance, expired);
+    assert!(
+        fast_at < slow_at,
+        "answered in order: {fast_at:?} vs {slow_at:?}"
+    );
+
+    // Eight streams of one protocol per peer; a ninth is closed at once, unanswered.
+    let mut streams = vec![teller.clone()];
+    for _ in 1..branch_node::p2p::STREAMS_PER_PEER_MAX {
+        streams.push(teller.another_stream());
+    }
+    for s in &streams {
+        assert_eq!(s.request(quick.clone()).await.expect("answer"), expired);
+    }
+    let ninth = teller.another_stream();
+    let refused = ninth
+        .request(quick.clone())
+        .await
+        .expect_err("over the limit");
+    assert!(refused.may_have_arrived(), "{refused}");
+    // One closed (all its clients gone) makes room for another.
+    streams.truncate(streams.len() - 1);
+    let tenth = teller.another_stream();
+    let mut answered = false;
+    for _ in 0..100 {
+        if tenth.request(quick.clone()).await.ok() == Some(expired.clone()) {
+            answered = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(answered, "a stream slot freed when a stream closed");
+    assert_eq!(streams[0].request(quick).await.expect("answer"), expired);
 }

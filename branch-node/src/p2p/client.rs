@@ -213,6 +213,25 @@ impl<Req: Serialize, Resp: Serialize + DeserializeOwned> PeerClient<Req, Resp> {
         pipe.call(body, timeout).await.map_err(|f| self.failed(f))
     }
 
+    /// A client over the same connection with a stream of its own (opened at its first
+    /// request): for callers that want their requests apart from this one's, and for
+    /// tests of the per-peer stream limit.
+    pub fn another_stream(&self) -> Self {
+        let inner = &self.inner;
+        PeerClient {
+            inner: Arc::new(Inner {
+                control: inner.control.clone(),
+                dial: inner.dial.clone(),
+                slot: Slot::default(),
+                protocol: inner.protocol.clone(),
+                addr: inner.addr.clone(),
+                peer: inner.peer,
+                connect_timeout: inner.connect_timeout,
+            }),
+            _types: PhantomData,
+        }
+    }
+
     /// The branch this client talks to.
     pub fn peer(&self) -> PeerId {
         self.inner.peer
