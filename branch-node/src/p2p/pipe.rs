@@ -45,8 +45,14 @@ pub async fn read_frame<R: AsyncRead + Unpin>(io: &mut R) -> io::Result<Option<(
             format!("frame of {len} bytes: a frame holds a tag and at most {MESSAGE_BYTES_MAX}"),
         ));
     }
-    let mut frame = vec![0u8; len];
-    io.read_exact(&mut frame).await?;
+    // Grown as the bytes arrive, not allocated from the length: a peer that sends only
+    // lengths must not make the node hold a megabyte per stream.
+    let mut frame = Vec::new();
+    let want = u64::try_from(len).unwrap_or(u64::MAX);
+    (&mut *io).take(want).read_to_end(&mut frame).await?;
+    if frame.len() != len {
+        return Err(io::ErrorKind::UnexpectedEof.into());
+    }
     let body = frame.split_off(TAG_BYTES);
     let tag = u64::from_be_bytes(frame.try_into().unwrap_or([0; TAG_BYTES]));
     Ok(Some((tag, body)))
