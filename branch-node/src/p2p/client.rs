@@ -180,7 +180,11 @@ impl<Req: Serialize, Resp: Serialize + DeserializeOwned> PeerClient<Req, Resp> {
         };
         inner
             .slot
-            .pipe(Duration::from_millis(PIPE_IDLE_MS), open)
+            .pipe(
+                Duration::from_millis(PIPE_IDLE_MS),
+                inner.connect_timeout,
+                open,
+            )
             .await
             .map_err(|reason| ClientError::Unreachable {
                 addr: inner.addr.clone(),

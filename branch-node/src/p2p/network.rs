@@ -195,7 +195,8 @@ impl Client {
             let timeout = Duration::from_millis(super::OPEN_TIMEOUT_MS);
             pipe::open_stream(self.control.clone(), peer, via.protocol(), timeout).await
         };
-        slot.pipe(Duration::from_millis(super::PIPE_IDLE_MS), open)
+        let timeout = Duration::from_millis(super::OPEN_TIMEOUT_MS);
+        slot.pipe(Duration::from_millis(super::PIPE_IDLE_MS), timeout, open)
             .await
     }
 
@@ -346,15 +347,10 @@ impl EventLoop {
                 if !self.swarm.is_connected(&peer) {
                     // Addresses go with every dial: libp2p drops a cached address after
                     // one failed dial, which would cut a restarted branch off for good.
-                    // A new local port: dialling from the listening port (libp2p's
-                    // default) makes two branches that dial each other at once open
-                    // the same TCP 4-tuple from both ends, and a stream written on
-                    // that connection could fail.
                     let addrs = self.addresses.get(&peer).cloned().unwrap_or_default();
                     let opts = DialOpts::peer_id(peer)
                         .addresses(addrs)
                         .condition(PeerCondition::DisconnectedAndNotDialing)
-                        .allocate_new_port()
                         .build();
                     if let Err(e) = self.swarm.dial(opts) {
                         tracing::debug!(%peer, %e, "dial not started");

@@ -4,7 +4,8 @@
 //!
 //! A frame is a 4-byte big-endian length `n`, then `n` bytes: an 8-byte big-endian tag
 //! chosen by the requester and a `wire`-encoded body of at most `MESSAGE_BYTES_MAX`
-//! bytes. An answer carries its request's tag. [`Pipe`] is the requesting end (used by
+//! bytes. An answer carries its request's tag; the answering side's first frame is a
+//! hello (`HELLO_TAG`, empty) and nothing is sent before it. [`Pipe`] is the requesting end (used by
 //! `teller-cli`, by a branch for its links, by the scenarios); [`serve`] is the
 //! answering end. A frame too long, or one the answering side cannot decode, ends the
 //! stream: a peer that breaks the framing is not worth guessing about.
@@ -23,6 +24,16 @@ use wire::limits::MESSAGE_BYTES_MAX;
 
 /// Bytes of a frame before its body: the length and the tag.
 const TAG_BYTES: usize = 8;
+
+/// The tag of the frame the answering side sends first, with an empty body, once it is
+/// serving the stream. A requester sends nothing before it: libp2p-stream drops an
+/// inbound stream when its accept queue is full (two arriving at once), and a request
+/// written on such a stream would be lost with no way to tell that it never arrived.
+/// Requesters number their own tags from 0, so they never reach this one.
+const HELLO_TAG: u64 = u64::MAX;
+
+/// Most times a requester opens a stream again when it ended before its hello.
+const OPEN_ATTEMPTS_MAX: usize = 3;
 
 /// Most frames written in one flush.
 const FRAMES_PER_FLUSH_MAX: usize = 256;
@@ -116,7 +127,7 @@ impl Calls {
 }
 
 /// The requesting end of one stream. Cheap to clone; the stream closes when it has been
-/// idle for the `idle` given to [`Pipe::start`], or fails.
+/// idle for the `idle` given to [`Pipe::open`], or fails.
 #[derive(Clone)]
 pub struct Pipe {
     tx: mpsc::UnboundedSender<(u64, Vec<u8>)>,
@@ -132,17 +143,26 @@ impl std::fmt::Debug for Pipe {
 }
 
 impl Pipe {
-    /// Starts the tasks that write requests to `stream` and read answers from it.
-    pub fn start(stream: Stream, idle: Duration) -> Pipe {
+    /// Waits (at most `timeout`) for the answering side's hello on `stream`, then starts
+    /// the tasks that write requests to it and read answers from it. An error means
+    /// nothing was sent.
+    pub async fn open(stream: Stream, idle: Duration, timeout: Duration) -> Result<Pipe, String> {
+        let (mut read, write) = stream.split();
+        match tokio::time::timeout(timeout, read_frame(&mut read)).await {
+            Ok(Ok(Some((HELLO_TAG, body)))) if body.is_empty() => {}
+            Ok(Ok(Some(_))) => return Err("the stream did not open with a hello".into()),
+            Ok(Ok(None)) => return Err("the stream was closed before its hello".into()),
+            Ok(Err(e)) => return Err(format!("the stream failed before its hello: {e}")),
+            Err(_) => return Err(format!("no hello within {timeout:?}")),
+        }
         let (tx, rx) = mpsc::unbounded_channel();
         let calls = Arc::new(Calls {
             waiting: Mutex::new(Some(HashMap::new())),
             next_tag: AtomicU64::new(0),
         });
-        let (read, write) = stream.split();
         let reader = tokio::spawn(read_answers(read, Arc::clone(&calls)));
         tokio::spawn(write_requests(write, rx, Arc::clone(&calls), reader, idle));
-        Pipe { tx, calls }
+        Ok(Pipe { tx, calls })
     }
 
     /// Whether requests can still be sent on this stream.
@@ -227,19 +247,36 @@ async fn write_requests(
 pub struct Slot(tokio::sync::Mutex<Option<Pipe>>);
 
 impl Slot {
-    /// The open pipe, or a new one on the stream `open` gives (its error: nothing sent).
-    pub async fn pipe<F, Fut>(&self, idle: Duration, open: F) -> Result<Pipe, String>
+    /// The open pipe, or a new one on a stream `open` gives (opened again, up to
+    /// `OPEN_ATTEMPTS_MAX` times, if one ends before its hello). An error: nothing sent.
+    pub async fn pipe<F, Fut>(
+        &self,
+        idle: Duration,
+        timeout: Duration,
+        open: F,
+    ) -> Result<Pipe, String>
     where
-        F: FnOnce() -> Fut,
+        F: Fn() -> Fut,
         Fut: std::future::Future<Output = Result<Stream, String>>,
     {
         let mut slot = self.0.lock().await;
         if let Some(pipe) = slot.as_ref().filter(|p| p.is_open()) {
             return Ok(pipe.clone());
         }
-        let pipe = Pipe::start(open().await?, idle);
-        *slot = Some(pipe.clone());
-        Ok(pipe)
+        let mut last = String::new();
+        for _ in 0..OPEN_ATTEMPTS_MAX {
+            match Pipe::open(open().await?, idle, timeout).await {
+                Ok(pipe) => {
+                    *slot = Some(pipe.clone());
+                    return Ok(pipe);
+                }
+                Err(e) => {
+                    tracing::debug!(%e, "stream not opened; opening another");
+                    last = e;
+                }
+            }
+        }
+        Err(last)
     }
 }
 
@@ -295,6 +332,7 @@ pub async fn serve(
 ) {
     let (mut read, mut write) = stream.split();
     let (tx, mut rx) = mpsc::unbounded_channel();
+    let _ = tx.send((HELLO_TAG, Vec::new()));
     let writer = tokio::spawn(async move {
         while let Some(first) = rx.recv().await {
             if write_frames(&mut write, &mut rx, first).await.is_err() {
