@@ -629,9 +629,8 @@ impl Engine {
 /// Waits before each further attempt to deliver a 2PC envelope whose delivery failed on
 /// the way (a connection closed under it, the receiver's queue full), in milliseconds.
 /// Applying a message twice changes nothing, so sending it again is always safe; without
-/// it a prepare lost to a connection that closed (two branches dialling each other at
-/// once, say) cost its transfer a 5 s wait and an abort. Later losses are left to the
-/// protocol's timers.
+/// it a prepare lost on the way (a connection closed under it) cost its transfer a 5 s
+/// wait and an abort `no_vote`. Later losses are left to the protocol's timers.
 const DELIVERY_RETRY_WAITS_MS: [u64; 3] = [10, 50, 250];
 
 /// Sends one signed envelope to `peer`, again after a failure on the way.
