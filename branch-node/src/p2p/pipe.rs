@@ -121,6 +121,14 @@ impl Calls {
         }
     }
 
+    /// Tells the request `tag` it was not sent.
+    fn fail(&self, tag: u64, reason: &str) {
+        let reply = self.lock().as_mut().and_then(|w| w.remove(&tag));
+        if let Some(reply) = reply {
+            let _ = reply.send(Err((reason.to_string(), false)));
+        }
+    }
+
     fn is_idle(&self) -> bool {
         self.lock().as_ref().is_none_or(HashMap::is_empty)
     }
@@ -236,6 +244,10 @@ async fn write_requests(
         }
     }
     rx.close();
+    // Requests still queued were never written: nothing of them was sent.
+    while let Ok((tag, _)) = rx.try_recv() {
+        calls.fail(tag, "the stream closed before it was sent");
+    }
     calls.end("the stream closed");
     reader.abort();
     let _ = io.close().await;
