@@ -13,20 +13,10 @@ use wire::teller::{TellerOp, TellerResponse, TransferState};
 use wire::twopc::TransferSpec;
 use wire::{Amount, Refusal};
 
+mod common;
+use common::{fetch, sample};
+
 const PASSWORD: &str = "operate-customer-pw";
-
-async fn fetch(url: &str) -> (u16, String) {
-    let r = reqwest::get(url).await.expect("the endpoint answers");
-    let status = r.status().as_u16();
-    (status, r.text().await.expect("body"))
-}
-
-/// The value of the sample named `series` (name and labels exactly as exposed), or 0.
-fn sample(text: &str, series: &str) -> f64 {
-    text.lines()
-        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
-        .unwrap_or(0.0)
-}
 
 fn base(c: &Cluster, i: usize) -> String {
     let url = c.nodes[i].metrics_url.clone().expect("a metrics address");

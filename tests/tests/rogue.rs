@@ -19,6 +19,8 @@ use wire::teller::{TellerOp, TellerRequest, TellerResponse, Unavailable};
 use wire::twopc::{BranchMessage, TransferSpec};
 use wire::{AccountNumber, Amount, BranchId, BranchKey, TransferId};
 
+mod common;
+
 type Link = PeerClient<LinkRequest, LinkResponse>;
 
 fn now_ms() -> u64 {
@@ -389,7 +391,13 @@ async fn teller_stream(c: &Cluster) -> PeerClient<TellerRequest, TellerResponse>
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_stream_answers_out_of_order_and_a_peer_gets_a_bounded_number_of_streams() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let c = Cluster::start(dir.path(), 1, &[]).expect("cluster");
+    let c = Cluster::start(dir.path(), 1, &["--metrics-listen", "127.0.0.1:0"]).expect("cluster");
+    let metrics = c.nodes[0].metrics_url.clone().expect("a metrics address");
+    let refused_count = |why: &str| {
+        let metrics = metrics.clone();
+        let series = format!("bankmate_streams_refused_total{{kind=\"{why}\"}}");
+        async move { common::sample(&common::fetch(&metrics).await.1, &series) }
+    };
     let teller = teller_stream(&c).await;
     let no_session = |op| TellerRequest { session: None, op };
     let account = AccountNumber::new(BranchId(1), 1).expect("account");
@@ -436,6 +444,9 @@ async fn one_stream_answers_out_of_order_and_a_peer_gets_a_bounded_number_of_str
         .await
         .expect_err("over the limit");
     assert!(!refused.may_have_arrived(), "{refused}");
+    // The teller opened it again, as it does for a stream dropped on arrival.
+    let attempts = branch_node::p2p::pipe::OPEN_ATTEMPTS_MAX as f64;
+    assert_eq!(refused_count("peer_limit").await, attempts);
     // One closed (all its clients gone) makes room for another.
     streams.truncate(streams.len() - 1);
     let tenth = teller.another_stream();
@@ -450,6 +461,16 @@ async fn one_stream_answers_out_of_order_and_a_peer_gets_a_bounded_number_of_str
     assert!(answered, "a stream slot freed when a stream closed");
     assert_eq!(
         streams[0].request(quick.clone()).await.expect("answer"),
+        expired
+    );
+
+    // A body that does not decode ends its stream (and only it), counted.
+    let garbage = teller_stream(&c).await;
+    let broken = garbage.request_raw(vec![0xff; 16]).await;
+    assert!(broken.is_err(), "an undecodable request is not answered");
+    assert_eq!(refused_count("framing").await, 1.0);
+    assert_eq!(
+        teller.request(quick.clone()).await.expect("answer"),
         expired
     );
 

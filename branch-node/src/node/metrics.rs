@@ -67,6 +67,8 @@ pub struct Metrics {
     pub sms_failures: Counter,
     pub sms_capped: Counter,
     pub twopc_messages_sent: Counter,
+    pub streams_refused: Family<KindLabel, Counter>,
+    pub streams_reopened: Counter,
     pub money_lines_unlogged: Counter,
 }
 
@@ -90,6 +92,8 @@ impl Metrics {
             sms_capped: Counter::default(),
             money_lines_unlogged: Counter::default(),
             twopc_messages_sent: Counter::default(),
+            streams_refused: Family::default(),
+            streams_reopened: Counter::default(),
         };
         m.register();
         m
@@ -112,6 +116,16 @@ impl Metrics {
             "twopc_messages_sent",
             "Signed 2PC messages sent to other branches",
             self.twopc_messages_sent.clone(),
+        );
+        r.register(
+            "streams_refused",
+            "Inbound streams this node closed, by why (peer_limit: more than 8 of a protocol from one peer; framing: a frame too long or a body that does not decode)",
+            self.streams_refused.clone(),
+        );
+        r.register(
+            "streams_reopened",
+            "Streams to other branches that ended before the other side's hello (dropped on arrival) and were opened again; nothing had been sent on them",
+            self.streams_reopened.clone(),
         );
         r.register(
             "writer_batch_ops",

@@ -443,6 +443,7 @@ where
     let open = OpenStreams::default();
     while let Some((peer, stream)) = incoming.next().await {
         if !open.take(peer) {
+            pipe::refused("peer_limit");
             tracing::warn!(%peer, "stream refused: too many open from this peer");
             continue;
         }

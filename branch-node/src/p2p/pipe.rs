@@ -33,7 +33,7 @@ const TAG_BYTES: usize = 8;
 const HELLO_TAG: u64 = u64::MAX;
 
 /// Most times a requester opens a stream again when it ended before its hello.
-const OPEN_ATTEMPTS_MAX: usize = 3;
+pub const OPEN_ATTEMPTS_MAX: usize = 3;
 
 /// Most frames written in one flush.
 const FRAMES_PER_FLUSH_MAX: usize = 256;
@@ -283,6 +283,7 @@ impl Slot {
                     return Ok(pipe);
                 }
                 Err(e) => {
+                    crate::node::metrics::get().streams_reopened.inc();
                     tracing::debug!(%e, "stream not opened; opening another");
                     last = e;
                 }
@@ -363,6 +364,7 @@ pub async fn serve(
             Ok(Ok(None)) | Err(_) => break,
             Ok(Err(e)) => {
                 tracing::warn!(%e, "stream closed: broken framing");
+                refused("framing");
                 break;
             }
         };
@@ -372,12 +374,21 @@ pub async fn serve(
             _place: place,
         };
         if !on_request(body, responder) {
+            refused("framing");
             writer.abort();
             return;
         }
     }
     drop(tx);
     let _ = writer.await;
+}
+
+/// Counts an inbound stream this node closed, by why.
+pub fn refused(why: &str) {
+    let m = crate::node::metrics::get();
+    m.streams_refused
+        .get_or_create(&crate::node::metrics::label(why))
+        .inc();
 }
 
 #[cfg(test)]
