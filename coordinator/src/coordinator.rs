@@ -187,6 +187,10 @@ impl Coordinator {
         out: &mut Vec<Command>,
     ) {
         let mut ob = Outbox::default();
+        let (resend, timeout) = (
+            self.config.prepare_resend_ms,
+            self.config.prepare_timeout_ms,
+        );
         for (item, outcome) in items.into_iter().zip(outcomes) {
             let id = item.spec.id;
             let Some(tx) = self.txs.get_mut(&id) else {
@@ -205,8 +209,10 @@ impl Coordinator {
                     for &p in &tx.participants {
                         ob.prepare(p, prepare);
                     }
-                    let deadline = tx.deadline_ms;
-                    self.arm(id, deadline);
+                    // Armed from the request's time (the deadline less the timeout).
+                    let start = tx.deadline_ms.saturating_sub(timeout);
+                    let first_wake = tx.deadline_ms.min(start.saturating_add(resend));
+                    self.arm(id, first_wake);
                     continue;
                 }
                 BeginOutcome::Existing(state) => state,
@@ -409,7 +415,8 @@ impl Coordinator {
         }
     }
 
-    /// Timers: abort what missed its deadline, re-send unacknowledged decisions.
+    /// Timers: send prepares again to participants that have not voted, abort what
+    /// missed its deadline, re-send unacknowledged decisions.
     pub(crate) fn tick(&mut self, now: u64, out: &mut Vec<Command>) {
         let mut ob = Outbox::default();
         let mut records = Vec::new();
@@ -426,6 +433,21 @@ impl Coordinator {
             }
             tx.due_ms = None;
             match (tx.phase, tx.decision) {
+                (Phase::Preparing, _) if now < tx.deadline_ms => {
+                    let prepare = PrepareItem {
+                        transfer: tx.spec,
+                        deadline_ms: tx.deadline_ms,
+                    };
+                    for &p in &tx.participants {
+                        if !tx.yes.contains_key(&p) {
+                            ob.prepare(p, prepare);
+                        }
+                    }
+                    let wake = tx
+                        .deadline_ms
+                        .min(now.saturating_add(self.config.prepare_resend_ms));
+                    self.arm(id, wake);
+                }
                 (Phase::Preparing, _) => {
                     self.decide(id, Decision::Abort, Some(Refusal::NoVote), &mut records);
                 }

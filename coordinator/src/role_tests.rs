@@ -20,6 +20,9 @@ const B2: BranchId = BranchId(2);
 const B3: BranchId = BranchId(3);
 const CONFIG: Config = Config {
     prepare_timeout_ms: 1_000,
+    // Past the deadline: the exact-command tests below see no resent prepares; one
+    // test of its own sets a shorter one.
+    prepare_resend_ms: 2_000,
     decision_resend_ms: 100,
     status_query_delay_ms: 50,
     retry_backoff_max_ms: 400,
@@ -239,6 +242,47 @@ fn coordinator_aborts_on_a_no_vote_or_the_deadline() {
             (T - 1, Input::Tick, vec![]),
             (T, Input::Tick, vec![abort_record(Refusal::NoVote)]),
             (T + 1, msg(B3, votes(Vote::Yes)), vec![]), // too late
+        ],
+    );
+}
+
+#[test]
+fn coordinator_sends_prepares_again_to_the_silent_until_the_deadline() {
+    let config = Config {
+        prepare_resend_ms: 300,
+        ..CONFIG
+    };
+    let mut b = Branch::new(B1, BTreeSet::from([B1, B2, B3]), config);
+    started(&mut b);
+    let again = || send(B3, BranchBody::Prepare(vec![prepare_item(cross(), 0)]));
+    check(
+        &mut b,
+        vec![
+            (2, msg(B2, votes(Vote::Yes)), vec![]),
+            (299, Input::Tick, vec![]),
+            // Only B3 has not voted: only B3 is asked again.
+            (300, Input::Tick, vec![again()]),
+            (599, Input::Tick, vec![]),
+            (600, Input::Tick, vec![again()]),
+            (900, Input::Tick, vec![again()]),
+            // The deadline still holds.
+            (T, Input::Tick, vec![abort_record(Refusal::NoVote)]),
+        ],
+    );
+    // A vote that comes after a resend decides as any vote does.
+    let mut b = Branch::new(B1, BTreeSet::from([B1, B2, B3]), config);
+    started(&mut b);
+    check(
+        &mut b,
+        vec![
+            (2, msg(B2, votes(Vote::Yes)), vec![]),
+            (300, Input::Tick, vec![again()]),
+            (
+                301,
+                msg(B3, votes(Vote::Yes)),
+                vec![commit_record(vec![ev(2), ev(3)])],
+            ),
+            (T, Input::Tick, vec![]),
         ],
     );
 }

@@ -46,6 +46,7 @@ impl Rng {
 pub(crate) fn sim_config() -> Config {
     Config {
         prepare_timeout_ms: 200,
+        prepare_resend_ms: 60,
         decision_resend_ms: 40,
         status_query_delay_ms: 40,
         retry_backoff_max_ms: 320,

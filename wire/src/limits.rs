@@ -43,6 +43,12 @@ pub const IN_FLIGHT_TRANSFERS_MAX: usize = 65_536;
 /// Time a participant has to vote before the coordinator aborts, in milliseconds.
 pub const PREPARE_TIMEOUT_MS: u64 = 5_000;
 
+/// A coordinator sends its prepare again to every participant that has not voted, this
+/// long after the last send, until the deadline, in milliseconds. A prepare or a vote
+/// lost on the way would otherwise cost the transfer its whole deadline and an abort;
+/// a participant answers a repeated prepare with its recorded vote.
+pub const PREPARE_RESEND_MS: u64 = 1_000;
+
 /// Furthest ahead a prepare's deadline may lie when it arrives, in milliseconds; a
 /// participant votes no to a later one. Bounds how long a coordinator (honest or not)
 /// can keep a participant's money held before the participant may ask and, by presumed
