@@ -2,7 +2,8 @@
 //! branch for, and does local transfers in one step. Presumed abort.
 //!
 //! Per transfer: `Beginning` (begin record not yet durable) -> `Preparing` (prepares
-//! sent, votes coming in, deadline armed) -> `Deciding` (decision recorded, not yet
+//! sent, and sent again to the silent every `prepare_resend_ms`; votes coming in;
+//! deadline armed) -> `Deciding` (decision recorded, not yet
 //! durable: nothing is told) -> `Decided` (durable; tellers told, decisions sent and
 //! re-sent until every participant acks) -> ended and forgotten.
 
