@@ -21,14 +21,14 @@ use std::time::Duration;
 
 use coordinator::{Branch, Command, Evidence, Input, Ticket};
 use tokio::sync::{mpsc, oneshot};
-use wire::link::{EnvelopeRefusal, LinkRequest, LinkResponse};
+use wire::link::{LinkRequest, LinkResponse};
 use wire::teller::{TransferState, Unavailable};
 use wire::twopc::{BranchBody, BranchMessage, TransferSpec};
 use wire::{BranchId, BranchKey, Signed};
 
 use super::now_ms;
 use crate::network_file::NetworkFile;
-use crate::p2p::network::{Client, LinkError};
+use crate::p2p::network::Client;
 use crate::store::StoreError;
 use crate::store::writer::WriterHandle;
 
@@ -626,14 +626,9 @@ impl Engine {
     }
 }
 
-/// Waits before each further attempt to deliver a 2PC envelope whose delivery failed on
-/// the way (a connection closed under it, the receiver's queue full), in milliseconds.
-/// Applying a message twice changes nothing, so sending it again is always safe; without
-/// it a prepare lost on the way (a connection closed under it) cost its transfer a 5 s
-/// wait and an abort `no_vote`. Later losses are left to the protocol's timers.
-const DELIVERY_RETRY_WAITS_MS: [u64; 3] = [10, 50, 250];
-
-/// Sends one signed envelope to `peer`, again after a failure on the way.
+/// Sends one signed envelope to `peer`. Loss is normal and left to the protocol's
+/// timers: a coordinator sends its prepare again to participants that have not voted,
+/// and its decision until it is acknowledged; a participant in doubt asks again.
 async fn deliver(
     client: Client,
     peer: libp2p::PeerId,
@@ -641,37 +636,14 @@ async fn deliver(
     envelope: Vec<u8>,
     after: Option<&'static str>,
 ) {
-    let mut waits = DELIVERY_RETRY_WAITS_MS.into_iter();
-    loop {
-        let again = match client
-            .link(peer, LinkRequest::TwoPc(envelope.clone()))
-            .await
-        {
-            Ok(LinkResponse::Accepted) => {
-                if let Some(name) = after {
-                    failpoint(name);
-                }
-                return;
+    match client.link(peer, LinkRequest::TwoPc(envelope)).await {
+        Ok(LinkResponse::Accepted) => {
+            if let Some(name) = after {
+                failpoint(name);
             }
-            Ok(LinkResponse::Refused(EnvelopeRefusal::Overloaded)) => true,
-            Ok(other) => {
-                tracing::warn!(%to, ?other, "2pc message refused");
-                return;
-            }
-            Err(e @ (LinkError::NotSent(_) | LinkError::NoAnswer(_))) => {
-                tracing::debug!(%to, "2pc message not delivered: {e}");
-                true
-            }
-            // The fault switch, or stopping: timers re-send or ask again.
-            Err(e) => {
-                tracing::debug!(%to, "2pc message not delivered: {e}");
-                return;
-            }
-        };
-        match waits.next() {
-            Some(ms) if again => tokio::time::sleep(Duration::from_millis(ms)).await,
-            _ => return,
         }
+        Ok(other) => tracing::warn!(%to, ?other, "2pc message refused"),
+        Err(e) => tracing::debug!(%to, "2pc message not delivered: {e}"),
     }
 }
 

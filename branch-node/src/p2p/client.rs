@@ -20,6 +20,9 @@ use tokio::sync::{mpsc, oneshot};
 use super::pipe::{self, Failure, Slot};
 use super::{IDLE_CONNECTION_TIMEOUT_MS, PIPE_IDLE_MS, REQUEST_TIMEOUT_MS};
 
+/// Most requests to redial waiting for the swarm's task (callers past it wait their turn).
+const DIALS_WAITING_MAX: usize = 64;
+
 /// Why a client could not get an answer.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum ClientError {
@@ -144,7 +147,7 @@ impl<Req: Serialize, Resp: Serialize + DeserializeOwned> PeerClient<Req, Resp> {
             .await
             .map_err(unreachable)?;
         let control = swarm.behaviour().new_control();
-        let (dial, dials) = mpsc::channel(64);
+        let (dial, dials) = mpsc::channel(DIALS_WAITING_MAX);
         tokio::spawn(drive(swarm, dials, peer, addr.clone()));
         let client = PeerClient {
             inner: Arc::new(Inner {
