@@ -11,7 +11,6 @@ use std::time::Duration;
 use futures::StreamExt;
 use libp2p::multiaddr::Protocol;
 use libp2p::swarm::SwarmEvent;
-use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
 use libp2p::{Multiaddr, PeerId, StreamProtocol, SwarmBuilder, noise, tcp, yamux};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -257,15 +256,7 @@ async fn drive(
         tokio::select! {
             d = dials.recv() => match d {
                 Some(done) => {
-                    if !swarm.is_connected(&peer) {
-                        let opts = DialOpts::peer_id(peer)
-                            .addresses(vec![addr.clone()])
-                            .condition(PeerCondition::DisconnectedAndNotDialing)
-                            .build();
-                        if let Err(e) = swarm.dial(opts) {
-                            tracing::debug!(%peer, %e, "redial not started");
-                        }
-                    }
+                    super::dial_unless_connected(&mut swarm, peer, vec![addr.clone()]);
                     let _ = done.send(());
                 }
                 None => return,

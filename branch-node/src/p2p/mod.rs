@@ -85,6 +85,26 @@ pub enum BuildError {
     Transport(String),
 }
 
+/// Dials `peer` at `addrs` unless connected or already dialling. The addresses go with
+/// every dial: libp2p drops a cached address after one failed dial, which would cut a
+/// restarted branch off for good.
+pub fn dial_unless_connected<B: NetworkBehaviour>(
+    swarm: &mut Swarm<B>,
+    peer: libp2p::PeerId,
+    addrs: Vec<libp2p::Multiaddr>,
+) {
+    if swarm.is_connected(&peer) {
+        return;
+    }
+    let opts = libp2p::swarm::dial_opts::DialOpts::peer_id(peer)
+        .addresses(addrs)
+        .condition(libp2p::swarm::dial_opts::PeerCondition::DisconnectedAndNotDialing)
+        .build();
+    if let Err(e) = swarm.dial(opts) {
+        tracing::debug!(%peer, %e, "dial not started");
+    }
+}
+
 fn limits() -> connection_limits::Behaviour {
     connection_limits::Behaviour::new(
         ConnectionLimits::default()

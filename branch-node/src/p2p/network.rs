@@ -13,7 +13,6 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use libp2p::swarm::SwarmEvent;
-use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
 use libp2p::{Multiaddr, PeerId, Stream, StreamProtocol, Swarm, mdns};
 use tokio::sync::{mpsc, oneshot};
 use wire::link::{EnvelopeRefusal, LinkRequest, LinkResponse};
@@ -344,18 +343,8 @@ impl EventLoop {
     fn on_command(&mut self, command: Command) {
         match command {
             Command::Dial { peer, done } => {
-                if !self.swarm.is_connected(&peer) {
-                    // Addresses go with every dial: libp2p drops a cached address after
-                    // one failed dial, which would cut a restarted branch off for good.
-                    let addrs = self.addresses.get(&peer).cloned().unwrap_or_default();
-                    let opts = DialOpts::peer_id(peer)
-                        .addresses(addrs)
-                        .condition(PeerCondition::DisconnectedAndNotDialing)
-                        .build();
-                    if let Err(e) = self.swarm.dial(opts) {
-                        tracing::debug!(%peer, %e, "dial not started");
-                    }
-                }
+                let addrs = self.addresses.get(&peer).cloned().unwrap_or_default();
+                super::dial_unless_connected(&mut self.swarm, peer, addrs);
                 let _ = done.send(());
             }
             Command::ListenAddrs { reply } => {
