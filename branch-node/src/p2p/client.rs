@@ -170,7 +170,10 @@ impl<Req: Serialize, Resp: Serialize + DeserializeOwned> PeerClient<Req, Resp> {
         let open = || async {
             let (done, wait) = oneshot::channel();
             inner.dial.send(done).await.map_err(|_| "client stopped")?;
-            wait.await.map_err(|_| "client stopped")?;
+            match tokio::time::timeout(inner.connect_timeout, wait).await {
+                Ok(r) => r.map_err(|_| "client stopped")?,
+                Err(_) => return Err(format!("no connection within {:?}", inner.connect_timeout)),
+            }
             let control = inner.control.clone();
             pipe::open_stream(
                 control,
@@ -244,24 +247,26 @@ impl<Req: Serialize, Resp: Serialize + DeserializeOwned> PeerClient<Req, Resp> {
     }
 }
 
-/// Polls the swarm; on each dial request, dials the branch unless connected (the
-/// address goes with every dial: libp2p forgets a cached address after a failed one).
+/// Polls the swarm; on each dial request, dials the branch unless connected and
+/// answers once the dial has settled ([`super::Dials`]).
 async fn drive(
     mut swarm: ClientSwarm,
     mut dials: mpsc::Receiver<oneshot::Sender<()>>,
     peer: PeerId,
     addr: Multiaddr,
 ) {
+    let mut waiting = super::Dials::default();
     loop {
         tokio::select! {
             d = dials.recv() => match d {
-                Some(done) => {
-                    super::dial_unless_connected(&mut swarm, peer, vec![addr.clone()]);
-                    let _ = done.send(());
-                }
+                Some(done) => waiting.dial(&mut swarm, peer, vec![addr.clone()], done),
                 None => return,
             },
-            _ = swarm.select_next_some() => {}
+            event = swarm.select_next_some() => match event {
+                SwarmEvent::ConnectionEstablished { peer_id, .. } => waiting.settle(&peer_id),
+                SwarmEvent::OutgoingConnectionError { peer_id: Some(p), .. } => waiting.settle(&p),
+                _ => {}
+            },
         }
     }
 }

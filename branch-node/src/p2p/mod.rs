@@ -85,23 +85,51 @@ pub enum BuildError {
     Transport(String),
 }
 
-/// Dials `peer` at `addrs` unless connected or already dialling. The addresses go with
-/// every dial: libp2p drops a cached address after one failed dial, which would cut a
-/// restarted branch off for good.
-pub fn dial_unless_connected<B: NetworkBehaviour>(
-    swarm: &mut Swarm<B>,
-    peer: libp2p::PeerId,
-    addrs: Vec<libp2p::Multiaddr>,
-) {
-    if swarm.is_connected(&peer) {
-        return;
+/// Dials `peer` at `addrs` unless connected or already dialling, and calls `done` once
+/// the peer is connected or the dial has failed ([`Dials::settle`]). A stream must not
+/// be opened before that: `libp2p-stream` asked for a stream while a connection is
+/// being set up parks the request where that connection never looks, and it hangs.
+/// The addresses go with every dial: libp2p drops a cached address after one failed
+/// dial, which would cut a restarted branch off for good.
+#[derive(Debug, Default)]
+pub struct Dials(std::collections::HashMap<libp2p::PeerId, Vec<tokio::sync::oneshot::Sender<()>>>);
+
+impl Dials {
+    /// Dials if need be; `done` is called now when connected (or when no dial could
+    /// start), else when the dial settles.
+    pub fn dial<B: NetworkBehaviour>(
+        &mut self,
+        swarm: &mut Swarm<B>,
+        peer: libp2p::PeerId,
+        addrs: Vec<libp2p::Multiaddr>,
+        done: tokio::sync::oneshot::Sender<()>,
+    ) {
+        use libp2p::swarm::DialError;
+        use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
+        if swarm.is_connected(&peer) {
+            let _ = done.send(());
+            return;
+        }
+        let opts = DialOpts::peer_id(peer)
+            .addresses(addrs)
+            .condition(PeerCondition::DisconnectedAndNotDialing)
+            .build();
+        match swarm.dial(opts) {
+            Ok(()) | Err(DialError::DialPeerConditionFalse(_)) => {
+                self.0.entry(peer).or_default().push(done);
+            }
+            Err(e) => {
+                tracing::debug!(%peer, %e, "dial not started");
+                let _ = done.send(());
+            }
+        }
     }
-    let opts = libp2p::swarm::dial_opts::DialOpts::peer_id(peer)
-        .addresses(addrs)
-        .condition(libp2p::swarm::dial_opts::PeerCondition::DisconnectedAndNotDialing)
-        .build();
-    if let Err(e) = swarm.dial(opts) {
-        tracing::debug!(%peer, %e, "dial not started");
+
+    /// The peer is connected, or a dial to it failed: everyone waiting goes on.
+    pub fn settle(&mut self, peer: &libp2p::PeerId) {
+        for done in self.0.remove(peer).unwrap_or_default() {
+            let _ = done.send(());
+        }
     }
 }
 

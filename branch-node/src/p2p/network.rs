@@ -190,8 +190,11 @@ impl Client {
                 .send(Command::Dial { peer, done })
                 .await
                 .map_err(|_| stopped)?;
-            wait.await.map_err(|_| stopped)?;
             let timeout = Duration::from_millis(super::OPEN_TIMEOUT_MS);
+            match tokio::time::timeout(timeout, wait).await {
+                Ok(r) => r.map_err(|_| stopped)?,
+                Err(_) => return Err(format!("no connection within {timeout:?}")),
+            }
             pipe::open_stream(self.control.clone(), peer, via.protocol(), timeout).await
         };
         let timeout = Duration::from_millis(super::OPEN_TIMEOUT_MS);
@@ -232,6 +235,8 @@ pub struct EventLoop {
     addresses: HashMap<PeerId, Vec<Multiaddr>>,
     /// Listed branches with at least one open connection (the metrics' gauge).
     connected: std::collections::HashSet<PeerId>,
+    /// Requests waiting for a dial to settle before they open a stream.
+    dials: super::Dials,
 }
 
 impl std::fmt::Debug for EventLoop {
@@ -273,6 +278,7 @@ pub fn new(
         faults,
         addresses,
         connected: std::collections::HashSet::new(),
+        dials: super::Dials::default(),
     };
     let queues = InboundQueues {
         twopc: twopc_rx,
@@ -344,8 +350,7 @@ impl EventLoop {
         match command {
             Command::Dial { peer, done } => {
                 let addrs = self.addresses.get(&peer).cloned().unwrap_or_default();
-                super::dial_unless_connected(&mut self.swarm, peer, addrs);
-                let _ = done.send(());
+                self.dials.dial(&mut self.swarm, peer, addrs, done);
             }
             Command::ListenAddrs { reply } => {
                 let _ = reply.send(self.swarm.listeners().cloned().collect());
@@ -369,7 +374,12 @@ impl EventLoop {
             SwarmEvent::NewListenAddr { address, .. } => {
                 tracing::info!(%address, "listening");
             }
+            SwarmEvent::OutgoingConnectionError {
+                peer_id: Some(peer),
+                ..
+            } => self.dials.settle(&peer),
             SwarmEvent::ConnectionEstablished { peer_id, .. } => {
+                self.dials.settle(&peer_id);
                 tracing::debug!(%peer_id, "connected");
                 if self.network.by_peer(&peer_id).is_some() {
                     self.connected.insert(peer_id);
