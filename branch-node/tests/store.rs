@@ -624,10 +624,13 @@ fn signed_envelopes_are_stored_once_and_linked_to_every_record_they_justify() {
         to: there,
         amount: amt(1),
     };
-    s.begin(&[BeginItem {
-        spec,
-        deadline_ms: 5,
-    }])
+    s.begin(
+        &[BeginItem {
+            spec,
+            deadline_ms: 5,
+        }],
+        0,
+    )
     .expect("works");
     let vote_envelope: Evidence = Some(Arc::from(vec![3u8; 64]));
     let commit = DecisionRecord {

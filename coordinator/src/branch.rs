@@ -88,7 +88,11 @@ impl Branch {
                 c.recovered(now_ms, coordinated, out);
                 p.recovered(now_ms, in_doubt, out);
             }
-            Input::Begun { items, outcomes } => c.begun(items, outcomes, out),
+            Input::Begun {
+                items,
+                outcomes,
+                evidence,
+            } => c.begun(items, outcomes, evidence, out),
             Input::DecisionsDurable { ids } => c.decisions_durable(now_ms, ids, out),
             Input::DecisionsRead { asker, items } => c.decisions_read(asker, items, out),
             Input::LocalDone { items, states } => c.local_done(items, states, out),
@@ -115,8 +119,12 @@ pub fn execute<S: Shard + ?Sized>(
 ) -> Result<Option<Input>, ShardError> {
     Ok(Some(match command {
         Command::Begin { items } => {
-            let outcomes = shard.begin(&items)?;
-            Input::Begun { items, outcomes }
+            let outcomes = shard.begin(&items, now_ms)?;
+            Input::Begun {
+                items,
+                outcomes,
+                evidence: None,
+            }
         }
         Command::RecordDecisions { items } => {
             shard.record_decisions(&items)?;

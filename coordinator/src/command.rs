@@ -36,10 +36,13 @@ pub enum Input {
         coordinated: Vec<CoordinatedRecord>,
         in_doubt: Vec<InDoubtRecord>,
     },
-    /// Result of [`Command::Begin`], one outcome per item, in order.
+    /// Result of [`Command::Begin`], one outcome per item, in order. `evidence` is
+    /// this branch's own yes votes among them, signed as a `Votes` message to itself
+    /// (the driver signs it; `None` in the simulation), kept as proof with a commit.
     Begun {
         items: Vec<BeginItem>,
         outcomes: Vec<BeginOutcome>,
+        evidence: Evidence,
     },
     /// [`Command::RecordDecisions`] is durable.
     DecisionsDurable { ids: Vec<TransferId> },
@@ -70,7 +73,7 @@ pub enum Input {
 /// Something a branch's driver must do.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum Command {
-    /// `Shard::begin`, then feed [`Input::Begun`].
+    /// `Shard::begin` (with the current time), then feed [`Input::Begun`].
     Begin { items: Vec<BeginItem> },
     /// `Shard::record_decisions`, then feed [`Input::DecisionsDurable`].
     RecordDecisions { items: Vec<DecisionRecord> },

@@ -1,9 +1,10 @@
 //! The coordinator role: runs the 2PC of each cross-branch transfer a teller asked this
 //! branch for, and does local transfers in one step. Presumed abort.
 //!
-//! Per transfer: `Beginning` (begin record not yet durable) -> `Preparing` (prepares
-//! sent, and sent again to the silent every `prepare_resend_ms`; votes coming in;
-//! deadline armed) -> `Deciding` (decision recorded, not yet
+//! Per transfer: `Beginning` (begin record, with this branch's own leg prepared in the
+//! same durable step, not yet durable) -> `Preparing` (prepares sent to the other
+//! participants, and sent again to the silent every `prepare_resend_ms`; votes coming
+//! in; deadline armed) -> `Deciding` (decision recorded, not yet
 //! durable: nothing is told) -> `Decided` (durable; tellers told, decisions sent and
 //! re-sent until every participant acks) -> ended and forgotten.
 
@@ -34,6 +35,9 @@ struct Tx {
     spec: TransferSpec,
     deadline_ms: u64,
     participants: Vec<BranchId>,
+    /// Whether the other participants were sent a prepare; those that were not (its
+    /// own leg refused it first) never hear of the transfer (presumed abort).
+    asked: bool,
     phase: Phase,
     /// Yes votes so far, with the envelope each came in.
     yes: BTreeMap<BranchId, Evidence>,
@@ -55,6 +59,11 @@ impl Tx {
             _ => TransferState::Pending,
         }
     }
+}
+
+/// When a transfer still preparing wakes next: a re-send from `from_ms`, or its deadline.
+fn prepare_wake(config: &Config, deadline_ms: u64, from_ms: u64) -> u64 {
+    deadline_ms.min(from_ms.saturating_add(config.prepare_resend_ms))
 }
 
 /// The coordinator role of one branch. Pure: no clock, no IO.
@@ -161,6 +170,7 @@ impl Coordinator {
                     spec,
                     deadline_ms,
                     participants,
+                    asked: false,
                     phase: Phase::Beginning,
                     yes: BTreeMap::new(),
                     decision: None,
@@ -180,18 +190,18 @@ impl Coordinator {
         }
     }
 
-    /// The begin records are durable (or an earlier use of the id was found).
+    /// The begin records, and this branch's own legs, are durable (or an earlier use
+    /// of the id was found). The prepares go to the other participants only now, so no
+    /// branch hears of an id before its begin record is durable here.
     pub(crate) fn begun(
         &mut self,
         items: Vec<BeginItem>,
         outcomes: Vec<BeginOutcome>,
+        evidence: Evidence,
         out: &mut Vec<Command>,
     ) {
         let mut ob = Outbox::default();
-        let (resend, timeout) = (
-            self.config.prepare_resend_ms,
-            self.config.prepare_timeout_ms,
-        );
+        let mut records = Vec::new();
         for (item, outcome) in items.into_iter().zip(outcomes) {
             let id = item.spec.id;
             let Some(tx) = self.txs.get_mut(&id) else {
@@ -201,19 +211,17 @@ impl Coordinator {
                 continue;
             }
             let answer = match outcome {
-                BeginOutcome::New => {
+                BeginOutcome::New(own @ (None | Some(Vote::Yes))) => {
                     tx.phase = Phase::Preparing;
-                    let prepare = PrepareItem {
-                        transfer: tx.spec,
-                        deadline_ms: tx.deadline_ms,
-                    };
-                    for &p in &tx.participants {
-                        ob.prepare(p, prepare);
+                    if own.is_some() {
+                        tx.yes.insert(self.me, evidence.clone());
                     }
-                    // Armed from the request's time (the deadline less the timeout).
-                    let start = tx.deadline_ms.saturating_sub(timeout);
-                    let first_wake = tx.deadline_ms.min(start.saturating_add(resend));
-                    self.arm(id, first_wake);
+                    self.send_prepares(id, &mut ob);
+                    continue;
+                }
+                BeginOutcome::New(Some(Vote::No(reason))) => {
+                    tx.phase = Phase::Preparing;
+                    self.decide(id, Decision::Abort, Some(reason), &mut records);
                     continue;
                 }
                 BeginOutcome::Existing(state) => state,
@@ -228,7 +236,32 @@ impl Coordinator {
             }
             self.forget(id);
         }
+        Self::flush_decisions(records, out);
         ob.flush(out);
+    }
+
+    /// Sends the prepare of `id` to the participants that have not voted yes, and arms
+    /// the next re-send (or the deadline, whichever comes first).
+    fn send_prepares(&mut self, id: TransferId, ob: &mut Outbox) {
+        let Some(tx) = self.txs.get_mut(&id) else {
+            return;
+        };
+        tx.asked = true;
+        let prepare = PrepareItem {
+            transfer: tx.spec,
+            deadline_ms: tx.deadline_ms,
+        };
+        for &p in &tx.participants {
+            if !tx.yes.contains_key(&p) {
+                ob.prepare(p, prepare);
+            }
+        }
+        // Timed from the request (the deadline less the timeout), like the deadline.
+        let start = tx
+            .deadline_ms
+            .saturating_sub(self.config.prepare_timeout_ms);
+        let wake = prepare_wake(&self.config, tx.deadline_ms, start);
+        self.arm(id, wake);
     }
 
     fn decide(
@@ -291,7 +324,8 @@ impl Coordinator {
         Self::flush_decisions(records, out);
     }
 
-    /// The decisions are durable: tell the tellers, send them to the participants.
+    /// The decisions are durable: tell the tellers, send them to the participants that
+    /// were asked to prepare (a transfer no other branch heard of ends here).
     pub(crate) fn decisions_durable(
         &mut self,
         now: u64,
@@ -299,6 +333,7 @@ impl Coordinator {
         out: &mut Vec<Command>,
     ) {
         let mut ob = Outbox::default();
+        let mut ended = Vec::new();
         for id in ids {
             let Some(tx) = self.txs.get_mut(&id) else {
                 continue;
@@ -311,6 +346,11 @@ impl Coordinator {
             for ticket in std::mem::take(&mut tx.waiters) {
                 out.push(Command::Reply { ticket, id, state });
             }
+            if !tx.asked {
+                ended.push(id);
+                self.forget(id);
+                continue;
+            }
             for &p in &tx.participants {
                 ob.decision(p, DecisionItem { id, decision });
             }
@@ -318,6 +358,9 @@ impl Coordinator {
             self.arm(id, now.saturating_add(wait));
         }
         ob.flush(out);
+        if !ended.is_empty() {
+            out.push(Command::MarkEnded { ids: ended });
+        }
     }
 
     /// Participant `from` has durably applied these decisions.
@@ -444,9 +487,7 @@ impl Coordinator {
                             ob.prepare(p, prepare);
                         }
                     }
-                    let wake = tx
-                        .deadline_ms
-                        .min(now.saturating_add(self.config.prepare_resend_ms));
+                    let wake = prepare_wake(&self.config, tx.deadline_ms, now);
                     self.arm(id, wake);
                 }
                 (Phase::Preparing, _) => {
@@ -489,6 +530,7 @@ impl Coordinator {
                     spec: rec.spec,
                     deadline_ms: rec.deadline_ms,
                     participants: rec.spec.participants(),
+                    asked: true,
                     // Undecided ones are aborted just below (Preparing -> Deciding).
                     phase: if rec.decision.is_some() {
                         Phase::Decided

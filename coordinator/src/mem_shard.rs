@@ -388,32 +388,41 @@ impl Shard for MemShard {
         self.me
     }
 
-    fn begin(&mut self, items: &[BeginItem]) -> Result<Vec<BeginOutcome>, ShardError> {
-        Ok(items
-            .iter()
-            .map(|item| {
-                let id = item.spec.id;
-                if let Some(rec) = self.coord.get(&id) {
-                    return if rec.spec == item.spec {
-                        BeginOutcome::Existing(coord_state(rec))
-                    } else {
-                        BeginOutcome::Conflict
-                    };
-                }
-                if self.local.contains_key(&id) {
-                    return BeginOutcome::Conflict;
-                }
-                let rec = CoordRec {
-                    spec: item.spec,
-                    deadline_ms: item.deadline_ms,
-                    decision: None,
-                    votes: Vec::new(),
-                    ended: false,
-                };
-                self.coord.insert(id, rec);
-                BeginOutcome::New
-            })
-            .collect())
+    fn begin(&mut self, items: &[BeginItem], now_ms: u64) -> Result<Vec<BeginOutcome>, ShardError> {
+        let me = self.branch();
+        let mut out = Vec::with_capacity(items.len());
+        for item in items {
+            let id = item.spec.id;
+            if let Some(rec) = self.coord.get(&id) {
+                out.push(if rec.spec == item.spec {
+                    BeginOutcome::Existing(coord_state(rec))
+                } else {
+                    BeginOutcome::Conflict
+                });
+                continue;
+            }
+            if self.local.contains_key(&id) {
+                out.push(BeginOutcome::Conflict);
+                continue;
+            }
+            let rec = CoordRec {
+                spec: item.spec,
+                deadline_ms: item.deadline_ms,
+                decision: None,
+                votes: Vec::new(),
+                ended: false,
+            };
+            self.coord.insert(id, rec);
+            let own = PrepareItem {
+                transfer: item.spec,
+                deadline_ms: item.deadline_ms,
+            };
+            let mine = item.spec.participants().contains(&me);
+            out.push(BeginOutcome::New(
+                mine.then(|| self.prepare_one(me, &own, now_ms, &None)),
+            ));
+        }
+        Ok(out)
     }
 
     fn record_decisions(&mut self, items: &[DecisionRecord]) -> Result<(), ShardError> {

@@ -376,6 +376,23 @@ mod tests {
         );
     }
 
+    /// As deployed: the coordinator owns the debit account, so its begin record and its
+    /// own leg are one durable step, and only branch 2 is sent a prepare.
+    #[test]
+    fn model_coordinator_owns_the_debit() {
+        let (a, c) = (account(1, 1), account(2, 1));
+        let setup = Setup {
+            branches: 2,
+            accounts: vec![(a, 100), (c, 0)],
+            transfers: vec![(BranchId(1), transfer(1, a, c, 60))],
+            ticks: env_u8("MODEL_TICKS", 2),
+            crashes: env_u8("MODEL_CRASHES", 1),
+            dups: env_u8("MODEL_DUPS", 1),
+            states_max: STATES_MAX,
+        };
+        report("coordinator owns the debit, 1 transfer", &setup);
+    }
+
     /// Three branches, each a coordinator or participant or both: two transfers contend
     /// for one account that can pay only one of them.
     #[test]

@@ -113,7 +113,8 @@ fn started(b: &mut Branch) {
                 1,
                 Input::Begun {
                     items: vec![item],
-                    outcomes: vec![BeginOutcome::New],
+                    outcomes: vec![BeginOutcome::New(None)],
+                    evidence: None,
                 },
                 vec![send(B2, prep.clone()), send(B3, prep)],
             ),
@@ -202,6 +203,95 @@ fn coordinator_commits_after_all_yes_and_ends_after_all_acks() {
                 }],
             ),
             (2_000, Input::Tick, vec![]),
+        ],
+    );
+    assert_eq!(b.coordinator().in_flight(), 0);
+}
+
+#[test]
+fn coordinator_prepares_its_own_leg_with_the_begin_and_asks_only_the_others() {
+    // Transfer 2: 60 from an account at branch 1 (the coordinator) to one at branch 2.
+    let own = spec(2, acct(B1, 1), acct(B2, 1), 60);
+    let item = BeginItem {
+        spec: own,
+        deadline_ms: T,
+    };
+    let mut b = branch(B1);
+    let record = |votes| Command::RecordDecisions {
+        items: vec![DecisionRecord {
+            id: TransferId(2),
+            decision: Decision::Commit,
+            reason: None,
+            votes,
+        }],
+    };
+    let to_b2 = BranchBody::Prepare(vec![prepare_item(own, 0)]);
+    let yes = BranchBody::Votes(vec![VoteItem {
+        id: TransferId(2),
+        vote: Vote::Yes,
+    }]);
+    check(
+        &mut b,
+        vec![
+            (
+                0,
+                Input::Request(vec![(7, own)]),
+                vec![Command::Begin { items: vec![item] }],
+            ),
+            (
+                1,
+                Input::Begun {
+                    items: vec![item],
+                    outcomes: vec![BeginOutcome::New(Some(Vote::Yes))],
+                    evidence: ev(1),
+                },
+                vec![send(B2, to_b2)],
+            ),
+            // Its own signed vote is kept with the other's.
+            (2, msg(B2, yes), vec![record(vec![ev(1), ev(2)])]),
+        ],
+    );
+    // Its own leg refused: aborted at once, no other branch hears of it.
+    let mut b = branch(B1);
+    check(
+        &mut b,
+        vec![
+            (
+                0,
+                Input::Request(vec![(7, own)]),
+                vec![Command::Begin { items: vec![item] }],
+            ),
+            (
+                1,
+                Input::Begun {
+                    items: vec![item],
+                    outcomes: vec![BeginOutcome::New(Some(Vote::No(
+                        Refusal::InsufficientFunds,
+                    )))],
+                    evidence: None,
+                },
+                vec![Command::RecordDecisions {
+                    items: vec![DecisionRecord {
+                        id: TransferId(2),
+                        decision: Decision::Abort,
+                        reason: Some(Refusal::InsufficientFunds),
+                        votes: vec![],
+                    }],
+                }],
+            ),
+            // Told, and ended: no decision goes to a branch that was never asked.
+            (
+                2,
+                Input::DecisionsDurable {
+                    ids: vec![TransferId(2)],
+                },
+                vec![
+                    reply(7, 2, TransferState::Aborted(Refusal::InsufficientFunds)),
+                    Command::MarkEnded {
+                        ids: vec![TransferId(2)],
+                    },
+                ],
+            ),
         ],
     );
     assert_eq!(b.coordinator().in_flight(), 0);
@@ -386,6 +476,7 @@ fn coordinator_dedupes_requests_by_id() {
                 Input::Begun {
                     items: vec![item],
                     outcomes: vec![BeginOutcome::Existing(TransferState::Committed)],
+                    evidence: None,
                 },
                 vec![reply(1, 1, TransferState::Committed)],
             ),
@@ -433,7 +524,8 @@ fn coordinator_batches_per_participant_and_limits_in_flight() {
         1,
         Input::Begun {
             items: begun,
-            outcomes: vec![BeginOutcome::New; 4],
+            outcomes: vec![BeginOutcome::New(None); 4],
+            evidence: None,
         },
         &mut out,
     );

@@ -35,8 +35,9 @@ pub struct BeginItem {
 /// What [`Shard::begin`] found for one transfer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum BeginOutcome {
-    /// Recorded as begun and undecided.
-    New,
+    /// Recorded as begun and undecided, with this branch's own legs prepared in the
+    /// same durable step: here is their vote (`None` when it owns neither account).
+    New(Option<Vote>),
     /// This id was begun before with the same content; here is where it stands.
     Existing(TransferState),
     /// This id is already used for a different transfer (here or as a local transfer).
@@ -115,9 +116,12 @@ pub trait Shard {
 
     // Coordinator role.
 
-    /// Durably records each new transfer as begun (undecided), or reports what an
-    /// earlier use of the id found. Must be durable before any `Prepare` is sent.
-    fn begin(&mut self, items: &[BeginItem]) -> Result<Vec<BeginOutcome>, ShardError>;
+    /// Durably records each new transfer as begun (undecided) and, where this branch
+    /// owns one of its accounts, prepares its own legs (as [`Shard::prepare`] would for
+    /// a prepare from this branch, at `now_ms`, with no envelope), in one durable step; or reports what an
+    /// earlier use of the id found, changing nothing. Must be durable before any
+    /// `Prepare` is sent.
+    fn begin(&mut self, items: &[BeginItem], now_ms: u64) -> Result<Vec<BeginOutcome>, ShardError>;
 
     /// Durably records decisions for begun transfers. Must be durable before any
     /// decision is sent or a teller is told. Recording the same decision again is a

@@ -473,12 +473,18 @@ fn coordinator_records<S: Fixture>(s: &mut S) {
         spec: spec(1, x.a, x.there, 6),
         deadline_ms: DEADLINE,
     };
+    let (balance, held) = s.balance_and_held(x.a);
     assert_eq!(
-        s.begin(&[item]).expect("store works"),
-        vec![BeginOutcome::New]
+        s.begin(&[item], NOW).expect("store works"),
+        vec![BeginOutcome::New(Some(Vote::Yes))]
     );
     assert_eq!(
-        s.begin(&[item, other]).expect("store works"),
+        s.balance_and_held(x.a),
+        (balance, held + 5),
+        "the own leg is prepared in the same step"
+    );
+    assert_eq!(
+        s.begin(&[item, other], NOW).expect("store works"),
         vec![
             BeginOutcome::Existing(TransferState::Pending),
             BeginOutcome::Conflict
@@ -538,7 +544,7 @@ fn coordinator_records<S: Fixture>(s: &mut S) {
         Ok(TransferState::Committed)
     );
     assert_eq!(
-        s.begin(&[item]).expect("store works"),
+        s.begin(&[item], NOW).expect("store works"),
         vec![BeginOutcome::Existing(TransferState::Committed)]
     );
     s.mark_ended(&[TransferId(1)]).expect("store works");
@@ -556,8 +562,29 @@ fn coordinator_records<S: Fixture>(s: &mut S) {
         deadline_ms: DEADLINE,
     };
     assert_eq!(
-        s.begin(&[local_reuse]).expect("store works"),
+        s.begin(&[local_reuse], NOW).expect("store works"),
         vec![BeginOutcome::Conflict]
+    );
+    assert_eq!(
+        s.balance_and_held(x.a),
+        (balance - 1, held + 5),
+        "a refused begin holds nothing"
+    );
+    // The own leg refused: begun all the same (so the id keeps its outcome), nothing held.
+    let too_much = BeginItem {
+        spec: spec(3, x.a, x.there, balance * 2),
+        deadline_ms: DEADLINE,
+    };
+    assert_eq!(
+        s.begin(&[too_much], NOW).expect("store works"),
+        vec![BeginOutcome::New(Some(Vote::No(
+            Refusal::InsufficientFunds
+        )))]
+    );
+    assert_eq!(s.balance_and_held(x.a), (balance - 1, held + 5));
+    assert_eq!(
+        s.begin(&[too_much], NOW).expect("store works"),
+        vec![BeginOutcome::Existing(TransferState::Pending)]
     );
     assert_eq!(
         s.transfer_local(&[spec(1, x.a, x.b, 5)])

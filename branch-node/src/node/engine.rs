@@ -19,11 +19,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use coordinator::{Branch, Command, Evidence, Input, Ticket};
+use coordinator::{BeginOutcome, Branch, Command, Evidence, Input, Ticket};
 use tokio::sync::{mpsc, oneshot};
 use wire::link::{LinkRequest, LinkResponse};
 use wire::teller::{TransferState, Unavailable};
-use wire::twopc::{BranchBody, BranchMessage, TransferSpec};
+use wire::twopc::{BranchBody, BranchMessage, TransferSpec, VoteItem};
 use wire::{BranchId, BranchKey, Signed};
 
 use super::now_ms;
@@ -445,7 +445,8 @@ impl Engine {
             if let Some(name) = after {
                 failpoint(name);
             }
-            let Some(input) = result else { continue };
+            let Some(mut input) = result else { continue };
+            self.sign_own_votes(&mut input);
             if let Input::Prepared { votes, .. } = &input {
                 let yes = votes
                     .iter()
@@ -545,7 +546,8 @@ impl Engine {
             Command::Reply { ticket, id, state } => self.reply(ticket, id, state),
             storage => {
                 let (before, after) = match &storage {
-                    Command::Prepare { .. } => (
+                    // A begin prepares this branch's own leg in the same step.
+                    Command::Prepare { .. } | Command::Begin { .. } => (
                         Some("before_prepare_durable"),
                         Some("after_prepare_durable"),
                     ),
@@ -583,6 +585,52 @@ impl Engine {
         }
     }
 
+    /// The encoded signed envelope of `message`, from this branch.
+    fn sign(&self, message: &BranchMessage) -> Option<Vec<u8>> {
+        match Signed::sign(&self.key, self.me, message).and_then(|s| wire::encode(&s)) {
+            Ok(bytes) => Some(bytes),
+            Err(e) => {
+                tracing::error!(to = %message.to, "cannot sign a 2pc message: {e}");
+                None
+            }
+        }
+    }
+
+    /// Begin records came back: this branch's own yes votes among them are signed, as
+    /// a `Votes` message to itself, so a commit keeps a signed yes vote from every
+    /// participant, this one included.
+    fn sign_own_votes(&self, input: &mut Input) {
+        let Input::Begun {
+            items,
+            outcomes,
+            evidence,
+        } = input
+        else {
+            return;
+        };
+        let yes: Vec<_> = items
+            .iter()
+            .zip(outcomes.iter())
+            .filter(|(_, o)| **o == BeginOutcome::New(Some(wire::Vote::Yes)))
+            .map(|(i, _)| VoteItem {
+                id: i.spec.id,
+                vote: wire::Vote::Yes,
+            })
+            .collect();
+        if yes.is_empty() {
+            return;
+        }
+        self.counters
+            .prepared
+            .fetch_add(yes.len() as u64, Ordering::Relaxed);
+        let message = BranchMessage {
+            to: self.me,
+            expires_at_ms: now_ms().saturating_add(MESSAGE_TTL_MS),
+            body: BranchBody::Votes(yes),
+        };
+        *evidence = self.sign(&message).map(Arc::from);
+    }
+
     fn send(&mut self, to: BranchId, body: BranchBody) -> Option<Input> {
         let (before, after) = match &body {
             BranchBody::Votes(_) => (Some("before_vote_sent"), Some("after_vote_sent")),
@@ -594,14 +642,7 @@ impl Engine {
             expires_at_ms: now_ms().saturating_add(MESSAGE_TTL_MS),
             body,
         };
-        let envelope =
-            match Signed::sign(&self.key, self.me, &message).and_then(|s| wire::encode(&s)) {
-                Ok(bytes) => bytes,
-                Err(e) => {
-                    tracing::error!(%to, "cannot sign a 2pc message: {e}");
-                    return None;
-                }
-            };
+        let envelope = self.sign(&message)?;
         if to == self.me {
             return Some(Input::Message {
                 from: self.me,
@@ -652,7 +693,7 @@ fn durable_steps(commands: &[Command]) -> Vec<&'static str> {
     let mut steps = Vec::new();
     for c in commands {
         let step = match c {
-            Command::Prepare { .. } => "prepare",
+            Command::Prepare { .. } | Command::Begin { .. } => "prepare",
             Command::RecordDecisions { .. } => "decision",
             Command::Apply { .. } => "apply",
             _ => "other",

@@ -88,11 +88,15 @@ impl Envelopes {
 /// (spec, decision, reason) as stored.
 type RawCoordinated = (Vec<u8>, Option<String>, Option<Vec<u8>>);
 
-/// Coordinator: begin each new transfer, or report an earlier use of its id.
+/// Coordinator: begin each new transfer and prepare this branch's own legs of it, or
+/// report an earlier use of its id.
 pub(crate) fn begin(
     conn: &Connection,
+    me: BranchId,
     items: &[BeginItem],
+    now: u64,
 ) -> Result<Vec<BeginOutcome>, StoreError> {
+    let mut envelopes = Envelopes::default();
     let mut out = Vec::with_capacity(items.len());
     for item in items {
         let id = item.spec.id;
@@ -115,7 +119,16 @@ pub(crate) fn begin(
                     enc(&item.spec)?,
                     sql_ms(item.deadline_ms)
                 ])?;
-                BeginOutcome::New
+                let own = PrepareItem {
+                    transfer: item.spec,
+                    deadline_ms: item.deadline_ms,
+                };
+                let vote = if item.spec.participants().contains(&me) {
+                    Some(prepare_one(conn, me, me, &own, now, &None, &mut envelopes)?)
+                } else {
+                    None
+                };
+                BeginOutcome::New(vote)
             }
         };
         out.push(outcome);
@@ -592,8 +605,8 @@ impl Shard for Store {
     fn branch(&self) -> BranchId {
         Store::branch(self)
     }
-    fn begin(&mut self, items: &[BeginItem]) -> Result<Vec<BeginOutcome>, ShardError> {
-        Ok(self.in_tx(|c, _| begin(c, items))?)
+    fn begin(&mut self, items: &[BeginItem], now_ms: u64) -> Result<Vec<BeginOutcome>, ShardError> {
+        Ok(self.in_tx(|c, me| begin(c, me, items, now_ms))?)
     }
     fn record_decisions(&mut self, items: &[DecisionRecord]) -> Result<(), ShardError> {
         self.in_tx(|c, _| record_decisions(c, items))?

@@ -346,9 +346,9 @@ impl Shard for WriterHandle {
     fn branch(&self) -> BranchId {
         self.me
     }
-    fn begin(&mut self, items: &[BeginItem]) -> Result<Vec<BeginOutcome>, ShardError> {
+    fn begin(&mut self, items: &[BeginItem], now_ms: u64) -> Result<Vec<BeginOutcome>, ShardError> {
         let items = items.to_vec();
-        self.in_batch(move |s| s.begin(&items))
+        self.in_batch(move |s| s.begin(&items, now_ms))
     }
     fn record_decisions(&mut self, items: &[DecisionRecord]) -> Result<(), ShardError> {
         let items = items.to_vec();
@@ -407,8 +407,8 @@ impl Shard for ConnShard<'_> {
     fn branch(&self) -> BranchId {
         self.me
     }
-    fn begin(&mut self, items: &[BeginItem]) -> Result<Vec<BeginOutcome>, ShardError> {
-        Ok(twopc::begin(self.conn, items)?)
+    fn begin(&mut self, items: &[BeginItem], now_ms: u64) -> Result<Vec<BeginOutcome>, ShardError> {
+        Ok(twopc::begin(self.conn, self.me, items, now_ms)?)
     }
     fn record_decisions(&mut self, items: &[DecisionRecord]) -> Result<(), ShardError> {
         twopc::record_decisions(self.conn, items)?
