@@ -324,8 +324,9 @@ impl Coordinator {
         Self::flush_decisions(records, out);
     }
 
-    /// The decisions are durable: tell the tellers, send them to the participants that
-    /// were asked to prepare (a transfer no other branch heard of ends here).
+    /// The decisions are durable, and applied to this branch's own legs in the same
+    /// step: tell the tellers, send them to the other participants that were asked to
+    /// prepare (a transfer no other branch heard of ends here).
     pub(crate) fn decisions_durable(
         &mut self,
         now: u64,
@@ -346,12 +347,24 @@ impl Coordinator {
             for ticket in std::mem::take(&mut tx.waiters) {
                 out.push(Command::Reply { ticket, id, state });
             }
-            if !tx.asked {
+            // Its own leg settled in the same step as the decision record.
+            if tx.participants.contains(&self.me) {
+                tx.acked.insert(self.me);
+            }
+            let rest: Vec<_> = match tx.asked {
+                true => tx
+                    .participants
+                    .iter()
+                    .filter(|p| !tx.acked.contains(p))
+                    .collect(),
+                false => Vec::new(),
+            };
+            if rest.is_empty() {
                 ended.push(id);
                 self.forget(id);
                 continue;
             }
-            for &p in &tx.participants {
+            for &p in rest {
                 ob.decision(p, DecisionItem { id, decision });
             }
             let wait = tx.resend_wait_ms;

@@ -435,11 +435,21 @@ impl Shard for MemShard {
                 return Err(ShardError::DecisionConflict(item.id));
             }
         }
+        let me = self.branch();
         for item in items {
             let rec = self.coord.get_mut(&item.id).expect("checked above");
-            if rec.decision.is_none() {
-                rec.decision = Some((item.decision, item.reason));
-                rec.votes = item.votes.clone();
+            if rec.decision.is_some() {
+                continue;
+            }
+            rec.decision = Some((item.decision, item.reason));
+            rec.votes = item.votes.clone();
+            // The own leg, if any, settles in the same step.
+            if self.part.get(&item.id).is_some_and(|p| p.coordinator == me) {
+                let decision = DecisionItem {
+                    id: item.id,
+                    decision: item.decision,
+                };
+                self.apply_one(me, &decision, &None);
             }
         }
         Ok(())

@@ -209,7 +209,7 @@ fn coordinator_commits_after_all_yes_and_ends_after_all_acks() {
 }
 
 #[test]
-fn coordinator_prepares_its_own_leg_with_the_begin_and_asks_only_the_others() {
+fn coordinator_settles_its_own_leg_with_its_begin_and_decision_records() {
     // Transfer 2: 60 from an account at branch 1 (the coordinator) to one at branch 2.
     let own = spec(2, acct(B1, 1), acct(B2, 1), 60);
     let item = BeginItem {
@@ -249,8 +249,34 @@ fn coordinator_prepares_its_own_leg_with_the_begin_and_asks_only_the_others() {
             ),
             // Its own signed vote is kept with the other's.
             (2, msg(B2, yes), vec![record(vec![ev(1), ev(2)])]),
+            // Its own leg settled with the decision record: only branch 2 is told, and
+            // its ack ends the transfer.
+            (
+                3,
+                Input::DecisionsDurable {
+                    ids: vec![TransferId(2)],
+                },
+                vec![
+                    reply(7, 2, TransferState::Committed),
+                    send(
+                        B2,
+                        BranchBody::Decisions(vec![DecisionItem {
+                            id: TransferId(2),
+                            decision: Decision::Commit,
+                        }]),
+                    ),
+                ],
+            ),
+            (
+                4,
+                msg(B2, BranchBody::Acks(vec![TransferId(2)])),
+                vec![Command::MarkEnded {
+                    ids: vec![TransferId(2)],
+                }],
+            ),
         ],
     );
+    assert_eq!(b.coordinator().in_flight(), 0);
     // Its own leg refused: aborted at once, no other branch hears of it.
     let mut b = branch(B1);
     check(

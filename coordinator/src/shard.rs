@@ -123,9 +123,12 @@ pub trait Shard {
     /// `Prepare` is sent.
     fn begin(&mut self, items: &[BeginItem], now_ms: u64) -> Result<Vec<BeginOutcome>, ShardError>;
 
-    /// Durably records decisions for begun transfers. Must be durable before any
-    /// decision is sent or a teller is told. Recording the same decision again is a
-    /// no-op; a different one is `DecisionConflict` and changes nothing.
+    /// Durably records decisions for begun transfers and, in the same durable step,
+    /// applies each new one to this branch's own leg of it, if it has one (as
+    /// [`Shard::apply`] would for a decision from this branch, with no envelope). Must be
+    /// durable before any decision is sent or a teller is told. Recording the same
+    /// decision again is a no-op; a different one is `DecisionConflict` and changes
+    /// nothing.
     fn record_decisions(&mut self, items: &[DecisionRecord]) -> Result<(), ShardError>;
 
     /// Marks decided transfers ended (every participant acked). Need not be forced to

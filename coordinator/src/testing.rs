@@ -509,8 +509,15 @@ fn coordinator_records<S: Fixture>(s: &mut S) {
     };
     s.record_decisions(std::slice::from_ref(&commit))
         .expect("store works");
+    assert_eq!(
+        s.balance_and_held(x.a),
+        (balance - 5, held),
+        "the own leg settles with the decision record"
+    );
+    assert!(s.in_doubt().expect("store works").is_empty());
     s.record_decisions(std::slice::from_ref(&commit))
         .expect("same decision again is a no-op");
+    assert_eq!(s.balance_and_held(x.a), (balance - 5, held));
     let abort = DecisionRecord {
         decision: Decision::Abort,
         reason: Some(Refusal::Interrupted),
@@ -567,7 +574,7 @@ fn coordinator_records<S: Fixture>(s: &mut S) {
     );
     assert_eq!(
         s.balance_and_held(x.a),
-        (balance - 1, held + 5),
+        (balance - 6, held),
         "a refused begin holds nothing"
     );
     // The own leg refused: begun all the same (so the id keeps its outcome), nothing held.
@@ -581,7 +588,7 @@ fn coordinator_records<S: Fixture>(s: &mut S) {
             Refusal::InsufficientFunds
         )))]
     );
-    assert_eq!(s.balance_and_held(x.a), (balance - 1, held + 5));
+    assert_eq!(s.balance_and_held(x.a), (balance - 6, held));
     assert_eq!(
         s.begin(&[too_much], NOW).expect("store works"),
         vec![BeginOutcome::Existing(TransferState::Pending)]

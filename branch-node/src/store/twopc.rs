@@ -150,9 +150,11 @@ fn coord_state(
     })
 }
 
-/// Coordinator: record decisions; all or nothing.
+/// Coordinator: record decisions, and apply each new one to this branch's own leg;
+/// all or nothing.
 pub(crate) fn record_decisions(
     conn: &Connection,
+    me: BranchId,
     items: &[DecisionRecord],
 ) -> Result<Result<(), ShardError>, StoreError> {
     for item in items {
@@ -178,9 +180,33 @@ pub(crate) fn record_decisions(
             for vote in &item.votes {
                 envelopes.link(conn, item.id, "vote", vote)?;
             }
+            apply_own_leg(conn, me, item, &mut envelopes)?;
         }
     }
     Ok(Ok(()))
+}
+
+/// Applies a decision just recorded to this branch's own leg of the transfer, if it has
+/// one. Its own records cannot contradict it in a correct branch; if they did, the leg
+/// stays as it is and the violation is logged, as for a refused decision from a peer.
+fn apply_own_leg(
+    conn: &Connection,
+    me: BranchId,
+    item: &DecisionRecord,
+    envelopes: &mut Envelopes,
+) -> Result<(), StoreError> {
+    if leg_row(conn, item.id)?.is_none_or(|leg| leg.coordinator != me) {
+        return Ok(());
+    }
+    let decision = DecisionItem {
+        id: item.id,
+        decision: item.decision,
+    };
+    let outcome = apply_one(conn, me, me, &decision, &None, envelopes)?;
+    if let ApplyOutcome::Refused(why) = outcome {
+        tracing::error!(id = %item.id, "own leg refused its coordinator's decision: {why}");
+    }
+    Ok(())
 }
 
 /// A participant record as stored.
@@ -609,7 +635,7 @@ impl Shard for Store {
         Ok(self.in_tx(|c, me| begin(c, me, items, now_ms))?)
     }
     fn record_decisions(&mut self, items: &[DecisionRecord]) -> Result<(), ShardError> {
-        self.in_tx(|c, _| record_decisions(c, items))?
+        self.in_tx(|c, me| record_decisions(c, me, items))?
     }
     fn mark_ended(&mut self, ids: &[TransferId]) -> Result<(), ShardError> {
         Ok(self.in_tx(|c, _| mark_ended(c, ids))?)

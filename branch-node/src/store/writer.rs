@@ -411,7 +411,7 @@ impl Shard for ConnShard<'_> {
         Ok(twopc::begin(self.conn, self.me, items, now_ms)?)
     }
     fn record_decisions(&mut self, items: &[DecisionRecord]) -> Result<(), ShardError> {
-        twopc::record_decisions(self.conn, items)?
+        twopc::record_decisions(self.conn, self.me, items)?
     }
     fn mark_ended(&mut self, ids: &[TransferId]) -> Result<(), ShardError> {
         Ok(twopc::mark_ended(self.conn, ids)?)
