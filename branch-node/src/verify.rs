@@ -79,20 +79,22 @@ pub fn signed_message(network: &NetworkFile, bytes: &[u8]) -> Option<(BranchId, 
 /// Whether a coordinator's signed body says `id` committed: a decision, or the answer
 /// to a status query.
 pub fn commits(body: &BranchBody, id: TransferId) -> bool {
-    match body {
-        BranchBody::Decisions(d) => d
+    let decided = body
+        .decision_items()
+        .iter()
+        .any(|i| i.id == id && i.decision == Decision::Commit);
+    decided
+        || body
+            .answer_items()
             .iter()
-            .any(|i| i.id == id && i.decision == Decision::Commit),
-        BranchBody::StatusAnswer(s) => s
-            .iter()
-            .any(|i| i.id == id && i.status == TransferStatus::Decided(Decision::Commit)),
-        _ => false,
-    }
+            .any(|i| i.id == id && i.status == TransferStatus::Decided(Decision::Commit))
 }
 
 /// Whether a signed body is `signer`'s yes vote on `id`.
 fn votes_yes(body: &BranchBody, id: TransferId) -> bool {
-    matches!(body, BranchBody::Votes(v) if v.iter().any(|i| i.id == id && i.vote == Vote::Yes))
+    body.vote_items()
+        .iter()
+        .any(|i| i.id == id && i.vote == Vote::Yes)
 }
 
 /// Audits the data dir `data_dir` of a branch listed in the network file `network`.

@@ -76,6 +76,17 @@ impl Branch {
                 BranchBody::Votes(items) => c.votes(from, items, &evidence, out),
                 BranchBody::Acks(ids) => c.acks(from, ids, out),
                 BranchBody::StatusQuery(ids) => c.status_query(now_ms, from, ids, out),
+                several @ BranchBody::Several(_) => {
+                    for body in several.parts() {
+                        let evidence = evidence.clone();
+                        let part = Input::Message {
+                            from,
+                            body,
+                            evidence,
+                        };
+                        self.step(now_ms, part, out);
+                    }
+                }
             },
             Input::Tick => {
                 c.tick(now_ms, out);

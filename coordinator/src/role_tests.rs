@@ -324,6 +324,34 @@ fn coordinator_settles_its_own_leg_with_its_begin_and_decision_records() {
 }
 
 #[test]
+fn several_kinds_in_one_envelope_act_as_each_kind_in_turn() {
+    // Branch 1 coordinates transfer 1 and is asked by branch 2 about transfer 9, which
+    // it never heard of; branch 2 votes on 1 and asks about 9 in one envelope.
+    let mut bundled = branch(B1);
+    started(&mut bundled);
+    let mut apart = bundled.clone();
+    let mut body = votes(Vote::Yes);
+    body.merge(BranchBody::StatusQuery(vec![TransferId(9)]));
+    let (mut one, mut two) = (Vec::new(), Vec::new());
+    bundled.step(2, msg(B2, body), &mut one);
+    apart.step(2, msg(B2, votes(Vote::Yes)), &mut two);
+    apart.step(
+        2,
+        msg(B2, BranchBody::StatusQuery(vec![TransferId(9)])),
+        &mut two,
+    );
+    assert_eq!(one, two);
+    assert_eq!(bundled, apart);
+    assert!(
+        one.contains(&Command::ReadDecisions {
+            asker: B2,
+            ids: vec![TransferId(9)]
+        }),
+        "{one:?}"
+    );
+}
+
+#[test]
 fn coordinator_aborts_on_a_no_vote_or_the_deadline() {
     let mut b = branch(B1);
     started(&mut b);

@@ -14,7 +14,7 @@ use branch_node::store::{Durability, Store};
 
 use crate::cluster::Cluster;
 use branch_node::verify::{commits, signed_message};
-use wire::twopc::{BranchBody, BranchMessage, Vote};
+use wire::twopc::{BranchMessage, Vote};
 use wire::{BranchId, TransferId};
 
 /// The checker's findings.
@@ -244,8 +244,10 @@ fn check_proofs(network: &NetworkFile, audits: &[Audit], r: &mut Report) {
                     continue;
                 }
                 if let Some((signer, m)) = verified.get(bytes)
-                    && let BranchBody::Votes(v) = &m.body
-                    && v.iter().any(|i| i.id == id && i.vote == Vote::Yes)
+                    && m.body
+                        .vote_items()
+                        .iter()
+                        .any(|i| i.id == id && i.vote == Vote::Yes)
                 {
                     yes_signers.insert(*signer);
                 }

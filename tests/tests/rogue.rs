@@ -16,7 +16,7 @@ use scenarios::cluster::Cluster;
 use scenarios::rogue::{envelope, prepare};
 use wire::link::{EnvelopeRefusal, LinkRequest, LinkResponse};
 use wire::teller::{TellerOp, TellerRequest, TellerResponse, Unavailable};
-use wire::twopc::{BranchMessage, TransferSpec};
+use wire::twopc::{BranchBody, BranchMessage, Bundle, TransferSpec};
 use wire::{AccountNumber, Amount, BranchId, BranchKey, TransferId};
 
 mod common;
@@ -198,6 +198,26 @@ async fn rogue_peer_messages_are_refused_and_change_nothing() {
     assert_eq!(
         send_signed(&as_b3, &b3_key, BranchId(3), &fresh).await,
         LinkResponse::Refused(EnvelopeRefusal::RemoteDebit)
+    );
+    // The same prepare bundled with another kind in one envelope: refused all the same.
+    let mut hidden = fresh.clone();
+    hidden.body.merge(BranchBody::Acks(vec![TransferId(0xacc)]));
+    assert!(matches!(hidden.body, BranchBody::Several(_)));
+    assert_eq!(
+        send_signed(&as_b3, &b3_key, BranchId(3), &hidden).await,
+        LinkResponse::Refused(EnvelopeRefusal::RemoteDebit)
+    );
+    // A bundle of one kind is not the canonical form of anything: refused.
+    let lone = BranchMessage {
+        body: BranchBody::Several(Bundle {
+            acks: vec![TransferId(0xacc)],
+            ..Bundle::default()
+        }),
+        ..fresh.clone()
+    };
+    assert_eq!(
+        send_signed(&as_b3, &b3_key, BranchId(3), &lone).await,
+        LinkResponse::Refused(EnvelopeRefusal::BadBatch)
     );
     // From here on the rogue's prepares credit b1's account, as an honest b3 would.
     let spec = TransferSpec {

@@ -126,6 +126,68 @@ pub enum BranchBody {
     StatusQuery(Vec<TransferId>),
     /// Coordinator to participant.
     StatusAnswer(Vec<StatusItem>),
+    /// Several of the kinds above for one branch in one envelope (one signature), as a
+    /// branch that coordinates some transfers and takes part in others has for a peer.
+    /// Canonical: at least two kinds non-empty, else it is sent as that one kind.
+    Several(Bundle),
+}
+
+/// The items of each kind in a [`BranchBody::Several`], acted on in this order.
+#[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+pub struct Bundle {
+    pub prepare: Vec<PrepareItem>,
+    pub votes: Vec<VoteItem>,
+    pub decisions: Vec<DecisionItem>,
+    pub acks: Vec<TransferId>,
+    pub status_query: Vec<TransferId>,
+    pub status_answer: Vec<StatusItem>,
+}
+
+impl Bundle {
+    fn add(&mut self, body: BranchBody) {
+        match body {
+            BranchBody::Prepare(v) => self.prepare.extend(v),
+            BranchBody::Votes(v) => self.votes.extend(v),
+            BranchBody::Decisions(v) => self.decisions.extend(v),
+            BranchBody::Acks(v) => self.acks.extend(v),
+            BranchBody::StatusQuery(v) => self.status_query.extend(v),
+            BranchBody::StatusAnswer(v) => self.status_answer.extend(v),
+            BranchBody::Several(b) => {
+                for part in BranchBody::Several(b).parts() {
+                    self.add(part);
+                }
+            }
+        }
+    }
+
+    /// The non-empty kinds, each as its own body, in order.
+    fn parts(self) -> Vec<BranchBody> {
+        let parts = [
+            (!self.prepare.is_empty()).then_some(BranchBody::Prepare(self.prepare)),
+            (!self.votes.is_empty()).then_some(BranchBody::Votes(self.votes)),
+            (!self.decisions.is_empty()).then_some(BranchBody::Decisions(self.decisions)),
+            (!self.acks.is_empty()).then_some(BranchBody::Acks(self.acks)),
+            (!self.status_query.is_empty()).then_some(BranchBody::StatusQuery(self.status_query)),
+            (!self.status_answer.is_empty())
+                .then_some(BranchBody::StatusAnswer(self.status_answer)),
+        ];
+        parts.into_iter().flatten().collect()
+    }
+
+    fn kinds(&self) -> usize {
+        [
+            self.prepare.is_empty(),
+            self.votes.is_empty(),
+            self.decisions.is_empty(),
+            self.acks.is_empty(),
+            self.status_query.is_empty(),
+            self.status_answer.is_empty(),
+        ]
+        .iter()
+        .filter(|empty| !**empty)
+        .count()
+    }
 }
 
 /// A signed branch-to-branch message: for whom, until when, and the batch.
@@ -150,6 +212,8 @@ pub enum ShapeError {
     WrongRecipient(BranchId),
     #[error("message expired")]
     Expired,
+    #[error("several kinds in one envelope, but fewer than two of them non-empty")]
+    NotCanonical,
 }
 
 impl BranchBody {
@@ -161,6 +225,59 @@ impl BranchBody {
             BranchBody::Decisions(v) => v.len(),
             BranchBody::Acks(v) | BranchBody::StatusQuery(v) => v.len(),
             BranchBody::StatusAnswer(v) => v.len(),
+            BranchBody::Several(b) => {
+                b.prepare.len()
+                    + b.votes.len()
+                    + b.decisions.len()
+                    + b.acks.len()
+                    + b.status_query.len()
+                    + b.status_answer.len()
+            }
+        }
+    }
+
+    /// Each kind as its own body, in the order they are acted on: a `Several` split into
+    /// its non-empty kinds; any other body alone.
+    pub fn parts(self) -> Vec<BranchBody> {
+        match self {
+            BranchBody::Several(b) => b.parts(),
+            one => vec![one],
+        }
+    }
+
+    /// The prepare items in this body, of any shape.
+    pub fn prepare_items(&self) -> &[PrepareItem] {
+        match self {
+            BranchBody::Prepare(v) => v,
+            BranchBody::Several(b) => &b.prepare,
+            _ => &[],
+        }
+    }
+
+    /// The votes in this body, of any shape.
+    pub fn vote_items(&self) -> &[VoteItem] {
+        match self {
+            BranchBody::Votes(v) => v,
+            BranchBody::Several(b) => &b.votes,
+            _ => &[],
+        }
+    }
+
+    /// The decisions in this body, of any shape.
+    pub fn decision_items(&self) -> &[DecisionItem] {
+        match self {
+            BranchBody::Decisions(v) => v,
+            BranchBody::Several(b) => &b.decisions,
+            _ => &[],
+        }
+    }
+
+    /// The status answers in this body, of any shape.
+    pub fn answer_items(&self) -> &[StatusItem] {
+        match self {
+            BranchBody::StatusAnswer(v) => v,
+            BranchBody::Several(b) => &b.status_answer,
+            _ => &[],
         }
     }
 
@@ -169,9 +286,9 @@ impl BranchBody {
         self.len() == 0
     }
 
-    /// Appends `other`'s items when it is the same kind of message; gives it back
-    /// unchanged otherwise. The caller keeps the result within `BATCH_TRANSFERS_MAX`.
-    pub fn merge(&mut self, other: BranchBody) -> Result<(), BranchBody> {
+    /// Adds `other`'s items: to the same kind's, or as another kind of a `Several`.
+    /// The caller keeps the result within `BATCH_TRANSFERS_MAX`.
+    pub fn merge(&mut self, other: BranchBody) {
         match (self, other) {
             (BranchBody::Prepare(a), BranchBody::Prepare(b)) => a.extend(b),
             (BranchBody::Votes(a), BranchBody::Votes(b)) => a.extend(b),
@@ -179,9 +296,13 @@ impl BranchBody {
             (BranchBody::Acks(a), BranchBody::Acks(b))
             | (BranchBody::StatusQuery(a), BranchBody::StatusQuery(b)) => a.extend(b),
             (BranchBody::StatusAnswer(a), BranchBody::StatusAnswer(b)) => a.extend(b),
-            (_, other) => return Err(other),
+            (this, other) => {
+                let mut bundle = Bundle::default();
+                bundle.add(std::mem::replace(this, BranchBody::Acks(Vec::new())));
+                bundle.add(other);
+                *this = BranchBody::Several(bundle);
+            }
         }
-        Ok(())
     }
 }
 
@@ -194,6 +315,11 @@ impl BranchMessage {
         }
         if now_ms > self.expires_at_ms {
             return Err(ShapeError::Expired);
+        }
+        if let BranchBody::Several(b) = &self.body
+            && b.kinds() < 2
+        {
+            return Err(ShapeError::NotCanonical);
         }
         match self.body.len() {
             0 => Err(ShapeError::EmptyBatch),
@@ -216,13 +342,36 @@ mod tests {
     }
 
     #[test]
-    fn merge_appends_the_same_kind_and_gives_another_kind_back() {
+    fn merge_appends_the_same_kind_and_bundles_other_kinds() {
         let mut acks = BranchBody::Acks(vec![TransferId(1)]);
-        assert_eq!(acks.merge(BranchBody::Acks(vec![TransferId(2)])), Ok(()));
+        acks.merge(BranchBody::Acks(vec![TransferId(2)]));
         assert_eq!(acks, BranchBody::Acks(vec![TransferId(1), TransferId(2)]));
-        let query = BranchBody::StatusQuery(vec![TransferId(3)]);
-        assert_eq!(acks.merge(query.clone()), Err(query));
-        assert_eq!(acks.len(), 2, "unchanged by a refused merge");
+        acks.merge(BranchBody::StatusQuery(vec![TransferId(3)]));
+        acks.merge(BranchBody::Acks(vec![TransferId(4)]));
+        assert_eq!(acks.len(), 4);
+        let ids = |v: &[u128]| v.iter().map(|i| TransferId(*i)).collect::<Vec<_>>();
+        assert_eq!(
+            acks.clone().parts(),
+            vec![
+                BranchBody::Acks(ids(&[1, 2, 4])),
+                BranchBody::StatusQuery(ids(&[3]))
+            ]
+        );
+        // One kind alone in a `Several` is refused: it has one canonical form.
+        let lone = BranchMessage {
+            to: BranchId(2),
+            expires_at_ms: 100,
+            body: BranchBody::Several(Bundle {
+                acks: ids(&[1]),
+                ..Bundle::default()
+            }),
+        };
+        assert_eq!(
+            lone.check_shape(BranchId(2), 0),
+            Err(ShapeError::NotCanonical)
+        );
+        let two = BranchMessage { body: acks, ..lone };
+        assert_eq!(two.check_shape(BranchId(2), 0), Ok(()));
     }
 
     #[test]

@@ -527,13 +527,11 @@ impl Engine {
 
     /// Keeps a message for the end of the round, merged into one of the same kind to the
     /// same branch while the batch limit allows.
-    fn queue_send(&mut self, to: BranchId, mut body: BranchBody) {
+    fn queue_send(&mut self, to: BranchId, body: BranchBody) {
         for (dest, queued) in &mut self.outgoing {
             if *dest == to && queued.len() + body.len() <= wire::limits::BATCH_TRANSFERS_MAX {
-                match queued.merge(body) {
-                    Ok(()) => return,
-                    Err(other_kind) => body = other_kind,
-                }
+                queued.merge(body);
+                return;
             }
         }
         self.outgoing.push((to, body));
@@ -632,11 +630,7 @@ impl Engine {
     }
 
     fn send(&mut self, to: BranchId, body: BranchBody) -> Option<Input> {
-        let (before, after) = match &body {
-            BranchBody::Votes(_) => (Some("before_vote_sent"), Some("after_vote_sent")),
-            BranchBody::Decisions(_) => (Some("before_decision_sent"), Some("after_decision_sent")),
-            _ => (None, None),
-        };
+        let steps: Vec<_> = sent_steps(&body).collect();
         let message = BranchMessage {
             to,
             expires_at_ms: now_ms().saturating_add(MESSAGE_TTL_MS),
@@ -654,17 +648,27 @@ impl Engine {
             tracing::error!(%to, "2pc message for a branch not in the network file");
             return None;
         };
-        if let Some(name) = before {
-            failpoint(name);
+        for (before, _) in &steps {
+            failpoint(before);
         }
         self.counters.messages_sent.fetch_add(1, Ordering::Relaxed);
         super::metrics::get().twopc_messages_sent.inc();
         self.counters
             .items_sent
             .fetch_add(message.body.len() as u64, Ordering::Relaxed);
-        tokio::spawn(deliver(self.client.clone(), peer, to, envelope, after));
+        let afters = steps.into_iter().map(|(_, after)| after);
+        tokio::spawn(deliver(self.client.clone(), peer, to, envelope, afters));
         None
     }
+}
+
+/// The (before, after) failpoints of the 2PC steps an outgoing body takes: sending
+/// votes, sending decisions, or both when one envelope carries several kinds.
+fn sent_steps(body: &BranchBody) -> impl Iterator<Item = (&'static str, &'static str)> + use<> {
+    let votes = (!body.vote_items().is_empty()).then_some(("before_vote_sent", "after_vote_sent"));
+    let decisions = (!body.decision_items().is_empty())
+        .then_some(("before_decision_sent", "after_decision_sent"));
+    votes.into_iter().chain(decisions)
 }
 
 /// Sends one signed envelope to `peer`. Loss is normal and left to the protocol's
@@ -675,14 +679,10 @@ async fn deliver(
     peer: libp2p::PeerId,
     to: BranchId,
     envelope: Vec<u8>,
-    after: Option<&'static str>,
+    afters: impl Iterator<Item = &'static str>,
 ) {
     match client.link(peer, LinkRequest::TwoPc(envelope)).await {
-        Ok(LinkResponse::Accepted) => {
-            if let Some(name) = after {
-                failpoint(name);
-            }
-        }
+        Ok(LinkResponse::Accepted) => afters.for_each(failpoint),
         Ok(other) => tracing::warn!(%to, ?other, "2pc message refused"),
         Err(e) => tracing::debug!(%to, "2pc message not delivered: {e}"),
     }

@@ -33,7 +33,9 @@ pub fn verify_envelope(
     message.check_shape(me, now_ms).map_err(|e| match e {
         ShapeError::WrongRecipient(_) => EnvelopeRefusal::WrongRecipient,
         ShapeError::Expired => EnvelopeRefusal::Expired,
-        ShapeError::EmptyBatch | ShapeError::BatchTooLarge(_) => EnvelopeRefusal::BadBatch,
+        ShapeError::EmptyBatch | ShapeError::BatchTooLarge(_) | ShapeError::NotCanonical => {
+            EnvelopeRefusal::BadBatch
+        }
     })?;
     if signed.signer != me && debits_here(&message, me) {
         return Err(EnvelopeRefusal::RemoteDebit);
@@ -43,6 +45,9 @@ pub fn verify_envelope(
 
 /// Whether `message` is a prepare that debits an account of branch `me`.
 fn debits_here(message: &BranchMessage, me: BranchId) -> bool {
-    matches!(&message.body, wire::twopc::BranchBody::Prepare(items)
-        if items.iter().any(|i| i.transfer.from.branch() == me))
+    message
+        .body
+        .prepare_items()
+        .iter()
+        .any(|i| i.transfer.from.branch() == me)
 }

@@ -24,7 +24,7 @@ use libp2p::{StreamProtocol, Swarm, SwarmBuilder, identify, mdns, noise, ping, t
 pub const TELLER_PROTOCOL: StreamProtocol = StreamProtocol::new("/bankmate/teller/2");
 /// The branch-to-branch protocol for 2PC envelopes: `LinkRequest` in, `LinkResponse`
 /// out, framed the same way.
-pub const LINK_PROTOCOL: StreamProtocol = StreamProtocol::new("/bankmate/link/2");
+pub const LINK_PROTOCOL: StreamProtocol = StreamProtocol::new("/bankmate/link/3");
 /// Requests one branch forwards to another for tellers (`LinkRequest::Forward`): their
 /// own protocol, with their own streams and inbound queue, so that a teller flood
 /// passed on by a branch can never hold up that link's 2PC messages.
