@@ -5,13 +5,16 @@
 //!   as one operation. Answers come back once durable, a whole writer batch at a time
 //!   (the writer's batch-end hook), and are fed to the machine in order.
 //! - Every outgoing message is signed with the branch key, including those to this branch
-//!   itself (delivered in-process), so every stored record has a signed envelope.
+//!   itself (delivered in-process, now only on recovery paths), and so are this branch's
+//!   own yes votes, which a begin makes without a message: a commit keeps a signed yes
+//!   vote from every participant.
 //! - Teller transfers waiting in the queue are taken together: one `Request` input, so
 //!   the machine batches them per destination branch.
 //! - The engine works in rounds: it takes everything that is ready (durable answers,
 //!   messages, transfers), steps the machine on each, and only then signs and sends what
-//!   the round produced, merged per destination and kind. Under load one envelope (one
-//!   signature, one link request) carries the items of many transfers.
+//!   the round produced, merged into one envelope per destination (several kinds in a
+//!   `BranchBody::Several`). Under load one envelope (one signature, one link request)
+//!   carries the items of many transfers.
 //! - Failpoints (the `fail` crate, configured with `FAILPOINTS`) sit at each 2PC step.
 
 use std::collections::HashMap;
