@@ -61,11 +61,6 @@ impl Tx {
     }
 }
 
-/// When a transfer still preparing wakes next: a re-send from `from_ms`, or its deadline.
-fn prepare_wake(config: &Config, deadline_ms: u64, from_ms: u64) -> u64 {
-    deadline_ms.min(from_ms.saturating_add(config.prepare_resend_ms))
-}
-
 /// The coordinator role of one branch. Pure: no clock, no IO.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Coordinator {
@@ -216,7 +211,11 @@ impl Coordinator {
                     if own.is_some() {
                         tx.yes.insert(self.me, evidence.clone());
                     }
-                    self.send_prepares(id, &mut ob);
+                    // Timed from the request (the deadline less the timeout).
+                    let start = tx
+                        .deadline_ms
+                        .saturating_sub(self.config.prepare_timeout_ms);
+                    self.send_prepares(id, start, &mut ob);
                     continue;
                 }
                 BeginOutcome::New(Some(Vote::No(reason))) => {
@@ -241,8 +240,8 @@ impl Coordinator {
     }
 
     /// Sends the prepare of `id` to the participants that have not voted yes, and arms
-    /// the next re-send (or the deadline, whichever comes first).
-    fn send_prepares(&mut self, id: TransferId, ob: &mut Outbox) {
+    /// the next re-send, `prepare_resend_ms` after `from_ms` (or the deadline, if sooner).
+    fn send_prepares(&mut self, id: TransferId, from_ms: u64, ob: &mut Outbox) {
         let Some(tx) = self.txs.get_mut(&id) else {
             return;
         };
@@ -256,11 +255,9 @@ impl Coordinator {
                 ob.prepare(p, prepare);
             }
         }
-        // Timed from the request (the deadline less the timeout), like the deadline.
-        let start = tx
+        let wake = tx
             .deadline_ms
-            .saturating_sub(self.config.prepare_timeout_ms);
-        let wake = prepare_wake(&self.config, tx.deadline_ms, start);
+            .min(from_ms.saturating_add(self.config.prepare_resend_ms));
         self.arm(id, wake);
     }
 
@@ -491,17 +488,7 @@ impl Coordinator {
             tx.due_ms = None;
             match (tx.phase, tx.decision) {
                 (Phase::Preparing, _) if now < tx.deadline_ms => {
-                    let prepare = PrepareItem {
-                        transfer: tx.spec,
-                        deadline_ms: tx.deadline_ms,
-                    };
-                    for &p in &tx.participants {
-                        if !tx.yes.contains_key(&p) {
-                            ob.prepare(p, prepare);
-                        }
-                    }
-                    let wake = prepare_wake(&self.config, tx.deadline_ms, now);
-                    self.arm(id, wake);
+                    self.send_prepares(id, now, &mut ob);
                 }
                 (Phase::Preparing, _) => {
                     self.decide(id, Decision::Abort, Some(Refusal::NoVote), &mut records);
