@@ -90,8 +90,8 @@ pub fn commits(body: &BranchBody, id: TransferId) -> bool {
             .any(|i| i.id == id && i.status == TransferStatus::Decided(Decision::Commit))
 }
 
-/// Whether a signed body is `signer`'s yes vote on `id`.
-fn votes_yes(body: &BranchBody, id: TransferId) -> bool {
+/// Whether a signed body is its signer's yes vote on `id`.
+pub fn votes_yes(body: &BranchBody, id: TransferId) -> bool {
     body.vote_items()
         .iter()
         .any(|i| i.id == id && i.vote == Vote::Yes)

@@ -348,14 +348,9 @@ impl Coordinator {
             if tx.participants.contains(&self.me) {
                 tx.acked.insert(self.me);
             }
-            let rest: Vec<_> = match tx.asked {
-                true => tx
-                    .participants
-                    .iter()
-                    .filter(|p| !tx.acked.contains(p))
-                    .collect(),
-                false => Vec::new(),
-            };
+            let rest: Vec<_> = (tx.participants.iter())
+                .filter(|p| tx.asked && !tx.acked.contains(p))
+                .collect();
             if rest.is_empty() {
                 ended.push(id);
                 self.forget(id);

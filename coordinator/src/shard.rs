@@ -117,10 +117,10 @@ pub trait Shard {
     // Coordinator role.
 
     /// Durably records each new transfer as begun (undecided) and, where this branch
-    /// owns one of its accounts, prepares its own legs (as [`Shard::prepare`] would for
-    /// a prepare from this branch, at `now_ms`, with no envelope), in one durable step; or reports what an
-    /// earlier use of the id found, changing nothing. Must be durable before any
-    /// `Prepare` is sent.
+    /// owns one of its accounts, prepares its own legs (as [`Shard::prepare`] would for a
+    /// prepare from this branch, at `now_ms`, with no envelope), in one durable step; or
+    /// reports what an earlier use of the id found, changing nothing. Must be durable
+    /// before any `Prepare` is sent.
     fn begin(&mut self, items: &[BeginItem], now_ms: u64) -> Result<Vec<BeginOutcome>, ShardError>;
 
     /// Durably records decisions for begun transfers and, in the same durable step,

@@ -13,8 +13,8 @@ use branch_node::store::audit::Audit;
 use branch_node::store::{Durability, Store};
 
 use crate::cluster::Cluster;
-use branch_node::verify::{commits, signed_message};
-use wire::twopc::{BranchMessage, Vote};
+use branch_node::verify::{commits, signed_message, votes_yes};
+use wire::twopc::BranchMessage;
 use wire::{BranchId, TransferId};
 
 /// The checker's findings.
@@ -244,10 +244,7 @@ fn check_proofs(network: &NetworkFile, audits: &[Audit], r: &mut Report) {
                     continue;
                 }
                 if let Some((signer, m)) = verified.get(bytes)
-                    && m.body
-                        .vote_items()
-                        .iter()
-                        .any(|i| i.id == id && i.vote == Vote::Yes)
+                    && votes_yes(&m.body, id)
                 {
                     yes_signers.insert(*signer);
                 }

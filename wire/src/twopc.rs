@@ -147,46 +147,71 @@ pub struct Bundle {
 impl Bundle {
     fn add(&mut self, body: BranchBody) {
         match body {
-            BranchBody::Prepare(v) => self.prepare.extend(v),
-            BranchBody::Votes(v) => self.votes.extend(v),
-            BranchBody::Decisions(v) => self.decisions.extend(v),
-            BranchBody::Acks(v) => self.acks.extend(v),
-            BranchBody::StatusQuery(v) => self.status_query.extend(v),
-            BranchBody::StatusAnswer(v) => self.status_answer.extend(v),
+            BranchBody::Prepare(v) => put(&mut self.prepare, v),
+            BranchBody::Votes(v) => put(&mut self.votes, v),
+            BranchBody::Decisions(v) => put(&mut self.decisions, v),
+            BranchBody::Acks(v) => put(&mut self.acks, v),
+            BranchBody::StatusQuery(v) => put(&mut self.status_query, v),
+            BranchBody::StatusAnswer(v) => put(&mut self.status_answer, v),
             BranchBody::Several(b) => {
-                for part in BranchBody::Several(b).parts() {
-                    self.add(part);
-                }
+                put(&mut self.prepare, b.prepare);
+                put(&mut self.votes, b.votes);
+                put(&mut self.decisions, b.decisions);
+                put(&mut self.acks, b.acks);
+                put(&mut self.status_query, b.status_query);
+                put(&mut self.status_answer, b.status_answer);
             }
         }
+    }
+
+    /// The number of items of each kind, in order.
+    fn lens(&self) -> [usize; 6] {
+        [
+            self.prepare.len(),
+            self.votes.len(),
+            self.decisions.len(),
+            self.acks.len(),
+            self.status_query.len(),
+            self.status_answer.len(),
+        ]
+    }
+
+    fn kinds(&self) -> usize {
+        self.lens().iter().filter(|n| **n > 0).count()
     }
 
     /// The non-empty kinds, each as its own body, in order.
     fn parts(self) -> Vec<BranchBody> {
         let parts = [
-            (!self.prepare.is_empty()).then_some(BranchBody::Prepare(self.prepare)),
-            (!self.votes.is_empty()).then_some(BranchBody::Votes(self.votes)),
-            (!self.decisions.is_empty()).then_some(BranchBody::Decisions(self.decisions)),
-            (!self.acks.is_empty()).then_some(BranchBody::Acks(self.acks)),
-            (!self.status_query.is_empty()).then_some(BranchBody::StatusQuery(self.status_query)),
-            (!self.status_answer.is_empty())
-                .then_some(BranchBody::StatusAnswer(self.status_answer)),
+            BranchBody::Prepare(self.prepare),
+            BranchBody::Votes(self.votes),
+            BranchBody::Decisions(self.decisions),
+            BranchBody::Acks(self.acks),
+            BranchBody::StatusQuery(self.status_query),
+            BranchBody::StatusAnswer(self.status_answer),
         ];
-        parts.into_iter().flatten().collect()
+        parts.into_iter().filter(|p| !p.is_empty()).collect()
     }
 
-    fn kinds(&self) -> usize {
-        [
-            self.prepare.is_empty(),
-            self.votes.is_empty(),
-            self.decisions.is_empty(),
-            self.acks.is_empty(),
-            self.status_query.is_empty(),
-            self.status_answer.is_empty(),
-        ]
-        .iter()
-        .filter(|empty| !**empty)
-        .count()
+    /// The canonical body of these items: one kind alone as itself, several as `Several`.
+    fn into_body(self) -> BranchBody {
+        match self.kinds() {
+            0 | 1 => {
+                let mut parts = self.parts();
+                parts.pop().unwrap_or(BranchBody::Acks(Vec::new()))
+            }
+            _ => BranchBody::Several(self),
+        }
+    }
+}
+
+/// Appends `more` to `items`, moving it whole when `items` is empty (no copy of a large
+/// batch merged into nothing).
+fn put<T>(items: &mut Vec<T>, more: Vec<T>) {
+    if items.is_empty() {
+        *items = more;
+    } else {
+        items.extend(more);
     }
 }
 
@@ -225,14 +250,7 @@ impl BranchBody {
             BranchBody::Decisions(v) => v.len(),
             BranchBody::Acks(v) | BranchBody::StatusQuery(v) => v.len(),
             BranchBody::StatusAnswer(v) => v.len(),
-            BranchBody::Several(b) => {
-                b.prepare.len()
-                    + b.votes.len()
-                    + b.decisions.len()
-                    + b.acks.len()
-                    + b.status_query.len()
-                    + b.status_answer.len()
-            }
+            BranchBody::Several(b) => b.lens().iter().sum(),
         }
     }
 
@@ -289,20 +307,10 @@ impl BranchBody {
     /// Adds `other`'s items: to the same kind's, or as another kind of a `Several`.
     /// The caller keeps the result within `BATCH_TRANSFERS_MAX`.
     pub fn merge(&mut self, other: BranchBody) {
-        match (self, other) {
-            (BranchBody::Prepare(a), BranchBody::Prepare(b)) => a.extend(b),
-            (BranchBody::Votes(a), BranchBody::Votes(b)) => a.extend(b),
-            (BranchBody::Decisions(a), BranchBody::Decisions(b)) => a.extend(b),
-            (BranchBody::Acks(a), BranchBody::Acks(b))
-            | (BranchBody::StatusQuery(a), BranchBody::StatusQuery(b)) => a.extend(b),
-            (BranchBody::StatusAnswer(a), BranchBody::StatusAnswer(b)) => a.extend(b),
-            (this, other) => {
-                let mut bundle = Bundle::default();
-                bundle.add(std::mem::replace(this, BranchBody::Acks(Vec::new())));
-                bundle.add(other);
-                *this = BranchBody::Several(bundle);
-            }
-        }
+        let mut bundle = Bundle::default();
+        bundle.add(std::mem::replace(self, BranchBody::Acks(Vec::new())));
+        bundle.add(other);
+        *self = bundle.into_body();
     }
 }
 
@@ -372,6 +380,14 @@ mod tests {
         );
         let two = BranchMessage { body: acks, ..lone };
         assert_eq!(two.check_shape(BranchId(2), 0), Ok(()));
+        // The batch limit counts the items of every kind together.
+        let mut full = BranchBody::Acks((0..BATCH_TRANSFERS_MAX as u128).map(TransferId).collect());
+        full.merge(BranchBody::StatusQuery(ids(&[1])));
+        let over = BranchMessage { body: full, ..two };
+        assert_eq!(
+            over.check_shape(BranchId(2), 0),
+            Err(ShapeError::BatchTooLarge(BATCH_TRANSFERS_MAX + 1))
+        );
     }
 
     #[test]

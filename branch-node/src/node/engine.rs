@@ -528,8 +528,8 @@ impl Engine {
         }
     }
 
-    /// Keeps a message for the end of the round, merged into one of the same kind to the
-    /// same branch while the batch limit allows.
+    /// Keeps a message for the end of the round, merged into the one already queued for
+    /// the same branch (of any kind) while the batch limit allows.
     fn queue_send(&mut self, to: BranchId, body: BranchBody) {
         for (dest, queued) in &mut self.outgoing {
             if *dest == to && queued.len() + body.len() <= wire::limits::BATCH_TRANSFERS_MAX {
@@ -633,7 +633,7 @@ impl Engine {
     }
 
     fn send(&mut self, to: BranchId, body: BranchBody) -> Option<Input> {
-        let steps: Vec<_> = sent_steps(&body).collect();
+        let steps = sent_steps(&body);
         let message = BranchMessage {
             to,
             expires_at_ms: now_ms().saturating_add(MESSAGE_TTL_MS),
@@ -667,11 +667,15 @@ impl Engine {
 
 /// The (before, after) failpoints of the 2PC steps an outgoing body takes: sending
 /// votes, sending decisions, or both when one envelope carries several kinds.
-fn sent_steps(body: &BranchBody) -> impl Iterator<Item = (&'static str, &'static str)> + use<> {
-    let votes = (!body.vote_items().is_empty()).then_some(("before_vote_sent", "after_vote_sent"));
-    let decisions = (!body.decision_items().is_empty())
-        .then_some(("before_decision_sent", "after_decision_sent"));
-    votes.into_iter().chain(decisions)
+fn sent_steps(body: &BranchBody) -> Vec<(&'static str, &'static str)> {
+    let mut steps = Vec::new();
+    if !body.vote_items().is_empty() {
+        steps.push(("before_vote_sent", "after_vote_sent"));
+    }
+    if !body.decision_items().is_empty() {
+        steps.push(("before_decision_sent", "after_decision_sent"));
+    }
+    steps
 }
 
 /// Sends one signed envelope to `peer`. Loss is normal and left to the protocol's

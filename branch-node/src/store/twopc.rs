@@ -124,7 +124,8 @@ pub(crate) fn begin(
                     deadline_ms: item.deadline_ms,
                 };
                 let vote = if item.spec.participants().contains(&me) {
-                    Some(prepare_one(conn, me, me, &own, now, &None, &mut envelopes)?)
+                    // `outcome_of` was checked just above.
+                    Some(prepare_leg(conn, me, me, &own, now, &None, &mut envelopes)?)
                 } else {
                     None
                 };
@@ -195,14 +196,15 @@ fn apply_own_leg(
     item: &DecisionRecord,
     envelopes: &mut Envelopes,
 ) -> Result<(), StoreError> {
-    if leg_row(conn, item.id)?.is_none_or(|leg| leg.coordinator != me) {
+    let leg = leg_row(conn, item.id)?;
+    if leg.as_ref().is_none_or(|leg| leg.coordinator != me) {
         return Ok(());
     }
     let decision = DecisionItem {
         id: item.id,
         decision: item.decision,
     };
-    let outcome = apply_one(conn, me, me, &decision, &None, envelopes)?;
+    let outcome = apply_to_leg(conn, me, me, leg, &decision, &None, envelopes)?;
     if let ApplyOutcome::Refused(why) = outcome {
         tracing::error!(id = %item.id, "own leg refused its coordinator's decision: {why}");
     }
@@ -250,10 +252,23 @@ fn prepare_one(
     evidence: &Evidence,
     envelopes: &mut Envelopes,
 ) -> Result<Vote, StoreError> {
-    let spec = item.transfer;
-    if bank::outcome_of(conn, spec.id)?.is_some() {
+    if bank::outcome_of(conn, item.transfer.id)?.is_some() {
         return Ok(Vote::No(Refusal::IdConflict));
     }
+    prepare_leg(conn, me, coordinator, item, now, evidence, envelopes)
+}
+
+/// [`prepare_one`] for an id known not to be a one-step movement's.
+fn prepare_leg(
+    conn: &Connection,
+    me: BranchId,
+    coordinator: BranchId,
+    item: &PrepareItem,
+    now: u64,
+    evidence: &Evidence,
+    envelopes: &mut Envelopes,
+) -> Result<Vote, StoreError> {
+    let spec = item.transfer;
     if let Some(LegRow {
         coordinator: c,
         spec: s,
@@ -408,12 +423,26 @@ fn apply_one(
     evidence: &Evidence,
     envelopes: &mut Envelopes,
 ) -> Result<ApplyOutcome, StoreError> {
+    let leg = leg_row(conn, item.id)?;
+    apply_to_leg(conn, me, coordinator, leg, item, evidence, envelopes)
+}
+
+/// [`apply_one`] with the leg's record already read.
+fn apply_to_leg(
+    conn: &Connection,
+    me: BranchId,
+    coordinator: BranchId,
+    leg: Option<LegRow>,
+    item: &DecisionItem,
+    evidence: &Evidence,
+    envelopes: &mut Envelopes,
+) -> Result<ApplyOutcome, StoreError> {
     let Some(LegRow {
         coordinator: c,
         spec,
         vote,
         decision: decided,
-    }) = leg_row(conn, item.id)?
+    }) = leg
     else {
         if item.decision == Decision::Commit {
             return Ok(ApplyOutcome::Refused(ApplyRefusal::UnknownTransfer));
