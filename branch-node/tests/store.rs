@@ -527,7 +527,7 @@ fn a_failing_operation_in_a_group_commit_batch_rolls_back_alone() {
     let (held_tx, held_rx) = mpsc::channel::<()>();
     let h = writer.handle();
     let holder = std::thread::spawn(move || {
-        h.run(move |_, _| {
+        h.run_local(move |_, _| {
             held_tx.send(()).expect("signals");
             release_rx.recv().expect("released");
             Ok(())
@@ -535,18 +535,23 @@ fn a_failing_operation_in_a_group_commit_batch_rolls_back_alone() {
     });
     held_rx.recv().expect("writer is held");
     let insert = |key: &'static str, fail: bool| {
+        let (tx, rx) = mpsc::channel();
         writer
             .handle()
-            .submit(move |c, _| {
-                c.execute("INSERT INTO meta (key, value) VALUES (?1, 1)", [key])?;
-                if fail {
-                    return Err(StoreError::Malformed(
-                        "this operation fails after writing".into(),
-                    ));
-                }
-                Ok(())
-            })
-            .expect("queued")
+            .local_then(
+                move |c, _| {
+                    c.execute("INSERT INTO meta (key, value) VALUES (?1, 1)", [key])?;
+                    if fail {
+                        return Err(StoreError::Malformed(
+                            "this operation fails after writing".into(),
+                        ));
+                    }
+                    Ok(())
+                },
+                move |r| tx.send(r).expect("answers"),
+            )
+            .expect("queued");
+        rx
     };
     // All three are queued behind the held job, so they form the next batch.
     let jobs = [
@@ -719,7 +724,7 @@ fn the_batch_end_hook_runs_once_per_batch_after_its_answers() {
     let l = Arc::clone(&log);
     writer
         .handle()
-        .submit_then(
+        .local_then(
             move |_, _| {
                 held_tx.send(()).expect("signals");
                 release_rx.recv().expect("released");
@@ -734,7 +739,7 @@ fn the_batch_end_hook_runs_once_per_batch_after_its_answers() {
         let (l, done) = (Arc::clone(&log), done_tx.clone());
         writer
             .handle()
-            .submit_then(
+            .local_then(
                 |_, _| Ok(()),
                 move |_: Result<(), StoreError>| {
                     l.lock().expect("log").push("job");

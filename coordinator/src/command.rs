@@ -71,7 +71,7 @@ pub enum Input {
 }
 
 /// Something a branch's driver must do.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub enum Command {
     /// `Shard::begin` (with the current time), then feed [`Input::Begun`].
     Begin { items: Vec<BeginItem> },

@@ -26,7 +26,7 @@ use wire::{BranchId, Refusal, TransferId};
 pub type Evidence = Option<Arc<[u8]>>;
 
 /// A transfer a coordinator starts: the client's request and its prepare deadline.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub struct BeginItem {
     pub spec: TransferSpec,
     pub deadline_ms: u64,
@@ -46,7 +46,7 @@ pub enum BeginOutcome {
 
 /// A coordinator's decision, with the reason for an abort and, for a commit, the
 /// participants' signed yes votes (the proof that they agreed).
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub struct DecisionRecord {
     pub id: TransferId,
     pub decision: Decision,

@@ -9,7 +9,7 @@
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::limits::MESSAGE_BYTES_MAX;
+use crate::limits::{MESSAGE_BYTES_MAX, RECORD_BYTES_MAX};
 
 /// Length of a frame's length prefix, in bytes.
 pub const FRAME_PREFIX_BYTES: usize = 4;
@@ -17,7 +17,7 @@ pub const FRAME_PREFIX_BYTES: usize = 4;
 /// Why bytes could not be made from a value or a value from bytes.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum CodecError {
-    #[error("message of {0} bytes exceeds the limit of {MESSAGE_BYTES_MAX}")]
+    #[error("message of {0} bytes exceeds its size limit")]
     Oversized(usize),
     #[error("message ended early")]
     Truncated,
@@ -31,8 +31,23 @@ pub enum CodecError {
 
 /// Encodes `value`; refuses a result larger than [`MESSAGE_BYTES_MAX`].
 pub fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, CodecError> {
+    encode_limited(value, MESSAGE_BYTES_MAX)
+}
+
+/// Encodes a record a branch keeps or replicates (a write op, a replica log entry),
+/// which may carry many messages: like [`encode`], up to [`RECORD_BYTES_MAX`].
+pub fn encode_record<T: Serialize>(value: &T) -> Result<Vec<u8>, CodecError> {
+    encode_limited(value, RECORD_BYTES_MAX)
+}
+
+/// Decodes a record made by [`encode_record`], as [`decode`] does a message.
+pub fn decode_record<T: DeserializeOwned + Serialize>(bytes: &[u8]) -> Result<T, CodecError> {
+    decode_limited(bytes, RECORD_BYTES_MAX)
+}
+
+fn encode_limited<T: Serialize>(value: &T, max: usize) -> Result<Vec<u8>, CodecError> {
     let bytes = postcard::to_stdvec(value).map_err(|e| CodecError::Malformed(e.to_string()))?;
-    if bytes.len() > MESSAGE_BYTES_MAX {
+    if bytes.len() > max {
         return Err(CodecError::Oversized(bytes.len()));
     }
     Ok(bytes)
@@ -46,7 +61,14 @@ pub fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, CodecError> {
 /// have several valid byte forms, and anything that compares or stores envelope bytes
 /// could be told two different things about one message.
 pub fn decode<T: DeserializeOwned + Serialize>(bytes: &[u8]) -> Result<T, CodecError> {
-    if bytes.len() > MESSAGE_BYTES_MAX {
+    decode_limited(bytes, MESSAGE_BYTES_MAX)
+}
+
+fn decode_limited<T: DeserializeOwned + Serialize>(
+    bytes: &[u8],
+    max: usize,
+) -> Result<T, CodecError> {
+    if bytes.len() > max {
         return Err(CodecError::Oversized(bytes.len()));
     }
     match postcard::take_from_bytes::<T>(bytes) {

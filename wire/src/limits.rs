@@ -7,6 +7,10 @@
 /// [`BATCH_TRANSFERS_MAX`] prepares is about 100 KiB, so this leaves ample room.
 pub const MESSAGE_BYTES_MAX: usize = 1 << 20;
 
+/// Largest encoded record a branch keeps or replicates (a writer's op, a replica log
+/// entry), in bytes: one round's storage commands may carry many envelopes.
+pub const RECORD_BYTES_MAX: usize = 64 << 20;
+
 /// Most transfers carried by one batched 2PC message (prepare, vote, decision, ack, status).
 pub const BATCH_TRANSFERS_MAX: usize = 1024;
 

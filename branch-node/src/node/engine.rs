@@ -334,11 +334,11 @@ impl Engine {
     ) -> Result<(), StoreError> {
         let coordinated = self
             .writer
-            .call(|c, _| crate::store::twopc::unfinished(c))
+            .call_local(|c, _| crate::store::twopc::unfinished(c))
             .await?;
         let in_doubt = self
             .writer
-            .call(|c, _| crate::store::twopc::in_doubt(c))
+            .call_local(|c, _| crate::store::twopc::in_doubt(c))
             .await?;
         tracing::info!(
             coordinated = coordinated.len(),
@@ -371,7 +371,7 @@ impl Engine {
         }
         // Let storage already queued finish, so its effects are durable before exit.
         let (tx, rx) = oneshot::channel();
-        let _ = self.writer.submit_then(
+        let _ = self.writer.local_then(
             |_, _| Ok(()),
             move |_| {
                 let _ = tx.send(());

@@ -19,7 +19,8 @@ use super::guard::{Attempt, Guard};
 use super::now_ms;
 use super::service::{Answer, Fail, Service, store_failed};
 use super::sessions::SessionInfo;
-use crate::store::{LoginRow, auth, bank, sessions as stored_sessions};
+use crate::store::ops::{WriteOp, WriteResult};
+use crate::store::{LoginRow, auth};
 
 /// One password to check, and where its answer goes.
 type Check = (String, LoginRow, tokio::sync::oneshot::Sender<bool>);
@@ -149,8 +150,14 @@ impl Service {
         let login = user.clone();
         let info = self
             .writer
-            .call(move |c, me| auth::login_record(c, me, &login, &row, true, otp.as_deref(), now))
+            .call_write(WriteOp::Login {
+                login,
+                row,
+                otp,
+                now_ms: now,
+            })
             .await
+            .and_then(WriteResult::into_login)
             .map_err(store_failed)??;
         self.password_ok(attempt);
         let opened = self.sessions().open(peer, info, rand::random(), now);
@@ -158,15 +165,14 @@ impl Service {
         let (row, evicted, numbers) = (opened.row, opened.evicted, info.accounts.clone());
         let accounts = self
             .writer
-            .call(move |c, me| {
-                stored_sessions::insert(c, &row, &evicted, now)?;
-                let mut out = Vec::new();
-                for n in numbers {
-                    out.extend(bank::view(c, me, n)?);
-                }
-                Ok(out)
+            .call_write(WriteOp::OpenSession {
+                row,
+                evicted,
+                accounts: numbers,
+                now_ms: now,
             })
             .await
+            .and_then(WriteResult::into_accounts)
             .map_err(store_failed)?;
         tracing::info!(%peer, login = %info.login, role = ?info.role, "logged in");
         Ok(TellerResponse::LoggedIn {
@@ -204,8 +210,13 @@ impl Service {
         let replace = session.role == Role::Admin;
         let who = user.clone();
         self.writer
-            .call(move |c, _| auth::enroll_otp(c, &who, &secret, replace))
+            .call_write(WriteOp::EnrollOtp {
+                login: who,
+                secret: secret.to_vec(),
+                replace,
+            })
             .await
+            .and_then(WriteResult::into_done)
             .map_err(store_failed)??;
         let issuer = self
             .network

@@ -15,6 +15,7 @@ use base64::Engine;
 use tokio::io::AsyncWriteExt;
 
 use super::now_ms;
+use crate::store::ops::WriteOp;
 use crate::store::outbox::{self, OutboxMessage};
 use crate::store::writer::WriterHandle;
 
@@ -156,7 +157,7 @@ pub async fn run(
         }
         let now = now_ms();
         let due = match writer
-            .call(move |c, _| outbox::due(c, now, NOTIFIER_BATCH_MAX))
+            .call_local(move |c, _| outbox::due(c, now, NOTIFIER_BATCH_MAX))
             .await
         {
             Ok(d) => d,
@@ -173,7 +174,9 @@ pub async fn run(
             let marked = match result {
                 Ok(()) => {
                     metrics.sms_sent.inc();
-                    writer.call(move |c, _| outbox::delivered(c, id, now)).await
+                    writer
+                        .call_write(WriteOp::SmsDelivered { id, now_ms: now })
+                        .await
                 }
                 Err(e) => {
                     metrics.sms_failures.inc();
@@ -187,7 +190,10 @@ pub async fn run(
                         "sms delivery failed: {e}"
                     );
                     writer
-                        .call(move |c, _| outbox::failed(c, id, now + wait))
+                        .call_write(WriteOp::SmsFailed {
+                            id,
+                            next_attempt_ms: now + wait,
+                        })
                         .await
                 }
             };

@@ -33,9 +33,10 @@ use super::now_ms;
 use super::sessions::{SessionInfo, Sessions};
 use crate::network_file::NetworkFile;
 use crate::p2p::network::{Client, LinkError};
+use crate::store::ops::{WriteOp, WriteResult};
 use crate::store::reader::Reader;
 use crate::store::writer::WriterHandle;
-use crate::store::{Movement, StoreError, bank, sessions as stored_sessions, trace, twopc};
+use crate::store::{Movement, StoreError, bank, trace, twopc};
 
 /// Everything a branch needs to answer tellers and forwarded requests.
 #[derive(Debug)]
@@ -331,7 +332,7 @@ impl Service {
         let closed = self.sessions().close(token, &peer);
         if let Some(hash) = closed {
             self.writer
-                .call(move |c, _| stored_sessions::delete(c, &hash))
+                .call_write(WriteOp::CloseSession { token_hash: hash })
                 .await
                 .map_err(store_failed)?;
         }
@@ -359,8 +360,15 @@ impl Service {
     ) -> Answer {
         let state = self
             .writer
-            .call(move |c, me| bank::movement(c, me, kind, id, account, amount, now_ms()))
+            .call_write(WriteOp::Movement {
+                kind,
+                id,
+                account,
+                amount,
+                now_ms: now_ms(),
+            })
             .await
+            .and_then(WriteResult::into_state)
             .map_err(store_failed)?;
         tracing::debug!(%id, %account, ?kind, ?state, "movement");
         Ok(TellerResponse::Receipt { id, state })
@@ -476,8 +484,14 @@ impl Service {
             .map_err(store_failed)?;
         let opened = self
             .writer
-            .call(move |c, me| bank::open_account(c, me, &customer, &hash, existing, now_ms()))
+            .call_write(WriteOp::OpenAccount {
+                customer,
+                password_hash: hash,
+                existing,
+                now_ms: now_ms(),
+            })
             .await
+            .and_then(WriteResult::into_account)
             .map_err(store_failed)??;
         tracing::info!(account = %opened.number, "account opened");
         Ok(TellerResponse::AccountOpened(opened))
@@ -495,8 +509,12 @@ impl Service {
         self.reauthenticate(peer, session, admin_password).await?;
         let closed = self
             .writer
-            .call(move |c, me| bank::close_account(c, me, account, now_ms()))
+            .call_write(WriteOp::CloseAccount {
+                account,
+                now_ms: now_ms(),
+            })
             .await
+            .and_then(WriteResult::into_account)
             .map_err(store_failed)??;
         let ended = self.sessions().end_login(&account.to_string());
         tracing::info!(%account, sessions_ended = ended, "account closed");

@@ -111,7 +111,7 @@ impl Store {
 }
 
 /// What a login needs from the users table, read before the (slow) password check.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub enum LoginRow {
     Unknown,
     Found {

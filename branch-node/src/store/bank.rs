@@ -15,7 +15,7 @@ use super::ledger::{self, NewEntry};
 use super::{Store, StoreError, account_number, id_blob, now_ms, sql_ms};
 
 /// A one-account movement.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Movement {
     Deposit,
     Withdrawal,

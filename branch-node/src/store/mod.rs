@@ -14,6 +14,7 @@ pub mod audit;
 pub(crate) mod auth;
 pub(crate) mod bank;
 pub(crate) mod ledger;
+pub mod ops;
 pub(crate) mod outbox;
 pub mod reader;
 mod schema;

@@ -8,7 +8,7 @@ use super::auth::{UserInfo, customer_accounts, role_from};
 use super::{StoreError, sql_ms};
 
 /// One session row.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct SessionRow {
     pub token_hash: [u8; 32],
     pub login: String,

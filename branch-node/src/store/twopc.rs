@@ -46,16 +46,24 @@ fn decision_from(t: Option<String>) -> Option<Decision> {
     }
 }
 
-/// The signed envelopes met during one storage call, each stored once: a batch of a
-/// thousand transfers arrives in one envelope, which is hashed and written once and
-/// linked to every record it justifies.
-#[derive(Default)]
-struct Envelopes {
+/// One storage call's context: its time (every entry it writes carries it, so the same
+/// call gives the same rows on every copy of the store), and the signed envelopes met
+/// during it, each stored once: a batch of a thousand transfers arrives in one
+/// envelope, which is hashed and written once and linked to every record it justifies.
+struct Call {
+    at_ms: u64,
     /// Envelope (by the address of its shared bytes) -> its stored hash.
     stored: HashMap<*const u8, Vec<u8>>,
 }
 
-impl Envelopes {
+impl Call {
+    fn at(at_ms: u64) -> Call {
+        Call {
+            at_ms,
+            stored: HashMap::new(),
+        }
+    }
+
     /// Links the record of `id` to the envelope it came in (`what`: its role as proof).
     fn link(
         &mut self,
@@ -96,7 +104,7 @@ pub(crate) fn begin(
     items: &[BeginItem],
     now: u64,
 ) -> Result<Vec<BeginOutcome>, StoreError> {
-    let mut envelopes = Envelopes::default();
+    let mut call = Call::at(now);
     let mut out = Vec::with_capacity(items.len());
     for item in items {
         let id = item.spec.id;
@@ -125,7 +133,7 @@ pub(crate) fn begin(
                 };
                 let vote = if item.spec.participants().contains(&me) {
                     // `outcome_of` was checked just above.
-                    Some(prepare_leg(conn, me, me, &own, now, &None, &mut envelopes)?)
+                    Some(prepare_leg(conn, me, me, &own, now, &None, &mut call)?)
                 } else {
                     None
                 };
@@ -157,6 +165,7 @@ pub(crate) fn record_decisions(
     conn: &Connection,
     me: BranchId,
     items: &[DecisionRecord],
+    at_ms: u64,
 ) -> Result<Result<(), ShardError>, StoreError> {
     for item in items {
         let found: Option<Option<String>> = conn
@@ -171,7 +180,7 @@ pub(crate) fn record_decisions(
             _ => {}
         }
     }
-    let mut envelopes = Envelopes::default();
+    let mut call = Call::at(at_ms);
     for item in items {
         let reason = item.reason.map(|r| enc(&r)).transpose()?;
         let changed = conn
@@ -179,9 +188,9 @@ pub(crate) fn record_decisions(
             .execute(params![id_blob(item.id), decision_text(item.decision), reason])?;
         if changed == 1 {
             for vote in &item.votes {
-                envelopes.link(conn, item.id, "vote", vote)?;
+                call.link(conn, item.id, "vote", vote)?;
             }
-            apply_own_leg(conn, me, item, &mut envelopes)?;
+            apply_own_leg(conn, me, item, &mut call)?;
         }
     }
     Ok(Ok(()))
@@ -194,7 +203,7 @@ fn apply_own_leg(
     conn: &Connection,
     me: BranchId,
     item: &DecisionRecord,
-    envelopes: &mut Envelopes,
+    call: &mut Call,
 ) -> Result<(), StoreError> {
     let leg = leg_row(conn, item.id)?;
     if leg.as_ref().is_none_or(|leg| leg.coordinator != me) {
@@ -204,7 +213,7 @@ fn apply_own_leg(
         id: item.id,
         decision: item.decision,
     };
-    let outcome = apply_to_leg(conn, me, me, leg, &decision, &None, envelopes)?;
+    let outcome = apply_to_leg(conn, me, me, leg, &decision, &None, call)?;
     if let ApplyOutcome::Refused(why) = outcome {
         tracing::error!(id = %item.id, "own leg refused its coordinator's decision: {why}");
     }
@@ -250,12 +259,12 @@ fn prepare_one(
     item: &PrepareItem,
     now: u64,
     evidence: &Evidence,
-    envelopes: &mut Envelopes,
+    call: &mut Call,
 ) -> Result<Vote, StoreError> {
     if bank::outcome_of(conn, item.transfer.id)?.is_some() {
         return Ok(Vote::No(Refusal::IdConflict));
     }
-    prepare_leg(conn, me, coordinator, item, now, evidence, envelopes)
+    prepare_leg(conn, me, coordinator, item, now, evidence, call)
 }
 
 /// [`prepare_one`] for an id known not to be a one-step movement's.
@@ -266,7 +275,7 @@ fn prepare_leg(
     item: &PrepareItem,
     now: u64,
     evidence: &Evidence,
-    envelopes: &mut Envelopes,
+    call: &mut Call,
 ) -> Result<Vote, StoreError> {
     let spec = item.transfer;
     if let Some(LegRow {
@@ -326,7 +335,7 @@ fn prepare_leg(
         sql_ms(item.deadline_ms),
         enc(&vote)?
     ])?;
-    envelopes.link(conn, spec.id, "prepare", evidence)?;
+    call.link(conn, spec.id, "prepare", evidence)?;
     Ok(vote)
 }
 
@@ -421,10 +430,10 @@ fn apply_one(
     coordinator: BranchId,
     item: &DecisionItem,
     evidence: &Evidence,
-    envelopes: &mut Envelopes,
+    call: &mut Call,
 ) -> Result<ApplyOutcome, StoreError> {
     let leg = leg_row(conn, item.id)?;
-    apply_to_leg(conn, me, coordinator, leg, item, evidence, envelopes)
+    apply_to_leg(conn, me, coordinator, leg, item, evidence, call)
 }
 
 /// [`apply_one`] with the leg's record already read.
@@ -435,7 +444,7 @@ fn apply_to_leg(
     leg: Option<LegRow>,
     item: &DecisionItem,
     evidence: &Evidence,
-    envelopes: &mut Envelopes,
+    call: &mut Call,
 ) -> Result<ApplyOutcome, StoreError> {
     let Some(LegRow {
         coordinator: c,
@@ -457,7 +466,7 @@ fn apply_to_leg(
             "INSERT INTO legs (id, coordinator, deadline_ms, decision) VALUES (?1, ?2, 0, 'abort')",
         )?
         .execute(params![id_blob(item.id), coordinator.0])?;
-        envelopes.link(conn, item.id, "decision", evidence)?;
+        call.link(conn, item.id, "decision", evidence)?;
         return Ok(ApplyOutcome::Applied);
     };
     if c != coordinator {
@@ -475,11 +484,11 @@ fn apply_to_leg(
         return Ok(ApplyOutcome::Refused(ApplyRefusal::Contradiction));
     }
     if let (true, Some(spec)) = (yes, spec) {
-        settle(conn, me, &spec, item.decision, now_ms())?;
+        settle(conn, me, &spec, item.decision, call.at_ms)?;
     }
     conn.prepare_cached("UPDATE legs SET decision = ?2 WHERE id = ?1")?
         .execute(params![id_blob(item.id), decision_text(item.decision)])?;
-    envelopes.link(conn, item.id, "decision", evidence)?;
+    call.link(conn, item.id, "decision", evidence)?;
     Ok(ApplyOutcome::Applied)
 }
 
@@ -492,10 +501,10 @@ pub(crate) fn prepare(
     now_ms: u64,
     evidence: &Evidence,
 ) -> Result<Vec<Vote>, StoreError> {
-    let mut envelopes = Envelopes::default();
+    let mut call = Call::at(now_ms);
     items
         .iter()
-        .map(|i| prepare_one(conn, me, coordinator, i, now_ms, evidence, &mut envelopes))
+        .map(|i| prepare_one(conn, me, coordinator, i, now_ms, evidence, &mut call))
         .collect()
 }
 
@@ -506,11 +515,12 @@ pub(crate) fn apply(
     coordinator: BranchId,
     items: &[DecisionItem],
     evidence: &Evidence,
+    at_ms: u64,
 ) -> Result<Vec<ApplyOutcome>, StoreError> {
-    let mut envelopes = Envelopes::default();
+    let mut call = Call::at(at_ms);
     items
         .iter()
-        .map(|i| apply_one(conn, me, coordinator, i, evidence, &mut envelopes))
+        .map(|i| apply_one(conn, me, coordinator, i, evidence, &mut call))
         .collect()
 }
 
@@ -664,7 +674,7 @@ impl Shard for Store {
         Ok(self.in_tx(|c, me| begin(c, me, items, now_ms))?)
     }
     fn record_decisions(&mut self, items: &[DecisionRecord]) -> Result<(), ShardError> {
-        self.in_tx(|c, me| record_decisions(c, me, items))?
+        self.in_tx(|c, me| record_decisions(c, me, items, now_ms()))?
     }
     fn mark_ended(&mut self, ids: &[TransferId]) -> Result<(), ShardError> {
         Ok(self.in_tx(|c, _| mark_ended(c, ids))?)
@@ -690,7 +700,7 @@ impl Shard for Store {
         items: &[DecisionItem],
         evidence: &Evidence,
     ) -> Result<Vec<ApplyOutcome>, ShardError> {
-        Ok(self.in_tx(|c, me| apply(c, me, coordinator, items, evidence))?)
+        Ok(self.in_tx(|c, me| apply(c, me, coordinator, items, evidence, now_ms()))?)
     }
     fn in_doubt(&self) -> Result<Vec<InDoubtRecord>, ShardError> {
         Ok(in_doubt(self.conn())?)

@@ -1,7 +1,9 @@
 //! Group commit: one thread owns the store's connection and runs queued operations in
 //! batches, each batch one SQLite transaction (one fsync), each operation inside its own
 //! savepoint so a failing one rolls back alone. Every caller is answered only after the
-//! batch's `sql_commit`, so an answer is always durable.
+//! batch's `sql_commit`, so an answer is always durable. A change is always a
+//! [`WriteOp`] (data with every input it needs, so a log of them can be applied to
+//! another copy of the store); work on this copy alone (reads, a barrier) is a closure.
 
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::{Arc, Mutex};
@@ -18,16 +20,28 @@ use wire::twopc::{DecisionItem, PrepareItem, TransferSpec, Vote};
 use wire::{AccountNumber, Amount, BranchId, Decision, Refusal, TransferId};
 
 use super::bank::{self, Movement};
+use super::ops::{WriteOp, WriteResult};
 use super::{Store, StoreError, now_ms, twopc};
 
-/// Runs an operation; `true` when it succeeded (its savepoint is kept).
+/// Runs work on this copy of the store; `true` when it succeeded (its savepoint is kept).
 type RunFn = Box<dyn FnOnce(&Connection, BranchId) -> bool + Send>;
-/// Answers the caller once the batch is durable, or with the commit's error.
+/// Answers the caller of local work once the batch is durable, or with the commit's error.
 type FinishFn = Box<dyn FnOnce(Option<String>) + Send>;
+/// Answers the caller of a write once the batch is durable, or with the commit's error.
+type WriteDone = Box<dyn FnOnce(Result<WriteResult, StoreError>) + Send>;
 
-struct Job {
-    run: RunFn,
-    finish: FinishFn,
+/// One queued piece of work.
+enum Job {
+    /// A change to the store.
+    Write(WriteOp, WriteDone),
+    /// Work on this copy alone: a read, or a barrier.
+    Local(RunFn, FinishFn),
+}
+
+/// A job run, waiting for its batch to commit.
+enum Ran {
+    Write(WriteDone, Result<WriteResult, StoreError>),
+    Local(FinishFn),
 }
 
 /// Called on the writer thread after each batch, once every job in it was answered.
@@ -56,21 +70,31 @@ pub struct WriterHandle {
 impl std::fmt::Debug for Msg {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
-            Msg::Job(_) => "Job",
+            Msg::Job(Job::Write(..)) => "Write",
+            Msg::Job(Job::Local(..)) => "Local",
             Msg::Hook(_) => "Hook",
             Msg::Stop => "Stop",
         })
     }
 }
 
+/// Where the writer hands each committed batch's ops, in commit order.
+pub type Journal = Sender<Vec<WriteOp>>;
+
 impl Writer {
     /// Moves `store` onto its own thread.
     pub fn spawn(store: Store) -> Writer {
+        Writer::spawn_journaled(store, None)
+    }
+
+    /// Moves `store` onto its own thread; with a `journal`, every committed batch's
+    /// writes go to it in commit order (the log that another copy can apply).
+    pub fn spawn_journaled(store: Store, journal: Option<Journal>) -> Writer {
         let (tx, rx) = mpsc::channel();
         let me = store.branch();
         let thread = std::thread::Builder::new()
             .name(format!("store-writer-{me}"))
-            .spawn(move || writer_loop(store, rx))
+            .spawn(move || writer_loop(store, rx, journal))
             .ok();
         Writer {
             handle: WriterHandle { tx, me },
@@ -99,7 +123,7 @@ impl Drop for Writer {
     }
 }
 
-fn writer_loop(mut store: Store, rx: Receiver<Msg>) -> Store {
+fn writer_loop(mut store: Store, rx: Receiver<Msg>, journal: Option<Journal>) -> Store {
     let mut hooks: Vec<BatchHook> = Vec::new();
     loop {
         let mut batch = match rx.recv() {
@@ -122,7 +146,7 @@ fn writer_loop(mut store: Store, rx: Receiver<Msg>) -> Store {
                 Err(_) => break,
             }
         }
-        run_batch(&mut store, batch);
+        run_batch(&mut store, batch, journal.as_ref());
         for hook in &hooks {
             hook();
         }
@@ -132,57 +156,100 @@ fn writer_loop(mut store: Store, rx: Receiver<Msg>) -> Store {
     }
 }
 
-fn run_batch(store: &mut Store, batch: Vec<Job>) {
+/// Runs one job in its own savepoint: kept when it succeeded, undone otherwise. An
+/// error comes back with the job unrun: the batch has failed.
+fn run_job(
+    tx: &Connection,
+    me: BranchId,
+    job: Job,
+    ops: &mut Vec<WriteOp>,
+) -> (Ran, Option<String>) {
+    // Cached statements: the savepoint SQL is not parsed again for every job.
+    let sql = |s: &str| tx.prepare_cached(s).and_then(|mut st| st.execute([]));
+    if let Err(e) = sql("SAVEPOINT op") {
+        return (job.unrun(), Some(e.to_string()));
+    }
+    let (ok, ran) = match job {
+        Job::Write(op, done) => {
+            let result = op.apply(tx, me);
+            let ok = result.as_ref().is_ok_and(WriteResult::keeps);
+            if ok {
+                ops.push(op);
+            }
+            (ok, Ran::Write(done, result))
+        }
+        Job::Local(run, finish) => (run(tx, me), Ran::Local(finish)),
+    };
+    let end = if ok {
+        sql("RELEASE op")
+    } else {
+        sql("ROLLBACK TO op").and_then(|_| sql("RELEASE op"))
+    };
+    (ran, end.err().map(|e| e.to_string()))
+}
+
+fn run_batch(store: &mut Store, batch: Vec<Job>, journal: Option<&Journal>) {
     let me = store.branch();
-    let tx = match store
+    let mut ran = Vec::with_capacity(batch.len());
+    let mut ops = Vec::new();
+    let mut failed = None;
+    match store
         .conn
         .transaction_with_behavior(TransactionBehavior::Immediate)
     {
-        Ok(tx) => tx,
         Err(e) => {
+            failed = Some(e.to_string());
+            ran.extend(batch.into_iter().map(Job::unrun));
+        }
+        Ok(tx) => {
             for job in batch {
-                (job.finish)(Some(e.to_string()));
-            }
-            return;
-        }
-    };
-    let mut finishes = Vec::with_capacity(batch.len());
-    let mut failed = None;
-    // Cached statements: the savepoint SQL is not parsed again for every job.
-    let sql = |c: &Connection, s: &str| c.prepare_cached(s).and_then(|mut st| st.execute([]));
-    for job in batch {
-        if failed.is_none() {
-            if let Err(e) = sql(&tx, "SAVEPOINT op") {
-                failed = Some(e.to_string());
-            } else {
-                let ok = (job.run)(&tx, me);
-                let end = if ok {
-                    sql(&tx, "RELEASE op")
-                } else {
-                    sql(&tx, "ROLLBACK TO op").and_then(|_| sql(&tx, "RELEASE op"))
-                };
-                if let Err(e) = end {
-                    failed = Some(e.to_string());
+                if failed.is_some() {
+                    ran.push(job.unrun());
+                    continue;
                 }
+                let (r, error) = run_job(&tx, me, job, &mut ops);
+                ran.push(r);
+                failed = error;
             }
+            let metrics = crate::node::metrics::get();
+            metrics.writer_batch_ops.observe(ran.len() as f64);
+            if failed.is_none() {
+                let started = std::time::Instant::now();
+                failed = tx.commit().err().map(|e| e.to_string());
+                metrics
+                    .writer_commit_seconds
+                    .observe(started.elapsed().as_secs_f64());
+            } // else dropping `tx` rolls everything back
         }
-        finishes.push(job.finish);
     }
-    let metrics = crate::node::metrics::get();
-    metrics.writer_batch_ops.observe(finishes.len() as f64);
-    let outcome = match failed {
-        Some(e) => Some(e), // dropping `tx` rolls everything back
-        None => {
-            let started = std::time::Instant::now();
-            let committed = tx.commit();
-            metrics
-                .writer_commit_seconds
-                .observe(started.elapsed().as_secs_f64());
-            committed.err().map(|e| e.to_string())
+    if let (None, Some(journal)) = (&failed, journal) {
+        let _ = journal.send(ops);
+    }
+    for r in ran {
+        r.finish(failed.as_ref());
+    }
+}
+
+impl Job {
+    /// A job that did not run because its batch failed first.
+    fn unrun(self) -> Ran {
+        match self {
+            Job::Write(_, done) => {
+                Ran::Write(done, Err(StoreError::CommitFailed("not run".into())))
+            }
+            Job::Local(_, finish) => Ran::Local(finish),
         }
-    };
-    for finish in finishes {
-        finish(outcome.clone());
+    }
+}
+
+impl Ran {
+    /// Answers the caller: the job's result, or the batch's error.
+    fn finish(self, failed: Option<&String>) {
+        match (self, failed) {
+            (Ran::Write(done, _), Some(e)) => done(Err(StoreError::CommitFailed(e.clone()))),
+            (Ran::Write(done, result), None) => done(result),
+            (Ran::Local(finish), failed) => finish(failed.cloned()),
+        }
     }
 }
 
@@ -201,31 +268,42 @@ impl WriterHandle {
             .map_err(|_| StoreError::WriterGone)
     }
 
-    /// Runs `f` in the writer's next batch and waits until the batch is durable.
-    pub fn run<R: Send + 'static>(
-        &self,
-        f: impl FnOnce(&Connection, BranchId) -> Result<R, StoreError> + Send + 'static,
-    ) -> Result<R, StoreError> {
-        self.submit(f)?.recv().map_err(|_| StoreError::WriterGone)?
-    }
-
-    /// Queues `f` for the writer's next batch without waiting; the receiver yields its
-    /// result once the batch is durable (or the commit's error).
-    pub fn submit<R: Send + 'static>(
-        &self,
-        f: impl FnOnce(&Connection, BranchId) -> Result<R, StoreError> + Send + 'static,
-    ) -> Result<Receiver<Result<R, StoreError>>, StoreError> {
-        let (reply_tx, reply_rx) = mpsc::sync_channel(1);
-        self.submit_then(f, move |r| {
-            let _ = reply_tx.send(r);
-        })?;
-        Ok(reply_rx)
-    }
-
-    /// Queues `f` for the writer's next batch; `done` gets its result on the writer
+    /// Queues `op` for the writer's next batch; `done` gets its answer on the writer
     /// thread once the batch is durable (or the commit's error). Jobs run and finish in
     /// the order they were queued. `done` must not block.
-    pub fn submit_then<R: Send + 'static>(
+    pub fn write_then(
+        &self,
+        op: WriteOp,
+        done: impl FnOnce(Result<WriteResult, StoreError>) + Send + 'static,
+    ) -> Result<(), StoreError> {
+        self.tx
+            .send(Msg::Job(Job::Write(op, Box::new(done))))
+            .map_err(|_| StoreError::WriterGone)
+    }
+
+    /// Runs `op` in the writer's next batch and waits until the batch is durable.
+    pub fn write(&self, op: WriteOp) -> Result<WriteResult, StoreError> {
+        let (tx, rx) = mpsc::sync_channel(1);
+        self.write_then(op, move |r| {
+            let _ = tx.send(r);
+        })?;
+        rx.recv().map_err(|_| StoreError::WriterGone)?
+    }
+
+    /// Runs `op` in the writer's next batch and awaits the durable answer (async code).
+    pub async fn call_write(&self, op: WriteOp) -> Result<WriteResult, StoreError> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.write_then(op, move |r| {
+            let _ = tx.send(r);
+        })?;
+        rx.await.map_err(|_| StoreError::WriterGone)?
+    }
+
+    /// Queues `f`, work on this copy of the store alone (a read, or a barrier: never a
+    /// change, which must be a [`WriteOp`]), for the writer's next batch; `done` gets
+    /// its result on the writer thread once the batch is durable (or the commit's
+    /// error), in queue order with the writes around it. `done` must not block.
+    pub fn local_then<R: Send + 'static>(
         &self,
         f: impl FnOnce(&Connection, BranchId) -> Result<R, StoreError> + Send + 'static,
         done: impl FnOnce(Result<R, StoreError>) + Send + 'static,
@@ -249,17 +327,29 @@ impl WriterHandle {
             });
         });
         self.tx
-            .send(Msg::Job(Job { run, finish }))
+            .send(Msg::Job(Job::Local(run, finish)))
             .map_err(|_| StoreError::WriterGone)
     }
 
-    /// Runs `f` in the writer's next batch and awaits the durable result (for async code).
-    pub async fn call<R: Send + 'static>(
+    /// [`WriterHandle::local_then`], waiting for the result.
+    pub fn run_local<R: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection, BranchId) -> Result<R, StoreError> + Send + 'static,
+    ) -> Result<R, StoreError> {
+        let (tx, rx) = mpsc::sync_channel(1);
+        self.local_then(f, move |r| {
+            let _ = tx.send(r);
+        })?;
+        rx.recv().map_err(|_| StoreError::WriterGone)?
+    }
+
+    /// [`WriterHandle::local_then`], awaiting the result (async code).
+    pub async fn call_local<R: Send + 'static>(
         &self,
         f: impl FnOnce(&Connection, BranchId) -> Result<R, StoreError> + Send + 'static,
     ) -> Result<R, StoreError> {
         let (tx, rx) = tokio::sync::oneshot::channel();
-        self.submit_then(f, move |r| {
+        self.local_then(f, move |r| {
             let _ = tx.send(r);
         })?;
         rx.await.map_err(|_| StoreError::WriterGone)?
@@ -275,19 +365,12 @@ impl WriterHandle {
         commands: Vec<Command>,
         done: impl FnOnce(Result<Vec<Option<Input>>, StoreError>) + Send + 'static,
     ) -> Result<(), StoreError> {
-        self.submit_then(
-            move |c, me| {
-                let mut shard = ConnShard { conn: c, me };
-                commands
-                    .into_iter()
-                    .map(|command| {
-                        coordinator::execute(&mut shard, now_ms, command)
-                            .map_err(|e| StoreError::CommitFailed(e.to_string()))
-                    })
-                    .collect()
-            },
-            done,
-        )
+        self.write_then(WriteOp::TwoPc { now_ms, commands }, move |r| {
+            done(
+                r.and_then(WriteResult::into_two_pc)
+                    .and_then(|r| r.map_err(|e| StoreError::CommitFailed(e.to_string()))),
+            )
+        })
     }
 
     /// Opens an account (see [`Store::open_account`]).
@@ -297,21 +380,30 @@ impl WriterHandle {
         password_hash: &str,
         existing: Option<AccountNumber>,
     ) -> Result<Result<AccountView, Refusal>, StoreError> {
-        let (customer, hash) = (customer.clone(), password_hash.to_owned());
-        self.run(move |c, me| bank::open_account(c, me, &customer, &hash, existing, now_ms()))
+        self.write(WriteOp::OpenAccount {
+            customer: customer.clone(),
+            password_hash: password_hash.to_owned(),
+            existing,
+            now_ms: now_ms(),
+        })?
+        .into_account()
     }
 
     /// Closes an empty account.
     pub fn close_account(
         &self,
-        n: AccountNumber,
+        account: AccountNumber,
     ) -> Result<Result<AccountView, Refusal>, StoreError> {
-        self.run(move |c, me| bank::close_account(c, me, n, now_ms()))
+        self.write(WriteOp::CloseAccount {
+            account,
+            now_ms: now_ms(),
+        })?
+        .into_account()
     }
 
     /// One account as a teller sees it.
     pub fn account(&self, n: AccountNumber) -> Result<Option<AccountView>, StoreError> {
-        self.run(move |c, me| bank::view(c, me, n))
+        self.run_local(move |c, me| bank::view(c, me, n))
     }
 
     /// A deposit or withdrawal, idempotent by `id`.
@@ -319,51 +411,81 @@ impl WriterHandle {
         &self,
         kind: Movement,
         id: TransferId,
-        n: AccountNumber,
-        amt: Amount,
+        account: AccountNumber,
+        amount: Amount,
     ) -> Result<TransferState, StoreError> {
-        self.run(move |c, me| bank::movement(c, me, kind, id, n, amt, now_ms()))
+        self.write(WriteOp::Movement {
+            kind,
+            id,
+            account,
+            amount,
+            now_ms: now_ms(),
+        })?
+        .into_state()
     }
 }
 
 impl WriterHandle {
-    /// Runs one `Shard` call on the writer's connection, in its next batch. A store
-    /// failure rolls the call's savepoint back; a refusal (`DecisionConflict`,
-    /// `NotCoordinated`) is found before anything is written and comes back as it is.
-    fn in_batch<R: Send + 'static>(
+    /// Runs one 2PC storage command as a [`WriteOp`] in the writer's next batch. A
+    /// refusal (`DecisionConflict`, `NotCoordinated`) is found before anything is
+    /// written and comes back as it is.
+    fn shard_write(&self, now_ms: u64, command: Command) -> Result<Option<Input>, ShardError> {
+        let commands = vec![command];
+        let mut inputs = self
+            .write(WriteOp::TwoPc { now_ms, commands })?
+            .into_two_pc()??;
+        Ok(inputs.pop().flatten())
+    }
+
+    /// Runs one read-only `Shard` call on the writer's connection, in its next batch.
+    fn shard_read<R: Send + 'static>(
         &self,
         f: impl FnOnce(&mut ConnShard<'_>) -> Result<R, ShardError> + Send + 'static,
     ) -> Result<R, ShardError> {
-        self.run(move |conn, me| match f(&mut ConnShard { conn, me }) {
-            Err(ShardError::Io(e)) => Err(StoreError::CommitFailed(e)),
-            other => Ok(other),
+        self.run_local(move |conn, me| {
+            let mut shard = ConnShard {
+                conn,
+                me,
+                now_ms: 0,
+            };
+            Ok(f(&mut shard))
         })?
     }
 }
 
-/// Every call is the batch connection's `ConnShard` call, run by the writer.
+/// A `Shard` answer that does not fit its command: a bug in `coordinator::execute`.
+fn unexpected(input: Option<Input>) -> ShardError {
+    ShardError::Io(format!("unexpected answer from the writer: {input:?}"))
+}
+
+/// Every change is a [`WriteOp`] run by the writer; every read runs on its connection.
 impl Shard for WriterHandle {
     fn branch(&self) -> BranchId {
         self.me
     }
     fn begin(&mut self, items: &[BeginItem], now_ms: u64) -> Result<Vec<BeginOutcome>, ShardError> {
         let items = items.to_vec();
-        self.in_batch(move |s| s.begin(&items, now_ms))
+        match self.shard_write(now_ms, Command::Begin { items })? {
+            Some(Input::Begun { outcomes, .. }) => Ok(outcomes),
+            other => Err(unexpected(other)),
+        }
     }
     fn record_decisions(&mut self, items: &[DecisionRecord]) -> Result<(), ShardError> {
         let items = items.to_vec();
-        self.in_batch(move |s| s.record_decisions(&items))
+        self.shard_write(now_ms(), Command::RecordDecisions { items })
+            .map(drop)
     }
     fn mark_ended(&mut self, ids: &[TransferId]) -> Result<(), ShardError> {
         let ids = ids.to_vec();
-        self.in_batch(move |s| s.mark_ended(&ids))
+        self.shard_write(now_ms(), Command::MarkEnded { ids })
+            .map(drop)
     }
     fn read_decisions(&self, ids: &[TransferId]) -> Result<Vec<Option<Decision>>, ShardError> {
         let ids = ids.to_vec();
-        self.in_batch(move |s| s.read_decisions(&ids))
+        self.shard_read(move |s| s.read_decisions(&ids))
     }
     fn unfinished_coordinated(&self) -> Result<Vec<CoordinatedRecord>, ShardError> {
-        self.in_batch(|s| s.unfinished_coordinated())
+        self.shard_read(|s| s.unfinished_coordinated())
     }
     fn prepare(
         &mut self,
@@ -373,7 +495,15 @@ impl Shard for WriterHandle {
         evidence: &Evidence,
     ) -> Result<Vec<Vote>, ShardError> {
         let (items, evidence) = (items.to_vec(), evidence.clone());
-        self.in_batch(move |s| s.prepare(coordinator, &items, now_ms, &evidence))
+        let command = Command::Prepare {
+            coordinator,
+            items,
+            evidence,
+        };
+        match self.shard_write(now_ms, command)? {
+            Some(Input::Prepared { votes, .. }) => Ok(votes),
+            other => Err(unexpected(other)),
+        }
     }
     fn apply(
         &mut self,
@@ -382,25 +512,38 @@ impl Shard for WriterHandle {
         evidence: &Evidence,
     ) -> Result<Vec<ApplyOutcome>, ShardError> {
         let (items, evidence) = (items.to_vec(), evidence.clone());
-        self.in_batch(move |s| s.apply(coordinator, &items, &evidence))
+        let command = Command::Apply {
+            coordinator,
+            items,
+            evidence,
+        };
+        match self.shard_write(now_ms(), command)? {
+            Some(Input::Applied { outcomes, .. }) => Ok(outcomes),
+            other => Err(unexpected(other)),
+        }
     }
     fn in_doubt(&self) -> Result<Vec<InDoubtRecord>, ShardError> {
-        self.in_batch(|s| s.in_doubt())
+        self.shard_read(|s| s.in_doubt())
     }
     fn transfer_local(&mut self, items: &[TransferSpec]) -> Result<Vec<TransferState>, ShardError> {
-        let items = items.to_vec();
-        self.in_batch(move |s| s.transfer_local(&items))
+        let items = items.iter().map(|s| (0, *s)).collect();
+        match self.shard_write(now_ms(), Command::TransferLocal { items })? {
+            Some(Input::LocalDone { states, .. }) => Ok(states),
+            other => Err(unexpected(other)),
+        }
     }
     fn transfer_state(&self, id: TransferId) -> Result<TransferState, ShardError> {
-        self.in_batch(move |s| s.transfer_state(id))
+        self.shard_read(move |s| s.transfer_state(id))
     }
 }
 
 /// The `Shard` of a connection inside the writer's current batch: each call runs in the
 /// batch's transaction, and is durable once the batch commits.
-struct ConnShard<'a> {
-    conn: &'a Connection,
-    me: BranchId,
+pub(crate) struct ConnShard<'a> {
+    pub(crate) conn: &'a Connection,
+    pub(crate) me: BranchId,
+    /// The time every write of the call is made at (carried by its [`WriteOp`]).
+    pub(crate) now_ms: u64,
 }
 
 impl Shard for ConnShard<'_> {
@@ -411,7 +554,7 @@ impl Shard for ConnShard<'_> {
         Ok(twopc::begin(self.conn, self.me, items, now_ms)?)
     }
     fn record_decisions(&mut self, items: &[DecisionRecord]) -> Result<(), ShardError> {
-        twopc::record_decisions(self.conn, self.me, items)?
+        twopc::record_decisions(self.conn, self.me, items, self.now_ms)?
     }
     fn mark_ended(&mut self, ids: &[TransferId]) -> Result<(), ShardError> {
         Ok(twopc::mark_ended(self.conn, ids)?)
@@ -450,16 +593,16 @@ impl Shard for ConnShard<'_> {
             coordinator,
             items,
             evidence,
+            self.now_ms,
         )?)
     }
     fn in_doubt(&self) -> Result<Vec<InDoubtRecord>, ShardError> {
         Ok(twopc::in_doubt(self.conn)?)
     }
     fn transfer_local(&mut self, items: &[TransferSpec]) -> Result<Vec<TransferState>, ShardError> {
-        let now = now_ms();
         Ok(items
             .iter()
-            .map(|s| bank::transfer_local(self.conn, self.me, s, now))
+            .map(|s| bank::transfer_local(self.conn, self.me, s, self.now_ms))
             .collect::<Result<_, _>>()?)
     }
     fn transfer_state(&self, id: TransferId) -> Result<TransferState, ShardError> {
