@@ -73,26 +73,29 @@ pub fn backup(data_dir: &Path, to: &Path) -> anyhow::Result<Copied> {
 
 fn copy_into(src: &Connection, to: &Path) -> anyhow::Result<()> {
     let mut dst = Connection::open(to)?;
-    {
-        use rusqlite::backup::{Backup, StepResult};
-        let b = Backup::new(src, &mut dst)?;
-        // -1: every page in one step, so no write of the running node lands between
-        // pages of the copy. Busy or locked (the node checkpointing): try again.
-        let mut tries = 0;
-        loop {
-            match b.step(-1)? {
-                StepResult::Done => break,
-                StepResult::More => {}
-                _ if tries < BACKUP_TRIES_MAX => {
-                    tries += 1;
-                    std::thread::sleep(Duration::from_millis(BACKUP_RETRY_MS));
-                }
-                other => anyhow::bail!("the database stayed busy ({other:?}); try again"),
-            }
-        }
-    }
+    copy_pages(src, &mut dst)?;
     dst.execute_batch("PRAGMA journal_mode = DELETE")?;
     Ok(())
+}
+
+/// Copies every page of `src`'s database over `dst`'s with SQLite's backup API, in
+/// one step, so no write to `src` lands between pages of the copy. Busy or locked
+/// (the node checkpointing): tries again a few times.
+pub(crate) fn copy_pages(src: &Connection, dst: &mut Connection) -> anyhow::Result<()> {
+    use rusqlite::backup::{Backup, StepResult};
+    let b = Backup::new(src, dst)?;
+    let mut tries = 0;
+    loop {
+        match b.step(-1)? {
+            StepResult::Done => return Ok(()),
+            StepResult::More => {}
+            _ if tries < BACKUP_TRIES_MAX => {
+                tries += 1;
+                std::thread::sleep(Duration::from_millis(BACKUP_RETRY_MS));
+            }
+            other => anyhow::bail!("the database stayed busy ({other:?}); try again"),
+        }
+    }
 }
 
 /// Puts backup `from` into data dir `data_dir` as its database. The data dir must hold

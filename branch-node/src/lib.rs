@@ -6,6 +6,7 @@ pub mod init;
 pub mod network_file;
 pub mod node;
 pub mod p2p;
+pub mod replica;
 pub mod store;
 pub mod totp;
 pub mod verify;

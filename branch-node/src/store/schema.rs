@@ -159,4 +159,12 @@ CREATE INDEX legs_no_votes ON legs(coordinator) WHERE vote IS NOT NULL AND vote 
     r#"
 CREATE INDEX outbox_by_phone ON outbox(phone, created_at_ms);
 "#,
+    // 6: a replica's place in its branch's log: the id of the last log entry applied
+    // (written in the same transaction as the entry's changes) and the membership.
+    r#"
+CREATE TABLE replica_state (
+    key   TEXT PRIMARY KEY,
+    value BLOB NOT NULL
+) STRICT;
+"#,
 ];

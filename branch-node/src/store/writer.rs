@@ -47,9 +47,13 @@ enum Ran {
 /// Called on the writer thread after each batch, once every job in it was answered.
 type BatchHook = Box<dyn Fn() + Send>;
 
+/// Work that needs the store alone, between batches (no transaction open).
+type ExclusiveFn = Box<dyn FnOnce(&mut Store) + Send>;
+
 enum Msg {
     Job(Job),
     Hook(BatchHook),
+    Exclusive(ExclusiveFn),
     Stop,
 }
 
@@ -73,6 +77,7 @@ impl std::fmt::Debug for Msg {
             Msg::Job(Job::Write(..)) => "Write",
             Msg::Job(Job::Local(..)) => "Local",
             Msg::Hook(_) => "Hook",
+            Msg::Exclusive(_) => "Exclusive",
             Msg::Stop => "Stop",
         })
     }
@@ -132,15 +137,19 @@ fn writer_loop(mut store: Store, rx: Receiver<Msg>, journal: Option<Journal>) ->
                 hooks.push(h);
                 continue;
             }
+            Ok(Msg::Exclusive(f)) => {
+                f(&mut store);
+                continue;
+            }
             Ok(Msg::Stop) | Err(_) => return store,
         };
-        let mut stop = false;
+        let mut after = None;
         while batch.len() < WRITER_BATCH_OPS_MAX {
             match rx.try_recv() {
                 Ok(Msg::Job(j)) => batch.push(j),
                 Ok(Msg::Hook(h)) => hooks.push(h),
-                Ok(Msg::Stop) => {
-                    stop = true;
+                Ok(other) => {
+                    after = Some(other);
                     break;
                 }
                 Err(_) => break,
@@ -150,8 +159,10 @@ fn writer_loop(mut store: Store, rx: Receiver<Msg>, journal: Option<Journal>) ->
         for hook in &hooks {
             hook();
         }
-        if stop {
-            return store;
+        match after {
+            Some(Msg::Stop) => return store,
+            Some(Msg::Exclusive(f)) => f(&mut store),
+            _ => {}
         }
     }
 }
@@ -266,6 +277,22 @@ impl WriterHandle {
         self.tx
             .send(Msg::Hook(Box::new(hook)))
             .map_err(|_| StoreError::WriterGone)
+    }
+
+    /// Runs `f` with the store alone, after the work queued before it and before the
+    /// work queued after it, with no transaction open (a snapshot's copy, its restore).
+    pub async fn exclusive<R: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Store) -> R + Send + 'static,
+    ) -> Result<R, StoreError> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let job: ExclusiveFn = Box::new(move |store| {
+            let _ = tx.send(f(store));
+        });
+        self.tx
+            .send(Msg::Exclusive(job))
+            .map_err(|_| StoreError::WriterGone)?;
+        rx.await.map_err(|_| StoreError::WriterGone)
     }
 
     /// Queues `op` for the writer's next batch; `done` gets its answer on the writer
