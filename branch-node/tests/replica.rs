@@ -14,12 +14,12 @@ use std::time::Duration;
 
 use branch_node::replica::log_store::LogStore;
 use branch_node::replica::state_machine::StateMachine;
-use branch_node::replica::{Batch, Raft, ReplicaId, Replicated};
+use branch_node::replica::{Raft, ReplicaId, Replicated, proposer};
 use branch_node::store::ops::WriteOp;
-use branch_node::store::writer::Writer;
-use branch_node::store::{Durability, Movement, Store};
-use coordinator::Command;
+use branch_node::store::writer::{Writer, WriterHandle};
+use branch_node::store::{Durability, Movement, Store, StoreError};
 use coordinator::testing::HERE;
+use coordinator::{Command, Input};
 use openraft::error::{InstallSnapshotError, RPCError, RaftError, RemoteError, Unreachable};
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
@@ -27,7 +27,7 @@ use openraft::raft::{
     VoteRequest, VoteResponse,
 };
 use openraft::{BasicNode, Config, SnapshotPolicy};
-use wire::teller::NewCustomer;
+use wire::teller::{NewCustomer, TransferState};
 use wire::twopc::TransferSpec;
 use wire::{AccountNumber, Amount, TransferId};
 
@@ -106,11 +106,13 @@ impl RaftNetwork<Replicated> for Link {
     }
 }
 
-/// One replica: its Raft, its writer, its store file.
+/// One replica: its Raft, its writer, its store file, and the handle its node would
+/// write through (to its proposer).
 struct Replica {
     raft: Raft,
     writer: Writer,
     store: PathBuf,
+    handle: WriterHandle,
 }
 
 fn config(snapshots: SnapshotPolicy) -> Arc<Config> {
@@ -130,14 +132,18 @@ async fn start(dir: &Path, id: ReplicaId, router: &Router, snapshots: SnapshotPo
     let writer = Writer::spawn(Store::open(&store, HERE, Durability::Full).expect("opens"));
     let log = LogStore::open(&dir.join(format!("replica-{id}.log"))).expect("opens");
     let sm = StateMachine::new(writer.handle());
+    let waiting = sm.waiting();
     let raft = Raft::new(id, config(snapshots), router.clone(), log, sm)
         .await
         .expect("starts");
     router.0.lock().expect("router").insert(id, raft.clone());
+    let (propose, _) = proposer::spawn(raft.clone(), waiting);
+    let handle = writer.handle().replicated(propose);
     Replica {
         raft,
         writer,
         store,
+        handle,
     }
 }
 
@@ -159,9 +165,9 @@ fn number(serial: u32) -> AccountNumber {
     AccountNumber::new(HERE, serial).expect("valid")
 }
 
-/// A batch as a leader's writer would make it: an account opened and funded, and a
-/// local transfer from the first account when there is one.
-fn batch(serial: u32, hash: &str) -> Batch {
+/// The writes a leader's node would make: an account opened and funded, and a local
+/// transfer from it to the first account when there is one.
+fn writes(serial: u32, hash: &str) -> Vec<WriteOp> {
     let now = 1_700_000_000_000 + u64::from(serial);
     let customer = NewCustomer {
         national_id: format!("R{serial}"),
@@ -199,7 +205,7 @@ fn batch(serial: u32, hash: &str) -> Batch {
             }],
         });
     }
-    Batch { ops }
+    ops
 }
 
 /// Every row of every table of a store file, in a fixed order.
@@ -237,9 +243,23 @@ fn dump(path: &Path) -> String {
     out
 }
 
-/// Waits until every replica applied `index`, then checks their stores are the same
-/// row for row and their ledgers verify.
+/// Waits until the leader applied every entry of its log (at least `index`) and every
+/// replica applied as much, then checks their stores are the same row for row.
 async fn same_everywhere(replicas: &BTreeMap<ReplicaId, Replica>, index: u64) {
+    let leader = leader_among(replicas).await;
+    let m = replicas[&leader]
+        .raft
+        .wait(Some(Duration::from_secs(10)))
+        .metrics(
+            |m| {
+                let applied = m.last_applied.map(|l| l.index);
+                applied >= Some(index) && applied == m.last_log_index
+            },
+            "the leader applied its whole log",
+        )
+        .await
+        .expect("applies");
+    let index = m.last_log_index.expect("an entry");
     for r in replicas.values() {
         r.raft
             .wait(Some(Duration::from_secs(10)))
@@ -257,12 +277,39 @@ async fn same_everywhere(replicas: &BTreeMap<ReplicaId, Replica>, index: u64) {
     }
 }
 
-async fn write(leader: &Raft, serial: u32, hash: &str) -> u64 {
+/// Sends one account's writes through `leader`'s proposer, all at once (so they share
+/// entries), checks each answer, and gives the index of the leader's last entry (its
+/// callers are answered as the entry is applied, before Raft's metrics say so).
+async fn write(leader: &Replica, serial: u32, hash: &str) -> u64 {
+    let answers = futures::future::join_all(
+        writes(serial, hash)
+            .into_iter()
+            .map(|op| leader.handle.call_write(op)),
+    )
+    .await;
+    let mut answers = answers.into_iter().map(|a| a.expect("a majority takes it"));
+    let opened = answers
+        .next()
+        .expect("opened")
+        .into_account()
+        .expect("kind");
+    assert_eq!(opened.expect("opens").number, number(serial));
+    let funded = answers.next().expect("funded").into_state().expect("kind");
+    assert_eq!(funded, TransferState::Committed);
+    if let Some(moved) = answers.next() {
+        match moved.into_two_pc().expect("kind").expect("runs").pop() {
+            Some(Some(Input::LocalDone { states, .. })) => {
+                assert_eq!(states, vec![TransferState::Committed]);
+            }
+            other => panic!("a local transfer answers LocalDone, not {other:?}"),
+        }
+    }
     leader
-        .client_write(batch(serial, hash))
-        .await
-        .expect("a majority takes it")
-        .log_id
+        .raft
+        .metrics()
+        .borrow()
+        .last_applied
+        .expect("applied")
         .index
 }
 
@@ -289,9 +336,21 @@ async fn replicas_agree_survive_their_leader_and_a_new_one_catches_up_by_snapsho
     let leader = leader_among(&replicas).await;
     let mut last = 0;
     for serial in 1..=20 {
-        last = write(&replicas[&leader].raft, serial, &hash).await;
+        last = write(&replicas[&leader], serial, &hash).await;
     }
     same_everywhere(&replicas, last).await;
+
+    // A follower takes no writes: its callers are told it is not the leader.
+    let follower = replicas
+        .keys()
+        .find(|&&id| id != leader)
+        .copied()
+        .expect("one");
+    let refused = replicas[&follower]
+        .handle
+        .call_write(writes(99, &hash).remove(0))
+        .await;
+    assert!(matches!(refused, Err(StoreError::NotLeader)), "{refused:?}");
 
     // The leader goes: the other two elect one and lose nothing committed.
     let old = replicas.remove(&leader).expect("leader");
@@ -299,7 +358,7 @@ async fn replicas_agree_survive_their_leader_and_a_new_one_catches_up_by_snapsho
     old.raft.shutdown().await.expect("stops");
     let leader = leader_among(&replicas).await;
     for serial in 21..=30 {
-        last = write(&replicas[&leader].raft, serial, &hash).await;
+        last = write(&replicas[&leader], serial, &hash).await;
     }
     same_everywhere(&replicas, last).await;
 
@@ -331,7 +390,7 @@ async fn replicas_agree_survive_their_leader_and_a_new_one_catches_up_by_snapsho
         .await
         .expect("changes membership");
     let purged = last;
-    last = write(&raft, 31, &hash).await;
+    last = write(&replicas[&leader], 31, &hash).await;
     same_everywhere(&replicas, last).await;
     let installed = replicas[&4].raft.metrics().borrow().snapshot;
     assert!(

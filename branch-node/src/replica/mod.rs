@@ -9,6 +9,7 @@
 #![allow(clippy::result_large_err)]
 
 pub mod log_store;
+pub mod proposer;
 pub mod state_machine;
 
 use openraft::{StorageError, StorageIOError};
@@ -16,10 +17,13 @@ use serde::{Deserialize, Serialize};
 
 use crate::store::ops::WriteOp;
 
-/// One log entry's payload: the writes of one writer batch of the leader, applied
-/// together in one transaction on every replica.
+/// One log entry's payload: writes the leader's proposer gathered, applied together in
+/// one transaction on every replica.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct Batch {
+    /// Names the proposal on the replica that made it, whose callers wait for the
+    /// answers; another replica ignores it.
+    pub proposal: u64,
     pub ops: Vec<WriteOp>,
 }
 

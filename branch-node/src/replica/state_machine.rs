@@ -16,6 +16,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use wire::BranchId;
 
+use super::proposer::Waiting;
 use super::{ReplicaId, ReplicaStorageError, Replicated, read_error, write_error};
 use crate::backup::copy_pages;
 use crate::store::ops::WriteResult;
@@ -36,6 +37,8 @@ type Current = Arc<Mutex<Option<(Meta, Vec<u8>)>>>;
 #[derive(Clone, Debug)]
 pub struct StateMachine {
     writer: WriterHandle,
+    /// The callers of this replica's own proposals, answered once applied here.
+    waiting: Waiting,
     /// The last snapshot built or installed here.
     current: Current,
 }
@@ -45,8 +48,14 @@ impl StateMachine {
     pub fn new(writer: WriterHandle) -> StateMachine {
         StateMachine {
             writer,
+            waiting: Waiting::default(),
             current: Arc::new(Mutex::new(None)),
         }
+    }
+
+    /// The callers of proposals made here, for this replica's proposer.
+    pub fn waiting(&self) -> Waiting {
+        self.waiting.clone()
     }
 
     fn keep(&self, meta: &Meta, bytes: &[u8]) {
@@ -86,13 +95,16 @@ fn applied(c: &Connection) -> Result<Applied, StoreError> {
     ))
 }
 
+/// The answers of one applied entry's ops, for the callers of its proposal.
+type Answers = (u64, Vec<WriteResult>);
+
 /// Applies committed entries in order, in the writer's transaction: each op in its own
 /// savepoint (a refusal undoes that op alone, as on the leader), then the last id.
 fn apply_entries(
     c: &Connection,
     me: BranchId,
     entries: &[Entry<Replicated>],
-) -> Result<Vec<Vec<WriteResult>>, StoreError> {
+) -> Result<Vec<Answers>, StoreError> {
     let mut out = Vec::with_capacity(entries.len());
     for entry in entries {
         let mut results = Vec::new();
@@ -115,7 +127,9 @@ fn apply_entries(
             EntryPayload::Blank => {}
         }
         state_put(c, "applied", &entry.log_id)?;
-        out.push(results);
+        if let EntryPayload::Normal(batch) = &entry.payload {
+            out.push((batch.proposal, results));
+        }
     }
     Ok(out)
 }
@@ -197,9 +211,40 @@ impl RaftStateMachine<Replicated> for StateMachine {
     {
         let entries: Vec<_> = entries.into_iter().collect();
         let count = entries.len();
-        self.writer
-            .call_local(move |c, me| apply_entries(c, me, &entries))
-            .await
+        let proposals: Vec<u64> = entries
+            .iter()
+            .filter_map(|e| match &e.payload {
+                EntryPayload::Normal(b) => Some(b.proposal),
+                _ => None,
+            })
+            .collect();
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let waiting = self.waiting.clone();
+        // Answered on the writer thread once the transaction committed, before the
+        // writer's batch-end hooks run (as a single branch's writes are).
+        let applied = self.writer.local_then(
+            move |c, me| apply_entries(c, me, &entries),
+            move |r| {
+                let r = match r {
+                    Ok(answers) => {
+                        for (proposal, results) in answers {
+                            waiting.answer(proposal, results);
+                        }
+                        Ok(())
+                    }
+                    Err(e) => {
+                        for p in proposals {
+                            waiting.fail(p, &e);
+                        }
+                        Err(e)
+                    }
+                };
+                let _ = tx.send(r);
+            },
+        );
+        applied
+            .and(rx.await.map_err(|_| StoreError::WriterGone))
+            .and_then(|r| r)
             .map_err(|e| StorageIOError::write_state_machine(&e))?;
         Ok(vec![(); count])
     }

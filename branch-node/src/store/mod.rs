@@ -74,6 +74,8 @@ pub enum StoreError {
     ReaderGone,
     #[error("group commit failed: {0}")]
     CommitFailed(String),
+    #[error("this replica is not its branch's leader: the change may still be made by the leader")]
+    NotLeader,
 }
 
 impl From<StoreError> for coordinator::ShardError {

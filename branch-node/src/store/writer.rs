@@ -28,7 +28,11 @@ type RunFn = Box<dyn FnOnce(&Connection, BranchId) -> bool + Send>;
 /// Answers the caller of local work once the batch is durable, or with the commit's error.
 type FinishFn = Box<dyn FnOnce(Option<String>) + Send>;
 /// Answers the caller of a write once the batch is durable, or with the commit's error.
-type WriteDone = Box<dyn FnOnce(Result<WriteResult, StoreError>) + Send>;
+pub type WriteDone = Box<dyn FnOnce(Result<WriteResult, StoreError>) + Send>;
+
+/// Where a replicated branch's writes go instead of this writer: its leader's
+/// proposer, which answers each once a majority holds it and this store applied it.
+pub type ProposeTx = tokio::sync::mpsc::UnboundedSender<(WriteOp, WriteDone)>;
 
 /// One queued piece of work.
 enum Job {
@@ -69,6 +73,8 @@ pub struct Writer {
 pub struct WriterHandle {
     tx: Sender<Msg>,
     me: BranchId,
+    /// Set for a replica: writes go to the proposer, local work to the writer.
+    propose: Option<ProposeTx>,
 }
 
 impl std::fmt::Debug for Msg {
@@ -102,7 +108,11 @@ impl Writer {
             .spawn(move || writer_loop(store, rx, journal))
             .ok();
         Writer {
-            handle: WriterHandle { tx, me },
+            handle: WriterHandle {
+                tx,
+                me,
+                propose: None,
+            },
             thread,
         }
     }
@@ -295,17 +305,32 @@ impl WriterHandle {
         rx.await.map_err(|_| StoreError::WriterGone)
     }
 
-    /// Queues `op` for the writer's next batch; `done` gets its answer on the writer
-    /// thread once the batch is durable (or the commit's error). Jobs run and finish in
-    /// the order they were queued. `done` must not block.
+    /// This handle with its writes sent to a replica's proposer instead (see
+    /// [`crate::replica::proposer`]); local work still runs on this writer.
+    pub fn replicated(&self, propose: ProposeTx) -> WriterHandle {
+        WriterHandle {
+            propose: Some(propose),
+            ..self.clone()
+        }
+    }
+
+    /// Queues `op` for the writer's next batch (a replica's: for the proposer's next
+    /// log entry); `done` gets its answer on the writer thread once the batch is
+    /// durable (a replica's: held by a majority and applied here), or the error. Jobs
+    /// run and finish in the order they were queued. `done` must not block.
     pub fn write_then(
         &self,
         op: WriteOp,
         done: impl FnOnce(Result<WriteResult, StoreError>) + Send + 'static,
     ) -> Result<(), StoreError> {
-        self.tx
-            .send(Msg::Job(Job::Write(op, Box::new(done))))
-            .map_err(|_| StoreError::WriterGone)
+        let done: WriteDone = Box::new(done);
+        match &self.propose {
+            Some(p) => p.send((op, done)).map_err(|_| StoreError::NotLeader),
+            None => self
+                .tx
+                .send(Msg::Job(Job::Write(op, done)))
+                .map_err(|_| StoreError::WriterGone),
+        }
     }
 
     /// Runs `op` in the writer's next batch and waits until the batch is durable.
