@@ -79,6 +79,59 @@ impl Initialized {
     }
 }
 
+impl Initialized {
+    /// The `[[branch.replica]]` table of this data dir as replica `id`, ready to paste
+    /// under its branch's `[[branch]]` (which then lists no key or address of its own).
+    pub fn replica_entry_at(&self, id: u64, listen: &[multiaddr::Multiaddr]) -> String {
+        let entry = self.network_entry_at(listen);
+        let own = entry
+            .lines()
+            .filter(|l| {
+                ["public_key", "peer_id", "addresses"]
+                    .iter()
+                    .any(|k| l.starts_with(k))
+            })
+            .collect::<Vec<_>>()
+            .join("\n");
+        format!("[[branch.replica]]\nid = {id}\n{own}\n")
+    }
+}
+
+/// Makes the data dir of a new replica of branch `branch`: its own key and an empty
+/// store (the branch id pinned). It joins the branch once the network file lists it:
+/// the leader adds it, and it catches up by snapshot and log.
+pub fn init_replica(data_dir: &Path, branch: BranchId) -> Result<Initialized, InitError> {
+    if branch.0 == 0 || branch.0 > ACCOUNT_BRANCH_MAX {
+        return Err(InitError::BranchId);
+    }
+    let (key_path, db_path) = (data_dir.join(KEY_FILE), data_dir.join(DB_FILE));
+    if key_path.exists() || db_path.exists() {
+        return Err(InitError::AlreadyInitialized(data_dir.to_owned()));
+    }
+    std::fs::create_dir_all(data_dir).map_err(io(data_dir))?;
+    owner_only_dir(data_dir)?;
+    let key = BranchKey::from_secret(rand::random());
+    write_key(&key_path, &key)?;
+    owner_only_file(&db_path).map_err(io(&db_path))?;
+    drop(Store::open(&db_path, branch, Durability::Full)?);
+    Ok(Initialized {
+        branch,
+        name: String::new(),
+        public_key: key.public(),
+        peer_id: key.peer_id(),
+        generated_password: None,
+        otp_uri: None,
+    })
+}
+
+/// Marks a data dir made by [`init`] as the first replica of a new replicated branch:
+/// its first `run` makes the branch's log from its store.
+pub fn mark_bootstrap(data_dir: &Path) -> Result<(), InitError> {
+    let marker = data_dir.join(crate::replica::node::BOOTSTRAP_FILE);
+    owner_only_file(&marker).map_err(io(&marker))?;
+    Ok(())
+}
+
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> InitError + '_ {
     move |source| InitError::Io {
         path: path.to_owned(),

@@ -43,6 +43,23 @@ enum Command {
         /// the printed network-file block lists it, ready to paste.
         #[arg(long)]
         listen: Vec<Multiaddr>,
+        /// This is replica 1 of a branch that runs as several replicas (make the others
+        /// with `init-replica`): its first run makes the branch's log.
+        #[arg(long)]
+        replicated: bool,
+    },
+    /// Make the data dir of another replica of a branch (its own key, an empty store);
+    /// list it in the network file and it catches up from the leader.
+    InitReplica {
+        #[arg(long)]
+        data_dir: PathBuf,
+        #[arg(long)]
+        branch_id: u16,
+        /// Its replica id within the branch (2 and up; replica 1 is made by `init`).
+        #[arg(long)]
+        replica: u64,
+        #[arg(long)]
+        listen: Vec<Multiaddr>,
     },
     /// Copy a branch's database to a new file FILE (owner-only) while the node runs:
     /// one consistent moment (SQLite's online backup). The key file is not included.
@@ -142,6 +159,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             admin_password_file,
             totp,
             listen,
+            replicated,
         } => {
             let password = match admin_password_file {
                 Some(f) => {
@@ -167,9 +185,42 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 println!("admin one-time codes: add this to an authenticator app (shown once):");
                 println!("  {uri}");
             }
+            if replicated {
+                branch_node::init::mark_bootstrap(&data_dir)?;
+                println!(
+                    "\nadd this branch to network.toml, with a [[branch.replica]] table for each \
+                     other replica (from init-replica):\n\n[[branch]]\nid = {}\nname = {:?}\n{}",
+                    done.branch,
+                    done.name,
+                    done.replica_entry_at(1, &listen)
+                );
+            } else {
+                println!(
+                    "\nadd this branch to network.toml:\n\n{}",
+                    done.network_entry_at(&listen)
+                );
+            }
+            Ok(())
+        }
+        Command::InitReplica {
+            data_dir,
+            branch_id,
+            replica,
+            listen,
+        } => {
+            anyhow::ensure!(
+                replica >= 2,
+                "replica 1 is made by `branch-node init --replicated`"
+            );
+            let done = branch_node::init::init_replica(&data_dir, BranchId(branch_id))?;
             println!(
-                "\nadd this branch to network.toml:\n\n{}",
-                done.network_entry_at(&listen)
+                "initialized replica {replica} of branch {} in {}",
+                done.branch,
+                data_dir.display()
+            );
+            println!(
+                "\nadd this under the branch's [[branch]] in network.toml:\n\n{}",
+                done.replica_entry_at(replica, &listen)
             );
             Ok(())
         }

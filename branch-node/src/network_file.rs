@@ -1,6 +1,7 @@
-//! `network.toml`: every branch's id, name, key and addresses. A node accepts 2PC
-//! messages only from branches listed here and verifies every signature against the
-//! listed key; tellers use it to find a branch by name and pin its key.
+//! `network.toml`: every branch's id, name, and its replicas' keys and addresses. A
+//! node accepts 2PC messages only from branches listed here and verifies every
+//! signature against the signing branch's listed keys; tellers use it to find a branch
+//! by name and pin its keys.
 //!
 //! ```toml
 //! [[branch]]
@@ -11,7 +12,23 @@
 //! addresses = ["/ip4/127.0.0.1/tcp/7001"]
 //! ```
 //!
-//! `branch-node init` prints exactly such a block.
+//! `branch-node init` prints exactly such a block. A branch that runs as several
+//! replicas lists each instead of one key and address list, every replica with its
+//! own key (its libp2p identity) and a replica id unique within the branch:
+//!
+//! ```toml
+//! [[branch]]
+//! id = 2
+//! name = "Pune"
+//! [[branch.replica]]
+//! id = 1
+//! peer_id = "12D3KooW..."
+//! addresses = ["/ip4/10.0.0.5/tcp/7001"]
+//! [[branch.replica]]
+//! id = 2
+//! peer_id = "12D3KooW..."
+//! addresses = ["/ip4/10.0.0.6/tcp/7001"]
+//! ```
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -26,9 +43,62 @@ use wire::{BranchId, BranchPublicKey, PeerId};
 pub struct BranchEntry {
     pub id: BranchId,
     pub name: String,
+    /// Its replicas by replica id: one (id 1) for a branch that is not replicated.
+    pub replicas: Vec<ReplicaEntry>,
+}
+
+/// One replica of a branch: its own key (and so its PeerId) and addresses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplicaEntry {
+    pub id: u64,
     pub public_key: BranchPublicKey,
     pub peer_id: PeerId,
     pub addresses: Vec<Multiaddr>,
+}
+
+/// Most replicas one branch may list.
+pub const REPLICAS_MAX: usize = 7;
+
+impl BranchEntry {
+    /// The replica with id `id`.
+    pub fn replica(&self, id: u64) -> Option<&ReplicaEntry> {
+        self.replicas.iter().find(|r| r.id == id)
+    }
+
+    /// The replica whose PeerId is `peer`.
+    pub fn replica_by_peer(&self, peer: &PeerId) -> Option<&ReplicaEntry> {
+        self.replicas.iter().find(|r| &r.peer_id == peer)
+    }
+
+    /// True when the branch runs as more than one replica.
+    pub fn is_replicated(&self) -> bool {
+        self.replicas.len() > 1
+    }
+
+    /// `signed` checked against the branch's replica keys in `domain`: a message signed by
+    /// any of its replicas (whichever led when it was signed) is the branch's.
+    pub fn verify_in_domain<T>(
+        &self,
+        signed: &wire::signed::Signed<T>,
+        domain: &[u8],
+    ) -> Result<T, wire::VerifyError>
+    where
+        T: serde::Serialize + serde::de::DeserializeOwned,
+    {
+        let mut last = Err(wire::VerifyError::BadSignature);
+        for r in &self.replicas {
+            last = signed.verify_in_domain(domain, &r.public_key);
+            if last.is_ok() {
+                break;
+            }
+        }
+        last
+    }
+
+    /// The first replica (a branch that is not replicated has only this one).
+    pub fn first(&self) -> &ReplicaEntry {
+        &self.replicas[0]
+    }
 }
 
 /// The whole network, checked: ids, names and keys are unique.
@@ -66,6 +136,12 @@ pub enum NetworkFileError {
     DuplicateKey(u16),
     #[error("branch {0}: address {1:?} is not a multiaddr, or its /p2p/ part names another peer")]
     BadAddress(u16, String),
+    #[error("branch {0}: give its key and addresses, or [[branch.replica]] tables, not both")]
+    KeyAndReplicas(u16),
+    #[error("branch {0}: lists more than {REPLICAS_MAX} replicas")]
+    TooManyReplicas(u16),
+    #[error("branch {0}: replica id {1} is listed twice (replica ids are 1 and up)")]
+    ReplicaId(u16, u64),
 }
 
 #[derive(Deserialize)]
@@ -80,6 +156,18 @@ struct RawFile {
 struct RawBranch {
     id: u16,
     name: String,
+    public_key: Option<String>,
+    peer_id: Option<String>,
+    #[serde(default)]
+    addresses: Vec<String>,
+    #[serde(default)]
+    replica: Vec<RawReplica>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawReplica {
+    id: u64,
     public_key: Option<String>,
     peer_id: Option<String>,
     #[serde(default)]
@@ -110,7 +198,15 @@ impl NetworkFile {
             if branches.values().any(|o| o.name == entry.name) {
                 return Err(NetworkFileError::DuplicateName(entry.name));
             }
-            if branches.values().any(|o| o.public_key == entry.public_key) {
+            let keys =
+                |b: &BranchEntry| b.replicas.iter().map(|r| r.public_key).collect::<Vec<_>>();
+            let mine = keys(&entry);
+            let repeated = (1..mine.len()).any(|i| mine[..i].contains(&mine[i]));
+            if repeated
+                || branches
+                    .values()
+                    .any(|o| keys(o).iter().any(|k| mine.contains(k)))
+            {
                 return Err(NetworkFileError::DuplicateKey(entry.id.0));
             }
             branches.insert(entry.id, entry);
@@ -128,9 +224,18 @@ impl NetworkFile {
         self.branches.values().find(|b| b.name == name)
     }
 
-    /// The branch a connected peer is, if it is one.
+    /// The branch a connected peer is a replica of, if it is one.
     pub fn by_peer(&self, peer: &PeerId) -> Option<&BranchEntry> {
-        self.branches.values().find(|b| &b.peer_id == peer)
+        self.branches
+            .values()
+            .find(|b| b.replica_by_peer(peer).is_some())
+    }
+
+    /// The branch and replica a connected peer is, if it is one.
+    pub fn replica_by_peer(&self, peer: &PeerId) -> Option<(&BranchEntry, &ReplicaEntry)> {
+        self.branches
+            .values()
+            .find_map(|b| b.replica_by_peer(peer).map(|r| (b, r)))
     }
 
     /// Every branch, by id.
@@ -150,14 +255,45 @@ fn check(b: RawBranch) -> Result<BranchEntry, NetworkFileError> {
     {
         return Err(NetworkFileError::Name(id));
     }
-    let from_key = b
+    let own = b.public_key.is_some() || b.peer_id.is_some() || !b.addresses.is_empty();
+    let raw = match (own, b.replica.is_empty()) {
+        (true, false) => return Err(NetworkFileError::KeyAndReplicas(id)),
+        (_, true) => vec![RawReplica {
+            id: 1,
+            public_key: b.public_key,
+            peer_id: b.peer_id,
+            addresses: b.addresses,
+        }],
+        (false, false) => b.replica,
+    };
+    if raw.len() > REPLICAS_MAX {
+        return Err(NetworkFileError::TooManyReplicas(id));
+    }
+    let mut replicas: Vec<ReplicaEntry> = Vec::with_capacity(raw.len());
+    for r in raw {
+        let replica = check_replica(id, r)?;
+        if replica.id == 0 || replicas.iter().any(|o| o.id == replica.id) {
+            return Err(NetworkFileError::ReplicaId(id, replica.id));
+        }
+        replicas.push(replica);
+    }
+    replicas.sort_by_key(|r| r.id);
+    Ok(BranchEntry {
+        id: BranchId(id),
+        name: b.name,
+        replicas,
+    })
+}
+
+fn check_replica(id: u16, r: RawReplica) -> Result<ReplicaEntry, NetworkFileError> {
+    let from_key = r
         .public_key
         .map(|k| {
             k.parse::<BranchPublicKey>()
                 .map_err(|_| NetworkFileError::BadKey(id))
         })
         .transpose()?;
-    let from_peer = b
+    let from_peer = r
         .peer_id
         .map(|p| {
             let peer: PeerId = p.parse().map_err(|_| NetworkFileError::BadPeerId(id))?;
@@ -170,7 +306,7 @@ fn check(b: RawBranch) -> Result<BranchEntry, NetworkFileError> {
         (None, None) => return Err(NetworkFileError::NoKey(id)),
     };
     let peer_id = public_key.peer_id();
-    let addresses = b
+    let addresses = r
         .addresses
         .iter()
         .map(|a| {
@@ -185,9 +321,8 @@ fn check(b: RawBranch) -> Result<BranchEntry, NetworkFileError> {
             }
         })
         .collect::<Result<Vec<_>, _>>()?;
-    Ok(BranchEntry {
-        id: BranchId(id),
-        name: b.name,
+    Ok(ReplicaEntry {
+        id: r.id,
         public_key,
         peer_id,
         addresses,
@@ -282,6 +417,62 @@ mod tests {
         );
     }
 
+    fn replica(id: u64, seed: u8) -> String {
+        format!(
+            "[[branch.replica]]\nid = {id}\npublic_key = \"{}\"\naddresses = [\"/ip4/127.0.0.1/tcp/{}\"]\n",
+            key(seed).public(),
+            7100 + u16::from(seed)
+        )
+    }
+
+    #[test]
+    fn a_branch_lists_its_replicas_each_with_its_own_key() {
+        let head = "[[branch]]\nid = 2\nname = \"Pune\"\n";
+        let three = format!(
+            "{head}{}{}{}",
+            replica(1, 11),
+            replica(2, 12),
+            replica(3, 13)
+        );
+        let n = NetworkFile::parse(&format!("{}{three}", branch(1, "Mumbai", 1))).expect("valid");
+        let pune = n.by_name("Pune").expect("listed");
+        assert!(pune.is_replicated());
+        assert_eq!(
+            pune.replicas.iter().map(|r| r.id).collect::<Vec<_>>(),
+            [1, 2, 3]
+        );
+        let (b, r) = n.replica_by_peer(&key(12).peer_id()).expect("a replica");
+        assert_eq!((b.id, r.id), (BranchId(2), 2));
+        assert!(!n.by_name("Mumbai").expect("listed").is_replicated());
+        check(
+            &format!("{head}{}{}", replica(1, 11), replica(1, 12)),
+            Err(NetworkFileError::ReplicaId(2, 1)),
+        );
+        check(
+            &format!("{head}{}", replica(0, 11)),
+            Err(NetworkFileError::ReplicaId(2, 0)),
+        );
+        check(
+            &format!("{head}{}{}", replica(1, 11), replica(2, 11)),
+            Err(NetworkFileError::DuplicateKey(2)),
+        );
+        check(
+            &format!("{}{head}{}", branch(1, "Mumbai", 1), replica(1, 1)),
+            Err(NetworkFileError::DuplicateKey(2)),
+        );
+        let own_key = format!(
+            "[[branch]]\nid = 2\nname = \"Pune\"\npublic_key = \"{}\"\n{}",
+            key(14).public(),
+            replica(1, 11)
+        );
+        check(&own_key, Err(NetworkFileError::KeyAndReplicas(2)));
+        let eight: String = (1..=8).map(|i| replica(i, 20 + i as u8)).collect();
+        check(
+            &format!("{head}{eight}"),
+            Err(NetworkFileError::TooManyReplicas(2)),
+        );
+    }
+
     #[test]
     fn peer_id_alone_pins_the_key_and_lookups_work() {
         let text = format!(
@@ -290,7 +481,7 @@ mod tests {
         );
         let n = NetworkFile::parse(&text).expect("valid");
         let goa = n.by_name("Goa").expect("listed");
-        assert_eq!(goa.public_key, key(9).public());
+        assert_eq!(goa.first().public_key, key(9).public());
         assert_eq!(
             n.by_peer(&key(9).peer_id()).map(|b| b.id),
             Some(BranchId(9))

@@ -72,8 +72,11 @@ impl Report {
 /// the network file's key for the branch it names.
 pub fn signed_message(network: &NetworkFile, bytes: &[u8]) -> Option<(BranchId, BranchMessage)> {
     let signed: Signed<BranchMessage> = wire::decode(bytes).ok()?;
-    let key = network.get(signed.signer)?.public_key;
-    Some((signed.signer, signed.verify(&key).ok()?))
+    let branch = network.get(signed.signer)?;
+    let message = branch
+        .verify_in_domain(&signed, wire::signed::SIGNING_DOMAIN)
+        .ok()?;
+    Some((signed.signer, message))
 }
 
 /// Whether a coordinator's signed body says `id` committed: a decision, or the answer

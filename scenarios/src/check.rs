@@ -318,3 +318,39 @@ pub fn check_cut(audits: &[Audit]) -> Vec<String> {
     }
     v
 }
+
+/// For every replicated branch: waits (at most `bound`) until its replicas applied the
+/// same last log entry, then checks they hold the same branch row for row. Returns the
+/// violations (none when every branch's replicas agree).
+pub fn replicas_agree(cluster: &Cluster, bound: Duration) -> anyhow::Result<Vec<String>> {
+    use branch_node::replica::check;
+    let mut violations = Vec::new();
+    for (branch, paths) in cluster.replica_databases() {
+        let start = std::time::Instant::now();
+        let same_place = loop {
+            let places = paths
+                .iter()
+                .map(|p| check::applied(p))
+                .collect::<Result<Vec<_>, _>>()?;
+            if places.windows(2).all(|w| w[0] == w[1]) {
+                break true;
+            }
+            if start.elapsed() > bound {
+                break false;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        if !same_place {
+            violations.push(format!(
+                "replicas: branch {branch}'s replicas did not reach the same log entry within {} ms",
+                bound.as_millis()
+            ));
+            continue;
+        }
+        let paths: Vec<&std::path::Path> = paths.iter().map(PathBuf::as_path).collect();
+        for d in check::differences(&paths)? {
+            violations.push(format!("replicas: branch {branch}: {d}"));
+        }
+    }
+    Ok(violations)
+}

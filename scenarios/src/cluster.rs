@@ -146,11 +146,13 @@ fn free_port() -> anyhow::Result<u16> {
     }
 }
 
-/// One branch of the local network.
+/// One branch of the local network (one replica of it, for a replicated branch).
 #[derive(Debug)]
 pub struct Node {
     pub id: BranchId,
     pub name: String,
+    /// Its replica id within the branch (1 for a branch that is not replicated).
+    pub replica: u64,
     pub dir: PathBuf,
     pub child: Option<Child>,
     pub port: u16,
@@ -181,10 +183,110 @@ impl Cluster {
 
     /// Makes `n` branches in `dir` (ids 1..=n, names b1..bn) without starting them.
     pub fn create(dir: &Path, n: u16, flags: &[&str]) -> anyhow::Result<Cluster> {
+        Cluster::create_replicated(dir, n, 1, flags)
+    }
+
+    /// Makes `n` branches of `replicas` replicas each and starts them all; returns once
+    /// every branch serves (its replicas elected a leader that holds its first snapshot).
+    pub async fn start_replicated(
+        dir: &Path,
+        n: u16,
+        replicas: u64,
+        flags: &[&str],
+    ) -> anyhow::Result<Cluster> {
+        let mut cluster = Cluster::create_replicated(dir, n, replicas, flags)?;
+        for i in 0..cluster.nodes.len() {
+            cluster.start_node(i, &[])?;
+        }
+        for b in 0..usize::from(n) {
+            cluster.wait_serving(b, Duration::from_secs(30)).await?;
+        }
+        Ok(cluster)
+    }
+
+    /// Waits until branch index `b` (0-based) answers its admin's login.
+    pub async fn wait_serving(&self, b: usize, timeout: Duration) -> anyhow::Result<()> {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            let answer = match Teller::connect(&self.branch_target(b)?).await {
+                Ok(mut t) => t.login(init::ADMIN_LOGIN, ADMIN_PASSWORD).await.map(drop),
+                Err(e) => Err(e),
+            };
+            match answer {
+                Ok(()) => return Ok(()),
+                Err(e) if std::time::Instant::now() > deadline => {
+                    bail!("branch b{} does not serve: {e}", b + 1)
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+            }
+        }
+    }
+
+    /// Where to reach branch index `b` (0-based): any of its replicas.
+    pub fn branch_target(&self, b: usize) -> anyhow::Result<Target> {
+        Ok(Target::by_name(&self.network_file, &format!("b{}", b + 1))?)
+    }
+
+    /// A teller logged in as the admin of branch index `b` (0-based), through any of its
+    /// replicas.
+    pub async fn admin_of_branch(&self, b: usize) -> anyhow::Result<Teller> {
+        let mut t = Teller::connect(&self.branch_target(b)?).await?;
+        t.login(init::ADMIN_LOGIN, ADMIN_PASSWORD).await?;
+        Ok(t)
+    }
+
+    /// The nodes (replicas) of branch `id`.
+    pub fn replicas_of(&self, id: BranchId) -> Vec<usize> {
+        (0..self.nodes.len())
+            .filter(|&i| self.nodes[i].id == id)
+            .collect()
+    }
+
+    /// Makes `n` branches in `dir`, each of `replicas` replicas (1: not replicated), without
+    /// starting them. Nodes are ordered by branch, then replica.
+    pub fn create_replicated(
+        dir: &Path,
+        n: u16,
+        replicas: u64,
+        flags: &[&str],
+    ) -> anyhow::Result<Cluster> {
         let bin = branch_node_bin()?;
         let mut nodes = Vec::new();
         let mut network = String::new();
-        for i in 1..=n {
+        for i in (1..=n).filter(|_| replicas > 1) {
+            let name = format!("b{i}");
+            network.push_str(&format!("[[branch]]\nid = {i}\nname = {name:?}\n"));
+            for r in 1..=replicas {
+                let data = dir.join(format!("{name}-r{r}"));
+                let done = if r == 1 {
+                    let done = init::init(
+                        &data,
+                        BranchId(i),
+                        &name,
+                        Some(ADMIN_PASSWORD.into()),
+                        false,
+                    )?;
+                    init::mark_bootstrap(&data)?;
+                    done
+                } else {
+                    init::init_replica(&data, BranchId(i))?
+                };
+                let port = free_port()?;
+                let addr: multiaddr::Multiaddr = format!("/ip4/127.0.0.1/tcp/{port}").parse()?;
+                network.push_str(&done.replica_entry_at(r, &[addr]));
+                nodes.push(Node {
+                    id: BranchId(i),
+                    name: name.clone(),
+                    replica: r,
+                    dir: data,
+                    child: None,
+                    port,
+                    metrics_url: None,
+                });
+            }
+            network.push('\n');
+        }
+        for i in (1..=n).filter(|_| replicas <= 1) {
             let name = format!("b{i}");
             let data = dir.join(&name);
             let done = init::init(
@@ -212,6 +314,7 @@ impl Cluster {
             nodes.push(Node {
                 id: BranchId(i),
                 name,
+                replica: 1,
                 dir: data,
                 child: None,
                 port,
@@ -416,12 +519,34 @@ impl Cluster {
         }
     }
 
-    /// Each branch's database file.
+    /// Each branch's database file (of a replicated branch: its first running replica's).
     pub fn databases(&self) -> Vec<(BranchId, PathBuf)> {
-        self.nodes
-            .iter()
-            .map(|n| (n.id, n.dir.join(init::DB_FILE)))
+        let mut ids: Vec<BranchId> = self.nodes.iter().map(|n| n.id).collect();
+        ids.dedup();
+        ids.into_iter()
+            .filter_map(|id| {
+                let of = || self.nodes.iter().filter(move |n| n.id == id);
+                let node = of().find(|n| n.child.is_some()).or_else(|| of().next())?;
+                Some((id, node.dir.join(init::DB_FILE)))
+            })
             .collect()
+    }
+
+    /// Each replicated branch's replicas' database files, by branch.
+    pub fn replica_databases(&self) -> Vec<(BranchId, Vec<PathBuf>)> {
+        let mut out: Vec<(BranchId, Vec<PathBuf>)> = Vec::new();
+        for n in self
+            .nodes
+            .iter()
+            .filter(|n| self.replicas_of(n.id).len() > 1)
+        {
+            let path = n.dir.join(init::DB_FILE);
+            match out.iter_mut().find(|(id, _)| *id == n.id) {
+                Some((_, paths)) => paths.push(path),
+                None => out.push((n.id, vec![path])),
+            }
+        }
+        out
     }
 }
 

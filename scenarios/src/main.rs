@@ -40,6 +40,10 @@ enum Command {
     Up {
         #[arg(long, default_value_t = 3)]
         branches: u16,
+        /// Replicas per branch (1, 3 or 5): each branch a Raft group of that many
+        /// `branch-node` processes, served by its leader.
+        #[arg(long, default_value_t = 1, value_parser = replica_count)]
+        replicas: u64,
         /// Where the branches' data lives (default: ./bankmate-local).
         #[arg(long, default_value = "bankmate-local")]
         dir: PathBuf,
@@ -161,7 +165,11 @@ async fn run(command: Command) -> anyhow::Result<bool> {
             }
             Ok(all_ok)
         }
-        Command::Up { branches, dir } => up(branches, &dir).await,
+        Command::Up {
+            branches,
+            replicas,
+            dir,
+        } => up(branches, replicas, &dir).await,
         Command::Bench {
             branches,
             duration,
@@ -195,7 +203,16 @@ async fn run(command: Command) -> anyhow::Result<bool> {
     }
 }
 
-async fn up(branches: u16, dir: &Path) -> anyhow::Result<bool> {
+/// A branch runs as 1, 3 or 5 replicas: an odd count, so a majority outlives the loss
+/// of one (3) or two (5) of them.
+fn replica_count(text: &str) -> Result<u64, String> {
+    match text.parse::<u64>() {
+        Ok(n @ (1 | 3 | 5)) => Ok(n),
+        _ => Err(format!("{text:?}: a branch runs 1, 3 or 5 replicas")),
+    }
+}
+
+async fn up(branches: u16, replicas: u64, dir: &Path) -> anyhow::Result<bool> {
     if dir.exists() && std::fs::read_dir(dir)?.next().is_some() {
         anyhow::bail!(
             "{} is not empty; remove it or give another --dir",
@@ -204,14 +221,21 @@ async fn up(branches: u16, dir: &Path) -> anyhow::Result<bool> {
     }
     std::fs::create_dir_all(dir)?;
     let dir = dir.canonicalize()?;
-    let mut cluster = Cluster::start(&dir, branches, &["--fault-switch"])?;
+    let mut cluster =
+        Cluster::start_replicated(&dir, branches, replicas, &["--fault-switch"]).await?;
     let teller = scenarios::cluster::teller_cli_bin()?.display().to_string();
     let net = cluster.network_file.display().to_string();
     println!("{}", std::fs::read_to_string(&cluster.network_file)?);
     println!("network of {branches} branches is up; network file: {net}");
+    if replicas > 1 {
+        println!(
+            "each branch runs {replicas} replicas (data dirs <branch>-r<N>); its leader serves, \
+             and a teller may connect to any of them"
+        );
+    }
     println!("admin login on every branch: user admin, password {ADMIN_PASSWORD}");
     println!("connect a teller (menus):");
-    for n in &cluster.nodes {
+    for n in cluster.nodes.iter().filter(|n| n.replica == 1) {
         println!("  {teller} --network-file {net} --branch {}", n.name);
     }
     println!("or script one, for example:");
@@ -222,7 +246,7 @@ async fn up(branches: u16, dir: &Path) -> anyhow::Result<bool> {
     println!("or the web console, then open http://127.0.0.1:8080/ in a browser:");
     println!("  {teller} --network-file {net} --branch b1 web");
     println!(
-        "logs: {}/<branch>/node.log. Ctrl-C stops the network.",
+        "logs: {}/<branch>[-r<N>]/node.log. Ctrl-C stops the network.",
         dir.display()
     );
     tokio::signal::ctrl_c().await?;

@@ -24,6 +24,12 @@ use wire::{BranchKey, Refusal};
 /// How long connecting to a branch may take before the teller is told it is unreachable.
 pub const CONNECT_TIMEOUT_MS: u64 = 5_000;
 
+/// How long a request is sent again while a replicated branch elects a new leader (its
+/// replicas answer "not the leader, nothing was done" meanwhile).
+pub const FAILOVER_WAIT_MS: u64 = 5_000;
+/// The wait between those sends.
+pub const FAILOVER_RETRY_MS: u64 = 100;
+
 /// Why a teller request did not get a business answer.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum TellerError {
@@ -53,6 +59,9 @@ pub enum TellerError {
 pub struct Target {
     pub addr: Multiaddr,
     pub peer: PeerId,
+    /// The branch's other replicas, tried in turn when this one cannot be reached (any
+    /// replica serves a teller: one that does not lead passes requests to the leader).
+    pub others: Vec<(Multiaddr, PeerId)>,
 }
 
 impl Target {
@@ -68,14 +77,17 @@ impl Target {
                 names.join(", ")
             ))
         })?;
-        let addr = b
-            .addresses
-            .first()
-            .cloned()
+        let mut listed = b
+            .replicas
+            .iter()
+            .filter_map(|r| r.addresses.first().map(|a| (a.clone(), r.peer_id)));
+        let (addr, peer) = listed
+            .next()
             .ok_or_else(|| TellerError::Usage(format!("branch {name} lists no address")))?;
         Ok(Target {
             addr,
-            peer: b.peer_id,
+            peer,
+            others: listed.collect(),
         })
     }
 
@@ -85,6 +97,7 @@ impl Target {
             Some(Protocol::P2p(peer)) => Ok(Target {
                 addr: addr.clone(),
                 peer,
+                others: Vec::new(),
             }),
             _ => Err(TellerError::Usage(format!(
                 "address {addr} must end with /p2p/<peer id> so the branch's key is pinned"
@@ -171,14 +184,12 @@ impl Teller {
     /// Connects with identity `key`: a second connection with the same key is the same
     /// teller to every branch (sessions are bound to the key's PeerId).
     pub async fn connect_with_key(target: &Target, key: &BranchKey) -> Result<Teller, TellerError> {
-        let client = PeerClient::connect(
-            key.libp2p_keypair(),
-            TELLER_PROTOCOL,
-            target.addr.clone(),
-            target.peer,
-            Duration::from_millis(CONNECT_TIMEOUT_MS),
-        )
-        .await?;
+        let wait = Duration::from_millis(CONNECT_TIMEOUT_MS);
+        let mut candidates: Vec<(Multiaddr, PeerId)> = vec![(target.addr.clone(), target.peer)];
+        candidates.extend(target.others.iter().cloned());
+        let client =
+            PeerClient::connect_any(key.libp2p_keypair(), TELLER_PROTOCOL, candidates, wait)
+                .await?;
         Ok(Teller {
             client,
             lanes: std::sync::Arc::default(),
@@ -232,11 +243,23 @@ impl Teller {
         if let (TellerOp::Transfer(spec), Some(session)) = (&op, self.session) {
             return self.lanes.transfer(&self.client, session, *spec).await;
         }
-        let request = TellerRequest {
-            session: self.session,
-            op,
-        };
-        answer_of(self.client.request(request).await?)
+        // A replicated branch between leaders answers "not the leader" (nothing was
+        // done): ask again while a new one is elected, about a second.
+        let deadline = std::time::Instant::now() + Duration::from_millis(FAILOVER_WAIT_MS);
+        loop {
+            let request = TellerRequest {
+                session: self.session,
+                op: op.clone(),
+            };
+            match answer_of(self.client.request(request).await?) {
+                Err(TellerError::Unavailable(Unavailable::NotLeader { .. }))
+                    if std::time::Instant::now() < deadline =>
+                {
+                    tokio::time::sleep(Duration::from_millis(FAILOVER_RETRY_MS)).await;
+                }
+                other => return other,
+            }
+        }
     }
 
     /// Like [`Teller::call`], but a lost session is renewed (when this teller knows the

@@ -41,7 +41,7 @@ pub fn verify(net: &NetworkFile, encoded: &[Vec<u8>]) -> (Vec<Statement>, Vec<St
         };
         let checked = net
             .get(signed.signer)
-            .map(|b| signed.verify_in_domain(wire::signed::STATEMENT_DOMAIN, &b.public_key));
+            .map(|b| b.verify_in_domain(&signed, wire::signed::STATEMENT_DOMAIN));
         match checked {
             Some(Ok(s)) if s.branch == signed.signer => good.push(s),
             _ => bad.push(format!(

@@ -585,7 +585,10 @@ async fn init_prints_a_ready_block_and_json_logs_are_json() {
     let net =
         branch_node::network_file::NetworkFile::load(&file).expect("the block is a network file");
     let lan = net.by_name("lan").expect("lan");
-    assert_eq!(lan.addresses[0].to_string(), "/ip4/127.0.0.1/tcp/7001");
+    assert_eq!(
+        lan.first().addresses[0].to_string(),
+        "/ip4/127.0.0.1/tcp/7001"
+    );
 
     let mut c =
         Cluster::start(&dir.path().join("net"), 1, &["--log-format", "json"]).expect("cluster");

@@ -255,7 +255,7 @@ fn every_subcommand_against_three_branches() {
     // Connecting by full address (the key pinned by its /p2p/ part) instead of by name.
     let file = NetworkFile::load(&net).expect("network file");
     let b2 = file.by_name("b2").expect("b2");
-    let addr = format!("{}/p2p/{}", b2.addresses[0], b2.peer_id);
+    let addr = format!("{}/p2p/{}", b2.first().addresses[0], b2.first().peer_id);
     let r = cli(
         &net,
         &[
@@ -475,6 +475,7 @@ fn refusals_have_their_exit_codes_and_change_nothing() {
         .expect("net")
         .by_name("b1")
         .expect("b1")
+        .first()
         .peer_id;
     let addr = format!("/ip4/127.0.0.1/tcp/{port}/p2p/{peer}");
     let start = std::time::Instant::now();

@@ -76,6 +76,11 @@ pub enum LinkResponse {
     Statement(Vec<u8>),
     /// The forward itself was refused (for example a request no branch may forward).
     ForwardRefused(Refusal),
+    /// This replica of the branch is not its leader (`leader`: the replica it believes
+    /// leads, if any); nothing was done with the request.
+    NotLeader {
+        leader: Option<u64>,
+    },
 }
 
 /// Why a branch refused an envelope or a link request. Nothing in its store changed.

@@ -411,6 +411,10 @@ pub enum Unavailable {
     /// The password was not checked.
     #[error("too many failed logins; try again in {} s (nothing was checked)", retry_after_ms.div_ceil(1000))]
     Throttled { retry_after_ms: u64 },
+    /// This replica of the branch is not its leader (`leader`: the replica it believes
+    /// leads, if any); nothing was done. A client asks that replica, or the next.
+    #[error("this replica is not its branch's leader; nothing was done")]
+    NotLeader { leader: Option<u64> },
 }
 
 impl Unavailable {
@@ -431,6 +435,7 @@ impl Unavailable {
             Unavailable::StoreFailed => "store_failed",
             Unavailable::Stopping => "stopping",
             Unavailable::Throttled { .. } => "throttled",
+            Unavailable::NotLeader { .. } => "not_leader",
         }
     }
 }

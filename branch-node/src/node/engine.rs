@@ -647,10 +647,10 @@ impl Engine {
                 evidence: Some(Arc::from(envelope)),
             });
         }
-        let Some(peer) = self.network.get(to).map(|b| b.peer_id) else {
+        if self.network.get(to).is_none() {
             tracing::error!(%to, "2pc message for a branch not in the network file");
             return None;
-        };
+        }
         for (before, _) in &steps {
             failpoint(before);
         }
@@ -660,7 +660,7 @@ impl Engine {
             .items_sent
             .fetch_add(message.body.len() as u64, Ordering::Relaxed);
         let afters = steps.into_iter().map(|(_, after)| after);
-        tokio::spawn(deliver(self.client.clone(), peer, to, envelope, afters));
+        tokio::spawn(deliver(self.client.clone(), to, envelope, afters));
         None
     }
 }
@@ -683,12 +683,11 @@ fn sent_steps(body: &BranchBody) -> Vec<(&'static str, &'static str)> {
 /// and its decision until it is acknowledged; a participant in doubt asks again.
 async fn deliver(
     client: Client,
-    peer: libp2p::PeerId,
     to: BranchId,
     envelope: Vec<u8>,
     afters: impl Iterator<Item = &'static str>,
 ) {
-    match client.link(peer, LinkRequest::TwoPc(envelope)).await {
+    match client.link_branch(to, LinkRequest::TwoPc(envelope)).await {
         Ok(LinkResponse::Accepted) => afters.for_each(failpoint),
         Ok(other) => tracing::warn!(%to, ?other, "2pc message refused"),
         Err(e) => tracing::debug!(%to, "2pc message not delivered: {e}"),

@@ -23,10 +23,12 @@ pub fn verify_envelope(
     let signer = network
         .get(signed.signer)
         .ok_or(EnvelopeRefusal::UnknownSigner(signed.signer))?;
-    if signer.peer_id != *peer {
-        return Err(EnvelopeRefusal::SignerNotPeer(signed.signer));
-    }
-    let message = signed.verify(&signer.public_key).map_err(|e| match e {
+    // The connected peer must be one of the signing branch's replicas, and its own key
+    // must have signed.
+    let replica = signer
+        .replica_by_peer(peer)
+        .ok_or(EnvelopeRefusal::SignerNotPeer(signed.signer))?;
+    let message = signed.verify(&replica.public_key).map_err(|e| match e {
         wire::VerifyError::Payload(_) => EnvelopeRefusal::Malformed,
         _ => EnvelopeRefusal::BadSignature,
     })?;

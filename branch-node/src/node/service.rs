@@ -50,7 +50,7 @@ pub struct Service {
     /// Read-only connections: reads never wait behind the writer's batches.
     pub(crate) reader: Reader,
     /// The login throttle and the argon2 budget.
-    pub(crate) logins: Logins,
+    pub(crate) logins: Arc<Logins>,
     /// Forwards in flight to each other branch, bounded by
     /// [`wire::limits::FORWARDS_PER_BRANCH_MAX`].
     pub(crate) forwards: std::collections::HashMap<BranchId, tokio::sync::Semaphore>,
@@ -203,7 +203,7 @@ impl Service {
 
     /// Sends a link request to branch `to`, bounded by [`wire::limits::FORWARD_TIMEOUT_MS`].
     async fn link(&self, to: BranchId, request: ForwardRequest) -> Result<LinkResponse, Fail> {
-        let peer = self.network.get(to).ok_or(Refusal::UnknownBranch)?.peer_id;
+        self.network.get(to).ok_or(Refusal::UnknownBranch)?;
         let _slot = self
             .forwards
             .get(&to)
@@ -212,7 +212,7 @@ impl Service {
             .map_err(|_| Unavailable::Overloaded)?;
         let response = tokio::time::timeout(
             std::time::Duration::from_millis(wire::limits::FORWARD_TIMEOUT_MS),
-            self.client.link(peer, LinkRequest::Forward(request)),
+            self.client.link_branch(to, LinkRequest::Forward(request)),
         )
         .await;
         match response {
@@ -525,12 +525,10 @@ impl Service {
         if !self.fault_switch {
             return Err(Refusal::Unauthorized.into());
         }
-        let peer = self
-            .network
-            .get(branch)
-            .ok_or(Refusal::UnknownBranch)?
-            .peer_id;
-        self.client.set_fault(peer, fault).await;
+        let listed = self.network.get(branch).ok_or(Refusal::UnknownBranch)?;
+        for replica in &listed.replicas {
+            self.client.set_fault(replica.peer_id, fault).await;
+        }
         Ok(TellerResponse::LinkFaultSet { branch, fault })
     }
 

@@ -2,7 +2,9 @@
 //! the teller protocol, scenario drivers, and the rogue peers of the tests on the link
 //! protocols. It dials one branch with its PeerId pinned (Noise refuses any other key)
 //! and sends every request over one long-lived stream of tagged frames ([`pipe`]), many
-//! in flight at once; a task owns the swarm and redials when the connection is gone.
+//! in flight at once; a task owns the swarm and redials when the connection is gone. A
+//! branch that runs as replicas is several candidates (each pinned): when the one in
+//! use cannot be reached, the next is dialled.
 
 use std::marker::PhantomData;
 use std::sync::Arc;
@@ -49,14 +51,26 @@ pub struct PeerClient<Req, Resp> {
     _types: PhantomData<fn(Req) -> Resp>,
 }
 
+/// A dial request for the swarm's task: whom, where, and who waits for it to settle.
+type Dial = (PeerId, Multiaddr, oneshot::Sender<()>);
+
 struct Inner {
     control: libp2p_stream::Control,
-    dial: mpsc::Sender<oneshot::Sender<()>>,
+    dial: mpsc::Sender<Dial>,
     slot: Slot,
     protocol: StreamProtocol,
-    addr: Multiaddr,
-    peer: PeerId,
+    /// Where the branch can be reached: one address and pinned PeerId per replica.
+    candidates: Arc<[(Multiaddr, PeerId)]>,
+    /// The candidate in use.
+    current: Arc<std::sync::atomic::AtomicUsize>,
     connect_timeout: Duration,
+}
+
+impl Inner {
+    fn current(&self) -> &(Multiaddr, PeerId) {
+        let i = self.current.load(std::sync::atomic::Ordering::Relaxed);
+        &self.candidates[i % self.candidates.len()]
+    }
 }
 
 impl<Req, Resp> Clone for PeerClient<Req, Resp> {
@@ -70,9 +84,10 @@ impl<Req, Resp> Clone for PeerClient<Req, Resp> {
 
 impl<Req, Resp> std::fmt::Debug for PeerClient<Req, Resp> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (addr, peer) = self.inner.current();
         f.debug_struct("PeerClient")
-            .field("addr", &self.inner.addr)
-            .field("peer", &self.inner.peer)
+            .field("addr", addr)
+            .field("peer", peer)
             .finish()
     }
 }
@@ -134,28 +149,55 @@ impl<Req: Serialize, Resp: Serialize + DeserializeOwned> PeerClient<Req, Resp> {
         peer: PeerId,
         timeout: Duration,
     ) -> Result<Self, ClientError> {
-        let unreachable = |reason: String| ClientError::Unreachable {
-            addr: addr.clone(),
-            reason,
+        PeerClient::connect_any(key, protocol, vec![(addr, peer)], timeout).await
+    }
+
+    /// Like [`PeerClient::connect`], to the first of `candidates` (a branch's replicas)
+    /// that can be reached; later, when the one in use cannot be, to the next.
+    pub async fn connect_any(
+        key: libp2p::identity::Keypair,
+        protocol: StreamProtocol,
+        candidates: Vec<(Multiaddr, PeerId)>,
+        timeout: Duration,
+    ) -> Result<Self, ClientError> {
+        let Some(first) = candidates.first().cloned() else {
+            return Err(ClientError::Setup("no address to connect to".into()));
         };
         let mut swarm = client_swarm(key)?;
-        swarm
-            .dial(with_peer(&addr, peer))
-            .map_err(|e| unreachable(e.to_string()))?;
-        connected(&mut swarm, peer, timeout)
-            .await
-            .map_err(unreachable)?;
+        let mut reached = Err(ClientError::Unreachable {
+            addr: first.0,
+            reason: "not tried".into(),
+        });
+        for (i, (addr, peer)) in candidates.iter().enumerate() {
+            let tried = match swarm.dial(with_peer(addr, *peer)) {
+                Ok(()) => connected(&mut swarm, *peer, timeout).await,
+                Err(e) => Err(e.to_string()),
+            };
+            match tried {
+                Ok(()) => {
+                    reached = Ok(i);
+                    break;
+                }
+                Err(reason) => {
+                    reached = Err(ClientError::Unreachable {
+                        addr: addr.clone(),
+                        reason,
+                    });
+                }
+            }
+        }
+        let current = reached?;
         let control = swarm.behaviour().new_control();
         let (dial, dials) = mpsc::channel(DIALS_WAITING_MAX);
-        tokio::spawn(drive(swarm, dials, peer, addr.clone()));
+        tokio::spawn(drive(swarm, dials));
         let client = PeerClient {
             inner: Arc::new(Inner {
                 control,
                 dial,
                 slot: Slot::default(),
                 protocol,
-                addr,
-                peer,
+                candidates: candidates.into(),
+                current: Arc::new(std::sync::atomic::AtomicUsize::new(current)),
                 connect_timeout: timeout,
             }),
             _types: PhantomData,
@@ -164,24 +206,43 @@ impl<Req: Serialize, Resp: Serialize + DeserializeOwned> PeerClient<Req, Resp> {
         Ok(client)
     }
 
-    /// The open stream, or a new one (redialling the branch first if need be).
+    /// Dials candidate `i` (unless connected) and opens a stream to it.
+    async fn open_at(&self, i: usize) -> Result<libp2p::Stream, String> {
+        let inner = &self.inner;
+        let (addr, peer) = inner.candidates[i].clone();
+        let (done, wait) = oneshot::channel();
+        inner
+            .dial
+            .send((peer, addr, done))
+            .await
+            .map_err(|_| "client stopped")?;
+        match tokio::time::timeout(inner.connect_timeout, wait).await {
+            Ok(r) => r.map_err(|_| "client stopped")?,
+            Err(_) => return Err(format!("no connection within {:?}", inner.connect_timeout)),
+        }
+        let control = inner.control.clone();
+        pipe::open_stream(control, peer, inner.protocol.clone(), inner.connect_timeout).await
+    }
+
+    /// The open stream, or a new one (redialling the branch first if need be): to the
+    /// candidate in use, or else to the next that can be reached.
     async fn pipe(&self) -> Result<pipe::Pipe, ClientError> {
         let inner = &self.inner;
         let open = || async {
-            let (done, wait) = oneshot::channel();
-            inner.dial.send(done).await.map_err(|_| "client stopped")?;
-            match tokio::time::timeout(inner.connect_timeout, wait).await {
-                Ok(r) => r.map_err(|_| "client stopped")?,
-                Err(_) => return Err(format!("no connection within {:?}", inner.connect_timeout)),
+            let n = inner.candidates.len();
+            let start = inner.current.load(std::sync::atomic::Ordering::Relaxed);
+            let mut last = String::from("no candidate");
+            for k in 0..n {
+                let i = (start + k) % n;
+                match self.open_at(i).await {
+                    Ok(stream) => {
+                        inner.current.store(i, std::sync::atomic::Ordering::Relaxed);
+                        return Ok(stream);
+                    }
+                    Err(e) => last = e,
+                }
             }
-            let control = inner.control.clone();
-            pipe::open_stream(
-                control,
-                inner.peer,
-                inner.protocol.clone(),
-                inner.connect_timeout,
-            )
-            .await
+            Err(last)
         };
         inner
             .slot
@@ -192,13 +253,13 @@ impl<Req: Serialize, Resp: Serialize + DeserializeOwned> PeerClient<Req, Resp> {
             )
             .await
             .map_err(|reason| ClientError::Unreachable {
-                addr: inner.addr.clone(),
+                addr: inner.current().0.clone(),
                 reason,
             })
     }
 
     fn failed(&self, (reason, arrived): Failure) -> ClientError {
-        let addr = self.inner.addr.clone();
+        let addr = self.inner.current().0.clone();
         if arrived {
             ClientError::NoAnswer { addr, reason }
         } else {
@@ -233,33 +294,28 @@ impl<Req: Serialize, Resp: Serialize + DeserializeOwned> PeerClient<Req, Resp> {
                 dial: inner.dial.clone(),
                 slot: Slot::default(),
                 protocol: inner.protocol.clone(),
-                addr: inner.addr.clone(),
-                peer: inner.peer,
+                candidates: Arc::clone(&inner.candidates),
+                current: Arc::clone(&inner.current),
                 connect_timeout: inner.connect_timeout,
             }),
             _types: PhantomData,
         }
     }
 
-    /// The branch this client talks to.
+    /// The branch (replica) this client talks to now.
     pub fn peer(&self) -> PeerId {
-        self.inner.peer
+        self.inner.current().1
     }
 }
 
 /// Polls the swarm; on each dial request, dials the branch unless connected and
 /// answers once the dial has settled ([`super::Dials`]).
-async fn drive(
-    mut swarm: ClientSwarm,
-    mut dials: mpsc::Receiver<oneshot::Sender<()>>,
-    peer: PeerId,
-    addr: Multiaddr,
-) {
+async fn drive(mut swarm: ClientSwarm, mut dials: mpsc::Receiver<Dial>) {
     let mut waiting = super::Dials::default();
     loop {
         tokio::select! {
             d = dials.recv() => match d {
-                Some(done) => waiting.dial(&mut swarm, peer, vec![addr.clone()], done),
+                Some((peer, addr, done)) => waiting.dial(&mut swarm, peer, vec![addr], done),
                 None => return,
             },
             event = swarm.select_next_some() => match event {

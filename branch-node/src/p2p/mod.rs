@@ -21,14 +21,14 @@ use libp2p::{StreamProtocol, Swarm, SwarmBuilder, identify, mdns, noise, ping, t
 
 /// The teller protocol: `TellerRequest` in, `TellerResponse` out, as tagged frames on
 /// one long-lived stream ([`pipe`]).
-pub const TELLER_PROTOCOL: StreamProtocol = StreamProtocol::new("/bankmate/teller/2");
+pub const TELLER_PROTOCOL: StreamProtocol = StreamProtocol::new("/bankmate/teller/3");
 /// The branch-to-branch protocol for 2PC envelopes: `LinkRequest` in, `LinkResponse`
 /// out, framed the same way.
-pub const LINK_PROTOCOL: StreamProtocol = StreamProtocol::new("/bankmate/link/3");
+pub const LINK_PROTOCOL: StreamProtocol = StreamProtocol::new("/bankmate/link/4");
 /// Requests one branch forwards to another for tellers (`LinkRequest::Forward`): their
 /// own protocol, with their own streams and inbound queue, so that a teller flood
 /// passed on by a branch can never hold up that link's 2PC messages.
-pub const FORWARD_PROTOCOL: StreamProtocol = StreamProtocol::new("/bankmate/forward/2");
+pub const FORWARD_PROTOCOL: StreamProtocol = StreamProtocol::new("/bankmate/forward/3");
 
 /// How long an idle connection stays open. libp2p's default (10 s) would close branch
 /// links between bursts and make every quiet spell cost a new Noise handshake; an hour

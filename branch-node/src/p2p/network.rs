@@ -17,11 +17,11 @@ use libp2p::{Multiaddr, PeerId, Stream, StreamProtocol, Swarm, mdns};
 use tokio::sync::{mpsc, oneshot};
 use wire::link::{EnvelopeRefusal, LinkRequest, LinkResponse};
 use wire::teller::{LinkFault, Unavailable};
-use wire::{TellerRequest, TellerResponse};
+use wire::{BranchId, TellerRequest, TellerResponse};
 
 use super::pipe::{self, Responder, Slot};
 use super::{NodeBehaviour, NodeBehaviourEvent};
-use crate::network_file::NetworkFile;
+use crate::network_file::{BranchEntry, NetworkFile, ReplicaEntry};
 
 /// Most inbound requests of each queue waiting for the node to pick them up; more are
 /// answered "overloaded".
@@ -32,6 +32,8 @@ pub const INBOUND_QUEUE_MAX: usize = 16_384;
 pub struct InboundQueues {
     pub twopc: mpsc::Receiver<Inbound>,
     pub requests: mpsc::Receiver<Inbound>,
+    /// Raft streams from other replicas of this branch (one call each).
+    pub raft: mpsc::Receiver<(PeerId, Stream)>,
 }
 
 /// Which branch-to-branch protocol a request or an answer travels on.
@@ -138,6 +140,9 @@ pub struct Client {
     control: libp2p_stream::Control,
     pipes: Arc<Mutex<Pipes>>,
     faults: Faults,
+    network: Arc<NetworkFile>,
+    /// The replica of each replicated branch last found leading it.
+    leaders: Arc<Mutex<HashMap<BranchId, u64>>>,
 }
 
 impl std::fmt::Debug for Client {
@@ -147,7 +152,64 @@ impl std::fmt::Debug for Client {
 }
 
 impl Client {
-    /// Sends `request` to branch `peer` and waits for its answer.
+    /// Sends `request` to branch `to` (to its leader, if it runs as replicas) and waits
+    /// for its answer. A replica that answers it is not the leader did nothing with the
+    /// request, and neither did one that could not be reached: the request goes to the
+    /// replica it names, or the next, once each at most.
+    pub async fn link_branch(
+        &self,
+        to: BranchId,
+        request: LinkRequest,
+    ) -> Result<LinkResponse, LinkError> {
+        let Some(branch) = self.network.get(to) else {
+            return Err(LinkError::NotSent(format!("branch {to} is not listed")));
+        };
+        if !branch.is_replicated() {
+            return self.link(branch.first().peer_id, request).await;
+        }
+        let mut last = LinkError::NotSent(format!("branch {to} has no leader now"));
+        for _ in 0..=branch.replicas.len() {
+            let replica = self.leader_of(branch);
+            match self.link(replica.peer_id, request.clone()).await {
+                Ok(LinkResponse::NotLeader { leader }) => {
+                    self.next_leader(branch, replica.id, leader)
+                }
+                Err(e @ (LinkError::NotSent(_) | LinkError::Blocked)) => {
+                    self.next_leader(branch, replica.id, None);
+                    last = e;
+                }
+                other => return other,
+            }
+        }
+        Err(last)
+    }
+
+    /// The replica of `branch` last found leading it (the first at the start).
+    pub fn leader_of<'b>(&self, branch: &'b BranchEntry) -> &'b ReplicaEntry {
+        let leaders = self.leaders.lock().unwrap_or_else(PoisonError::into_inner);
+        leaders
+            .get(&branch.id)
+            .and_then(|id| branch.replica(*id))
+            .unwrap_or_else(|| branch.first())
+    }
+
+    /// After replica `tried` of `branch` did not take a request: the one it named as
+    /// leader, or else the replica after it.
+    fn next_leader(&self, branch: &BranchEntry, tried: u64, named: Option<u64>) {
+        let named = named.filter(|&n| n != tried && branch.replica(n).is_some());
+        let next = named.unwrap_or_else(|| {
+            let at = branch
+                .replicas
+                .iter()
+                .position(|r| r.id == tried)
+                .unwrap_or(0);
+            branch.replicas[(at + 1) % branch.replicas.len()].id
+        });
+        let mut leaders = self.leaders.lock().unwrap_or_else(PoisonError::into_inner);
+        leaders.insert(branch.id, next);
+    }
+
+    /// Sends `request` to the node `peer` and waits for its answer.
     pub async fn link(
         &self,
         peer: PeerId,
@@ -175,6 +237,30 @@ impl Client {
                 }
             })?;
         wire::decode(&answer).map_err(|e| LinkError::NoAnswer(format!("bad answer: {e}")))
+    }
+
+    /// A new stream to `peer` on `protocol` (dialling first if need be), for a protocol
+    /// that opens one stream per call.
+    pub async fn open_stream(
+        &self,
+        peer: PeerId,
+        protocol: libp2p::StreamProtocol,
+    ) -> Result<libp2p::Stream, String> {
+        if fault_of(&self.faults, &peer) == LinkFault::Blocked {
+            return Err("the link is blocked by the fault switch".into());
+        }
+        let (done, wait) = oneshot::channel();
+        let stopped = "network event loop has stopped";
+        self.tx
+            .send(Command::Dial { peer, done })
+            .await
+            .map_err(|_| stopped)?;
+        let timeout = Duration::from_millis(super::OPEN_TIMEOUT_MS);
+        match tokio::time::timeout(timeout, wait).await {
+            Ok(r) => r.map_err(|_| stopped)?,
+            Err(_) => return Err(format!("no connection within {timeout:?}")),
+        }
+        pipe::open_stream(self.control.clone(), peer, protocol, timeout).await
     }
 
     /// The open stream to `peer` on `via`'s protocol, or a new one.
@@ -230,6 +316,7 @@ pub struct EventLoop {
     commands: mpsc::Receiver<Command>,
     twopc: mpsc::Sender<Inbound>,
     requests: mpsc::Sender<Inbound>,
+    raft: mpsc::Sender<(PeerId, Stream)>,
     faults: Faults,
     /// Where each listed branch can be dialled: the network file, plus mDNS finds.
     addresses: HashMap<PeerId, Vec<Multiaddr>>,
@@ -256,25 +343,31 @@ pub fn new(
     let me = *swarm.local_peer_id();
     let addresses = network
         .branches()
-        .filter(|b| b.peer_id != me)
-        .map(|b| (b.peer_id, b.addresses.clone()))
+        .flat_map(|b| &b.replicas)
+        .filter(|r| r.peer_id != me)
+        .map(|r| (r.peer_id, r.addresses.clone()))
         .collect();
     let (tx, commands) = mpsc::channel(COMMAND_QUEUE_MAX);
     let (twopc, twopc_rx) = mpsc::channel(INBOUND_QUEUE_MAX);
     let (requests, requests_rx) = mpsc::channel(INBOUND_QUEUE_MAX);
+    let (raft, raft_rx) = mpsc::channel(INBOUND_QUEUE_MAX);
     let faults = Faults::default();
+    let network = Arc::new(network);
     let client = Client {
         tx,
         control: swarm.behaviour().streams.new_control(),
         pipes: Arc::default(),
         faults: Arc::clone(&faults),
+        network: Arc::clone(&network),
+        leaders: Arc::default(),
     };
     let event_loop = EventLoop {
         swarm,
-        network: Arc::new(network),
+        network,
         commands,
         twopc,
         requests,
+        raft,
         faults,
         addresses,
         connected: std::collections::HashSet::new(),
@@ -283,6 +376,7 @@ pub fn new(
     let queues = InboundQueues {
         twopc: twopc_rx,
         requests: requests_rx,
+        raft: raft_rx,
     };
     (client, event_loop, queues)
 }
@@ -328,6 +422,17 @@ impl EventLoop {
         let mut tasks = vec![tokio::spawn(accept(teller, move |peer, stream| {
             serve_teller(peer, stream, requests.clone())
         }))];
+        let mut raft_streams = control.accept(crate::replica::transport::RAFT_PROTOCOL)?;
+        let raft = self.raft.clone();
+        let faults = Arc::clone(&self.faults);
+        tasks.push(tokio::spawn(async move {
+            while let Some((peer, stream)) = raft_streams.next().await {
+                // The fault switch cuts replicas apart too (in-process partitions).
+                if fault_of(&faults, &peer) != LinkFault::Blocked {
+                    let _ = raft.try_send((peer, stream));
+                }
+            }
+        }));
         for via in [Via::Link, Via::Forward] {
             let incoming = control.accept(via.protocol())?;
             let link = LinkSide {

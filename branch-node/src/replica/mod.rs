@@ -8,9 +8,12 @@
 // helpers that build those answers return it too.
 #![allow(clippy::result_large_err)]
 
+pub mod check;
 pub mod log_store;
+pub mod node;
 pub mod proposer;
 pub mod state_machine;
+pub mod transport;
 
 use openraft::{StorageError, StorageIOError};
 use serde::{Deserialize, Serialize};

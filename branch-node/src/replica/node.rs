@@ -1,0 +1,269 @@
+//! A branch node's replica side: its Raft over the libp2p transport, its proposer, and
+//! the membership kept equal to the replicas the network file lists. The node serves
+//! the branch (tellers, 2PC) only while [`Replica::serving`] says so: this replica
+//! leads a membership of more than one voter, and its store applied everything
+//! committed before it led.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use openraft::{BasicNode, Config, RaftMetrics, ServerState, SnapshotPolicy};
+use tokio::sync::mpsc;
+
+use super::log_store::LogStore;
+use super::state_machine::StateMachine;
+use super::transport::{self, Transport};
+use super::{Raft, ReplicaId, proposer};
+use crate::network_file::BranchEntry;
+use crate::p2p::network::Client;
+use crate::store::writer::{Writer, WriterHandle};
+
+/// The replica's Raft log file, in its data dir.
+pub const LOG_FILE: &str = "raft.db";
+/// Present in the data dir of the replica that starts a new replicated branch: its
+/// first `run` makes the branch's log, then removes the file.
+pub const BOOTSTRAP_FILE: &str = "bootstrap";
+
+/// Heartbeats every this many milliseconds.
+pub const HEARTBEAT_MS: u64 = 100;
+/// A follower that hears no leader for a random time in this range stands for election:
+/// a lost leader is replaced within about a second.
+pub const ELECTION_TIMEOUT_MS: (u64, u64) = (400, 800);
+/// A snapshot of the store is made after this many entries, and the log before it goes.
+pub const SNAPSHOT_EVERY_ENTRIES: u64 = 10_000;
+
+/// How often a leader compares the membership with the network file.
+const MEMBERSHIP_CHECK: Duration = Duration::from_secs(1);
+
+/// One running replica.
+#[derive(Clone)]
+pub struct Replica {
+    pub id: ReplicaId,
+    pub raft: Raft,
+    /// Writes through the proposer (for the serving stack).
+    pub writes: WriterHandle,
+    branch: BranchEntry,
+}
+
+impl std::fmt::Debug for Replica {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Replica")
+            .field("id", &self.id)
+            .finish_non_exhaustive()
+    }
+}
+
+fn config() -> anyhow::Result<Arc<Config>> {
+    let config = Config {
+        cluster_name: "bankmate-branch".into(),
+        heartbeat_interval: HEARTBEAT_MS,
+        election_timeout_min: ELECTION_TIMEOUT_MS.0,
+        election_timeout_max: ELECTION_TIMEOUT_MS.1,
+        snapshot_policy: SnapshotPolicy::LogsSinceLast(SNAPSHOT_EVERY_ENTRIES),
+        max_in_snapshot_log_to_keep: 1_000,
+        ..Config::default()
+    };
+    Ok(Arc::new(config.validate()?))
+}
+
+fn node(branch: &BranchEntry, id: ReplicaId) -> BasicNode {
+    let addr = branch
+        .replica(id)
+        .map(|r| r.peer_id.to_string())
+        .unwrap_or_default();
+    BasicNode::new(addr)
+}
+
+impl Replica {
+    /// Starts replica `id` of `branch` over the store behind `writer`, its log in
+    /// `data_dir`, calling the others through `client`; Raft streams from them arrive
+    /// on `streams`.
+    pub async fn start(
+        data_dir: &Path,
+        branch: BranchEntry,
+        id: ReplicaId,
+        writer: &Writer,
+        client: Client,
+        streams: mpsc::Receiver<(libp2p::PeerId, libp2p::Stream)>,
+    ) -> anyhow::Result<Replica> {
+        let log = LogStore::open(&data_dir.join(LOG_FILE)).context("cannot open the raft log")?;
+        let sm = StateMachine::new(writer.handle());
+        let waiting = sm.waiting();
+        let transport = Transport::new(client, branch.clone());
+        let raft = Raft::new(id, config()?, transport, log, sm).await?;
+        tokio::spawn(serve_streams(raft.clone(), branch.clone(), streams));
+        let (propose, _) = proposer::spawn(raft.clone(), waiting);
+        let writes = writer.handle().replicated(propose);
+        let replica = Replica {
+            id,
+            raft,
+            writes,
+            branch,
+        };
+        let marker = data_dir.join(BOOTSTRAP_FILE);
+        if marker.exists() && !replica.raft.is_initialized().await? {
+            replica.bootstrap().await?;
+        }
+        let _ = std::fs::remove_file(&marker);
+        tokio::spawn(replica.clone().keep_membership());
+        Ok(replica)
+    }
+
+    /// While this replica leads, keeps the membership equal to the network file's list,
+    /// checking once a second; ends when Raft stops.
+    async fn keep_membership(self) {
+        let mut rx = self.raft.metrics();
+        loop {
+            if rx
+                .wait_for(|m| m.state == ServerState::Leader)
+                .await
+                .is_err()
+            {
+                return;
+            }
+            self.follow_network_file().await;
+            tokio::time::sleep(MEMBERSHIP_CHECK).await;
+        }
+    }
+
+    /// Makes a new branch's log: this replica alone, then a snapshot of its store (the
+    /// branch as `init` made it) with the log before it compacted away, so every other
+    /// replica starts from that snapshot. The others join as the membership follows the
+    /// network file (see [`Replica::follow_network_file`]).
+    async fn bootstrap(&self) -> anyhow::Result<()> {
+        let me = BTreeMap::from([(self.id, node(&self.branch, self.id))]);
+        self.raft.initialize(me).await?;
+        let wait = self.raft.wait(Some(Duration::from_secs(10)));
+        let m = wait
+            .metrics(|m| m.state == ServerState::Leader, "leads alone")
+            .await?;
+        let applied = m.last_log_index.unwrap_or(0);
+        self.raft
+            .wait(Some(Duration::from_secs(10)))
+            .applied_index_at_least(Some(applied), "applied")
+            .await?;
+        self.raft.trigger().snapshot().await?;
+        self.raft
+            .wait(Some(Duration::from_secs(30)))
+            .metrics(
+                |m| m.snapshot.is_some_and(|s| s.index >= applied),
+                "snapshot made",
+            )
+            .await?;
+        self.raft.trigger().purge_log(applied).await?;
+        tracing::info!(
+            replica = self.id,
+            "made the branch's log and its first snapshot"
+        );
+        Ok(())
+    }
+
+    /// While leader: makes the voting membership the replicas the network file lists
+    /// (adding new ones as learners first, who catch up by snapshot and log). Returns
+    /// once done, or when this replica no longer leads.
+    pub async fn follow_network_file(&self) {
+        let listed: BTreeSet<ReplicaId> = self.branch.replicas.iter().map(|r| r.id).collect();
+        let voters: BTreeSet<ReplicaId> = self.metrics().membership_config.voter_ids().collect();
+        if voters == listed {
+            return;
+        }
+        tracing::info!(
+            ?voters,
+            ?listed,
+            "changing the replicas to those the network file lists"
+        );
+        for &id in listed.difference(&voters) {
+            if let Err(e) = self
+                .raft
+                .add_learner(id, node(&self.branch, id), false)
+                .await
+            {
+                tracing::warn!(replica = id, "cannot add a replica: {e}");
+                return;
+            }
+        }
+        match self.raft.change_membership(listed, false).await {
+            Ok(_) => tracing::info!("replicas now as the network file lists"),
+            Err(e) => tracing::warn!("membership not changed: {e}"),
+        }
+    }
+
+    fn metrics(&self) -> RaftMetrics<ReplicaId, BasicNode> {
+        self.raft.metrics().borrow().clone()
+    }
+
+    /// Whether this replica may serve the branch now: it leads, and a majority of more
+    /// than one replica holds what it writes (a replicated branch never answers from one
+    /// copy alone, as while its log is being made).
+    pub fn serving(&self, m: &RaftMetrics<ReplicaId, BasicNode>) -> bool {
+        m.state == ServerState::Leader
+            && m.current_leader == Some(self.id)
+            && m.membership_config.voter_ids().count() > 1
+    }
+
+    /// The branch this is a replica of.
+    pub fn branch(&self) -> wire::BranchId {
+        self.branch.id
+    }
+
+    /// The replica this one believes leads, for "not the leader" answers.
+    pub fn leader_hint(&self) -> Option<ReplicaId> {
+        self.raft.metrics().borrow().current_leader
+    }
+
+    /// Waits until this replica may serve and its store applied everything committed
+    /// before; `false` if Raft stopped.
+    pub async fn until_serving(&self) -> bool {
+        let mut rx = self.raft.metrics();
+        loop {
+            if rx.wait_for(|m| self.serving(m)).await.is_err() {
+                return false;
+            }
+            if self.raft.ensure_linearizable().await.is_ok() {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(HEARTBEAT_MS)).await;
+        }
+    }
+
+    /// Resolves when this replica may no longer serve: it no longer leads, or it could
+    /// not confirm with a majority, within an election timeout, that it still does (a
+    /// leader cut off from the others: its writes could not commit anyway, and its reads
+    /// could be stale).
+    pub async fn until_not_serving(&self) {
+        let mut rx = self.raft.metrics();
+        let lost = async {
+            let _ = rx.wait_for(|m| !self.serving(m)).await;
+        };
+        let lease = Duration::from_millis(ELECTION_TIMEOUT_MS.1);
+        let cut_off = async {
+            loop {
+                tokio::time::sleep(lease).await;
+                let confirmed = tokio::time::timeout(lease, self.raft.ensure_linearizable()).await;
+                if !matches!(confirmed, Ok(Ok(_))) {
+                    return;
+                }
+            }
+        };
+        tokio::select! {
+            () = lost => {}
+            () = cut_off => tracing::warn!("no majority confirms this leader: it stops serving"),
+        }
+    }
+}
+
+/// Hands each Raft stream from another replica to Raft, one task each.
+async fn serve_streams(
+    raft: Raft,
+    branch: BranchEntry,
+    mut streams: mpsc::Receiver<(libp2p::PeerId, libp2p::Stream)>,
+) {
+    let branch = Arc::new(branch);
+    while let Some((peer, stream)) = streams.recv().await {
+        let (raft, branch) = (raft.clone(), Arc::clone(&branch));
+        tokio::spawn(async move { transport::serve(raft, &branch, peer, stream).await });
+    }
+}

@@ -1,0 +1,293 @@
+//! Branches that run as three replicas each (real `branch-node` processes, Raft over
+//! libp2p, a store per replica): the leader of a branch is killed with SIGKILL while
+//! cross-branch transfers run, a new leader serves within 3 s, and no transfer a teller
+//! was told is committed is lost; a branch that loses a majority of its replicas
+//! refuses ("not done") instead of answering wrongly, while the others serve on. Every
+//! test ends with the invariant checker and with every branch's replicas compared row
+//! for row.
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use scenarios::check;
+use scenarios::cluster::Cluster;
+use teller_cli::money::{self, MoneyAnswer, RetryPolicy};
+use teller_cli::{Teller, new_transfer_id};
+use wire::teller::{TellerOp, TellerResponse, TransferState};
+use wire::twopc::TransferSpec;
+use wire::{AccountNumber, Amount, BranchId, TransferId};
+
+/// Bound on recovery: every transfer settles within it once the branches can talk.
+const SETTLE_BOUND: Duration = Duration::from_secs(30);
+/// A branch whose leader is killed serves again within this.
+const FAILOVER_BOUND: Duration = Duration::from_secs(3);
+const PASSWORD: &str = "customer-pw";
+
+fn amt(minor: i64) -> Amount {
+    Amount::from_minor(minor).expect("non-negative")
+}
+
+/// Opens a funded account at branch index `b`; returns it.
+async fn funded(c: &Cluster, b: usize, n: u32, minor: i64) -> AccountNumber {
+    let admin = c.admin_of_branch(b).await.expect("admin login");
+    let opened = admin
+        .call(TellerOp::OpenAccount {
+            customer: wire::teller::NewCustomer {
+                national_id: format!("R{b}-{n}"),
+                phone: "+1 555 0100".into(),
+                first_name: "Rep".into(),
+                last_name: format!("{n}"),
+                sms_opt_in: false,
+            },
+            password: PASSWORD.into(),
+            existing: None,
+        })
+        .await
+        .expect("opens");
+    let TellerResponse::AccountOpened(view) = opened else {
+        panic!("open account: {opened:?}");
+    };
+    let deposit = TellerOp::Deposit {
+        id: new_transfer_id(),
+        account: view.number,
+        amount: amt(minor),
+    };
+    let r = admin.call(deposit).await.expect("deposits");
+    assert!(
+        matches!(
+            r,
+            TellerResponse::Receipt {
+                state: TransferState::Committed,
+                ..
+            }
+        ),
+        "{r:?}"
+    );
+    view.number
+}
+
+/// The replica (node index) of branch `id` that serves it now, from the nodes' logs.
+fn leader(c: &Cluster, id: BranchId) -> usize {
+    let mut best = None;
+    for i in c.replicas_of(id) {
+        let log = std::fs::read_to_string(c.nodes[i].dir.join("node.log")).unwrap_or_default();
+        // "serving the branch", or "stopped serving the branch: ...".
+        let last = log
+            .lines()
+            .rev()
+            .find(|l| l.contains("serving the branch"))
+            .map(str::to_owned);
+        if let Some(line) =
+            last.filter(|l| l.contains("serving the branch") && !l.contains("stopped"))
+        {
+            let at = line
+                .split_whitespace()
+                .next()
+                .unwrap_or_default()
+                .to_owned();
+            if best.as_ref().is_none_or(|(t, _)| at > *t) {
+                best = Some((at, i));
+            }
+        }
+    }
+    best.expect("a replica serves the branch").1
+}
+
+/// One customer sending `count` transfers of 1.00 from `from` to `to`, each under the
+/// teller's money policy; every answer is kept.
+async fn sender(
+    c: &Cluster,
+    from_branch: usize,
+    from: AccountNumber,
+    to: AccountNumber,
+    count: usize,
+) -> Vec<MoneyAnswer> {
+    let mut t = Teller::connect(&c.branch_target(from_branch).expect("target"))
+        .await
+        .expect("connects");
+    t.login(&from.to_string(), PASSWORD).await.expect("logs in");
+    let policy = RetryPolicy::default();
+    let mut answers = Vec::new();
+    for _ in 0..count {
+        let spec = TransferSpec {
+            id: new_transfer_id(),
+            from,
+            to,
+            amount: amt(100),
+        };
+        answers.push(money::send(&mut t, TellerOp::Transfer(spec), &policy).await);
+    }
+    answers
+}
+
+/// The final answers: the ids answered committed, and those answered aborted. A
+/// transfer the killed leader had begun but not decided is aborted `interrupted` by the
+/// new leader's recovery, and that is what its teller is told; funds always suffice,
+/// so any other refusal, or "not done", is a failure.
+fn outcomes(answers: &[MoneyAnswer]) -> (BTreeSet<TransferId>, BTreeSet<TransferId>) {
+    let (mut committed, mut aborted) = (BTreeSet::new(), BTreeSet::new());
+    for a in answers {
+        match a {
+            MoneyAnswer::Committed { id } => {
+                committed.insert(*id);
+            }
+            MoneyAnswer::Refused {
+                id,
+                reason: wire::Refusal::Interrupted,
+            } => {
+                aborted.insert(*id);
+            }
+            MoneyAnswer::Unknown { .. } => {}
+            other => panic!("a transfer was not carried out: {other:?}"),
+        }
+    }
+    (committed, aborted)
+}
+
+/// Waits for nothing in flight, checks every branch's replicas hold the same branch,
+/// that no transfer answered aborted moved money anywhere, stops the network and checks
+/// every invariant against the committed answers.
+fn finish(mut c: Cluster, committed: &BTreeSet<TransferId>, aborted: &BTreeSet<TransferId>) {
+    let settled = check::wait_settled(&c.databases(), SETTLE_BOUND).expect("audit");
+    assert!(
+        settled.is_some(),
+        "transfers still unfinished after the bound"
+    );
+    for audit in check::audit_all(&c.databases()).expect("audit") {
+        let moved: Vec<_> = aborted
+            .iter()
+            .filter(|id| audit.debits.contains_key(id) || audit.credits.contains_key(id))
+            .collect();
+        assert!(moved.is_empty(), "answered aborted, yet applied: {moved:?}");
+    }
+    let disagree = check::replicas_agree(&c, Duration::from_secs(15)).expect("compares");
+    assert!(disagree.is_empty(), "{disagree:#?}");
+    let report = check::finish(&mut c, committed, SETTLE_BOUND).expect("audit");
+    assert!(report.ok(), "{report:#?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_killed_leader_is_replaced_within_3_s_and_no_committed_transfer_is_lost() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut c = Cluster::start_replicated(dir.path(), 2, 3, &[])
+        .await
+        .expect("network");
+    let mut accounts = Vec::new();
+    for n in 0..4 {
+        accounts.push((
+            funded(&c, 0, n, 100_000).await,
+            funded(&c, 1, n, 100_000).await,
+        ));
+    }
+    let c_ref = &c;
+    let senders = accounts
+        .iter()
+        .enumerate()
+        .map(|(n, &(a1, a2))| async move {
+            match n % 2 {
+                0 => sender(c_ref, 0, a1, a2, 25).await,
+                _ => sender(c_ref, 1, a2, a1, 25).await,
+            }
+        });
+    let work = futures::future::join_all(senders);
+    let kill = async {
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        let old = leader(c_ref, BranchId(1));
+        let pid = c_ref.nodes[old].child.as_ref().map(std::process::Child::id);
+        let killed = std::process::Command::new("kill")
+            .args(["-9", &pid.expect("running").to_string()])
+            .status()
+            .expect("kill");
+        assert!(killed.success());
+        let at = Instant::now();
+        c_ref
+            .wait_serving(0, Duration::from_secs(10))
+            .await
+            .expect("a new leader serves");
+        (old, at.elapsed())
+    };
+    let (answers, (old, failover)) = tokio::join!(work, kill);
+    assert!(
+        failover < FAILOVER_BOUND,
+        "a new leader served after {failover:?}"
+    );
+    let answers: Vec<MoneyAnswer> = answers.into_iter().flatten().collect();
+    let (ok, aborted) = outcomes(&answers);
+    assert!(ok.len() > 80, "most transfers committed: {}", ok.len());
+    // The old leader comes back as a follower and catches up.
+    c.kill(old);
+    c.start_node(old, &[]).expect("restarts");
+    finish(c, &ok, &aborted);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_branch_without_a_majority_refuses_and_the_others_serve_on() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut c = Cluster::start_replicated(dir.path(), 2, 3, &[])
+        .await
+        .expect("network");
+    let (a1, b1) = (
+        funded(&c, 0, 1, 10_000).await,
+        funded(&c, 0, 2, 10_000).await,
+    );
+    let (a2, b2) = (
+        funded(&c, 1, 1, 10_000).await,
+        funded(&c, 1, 2, 10_000).await,
+    );
+    // Two of branch 1's three replicas go: it has no majority.
+    let gone: Vec<usize> = c.replicas_of(BranchId(1)).into_iter().take(2).collect();
+    for &i in &gone {
+        c.kill(i);
+    }
+    let policy = RetryPolicy {
+        wait: Duration::from_secs(4),
+        ..RetryPolicy::default()
+    };
+    let mut t = Teller::connect(&c.branch_target(1).expect("target"))
+        .await
+        .expect("connects");
+    t.login(&a2.to_string(), PASSWORD).await.expect("logs in");
+    // Inside branch 2: served.
+    let local = TellerOp::Transfer(TransferSpec {
+        id: new_transfer_id(),
+        from: a2,
+        to: b2,
+        amount: amt(100),
+    });
+    let answer = money::send(&mut t, local, &policy).await;
+    assert!(
+        matches!(answer, MoneyAnswer::Committed { .. }),
+        "{answer:?}"
+    );
+    // Branch 1 itself: its last replica takes no request ("not done", nothing happened).
+    let lone = Teller::connect(&c.branch_target(0).expect("target")).await;
+    let refused = match lone {
+        Ok(mut t) => t.login(&a1.to_string(), PASSWORD).await.map(drop),
+        Err(e) => Err(e),
+    };
+    let err = refused.expect_err("no majority, no service");
+    assert!(!err.may_have_happened(), "{err}");
+    // Into branch 1 from branch 2: not committed, and never half-applied.
+    let across = TellerOp::Transfer(TransferSpec {
+        id: new_transfer_id(),
+        from: a2,
+        to: b1,
+        amount: amt(100),
+    });
+    let answer = money::send(&mut t, across, &policy).await;
+    assert!(
+        !matches!(answer, MoneyAnswer::Committed { .. }),
+        "no branch 1 majority, no commit: {answer:?}"
+    );
+    let mut ok = BTreeSet::new();
+    if let MoneyAnswer::Committed { id } = answer {
+        ok.insert(id);
+    }
+    for i in gone {
+        c.start_node(i, &[]).expect("restarts");
+    }
+    c.wait_serving(0, Duration::from_secs(15))
+        .await
+        .expect("serves again");
+    finish(c, &ok, &BTreeSet::new());
+}
