@@ -466,7 +466,7 @@ mod tests {
             replica(1, 11)
         );
         check(&own_key, Err(NetworkFileError::KeyAndReplicas(2)));
-        let eight: String = (1..=8).map(|i| replica(i, 20 + i as u8)).collect();
+        let eight: String = (1..=8u8).map(|i| replica(u64::from(i), 20 + i)).collect();
         check(
             &format!("{head}{eight}"),
             Err(NetworkFileError::TooManyReplicas(2)),
