@@ -37,6 +37,8 @@ const INITIAL_MINOR: i64 = 1_000_000_000;
 #[derive(Debug, Clone)]
 pub struct BenchOptions {
     pub branches: u16,
+    /// Replicas per branch (1: not replicated).
+    pub replicas: u64,
     /// Seconds per mix.
     pub duration_s: u64,
     pub clients: usize,
@@ -117,9 +119,9 @@ fn modes(opts: &BenchOptions) -> Vec<Mode> {
 
 /// Runs the bench in `dir`; returns the JSON result (also printed as a table).
 pub async fn run(opts: &BenchOptions, dir: &Path) -> anyhow::Result<Value> {
-    let cluster = Cluster::start(dir, opts.branches, &[])?;
-    let targets = (0..cluster.nodes.len())
-        .map(|i| cluster.target(i))
+    let cluster = Cluster::start_replicated(dir, opts.branches, opts.replicas, &[]).await?;
+    let targets = (0..usize::from(opts.branches))
+        .map(|b| cluster.branch_target(b))
         .collect::<anyhow::Result<Vec<_>>>()?;
     // Plenty in every account, so transfers are not refused for funds.
     let (accounts, mut committed) =
@@ -146,11 +148,14 @@ pub async fn run(opts: &BenchOptions, dir: &Path) -> anyhow::Result<Value> {
     let every = (all.len() / BENCH_ASKED_FINALS).max(1);
     let statuses = answers::resolve_sampled(&all, &tellers, Senders::Admins, every).await;
     let mut cluster = cluster;
+    let disagree = check::replicas_agree(&cluster, SETTLE_BOUND)?;
     let (mut report, audits) = check::finish_audited(&mut cluster, &committed, SETTLE_BOUND)?;
+    report.violations.extend(disagree);
     let answer_report = answers::check(&all, &statuses, &audits);
     report.violations.extend(answer_report.violations);
     Ok(json!({
         "branches": opts.branches,
+        "replicas": opts.replicas,
         "duration_s_per_mix": opts.duration_s,
         "clients": opts.clients,
         "connections_per_branch": opts.connections,

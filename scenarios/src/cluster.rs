@@ -146,6 +146,9 @@ fn free_port() -> anyhow::Result<u16> {
     }
 }
 
+/// The port a node placed in a network namespace of its own listens on.
+pub const NETNS_PORT: u16 = 7001;
+
 /// One branch of the local network (one replica of it, for a replicated branch).
 #[derive(Debug)]
 pub struct Node {
@@ -153,6 +156,8 @@ pub struct Node {
     pub name: String,
     /// Its replica id within the branch (1 for a branch that is not replicated).
     pub replica: u64,
+    /// The network namespace it runs in, if not this process's.
+    pub netns: Option<String>,
     pub dir: PathBuf,
     pub child: Option<Child>,
     pub port: u16,
@@ -235,6 +240,29 @@ impl Cluster {
         Ok(t)
     }
 
+    /// The replica (node index) of branch `id` that serves it, by its log: the one whose
+    /// last word on it is "serving the branch", most recently.
+    pub fn serving_replica(&self, id: BranchId) -> Option<usize> {
+        let mut best: Option<(String, usize)> = None;
+        for i in self.replicas_of(id) {
+            let log =
+                std::fs::read_to_string(self.nodes[i].dir.join("node.log")).unwrap_or_default();
+            // "serving the branch", or "stopped serving the branch: ...".
+            let last = log.lines().rev().find(|l| l.contains("serving the branch"));
+            if let Some(line) = last.filter(|l| !l.contains("stopped")) {
+                let at = line
+                    .split_whitespace()
+                    .next()
+                    .unwrap_or_default()
+                    .to_owned();
+                if best.as_ref().is_none_or(|(t, _)| at > *t) {
+                    best = Some((at, i));
+                }
+            }
+        }
+        best.map(|(_, i)| i)
+    }
+
     /// The nodes (replicas) of branch `id`.
     pub fn replicas_of(&self, id: BranchId) -> Vec<usize> {
         (0..self.nodes.len())
@@ -250,6 +278,25 @@ impl Cluster {
         replicas: u64,
         flags: &[&str],
     ) -> anyhow::Result<Cluster> {
+        Cluster::create_placed(dir, n, replicas, flags, &|_| None)
+    }
+
+    /// [`Cluster::create_replicated`], with node `k` (in node order) placed by `place`:
+    /// `Some((ip, netns))` runs it in network namespace `netns` (which the caller made),
+    /// listening on `ip` port [`NETNS_PORT`]; `None` on 127.0.0.1 at a free port.
+    pub fn create_placed(
+        dir: &Path,
+        n: u16,
+        replicas: u64,
+        flags: &[&str],
+        place: &dyn Fn(usize) -> Option<(String, String)>,
+    ) -> anyhow::Result<Cluster> {
+        let where_ = |k: usize| -> anyhow::Result<(String, u16, Option<String>)> {
+            Ok(match place(k) {
+                Some((ip, ns)) => (ip, NETNS_PORT, Some(ns)),
+                None => ("127.0.0.1".into(), free_port()?, None),
+            })
+        };
         let bin = branch_node_bin()?;
         let mut nodes = Vec::new();
         let mut network = String::new();
@@ -271,13 +318,14 @@ impl Cluster {
                 } else {
                     init::init_replica(&data, BranchId(i))?
                 };
-                let port = free_port()?;
-                let addr: multiaddr::Multiaddr = format!("/ip4/127.0.0.1/tcp/{port}").parse()?;
+                let (ip, port, netns) = where_(nodes.len())?;
+                let addr: multiaddr::Multiaddr = format!("/ip4/{ip}/tcp/{port}").parse()?;
                 network.push_str(&done.replica_entry_at(r, &[addr]));
                 nodes.push(Node {
                     id: BranchId(i),
                     name: name.clone(),
                     replica: r,
+                    netns,
                     dir: data,
                     child: None,
                     port,
@@ -296,9 +344,9 @@ impl Cluster {
                 Some(ADMIN_PASSWORD.into()),
                 false,
             )?;
-            let port = free_port()?;
+            let (ip, port, netns) = where_(nodes.len())?;
             let entry = done.network_entry();
-            let addr = format!("addresses = [\"/ip4/127.0.0.1/tcp/{port}\"]");
+            let addr = format!("addresses = [\"/ip4/{ip}/tcp/{port}\"]");
             let entry: Vec<String> = entry
                 .lines()
                 .map(|l| {
@@ -315,6 +363,7 @@ impl Cluster {
                 id: BranchId(i),
                 name,
                 replica: 1,
+                netns,
                 dir: data,
                 child: None,
                 port,
@@ -338,7 +387,14 @@ impl Cluster {
         let node = &mut self.nodes[i];
         // Owner-only, like every file in a data dir (it names accounts and peers).
         let log = branch_node::init::owner_only_append(&node.dir.join("node.log"))?;
-        let mut cmd = Command::new(&self.bin);
+        let mut cmd = match &node.netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns]).arg(&self.bin);
+                c
+            }
+            None => Command::new(&self.bin),
+        };
         cmd.arg("run")
             .arg("--data-dir")
             .arg(&node.dir)

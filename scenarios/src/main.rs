@@ -63,6 +63,9 @@ enum Command {
     Bench {
         #[arg(long, default_value_t = 3)]
         branches: u16,
+        /// Replicas per branch (1, 3 or 5).
+        #[arg(long, default_value_t = 1, value_parser = replica_count)]
+        replicas: u64,
         /// Seconds per mix.
         #[arg(long, default_value_t = 10)]
         duration: u64,
@@ -172,6 +175,7 @@ async fn run(command: Command) -> anyhow::Result<bool> {
         } => up(branches, replicas, &dir).await,
         Command::Bench {
             branches,
+            replicas,
             duration,
             clients,
             connections,
@@ -184,6 +188,7 @@ async fn run(command: Command) -> anyhow::Result<bool> {
             let (path, _keep) = workdir(dir.as_deref(), "bench")?;
             let opts = BenchOptions {
                 branches,
+                replicas,
                 duration_s: duration,
                 clients,
                 connections,
@@ -193,7 +198,8 @@ async fn run(command: Command) -> anyhow::Result<bool> {
                 batch_clients,
             };
             eprintln!(
-                "bench: {branches} branches, {clients} clients, {duration} s per mix, fsync on"
+                "bench: {branches} branches of {replicas} replica(s), {clients} clients, \
+                 {duration} s per mix, fsync on"
             );
             let result = bench::run(&opts, &path).await?;
             std::fs::write(&out, serde_json::to_string_pretty(&result)?)?;

@@ -68,29 +68,7 @@ async fn funded(c: &Cluster, b: usize, n: u32, minor: i64) -> AccountNumber {
 
 /// The replica (node index) of branch `id` that serves it now, from the nodes' logs.
 fn leader(c: &Cluster, id: BranchId) -> usize {
-    let mut best = None;
-    for i in c.replicas_of(id) {
-        let log = std::fs::read_to_string(c.nodes[i].dir.join("node.log")).unwrap_or_default();
-        // "serving the branch", or "stopped serving the branch: ...".
-        let last = log
-            .lines()
-            .rev()
-            .find(|l| l.contains("serving the branch"))
-            .map(str::to_owned);
-        if let Some(line) =
-            last.filter(|l| l.contains("serving the branch") && !l.contains("stopped"))
-        {
-            let at = line
-                .split_whitespace()
-                .next()
-                .unwrap_or_default()
-                .to_owned();
-            if best.as_ref().is_none_or(|(t, _)| at > *t) {
-                best = Some((at, i));
-            }
-        }
-    }
-    best.expect("a replica serves the branch").1
+    c.serving_replica(id).expect("a replica serves the branch")
 }
 
 /// One customer sending `count` transfers of 1.00 from `from` to `to`, each under the

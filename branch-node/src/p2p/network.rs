@@ -68,6 +68,10 @@ impl Via {
         }
     }
 }
+/// How long a replicated branch's replica may take to accept a 2PC envelope before the
+/// sender tries the next replica (a branch accepts one as soon as it has checked it).
+pub const TWOPC_ATTEMPT_MS: u64 = 1_500;
+
 /// Most client commands waiting for the event loop.
 const COMMAND_QUEUE_MAX: usize = 16_384;
 
@@ -155,7 +159,10 @@ impl Client {
     /// Sends `request` to branch `to` (to its leader, if it runs as replicas) and waits
     /// for its answer. A replica that answers it is not the leader did nothing with the
     /// request, and neither did one that could not be reached: the request goes to the
-    /// replica it names, or the next, once each at most.
+    /// replica it names, or the next, once each at most. A 2PC envelope (which a branch
+    /// takes at most once, whoever delivers it) also moves on when a replica does not
+    /// accept it within [`TWOPC_ATTEMPT_MS`]: a leader cut off by a silent partition
+    /// keeps its connections looking open.
     pub async fn link_branch(
         &self,
         to: BranchId,
@@ -168,9 +175,21 @@ impl Client {
             return self.link(branch.first().peer_id, request).await;
         }
         let mut last = LinkError::NotSent(format!("branch {to} has no leader now"));
+        let envelope = matches!(request, LinkRequest::TwoPc(_));
         for _ in 0..=branch.replicas.len() {
             let replica = self.leader_of(branch);
-            match self.link(replica.peer_id, request.clone()).await {
+            let sent = self.link(replica.peer_id, request.clone());
+            let answer = match envelope {
+                true => tokio::time::timeout(Duration::from_millis(TWOPC_ATTEMPT_MS), sent)
+                    .await
+                    .unwrap_or_else(|_| Err(LinkError::NoAnswer("not accepted in time".into()))),
+                false => sent.await,
+            };
+            match answer {
+                Err(e @ LinkError::NoAnswer(_)) if envelope => {
+                    self.next_leader(branch, replica.id, None);
+                    last = e;
+                }
                 Ok(LinkResponse::NotLeader { leader }) => {
                     self.next_leader(branch, replica.id, leader)
                 }
