@@ -320,37 +320,54 @@ pub fn check_cut(audits: &[Audit]) -> Vec<String> {
 }
 
 /// For every replicated branch: waits (at most `bound`) until its replicas applied the
-/// same last log entry, then checks they hold the same branch row for row. Returns the
+/// same last log entry and hold the same branch row for row. Replicas compared while
+/// entries still arrive can differ for a moment; a difference counts only when the
+/// replicas stood at one entry before and after their stores were read. Returns the
 /// violations (none when every branch's replicas agree).
 pub fn replicas_agree(cluster: &Cluster, bound: Duration) -> anyhow::Result<Vec<String>> {
-    use branch_node::replica::check;
     let mut violations = Vec::new();
     for (branch, paths) in cluster.replica_databases() {
-        let start = std::time::Instant::now();
-        let same_place = loop {
-            let places = paths
-                .iter()
-                .map(|p| check::applied(p))
-                .collect::<Result<Vec<_>, _>>()?;
-            if places.windows(2).all(|w| w[0] == w[1]) {
-                break true;
-            }
-            if start.elapsed() > bound {
-                break false;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        };
-        if !same_place {
-            violations.push(format!(
-                "replicas: branch {branch}'s replicas did not reach the same log entry within {} ms",
-                bound.as_millis()
-            ));
-            continue;
-        }
         let paths: Vec<&std::path::Path> = paths.iter().map(PathBuf::as_path).collect();
-        for d in check::differences(&paths)? {
-            violations.push(format!("replicas: branch {branch}: {d}"));
+        if let Some(v) = replicas_of_branch_agree(&paths, bound)? {
+            violations.push(format!("replicas: branch {branch}: {v}"));
         }
     }
     Ok(violations)
+}
+
+/// One branch's replicas for [`replicas_agree`]: `None` when they agree.
+fn replicas_of_branch_agree(
+    paths: &[&std::path::Path],
+    bound: Duration,
+) -> anyhow::Result<Option<String>> {
+    use branch_node::replica::check;
+    let start = std::time::Instant::now();
+    let place = || -> anyhow::Result<Option<Option<Vec<u8>>>> {
+        let places = paths
+            .iter()
+            .map(|p| check::applied(p))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(places
+            .windows(2)
+            .all(|w| w[0] == w[1])
+            .then(|| places.into_iter().next().flatten()))
+    };
+    loop {
+        if let Some(before) = place()? {
+            let differences = check::differences(paths)?;
+            if differences.is_empty() {
+                return Ok(None);
+            }
+            if place()? == Some(before) {
+                return Ok(Some(differences.join("; ")));
+            }
+        }
+        if start.elapsed() > bound {
+            return Ok(Some(format!(
+                "the replicas did not reach the same log entry within {} ms",
+                bound.as_millis()
+            )));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }

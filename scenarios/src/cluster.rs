@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use branch_node::init;
+use branch_node::network_file::NetworkFile;
 use teller_cli::{Target, Teller};
 use wire::teller::{NewCustomer, TellerOp, TellerResponse};
 use wire::{AccountNumber, BranchId};
@@ -261,6 +262,57 @@ impl Cluster {
             }
         }
         best.map(|(_, i)| i)
+    }
+
+    /// Replaces replica node `i`, whose machine is gone: kills it and deletes its data
+    /// dir, makes a new, empty replica (a new key, the branch's next replica id, a new
+    /// port) in its place, and lists it in the network file instead of the old one.
+    /// Nothing is started: every node reads the network file when it starts, so the
+    /// caller restarts them (one at a time) and starts the new one.
+    pub fn replace_replica(&mut self, i: usize) -> anyhow::Result<()> {
+        self.kill(i);
+        let id = self.nodes[i].id;
+        let next = self
+            .replicas_of(id)
+            .iter()
+            .map(|&k| self.nodes[k].replica)
+            .max()
+            .unwrap_or(0)
+            + 1;
+        let old_dir = self.nodes[i].dir.clone();
+        let network = NetworkFile::load(&self.network_file)?;
+        let old_peer = network
+            .get(id)
+            .and_then(|b| b.replica(self.nodes[i].replica))
+            .map(|r| r.peer_id.to_string())
+            .context("the replica is not listed")?;
+        std::fs::remove_dir_all(&old_dir)?;
+        let dir = self.dir.join(format!("{}-r{next}", self.nodes[i].name));
+        let done = init::init_replica(&dir, id)?;
+        let port = free_port()?;
+        let addr: multiaddr::Multiaddr = format!("/ip4/127.0.0.1/tcp/{port}").parse()?;
+        // A replica's table, as `init` prints it: the header, its id, key, PeerId and
+        // addresses, one line each.
+        let text = std::fs::read_to_string(&self.network_file)?;
+        let mut lines: Vec<String> = text.lines().map(str::to_owned).collect();
+        let at = lines
+            .iter()
+            .position(|l| l.starts_with("peer_id") && l.contains(&old_peer))
+            .context("the replica's table")?;
+        anyhow::ensure!(
+            at >= 3 && lines[at - 3] == "[[branch.replica]]",
+            "unexpected table"
+        );
+        let table = done.replica_entry_at(next, &[addr]);
+        lines.splice(at - 3..=at + 1, table.lines().map(str::to_owned));
+        let out = lines.join("\n") + "\n";
+        NetworkFile::parse(&out).context("the new network file")?;
+        std::fs::write(&self.network_file, out)?;
+        let node = &mut self.nodes[i];
+        node.dir = dir;
+        node.replica = next;
+        node.port = port;
+        Ok(())
     }
 
     /// The nodes (replicas) of branch `id`.

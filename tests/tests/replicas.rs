@@ -269,3 +269,85 @@ async fn a_branch_without_a_majority_refuses_and_the_others_serve_on() {
         .expect("serves again");
     finish(c, &ok, &BTreeSet::new());
 }
+
+/// Sends `count` transfers of 1.00 each way between `a1` (branch index 0) and `a2`
+/// (branch index 1); the final answers.
+async fn both_ways(
+    c: &Cluster,
+    a1: AccountNumber,
+    a2: AccountNumber,
+    count: usize,
+) -> Vec<MoneyAnswer> {
+    let (there, back) = tokio::join!(sender(c, 0, a1, a2, count), sender(c, 1, a2, a1, count));
+    there.into_iter().chain(back).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_lost_replica_is_replaced_by_an_empty_one_and_nothing_acknowledged_is_lost() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut c = Cluster::start_replicated(dir.path(), 2, 3, &[])
+        .await
+        .expect("network");
+    let (a1, a2) = (
+        funded(&c, 0, 1, 100_000).await,
+        funded(&c, 1, 1, 100_000).await,
+    );
+    let mut answers = both_ways(&c, a1, a2, 10).await;
+
+    // A follower's machine is gone, data dir and all; a new, empty replica takes its
+    // place in the network file, and every node restarts, one at a time, to read it.
+    let old_leader = leader(&c, BranchId(1));
+    let lost = c
+        .replicas_of(BranchId(1))
+        .into_iter()
+        .find(|&i| i != old_leader)
+        .expect("a follower");
+    c.replace_replica(lost).expect("replaced");
+    let others: Vec<usize> = (0..c.nodes.len()).filter(|&i| i != lost).collect();
+    for i in others {
+        c.kill(i);
+        c.start_node(i, &[]).expect("restarts");
+        let b = usize::from(c.nodes[i].id.0) - 1;
+        c.wait_serving(b, Duration::from_secs(20))
+            .await
+            .expect("serves");
+    }
+    c.start_node(lost, &[]).expect("the new replica starts");
+    answers.extend(both_ways(&c, a1, a2, 10).await);
+    // The new replica caught up (by snapshot and log) and holds what the others hold.
+    let settled = check::wait_settled(&c.databases(), SETTLE_BOUND).expect("audit");
+    assert!(settled.is_some(), "transfers still unfinished");
+    let disagree = check::replicas_agree(&c, Duration::from_secs(20)).expect("compares");
+    assert!(disagree.is_empty(), "{disagree:#?}");
+    let mut listed: Vec<u64> = c
+        .replicas_of(BranchId(1))
+        .iter()
+        .map(|&i| c.nodes[i].replica)
+        .collect();
+    listed.sort_unstable();
+    let db = c.nodes[lost].dir.join(branch_node::init::DB_FILE);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let voters = branch_node::replica::check::voters(&db).expect("reads");
+        if voters == listed {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the voters {voters:?} are not the replicas listed {listed:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    // Then the leader goes: nothing acknowledged is lost.
+    let leader_now = leader(&c, BranchId(1));
+    c.kill(leader_now);
+    c.wait_serving(0, Duration::from_secs(10))
+        .await
+        .expect("a new leader serves");
+    answers.extend(both_ways(&c, a1, a2, 10).await);
+    c.start_node(leader_now, &[]).expect("restarts");
+    let (ok, aborted) = outcomes(&answers);
+    assert!(ok.len() >= 50, "most transfers committed: {}", ok.len());
+    finish(c, &ok, &aborted);
+}

@@ -27,6 +27,23 @@ pub fn applied(path: &Path) -> Result<Option<Vec<u8>>, StoreError> {
         .optional()?)
 }
 
+/// The voting replicas of the membership the store at `path` last applied.
+pub fn voters(path: &Path) -> Result<Vec<u64>, StoreError> {
+    let bytes: Option<Vec<u8>> = open(path)?
+        .query_row(
+            "SELECT value FROM replica_state WHERE key = 'membership'",
+            [],
+            |r| r.get(0),
+        )
+        .optional()?;
+    let Some(bytes) = bytes else {
+        return Ok(Vec::new());
+    };
+    let stored: openraft::StoredMembership<u64, openraft::BasicNode> =
+        wire::codec::decode_record(&bytes).map_err(|e| StoreError::Malformed(e.to_string()))?;
+    Ok(stored.membership().voter_ids().collect())
+}
+
 /// Every row of every table but `replica_state`, in a fixed order.
 pub fn dump(path: &Path) -> Result<String, StoreError> {
     let c = open(path)?;
