@@ -28,6 +28,8 @@ const FAILPOINT_WAIT: Duration = Duration::from_secs(60);
 const ROGUE_RESTART_AFTER: Duration = Duration::from_millis(500);
 /// How long a snapshot waits for every thread of every node to stop.
 const STOP_WAIT: Duration = Duration::from_secs(2);
+/// How long a replicated branch may take to serve after its replicas start.
+const SERVE_WAIT: Duration = Duration::from_secs(30);
 
 /// A scenario file.
 #[derive(Debug, Clone, Deserialize)]
@@ -38,6 +40,11 @@ pub struct Scenario {
     pub description: String,
     #[serde(default = "three")]
     pub branches: u16,
+    /// Replicas per branch: 1, 3 or 5. With more than one, a fault naming a branch
+    /// (kill, pause) strikes the replica that leads it at that moment, and a failpoint
+    /// is armed on every replica of the branch (it fires at whichever leads).
+    #[serde(default = "one")]
+    pub replicas: u64,
     #[serde(default)]
     pub accounts: AccountsSpec,
     #[serde(default)]
@@ -50,6 +57,10 @@ pub struct Scenario {
 
 fn three() -> u16 {
     3
+}
+
+fn one() -> u64 {
+    1
 }
 
 /// Accounts opened before the workload starts.
@@ -197,6 +208,10 @@ impl Scenario {
             "accounts.per_branch must be at least 2"
         );
         anyhow::ensure!(
+            matches!(s.replicas, 1 | 3 | 5),
+            "replicas must be 1, 3 or 5"
+        );
+        anyhow::ensure!(
             s.workload.resend_percent <= 100,
             "workload.resend_percent must be 0..=100"
         );
@@ -226,6 +241,10 @@ impl Scenario {
                     anyhow::ensure!(
                         target != impersonate,
                         "a rogue cannot impersonate its target"
+                    );
+                    anyhow::ensure!(
+                        s.replicas == 1,
+                        "a rogue peer takes one branch's key: branches of one replica only"
                     );
                     vec![*target, *impersonate]
                 }
@@ -374,10 +393,10 @@ pub struct RunOptions {
 /// Runs `s` in `dir` and returns its summary (violations included).
 pub async fn run(s: &Scenario, dir: &Path, opts: &RunOptions) -> anyhow::Result<Summary> {
     let started = Instant::now();
-    let mut cluster = Cluster::create(dir, s.branches, &["--fault-switch"])?;
-    // Branches with an armed failpoint start with it.
+    let mut cluster = Cluster::create_replicated(dir, s.branches, s.replicas, &["--fault-switch"])?;
+    // Branches with an armed failpoint start with it (every replica of the branch).
     for i in 0..cluster.nodes.len() {
-        let branch = u16::try_from(i + 1)?;
+        let branch = cluster.nodes[i].id.0;
         let armed: Vec<String> = s
             .faults
             .iter()
@@ -398,8 +417,11 @@ pub async fn run(s: &Scenario, dir: &Path, opts: &RunOptions) -> anyhow::Result<
             cluster.start_node(i, &[("FAILPOINTS", &env)])?;
         }
     }
-    let targets = (0..cluster.nodes.len())
-        .map(|i| cluster.target(i))
+    for b in (0..usize::from(s.branches)).filter(|_| s.replicas > 1) {
+        cluster.wait_serving(b, SERVE_WAIT).await?;
+    }
+    let targets = (0..usize::from(s.branches))
+        .map(|b| cluster.branch_target(b))
         .collect::<anyhow::Result<Vec<_>>>()?;
     let dbs = cluster.databases();
     let (accounts, mut committed) =
@@ -463,7 +485,9 @@ pub async fn run(s: &Scenario, dir: &Path, opts: &RunOptions) -> anyhow::Result<
             .filter(|r| r.answer == Answer::Committed)
             .map(|r| r.id),
     );
+    let disagree = check::replicas_agree(&shared.cluster(), bound)?;
     let (mut report, audits) = check::finish_audited(&mut shared.cluster(), &committed, bound)?;
+    report.violations.extend(disagree);
     let answer_report = answers::check(&records, &statuses, &audits);
     report
         .violations
@@ -497,9 +521,10 @@ pub async fn run(s: &Scenario, dir: &Path, opts: &RunOptions) -> anyhow::Result<
                 failpoint: Some(fp),
                 ..
             } = f
-                && !faults_done
-                    .iter()
-                    .any(|d| d.starts_with(&format!("b{branch} crashed at {fp}")))
+                && !faults_done.iter().any(|d| {
+                    d.starts_with(&format!("b{branch} "))
+                        && d.contains(&format!(" crashed at {fp} "))
+                })
             {
                 report
                     .violations
@@ -631,52 +656,78 @@ impl FaultRun {
         }
     }
 
-    /// Kills `branch` (now, or by its armed failpoint) and restarts it after a while.
+    /// kill -9 the node of `branch` (the replica leading it) now, or with `failpoint`
+    /// wait for the failpoint to crash one of the branch's nodes; restart it after
+    /// `restart_after_ms`.
     async fn kill(
         &self,
         branch: u16,
         failpoint: Option<String>,
         restart_after_ms: u64,
     ) -> anyhow::Result<()> {
-        let i = usize::from(branch - 1);
         let died = match &failpoint {
-            Some(fp) => {
-                let crashed = self.wait_crash(i).await?;
-                if crashed {
+            Some(fp) => match self.wait_crash(branch).await? {
+                Some(i) => {
                     self.shared
-                        .note(format!("b{branch} crashed at {fp} ({} ms)", self.t()));
+                        .note(format!("{} crashed at {fp} ({} ms)", self.who(i), self.t()));
+                    i
                 }
-                crashed
-            }
+                None => return Ok(()),
+            },
             None => {
+                let i = self.node_of(branch);
+                let who = self.who(i);
                 let sh = self.shared.clone();
                 tokio::task::spawn_blocking(move || sh.cluster().kill(i)).await?;
                 self.shared
-                    .note(format!("b{branch} killed -9 ({} ms)", self.t()));
-                true
+                    .note(format!("{who} killed -9 ({} ms)", self.t()));
+                i
             }
         };
-        if died {
-            tokio::time::sleep(Duration::from_millis(restart_after_ms)).await;
-            self.restart(i).await?;
-            self.shared
-                .note(format!("b{branch} restarted ({} ms)", self.t()));
-        }
+        tokio::time::sleep(Duration::from_millis(restart_after_ms)).await;
+        self.restart(died).await?;
+        self.shared
+            .note(format!("{} restarted ({} ms)", self.who(died), self.t()));
         Ok(())
     }
 
-    /// Waits (bounded) for node `i`'s armed failpoint to crash it.
-    async fn wait_crash(&self, i: usize) -> anyhow::Result<bool> {
+    /// The node a fault naming `branch` strikes: the branch's, or the replica leading it.
+    fn node_of(&self, branch: u16) -> usize {
+        let c = self.shared.cluster();
+        let replicas = c.replicas_of(wire::BranchId(branch));
+        match replicas.len() {
+            1 => replicas[0],
+            _ => c
+                .serving_replica(wire::BranchId(branch))
+                .unwrap_or(replicas[0]),
+        }
+    }
+
+    /// How a report names node `i`: `b2`, or `b2 replica 3`.
+    fn who(&self, i: usize) -> String {
+        let c = self.shared.cluster();
+        let n = &c.nodes[i];
+        match c.replicas_of(n.id).len() {
+            1 => format!("b{}", n.id.0),
+            _ => format!("b{} replica {}", n.id.0, n.replica),
+        }
+    }
+
+    /// Waits (bounded) for an armed failpoint to crash one of `branch`'s nodes; which.
+    async fn wait_crash(&self, branch: u16) -> anyhow::Result<Option<usize>> {
         let sh = self.shared.clone();
         Ok(tokio::task::spawn_blocking(move || {
             let deadline = Instant::now() + FAILPOINT_WAIT;
+            let nodes = sh.cluster().replicas_of(wire::BranchId(branch));
             while Instant::now() < deadline {
-                if !sh.cluster().running(i) {
-                    return true;
+                let mut c = sh.cluster();
+                if let Some(i) = nodes.iter().copied().find(|&i| !c.running(i)) {
+                    return Some(i);
                 }
+                drop(c);
                 std::thread::sleep(Duration::from_millis(20));
             }
-            false
+            None
         })
         .await?)
     }
@@ -718,9 +769,9 @@ impl FaultRun {
         link_fault(&self.tellers, from, to, LinkFault::Healthy).await;
     }
 
-    /// SIGSTOPs `branch`, SIGCONTs it after a while.
+    /// SIGSTOPs `branch` (the replica leading it), SIGCONTs it after a while.
     async fn pause(&self, branch: u16, duration_ms: u64) {
-        let i = usize::from(branch - 1);
+        let i = self.node_of(branch);
         let paused = {
             let c = self.shared.cluster();
             let ok = c.pause(i).is_ok();

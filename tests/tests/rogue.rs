@@ -355,6 +355,15 @@ async fn a_forward_that_arrives_after_its_expiry_is_not_acted_on() {
         },
     };
     let id = teller_cli::new_transfer_id();
+    // "As if the teller were connected here" is taken only from this branch's own
+    // replicas: another branch gets a refusal, and nothing is done.
+    let as_replica = LinkRequest::Forward(ForwardRequest::Replica {
+        teller: teller.clone(),
+        request: deposit(id),
+        expires_at_ms: now_ms() + 5_000,
+    });
+    let r = as_b2.request(as_replica).await.expect("answer");
+    assert_eq!(r, LinkResponse::ForwardRefused(wire::Refusal::Unauthorized));
     let late = as_b2
         .request(forward(deposit(id), now_ms() - 1))
         .await

@@ -32,6 +32,17 @@ async fn play(name: &str, scale: f64) -> scenarios::report::Summary {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicated_branches_lose_their_leaders() {
+    let s = play("files/replicas-leaders-crash.toml", 0.7).await;
+    assert!(
+        s.faults
+            .iter()
+            .any(|f| f.contains("crashed at after_decision_durable"))
+    );
+    assert!(s.faults.iter().any(|f| f.contains("killed -9")));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn demo_short() {
     let s = play("demo.toml", 0.5).await;
     assert!(s.faults.iter().any(|f| f.contains("killed -9")));

@@ -53,6 +53,15 @@ pub enum ForwardRequest {
     InDoubt,
     /// An admin of the asking branch reconciles: this branch's signed statement.
     Statement { cut_ms: u64 },
+    /// A replica of this branch that does not lead it passes on a request of `teller`,
+    /// connected there: answer it as if `teller` were connected here (so it may still
+    /// be forwarded to another branch). Taken only from this branch's own replicas, and
+    /// never acted on after `expires_at_ms`.
+    Replica {
+        teller: Vec<u8>,
+        request: TellerRequest,
+        expires_at_ms: u64,
+    },
 }
 
 /// The answer to a [`LinkRequest`].

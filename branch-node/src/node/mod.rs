@@ -474,9 +474,10 @@ fn starting(request: Inbound) {
     }
 }
 
-/// A replica that is not the leader: a teller's request is passed on to the leader (as
-/// one branch forwards for a teller to another, so the teller needs to know nothing of
-/// replicas); another branch is told which replica leads, and sends there itself.
+/// A replica that is not the leader: a teller's request is passed on to the leader
+/// (`ForwardRequest::Replica`: the leader answers it as if the teller were connected
+/// there, so the teller needs to know nothing of replicas); another branch is told
+/// which replica leads, and sends there itself.
 fn not_leader(
     request: Inbound,
     replica: &Replica,
@@ -525,7 +526,7 @@ async fn to_leader(
     teller: libp2p::PeerId,
     request: wire::TellerRequest,
 ) -> TellerResponse {
-    let forward = wire::link::ForwardRequest::Teller {
+    let forward = wire::link::ForwardRequest::Replica {
         teller: teller.to_bytes(),
         request,
         expires_at_ms: now_ms().saturating_add(wire::limits::FORWARD_TIMEOUT_MS),

@@ -773,6 +773,29 @@ impl Service {
                     Err(_) => LinkResponse::ForwardRefused(Refusal::InvalidInput),
                 }
             }
+            ForwardRequest::Replica {
+                teller,
+                request,
+                expires_at_ms,
+            } => {
+                let own = self
+                    .network
+                    .get(self.me)
+                    .and_then(|b| b.replica_by_peer(&from));
+                if own.is_none() {
+                    tracing::warn!(%from, "a request passed on by a peer that is no replica of this branch");
+                    return LinkResponse::ForwardRefused(Refusal::Unauthorized);
+                }
+                if now_ms() > expires_at_ms {
+                    return LinkResponse::Teller(TellerResponse::Unavailable(
+                        Unavailable::NoAnswer(self.me),
+                    ));
+                }
+                match PeerId::from_bytes(&teller) {
+                    Ok(peer) => LinkResponse::Teller(self.teller(peer, request, false).await),
+                    Err(_) => LinkResponse::ForwardRefused(Refusal::InvalidInput),
+                }
+            }
             ForwardRequest::Outcome { id } => match self.own_outcome(id).await {
                 Ok(state) => LinkResponse::Outcome(state),
                 Err(r) => refused(r),
