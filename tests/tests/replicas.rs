@@ -9,6 +9,8 @@
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
+mod common;
+
 use scenarios::check;
 use scenarios::cluster::Cluster;
 use teller_cli::money::{self, MoneyAnswer, RetryPolicy};
@@ -201,9 +203,22 @@ async fn a_killed_leader_is_replaced_within_3_s_and_no_committed_transfer_is_los
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_branch_without_a_majority_refuses_and_the_others_serve_on() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut c = Cluster::start_replicated(dir.path(), 2, 3, &[])
+    let flags = ["--metrics-listen", "127.0.0.1:0"];
+    let mut c = Cluster::start_replicated(dir.path(), 2, 3, &flags)
         .await
         .expect("network");
+    // Each replica says its role: one leader (3) and two followers (1) per branch.
+    for id in [BranchId(1), BranchId(2)] {
+        let mut roles = Vec::new();
+        for i in c.replicas_of(id) {
+            let url = c.nodes[i].metrics_url.clone().expect("metrics address");
+            let text = common::fetch(&url).await.1;
+            roles.push(common::sample(&text, "bankmate_replica_role"));
+            assert!(text.contains("bankmate_replica_lag_entries"), "{text}");
+        }
+        roles.sort_by(f64::total_cmp);
+        assert_eq!(roles, [1.0, 1.0, 3.0], "branch {id}");
+    }
     let (a1, b1) = (
         funded(&c, 0, 1, 10_000).await,
         funded(&c, 0, 2, 10_000).await,

@@ -61,6 +61,11 @@ pub struct Metrics {
     pub in_doubt: Gauge,
     pub in_doubt_oldest_past_deadline_seconds: Gauge<f64, AtomicU64>,
     pub peers_connected: Gauge,
+    /// This replica's Raft role: 0 not replicated, 1 follower or learner, 2 candidate,
+    /// 3 leader.
+    pub replica_role: Gauge,
+    /// Log entries this replica holds but has not applied to its store yet.
+    pub replica_lag_entries: Gauge,
     pub logins: Family<KindLabel, Counter>,
     pub sms_outbox: Gauge,
     pub sms_sent: Counter,
@@ -85,6 +90,8 @@ impl Metrics {
             in_doubt: Gauge::default(),
             in_doubt_oldest_past_deadline_seconds: Gauge::default(),
             peers_connected: Gauge::default(),
+            replica_role: Gauge::default(),
+            replica_lag_entries: Gauge::default(),
             logins: Family::default(),
             sms_outbox: Gauge::default(),
             sms_sent: Counter::default(),
@@ -110,6 +117,16 @@ impl Metrics {
             "money_seconds",
             "Time from a money request's arrival here to its answer",
             self.money_seconds.clone(),
+        );
+        r.register(
+            "replica_role",
+            "This replica's Raft role: 0 not replicated, 1 follower or learner, 2 candidate, 3 leader",
+            self.replica_role.clone(),
+        );
+        r.register(
+            "replica_lag_entries",
+            "Log entries this replica holds but has not applied to its store yet",
+            self.replica_lag_entries.clone(),
         );
         r.register("twopc_durable_seconds", "Time to make one round's 2PC records durable, by step (prepare, decision, apply, other)", self.twopc_durable_seconds.clone());
         r.register(

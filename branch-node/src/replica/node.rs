@@ -109,6 +109,7 @@ impl Replica {
         }
         let _ = std::fs::remove_file(&marker);
         tokio::spawn(replica.clone().keep_membership());
+        tokio::spawn(gauges(replica.raft.clone()));
         Ok(replica)
     }
 
@@ -251,6 +252,30 @@ impl Replica {
         tokio::select! {
             () = lost => {}
             () = cut_off => tracing::warn!("no majority confirms this leader: it stops serving"),
+        }
+    }
+}
+
+/// Keeps the metrics' replica role and lag current; ends when Raft stops.
+async fn gauges(raft: Raft) {
+    let mut rx = raft.metrics();
+    loop {
+        {
+            let m = rx.borrow_and_update();
+            let metrics = crate::node::metrics::get();
+            metrics.replica_role.set(match m.state {
+                ServerState::Leader => 3,
+                ServerState::Candidate => 2,
+                _ => 1,
+            });
+            let held = m.last_log_index.unwrap_or(0);
+            let applied = m.last_applied.map_or(0, |l| l.index);
+            metrics
+                .replica_lag_entries
+                .set(i64::try_from(held.saturating_sub(applied)).unwrap_or(i64::MAX));
+        }
+        if rx.changed().await.is_err() {
+            return;
         }
     }
 }
