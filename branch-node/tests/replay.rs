@@ -17,37 +17,9 @@ fn open(path: &Path) -> Store {
     Store::open(path, HERE, Durability::Full).expect("opens")
 }
 
-/// Every row of every table, in a fixed order.
+/// Every row of every table (a replica's place in its log aside), in a fixed order.
 fn dump(path: &Path) -> String {
-    let c = rusqlite::Connection::open(path).expect("opens");
-    let tables: Vec<String> = c
-        .prepare("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")
-        .expect("prepares")
-        .query_map([], |r| r.get(0))
-        .expect("queries")
-        .collect::<Result<_, _>>()
-        .expect("names");
-    let mut out = String::new();
-    for table in tables {
-        let mut stmt = c
-            .prepare(&format!("SELECT * FROM \"{table}\" ORDER BY 1"))
-            .expect("prepares");
-        let cols = stmt.column_count();
-        let rows = stmt
-            .query_map([], |r| {
-                (0..cols)
-                    .map(|i| {
-                        r.get::<_, rusqlite::types::Value>(i)
-                            .map(|v| format!("{v:?}"))
-                    })
-                    .collect::<Result<Vec<_>, _>>()
-            })
-            .expect("queries");
-        for row in rows {
-            out.push_str(&format!("{table}: {:?}\n", row.expect("row")));
-        }
-    }
-    out
+    branch_node::replica::check::dump(path).expect("reads")
 }
 
 /// A store whose writer journals every committed batch, and a fresh copy to replay on.

@@ -208,39 +208,9 @@ fn writes(serial: u32, hash: &str) -> Vec<WriteOp> {
     ops
 }
 
-/// Every row of every table of a store file, in a fixed order.
+/// Every row of every table (a replica's place in its log aside), in a fixed order.
 fn dump(path: &Path) -> String {
-    let c = rusqlite::Connection::open(path).expect("opens");
-    let tables: Vec<String> = c
-        .prepare("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")
-        .expect("prepares")
-        .query_map([], |r| r.get(0))
-        .expect("queries")
-        .collect::<Result<_, _>>()
-        .expect("names");
-    let mut out = String::new();
-    for table in tables {
-        let mut stmt = c
-            .prepare(&format!("SELECT * FROM \"{table}\" ORDER BY 1"))
-            .expect("prepares");
-        let cols = stmt.column_count();
-        let rows: Vec<Vec<String>> = stmt
-            .query_map([], |r| {
-                (0..cols)
-                    .map(|i| {
-                        r.get::<_, rusqlite::types::Value>(i)
-                            .map(|v| format!("{v:?}"))
-                    })
-                    .collect()
-            })
-            .expect("queries")
-            .collect::<Result<_, _>>()
-            .expect("rows");
-        for row in rows {
-            out.push_str(&format!("{table}: {row:?}\n"));
-        }
-    }
-    out
+    branch_node::replica::check::dump(path).expect("reads")
 }
 
 /// Waits until the leader applied every entry of its log (at least `index`) and every

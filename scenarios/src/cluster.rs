@@ -147,6 +147,17 @@ fn free_port() -> anyhow::Result<u16> {
     }
 }
 
+/// Makes branch `id`'s data dir (its first admin's password [`ADMIN_PASSWORD`]).
+fn init_branch(data: &Path, id: u16, name: &str) -> anyhow::Result<init::Initialized> {
+    Ok(init::init(
+        data,
+        BranchId(id),
+        name,
+        Some(ADMIN_PASSWORD.into()),
+        false,
+    )?)
+}
+
 /// The port a node placed in a network namespace of its own listens on.
 pub const NETNS_PORT: u16 = 7001;
 
@@ -358,13 +369,7 @@ impl Cluster {
             for r in 1..=replicas {
                 let data = dir.join(format!("{name}-r{r}"));
                 let done = if r == 1 {
-                    let done = init::init(
-                        &data,
-                        BranchId(i),
-                        &name,
-                        Some(ADMIN_PASSWORD.into()),
-                        false,
-                    )?;
+                    let done = init_branch(&data, i, &name)?;
                     init::mark_bootstrap(&data)?;
                     done
                 } else {
@@ -389,13 +394,7 @@ impl Cluster {
         for i in (1..=n).filter(|_| replicas <= 1) {
             let name = format!("b{i}");
             let data = dir.join(&name);
-            let done = init::init(
-                &data,
-                BranchId(i),
-                &name,
-                Some(ADMIN_PASSWORD.into()),
-                false,
-            )?;
+            let done = init_branch(&data, i, &name)?;
             let (ip, port, netns) = where_(nodes.len())?;
             let entry = done.network_entry();
             let addr = format!("addresses = [\"/ip4/{ip}/tcp/{port}\"]");

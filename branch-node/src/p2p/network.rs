@@ -258,8 +258,8 @@ impl Client {
         wire::decode(&answer).map_err(|e| LinkError::NoAnswer(format!("bad answer: {e}")))
     }
 
-    /// A new stream to `peer` on `protocol` (dialling first if need be), for a protocol
-    /// that opens one stream per call.
+    /// A new stream to `peer` on `protocol` (dialling first if need be): a pipe's, or a
+    /// call's on a protocol that opens one stream per call.
     pub async fn open_stream(
         &self,
         peer: PeerId,
@@ -288,20 +288,7 @@ impl Client {
             let mut pipes = self.pipes.lock().unwrap_or_else(PoisonError::into_inner);
             Arc::clone(pipes.entry((peer, via)).or_default())
         };
-        let open = || async {
-            let (done, wait) = oneshot::channel();
-            let stopped = "network event loop has stopped";
-            self.tx
-                .send(Command::Dial { peer, done })
-                .await
-                .map_err(|_| stopped)?;
-            let timeout = Duration::from_millis(super::OPEN_TIMEOUT_MS);
-            match tokio::time::timeout(timeout, wait).await {
-                Ok(r) => r.map_err(|_| stopped)?,
-                Err(_) => return Err(format!("no connection within {timeout:?}")),
-            }
-            pipe::open_stream(self.control.clone(), peer, via.protocol(), timeout).await
-        };
+        let open = || self.open_stream(peer, via.protocol());
         let timeout = Duration::from_millis(super::OPEN_TIMEOUT_MS);
         slot.pipe(Duration::from_millis(super::PIPE_IDLE_MS), timeout, open)
             .await

@@ -55,9 +55,7 @@ impl LogStore {
             })
             .optional()
             .map_err(|e| read_error(&e))?;
-        bytes
-            .map(|b| wire::codec::decode_record(&b).map_err(|e| read_error(&e)))
-            .transpose()
+        decoded(bytes)
     }
 
     fn put<T: Serialize>(&self, key: &str, value: &T) -> Result<(), ReplicaStorageError> {
@@ -79,10 +77,17 @@ impl LogStore {
             })
             .optional()
             .map_err(|e| read_error(&e))?;
-        bytes
-            .map(|b| wire::codec::decode_record(&b).map_err(|e| read_error(&e)))
-            .transpose()
+        decoded(bytes)
     }
+}
+
+/// A stored record, if there is one, decoded.
+fn decoded<T: DeserializeOwned + Serialize>(
+    bytes: Option<Vec<u8>>,
+) -> Result<Option<T>, ReplicaStorageError> {
+    bytes
+        .map(|b| wire::codec::decode_record(&b).map_err(|e| read_error(&e)))
+        .transpose()
 }
 
 /// SQLite wants signed integers; log indexes stay far below `i64::MAX`.
