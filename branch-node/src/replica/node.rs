@@ -215,19 +215,33 @@ impl Replica {
         self.raft.metrics().borrow().current_leader
     }
 
-    /// Waits until this replica may serve and its store applied everything committed
-    /// before; `false` if Raft stopped.
+    /// Waits until this replica may serve and its store applied every entry of its log
+    /// (its predecessors' and, after a restart that kept its leadership, its own last
+    /// ones): the serving stack's recovery must see every transfer begun before it.
+    /// `false` if Raft stopped.
     pub async fn until_serving(&self) -> bool {
         let mut rx = self.raft.metrics();
         loop {
             if rx.wait_for(|m| self.serving(m)).await.is_err() {
                 return false;
             }
-            if self.raft.ensure_linearizable().await.is_ok() {
+            if self.raft.ensure_linearizable().await.is_ok() && self.applied_whole_log().await {
                 return true;
             }
             tokio::time::sleep(Duration::from_millis(HEARTBEAT_MS)).await;
         }
+    }
+
+    /// Whether the store applies every entry the log holds now, within an election
+    /// timeout (they commit once a majority holds them).
+    async fn applied_whole_log(&self) -> bool {
+        let last = self.raft.metrics().borrow().last_log_index;
+        let wait = Duration::from_millis(ELECTION_TIMEOUT_MS.1);
+        self.raft
+            .wait(Some(wait))
+            .applied_index_at_least(last, "the whole log applied")
+            .await
+            .is_ok()
     }
 
     /// Resolves when this replica may no longer serve: it no longer leads, or it could
