@@ -133,7 +133,7 @@ pub(crate) fn begin(
                 };
                 let vote = if item.spec.participants().contains(&me) {
                     // `outcome_of` was checked just above.
-                    Some(prepare_leg(conn, me, me, &own, now, &None, &mut call)?)
+                    Some(prepare_leg(conn, me, me, &own, &None, &mut call)?)
                 } else {
                     None
                 };
@@ -257,26 +257,25 @@ fn prepare_one(
     me: BranchId,
     coordinator: BranchId,
     item: &PrepareItem,
-    now: u64,
     evidence: &Evidence,
     call: &mut Call,
 ) -> Result<Vote, StoreError> {
     if bank::outcome_of(conn, item.transfer.id)?.is_some() {
         return Ok(Vote::No(Refusal::IdConflict));
     }
-    prepare_leg(conn, me, coordinator, item, now, evidence, call)
+    prepare_leg(conn, me, coordinator, item, evidence, call)
 }
 
-/// [`prepare_one`] for an id known not to be a one-step movement's.
+/// [`prepare_one`] for an id known not to be a one-step movement's, at the call's time.
 fn prepare_leg(
     conn: &Connection,
     me: BranchId,
     coordinator: BranchId,
     item: &PrepareItem,
-    now: u64,
     evidence: &Evidence,
     call: &mut Call,
 ) -> Result<Vote, StoreError> {
+    let now = call.at_ms;
     let spec = item.transfer;
     if let Some(LegRow {
         coordinator: c,
@@ -504,7 +503,7 @@ pub(crate) fn prepare(
     let mut call = Call::at(now_ms);
     items
         .iter()
-        .map(|i| prepare_one(conn, me, coordinator, i, now_ms, evidence, &mut call))
+        .map(|i| prepare_one(conn, me, coordinator, i, evidence, &mut call))
         .collect()
 }
 
