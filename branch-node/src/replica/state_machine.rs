@@ -103,14 +103,14 @@ type Answers = (u64, Vec<WriteResult>);
 fn apply_entries(
     c: &Connection,
     me: BranchId,
-    entries: &[Entry<Replicated>],
+    entries: Vec<Entry<Replicated>>,
 ) -> Result<Vec<Answers>, StoreError> {
     let mut out = Vec::with_capacity(entries.len());
     for entry in entries {
-        let mut results = Vec::new();
-        match &entry.payload {
+        match entry.payload {
             EntryPayload::Normal(batch) => {
-                for op in &batch.ops {
+                let mut results = Vec::with_capacity(batch.ops.len());
+                for op in batch.ops {
                     c.execute_batch("SAVEPOINT entry_op")?;
                     let result = op.apply(c, me)?;
                     if !result.keeps() {
@@ -119,17 +119,15 @@ fn apply_entries(
                     c.execute_batch("RELEASE entry_op")?;
                     results.push(result);
                 }
+                out.push((batch.proposal, results));
             }
             EntryPayload::Membership(m) => {
-                let stored = Membership::new(Some(entry.log_id), m.clone());
+                let stored = Membership::new(Some(entry.log_id), m);
                 state_put(c, "membership", &stored)?;
             }
             EntryPayload::Blank => {}
         }
         state_put(c, "applied", &entry.log_id)?;
-        if let EntryPayload::Normal(batch) = &entry.payload {
-            out.push((batch.proposal, results));
-        }
     }
     Ok(out)
 }
@@ -223,7 +221,7 @@ impl RaftStateMachine<Replicated> for StateMachine {
         // Answered on the writer thread once the transaction committed, before the
         // writer's batch-end hooks run (as a single branch's writes are).
         let applied = self.writer.local_then(
-            move |c, me| apply_entries(c, me, &entries),
+            move |c, me| apply_entries(c, me, entries),
             move |r| {
                 let r = match r {
                     Ok(answers) => {

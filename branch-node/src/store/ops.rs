@@ -86,20 +86,19 @@ pub enum WriteResult {
 }
 
 impl WriteOp {
-    /// Applies the op inside the writer's transaction.
-    pub(crate) fn apply(&self, c: &Connection, me: BranchId) -> Result<WriteResult, StoreError> {
+    /// Applies the op inside the writer's transaction. It is taken by value: a round's
+    /// 2PC commands move into the shard calls instead of being copied.
+    pub(crate) fn apply(self, c: &Connection, me: BranchId) -> Result<WriteResult, StoreError> {
         use WriteResult as R;
         Ok(match self {
-            WriteOp::TwoPc { now_ms, commands } => R::TwoPc(two_pc(c, me, *now_ms, commands)?),
+            WriteOp::TwoPc { now_ms, commands } => R::TwoPc(two_pc(c, me, now_ms, commands)?),
             WriteOp::Movement {
                 kind,
                 id,
                 account,
                 amount,
                 now_ms,
-            } => R::State(bank::movement(
-                c, me, *kind, *id, *account, *amount, *now_ms,
-            )?),
+            } => R::State(bank::movement(c, me, kind, id, account, amount, now_ms)?),
             WriteOp::OpenAccount {
                 customer,
                 password_hash,
@@ -108,13 +107,13 @@ impl WriteOp {
             } => R::Account(bank::open_account(
                 c,
                 me,
-                customer,
-                password_hash,
-                *existing,
-                *now_ms,
+                &customer,
+                &password_hash,
+                existing,
+                now_ms,
             )?),
             WriteOp::CloseAccount { account, now_ms } => {
-                R::Account(bank::close_account(c, me, *account, *now_ms)?)
+                R::Account(bank::close_account(c, me, account, now_ms)?)
             }
             WriteOp::Login {
                 login,
@@ -124,11 +123,11 @@ impl WriteOp {
             } => R::Login(auth::login_record(
                 c,
                 me,
-                login,
-                row,
+                &login,
+                &row,
                 true,
                 otp.as_deref(),
-                *now_ms,
+                now_ms,
             )?),
             WriteOp::OpenSession {
                 row,
@@ -136,31 +135,31 @@ impl WriteOp {
                 accounts,
                 now_ms,
             } => {
-                sessions::insert(c, row, evicted, *now_ms)?;
+                sessions::insert(c, &row, &evicted, now_ms)?;
                 let mut views = Vec::with_capacity(accounts.len());
                 for n in accounts {
-                    views.extend(bank::view(c, me, *n)?);
+                    views.extend(bank::view(c, me, n)?);
                 }
                 R::Accounts(views)
             }
             WriteOp::CloseSession { token_hash } => {
-                sessions::delete(c, token_hash)?;
+                sessions::delete(c, &token_hash)?;
                 R::Done(Ok(()))
             }
             WriteOp::EnrollOtp {
                 login,
                 secret,
                 replace,
-            } => R::Done(auth::enroll_otp(c, login, secret, *replace)?),
+            } => R::Done(auth::enroll_otp(c, &login, &secret, replace)?),
             WriteOp::SmsDelivered { id, now_ms } => {
-                outbox::delivered(c, *id, *now_ms)?;
+                outbox::delivered(c, id, now_ms)?;
                 R::Done(Ok(()))
             }
             WriteOp::SmsFailed {
                 id,
                 next_attempt_ms,
             } => {
-                outbox::failed(c, *id, *next_attempt_ms)?;
+                outbox::failed(c, id, next_attempt_ms)?;
                 R::Done(Ok(()))
             }
         })
@@ -173,12 +172,12 @@ fn two_pc(
     conn: &Connection,
     me: BranchId,
     now_ms: u64,
-    commands: &[Command],
+    commands: Vec<Command>,
 ) -> Result<Result<Vec<Option<Input>>, ShardError>, StoreError> {
     let mut shard = ConnShard { conn, me, now_ms };
     let mut inputs = Vec::with_capacity(commands.len());
     for command in commands {
-        match coordinator::execute(&mut shard, now_ms, command.clone()) {
+        match coordinator::execute(&mut shard, now_ms, command) {
             Ok(input) => inputs.push(input),
             Err(ShardError::Io(e)) => return Err(StoreError::CommitFailed(e)),
             Err(refusal) => return Ok(Err(refusal)),

@@ -183,7 +183,7 @@ fn run_job(
     tx: &Connection,
     me: BranchId,
     job: Job,
-    ops: &mut Vec<WriteOp>,
+    ops: Option<&mut Vec<WriteOp>>,
 ) -> (Ran, Option<String>) {
     // Cached statements: the savepoint SQL is not parsed again for every job.
     let sql = |s: &str| tx.prepare_cached(s).and_then(|mut st| st.execute([]));
@@ -192,9 +192,11 @@ fn run_job(
     }
     let (ok, ran) = match job {
         Job::Write(op, done) => {
+            // Copied only for a journal (tests): applying consumes the op.
+            let kept = ops.as_ref().map(|_| op.clone());
             let result = op.apply(tx, me);
             let ok = result.as_ref().is_ok_and(WriteResult::keeps);
-            if ok {
+            if let (true, Some(ops), Some(op)) = (ok, ops, kept) {
                 ops.push(op);
             }
             (ok, Ran::Write(done, result))
@@ -228,7 +230,7 @@ fn run_batch(store: &mut Store, batch: Vec<Job>, journal: Option<&Journal>) {
                     ran.push(job.unrun());
                     continue;
                 }
-                let (r, error) = run_job(&tx, me, job, &mut ops);
+                let (r, error) = run_job(&tx, me, job, journal.map(|_| &mut ops));
                 ran.push(r);
                 failed = error;
             }
