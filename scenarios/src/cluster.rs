@@ -158,6 +158,10 @@ fn init_branch(data: &Path, id: u16, name: &str) -> anyhow::Result<init::Initial
     )?)
 }
 
+/// How long a replicated branch may take to serve after its replicas start (its first
+/// replica makes the log and a snapshot, the others install it, a leader is elected).
+pub const SERVE_WAIT: Duration = Duration::from_secs(30);
+
 /// The port a node placed in a network namespace of its own listens on.
 pub const NETNS_PORT: u16 = 7001;
 
@@ -216,7 +220,7 @@ impl Cluster {
             cluster.start_node(i, &[])?;
         }
         for b in 0..usize::from(n) {
-            cluster.wait_serving(b, Duration::from_secs(30)).await?;
+            cluster.wait_serving(b, SERVE_WAIT).await?;
         }
         Ok(cluster)
     }

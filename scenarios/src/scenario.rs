@@ -28,8 +28,6 @@ const FAILPOINT_WAIT: Duration = Duration::from_secs(60);
 const ROGUE_RESTART_AFTER: Duration = Duration::from_millis(500);
 /// How long a snapshot waits for every thread of every node to stop.
 const STOP_WAIT: Duration = Duration::from_secs(2);
-/// How long a replicated branch may take to serve after its replicas start.
-const SERVE_WAIT: Duration = Duration::from_secs(30);
 
 /// A scenario file.
 #[derive(Debug, Clone, Deserialize)]
@@ -418,7 +416,7 @@ pub async fn run(s: &Scenario, dir: &Path, opts: &RunOptions) -> anyhow::Result<
         }
     }
     for b in (0..usize::from(s.branches)).filter(|_| s.replicas > 1) {
-        cluster.wait_serving(b, SERVE_WAIT).await?;
+        cluster.wait_serving(b, crate::cluster::SERVE_WAIT).await?;
     }
     let targets = (0..usize::from(s.branches))
         .map(|b| cluster.branch_target(b))

@@ -171,9 +171,17 @@ fn scenarios_binary_refuses_bad_input() {
     let bad = dir.path().join("bad.toml");
     std::fs::write(&bad, "name = 3\n").expect("write");
     std::fs::write(dir.path().join("in-use"), "").expect("write");
+    // Two replicas per branch, and a rogue peer (one branch's key) among replicas.
+    let even = dir.path().join("even.toml");
+    std::fs::write(&even, "name = \"two\"\nreplicas = 2\n").expect("write");
+    let rogue = dir.path().join("rogue.toml");
+    let text = "name = \"r\"\nreplicas = 3\n[[faults]]\nkind = \"rogue\"\ntarget = 1\nimpersonate = 2\nat_ms = 10\n";
+    std::fs::write(&rogue, text).expect("write");
     for args in [
         vec!["run".to_string(), "no-such-file.toml".into()],
         vec!["run".to_string(), bad.display().to_string()],
+        vec!["run".to_string(), even.display().to_string()],
+        vec!["run".to_string(), rogue.display().to_string()],
         vec![
             "up".to_string(),
             "--dir".into(),
@@ -188,11 +196,27 @@ fn scenarios_binary_refuses_bad_input() {
         assert_eq!(o.status.code(), Some(2), "{args:?}: {err}");
         assert!(err.starts_with("scenarios: "), "{args:?}: {err}");
         assert_eq!(err.lines().count(), 1, "{args:?}: one line: {err}");
+        let why = match args[1].as_str() {
+            a if a.ends_with("even.toml") => "replicas must be 1, 3 or 5",
+            a if a.ends_with("rogue.toml") => "branches of one replica only",
+            _ => "",
+        };
+        assert!(err.contains(why), "{args:?}: {err}");
     }
     assert!(
-        std::fs::read_dir(dir.path()).expect("dir").count() == 2,
+        std::fs::read_dir(dir.path()).expect("dir").count() == 4,
         "nothing was created"
     );
+    // A branch runs 1, 3 or 5 replicas: anything else is refused before anything starts.
+    let o = std::process::Command::new(&bin)
+        .args(["up", "--replicas", "2", "--dir"])
+        .arg(dir.path().join("never"))
+        .output()
+        .expect("run");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(err.contains("a branch runs 1, 3 or 5 replicas"), "{err}");
+    assert!(!dir.path().join("never").exists(), "nothing was created");
 }
 
 /// The checker reports damage planted by hand: money created, a rewritten ledger entry,

@@ -498,15 +498,9 @@ fn not_leader(
             },
             Some(to),
         ) => {
-            let Some(slot) = InFlight::take(busy, peer) else {
-                reply.answer(&TellerResponse::Unavailable(Unavailable::Overloaded));
-                return;
-            };
             let (client, me) = (client.clone(), replica.branch());
-            tokio::spawn(async move {
-                reply.answer(&to_leader(&client, me, to, peer, request).await);
-                drop(slot);
-            });
+            let answer = async move { to_leader(&client, me, to, peer, request).await };
+            InFlight::answer(busy, peer, reply, teller_overloaded(), answer);
         }
         (Inbound::Teller { reply, .. }, None) => {
             reply.answer(&TellerResponse::Unavailable(Unavailable::NotLeader {
@@ -556,14 +550,8 @@ fn serve(request: Inbound, s: &Serving, network: &NetworkFile, busy: &Arc<InFlig
             reply,
         } => {
             let service = Arc::clone(&s.service);
-            let Some(slot) = InFlight::take(busy, peer) else {
-                reply.answer(&TellerResponse::Unavailable(Unavailable::Overloaded));
-                return;
-            };
-            tokio::spawn(async move {
-                reply.answer(&service.teller(peer, request, false).await);
-                drop(slot);
-            });
+            let answer = async move { service.teller(peer, request, false).await };
+            InFlight::answer(busy, peer, reply, teller_overloaded(), answer);
         }
         Inbound::Link {
             peer,
@@ -584,14 +572,9 @@ fn serve(request: Inbound, s: &Serving, network: &NetworkFile, busy: &Arc<InFlig
             reply,
         } => {
             let service = Arc::clone(&s.service);
-            let Some(slot) = InFlight::take(busy, peer) else {
-                reply.answer(&LinkResponse::Refused(EnvelopeRefusal::Overloaded));
-                return;
-            };
-            tokio::spawn(async move {
-                reply.answer(&service.forwarded(peer, request).await);
-                drop(slot);
-            });
+            let answer = async move { service.forwarded(peer, request).await };
+            let overloaded = LinkResponse::Refused(EnvelopeRefusal::Overloaded);
+            InFlight::answer(busy, peer, reply, overloaded, answer);
         }
     }
 }
@@ -633,7 +616,31 @@ struct Slot {
     peer: libp2p::PeerId,
 }
 
+/// What a teller is told when the node has no place for its request now.
+fn teller_overloaded() -> TellerResponse {
+    TellerResponse::Unavailable(Unavailable::Overloaded)
+}
+
 impl InFlight {
+    /// Answers `reply` with `answer`, run on a task of its own while it holds one of
+    /// `peer`'s places; with no place free, answers `overloaded` at once.
+    fn answer<T: serde::Serialize + Send + 'static>(
+        table: &Arc<InFlight>,
+        peer: libp2p::PeerId,
+        reply: crate::p2p::pipe::Responder,
+        overloaded: T,
+        answer: impl std::future::Future<Output = T> + Send + 'static,
+    ) {
+        let Some(slot) = InFlight::take(table, peer) else {
+            reply.answer(&overloaded);
+            return;
+        };
+        tokio::spawn(async move {
+            reply.answer(&answer.await);
+            drop(slot);
+        });
+    }
+
     fn take(table: &Arc<InFlight>, peer: libp2p::PeerId) -> Option<Slot> {
         let mut c = table.counts.lock().unwrap_or_else(PoisonError::into_inner);
         let mine = c.1.get(&peer).copied().unwrap_or(0);

@@ -35,6 +35,10 @@ pub const ELECTION_TIMEOUT_MS: (u64, u64) = (400, 800);
 /// A snapshot of the store is made after this many entries, and the log before it goes.
 pub const SNAPSHOT_EVERY_ENTRIES: u64 = 10_000;
 
+/// How long a new branch's first replica waits to lead alone and apply its first entries.
+const BOOTSTRAP_STEP_WAIT: Duration = Duration::from_secs(10);
+/// How long it waits for its first snapshot (a copy of its store file).
+const BOOTSTRAP_SNAPSHOT_WAIT: Duration = Duration::from_secs(30);
 /// How often a leader compares the membership with the network file.
 const MEMBERSHIP_CHECK: Duration = Duration::from_secs(1);
 
@@ -137,18 +141,18 @@ impl Replica {
     async fn bootstrap(&self) -> anyhow::Result<()> {
         let me = BTreeMap::from([(self.id, node(&self.branch, self.id))]);
         self.raft.initialize(me).await?;
-        let wait = self.raft.wait(Some(Duration::from_secs(10)));
+        let wait = self.raft.wait(Some(BOOTSTRAP_STEP_WAIT));
         let m = wait
             .metrics(|m| m.state == ServerState::Leader, "leads alone")
             .await?;
         let applied = m.last_log_index.unwrap_or(0);
         self.raft
-            .wait(Some(Duration::from_secs(10)))
+            .wait(Some(BOOTSTRAP_STEP_WAIT))
             .applied_index_at_least(Some(applied), "applied")
             .await?;
         self.raft.trigger().snapshot().await?;
         self.raft
-            .wait(Some(Duration::from_secs(30)))
+            .wait(Some(BOOTSTRAP_SNAPSHOT_WAIT))
             .metrics(
                 |m| m.snapshot.is_some_and(|s| s.index >= applied),
                 "snapshot made",
