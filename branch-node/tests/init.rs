@@ -264,3 +264,59 @@ fn files_the_node_appends_to_are_owner_only() {
         .mode();
     assert_eq!(mode & 0o777, 0o600);
 }
+
+#[test]
+fn init_replica_makes_a_key_and_an_empty_store_and_refuses_bad_input() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let replica = |data: &Path, id: &str, n: &str| {
+        let data = data.to_str().expect("utf-8");
+        branch_node(&[
+            "init-replica",
+            "--data-dir",
+            data,
+            "--branch-id",
+            id,
+            "--replica",
+            n,
+        ])
+    };
+    let data = dir.path().join("r2");
+    let made = replica(&data, "2", "2");
+    assert!(made.status.success(), "{}", stderr(&made));
+    assert!(
+        stdout(&made).contains("[[branch.replica]]\nid = 2\n"),
+        "{}",
+        stdout(&made)
+    );
+    assert!(data.join(KEY_FILE).is_file());
+    // An empty store of branch 2: no admin, no account; the leader's snapshot fills it.
+    let store = Store::open(&data.join(DB_FILE), BranchId(2), Durability::Full).expect("opens");
+    assert!(store.accounts().expect("reads").is_empty());
+    drop(store);
+    let key_before = std::fs::read(data.join(KEY_FILE)).expect("reads");
+    let again = replica(&data, "2", "2");
+    assert_eq!(again.status.code(), Some(1));
+    assert!(
+        stderr(&again).contains("already initialized"),
+        "{}",
+        stderr(&again)
+    );
+    assert_eq!(
+        std::fs::read(data.join(KEY_FILE)).expect("reads"),
+        key_before
+    );
+    for (id, n, words) in [
+        ("2", "1", "replica 1 is made by"),
+        ("0", "2", "branch id must be"),
+    ] {
+        let fresh = dir.path().join(format!("bad-{id}-{n}"));
+        let out = replica(&fresh, id, n);
+        assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+        assert!(stderr(&out).contains(words), "{}", stderr(&out));
+        assert_eq!(stderr(&out).lines().count(), 1, "one-line error");
+        assert!(
+            !fresh.exists(),
+            "nothing created for a refused init-replica"
+        );
+    }
+}
