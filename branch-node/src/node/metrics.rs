@@ -1,9 +1,10 @@
 //! What a running branch exposes to its operator (`branch-node run --metrics-listen`):
 //! Prometheus metrics (OpenMetrics text, encoded by prometheus-client), `/healthz`
-//! (the process answers) and `/readyz` (the store reads and the 2PC engine runs; the
-//! peers connected are said, not required). One process-wide set of metrics, counted
-//! where things happen; what is cheaper to read than to count (legs in doubt, the SMS
-//! outbox) is read through the read-only pool when scraped.
+//! (the process answers) and `/readyz` (the store reads and the 2PC engine runs, or a
+//! replica follows a known leader; the peers connected are said, not required). One
+//! process-wide set of metrics, counted where things happen; what is cheaper to read
+//! than to count (legs in doubt, the SMS outbox) is read through the read-only pool
+//! when scraped.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -251,6 +252,8 @@ pub struct Health {
     pub engine_running: Arc<AtomicBool>,
     /// Branches listed besides this one.
     pub peers_listed: usize,
+    /// This node's replica, if its branch is replicated.
+    pub replica: Option<Arc<crate::replica::node::Replica>>,
 }
 
 /// Reads the legs in doubt and the outbox into their gauges.
@@ -295,7 +298,8 @@ async fn healthz() -> &'static str {
     "ok\n"
 }
 
-/// Ready when the store reads and the engine runs; the peers are reported.
+/// Ready when the store reads and the engine runs (a replica: while it leads and
+/// serves, or follows a known leader and is caught up); the peers are reported.
 async fn readyz(State(health): State<Health>) -> Response {
     let store = health
         .reader
@@ -304,13 +308,20 @@ async fn readyz(State(health): State<Health>) -> Response {
         .is_ok();
     let engine = health.engine_running.load(Ordering::Relaxed);
     let peers = get().peers_connected.get();
+    let (role_ready, role) = match &health.replica {
+        Some(r) => {
+            let (ready, line) = r.readiness(engine);
+            (ready, format!("replica: {line}\n"))
+        }
+        None => (engine, String::new()),
+    };
     let body = format!(
-        "store: {}\nengine: {}\npeers connected: {peers} of {}\n",
+        "store: {}\nengine: {}\n{role}peers connected: {peers} of {}\n",
         if store { "open" } else { "failing" },
         if engine { "running" } else { "stopped" },
         health.peers_listed
     );
-    let status = if store && engine {
+    let status = if store && role_ready {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE

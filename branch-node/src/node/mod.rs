@@ -304,6 +304,7 @@ pub async fn run(
                 reader,
                 engine_running: Arc::clone(&engine_running),
                 peers_listed: network.branches().count().saturating_sub(1),
+                replica: replica.clone(),
             };
             Some(start_metrics(addr, health, stopped(stop_rx.clone())).await?)
         }

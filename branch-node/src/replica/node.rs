@@ -38,6 +38,8 @@ pub const SNAPSHOT_EVERY_ENTRIES: u64 = 10_000;
 /// How long a new branch's first replica waits to lead alone and apply its first entries.
 const BOOTSTRAP_STEP_WAIT: Duration = Duration::from_secs(10);
 /// How long it waits for its first snapshot (a copy of its store file).
+/// A follower whose store is more log entries than this behind its log is not ready.
+pub const READY_LAG_MAX: u64 = 1_000;
 const BOOTSTRAP_SNAPSHOT_WAIT: Duration = Duration::from_secs(30);
 /// How often a leader compares the membership with the network file.
 const MEMBERSHIP_CHECK: Duration = Duration::from_secs(1);
@@ -212,6 +214,32 @@ impl Replica {
     /// The branch this is a replica of.
     pub fn branch(&self) -> wire::BranchId {
         self.branch.id
+    }
+
+    /// What `/readyz` says of this replica: whether tellers may use it (it leads and
+    /// its serving stack runs, or it follows a known leader, which it forwards them to,
+    /// with its store no more than [`READY_LAG_MAX`] entries behind its log), and a line
+    /// for the operator.
+    pub fn readiness(&self, serving: bool) -> (bool, String) {
+        let m = self.metrics();
+        let applied = m.last_applied.map_or(0, |l| l.index);
+        let behind = m.last_log_index.unwrap_or(0).saturating_sub(applied);
+        let leader = m.current_leader.filter(|&l| l != self.id);
+        let (ready, role) = match m.state {
+            ServerState::Leader if serving => (true, "leader, serving".to_owned()),
+            ServerState::Leader => (false, "leader, not serving yet".to_owned()),
+            ServerState::Follower => match leader {
+                Some(l) => (behind <= READY_LAG_MAX, format!("follower of replica {l}")),
+                None => (false, "follower, no leader known".to_owned()),
+            },
+            ServerState::Candidate => (false, "candidate, electing a leader".to_owned()),
+            _ => (false, "learner, catching up".to_owned()),
+        };
+        let line = format!(
+            "{} {role}; applied entry {applied}, {behind} behind its log",
+            self.id
+        );
+        (ready, line)
     }
 
     /// The replica this one believes leads, for "not the leader" answers.
