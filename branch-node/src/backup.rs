@@ -8,6 +8,12 @@
 //! coordinators). Whatever the branch did after the backup is gone from it, committed
 //! answers included: a backup is for a lost disk, and the newer it is the less is lost.
 //! The key file is not in the backup (keep it apart, as safely as the backup).
+//!
+//! A replicated branch's backup (taken from any of its replicas) is one copy of the
+//! branch, not of a replica's place in the branch's Raft log: it is restored only when
+//! every replica is lost, and starts a new log. One restored replica makes that log from
+//! the backup; the others restore with `join` (their store is replaced by the new
+//! leader's snapshot) or are made anew with `init-replica`.
 
 use std::path::Path;
 use std::time::Duration;
@@ -15,7 +21,8 @@ use std::time::Duration;
 use anyhow::Context;
 use rusqlite::{Connection, OpenFlags};
 
-use crate::init::{DB_FILE, KEY_FILE, owner_only_file};
+use crate::init::{DB_FILE, KEY_FILE, mark_bootstrap, owner_only_file};
+use crate::replica::node::LOG_FILE;
 
 /// How often a busy database is tried again, and how long apart (milliseconds).
 const BACKUP_TRIES_MAX: u32 = 500;
@@ -28,6 +35,19 @@ pub struct Copied {
     pub accounts: i64,
     pub ledger_entries: i64,
     pub legs_in_doubt: i64,
+    /// Taken from a replica of a replicated branch.
+    pub replicated: bool,
+}
+
+/// How a restored replica of a replicated branch starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rejoin {
+    /// Not replicated: the branch runs from the restored store as before.
+    Alone,
+    /// Makes the branch's new log from the restored store, alone, at its first run.
+    NewLog,
+    /// Waits for the replica that makes the new log, and takes its snapshot.
+    Join,
 }
 
 /// Reads what `db` holds, and refuses a file that is not a sound branch database.
@@ -49,6 +69,10 @@ fn describe(db: &Path) -> anyhow::Result<Copied> {
         legs_in_doubt: count(
             "SELECT count(*) FROM legs WHERE decision IS NULL AND vote IS NOT NULL",
         )?,
+        replicated: count(
+            "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'replica_state'",
+        )? > 0
+            && count("SELECT count(*) FROM replica_state")? > 0,
     })
 }
 
@@ -99,8 +123,10 @@ pub(crate) fn copy_pages(src: &Connection, dst: &mut Connection) -> anyhow::Resu
 }
 
 /// Puts backup `from` into data dir `data_dir` as its database. The data dir must hold
-/// the branch's key and no database (move a damaged one away first).
-pub fn restore(from: &Path, data_dir: &Path) -> anyhow::Result<Copied> {
+/// the branch's key and no database or Raft log (move a damaged one away first). A
+/// replicated branch's backup forgets its place in the old log: the replica makes the
+/// branch's new log at its first run, or with `join` waits to be given it.
+pub fn restore(from: &Path, data_dir: &Path, join: bool) -> anyhow::Result<(Copied, Rejoin)> {
     anyhow::ensure!(
         data_dir.join(KEY_FILE).is_file(),
         "{} has no {KEY_FILE}: restore into the data dir that holds the branch's key",
@@ -114,10 +140,122 @@ pub fn restore(from: &Path, data_dir: &Path) -> anyhow::Result<Copied> {
             f.display()
         );
     }
+    anyhow::ensure!(
+        !data_dir.join(LOG_FILE).exists(),
+        "{} holds a replica's Raft log ({LOG_FILE}): a replica that kept its log is not \
+         restored; if only some replicas are lost, make them anew with init-replica",
+        data_dir.display()
+    );
     let copied = describe(from)?;
+    anyhow::ensure!(
+        copied.replicated || !join,
+        "{} is a backup of a branch that is not replicated: restore it without --join",
+        from.display()
+    );
     let mut file = owner_only_file(&db)?;
     let mut src = std::fs::File::open(from)?;
     std::io::copy(&mut src, &mut file)?;
     file.sync_all()?;
-    Ok(copied)
+    if !copied.replicated {
+        return Ok((copied, Rejoin::Alone));
+    }
+    Connection::open(&db)?.execute("DELETE FROM replica_state", [])?;
+    if join {
+        return Ok((copied, Rejoin::Join));
+    }
+    mark_bootstrap(data_dir)?;
+    Ok((copied, Rejoin::NewLog))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::replica::node::BOOTSTRAP_FILE;
+    use crate::store::{Durability, Store};
+
+    /// A fresh branch database at `path`; `replicated` gives it a place in a log.
+    fn database(path: &Path, replicated: bool) {
+        drop(Store::open(path, wire::BranchId(1), Durability::Full).expect("store"));
+        if replicated {
+            Connection::open(path)
+                .expect("open")
+                .execute(
+                    "INSERT INTO replica_state (key, value) VALUES ('applied', x'00')",
+                    [],
+                )
+                .expect("place");
+        }
+    }
+
+    /// A data dir with only a key file in it (restore reads no more of it).
+    fn keyed_dir(root: &Path, name: &str) -> std::path::PathBuf {
+        let dir = root.join(name);
+        std::fs::create_dir_all(&dir).expect("mkdir");
+        std::fs::write(dir.join(KEY_FILE), b"key").expect("key");
+        dir
+    }
+
+    fn places(db: &Path) -> i64 {
+        Connection::open(db)
+            .expect("open")
+            .query_row("SELECT count(*) FROM replica_state", [], |r| r.get(0))
+            .expect("count")
+    }
+
+    #[test]
+    fn a_plain_backup_restores_alone_and_refuses_join() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let from = tmp.path().join("plain.db");
+        database(&from, false);
+        let dir = keyed_dir(tmp.path(), "a");
+        let err = restore(&from, &dir, true).expect_err("join of a plain backup");
+        assert!(err.to_string().contains("not replicated"), "{err}");
+        assert!(!dir.join(DB_FILE).exists(), "a refusal writes nothing");
+        let (copied, rejoin) = restore(&from, &dir, false).expect("restores");
+        assert_eq!((copied.replicated, rejoin), (false, Rejoin::Alone));
+        assert!(!dir.join(BOOTSTRAP_FILE).exists());
+        let err = restore(&from, &dir, false).expect_err("over a database");
+        assert!(err.to_string().contains("move it away"), "{err}");
+    }
+
+    #[test]
+    fn a_replica_backup_starts_a_new_log_at_one_replica_and_the_others_join() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let from = tmp.path().join("replica.db");
+        database(&from, true);
+        let first = keyed_dir(tmp.path(), "r1");
+        let (copied, rejoin) = restore(&from, &first, false).expect("restores");
+        assert_eq!((copied.replicated, rejoin), (true, Rejoin::NewLog));
+        assert!(first.join(BOOTSTRAP_FILE).is_file(), "makes the new log");
+        assert_eq!(
+            places(&first.join(DB_FILE)),
+            0,
+            "the old log's place is gone"
+        );
+        let other = keyed_dir(tmp.path(), "r2");
+        let (_, rejoin) = restore(&from, &other, true).expect("joins");
+        assert_eq!(rejoin, Rejoin::Join);
+        assert!(
+            !other.join(BOOTSTRAP_FILE).exists(),
+            "only one makes the log"
+        );
+        assert_eq!(places(&other.join(DB_FILE)), 0);
+        assert_eq!(places(&from), 1, "the backup itself is unchanged");
+    }
+
+    #[test]
+    fn a_replica_that_kept_its_log_is_not_restored() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let from = tmp.path().join("replica.db");
+        database(&from, true);
+        let dir = keyed_dir(tmp.path(), "kept");
+        std::fs::write(dir.join(LOG_FILE), b"").expect("log");
+        let err = restore(&from, &dir, false).expect_err("a kept log");
+        assert!(err.to_string().contains("Raft log"), "{err}");
+        assert!(!dir.join(DB_FILE).exists() && !dir.join(BOOTSTRAP_FILE).exists());
+        let nokey = tmp.path().join("nokey");
+        std::fs::create_dir_all(&nokey).expect("mkdir");
+        let err = restore(&from, &nokey, false).expect_err("no key");
+        assert!(err.to_string().contains("has no"), "{err}");
+    }
 }

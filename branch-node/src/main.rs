@@ -71,12 +71,18 @@ enum Command {
     },
     /// Put a backup back as the database of a data dir that holds the branch's key and
     /// no database. Then `verify` and `run`: recovery finishes the transfers that were
-    /// in doubt at the backup; what the branch did after the backup is lost.
+    /// in doubt at the backup; what the branch did after the backup is lost. A
+    /// replicated branch is restored only when every replica is lost: one replica makes
+    /// the branch's new log from the backup, the others restore with --join.
     Restore {
         #[arg(long)]
         from: PathBuf,
         #[arg(long)]
         data_dir: PathBuf,
+        /// A replicated branch's other replicas: wait for the replica that makes the new
+        /// log (restored without --join) and take the branch from it.
+        #[arg(long)]
+        join: bool,
     },
     /// Audit a stopped branch's data dir (or a restored backup) offline: SQLite
     /// integrity, the ledger's hash chain, balances recomputed from the ledger, the
@@ -150,7 +156,11 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Backup { data_dir, to } => backup_command(&data_dir, &to),
-        Command::Restore { from, data_dir } => restore_command(&from, &data_dir),
+        Command::Restore {
+            from,
+            data_dir,
+            join,
+        } => restore_command(&from, &data_dir, join),
         Command::Verify { data_dir, network } => verify_command(&data_dir, &network),
         Command::Init {
             data_dir,
@@ -279,8 +289,13 @@ fn backup_command(data_dir: &std::path::Path, to: &std::path::Path) -> anyhow::R
 }
 
 /// `branch-node restore`.
-fn restore_command(from: &std::path::Path, data_dir: &std::path::Path) -> anyhow::Result<()> {
-    let c = branch_node::backup::restore(from, data_dir)?;
+fn restore_command(
+    from: &std::path::Path,
+    data_dir: &std::path::Path,
+    join: bool,
+) -> anyhow::Result<()> {
+    use branch_node::backup::Rejoin;
+    let (c, rejoin) = branch_node::backup::restore(from, data_dir, join)?;
     println!(
         "restored branch {:03} into {}: {} accounts, {} ledger entries, {} legs in doubt \
          (recovery finishes them at start); next: branch-node verify, then run",
@@ -290,6 +305,18 @@ fn restore_command(from: &std::path::Path, data_dir: &std::path::Path) -> anyhow
         c.ledger_entries,
         c.legs_in_doubt
     );
+    match rejoin {
+        Rejoin::Alone => {}
+        Rejoin::NewLog => println!(
+            "this replica makes the branch's new log from the backup at its first run: \
+             restore every other replica of the branch with --join (or make it anew with \
+             init-replica); none may keep its old log"
+        ),
+        Rejoin::Join => println!(
+            "this replica waits for the one that makes the branch's new log, and takes \
+             the branch from it"
+        ),
+    }
     Ok(())
 }
 

@@ -10,7 +10,9 @@
 //! - every commit this branch applied for another coordinator carries that
 //!   coordinator's signed commit decision;
 //! - nothing half-applied: a committed leg has its ledger line here, an aborted one has
-//!   none, and the money held and promised equals what the legs still in doubt hold.
+//!   none, and the money held and promised equals what the legs still in doubt hold;
+//! - a replica of a replicated branch: its store and its Raft log tell one history (the
+//!   log has no gap, and the entry the store applied is the log's entry at that index).
 
 use std::path::Path;
 
@@ -20,6 +22,7 @@ use wire::{BranchId, Signed, TransferId};
 
 use crate::init::{DB_FILE, read_key};
 use crate::network_file::NetworkFile;
+use crate::replica::node::LOG_FILE;
 use crate::store::{Durability, Store, blob_id};
 
 /// One check's result: what it proved, or what it found wrong.
@@ -104,10 +107,10 @@ pub fn votes_yes(body: &BranchBody, id: TransferId) -> bool {
 pub fn verify(data_dir: &Path, network: &Path) -> anyhow::Result<Report> {
     let net = NetworkFile::load(network)?;
     let key = read_key(data_dir)?;
-    let me = net
+    let entry = net
         .by_peer(&key.peer_id())
-        .map(|b| b.id)
         .ok_or_else(|| anyhow::anyhow!("this data dir's key is not in {}", network.display()))?;
+    let (me, listed) = (entry.id, entry.replicas.iter().map(|r| r.id).collect());
     let db = data_dir.join(DB_FILE);
     let mut checks = vec![integrity(&db)?];
     if checks[0].result.is_err() {
@@ -121,7 +124,16 @@ pub fn verify(data_dir: &Path, network: &Path) -> anyhow::Result<Report> {
     checks.push(votes(&store, &net)?);
     checks.push(decisions(conn, me, &net)?);
     checks.push(half_applied(conn, me)?);
+    let log = data_dir.join(LOG_FILE);
+    if log.exists() {
+        checks.push(replica_log(&db, &log, listed)?);
+    }
     Ok(Report { branch: me, checks })
+}
+
+fn replica_log(db: &Path, log: &Path, listed: Vec<u64>) -> anyhow::Result<Check> {
+    let (found, said) = crate::replica::check::log_agrees(db, log, &listed)?;
+    Ok(check("replica's store and Raft log", found, said))
 }
 
 fn check(name: &'static str, found: Vec<String>, said: String) -> Check {

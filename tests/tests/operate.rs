@@ -824,3 +824,161 @@ async fn transfers_at_once_over_one_connection_travel_together_with_their_own_an
     let report = check::finish(&mut c, &committed, Duration::from_secs(30)).expect("audit");
     assert!(report.ok(), "{:?}", report.violations);
 }
+
+/// Node `i`'s `/readyz`, once it is 200 (within 10 s): its body.
+async fn ready(c: &Cluster, i: usize) -> String {
+    let url = format!("{}/readyz", base(c, i));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (status, text) = fetch(&url).await;
+        if status == 200 {
+            return text;
+        }
+        assert!(Instant::now() < deadline, "node {i} never ready: {text}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Deletes a data dir's database and Raft log (the disk is lost; the key was kept apart).
+fn lose_disk(dir: &std::path::Path, files: &[&str]) {
+    for name in files {
+        for f in ["", "-wal", "-shm"] {
+            let _ = std::fs::remove_file(dir.join(format!("{name}{f}")));
+        }
+    }
+}
+
+/// Deletes one log entry in the middle of a copy of replica dir `dir`: verify must
+/// name the gap.
+fn verify_finds_a_log_gap(
+    dir: &std::path::Path,
+    copy: &std::path::Path,
+    network: &std::path::Path,
+) {
+    copy_dir(dir, copy);
+    let log = rusqlite::Connection::open(copy.join("raft.db")).expect("log");
+    let (first, last): (i64, i64) = log
+        .query_row("SELECT min(idx), max(idx) FROM log", [], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })
+        .expect("span");
+    assert!(last - first >= 2, "a log of at least three entries");
+    log.execute("DELETE FROM log WHERE idx = ?1", [last - 1])
+        .expect("plant a gap");
+    drop(log);
+    let (code, report) = verify(copy, network);
+    assert_ne!(code, 0, "{report}");
+    assert!(report.contains("1 missing"), "{report}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replicated_branch_that_lost_every_replica_comes_back_from_one_backup() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let metrics = ["--metrics-listen", "127.0.0.1:0"];
+    let mut c = Cluster::start_replicated(dir.path(), 2, 3, &metrics)
+        .await
+        .expect("network");
+    let b1 = c.replicas_of(wire::BranchId(1));
+    let lead = c.serving_replica(wire::BranchId(1)).expect("b1 serves");
+    for &i in &b1 {
+        let said = ready(&c, i).await;
+        let role = if i == lead {
+            "leader, serving".to_owned()
+        } else {
+            format!("follower of replica {}", c.nodes[lead].replica)
+        };
+        assert!(said.contains(&role), "node {i}: {said}");
+    }
+
+    let a = c
+        .open_account(0, "RBK-A", PASSWORD, false)
+        .await
+        .expect("a");
+    let b = c
+        .open_account(3, "RBK-B", PASSWORD, false)
+        .await
+        .expect("b");
+    let deposit = new_transfer_id();
+    let op = TellerOp::Deposit {
+        id: deposit,
+        account: a,
+        amount: Amount::from_minor(100_000).expect("amount"),
+    };
+    c.admin(0)
+        .await
+        .expect("admin")
+        .call(op)
+        .await
+        .expect("deposit");
+    let mut committed: BTreeSet<_> = [deposit].into();
+    committed.insert(committed_transfer(&c, 0, a, b, 1_000).await);
+    committed.insert(committed_transfer(&c, 3, b, a, 400).await);
+
+    // The backup, from a follower while the branch runs; then every replica's disk goes.
+    let follower = *b1.iter().find(|&&i| i != lead).expect("a follower");
+    let file = dir.path().join("b1.backup");
+    let (code, said) = branch_node(&[
+        "backup".as_ref(),
+        "--data-dir".as_ref(),
+        c.nodes[follower].dir.as_os_str(),
+        "--to".as_ref(),
+        file.as_os_str(),
+    ]);
+    assert_eq!(code, 0, "{said}");
+    for &i in &b1 {
+        c.kill(i);
+        lose_disk(&c.nodes[i].dir, &[branch_node::init::DB_FILE]);
+    }
+    let restore = |i: usize, join: bool| {
+        let mut args: Vec<&std::ffi::OsStr> = vec![
+            "restore".as_ref(),
+            "--from".as_ref(),
+            file.as_os_str(),
+            "--data-dir".as_ref(),
+            c.nodes[i].dir.as_os_str(),
+        ];
+        if join {
+            args.push("--join".as_ref());
+        }
+        branch_node(&args)
+    };
+    let (code, said) = restore(b1[0], false);
+    assert!(code != 0 && said.contains("Raft log"), "a kept log: {said}");
+    for &i in &b1 {
+        lose_disk(&c.nodes[i].dir, &["raft.db"]);
+    }
+    let (code, said) = restore(b1[0], false);
+    assert!(code == 0 && said.contains("new log"), "{said}");
+    for &i in &b1[1..] {
+        let (code, said) = restore(i, true);
+        assert!(code == 0 && said.contains("takes the branch"), "{said}");
+    }
+    let (code, report) = verify(&c.nodes[b1[0]].dir, &c.network_file);
+    assert_eq!(code, 0, "{report}");
+
+    for &i in &b1 {
+        c.start_node(i, &[]).expect("b1 replica from the backup");
+    }
+    c.wait_serving(0, scenarios::cluster::SERVE_WAIT)
+        .await
+        .expect("b1 serves its new log");
+    committed.insert(committed_transfer(&c, 0, a, b, 250).await);
+    committed.insert(committed_transfer(&c, 3, b, a, 100).await);
+    let disagree = check::replicas_agree(&c, Duration::from_secs(15)).expect("compares");
+    assert!(disagree.is_empty(), "{disagree:#?}");
+    let report = check::finish(&mut c, &committed, Duration::from_secs(30)).expect("audit");
+    assert!(report.ok(), "invariants violated: {:#?}", report.violations);
+    for n in &c.nodes {
+        let (code, text) = verify(&n.dir, &c.network_file);
+        assert_eq!(code, 0, "{text}");
+        assert!(
+            text.contains("ok    replica's store and Raft log"),
+            "{text}"
+        );
+    }
+    verify_finds_a_log_gap(
+        &c.nodes[b1[1]].dir,
+        &dir.path().join("gap"),
+        &c.network_file,
+    );
+}

@@ -103,3 +103,104 @@ pub fn differences(paths: &[&Path]) -> Result<Vec<String>, StoreError> {
     }
     Ok(out)
 }
+
+type LogId = openraft::LogId<u64>;
+/// The entries a log holds: first index, last index, how many.
+type Held = (u64, u64, u64);
+
+fn decode<T: serde::de::DeserializeOwned + serde::Serialize>(
+    bytes: &[u8],
+) -> Result<T, StoreError> {
+    wire::codec::decode_record(bytes).map_err(|e| StoreError::Malformed(e.to_string()))
+}
+
+/// The log's entries held (first, last index, count) and its compaction point.
+fn log_span(log: &Connection) -> Result<(Option<Held>, Option<LogId>), StoreError> {
+    let (first, last, count): (Option<i64>, Option<i64>, i64) =
+        log.query_row("SELECT min(idx), max(idx), count(*) FROM log", [], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+        })?;
+    let purged: Option<Vec<u8>> = log
+        .query_row("SELECT value FROM state WHERE key = 'purged'", [], |r| {
+            r.get(0)
+        })
+        .optional()?;
+    let purged = purged
+        .map(|b| decode::<Option<LogId>>(&b))
+        .transpose()?
+        .flatten();
+    let held = first.zip(last).map(|(f, l)| {
+        let n = |i: i64| u64::try_from(i).unwrap_or(0);
+        (n(f), n(l), n(count))
+    });
+    Ok((held, purged))
+}
+
+/// The id of the entry the log holds at `index`, if it holds one.
+fn log_id_at(log: &Connection, index: u64) -> Result<Option<LogId>, StoreError> {
+    let at = i64::try_from(index).unwrap_or(i64::MAX);
+    let bytes: Option<Vec<u8>> = log
+        .query_row("SELECT entry FROM log WHERE idx = ?1", [at], |r| r.get(0))
+        .optional()?;
+    let entry = bytes
+        .map(|b| decode::<openraft::Entry<super::Replicated>>(&b))
+        .transpose()?;
+    Ok(entry.map(|e| e.log_id))
+}
+
+/// Whether a replica's store and its Raft log (`raft.db`) tell one history: the log's
+/// entries run on without a gap from its compaction point, and the entry the store says
+/// it applied is in the log as that same entry (or compacted away, or not past the
+/// log's end). Returns what is wrong (empty when nothing is) and a summary that also
+/// names the voters against the replicas `listed` in the network file.
+pub fn log_agrees(
+    store: &Path,
+    log: &Path,
+    listed: &[u64],
+) -> Result<(Vec<String>, String), StoreError> {
+    let conn = open(log)?;
+    let (held, purged) = log_span(&conn)?;
+    let applied: Option<LogId> = applied(store)?.map(|b| decode(&b)).transpose()?;
+    let mut found = Vec::new();
+    let after_purge = purged.map_or(0, |p| p.index + 1);
+    if let Some((first, last, count)) = held {
+        if count != last - first + 1 {
+            found.push(format!(
+                "the log's entries {first}..={last} have {} missing",
+                last - first + 1 - count
+            ));
+        }
+        if purged.is_some() && first != after_purge {
+            found.push(format!(
+                "the log is compacted up to entry {} but its first entry is {first}",
+                after_purge.saturating_sub(1)
+            ));
+        }
+    }
+    let end = held.map_or(after_purge.saturating_sub(1), |(_, last, _)| last);
+    if let Some(a) = applied {
+        match log_id_at(&conn, a.index)? {
+            Some(id) if id != a => found.push(format!(
+                "the store applied entry {a} but the log holds {id} at that index"
+            )),
+            None if a.index > end => found.push(format!(
+                "the store applied entry {a}, past the log's last entry {end}"
+            )),
+            _ => {}
+        }
+    }
+    let voters = voters(store)?;
+    let listed_note = if voters == listed {
+        "as the network file lists".to_owned()
+    } else {
+        format!("the network file lists {listed:?}: the leader changes them when it runs")
+    };
+    let said = format!(
+        "log up to entry {end} ({} held, compacted up to {}); the store applied {}; voters \
+         {voters:?}, {listed_note}",
+        held.map_or(0, |(_, _, n)| n),
+        purged.map_or_else(|| "none".to_owned(), |p| p.index.to_string()),
+        applied.map_or_else(|| "nothing yet".to_owned(), |a| format!("entry {a}")),
+    );
+    Ok((found, said))
+}
