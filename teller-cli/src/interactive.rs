@@ -235,6 +235,7 @@ async fn admin_menu(teller: &mut Teller, me: &str) -> bool {
                     limit: 100,
                 },
                 filter: wire::teller::EntryFilter::default(),
+                network: Vec::new(),
             },
             "5" => {
                 let Ok(op) = enroll_op(true, me) else {

@@ -233,6 +233,12 @@ enum Admin {
         /// Entries on or before this day (UTC).
         #[arg(long)]
         until: Option<String>,
+        /// The next page of this branch's entries: the `--before` the last page said.
+        #[arg(long, conflicts_with = "network")]
+        before: Option<u64>,
+        /// The next page of the network's entries: the `--cursor` the last page said.
+        #[arg(long, requires = "network")]
+        cursor: Option<String>,
     },
     /// A transfer across branches: each branch's coordinator record, its leg (vote,
     /// decision), the signed votes and decisions it keeps (signatures checked), and
@@ -761,13 +767,21 @@ fn admin_op(admin: &Admin, admin_password: &str) -> Result<TellerOp, TellerError
             kind,
             since,
             until,
+            before,
+            cursor,
         } => TellerOp::ListTransactions {
             scope: scope(*network),
             page: PageRequest {
-                before: None,
+                before: *before,
                 limit: *limit,
             },
             filter: entry_filter(account, *kind, since, until)?,
+            network: cursor
+                .as_deref()
+                .map(wire::teller::parse_cursor)
+                .transpose()
+                .map_err(TellerError::Invalid)?
+                .unwrap_or_default(),
         },
         Admin::LinkFault {
             to_branch,

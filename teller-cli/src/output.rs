@@ -185,22 +185,29 @@ impl Printer {
             TellerResponse::Entries {
                 entries,
                 next_before,
+                next_network,
                 unreachable,
-            } => (
-                json!({
-                    "entries": entries.iter().map(entry_json).collect::<Vec<_>>(),
-                    "next_before": next_before,
-                    "unreachable": unreachable.iter().map(|b| b.0).collect::<Vec<_>>(),
-                }),
-                match next_before {
-                    Some(n) => format!("{}\nmore: --before {n}", entries_table(entries)),
-                    None => format!(
-                        "{}{}",
+            } => {
+                let cursor = next_network.as_ref().map(wire::teller::cursor_text);
+                let more = match (next_before, &cursor) {
+                    (Some(n), _) => format!("\nmore: --before {n}"),
+                    (None, Some(c)) => format!("\nmore: --network --cursor {c}"),
+                    (None, None) => String::new(),
+                };
+                (
+                    json!({
+                        "entries": entries.iter().map(entry_json).collect::<Vec<_>>(),
+                        "next_before": next_before,
+                        "next_cursor": cursor,
+                        "unreachable": unreachable.iter().map(|b| b.0).collect::<Vec<_>>(),
+                    }),
+                    format!(
+                        "{}{}{more}",
                         entries_table(entries),
                         unreachable_note(unreachable)
                     ),
-                },
-            ),
+                )
+            }
             TellerResponse::Receipt { id, state } | TellerResponse::Status { id, state } => (
                 state_json(*id, state),
                 format!("{}: {id}", state_text(state)),

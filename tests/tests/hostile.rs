@@ -248,6 +248,7 @@ async fn big_listings_page_and_a_missing_branch_is_named() {
                 limit: 10,
             },
             filter: wire::teller::EntryFilter::default(),
+            network: Vec::new(),
         })
         .await
         .expect("lists what it can");

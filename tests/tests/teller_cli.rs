@@ -301,6 +301,42 @@ fn every_subcommand_against_three_branches() {
     assert!(!mine.is_empty() && mine.iter().all(|e| e["account"] == a.as_str()));
     assert!(listed(&["--since", "2000-01-01", "--until", "2000-01-02"]).is_empty());
     assert!(!listed(&["--since", "2000-01-01"]).is_empty());
+    // Pages of the network's entries, one at a time by the cursor each page gives.
+    let whole: Vec<String> = listed(&[]).iter().map(|e| e.to_string()).collect();
+    let (mut paged, mut cursor) = (Vec::new(), None::<String>);
+    loop {
+        let mut args = vec!["--limit", "1"];
+        if let Some(c) = &cursor {
+            args.extend(["--cursor", c.as_str()]);
+        }
+        let mut all = vec!["--json", "admin", "transactions", "--network"];
+        all.extend_from_slice(&args);
+        let page = cli(&net, &admin("b1", &all)).json();
+        paged.extend(
+            page["entries"]
+                .as_array()
+                .expect("entries")
+                .iter()
+                .map(|e| e.to_string()),
+        );
+        match page["next_cursor"].as_str() {
+            Some(c) => cursor = Some(c.to_owned()),
+            None => break,
+        }
+        assert!(paged.len() <= whole.len(), "the pages end");
+    }
+    assert_eq!(
+        paged, whole,
+        "page by page, the same entries in the same order"
+    );
+    cli(
+        &net,
+        &admin(
+            "b1",
+            &["admin", "transactions", "--network", "--cursor", "1:x"],
+        ),
+    )
+    .refused(3, "page cursor");
     cli(
         &net,
         &admin("b1", &["admin", "transactions", "--since", "2026-02-30"]),

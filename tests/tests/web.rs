@@ -835,3 +835,67 @@ async fn bulk_payments_are_answered_line_by_line_and_safe_to_send_again() {
     let report = check::finish(&mut c, &committed, SETTLE_BOUND).expect("audit");
     assert!(report.ok(), "{:?}", report.violations);
 }
+
+/// The transfer ids a transactions page lists (the id column's text).
+fn listed_ids(p: &Page) -> Vec<String> {
+    p.body
+        .split("<code class=\"id\">")
+        .skip(1)
+        .filter_map(|s| s.split("</code>").next())
+        .filter(|s| s.len() == 32 && s.chars().all(|c| c.is_ascii_hexdigit()))
+        .map(str::to_owned)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_network_transactions_page_through_every_branch_once() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut c = Cluster::start(dir.path(), 2, &[]).expect("cluster");
+    let mut deposited = BTreeSet::new();
+    for (i, count) in [(0, 40), (1, 31)] {
+        let account = c
+            .open_account(i, &format!("NETPAGE-{i}"), PASSWORD, false)
+            .await
+            .expect("open");
+        let admin = c.admin(i).await.expect("admin");
+        for _ in 0..count {
+            let id = teller_cli::new_transfer_id();
+            let op = wire::teller::TellerOp::Deposit {
+                id,
+                account,
+                amount: wire::Amount::from_minor(100).expect("amount"),
+            };
+            admin.call(op).await.expect("deposit");
+            deposited.insert(id);
+        }
+    }
+    let base = console(&c, 0, quick_policy()).await;
+    let mut ad = Browser::new(&base);
+    ad.login("admin", ADMIN_PASSWORD).await;
+    let mut listed = Vec::new();
+    let mut next = Some("/admin/transactions?scope=network".to_owned());
+    let mut sizes = Vec::new();
+    while let Some(url) = next.take() {
+        let p = ad.get(&url).await;
+        assert_eq!(p.status, 200, "{}", p.body);
+        sizes.push(rows(&p));
+        listed.extend(listed_ids(&p));
+        next = p.attr("rel=\"next\" href").map(|h| h.replace("&amp;", "&"));
+        assert!(sizes.len() <= 3, "the pages end");
+    }
+    assert_eq!(sizes, vec![50, 21], "two pages, the second the rest");
+    let unique: BTreeSet<String> = listed.iter().cloned().collect();
+    let want: BTreeSet<String> = deposited.iter().map(ToString::to_string).collect();
+    assert_eq!(listed.len(), unique.len(), "no entry listed twice");
+    assert_eq!(unique, want, "every branch's every entry listed");
+
+    // A page link that is not whole changes nothing and says why.
+    for bad in ["net=1", "net=1:x", "net=1:5,1:6", "net=0:5"] {
+        let p = ad
+            .get(&format!("/admin/transactions?scope=network&{bad}"))
+            .await;
+        p.says(422, "invalid_input");
+    }
+    let report = check::finish(&mut c, &deposited, SETTLE_BOUND).expect("audit");
+    assert!(report.ok(), "invariants violated: {:#?}", report.violations);
+}

@@ -77,6 +77,33 @@ pub struct PageRequest {
     pub limit: u32,
 }
 
+/// Where a network-wide ledger listing goes on: for each branch already listed, the
+/// seq its next entries come before (0: it has no more). A branch not named starts
+/// from its newest entry. One branch's pages go on by seq, so across pages the merged
+/// listing shows every entry exactly once, however the branches' clocks compare.
+pub type NetworkCursor = Vec<(BranchId, u64)>;
+
+/// A network cursor as text, for a link or a command line: `branch:seq` pairs,
+/// comma-separated (`1:230,2:0,3:17`).
+pub fn cursor_text(cursor: &NetworkCursor) -> String {
+    let pairs: Vec<String> = cursor
+        .iter()
+        .map(|(b, seq)| format!("{}:{seq}", b.0))
+        .collect();
+    pairs.join(",")
+}
+
+/// Reads [`cursor_text`]'s form back.
+pub fn parse_cursor(text: &str) -> Result<NetworkCursor, String> {
+    let pair = |p: &str| {
+        let (b, seq) = p.split_once(':')?;
+        Some((BranchId(b.trim().parse().ok()?), seq.trim().parse().ok()?))
+    };
+    text.split(',')
+        .map(|p| pair(p).ok_or_else(|| format!("{p:?} is not branch:seq (a page cursor)")))
+        .collect()
+}
+
 /// One page of an account listing, in account-number order: accounts after `after`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(test, derive(proptest_derive::Arbitrary))]
@@ -213,11 +240,14 @@ pub enum TellerOp {
         scope: Scope,
         page: AccountsPage,
     },
-    /// Ledger entries newest first, only those `filter` lets through.
+    /// Ledger entries newest first, only those `filter` lets through. One branch's
+    /// pages go on by `page.before`; the network's by `network`, where each branch
+    /// already listed goes on (empty: the first page).
     ListTransactions {
         scope: Scope,
         page: PageRequest,
         filter: EntryFilter,
+        network: NetworkCursor,
     },
     /// Admin: every branch's records of transfer `id` (coordinator, legs, signed
     /// evidence, ledger lines).
@@ -457,12 +487,13 @@ pub enum TellerResponse {
         id: TransferId,
         state: TransferState,
     },
-    /// Ledger entries, newest first; `next_before` asks for the next page (one
-    /// branch's listing only). Branches that did not answer a network listing are
-    /// named in `unreachable`.
+    /// Ledger entries, newest first; `next_before` asks for one branch's next page,
+    /// `next_network` for the network's (`None`: no more). Branches that did not
+    /// answer a network listing are named in `unreachable`.
     Entries {
         entries: Vec<EntryView>,
         next_before: Option<u64>,
+        next_network: Option<NetworkCursor>,
         unreachable: Vec<BranchId>,
     },
     Status {
@@ -579,6 +610,15 @@ fn page_ok(p: &PageRequest) -> bool {
     (1..=PAGE_ROWS_MAX).contains(&p.limit)
 }
 
+/// A network cursor names each branch at most once, and only branches that can be.
+fn cursor_ok(cursor: &NetworkCursor) -> bool {
+    let mut seen = std::collections::BTreeSet::new();
+    cursor.len() <= usize::from(crate::limits::ACCOUNT_BRANCH_MAX)
+        && cursor
+            .iter()
+            .all(|(b, _)| (1..=crate::limits::ACCOUNT_BRANCH_MAX).contains(&b.0) && seen.insert(*b))
+}
+
 impl TellerRequest {
     /// Checks everything that needs no store: field lengths and page sizes. Whether a
     /// session is present, and authorization, come after. A money request's content
@@ -600,9 +640,15 @@ impl TellerRequest {
                 Refusal::InvalidInput,
             ),
             TellerOp::History { page, .. } => ok_or(page_ok(page), Refusal::InvalidInput),
-            TellerOp::ListTransactions { page, filter, .. } => {
-                ok_or(page_ok(page) && filter.is_valid(), Refusal::InvalidInput)
-            }
+            TellerOp::ListTransactions {
+                page,
+                filter,
+                network,
+                ..
+            } => ok_or(
+                page_ok(page) && filter.is_valid() && cursor_ok(network),
+                Refusal::InvalidInput,
+            ),
             TellerOp::OpenAccount {
                 customer, password, ..
             } => {
@@ -681,10 +727,43 @@ mod tests {
                 until_ms,
                 ..EntryFilter::default()
             },
+            network: Vec::new(),
         };
         check(true, op(Some(5), Some(5)), Ok(()));
         check(true, op(Some(5), None), Ok(()));
         check(true, op(Some(6), Some(5)), Err(Refusal::InvalidInput));
+    }
+
+    #[test]
+    fn a_network_cursor_names_real_branches_once() {
+        let op = |network: NetworkCursor| TellerOp::ListTransactions {
+            scope: Scope::Network,
+            page: PageRequest {
+                before: None,
+                limit: 10,
+            },
+            filter: EntryFilter::default(),
+            network,
+        };
+        check(true, op(vec![(BranchId(1), 7), (BranchId(2), 0)]), Ok(()));
+        let twice = vec![(BranchId(1), 7), (BranchId(1), 3)];
+        check(true, op(twice), Err(Refusal::InvalidInput));
+        check(true, op(vec![(BranchId(0), 1)]), Err(Refusal::InvalidInput));
+        check(
+            true,
+            op(vec![(BranchId(1_000), 1)]),
+            Err(Refusal::InvalidInput),
+        );
+    }
+
+    #[test]
+    fn a_cursor_reads_back_as_written() {
+        let c = vec![(BranchId(1), 230), (BranchId(2), 0)];
+        assert_eq!(cursor_text(&c), "1:230,2:0");
+        assert_eq!(parse_cursor("1:230,2:0"), Ok(c));
+        for bad in ["", "1", "1:x", "x:1", "1:2,", "70000:1"] {
+            assert!(parse_cursor(bad).is_err(), "{bad}");
+        }
     }
 
     fn acct(serial: u32) -> AccountNumber {

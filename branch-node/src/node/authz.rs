@@ -185,6 +185,7 @@ mod tests {
                 scope: Scope::Branch,
                 page,
                 filter: wire::teller::EntryFilter::default(),
+                network: Vec::new(),
             },
             TellerOp::Trace {
                 id: wire::TransferId(1),

@@ -8,6 +8,7 @@ pub mod authz;
 pub mod engine;
 pub mod guard;
 pub mod link;
+pub mod listing;
 pub mod logins;
 pub mod metrics;
 pub mod notifier;

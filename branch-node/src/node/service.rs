@@ -19,8 +19,8 @@ use libp2p::PeerId;
 use wire::link::{EnvelopeRefusal, ForwardRequest, LinkRequest, LinkResponse};
 use wire::teller::{
     AccountView, AccountsPage, EntryFilter, EntryView, LineAnswer, LineReceipt, LinkFault,
-    NewCustomer, PageRequest, Scope, SessionToken, TellerOp, TellerRequest, TellerResponse,
-    TransferState, Unavailable,
+    NetworkCursor, NewCustomer, PageRequest, Scope, SessionToken, TellerOp, TellerRequest,
+    TellerResponse, TransferState, Unavailable,
 };
 use wire::trace::{BranchTrace, StuckView};
 use wire::twopc::TransferSpec;
@@ -28,6 +28,7 @@ use wire::{AccountNumber, Amount, BranchId, Refusal, TransferId};
 
 use super::authz;
 use super::engine::EngineHandle;
+use super::listing;
 use super::logins::Logins;
 use super::now_ms;
 use super::sessions::{SessionInfo, Sessions};
@@ -322,7 +323,11 @@ impl Service {
                 scope,
                 page,
                 filter,
-            } => self.transactions(scope, page, filter).await,
+                network,
+            } => match scope {
+                Scope::Branch => self.branch_transactions(page, filter).await,
+                Scope::Network => self.network_transactions(page, filter, network).await,
+            },
             TellerOp::SetLinkFault { branch, fault } => self.set_link_fault(branch, fault).await,
             TellerOp::TransferBatch { transfers } => self.transfer_batch(session, transfers).await,
         }
@@ -429,6 +434,7 @@ impl Service {
         Ok(TellerResponse::Entries {
             entries,
             next_before,
+            next_network: None,
             unreachable: Vec::new(),
         })
     }
@@ -610,36 +616,75 @@ impl Service {
             .map_err(store_failed)
     }
 
-    /// A page of this branch's ledger; with `Scope::Network`, the newest entries of
-    /// every branch's ledger merged, newest first (there is no network-wide cursor, so
-    /// no next page). A branch that does not answer is named, not fatal.
-    async fn transactions(&self, scope: Scope, page: PageRequest, filter: EntryFilter) -> Answer {
-        let (mut entries, next_before) = self.local_transactions(page, filter).await?;
-        if scope == Scope::Branch {
-            return Ok(TellerResponse::Entries {
-                entries,
-                next_before,
-                unreachable: Vec::new(),
-            });
-        }
-        let asks = self
-            .others()
-            .map(|b| self.link(b, ForwardRequest::Transactions { page, filter }));
-        let mut unreachable = Vec::new();
-        for (a, b) in join_all(asks).await.into_iter().zip(self.others()) {
-            match a {
-                Ok(LinkResponse::Entries {
-                    entries: theirs, ..
-                }) => entries.extend(theirs),
-                Ok(_) | Err(Fail::Unavailable(_)) => unreachable.push(b),
+    /// A page of this branch's ledger.
+    async fn branch_transactions(&self, page: PageRequest, filter: EntryFilter) -> Answer {
+        let (entries, next_before) = self.local_transactions(page, filter).await?;
+        Ok(TellerResponse::Entries {
+            entries,
+            next_before,
+            next_network: None,
+            unreachable: Vec::new(),
+        })
+    }
+
+    /// A page of every branch's ledger merged newest first, going on from `cursor`
+    /// (see [`listing::merge`]); a branch with no more is not asked, and one that does
+    /// not answer is named, not fatal.
+    async fn network_transactions(
+        &self,
+        page: PageRequest,
+        filter: EntryFilter,
+        cursor: NetworkCursor,
+    ) -> Answer {
+        let asked: Vec<BranchId> = self
+            .network
+            .branches()
+            .map(|b| b.id)
+            .filter(|&b| listing::before_of(&cursor, b) != Some(0))
+            .collect();
+        let page_of = |b| PageRequest {
+            before: listing::before_of(&cursor, b),
+            limit: page.limit,
+        };
+        let asks = asked.iter().map(|&b| async move {
+            if b == self.me {
+                return self.local_transactions(page_of(b), filter).await;
+            }
+            match self
+                .link(
+                    b,
+                    ForwardRequest::Transactions {
+                        page: page_of(b),
+                        filter,
+                    },
+                )
+                .await?
+            {
+                LinkResponse::Entries {
+                    entries,
+                    next_before,
+                } => Ok((entries, next_before)),
+                _ => Err(Fail::Unavailable(Unavailable::NoAnswer(b))),
+            }
+        });
+        let (mut pages, mut unreachable) = (Vec::new(), Vec::new());
+        for (answer, &branch) in join_all(asks).await.into_iter().zip(&asked) {
+            match answer {
+                Ok((entries, next_before)) => pages.push(listing::BranchPage {
+                    branch,
+                    entries,
+                    next_before,
+                }),
+                Err(Fail::Unavailable(_)) => unreachable.push(branch),
                 Err(e) => return Err(e),
             }
         }
-        entries.sort_by_key(|e| std::cmp::Reverse((e.at_ms, e.branch, e.seq)));
-        entries.truncate(usize::try_from(page.limit).unwrap_or(usize::MAX));
+        let limit = usize::try_from(page.limit).unwrap_or(usize::MAX);
+        let (entries, next_network) = listing::merge(pages, &cursor, &unreachable, limit);
         Ok(TellerResponse::Entries {
             entries,
             next_before: None,
+            next_network,
             unreachable,
         })
     }

@@ -21,7 +21,7 @@ use libp2p::{StreamProtocol, Swarm, SwarmBuilder, identify, mdns, noise, ping, t
 
 /// The teller protocol: `TellerRequest` in, `TellerResponse` out, as tagged frames on
 /// one long-lived stream ([`pipe`]).
-pub const TELLER_PROTOCOL: StreamProtocol = StreamProtocol::new("/bankmate/teller/3");
+pub const TELLER_PROTOCOL: StreamProtocol = StreamProtocol::new("/bankmate/teller/4");
 /// The branch-to-branch protocol for 2PC envelopes: `LinkRequest` in, `LinkResponse`
 /// out, framed the same way.
 pub const LINK_PROTOCOL: StreamProtocol = StreamProtocol::new("/bankmate/link/4");

@@ -10,8 +10,8 @@ use axum::response::Response;
 use axum::routing::get;
 use maud::{Markup, html};
 use wire::teller::{
-    AccountsPage, EntryFilter, EntryKind, NewCustomer, PageRequest, Role, Scope, TellerOp,
-    TellerResponse,
+    AccountsPage, EntryFilter, EntryKind, NetworkCursor, NewCustomer, PageRequest, Role, Scope,
+    TellerOp, TellerResponse,
 };
 use wire::{AccountNumber, Refusal};
 
@@ -195,13 +195,13 @@ fn transactions_form(scope: Scope, q: &Fields) -> Markup {
     }
 }
 
-/// Ledger entries, newest first, filtered; this branch's pages continue by cursor,
-/// the network's show the newest entries of every branch merged.
+/// Ledger entries, newest first, filtered; this branch's pages go on by seq, the
+/// network's by a cursor that says where each branch's shown entries end.
 async fn transactions(visitor: Visitor, Query(q): Query<Fields>) -> Response {
     let mut v = visitor.lock().await;
     let scope = scope_of(&q);
-    let filter = match filter_of(&q) {
-        Ok(f) => f,
+    let (filter, network) = match filter_of(&q).and_then(|f| Ok((f, cursor_of(&q)?))) {
+        Ok(parsed) => parsed,
         Err(why) => {
             if let Err(r) = admin(&mut v) {
                 return r;
@@ -219,17 +219,27 @@ async fn transactions(visitor: Visitor, Query(q): Query<Fields>) -> Response {
             limit: ROWS,
         },
         filter,
+        network,
     };
     let r = match admin(&mut v) {
         Ok(t) => t.call_renewing(op).await,
         Err(r) => return r,
     };
-    let (entries, next, unreachable) = match r {
+    let (entries, next_link, unreachable) = match r {
         Ok(TellerResponse::Entries {
             entries,
             next_before,
+            next_network,
             unreachable,
-        }) => (entries, next_before, unreachable),
+        }) => {
+            let next = match scope {
+                Scope::Branch => next_before.map(|n| older_link(&q, "before", &n.to_string())),
+                Scope::Network => {
+                    next_network.map(|c| older_link(&q, "net", &wire::teller::cursor_text(&c)))
+                }
+            };
+            (entries, next, unreachable)
+        }
         Ok(other) => {
             return page(
                 StatusCode::BAD_GATEWAY,
@@ -247,26 +257,32 @@ async fn transactions(visitor: Visitor, Query(q): Query<Fields>) -> Response {
             );
         }
     };
-    let next_link = next.map(|n| older_link(&q, n));
     let body = html! {
         (transactions_form(scope, &q))
         (unreachable_note(&unreachable))
         (entries_table(&entries))
         @if let Some(href) = next_link { p { a rel="next" href=(href) { "Older entries" } } }
-        @if scope == Scope::Network { p.note { "The network view shows the newest " (ROWS) " entries across branches; narrow it with the filters." } }
     };
     page(StatusCode::OK, &v, "Transactions", body)
 }
 
-/// The link to the page of entries older than `before`, keeping the filters.
-fn older_link(q: &Fields, before: u64) -> String {
+/// The network cursor of an "older entries" link (none: the first page).
+fn cursor_of(q: &Fields) -> Result<NetworkCursor, String> {
+    match q.get("net").map(|t| t.trim()).filter(|t| !t.is_empty()) {
+        Some(text) => wire::teller::parse_cursor(text),
+        None => Ok(Vec::new()),
+    }
+}
+
+/// The link to the next (older) page: the filters kept, the page's place `key=value`.
+fn older_link(q: &Fields, key: &str, value: &str) -> String {
     let mut args: Vec<String> = q
         .iter()
-        .filter(|(k, _)| *k != "before")
+        .filter(|(k, _)| *k != "before" && *k != "net")
         .map(|(k, v)| format!("{}={}", k, branch_node::totp::uri_escape(v)))
         .collect();
     args.sort();
-    args.push(format!("before={before}"));
+    args.push(format!("{key}={}", branch_node::totp::uri_escape(value)));
     format!("/admin/transactions?{}", args.join("&"))
 }
 
