@@ -5,31 +5,49 @@ use scenarios::cluster::Cluster;
 use wire::teller::{TellerOp, TellerResponse, TransferState};
 use wire::{AccountNumber, Amount, TransferId};
 
-/// Opens an account at branch 1 (named `prefix`-A, funded with `minor` by a committed
-/// deposit) and one at branch 2 (`prefix`-B), both with password `password`. Returns
-/// the two accounts and the deposit's id (a "committed" answer the checks must find).
+/// Opens an account at node 0 and one at node 1 for customers `{prefix}-A` and
+/// `{prefix}-B` (login `password`) and deposits `minor` into the first; returns both
+/// and the deposit's id.
 pub async fn funded_pair(
     c: &Cluster,
     prefix: &str,
     password: &str,
     minor: i64,
 ) -> (AccountNumber, AccountNumber, TransferId) {
+    funded_pair_at(c, (0, 1), prefix, password, minor).await
+}
+
+/// [`funded_pair`] at nodes `at` (of a replicated network: a replica of each branch).
+pub async fn funded_pair_at(
+    c: &Cluster,
+    at: (usize, usize),
+    prefix: &str,
+    password: &str,
+    minor: i64,
+) -> (AccountNumber, AccountNumber, TransferId) {
     let a = c
-        .open_account(0, &format!("{prefix}-A"), password, false)
+        .open_account(at.0, &format!("{prefix}-A"), password, false)
         .await
         .expect("open a");
     let b = c
-        .open_account(1, &format!("{prefix}-B"), password, false)
+        .open_account(at.1, &format!("{prefix}-B"), password, false)
         .await
         .expect("open b");
-    let deposit = teller_cli::new_transfer_id();
+    let deposit = deposit(c, at.0, a, minor).await;
+    (a, b, deposit)
+}
+
+/// Deposits `minor` into `account` as node `i`'s admin, which must be answered
+/// committed; returns its id.
+pub async fn deposit(c: &Cluster, i: usize, account: AccountNumber, minor: i64) -> TransferId {
+    let id = teller_cli::new_transfer_id();
     let r = c
-        .admin(0)
+        .admin(i)
         .await
         .expect("admin")
         .call(TellerOp::Deposit {
-            id: deposit,
-            account: a,
+            id,
+            account,
             amount: Amount::from_minor(minor).expect("positive"),
         })
         .await
@@ -44,5 +62,5 @@ pub async fn funded_pair(
         ),
         "{r:?}"
     );
-    (a, b, deposit)
+    id
 }

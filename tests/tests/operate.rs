@@ -391,18 +391,7 @@ async fn a_backup_taken_while_a_transfer_is_in_doubt_restores_and_the_network_he
     let dir = tempfile::tempdir().expect("tempdir");
     let mut c = Cluster::start(dir.path(), 2, &[]).expect("cluster");
     let (a, b, deposit) = tests::funded_pair(&c, "BAK", PASSWORD, 100_000).await;
-    let id = new_transfer_id();
-    let op = TellerOp::Deposit {
-        id,
-        account: b,
-        amount: Amount::from_minor(50_000).expect("amount"),
-    };
-    c.admin(1)
-        .await
-        .expect("admin b2")
-        .call(op)
-        .await
-        .expect("deposit at b2");
+    let id = tests::deposit(&c, 1, b, 50_000).await;
     let committed: BTreeSet<_> = [deposit, id].into();
 
     // b2 coordinates b -> a and dies before its decision is durable: b1 voted yes and
@@ -890,26 +879,7 @@ async fn a_replicated_branch_that_lost_every_replica_comes_back_from_one_backup(
         assert!(said.contains(&role), "node {i}: {said}");
     }
 
-    let a = c
-        .open_account(0, "RBK-A", PASSWORD, false)
-        .await
-        .expect("a");
-    let b = c
-        .open_account(3, "RBK-B", PASSWORD, false)
-        .await
-        .expect("b");
-    let deposit = new_transfer_id();
-    let op = TellerOp::Deposit {
-        id: deposit,
-        account: a,
-        amount: Amount::from_minor(100_000).expect("amount"),
-    };
-    c.admin(0)
-        .await
-        .expect("admin")
-        .call(op)
-        .await
-        .expect("deposit");
+    let (a, b, deposit) = tests::funded_pair_at(&c, (0, 3), "RBK", PASSWORD, 100_000).await;
     let mut committed: BTreeSet<_> = [deposit].into();
     committed.insert(committed_transfer(&c, 0, a, b, 1_000).await);
     committed.insert(committed_transfer(&c, 3, b, a, 400).await);

@@ -857,16 +857,8 @@ async fn the_network_transactions_page_through_every_branch_once() {
             .open_account(i, &format!("NETPAGE-{i}"), PASSWORD, false)
             .await
             .expect("open");
-        let admin = c.admin(i).await.expect("admin");
         for _ in 0..count {
-            let id = teller_cli::new_transfer_id();
-            let op = wire::teller::TellerOp::Deposit {
-                id,
-                account,
-                amount: wire::Amount::from_minor(100).expect("amount"),
-            };
-            admin.call(op).await.expect("deposit");
-            deposited.insert(id);
+            deposited.insert(tests::deposit(&c, i, account, 100).await);
         }
     }
     let base = console(&c, 0, quick_policy()).await;
