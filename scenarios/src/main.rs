@@ -227,8 +227,8 @@ async fn up(branches: u16, replicas: u64, dir: &Path) -> anyhow::Result<bool> {
     }
     std::fs::create_dir_all(dir)?;
     let dir = dir.canonicalize()?;
-    let mut cluster =
-        Cluster::start_replicated(&dir, branches, replicas, &["--fault-switch"]).await?;
+    let flags = ["--fault-switch", "--metrics-listen", "127.0.0.1:0"];
+    let mut cluster = Cluster::start_replicated(&dir, branches, replicas, &flags).await?;
     let teller = scenarios::cluster::teller_cli_bin()?.display().to_string();
     let net = cluster.network_file.display().to_string();
     println!("{}", std::fs::read_to_string(&cluster.network_file)?);
@@ -251,6 +251,14 @@ async fn up(branches: u16, replicas: u64, dir: &Path) -> anyhow::Result<bool> {
     );
     println!("or the web console, then open http://127.0.0.1:8080/ in a browser:");
     println!("  {teller} --network-file {net} --branch b1 web");
+    println!("metrics of each node (beside them: /healthz and /readyz):");
+    for n in &cluster.nodes {
+        let url = n.metrics_url.as_deref().unwrap_or("(not said)");
+        match replicas {
+            1 => println!("  {}: {url}", n.name),
+            _ => println!("  {}-r{}: {url}", n.name, n.replica),
+        }
+    }
     println!(
         "logs: {}/<branch>[-r<N>]/node.log. Ctrl-C stops the network.",
         dir.display()

@@ -131,7 +131,9 @@ async fn metrics_move_with_the_work_and_health_says_what_holds() {
 
     let (status, ready) = fetch(&format!("{b1}/readyz")).await;
     assert_eq!(status, 200, "{ready}");
-    assert!(ready.contains("engine: running") && ready.contains("peers connected: 1 of 1"));
+    assert!(
+        ready.contains("engine: running") && ready.contains("other branches connected: 1 of 1")
+    );
     // The log (not a terminal) has no colour codes, and a money line names its id.
     let log = std::fs::read_to_string(c.nodes[0].dir.join("node.log")).expect("node.log");
     assert!(!log.contains('\u{1b}'), "colour codes in a log file");
@@ -883,6 +885,10 @@ async fn a_replicated_branch_that_lost_every_replica_comes_back_from_one_backup(
     let mut committed: BTreeSet<_> = [deposit].into();
     committed.insert(committed_transfer(&c, 0, a, b, 1_000).await);
     committed.insert(committed_transfer(&c, 3, b, a, 400).await);
+    // The leader counts b2 once, however many of b2's replicas it is connected to, and
+    // not its own branch's replicas.
+    let scrape = fetch(&format!("{}/metrics", base(&c, lead))).await.1;
+    assert_eq!(sample(&scrape, "bankmate_peers_connected"), 1.0, "{scrape}");
 
     // The backup, from a follower while the branch runs; then every replica's disk goes.
     let follower = *b1.iter().find(|&&i| i != lead).expect("a follower");

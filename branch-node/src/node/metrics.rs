@@ -315,10 +315,14 @@ async fn readyz(State(health): State<Health>) -> Response {
         }
         None => (engine, String::new()),
     };
+    let engine = match (engine, &health.replica) {
+        (true, _) => "running",
+        (false, Some(_)) => "not running here (a replica runs it while it leads)",
+        (false, None) => "stopped",
+    };
     let body = format!(
-        "store: {}\nengine: {}\n{role}peers connected: {peers} of {}\n",
+        "store: {}\nengine: {engine}\n{role}other branches connected: {peers} of {}\n",
         if store { "open" } else { "failing" },
-        if engine { "running" } else { "stopped" },
         health.peers_listed
     );
     let status = if store && role_ready {

@@ -326,7 +326,7 @@ pub struct EventLoop {
     faults: Faults,
     /// Where each listed branch can be dialled: the network file, plus mDNS finds.
     addresses: HashMap<PeerId, Vec<Multiaddr>>,
-    /// Listed branches with at least one open connection (the metrics' gauge).
+    /// Listed peers (replicas of any branch) with at least one open connection.
     connected: std::collections::HashSet<PeerId>,
     /// Requests waiting for a dial to settle before they open a stream.
     dials: super::Dials,
@@ -388,8 +388,20 @@ pub fn new(
 }
 
 impl EventLoop {
+    /// Sets the gauge of other branches with at least one replica connected (a
+    /// replica's own branch-mates are not counted).
     fn count_connected(&self) {
-        let n = i64::try_from(self.connected.len()).unwrap_or(i64::MAX);
+        let me = self
+            .network
+            .by_peer(self.swarm.local_peer_id())
+            .map(|b| b.id);
+        let branches: std::collections::HashSet<_> = self
+            .connected
+            .iter()
+            .filter_map(|p| self.network.by_peer(p).map(|b| b.id))
+            .filter(|&b| Some(b) != me)
+            .collect();
+        let n = i64::try_from(branches.len()).unwrap_or(i64::MAX);
         crate::node::metrics::get().peers_connected.set(n);
     }
 
