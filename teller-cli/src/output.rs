@@ -6,7 +6,7 @@ use serde_json::{Value, json};
 use teller_cli::batch::{BatchLine, Tally};
 use teller_cli::money::MoneyAnswer;
 use wire::TransferId;
-use wire::teller::{AccountView, EntryView, TellerResponse, TransferState};
+use wire::teller::{AccountView, EntryKind, EntryView, TellerResponse, TransferState};
 
 /// Prints answers as tables or as JSON.
 #[derive(Debug, Clone, Copy)]
@@ -110,39 +110,53 @@ pub fn entries_table(entries: &[EntryView]) -> Table {
     t.load_style(comfy_table::presets::NOTHING)
         .set_content_arrangement(comfy_table::ContentArrangement::Dynamic)
         .set_width(TABLE_WIDTH);
-    let (middle, time_chars) = if one_account {
-        ("balance", 16)
+    if one_account {
+        t.set_header([
+            "time (UTC)",
+            "balance",
+            "kind",
+            "amount",
+            "other account",
+            "id",
+        ]);
     } else {
-        ("account", 10)
-    };
-    t.set_header([
-        "time (UTC)",
-        middle,
-        "kind",
-        "amount",
-        "other account",
-        "id",
-    ]);
+        // Two account columns and a whole id leave no room for a separate "other
+        // account": the kind names it ("to ..." / "from ..."), so the time stays whole.
+        t.set_header(["time (UTC)", "account", "kind", "amount", "id"]);
+    }
     for e in entries {
         let when = teller_cli::when::utc_minute(e.at_ms);
-        let middle = if one_account {
-            e.balance_after.to_string()
+        let mut row = vec![when];
+        if one_account {
+            row.extend([
+                e.balance_after.to_string(),
+                teller_cli::kind_words(e.kind).to_owned(),
+                e.amount.to_string(),
+                e.counterparty.map(|c| c.to_string()).unwrap_or_default(),
+            ]);
         } else {
-            e.account.to_string()
-        };
-        t.add_row([
-            when[..time_chars].to_owned(),
-            middle,
-            teller_cli::kind_words(e.kind).to_owned(),
-            e.amount.to_string(),
-            e.counterparty.map(|c| c.to_string()).unwrap_or_default(),
-            e.transfer_id.to_string(),
-        ]);
+            row.extend([
+                e.account.to_string(),
+                kind_naming_the_other(e),
+                e.amount.to_string(),
+            ]);
+        }
+        row.push(e.transfer_id.to_string());
+        t.add_row(row);
     }
     for column in t.column_iter_mut() {
         column.set_padding((0, 1));
     }
     t
+}
+
+/// A ledger line's kind in words, naming the other account of a transfer.
+fn kind_naming_the_other(e: &EntryView) -> String {
+    match (e.kind, e.counterparty) {
+        (EntryKind::TransferDebit, Some(to)) => format!("to {to}"),
+        (EntryKind::TransferCredit, Some(from)) => format!("from {from}"),
+        (kind, _) => teller_cli::kind_words(kind).to_owned(),
+    }
 }
 
 /// A line naming the branches a network listing could not reach, or nothing.

@@ -286,6 +286,18 @@ fn every_subcommand_against_three_branches() {
     let r = cli(&net, &admin("b3", &["admin", "transactions", "--network"]));
     assert!(r.ok().contains(&a) && r.out.contains(&b), "{}", r.out);
     fits_a_terminal(&r.out);
+    // Several accounts: the time stays whole (date, hour and minute) and a transfer's
+    // kind names its other account.
+    let timed = |l: &&str| l.get(4..5) == Some("-") && l.get(13..14) == Some(":");
+    assert!(
+        r.out
+            .lines()
+            .skip(1)
+            .all(|l| l.starts_with("more") || timed(&l)),
+        "{}",
+        r.out
+    );
+    assert!(r.out.contains(&format!("to {b}")) && r.out.contains(&format!("from {a}")));
     // Filters: kind, account, a time range; a bad date is refused before sending.
     let listed = |args: &[&str]| {
         let mut all = vec!["--json", "admin", "transactions", "--network"];
