@@ -105,6 +105,11 @@ pub fn differences(paths: &[&Path]) -> Result<Vec<String>, StoreError> {
 }
 
 type LogId = openraft::LogId<u64>;
+/// A log entry's id for people: its index and the term of the leader that made it.
+fn show(id: &LogId) -> String {
+    format!("entry {} (term {})", id.index, id.leader_id.term)
+}
+
 /// The entries a log holds: first index, last index, how many.
 type Held = (u64, u64, u64);
 
@@ -181,10 +186,13 @@ pub fn log_agrees(
     if let Some(a) = applied {
         match log_id_at(&conn, a.index)? {
             Some(id) if id != a => found.push(format!(
-                "the store applied entry {a} but the log holds {id} at that index"
+                "the store applied {} but the log holds {} at that index",
+                show(&a),
+                show(&id)
             )),
             None if a.index > end => found.push(format!(
-                "the store applied entry {a}, past the log's last entry {end}"
+                "the store applied {}, past the log's last entry {end}",
+                show(&a)
             )),
             _ => {}
         }
@@ -200,7 +208,7 @@ pub fn log_agrees(
          {voters:?}, {listed_note}",
         held.map_or(0, |(_, _, n)| n),
         purged.map_or_else(|| "none".to_owned(), |p| p.index.to_string()),
-        applied.map_or_else(|| "nothing yet".to_owned(), |a| format!("entry {a}")),
+        applied.map_or_else(|| "nothing yet".to_owned(), |a| show(&a)),
     );
     Ok((found, said))
 }
