@@ -474,7 +474,7 @@ async fn one_stream_answers_out_of_order_and_a_peer_gets_a_bounded_number_of_str
         .expect_err("over the limit");
     assert!(!refused.may_have_arrived(), "{refused}");
     // The teller opened it again, as it does for a stream dropped on arrival.
-    let attempts = branch_node::p2p::pipe::OPEN_ATTEMPTS_MAX as f64;
+    let attempts = f64::from(branch_node::p2p::pipe::OPEN_ATTEMPTS_MAX);
     assert_eq!(refused_count("peer_limit").await, attempts);
     // One closed (all its clients gone) makes room for another.
     streams.truncate(streams.len() - 1);

@@ -33,7 +33,10 @@ const TAG_BYTES: usize = 8;
 const HELLO_TAG: u64 = u64::MAX;
 
 /// Most times a requester opens a stream again when it ended before its hello.
-pub const OPEN_ATTEMPTS_MAX: usize = 3;
+pub const OPEN_ATTEMPTS_MAX: u32 = 6;
+/// The first wait before opening again (milliseconds); it doubles each time, with a
+/// random part, so streams dropped together by a busy node do not arrive together again.
+const REOPEN_WAIT_MS: u64 = 5;
 
 /// Most frames written in one flush.
 const FRAMES_PER_FLUSH_MAX: usize = 256;
@@ -260,7 +263,8 @@ pub struct Slot(tokio::sync::Mutex<Option<Pipe>>);
 
 impl Slot {
     /// The open pipe, or a new one on a stream `open` gives (opened again, up to
-    /// `OPEN_ATTEMPTS_MAX` times, if one ends before its hello). An error: nothing sent.
+    /// `OPEN_ATTEMPTS_MAX` times, after a growing random wait, if one ends before its
+    /// hello). An error: nothing sent.
     pub async fn pipe<F, Fut>(
         &self,
         idle: Duration,
@@ -276,7 +280,12 @@ impl Slot {
             return Ok(pipe.clone());
         }
         let mut last = String::new();
-        for _ in 0..OPEN_ATTEMPTS_MAX {
+        for attempt in 0..OPEN_ATTEMPTS_MAX {
+            if attempt > 0 {
+                let wait = REOPEN_WAIT_MS << attempt;
+                let jitter = rand::random::<u64>() % wait;
+                tokio::time::sleep(Duration::from_millis(wait + jitter)).await;
+            }
             match Pipe::open(open().await?, idle, timeout).await {
                 Ok(pipe) => {
                     *slot = Some(pipe.clone());
