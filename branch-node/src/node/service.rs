@@ -627,6 +627,29 @@ impl Service {
         })
     }
 
+    /// One branch's page of a network listing: this branch's own, or another's by a
+    /// forward.
+    async fn branch_page(
+        &self,
+        b: BranchId,
+        page: PageRequest,
+        filter: EntryFilter,
+    ) -> Result<(Vec<EntryView>, Option<u64>), Fail> {
+        if b == self.me {
+            return self.local_transactions(page, filter).await;
+        }
+        match self
+            .link(b, ForwardRequest::Transactions { page, filter })
+            .await?
+        {
+            LinkResponse::Entries {
+                entries,
+                next_before,
+            } => Ok((entries, next_before)),
+            _ => Err(Fail::Unavailable(Unavailable::NoAnswer(b))),
+        }
+    }
+
     /// A page of every branch's ledger merged newest first, going on from `cursor`
     /// (see [`listing::merge`]); a branch with no more is not asked, and one that does
     /// not answer is named, not fatal.
@@ -646,27 +669,9 @@ impl Service {
             before: listing::before_of(&cursor, b),
             limit: page.limit,
         };
-        let asks = asked.iter().map(|&b| async move {
-            if b == self.me {
-                return self.local_transactions(page_of(b), filter).await;
-            }
-            match self
-                .link(
-                    b,
-                    ForwardRequest::Transactions {
-                        page: page_of(b),
-                        filter,
-                    },
-                )
-                .await?
-            {
-                LinkResponse::Entries {
-                    entries,
-                    next_before,
-                } => Ok((entries, next_before)),
-                _ => Err(Fail::Unavailable(Unavailable::NoAnswer(b))),
-            }
-        });
+        let asks = asked
+            .iter()
+            .map(|&b| self.branch_page(b, page_of(b), filter));
         let (mut pages, mut unreachable) = (Vec::new(), Vec::new());
         for (answer, &branch) in join_all(asks).await.into_iter().zip(&asked) {
             match answer {
