@@ -119,6 +119,14 @@ async fn metrics_move_with_the_work_and_health_says_what_holds() {
     assert!(got(r#"bankmate_money_answers_total{kind="deposit",outcome="committed"}"#) >= 2.0);
     assert!(got(r#"bankmate_twopc_durable_seconds_count{kind="prepare"}"#) >= 1.0);
     assert!(got(r#"bankmate_twopc_durable_seconds_count{kind="decision"}"#) >= 1.0);
+    // b1 coordinated six transfers (one refused at its own leg): six voting phases, each
+    // decided before its answer; the acks of the last may still be on their way.
+    assert_eq!(
+        got(r#"bankmate_twopc_phase_seconds_count{kind="voting"}"#),
+        6.0,
+        "{after}"
+    );
+    assert!(got(r#"bankmate_twopc_phase_seconds_count{kind="acks"}"#) >= 5.0);
     assert!(got("bankmate_twopc_messages_sent_total") >= 5.0);
     assert!(got("bankmate_writer_batch_ops_count") >= 6.0);
     assert!(got("bankmate_writer_commit_seconds_count") >= 6.0);

@@ -274,6 +274,8 @@ pub struct Engine {
     /// This round's storage commands, in emit order, with their `after` failpoints;
     /// queued to the writer as one operation when the round ends.
     storage: Vec<(Command, Option<&'static str>)>,
+    /// The phases of the transfers coordinated here, timed for the metrics.
+    phases: super::phases::Phases,
 }
 
 impl std::fmt::Debug for Engine {
@@ -321,6 +323,7 @@ pub fn new(
         waiting,
         outgoing: Vec::new(),
         storage: Vec::new(),
+        phases: super::phases::Phases::default(),
     };
     (handle, engine)
 }
@@ -449,6 +452,7 @@ impl Engine {
                 failpoint(name);
             }
             let Some(mut input) = result else { continue };
+            self.untime_old_begins(&input);
             self.sign_own_votes(&mut input);
             if let Input::Prepared { votes, .. } = &input {
                 let yes = votes
@@ -546,6 +550,7 @@ impl Engine {
             Command::Send { to, body } => self.queue_send(to, body),
             Command::Reply { ticket, id, state } => self.reply(ticket, id, state),
             storage => {
+                self.time_phases(&storage);
                 let (before, after) = match &storage {
                     // A begin prepares this branch's own leg in the same step.
                     Command::Prepare { .. } | Command::Begin { .. } => (
@@ -564,6 +569,40 @@ impl Engine {
                 }
                 self.storage.push((storage, after));
             }
+        }
+    }
+
+    /// A begin that found an earlier use of its id (a teller's resend) starts no phase.
+    fn untime_old_begins(&mut self, input: &Input) {
+        if let Input::Begun {
+            items, outcomes, ..
+        } = input
+        {
+            let old = items.iter().zip(outcomes);
+            let old = old.filter(|(_, o)| !matches!(o, coordinator::BeginOutcome::New(_)));
+            self.phases.not_begun(old.map(|(i, _)| i.spec.id));
+        }
+    }
+
+    /// A coordinated transfer's begin, decision and end, as they are issued, start and
+    /// end its phases in the metrics.
+    fn time_phases(&mut self, command: &Command) {
+        let now = std::time::Instant::now();
+        let done = match command {
+            Command::Begin { items } => {
+                self.phases.begun(items.iter().map(|i| i.spec.id), now);
+                return;
+            }
+            Command::RecordDecisions { items } => {
+                self.phases.decided(items.iter().map(|i| i.id), now)
+            }
+            Command::MarkEnded { ids } => self.phases.ended(ids.iter().copied(), now),
+            _ => return,
+        };
+        let m = &super::metrics::get().twopc_phase_seconds;
+        for (phase, took) in done {
+            m.get_or_create(&super::metrics::label(phase))
+                .observe(took.as_secs_f64());
         }
     }
 

@@ -54,6 +54,8 @@ pub struct Metrics {
     pub money: Family<MoneyLabels, Counter>,
     pub money_seconds: Family<KindLabel, Histogram, fn() -> Histogram>,
     pub twopc_durable_seconds: Family<KindLabel, Histogram, fn() -> Histogram>,
+    /// The phases of transfers coordinated here: `voting` and `acks`.
+    pub twopc_phase_seconds: Family<KindLabel, Histogram, fn() -> Histogram>,
     pub writer_batch_ops: Histogram,
     /// Lines per `TransferBatch` (bulk payments, and a teller connection's coalesced
     /// transfers).
@@ -85,6 +87,7 @@ impl Metrics {
             money: Family::default(),
             money_seconds: Family::new_with_constructor(seconds_histogram),
             twopc_durable_seconds: Family::new_with_constructor(seconds_histogram),
+            twopc_phase_seconds: Family::new_with_constructor(seconds_histogram),
             writer_batch_ops: Histogram::new(exponential_buckets(1.0, 2.0, 12)),
             transfer_batch_lines: Histogram::new(exponential_buckets(1.0, 2.0, 11)),
             writer_commit_seconds: seconds_histogram(),
@@ -130,6 +133,11 @@ impl Metrics {
             self.replica_lag_entries.clone(),
         );
         r.register("twopc_durable_seconds", "Time to make one round's 2PC records durable, by step (prepare, decision, apply, other)", self.twopc_durable_seconds.clone());
+        r.register(
+            "twopc_phase_seconds",
+            "Phases of the transfers coordinated here: voting (begun until decided) and acks (decided until every participant acknowledged)",
+            self.twopc_phase_seconds.clone(),
+        );
         r.register(
             "twopc_messages_sent",
             "Signed 2PC messages sent to other branches",

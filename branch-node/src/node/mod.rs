@@ -12,6 +12,7 @@ pub mod listing;
 pub mod logins;
 pub mod metrics;
 pub mod notifier;
+pub mod phases;
 pub mod service;
 pub mod sessions;
 
