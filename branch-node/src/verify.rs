@@ -110,7 +110,8 @@ pub fn verify(data_dir: &Path, network: &Path) -> anyhow::Result<Report> {
     let entry = net
         .by_peer(&key.peer_id())
         .ok_or_else(|| anyhow::anyhow!("this data dir's key is not in {}", network.display()))?;
-    let (me, listed) = (entry.id, entry.replicas.iter().map(|r| r.id).collect());
+    let me = entry.id;
+    let listed: Vec<u64> = entry.replicas.iter().map(|r| r.id).collect();
     let db = data_dir.join(DB_FILE);
     let mut checks = vec![integrity(&db)?];
     if checks[0].result.is_err() {
@@ -126,13 +127,13 @@ pub fn verify(data_dir: &Path, network: &Path) -> anyhow::Result<Report> {
     checks.push(half_applied(conn, me)?);
     let log = data_dir.join(LOG_FILE);
     if log.exists() {
-        checks.push(replica_log(&db, &log, listed)?);
+        checks.push(replica_log(&db, &log, &listed)?);
     }
     Ok(Report { branch: me, checks })
 }
 
-fn replica_log(db: &Path, log: &Path, listed: Vec<u64>) -> anyhow::Result<Check> {
-    let (found, said) = crate::replica::check::log_agrees(db, log, &listed)?;
+fn replica_log(db: &Path, log: &Path, listed: &[u64]) -> anyhow::Result<Check> {
+    let (found, said) = crate::replica::check::log_agrees(db, log, listed)?;
     Ok(check("replica's store and Raft log", found, said))
 }
 

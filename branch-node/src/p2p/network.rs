@@ -179,11 +179,12 @@ impl Client {
         for _ in 0..=branch.replicas.len() {
             let replica = self.leader_of(branch);
             let sent = self.link(replica.peer_id, request.clone());
-            let answer = match envelope {
-                true => tokio::time::timeout(Duration::from_millis(TWOPC_ATTEMPT_MS), sent)
+            let answer = if envelope {
+                tokio::time::timeout(Duration::from_millis(TWOPC_ATTEMPT_MS), sent)
                     .await
-                    .unwrap_or_else(|_| Err(LinkError::NoAnswer("not accepted in time".into()))),
-                false => sent.await,
+                    .unwrap_or_else(|_| Err(LinkError::NoAnswer("not accepted in time".into())))
+            } else {
+                sent.await
             };
             match answer {
                 Err(e @ LinkError::NoAnswer(_)) if envelope => {

@@ -7,6 +7,7 @@ use std::path::Path;
 
 use rusqlite::{Connection, OpenFlags, OptionalExtension};
 
+use super::state_machine::state_get;
 use crate::store::StoreError;
 
 fn open(path: &Path) -> Result<Connection, StoreError> {
@@ -29,19 +30,9 @@ pub fn applied(path: &Path) -> Result<Option<Vec<u8>>, StoreError> {
 
 /// The voting replicas of the membership the store at `path` last applied.
 pub fn voters(path: &Path) -> Result<Vec<u64>, StoreError> {
-    let bytes: Option<Vec<u8>> = open(path)?
-        .query_row(
-            "SELECT value FROM replica_state WHERE key = 'membership'",
-            [],
-            |r| r.get(0),
-        )
-        .optional()?;
-    let Some(bytes) = bytes else {
-        return Ok(Vec::new());
-    };
-    let stored: openraft::StoredMembership<u64, openraft::BasicNode> =
-        wire::codec::decode_record(&bytes).map_err(|e| StoreError::Malformed(e.to_string()))?;
-    Ok(stored.membership().voter_ids().collect())
+    let stored: Option<openraft::StoredMembership<u64, openraft::BasicNode>> =
+        state_get(&open(path)?, "membership")?;
+    Ok(stored.map_or_else(Vec::new, |m| m.membership().voter_ids().collect()))
 }
 
 /// Every row of every table but `replica_state`, in a fixed order.
@@ -165,7 +156,7 @@ pub fn log_agrees(
 ) -> Result<(Vec<String>, String), StoreError> {
     let conn = open(log)?;
     let (held, purged) = log_span(&conn)?;
-    let applied: Option<LogId> = applied(store)?.map(|b| decode(&b)).transpose()?;
+    let applied: Option<LogId> = state_get(&open(store)?, "applied")?;
     let mut found = Vec::new();
     let after_purge = purged.map_or(0, |p| p.index + 1);
     if let Some((first, last, count)) = held {

@@ -38,9 +38,9 @@ pub const SNAPSHOT_EVERY_ENTRIES: u64 = 10_000;
 /// How long a new branch's first replica waits to lead alone and apply its first entries.
 const BOOTSTRAP_STEP_WAIT: Duration = Duration::from_secs(10);
 /// How long it waits for its first snapshot (a copy of its store file).
+const BOOTSTRAP_SNAPSHOT_WAIT: Duration = Duration::from_secs(30);
 /// A follower whose store is more log entries than this behind its log is not ready.
 pub const READY_LAG_MAX: u64 = 1_000;
-const BOOTSTRAP_SNAPSHOT_WAIT: Duration = Duration::from_secs(30);
 /// How often a leader compares the membership with the network file.
 const MEMBERSHIP_CHECK: Duration = Duration::from_secs(1);
 
@@ -222,8 +222,7 @@ impl Replica {
     /// for the operator.
     pub fn readiness(&self, serving: bool) -> (bool, String) {
         let m = self.metrics();
-        let applied = m.last_applied.map_or(0, |l| l.index);
-        let behind = m.last_log_index.unwrap_or(0).saturating_sub(applied);
+        let (applied, behind) = unapplied(&m);
         let leader = m.current_leader.filter(|&l| l != self.id);
         let (ready, role) = match m.state {
             ServerState::Leader if serving => (true, "leader, serving".to_owned()),
@@ -302,6 +301,15 @@ impl Replica {
     }
 }
 
+/// The last entry the store applied, and how many entries the log holds past it.
+fn unapplied(m: &RaftMetrics<ReplicaId, BasicNode>) -> (u64, u64) {
+    let applied = m.last_applied.map_or(0, |l| l.index);
+    (
+        applied,
+        m.last_log_index.unwrap_or(0).saturating_sub(applied),
+    )
+}
+
 /// Keeps the metrics' replica role and lag current; ends when Raft stops.
 async fn gauges(raft: Raft) {
     let mut rx = raft.metrics();
@@ -314,11 +322,10 @@ async fn gauges(raft: Raft) {
                 ServerState::Candidate => 2,
                 _ => 1,
             });
-            let held = m.last_log_index.unwrap_or(0);
-            let applied = m.last_applied.map_or(0, |l| l.index);
+            let behind = unapplied(&m).1;
             metrics
                 .replica_lag_entries
-                .set(i64::try_from(held.saturating_sub(applied)).unwrap_or(i64::MAX));
+                .set(i64::try_from(behind).unwrap_or(i64::MAX));
         }
         if rx.changed().await.is_err() {
             return;

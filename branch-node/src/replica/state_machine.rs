@@ -65,7 +65,7 @@ impl StateMachine {
 }
 
 /// Reads a value of the replica's state from the store.
-fn state_get<T: DeserializeOwned + Serialize>(
+pub(super) fn state_get<T: DeserializeOwned + Serialize>(
     c: &Connection,
     key: &str,
 ) -> Result<Option<T>, StoreError> {
