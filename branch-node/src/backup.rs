@@ -153,18 +153,30 @@ pub fn restore(from: &Path, data_dir: &Path, join: bool) -> anyhow::Result<(Copi
         from.display()
     );
     let mut file = owner_only_file(&db)?;
-    let mut src = std::fs::File::open(from)?;
-    std::io::copy(&mut src, &mut file)?;
-    file.sync_all()?;
-    if !copied.replicated {
-        return Ok((copied, Rejoin::Alone));
+    let mut put = || -> anyhow::Result<Rejoin> {
+        std::io::copy(&mut std::fs::File::open(from)?, &mut file)?;
+        file.sync_all()?;
+        rejoin(&db, data_dir, copied.replicated, join)
+    };
+    // A restore that fails half-way leaves no database behind (it can be run again).
+    let rejoin = put().inspect_err(|_| {
+        let _ = std::fs::remove_file(&db);
+    })?;
+    Ok((copied, rejoin))
+}
+
+/// How the store just restored at `db` starts: a replicated branch's forgets its place
+/// in the old log, and unless it joins, its replica is marked to make the new one.
+fn rejoin(db: &Path, data_dir: &Path, replicated: bool, join: bool) -> anyhow::Result<Rejoin> {
+    if !replicated {
+        return Ok(Rejoin::Alone);
     }
-    Connection::open(&db)?.execute("DELETE FROM replica_state", [])?;
+    Connection::open(db)?.execute("DELETE FROM replica_state", [])?;
     if join {
-        return Ok((copied, Rejoin::Join));
+        return Ok(Rejoin::Join);
     }
     mark_bootstrap(data_dir)?;
-    Ok((copied, Rejoin::NewLog))
+    Ok(Rejoin::NewLog)
 }
 
 #[cfg(test)]
@@ -253,6 +265,11 @@ mod tests {
         let err = restore(&from, &dir, false).expect_err("a kept log");
         assert!(err.to_string().contains("Raft log"), "{err}");
         assert!(!dir.join(DB_FILE).exists() && !dir.join(BOOTSTRAP_FILE).exists());
+        // A failure after the copy (here: a marker already there) leaves no database.
+        let marked = keyed_dir(tmp.path(), "marked");
+        std::fs::write(marked.join(BOOTSTRAP_FILE), b"").expect("marker");
+        restore(&from, &marked, false).expect_err("cannot mark");
+        assert!(!marked.join(DB_FILE).exists(), "nothing half-restored");
         let nokey = tmp.path().join("nokey");
         std::fs::create_dir_all(&nokey).expect("mkdir");
         let err = restore(&from, &nokey, false).expect_err("no key");
