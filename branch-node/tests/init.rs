@@ -110,24 +110,27 @@ fn init_generates_a_password_when_none_is_given() {
     );
 }
 
+/// `again`, run over the initialized data dir `data`, is refused as already
+/// initialized and leaves its key as it was.
+fn refused_over_itself(data: &Path, again: impl FnOnce() -> Output) {
+    let key_before = std::fs::read(data.join(KEY_FILE)).expect("reads");
+    let out = again();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("already initialized"),
+        "{}",
+        stderr(&out)
+    );
+    let key_after = std::fs::read(data.join(KEY_FILE)).expect("reads");
+    assert_eq!(key_after, key_before, "key untouched");
+}
+
 #[test]
 fn init_refuses_to_overwrite_and_bad_input_creates_nothing() {
     let dir = tempfile::tempdir().expect("tempdir");
     let data = dir.path().join("b2");
     assert!(init(&data, "2", &[]).status.success());
-    let key_before = std::fs::read(data.join(KEY_FILE)).expect("reads");
-    let again = init(&data, "2", &[]);
-    assert_eq!(again.status.code(), Some(1));
-    assert!(
-        stderr(&again).contains("already initialized"),
-        "{}",
-        stderr(&again)
-    );
-    assert_eq!(
-        std::fs::read(data.join(KEY_FILE)).expect("reads"),
-        key_before,
-        "key untouched"
-    );
+    refused_over_itself(&data, || init(&data, "2", &[]));
     for (id, words) in [("0", "branch id must be"), ("1000", "branch id must be")] {
         let fresh = dir.path().join(format!("bad-{id}"));
         let out = init(&fresh, id, &[]);
@@ -293,18 +296,7 @@ fn init_replica_makes_a_key_and_an_empty_store_and_refuses_bad_input() {
     let store = Store::open(&data.join(DB_FILE), BranchId(2), Durability::Full).expect("opens");
     assert!(store.accounts().expect("reads").is_empty());
     drop(store);
-    let key_before = std::fs::read(data.join(KEY_FILE)).expect("reads");
-    let again = replica(&data, "2", "2");
-    assert_eq!(again.status.code(), Some(1));
-    assert!(
-        stderr(&again).contains("already initialized"),
-        "{}",
-        stderr(&again)
-    );
-    assert_eq!(
-        std::fs::read(data.join(KEY_FILE)).expect("reads"),
-        key_before
-    );
+    refused_over_itself(&data, || replica(&data, "2", "2"));
     for (id, n, words) in [
         ("2", "1", "replica 1 is made by"),
         ("0", "2", "branch id must be"),

@@ -126,19 +126,24 @@ fn json(text: &str) -> serde_json::Value {
     serde_json::from_str(text.trim()).unwrap_or_else(|e| panic!("{e}: {text:?}"))
 }
 
-/// Waits until branch `name` logs its admin in.
-fn wait_serving(ns: &str, network: &std::path::Path, name: &str) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let args = [
+/// `teller-cli` arguments that log in as branch `name`'s admin, then `rest`.
+fn as_admin<'a>(name: &'a str, rest: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec![
         "--branch",
         name,
         "--user",
         "admin",
         "--password-env",
         "BM_ADMIN",
-        "admin",
-        "accounts",
     ];
+    args.extend_from_slice(rest);
+    args
+}
+
+/// Waits until branch `name` logs its admin in.
+fn wait_serving(ns: &str, network: &std::path::Path, name: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let args = as_admin(name, &["admin", "accounts"]);
     while cli(ns, network, &args).0 != 0 {
         assert!(Instant::now() < deadline, "branch {name} does not serve");
         std::thread::sleep(Duration::from_millis(200));
@@ -147,16 +152,7 @@ fn wait_serving(ns: &str, network: &std::path::Path, name: &str) {
 
 /// Opens an account at branch `name` with 1,000.00 in it.
 fn funded(ns: &str, network: &std::path::Path, name: &str, national_id: &str) -> String {
-    let admin = [
-        "--branch",
-        name,
-        "--user",
-        "admin",
-        "--password-env",
-        "BM_ADMIN",
-        "--json",
-    ];
-    let mut open = admin.to_vec();
+    let mut open = as_admin(name, &["--json"]);
     open.extend([
         "admin",
         "open-account",
@@ -174,8 +170,7 @@ fn funded(ns: &str, network: &std::path::Path, name: &str, national_id: &str) ->
     let (code, out) = cli(ns, network, &open);
     assert_eq!(code, 0, "{out}");
     let account = json(&out)["account"].as_str().expect("account").to_owned();
-    let mut deposit = admin.to_vec();
-    deposit.extend(["deposit", "--account", &account, "1000"]);
+    let deposit = as_admin(name, &["deposit", "--account", &account, "1000"]);
     assert_eq!(cli(ns, network, &deposit).0, 0);
     account
 }

@@ -349,6 +349,18 @@ fn every_subcommand_against_three_branches() {
         ),
     )
     .refused(3, "page cursor");
+    // A network cursor without --network, or a branch's --before with it: usage errors.
+    for args in [
+        &["admin", "transactions", "--cursor", "1:2"][..],
+        &["admin", "transactions", "--network", "--before", "5"][..],
+    ] {
+        let r = cli(&net, &admin("b1", args));
+        assert!(
+            r.code == 2 && r.err.contains("--network"),
+            "{args:?}: {}",
+            r.err
+        );
+    }
     cli(
         &net,
         &admin("b1", &["admin", "transactions", "--since", "2026-02-30"]),
