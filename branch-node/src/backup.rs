@@ -22,6 +22,7 @@ use anyhow::Context;
 use rusqlite::{Connection, OpenFlags};
 
 use crate::init::{DB_FILE, KEY_FILE, mark_bootstrap, owner_only_file};
+use crate::lock::{Use, lock};
 use crate::replica::node::LOG_FILE;
 
 /// How often a busy database is tried again, and how long apart (milliseconds).
@@ -85,6 +86,7 @@ pub fn backup(data_dir: &Path, to: &Path) -> anyhow::Result<Copied> {
         "{} has no database ({DB_FILE})",
         data_dir.display()
     );
+    let _lock = lock(data_dir, Use::Read)?;
     let src = Connection::open_with_flags(&db, OpenFlags::SQLITE_OPEN_READ_ONLY)?;
     // Made first, owner-only, never over an existing file; removed if the copy fails.
     drop(owner_only_file(to).with_context(|| format!("cannot create {}", to.display()))?);
@@ -99,6 +101,13 @@ fn copy_into(src: &Connection, to: &Path) -> anyhow::Result<()> {
     let mut dst = Connection::open(to)?;
     copy_pages(src, &mut dst)?;
     dst.execute_batch("PRAGMA journal_mode = DELETE")?;
+    // The backup's moment, on this machine's clock: a restore asks the other branches
+    // for what happened since.
+    dst.execute(
+        "INSERT INTO meta (key, value) VALUES ('backup_at_ms', ?1)
+         ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+        [crate::store::sql_ms(crate::node::now_ms())],
+    )?;
     Ok(())
 }
 
@@ -127,11 +136,28 @@ pub(crate) fn copy_pages(src: &Connection, dst: &mut Connection) -> anyhow::Resu
 /// replicated branch's backup forgets its place in the old log: the replica makes the
 /// branch's new log at its first run, or with `join` waits to be given it.
 pub fn restore(from: &Path, data_dir: &Path, join: bool) -> anyhow::Result<(Copied, Rejoin)> {
+    let lock = lock_for_restore(data_dir)?;
+    restore_locked(from, data_dir, join, &lock)
+}
+
+/// Locks data dir `data_dir` for a restore: it must hold the branch's key.
+pub fn lock_for_restore(data_dir: &Path) -> anyhow::Result<crate::lock::DirLock> {
     anyhow::ensure!(
         data_dir.join(KEY_FILE).is_file(),
         "{} has no {KEY_FILE}: restore into the data dir that holds the branch's key",
         data_dir.display()
     );
+    Ok(lock(data_dir, Use::Replace)?)
+}
+
+/// [`restore`], with the data dir's lock already held (`_lock`), so the network's part
+/// of the restore (`crate::restore`) can follow under the same lock.
+pub fn restore_locked(
+    from: &Path,
+    data_dir: &Path,
+    join: bool,
+    _lock: &crate::lock::DirLock,
+) -> anyhow::Result<(Copied, Rejoin)> {
     let db = data_dir.join(DB_FILE);
     for f in [db.clone(), data_dir.join(format!("{DB_FILE}-wal"))] {
         anyhow::ensure!(
@@ -163,6 +189,21 @@ pub fn restore(from: &Path, data_dir: &Path, join: bool) -> anyhow::Result<(Copi
         let _ = std::fs::remove_file(&db);
     })?;
     Ok((copied, rejoin))
+}
+
+/// Takes a restore back: the database (and SQLite's files beside it) and the marker it
+/// made go, so it can be run again.
+pub fn undo_restore(data_dir: &Path, rejoin: Rejoin) {
+    for f in [
+        DB_FILE.to_owned(),
+        format!("{DB_FILE}-wal"),
+        format!("{DB_FILE}-shm"),
+    ] {
+        let _ = std::fs::remove_file(data_dir.join(f));
+    }
+    if rejoin == Rejoin::NewLog {
+        let _ = std::fs::remove_file(data_dir.join(crate::replica::node::BOOTSTRAP_FILE));
+    }
 }
 
 /// How the store just restored at `db` starts: a replicated branch's forgets its place

@@ -39,6 +39,8 @@ pub enum InitError {
     },
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error(transparent)]
+    Lock(#[from] crate::lock::LockError),
 }
 
 /// What `init` made.
@@ -110,6 +112,7 @@ pub fn init_replica(data_dir: &Path, branch: BranchId) -> Result<Initialized, In
     }
     std::fs::create_dir_all(data_dir).map_err(io(data_dir))?;
     owner_only_dir(data_dir)?;
+    let _lock = crate::lock::lock(data_dir, crate::lock::Use::Replace)?;
     let key = BranchKey::from_secret(rand::random());
     write_key(&key_path, &key)?;
     owner_only_file(&db_path).map_err(io(&db_path))?;
@@ -181,6 +184,7 @@ pub fn init(
     let hash = hash_password(&password)?;
     std::fs::create_dir_all(data_dir).map_err(io(data_dir))?;
     owner_only_dir(data_dir)?;
+    let _lock = crate::lock::lock(data_dir, crate::lock::Use::Replace)?;
     let key = BranchKey::from_secret(rand::random());
     write_key(&key_path, &key)?;
     // The database holds password hashes and balances: owner-only too. SQLite gives its

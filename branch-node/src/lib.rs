@@ -1,12 +1,16 @@
-//! The branch process: SQLite store (`store`) and data-dir setup (`init`); the libp2p
-//! swarm, teller service, 2PC driver and notifier come with issue 5.
+//! The branch process: the SQLite store (`store`), data-dir setup (`init`) and its
+//! locks (`lock`), the libp2p swarm (`p2p`), the serving node (`node`: teller service,
+//! 2PC engine, notifier, fence), replicas (`replica`), and the operator's offline
+//! commands (`backup`, `verify`).
 
 pub mod backup;
 pub mod init;
+pub mod lock;
 pub mod network_file;
 pub mod node;
 pub mod p2p;
 pub mod replica;
+pub mod restore;
 pub mod store;
 pub mod totp;
 pub mod verify;

@@ -70,8 +70,12 @@ enum Command {
         to: PathBuf,
     },
     /// Put a backup back as the database of a data dir that holds the branch's key and
-    /// no database. Then `verify` and `run`: recovery finishes the transfers that were
-    /// in doubt at the backup; what the branch did after the backup is lost. A
+    /// no database, and recover what the network knows: refused while another copy of
+    /// the branch serves; then the restored copy becomes the branch's newest (the old
+    /// one is fenced), and every cross-branch transfer made after the backup is put back
+    /// from the other branches' signed records. What only the lost disk knew (deposits,
+    /// withdrawals and local transfers after the backup) is counted in the report
+    /// (restore-report.txt in the data dir). Every other branch must answer. A
     /// replicated branch is restored only when every replica is lost: one replica makes
     /// the branch's new log from the backup, the others restore with --join.
     Restore {
@@ -79,10 +83,16 @@ enum Command {
         from: PathBuf,
         #[arg(long)]
         data_dir: PathBuf,
+        /// The network file listing every branch (the other branches are asked).
+        #[arg(long)]
+        network: PathBuf,
         /// A replicated branch's other replicas: wait for the replica that makes the new
         /// log (restored without --join) and take the branch from it.
         #[arg(long)]
         join: bool,
+        /// How long to wait for every other branch to answer, in seconds.
+        #[arg(long, default_value_t = 120)]
+        wait_secs: u64,
     },
     /// Audit a stopped branch's data dir (or a restored backup) offline: SQLite
     /// integrity, the ledger's hash chain, balances recomputed from the ledger, the
@@ -137,6 +147,9 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    // Every file a branch-node command creates is its owner's alone: the key, the
+    // stores, the Raft log and SQLite's files beside them, snapshots, logs, reports.
+    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
     // A panic anywhere (including a failpoint) stops the whole node at once, like a crash:
     // a half-alive node with a dead 2PC task would be worse than a restart.
     let default_hook = std::panic::take_hook();
@@ -147,10 +160,28 @@ fn main() -> ExitCode {
     match run(Cli::parse()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("branch-node: {e:#}");
+            let code = code_of(&e).map_or_else(String::new, |c| format!(" [{c}]"));
+            eprintln!("branch-node: {e:#}{code}");
             ExitCode::from(1)
         }
     }
+}
+
+/// The stable code of a refusal an operator may meet, where the error is one.
+fn code_of(e: &anyhow::Error) -> Option<&'static str> {
+    e.chain().find_map(|cause| {
+        if let Some(l) = cause.downcast_ref::<branch_node::lock::LockError>() {
+            Some(l.code())
+        } else if cause.is::<branch_node::p2p::AddressInUse>() {
+            Some("address_in_use")
+        } else if cause.is::<branch_node::restore::InUse>() {
+            Some("branch_in_use")
+        } else if cause.is::<branch_node::node::FencedCopy>() {
+            Some("fenced")
+        } else {
+            None
+        }
+    })
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
@@ -159,8 +190,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Restore {
             from,
             data_dir,
+            network,
             join,
-        } => restore_command(&from, &data_dir, join),
+            wait_secs,
+        } => restore_command(&from, &data_dir, &network, join, wait_secs),
         Command::Verify { data_dir, network } => verify_command(&data_dir, &network),
         Command::Init {
             data_dir,
@@ -288,14 +321,28 @@ fn backup_command(data_dir: &std::path::Path, to: &std::path::Path) -> anyhow::R
     Ok(())
 }
 
-/// `branch-node restore`.
+/// `branch-node restore`: the copy, then the network's part under the same lock; if
+/// that fails, the copy is taken back so the restore can be run again.
 fn restore_command(
     from: &std::path::Path,
     data_dir: &std::path::Path,
+    network: &std::path::Path,
     join: bool,
+    wait_secs: u64,
 ) -> anyhow::Result<()> {
-    use branch_node::backup::Rejoin;
-    let (c, rejoin) = branch_node::backup::restore(from, data_dir, join)?;
+    use branch_node::backup::{self, Rejoin};
+    let lock = backup::lock_for_restore(data_dir)?;
+    let (c, rejoin) = backup::restore_locked(from, data_dir, join, &lock)?;
+    let wait = std::time::Duration::from_secs(wait_secs);
+    let runtime = tokio::runtime::Runtime::new()?;
+    let recovered = runtime.block_on(branch_node::restore::recover(data_dir, network, join, wait));
+    let report = match recovered {
+        Ok(r) => r,
+        Err(e) => {
+            backup::undo_restore(data_dir, rejoin);
+            return Err(e);
+        }
+    };
     println!(
         "restored branch {:03} into {}: {} accounts, {} ledger entries, {} legs in doubt \
          (recovery finishes them at start); next: branch-node verify, then run",
@@ -305,6 +352,15 @@ fn restore_command(
         c.ledger_entries,
         c.legs_in_doubt
     );
+    if !join {
+        let text = report.text();
+        print!("{text}");
+        let path = data_dir.join(branch_node::restore::REPORT_FILE);
+        let _ = std::fs::remove_file(&path);
+        let mut f = branch_node::init::owner_only_file(&path)?;
+        std::io::Write::write_all(&mut f, text.as_bytes())?;
+        println!("(this report is kept in {})", path.display());
+    }
     match rejoin {
         Rejoin::Alone => {}
         Rejoin::NewLog => println!(

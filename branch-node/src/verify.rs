@@ -107,6 +107,7 @@ pub fn votes_yes(body: &BranchBody, id: TransferId) -> bool {
 pub fn verify(data_dir: &Path, network: &Path) -> anyhow::Result<Report> {
     let net = NetworkFile::load(network)?;
     let key = read_key(data_dir)?;
+    let _lock = crate::lock::lock(data_dir, crate::lock::Use::Audit)?;
     let entry = net
         .by_peer(&key.peer_id())
         .ok_or_else(|| anyhow::anyhow!("this data dir's key is not in {}", network.display()))?;

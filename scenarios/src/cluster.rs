@@ -7,7 +7,8 @@ use std::io::{BufRead, BufReader};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, mpsc};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
@@ -179,6 +180,8 @@ pub struct Node {
     pub port: u16,
     /// Its metrics endpoint (`http://ADDR/metrics`), when started with `--metrics-listen`.
     pub metrics_url: Option<String>,
+    /// Set once the node said it serves its branch (its fence confirmed it).
+    pub serving: Arc<AtomicBool>,
 }
 
 /// A running local network.
@@ -199,7 +202,27 @@ impl Cluster {
         for i in 0..cluster.nodes.len() {
             cluster.start_node(i, &[])?;
         }
+        for i in 0..cluster.nodes.len() {
+            cluster.wait_node_serving(i, Duration::from_millis(NODE_START_TIMEOUT_MS))?;
+        }
         Ok(cluster)
+    }
+
+    /// Waits until node `i` (started by this cluster) said it serves its branch: its
+    /// fence confirmed it, so money moves.
+    pub fn wait_node_serving(&self, i: usize, timeout: Duration) -> anyhow::Result<()> {
+        let deadline = std::time::Instant::now() + timeout;
+        while !self.nodes[i].serving.load(Ordering::Relaxed) {
+            if std::time::Instant::now() > deadline {
+                bail!(
+                    "branch {} did not start serving within {timeout:?}; see {}",
+                    self.nodes[i].name,
+                    self.nodes[i].dir.join("node.log").display()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(())
     }
 
     /// Makes `n` branches in `dir` (ids 1..=n, names b1..bn) without starting them.
@@ -391,6 +414,7 @@ impl Cluster {
                     child: None,
                     port,
                     metrics_url: None,
+                    serving: Arc::default(),
                 });
             }
             network.push('\n');
@@ -423,6 +447,7 @@ impl Cluster {
                 child: None,
                 port,
                 metrics_url: None,
+                serving: Arc::default(),
             });
         }
         let network_file = dir.join("network.toml");
@@ -472,9 +497,13 @@ impl Cluster {
             .with_context(|| format!("starting {}", self.bin.display()))?;
         let stdout = child.stdout.take().context("no stdout")?;
         let (tx, rx) = mpsc::channel();
+        let serving = Arc::new(AtomicBool::new(false));
+        node.serving = Arc::clone(&serving);
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if line.starts_with("ready:") || line.starts_with("metrics: ") {
+                if line.starts_with("serving:") {
+                    serving.store(true, Ordering::Relaxed);
+                } else if line.starts_with("ready:") || line.starts_with("metrics: ") {
                     let _ = tx.send(line);
                 }
             }

@@ -58,6 +58,8 @@ pub struct Setup {
     pub other: BranchId,
     pub third: Option<BranchId>,
     pub stolen: BranchKey,
+    /// The impersonated branch's epoch (its envelopes carry it; see the fence).
+    pub epoch: u64,
 }
 
 impl Setup {
@@ -76,6 +78,11 @@ impl Setup {
                 .map(|n| n.id)
                 .find(|id| *id != me && *id != other),
             stolen: read_key(&cluster.nodes[impersonate].dir)?,
+            epoch: branch_node::store::fence::epoch_of(
+                &cluster.nodes[impersonate]
+                    .dir
+                    .join(branch_node::init::DB_FILE),
+            )?,
         })
     }
 }
@@ -89,6 +96,7 @@ pub async fn attack(setup: &Setup, from: AccountNumber) -> anyhow::Result<Vec<St
         other,
         third,
         stolen,
+        epoch,
     } = setup;
     let (me, other, third) = (*me, *other, *third);
     let stranger = BranchKey::from_secret(rand::random());
@@ -130,7 +138,10 @@ pub async fn attack(setup: &Setup, from: AccountNumber) -> anyhow::Result<Vec<St
     wrong.extend(check(
         "unlisted peer",
         outsider
-            .request(LinkRequest::TwoPc(envelope(&stranger, other, &valid)?))
+            .request(LinkRequest::two_pc(
+                *epoch,
+                envelope(&stranger, other, &valid)?,
+            ))
             .await,
         refused(EnvelopeRefusal::PeerNotListed),
     ));
@@ -138,18 +149,20 @@ pub async fn attack(setup: &Setup, from: AccountNumber) -> anyhow::Result<Vec<St
     wrong.extend(check(
         "forged signature",
         as_other
-            .request(LinkRequest::TwoPc(envelope(&stranger, other, &valid)?))
+            .request(LinkRequest::two_pc(
+                *epoch,
+                envelope(&stranger, other, &valid)?,
+            ))
             .await,
         refused(EnvelopeRefusal::BadSignature),
     ));
     wrong.extend(check(
         "unknown signer",
         as_other
-            .request(LinkRequest::TwoPc(envelope(
-                &stranger,
-                BranchId(999),
-                &valid,
-            )?))
+            .request(LinkRequest::two_pc(
+                *epoch,
+                envelope(&stranger, BranchId(999), &valid)?,
+            ))
             .await,
         refused(EnvelopeRefusal::UnknownSigner(BranchId(999))),
     ));
@@ -157,7 +170,10 @@ pub async fn attack(setup: &Setup, from: AccountNumber) -> anyhow::Result<Vec<St
         // Claims a third branch's identity over this connection: its signature cannot
         // verify (the rogue has no key of it), or if it did, the signer is not the peer.
         let got = as_other
-            .request(LinkRequest::TwoPc(envelope(&stranger, third, &valid)?))
+            .request(LinkRequest::two_pc(
+                *epoch,
+                envelope(&stranger, third, &valid)?,
+            ))
             .await;
         if !matches!(
             got,
@@ -172,7 +188,10 @@ pub async fn attack(setup: &Setup, from: AccountNumber) -> anyhow::Result<Vec<St
     wrong.extend(check(
         "misaddressed",
         as_other
-            .request(LinkRequest::TwoPc(envelope(stolen, other, &elsewhere)?))
+            .request(LinkRequest::two_pc(
+                *epoch,
+                envelope(stolen, other, &elsewhere)?,
+            ))
             .await,
         refused(EnvelopeRefusal::WrongRecipient),
     ));
@@ -180,19 +199,24 @@ pub async fn attack(setup: &Setup, from: AccountNumber) -> anyhow::Result<Vec<St
     wrong.extend(check(
         "expired",
         as_other
-            .request(LinkRequest::TwoPc(envelope(stolen, other, &old)?))
+            .request(LinkRequest::two_pc(*epoch, envelope(stolen, other, &old)?))
             .await,
         refused(EnvelopeRefusal::Expired),
     ));
     wrong.extend(check(
         "malformed",
-        as_other.request(LinkRequest::TwoPc(vec![0xff; 40])).await,
+        as_other
+            .request(LinkRequest::two_pc(*epoch, vec![0xff; 40]))
+            .await,
         refused(EnvelopeRefusal::Malformed),
     ));
     wrong.extend(check(
         "remote debit",
         as_other
-            .request(LinkRequest::TwoPc(envelope(stolen, other, &remote_debit)?))
+            .request(LinkRequest::two_pc(
+                *epoch,
+                envelope(stolen, other, &remote_debit)?,
+            ))
             .await,
         refused(EnvelopeRefusal::RemoteDebit),
     ));
@@ -202,7 +226,9 @@ pub async fn attack(setup: &Setup, from: AccountNumber) -> anyhow::Result<Vec<St
     for n in 0..=REPLAYS {
         wrong.extend(check(
             &format!("replay {n}"),
-            as_other.request(LinkRequest::TwoPc(bytes.clone())).await,
+            as_other
+                .request(LinkRequest::two_pc(*epoch, bytes.clone()))
+                .await,
             LinkResponse::Accepted,
         ));
     }

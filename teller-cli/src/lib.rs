@@ -243,8 +243,9 @@ impl Teller {
         if let (TellerOp::Transfer(spec), Some(session)) = (&op, self.session) {
             return self.lanes.transfer(&self.client, session, *spec).await;
         }
-        // A replicated branch between leaders answers "not the leader" (nothing was
-        // done): ask again while a new one is elected, about a second.
+        // A replicated branch between leaders answers "not the leader", and a branch
+        // whose fence has not confirmed it yet (it is starting) "not confirmed": nothing
+        // was done either way; ask again while that passes, about a second.
         let deadline = std::time::Instant::now() + Duration::from_millis(FAILOVER_WAIT_MS);
         loop {
             let request = TellerRequest {
@@ -252,9 +253,9 @@ impl Teller {
                 op: op.clone(),
             };
             match answer_of(self.client.request(request).await?) {
-                Err(TellerError::Unavailable(Unavailable::NotLeader { .. }))
-                    if std::time::Instant::now() < deadline =>
-                {
+                Err(TellerError::Unavailable(
+                    Unavailable::NotLeader { .. } | Unavailable::NotConfirmed,
+                )) if std::time::Instant::now() < deadline => {
                     tokio::time::sleep(Duration::from_millis(FAILOVER_RETRY_MS)).await;
                 }
                 other => return other,

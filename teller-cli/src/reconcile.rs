@@ -1,7 +1,8 @@
 //! `teller-cli admin reconcile`: checks every branch's signed statement against the
 //! network file's keys, then holds each pair of branches against each other: what A
-//! says it sent B must be what B says it received from A (count, total and the same
-//! transfers). A disagreement names the transfers.
+//! says it sent B must be what B says it received from A (count, total and the digest
+//! of every transfer with its amount, so every transfer is compared however many there
+//! are). A disagreement names the transfers the listed ids show.
 
 use std::collections::BTreeMap;
 
@@ -23,11 +24,25 @@ pub struct Pair {
 }
 
 impl Pair {
+    /// Both sides state the same transfers with the same amounts: same count, total
+    /// and digest (the digest covers every transfer, listed or not).
     pub fn agrees(&self) -> bool {
         self.sent.count == self.received.count
             && self.sent.total_minor == self.received.total_minor
+            && self.sent.digest == self.received.digest
             && self.only_sent.is_empty()
             && self.only_received.is_empty()
+    }
+
+    /// How many transfers were compared: every one either side states.
+    pub fn compared(&self) -> u64 {
+        self.sent.count.max(self.received.count)
+    }
+
+    /// A disagreement whose transfers the listed ids may not all name (a side listed
+    /// only its lowest ids).
+    pub fn names_partly(&self) -> bool {
+        !self.agrees() && (self.sent.truncated || self.received.truncated)
     }
 }
 
@@ -67,10 +82,17 @@ fn flow(s: &Statement, peer: BranchId, sent: bool) -> Flow {
         .unwrap_or_default()
 }
 
+/// The transfers `a` lists that `b` does not list with the same amount. Where `b` listed
+/// only its lowest ids, ids above its last one are not held against it.
 fn only_in(a: &Flow, b: &Flow) -> Vec<(TransferId, i64)> {
     let theirs: BTreeMap<TransferId, i64> = b.ids.iter().copied().collect();
+    let last = b
+        .truncated
+        .then(|| b.ids.last().map(|(id, _)| *id))
+        .flatten();
     a.ids
         .iter()
+        .filter(|(id, _)| last.is_none_or(|l| *id <= l))
         .filter(|(id, amount)| theirs.get(id) != Some(amount))
         .copied()
         .collect()
@@ -110,13 +132,14 @@ pub fn text(pairs: &[Pair], bad: &[String], unreachable: &[BranchId]) -> String 
     let mut out = String::new();
     for p in pairs {
         let said = format!(
-            "branch {} -> {}: sent {} ({}), received {} ({})",
+            "branch {} -> {}: sent {} ({}), received {} ({}); {} compared",
             p.from,
             p.to,
             p.sent.count,
             money(p.sent.total_minor),
             p.received.count,
-            money(p.received.total_minor)
+            money(p.received.total_minor),
+            p.compared()
         );
         if p.agrees() {
             out.push_str(&format!("agree     {said}\n"));
@@ -127,6 +150,12 @@ pub fn text(pairs: &[Pair], bad: &[String], unreachable: &[BranchId]) -> String 
             }
             for id in ids(&p.only_received) {
                 out.push_str(&format!("          only {} lists {id}\n", p.to));
+            }
+            if p.names_partly() {
+                out.push_str(
+                    "          (a side has more transfers than a statement lists: some \
+                     differing ones may be unnamed; reconcile an earlier cut to name them)\n",
+                );
             }
         }
     }
@@ -146,6 +175,7 @@ pub fn json(cut_ms: u64, pairs: &[Pair], bad: &[String], unreachable: &[BranchId
             "from": p.from.0, "to": p.to.0, "agree": p.agrees(),
             "sent_count": p.sent.count, "sent_total": money(p.sent.total_minor),
             "received_count": p.received.count, "received_total": money(p.received.total_minor),
+            "compared": p.compared(), "named_partly": p.names_partly(),
             "only_sender_lists": ids(&p.only_sent), "only_receiver_lists": ids(&p.only_received),
         })
     };
@@ -172,6 +202,7 @@ mod tests {
         let f = |l: &[(u128, i64)]| Flow {
             count: l.len() as u64,
             total_minor: l.iter().map(|x| x.1).sum(),
+            digest: digest(l),
             ids: l.iter().map(|(i, a)| (TransferId(*i), *a)).collect(),
             truncated: false,
         };
@@ -217,6 +248,30 @@ mod tests {
         let (ok, bad) = verify(&net, &[good, stranger, as_2pc, vec![1, 2, 3]]);
         assert_eq!(ok, vec![s]);
         assert_eq!(bad.len(), 3, "{bad:?}");
+    }
+
+    /// A flow's digest as a branch computes it (a stand-in: any function of the list).
+    fn digest(l: &[(u128, i64)]) -> [u8; 32] {
+        let mut d = [0u8; 32];
+        for (i, (id, a)) in l.iter().enumerate() {
+            d[i % 32] ^= (*id as u8) ^ (*a as u8);
+        }
+        d
+    }
+
+    #[test]
+    fn a_difference_beyond_the_listed_ids_still_disagrees() {
+        let a = statement(1, &[(1, 100), (2, 50), (3, 7)], &[], 2);
+        let mut b = statement(2, &[], &[(1, 100), (2, 50), (3, 8)], 1);
+        // b lists only its lowest id: transfer 3 differs in amount beyond the list.
+        let received = &mut b.positions[0].received;
+        received.ids.truncate(1);
+        received.truncated = true;
+        let ps = pairs(&[a, b]);
+        let p = ps.iter().find(|p| p.from == BranchId(1)).expect("1 -> 2");
+        assert!(!p.agrees() && p.names_partly(), "{p:?}");
+        assert_eq!(p.compared(), 3);
+        assert!(text(&ps, &[], &[]).contains("3 compared"));
     }
 
     #[test]

@@ -4,6 +4,7 @@
 use comfy_table::Table;
 use teller_cli::when::utc_second;
 use wire::TransferId;
+use wire::teller::TransferState;
 use wire::trace::{BranchTrace, StuckRole, StuckView};
 use wire::twopc::{Decision, Vote};
 
@@ -20,6 +21,16 @@ fn vote(v: &Option<Vote>) -> String {
         Some(Vote::Yes) => "yes".into(),
         Some(Vote::No(r)) => format!("no ({})", r.code()),
         None => "not voted".into(),
+    }
+}
+
+/// A recorded outcome in words.
+fn state_words(s: &TransferState) -> String {
+    match s {
+        TransferState::Committed => "committed".into(),
+        TransferState::Aborted(r) => format!("refused ({}: {r})", r.code()),
+        TransferState::Pending => "pending".into(),
+        TransferState::Unknown => "not known".into(),
     }
 }
 
@@ -51,6 +62,15 @@ fn branch_text(t: &BranchTrace) -> String {
             utc_second(l.deadline_ms)
         ));
     }
+    if let Some(m) = &t.movement {
+        let accounts: Vec<String> = m.accounts.iter().map(ToString::to_string).collect();
+        out.push_str(&format!(
+            "  one-step record (deposit, withdrawal or local transfer) on {}: {} at {}\n",
+            accounts.join(" -> "),
+            state_words(&m.state),
+            utc_second(m.at_ms)
+        ));
+    }
     for e in &t.evidence {
         out.push_str(&format!(
             "  kept: {} signed by branch {} ({}), valid until {}\n",
@@ -75,7 +95,7 @@ fn branch_text(t: &BranchTrace) -> String {
             utc_second(l.at_ms)
         ));
     }
-    if t.coordinated.is_none() && t.leg.is_none() && t.ledger.is_empty() {
+    if t.is_empty() {
         out.push_str("  no record of this id\n");
     }
     out
@@ -140,6 +160,10 @@ pub fn trace_json(branches: &[BranchTrace]) -> serde_json::Value {
             "leg": t.leg.as_ref().map(|l| serde_json::json!({
                 "coordinator": l.coordinator.0, "vote": l.vote.as_ref().map(|v| vote(&Some(*v))),
                 "decision": decision_json(l.decision), "deadline_ms": l.deadline_ms,
+            })),
+            "movement": t.movement.as_ref().map(|m| serde_json::json!({
+                "accounts": m.accounts.iter().map(ToString::to_string).collect::<Vec<_>>(),
+                "outcome": state_words(&m.state), "at_ms": m.at_ms,
             })),
             "evidence": t.evidence.iter().map(|e| serde_json::json!({
                 "what": e.what, "signer": e.signer.0, "verified": e.verified,

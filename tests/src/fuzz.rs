@@ -20,7 +20,10 @@ pub fn teller_request(data: &[u8]) {
 pub fn link_request(data: &[u8]) {
     if let Ok(request) = wire::decode::<LinkRequest>(data) {
         assert_eq!(wire::encode(&request).ok().as_deref(), Some(data));
-        if let LinkRequest::TwoPc(bytes) = request {
+        if let LinkRequest::TwoPc {
+            envelope: bytes, ..
+        } = request
+        {
             let _ = wire::decode::<Signed<BranchMessage>>(&bytes);
         }
     }

@@ -7,6 +7,9 @@
 use std::time::Duration;
 
 use branch_node::init::read_key;
+
+/// The epoch of a branch never restored: what the impersonated branch's envelopes carry.
+const FIRST_EPOCH: u64 = 1;
 use branch_node::network_file::NetworkFile;
 use branch_node::p2p::LINK_PROTOCOL;
 use branch_node::p2p::client::PeerClient;
@@ -57,7 +60,7 @@ async fn send_signed(
     message: &BranchMessage,
 ) -> LinkResponse {
     let bytes = envelope(key, signer, message).expect("sign");
-    conn.request(LinkRequest::TwoPc(bytes))
+    conn.request(LinkRequest::two_pc(FIRST_EPOCH, bytes))
         .await
         .expect("answer")
 }
@@ -151,7 +154,7 @@ async fn rogue_peer_messages_are_refused_and_change_nothing() {
     // Malformed envelope bytes.
     let malformed = || async {
         as_b3
-            .request(LinkRequest::TwoPc(vec![0xff; 40]))
+            .request(LinkRequest::two_pc(FIRST_EPOCH, vec![0xff; 40]))
             .await
             .expect("answer")
     };
@@ -241,7 +244,7 @@ async fn rogue_peer_messages_are_refused_and_change_nothing() {
     for _ in 0..3 {
         assert_eq!(
             as_b3
-                .request(LinkRequest::TwoPc(bytes.clone()))
+                .request(LinkRequest::two_pc(FIRST_EPOCH, bytes.clone()))
                 .await
                 .expect("answer"),
             LinkResponse::Accepted

@@ -159,3 +159,39 @@ pub const FORWARDS_PER_BRANCH_MAX: usize = 256;
 
 /// Longest a fault switch may delay a link, in milliseconds.
 pub const LINK_DELAY_MS_MAX: u32 = 60_000;
+
+/// How long a witness's grant of a branch's fence claim lets the branch move money, in
+/// milliseconds, counted from when the claim was sent. A branch that no other branch
+/// answers for this long stops moving money (it cannot know that a copy of it has not
+/// been restored elsewhere); reads, logins and 2PC recovery go on.
+pub const FENCE_LEASE_MS: u64 = 30_000;
+
+/// How often a serving branch renews its fence claim at every other branch.
+pub const FENCE_RENEW_MS: u64 = 1_000;
+
+/// How long a witness waits after an instance's last renewal before it lets another
+/// copy of the branch take over (or a restore register a new epoch), in milliseconds:
+/// the lease plus half again, for the two machines' clocks running at different rates
+/// and the claim's time in flight.
+pub const FENCE_GRACE_MS: u64 = FENCE_LEASE_MS + FENCE_LEASE_MS / 2;
+
+/// Oldest fence claim a witness acts on, by its own clock against the claim's, in
+/// milliseconds (room for clocks that disagree).
+pub const FENCE_CLAIM_TTL_MS: u64 = 120_000;
+
+/// A money answer whose lease ran out while it was carried out waits this long, in
+/// milliseconds, for the lease to be renewed before it is answered "not known".
+pub const FENCE_ANSWER_WAIT_MS: u64 = 3_000;
+
+const _: () = assert!(
+    FENCE_RENEW_MS * 10 <= FENCE_LEASE_MS,
+    "several renewals per lease"
+);
+const _: () = assert!(
+    FENCE_LEASE_MS < FENCE_GRACE_MS,
+    "a takeover waits out the lease"
+);
+const _: () = assert!(
+    FENCE_ANSWER_WAIT_MS > 2 * FENCE_RENEW_MS,
+    "a renewal can arrive"
+);

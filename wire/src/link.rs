@@ -17,9 +17,24 @@ use crate::teller::{
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(test, derive(proptest_derive::Arbitrary))]
 pub enum LinkRequest {
-    /// The bytes of a `Signed<BranchMessage>`, kept as they came: they are the evidence.
-    TwoPc(Vec<u8>),
+    /// `envelope`: the bytes of a `Signed<BranchMessage>`, kept as they came (they are
+    /// the evidence), sent by the copy of its branch at `epoch` (see [`crate::fence`]):
+    /// refused once the receiver knows a newer epoch of that branch.
+    TwoPc {
+        epoch: u64,
+        envelope: Vec<u8>,
+    },
     Forward(ForwardRequest),
+    /// The bytes of a `Signed<fence::Claim>`: the sender's lease, or a restore's probe or
+    /// registration. Answered [`LinkResponse::Fence`].
+    Fence(Vec<u8>),
+}
+
+impl LinkRequest {
+    /// A 2PC envelope sent by the copy of its branch at `epoch`.
+    pub fn two_pc(epoch: u64, envelope: Vec<u8>) -> LinkRequest {
+        LinkRequest::TwoPc { epoch, envelope }
+    }
 }
 
 /// A request one branch passes to another. `teller` is the PeerId bytes of the teller
@@ -53,6 +68,14 @@ pub enum ForwardRequest {
     InDoubt,
     /// An admin of the asking branch reconciles: this branch's signed statement.
     Statement { cut_ms: u64 },
+    /// The asking branch is being restored from a backup: the transfers with it that
+    /// this branch holds with a deadline at or after `since_ms`, in id order after
+    /// `after`, each with the signed evidence of its outcome. Answered
+    /// [`LinkResponse::Recovered`].
+    Recover {
+        since_ms: u64,
+        after: Option<(u64, TransferId)>,
+    },
     /// A replica of this branch that does not lead it passes on a request of `teller`,
     /// connected there: answer it as if `teller` were connected here (so it may still
     /// be forwarded to another branch). Taken only from this branch's own replicas, and
@@ -90,6 +113,8 @@ pub enum LinkResponse {
     NotLeader {
         leader: Option<u64>,
     },
+    Fence(crate::fence::ClaimAnswer),
+    Recovered(crate::fence::RecoveredPage),
 }
 
 /// Why a branch refused an envelope or a link request. Nothing in its store changed.
@@ -120,4 +145,12 @@ pub enum EnvelopeRefusal {
     /// account's branch coordinates a transfer, so no honest branch sends one.
     #[error("prepare debits an account of this branch, which only this branch may coordinate")]
     RemoteDebit,
+    /// The sending copy of its branch is out of date: a newer one (a restore) took its
+    /// place. It must stop.
+    #[error("sender is a fenced copy of its branch: a newer copy serves it")]
+    Fenced,
+    /// The sender's epoch is newer than any this branch has seen claimed: the sender
+    /// claims it first, then sends again.
+    #[error("sender's epoch is not yet confirmed here; it sends again")]
+    NotConfirmed,
 }

@@ -445,6 +445,22 @@ pub enum Unavailable {
     /// leads, if any); nothing was done. A client asks that replica, or the next.
     #[error("this replica is not its branch's leader; nothing was done")]
     NotLeader { leader: Option<u64> },
+    /// The branch has not yet confirmed with the other branches that it is the only
+    /// copy serving (it is starting, or cut off from all of them): nothing was done.
+    #[error(
+        "this branch has not confirmed it is the only copy serving; nothing was done, retry shortly"
+    )]
+    NotConfirmed,
+    /// This copy of the branch was replaced by a newer one (a restore) and no longer
+    /// serves: nothing was done. Connect to the branch where it now runs.
+    #[error(
+        "this copy of the branch was replaced by a restore and no longer serves; nothing was done"
+    )]
+    Fenced,
+    /// Carried out here, but this copy could not confirm it still serves the branch
+    /// (its lease ran out meanwhile): it may or may not stand. Ask again with the id.
+    #[error("this branch could not confirm it still serves; the request may or may not stand")]
+    LeaseLost,
 }
 
 impl Unavailable {
@@ -452,7 +468,10 @@ impl Unavailable {
     /// unknown until its id is asked about. False when nothing was done and nothing
     /// will be.
     pub fn may_have_happened(&self) -> bool {
-        matches!(self, Unavailable::NoAnswer(_) | Unavailable::StoreFailed)
+        matches!(
+            self,
+            Unavailable::NoAnswer(_) | Unavailable::StoreFailed | Unavailable::LeaseLost
+        )
     }
 
     /// A stable machine-readable code (snake case).
@@ -466,6 +485,9 @@ impl Unavailable {
             Unavailable::Stopping => "stopping",
             Unavailable::Throttled { .. } => "throttled",
             Unavailable::NotLeader { .. } => "not_leader",
+            Unavailable::NotConfirmed => "not_confirmed",
+            Unavailable::Fenced => "fenced",
+            Unavailable::LeaseLost => "lease_lost",
         }
     }
 }

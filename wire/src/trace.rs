@@ -45,6 +45,23 @@ pub struct EvidenceView {
     pub expires_at_ms: u64,
 }
 
+/// A deposit, withdrawal or local transfer as its branch recorded it by id (one step,
+/// no 2PC): refused ones too, which leave no ledger line.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+pub struct MovementView {
+    /// The accounts it touched: where money leaves, then where it arrives.
+    #[cfg_attr(
+        test,
+        proptest(
+            strategy = "proptest::collection::vec(crate::account::tests::any_account(), 0..3)"
+        )
+    )]
+    pub accounts: Vec<crate::AccountNumber>,
+    pub state: crate::teller::TransferState,
+    pub at_ms: u64,
+}
+
 /// Everything one branch records of a transfer.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(test, derive(proptest_derive::Arbitrary))]
@@ -52,8 +69,20 @@ pub struct BranchTrace {
     pub branch: BranchId,
     pub coordinated: Option<CoordinatorView>,
     pub leg: Option<LegView>,
+    /// The one-step record of the id, if it is a deposit, withdrawal or local transfer.
+    pub movement: Option<MovementView>,
     pub evidence: Vec<EvidenceView>,
     pub ledger: Vec<EntryView>,
+}
+
+impl BranchTrace {
+    /// True when this branch has no record of the id at all.
+    pub fn is_empty(&self) -> bool {
+        self.coordinated.is_none()
+            && self.leg.is_none()
+            && self.movement.is_none()
+            && self.ledger.is_empty()
+    }
 }
 
 /// Why a transfer is stuck at a branch.
@@ -81,17 +110,23 @@ pub struct StuckView {
     pub deadline_ms: u64,
 }
 
-/// Most transfer ids one flow of a statement lists; its count and total always cover
-/// every transfer.
-pub const STATEMENT_IDS_MAX: usize = 20_000;
+/// Most transfer ids one statement lists, over all its flows (they only name the
+/// transfers behind a disagreement); the count, total and digest of every flow always
+/// cover every transfer.
+pub const STATEMENT_IDS_MAX: usize = 4_000;
 
 /// Committed cross-branch money one way between this branch and a peer.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Flow {
     pub count: u64,
     pub total_minor: i64,
-    /// The transfers, by id, with their amounts in minor units (at most
-    /// [`STATEMENT_IDS_MAX`], oldest ids first; `truncated` says when there were more).
+    /// SHA-256 over every transfer of the flow in id order, each as its 16 id bytes
+    /// and its amount (8 bytes, big-endian): two flows with the same digest list the
+    /// same transfers with the same amounts, however many there are. All zeros for a
+    /// flow of no transfers.
+    pub digest: [u8; 32],
+    /// The transfers, by id, with their amounts in minor units (the lowest ids, at most
+    /// [`STATEMENT_IDS_MAX`] over the statement; `truncated` says when there were more).
     pub ids: Vec<(TransferId, i64)>,
     pub truncated: bool,
 }
@@ -107,19 +142,12 @@ pub struct Position {
 }
 
 /// What a branch signs for `admin reconcile`: its committed cross-branch debits and
-/// credits per other branch, for the transfers whose ids were made before `cut_ms`
-/// (an id's first 48 bits are its time, so both sides of a transfer agree on whether
-/// it is inside the cut).
+/// credits per other branch, for the transfers whose deadline (set by the coordinator
+/// in its prepare, recorded the same at both participants) is at or before `cut_ms`,
+/// so both sides of a transfer agree on whether it is inside the cut, whatever its id.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Statement {
     pub branch: BranchId,
     pub cut_ms: u64,
     pub positions: Vec<Position>,
-}
-
-impl Statement {
-    /// Whether transfer `id` is inside a cut at `cut_ms`.
-    pub fn inside(id: TransferId, cut_ms: u64) -> bool {
-        u64::try_from(id.0 >> 80).unwrap_or(u64::MAX) < cut_ms
-    }
 }

@@ -112,6 +112,9 @@ enum Event {
         body: BranchBody,
         evidence: Evidence,
     },
+    /// Answered once everything handed over before it is durable (see
+    /// [`EngineHandle::barrier`]).
+    Barrier(oneshot::Sender<()>),
 }
 
 /// The answers to one round's storage commands, each with the failpoint to pass before
@@ -182,6 +185,7 @@ impl std::fmt::Debug for Event {
         match self {
             Event::Transfers(t) => write!(f, "Transfers({})", t.len()),
             Event::Message { from, .. } => write!(f, "Message(from {from})"),
+            Event::Barrier(_) => write!(f, "Barrier"),
         }
     }
 }
@@ -248,6 +252,17 @@ impl EngineHandle {
             .is_ok()
     }
 
+    /// Resolves once every message and transfer handed over before it has been worked
+    /// on and its storage is durable (or the engine is gone). A restored branch's
+    /// recovery reads this branch's records after it, so no 2PC envelope accepted before
+    /// the restore registered its epoch is missed.
+    pub async fn barrier(&self) {
+        let (tx, rx) = oneshot::channel();
+        if self.tx.send(Event::Barrier(tx)).await.is_ok() {
+            let _ = rx.await;
+        }
+    }
+
     /// The driver's counters.
     pub fn counters(&self) -> &Counters {
         &self.counters
@@ -276,6 +291,10 @@ pub struct Engine {
     storage: Vec<(Command, Option<&'static str>)>,
     /// The phases of the transfers coordinated here, timed for the metrics.
     phases: super::phases::Phases,
+    /// This copy's epoch, sent with every envelope (see `fence.rs`).
+    epoch: u64,
+    /// Barriers taken this round, answered after its storage.
+    barriers: Vec<oneshot::Sender<()>>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -293,6 +312,7 @@ pub fn new(
     key: Arc<BranchKey>,
     network: Arc<NetworkFile>,
     client: Client,
+    epoch: u64,
 ) -> (EngineHandle, Engine) {
     let (tx, rx) = mpsc::channel(ENGINE_QUEUE_MAX);
     let stored = Arc::new(StoredShared::default());
@@ -324,6 +344,8 @@ pub fn new(
         outgoing: Vec::new(),
         storage: Vec::new(),
         phases: super::phases::Phases::default(),
+        epoch,
+        barriers: Vec::new(),
     };
     (handle, engine)
 }
@@ -428,6 +450,7 @@ impl Engine {
                     body,
                     evidence,
                 }),
+                Event::Barrier(done) => self.barriers.push(done),
             }
             if transfers.len() < wire::limits::BATCH_TRANSFERS_MAX {
                 next = self.rx.try_recv().ok();
@@ -494,6 +517,15 @@ impl Engine {
             }
         }
         self.submit_storage();
+        // After this round's storage in the writer's queue: answered once it is durable.
+        for done in std::mem::take(&mut self.barriers) {
+            let _ = self.writer.local_then(
+                |_, _| Ok(()),
+                move |_| {
+                    let _ = done.send(());
+                },
+            );
+        }
     }
 
     /// Queues the round's storage commands to the writer, in emit order, as one
@@ -699,7 +731,13 @@ impl Engine {
             .items_sent
             .fetch_add(message.body.len() as u64, Ordering::Relaxed);
         let afters = steps.into_iter().map(|(_, after)| after);
-        tokio::spawn(deliver(self.client.clone(), to, envelope, afters));
+        tokio::spawn(deliver(
+            self.client.clone(),
+            to,
+            self.epoch,
+            envelope,
+            afters,
+        ));
         None
     }
 }
@@ -723,10 +761,14 @@ fn sent_steps(body: &BranchBody) -> Vec<(&'static str, &'static str)> {
 async fn deliver(
     client: Client,
     to: BranchId,
+    epoch: u64,
     envelope: Vec<u8>,
     afters: impl Iterator<Item = &'static str>,
 ) {
-    match client.link_branch(to, LinkRequest::TwoPc(envelope)).await {
+    match client
+        .link_branch(to, LinkRequest::TwoPc { epoch, envelope })
+        .await
+    {
         Ok(LinkResponse::Accepted) => afters.for_each(failpoint),
         Ok(other) => tracing::warn!(%to, ?other, "2pc message refused"),
         Err(e) => tracing::debug!(%to, "2pc message not delivered: {e}"),

@@ -78,6 +78,9 @@ pub struct Metrics {
     pub streams_refused: Family<KindLabel, Counter>,
     pub streams_reopened: Counter,
     pub money_lines_unlogged: Counter,
+    /// This copy's fence: 0 it may move money, 1 not confirmed (starting, or no other
+    /// branch answered within the lease), 2 fenced (a restore replaced it).
+    pub fence_state: Gauge,
 }
 
 impl Metrics {
@@ -105,6 +108,7 @@ impl Metrics {
             twopc_messages_sent: Counter::default(),
             streams_refused: Family::default(),
             streams_reopened: Counter::default(),
+            fence_state: Gauge::default(),
         };
         m.register();
         m
@@ -203,6 +207,21 @@ impl Metrics {
             "SMS deliveries that failed (each retried later)",
             self.sms_failures.clone(),
         );
+        r.register(
+            "sms_capped",
+            "SMS alerts not sent because their phone had its hourly cap",
+            self.sms_capped.clone(),
+        );
+        r.register(
+            "money_lines_unlogged",
+            "Money answers not logged one line each (past the log's allowance per second)",
+            self.money_lines_unlogged.clone(),
+        );
+        r.register(
+            "fence_state",
+            "This copy's fence: 0 it may move money, 1 not confirmed (starting, or no other branch answered within the lease), 2 fenced (a restore replaced it)",
+            self.fence_state.clone(),
+        );
     }
 
     /// Counts a money answer of `kind` given `started` ago.
@@ -262,6 +281,8 @@ pub struct Health {
     pub peers_listed: usize,
     /// This node's replica, if its branch is replicated.
     pub replica: Option<Arc<crate::replica::node::Replica>>,
+    /// This branch's lease while this node may write its store.
+    pub lease: tokio::sync::watch::Receiver<Option<super::fence::Lease>>,
 }
 
 /// Reads the legs in doubt and the outbox into their gauges.
@@ -328,17 +349,52 @@ async fn readyz(State(health): State<Health>) -> Response {
         (false, Some(_)) => "not running here (a replica runs it while it leads)",
         (false, None) => "stopped",
     };
+    let (fence_ok, fence) = fence_line(&health);
     let body = format!(
-        "store: {}\nengine: {engine}\n{role}other branches connected: {peers} of {}\n",
+        "store: {}\nengine: {engine}\n{role}fence: {fence}\nother branches connected: {peers} of {}\n",
         if store { "open" } else { "failing" },
         health.peers_listed
     );
-    let status = if store && role_ready {
+    let status = if store && role_ready && fence_ok {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
     (status, body).into_response()
+}
+
+/// Whether the fence lets this node be ready, and what `/readyz` says of it. A replica
+/// that does not lead holds no lease (its leader does): it is not held back by one.
+fn fence_line(health: &Health) -> (bool, &'static str) {
+    use super::fence::LeaseState;
+    let lease = health
+        .lease
+        .borrow()
+        .as_ref()
+        .map(super::fence::Lease::state);
+    let m = get();
+    match lease {
+        Some(LeaseState::Until(t)) if t > Instant::now() => {
+            m.fence_state.set(0);
+            (true, "this copy serves the branch (lease held)")
+        }
+        Some(LeaseState::Fenced { .. }) => {
+            m.fence_state.set(2);
+            (
+                false,
+                "FENCED: a restore replaced this copy; it no longer serves",
+            )
+        }
+        Some(_) => {
+            m.fence_state.set(1);
+            (
+                false,
+                "not confirmed: no other branch has granted this copy's lease yet",
+            )
+        }
+        None if health.replica.is_some() => (true, "held by the leader"),
+        None => (false, "not confirmed yet"),
+    }
 }
 
 /// Serves `/metrics`, `/healthz` and `/readyz` on `listener` until `stop` resolves.

@@ -6,6 +6,7 @@
 pub mod alerts;
 pub mod authz;
 pub mod engine;
+pub mod fence;
 pub mod guard;
 pub mod link;
 pub mod listing;
@@ -13,6 +14,7 @@ pub mod logins;
 pub mod metrics;
 pub mod notifier;
 pub mod phases;
+pub mod recovery;
 pub mod service;
 pub mod sessions;
 
@@ -26,7 +28,7 @@ use coordinator::Branch;
 use libp2p::Multiaddr;
 use tokio::sync::{mpsc, watch};
 use wire::limits::{REQUESTS_IN_FLIGHT_MAX, REQUESTS_PER_PEER_MAX};
-use wire::link::{EnvelopeRefusal, LinkRequest, LinkResponse};
+use wire::link::{EnvelopeRefusal, ForwardRequest, LinkRequest, LinkResponse};
 use wire::teller::{TellerResponse, Unavailable};
 
 use crate::init::{DB_FILE, read_key};
@@ -83,6 +85,8 @@ struct Node {
     reader: Reader,
     client: network::Client,
     logins: Arc<logins::Logins>,
+    /// How this process claims a branch that runs as one replica (`None`: replicated).
+    claiming: Option<fence::Claiming>,
 }
 
 /// The branch being served: what dispatch hands requests to.
@@ -107,7 +111,7 @@ async fn stopped(mut rx: watch::Receiver<bool>) {
 }
 
 impl Stack {
-    async fn start(node: &Node) -> anyhow::Result<Stack> {
+    async fn start(node: &Node, lease: &fence::Lease, epoch: u64) -> anyhow::Result<Stack> {
         let me = node.me;
         let live = node
             .writer
@@ -124,6 +128,7 @@ impl Stack {
             Arc::clone(&node.key),
             Arc::clone(&node.network),
             node.client.clone(),
+            epoch,
         );
         let engine_task = tokio::spawn(engine_loop.run(stopped(stop_rx.clone())));
         let sink = node
@@ -163,6 +168,7 @@ impl Stack {
                 .collect(),
             fault_switch: node.cfg.fault_switch,
             key: Arc::clone(&node.key),
+            lease: lease.clone(),
         });
         Ok(Stack {
             serving: Serving { service, engine },
@@ -211,14 +217,29 @@ enum End {
     Shutdown,
     EngineStopped(EngineEnded),
     NoLongerLeader,
+    /// A witness knows a newer epoch (the first number), it said (the branch).
+    Fenced(u64, wire::BranchId),
 }
 
-/// Serves until `shutdown` resolves. Prints one `ready` line on stdout once it serves
-/// (a replica of a replicated branch: once it is up, leader or not).
-pub async fn run(
-    cfg: RunConfig,
-    shutdown: impl std::future::Future<Output = ()>,
-) -> anyhow::Result<()> {
+/// Why a period of writing the store ended, once the stack is down.
+enum Ended {
+    Shutdown,
+    EngineStopped,
+    NoLongerLeader,
+    Fenced(u64, wire::BranchId),
+}
+
+/// Who this node is: its key, the network file, its branch and replica entries, and
+/// where it listens.
+struct Identity {
+    key: Arc<wire::BranchKey>,
+    network: Arc<NetworkFile>,
+    branch: crate::network_file::BranchEntry,
+    replica: crate::network_file::ReplicaEntry,
+    listen: Vec<Multiaddr>,
+}
+
+fn identity(cfg: &RunConfig) -> anyhow::Result<Identity> {
     let key = Arc::new(read_key(&cfg.data_dir)?);
     let network = Arc::new(NetworkFile::load(&cfg.network_file)?);
     let (branch, replica) = network.replica_by_peer(&key.peer_id()).with_context(|| {
@@ -229,7 +250,6 @@ pub async fn run(
         )
     })?;
     let (branch, replica) = (branch.clone(), replica.clone());
-    let (me, name) = (branch.id, branch.name.clone());
     let listen = if cfg.listen.is_empty() {
         replica.addresses.clone()
     } else {
@@ -239,12 +259,141 @@ pub async fn run(
         !listen.is_empty(),
         "no address to listen on: give --listen or list one in the network file"
     );
+    Ok(Identity {
+        key,
+        network,
+        branch,
+        replica,
+        listen,
+    })
+}
+
+/// The data dir, opened for serving: locked, its addresses free, its store open.
+struct Opened {
+    _lock: crate::lock::DirLock,
+    metrics: Option<tokio::net::TcpListener>,
+    writer: Writer,
+    reader: Reader,
+    own: crate::store::fence::OwnFence,
+}
+
+/// Why a copy of a branch does not serve: a witness knows a newer one (code `fenced`).
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "this copy of branch {branch} was fenced: epoch {newest} of the branch (a restore) replaced \
+     epoch {epoch}, so it must not serve; run the branch from where it was restored, or, to \
+     bring this copy back instead, back it up and restore that backup"
+)]
+pub struct FencedCopy {
+    pub branch: wire::BranchId,
+    pub epoch: u64,
+    pub newest: u64,
+}
+
+async fn open(cfg: &RunConfig, id: &Identity) -> anyhow::Result<Opened> {
+    let me = id.branch.id;
+    // One process per data dir, and every address ours alone, before anything is
+    // written: a refused start changes nothing.
+    let lock = crate::lock::lock(&cfg.data_dir, crate::lock::Use::Serve)?;
+    crate::p2p::check_addresses_free(&id.listen)?;
+    let metrics = match cfg.metrics_listen {
+        Some(addr) => Some(metrics::bind(addr).await?),
+        None => None,
+    };
     crate::init::owner_only_dir(&cfg.data_dir)?;
     let store = Store::open_existing(&cfg.data_dir.join(DB_FILE), me, cfg.durability)?;
+    let own = crate::store::fence::own(store.conn())?;
+    if own.fenced_by > 0 {
+        return Err(FencedCopy {
+            branch: me,
+            epoch: own.epoch,
+            newest: own.fenced_by,
+        }
+        .into());
+    }
     let writer = Writer::spawn(store);
     let cores = std::thread::available_parallelism().map_or(1, usize::from);
     let reader = Reader::open(&cfg.data_dir.join(DB_FILE), me, cores)?;
+    Ok(Opened {
+        _lock: lock,
+        metrics,
+        writer,
+        reader,
+        own,
+    })
+}
 
+/// This process's claim on a branch that runs as one replica: a new instance, the
+/// successor of the last one when that one ran in this same data dir on this machine
+/// (the lock says it has ended). Stored before any claim is sent.
+async fn claiming_single(
+    writer: &WriterHandle,
+    data_dir: &std::path::Path,
+    own: crate::store::fence::OwnFence,
+) -> anyhow::Result<fence::Claiming> {
+    let home = data_dir_home(data_dir);
+    let instance = rand::random::<u64>().max(1);
+    let successor_of = (home != 0 && own.home == home && own.instance != 0).then_some(own.instance);
+    writer
+        .call_write(crate::store::ops::WriteOp::Fence(
+            crate::store::ops::FenceOp::Instance { instance, home },
+        ))
+        .await?;
+    Ok(fence::Claiming {
+        epoch: own.epoch,
+        instance,
+        successor_of,
+    })
+}
+
+/// A number for "this data dir on this machine": the machine's id and the dir's device
+/// and inode. A copy of the dir elsewhere (another machine, another path) has another;
+/// 0 when the machine has no id to read.
+fn data_dir_home(data_dir: &std::path::Path) -> u64 {
+    use sha2::{Digest, Sha256};
+    let machine = [
+        "/etc/machine-id",
+        "/var/lib/dbus/machine-id",
+        "/proc/sys/kernel/hostname",
+    ]
+    .iter()
+    .find_map(|p| std::fs::read_to_string(p).ok())
+    .map(|s| s.trim().to_owned())
+    .filter(|s| !s.is_empty());
+    #[cfg(unix)]
+    let dir = {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(data_dir).ok().map(|m| (m.dev(), m.ino()))
+    };
+    #[cfg(not(unix))]
+    let dir: Option<(u64, u64)> = None;
+    let (Some(machine), Some((dev, ino))) = (machine, dir) else {
+        return 0;
+    };
+    let digest: [u8; 32] = Sha256::digest(format!("{machine}:{dev}:{ino}")).into();
+    u64::from_be_bytes(digest[..8].try_into().unwrap_or([0; 8])).max(1)
+}
+
+/// Serves until `shutdown` resolves. Prints one `ready` line on stdout once it listens;
+/// money moves once the fence confirms this copy (`fence.rs`), as the log says.
+pub async fn run(
+    cfg: RunConfig,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let id = identity(&cfg)?;
+    let opened = open(&cfg, &id).await?;
+    let Identity {
+        key,
+        network,
+        branch,
+        replica: replica_entry,
+        listen,
+    } = id;
+    let (me, name) = (branch.id, branch.name.clone());
+    let claiming = match branch.is_replicated() {
+        true => None,
+        false => Some(claiming_single(&opened.writer.handle(), &cfg.data_dir, opened.own).await?),
+    };
     let mut swarm = crate::p2p::node_swarm(key.libp2p_keypair(), cfg.mdns)?;
     for a in &listen {
         swarm
@@ -252,11 +401,6 @@ pub async fn run(
             .with_context(|| format!("cannot listen on {a}"))?;
     }
     let (client, event_loop, inbound) = network::new(swarm, (*network).clone());
-    let InboundQueues {
-        twopc,
-        requests,
-        raft: raft_streams,
-    } = inbound;
     let (stop_tx, stop_rx) = watch::channel(false);
     let net_task = tokio::spawn(event_loop.run(stopped(stop_rx.clone())));
     let replica = match branch.is_replicated() {
@@ -264,15 +408,23 @@ pub async fn run(
             Replica::start(
                 &cfg.data_dir,
                 branch,
-                replica.id,
-                &writer,
+                replica_entry.id,
+                &opened.writer,
                 client.clone(),
-                raft_streams,
+                inbound.raft,
             )
             .await?,
         )),
         false => None,
     };
+    let Opened {
+        _lock,
+        metrics: metrics_listener,
+        writer,
+        reader,
+        ..
+    } = opened;
+    let cores = std::thread::available_parallelism().map_or(1, usize::from);
     let node = Node {
         me,
         key: Arc::clone(&key),
@@ -285,130 +437,41 @@ pub async fn run(
         client: client.clone(),
         logins: Arc::new(logins::Logins::new(cores)),
         cfg,
+        claiming,
     };
-    let (serving_tx, serving_rx) = watch::channel::<Option<Serving>>(None);
+    let shared = Shared::default();
     let dispatch_task = tokio::spawn(dispatch(
         InboundQueues {
-            twopc,
-            requests,
+            twopc: inbound.twopc,
+            requests: inbound.requests,
             raft: mpsc::channel(1).1,
         },
-        serving_rx,
+        shared.clone(),
         Arc::clone(&network),
         replica.clone(),
         client.clone(),
+        recovery::Recoveries {
+            me,
+            key: Arc::clone(&key),
+            writer: node.writer.clone(),
+        },
         stopped(stop_rx.clone()),
     ));
-    let engine_running = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let metrics_task = match node.cfg.metrics_listen {
-        Some(addr) => {
+    let metrics_task = match metrics_listener {
+        Some(listener) => {
             let health = metrics::Health {
                 reader,
-                engine_running: Arc::clone(&engine_running),
+                engine_running: Arc::clone(&shared.engine_running),
                 peers_listed: network.branches().count().saturating_sub(1),
                 replica: replica.clone(),
+                lease: shared.lease.subscribe(),
             };
-            Some(start_metrics(addr, health, stopped(stop_rx.clone())).await?)
+            Some(start_metrics(listener, health, stopped(stop_rx.clone()))?)
         }
         None => None,
     };
-    let ready = || async {
-        let mut addrs = Vec::new();
-        for _ in 0..50 {
-            addrs = client.listen_addrs().await;
-            if !addrs.is_empty() {
-                break;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-        }
-        let shown: Vec<String> = addrs.iter().map(ToString::to_string).collect();
-        let of = replica
-            .as_ref()
-            .map_or_else(String::new, |r| format!(" replica {}", r.id));
-        println!(
-            "ready: branch {me} ({name}){of} peer {} listening on {}",
-            key.peer_id(),
-            shown.join(" ")
-        );
-        tracing::info!(branch = %me, %name, "branch node ready");
-    };
-    if replica.is_some() {
-        ready().await;
-    }
-
-    tokio::pin!(shutdown);
-    let mut result = Ok(());
-    let mut first = true;
-    loop {
-        if let Some(r) = &replica {
-            let serving = tokio::select! {
-                () = &mut shutdown => false,
-                ok = r.until_serving() => ok,
-            };
-            if !serving {
-                break;
-            }
-        }
-        let stack = Stack::start(&node).await?;
-        let _ = serving_tx.send(Some(stack.serving.clone()));
-        engine_running.store(true, Ordering::Relaxed);
-        tracing::info!(branch = %me, "serving the branch");
-        if std::mem::take(&mut first) && replica.is_none() {
-            ready().await;
-        }
-        let mut engine_task = stack.engine_task;
-        let end = tokio::select! {
-            () = &mut shutdown => End::Shutdown,
-            ended = &mut engine_task => End::EngineStopped(ended),
-            () = async {
-                match &replica {
-                    Some(r) => r.until_not_serving().await,
-                    None => std::future::pending().await,
-                }
-            } => End::NoLongerLeader,
-        };
-        let stack = Stack {
-            engine_task,
-            ..stack
-        };
-        let _ = serving_tx.send(None);
-        engine_running.store(false, Ordering::Relaxed);
-        match end {
-            End::Shutdown => {
-                tracing::info!("shutting down: finishing queued storage");
-                result = stack.stop(None).await.map_err(Into::into);
-                break;
-            }
-            End::EngineStopped(ended) if replica.is_none() => {
-                // A node never serves with a dead 2PC engine: if the engine stops (its
-                // store failed), the node stops too, with a non-zero exit, and recovery
-                // at the next start finishes whatever was in flight.
-                tracing::error!(
-                    "the 2pc engine stopped (see the store error above): stopping this node; \
-                     restart it once the store is healthy, and recovery finishes what was in flight"
-                );
-                let _ = stack.stop(Some(ended)).await;
-                result = Err(anyhow::anyhow!("2pc engine stopped"));
-                break;
-            }
-            End::EngineStopped(ended) => {
-                // A replica's engine stops when its writes can no longer be committed
-                // (it lost its leadership): it serves again once it leads again.
-                let why = stack.stop(Some(ended)).await;
-                tracing::warn!(
-                    ?why,
-                    "stopped serving the branch: its writes were not committed"
-                );
-            }
-            End::NoLongerLeader => {
-                let why = stack.stop(None).await;
-                tracing::warn!(
-                    ?why,
-                    "stopped serving the branch: this replica no longer leads it"
-                );
-            }
-        }
-    }
+    say_ready(&client, me, &name, &key, replica.as_deref()).await;
+    let result = serve_loop(&node, replica.as_ref(), &shared, shutdown).await;
     let _ = stop_tx.send(true);
     let _ = dispatch_task.await;
     if let Some(t) = metrics_task {
@@ -423,13 +486,268 @@ pub async fn run(
     result
 }
 
-/// Binds the metrics endpoint, says where, and serves it until `stop`.
-async fn start_metrics(
-    addr: std::net::SocketAddr,
+/// What the run loop shares with dispatch and the metrics endpoint.
+#[derive(Clone)]
+struct Shared {
+    serving: watch::Sender<Option<Serving>>,
+    witness: watch::Sender<Option<Arc<fence::Witness>>>,
+    lease: watch::Sender<Option<fence::Lease>>,
+    engine_running: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Default for Shared {
+    fn default() -> Self {
+        Shared {
+            serving: watch::channel(None).0,
+            witness: watch::channel(None).0,
+            lease: watch::channel(None).0,
+            engine_running: Arc::default(),
+        }
+    }
+}
+
+/// Prints the `ready` line: the node listens (it serves money once its fence holds).
+async fn say_ready(
+    client: &network::Client,
+    me: wire::BranchId,
+    name: &str,
+    key: &wire::BranchKey,
+    replica: Option<&Replica>,
+) {
+    let mut addrs = Vec::new();
+    for _ in 0..50 {
+        addrs = client.listen_addrs().await;
+        if !addrs.is_empty() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let shown: Vec<String> = addrs.iter().map(ToString::to_string).collect();
+    let of = replica.map_or_else(String::new, |r| format!(" replica {}", r.id));
+    println!(
+        "ready: branch {me} ({name}){of} peer {} listening on {}",
+        key.peer_id(),
+        shown.join(" ")
+    );
+    tracing::info!(branch = %me, %name, "branch node ready");
+}
+
+/// The fence while this node may write its store (a replica: while it leads): the
+/// witness of the other branches, and the holder of this branch's lease.
+struct Active {
+    witness: Arc<fence::Witness>,
+    lease: fence::Lease,
+    epoch: u64,
+    holder: tokio::task::JoinHandle<()>,
+    stop: watch::Sender<bool>,
+}
+
+impl Active {
+    async fn start(node: &Node) -> anyhow::Result<Active> {
+        let (rows, own) = node
+            .writer
+            .call_local(|c, _| {
+                let rows = crate::store::fence::witness_rows(c)?;
+                Ok((rows, crate::store::fence::own(c)?))
+            })
+            .await?;
+        let witness = Arc::new(fence::Witness::new(
+            node.me,
+            Arc::clone(&node.network),
+            node.writes.clone(),
+            rows,
+        ));
+        // A replicated branch's Raft group is one instance: its leaders follow each
+        // other, and Raft keeps a deposed leader from committing anything.
+        let claiming = node.claiming.unwrap_or(fence::Claiming {
+            epoch: own.epoch,
+            instance: 0,
+            successor_of: Some(0),
+        });
+        let (holder, lease) = fence::Holder::new(
+            node.me,
+            Arc::clone(&node.key),
+            Arc::clone(&node.network),
+            node.client.clone(),
+            node.reader.clone(),
+            claiming,
+        );
+        let (stop, stop_rx) = watch::channel(false);
+        let holder = tokio::spawn(holder.run(stopped(stop_rx)));
+        Ok(Active {
+            witness,
+            lease,
+            epoch: claiming.epoch,
+            holder,
+            stop,
+        })
+    }
+
+    async fn stop(self) {
+        let _ = self.stop.send(true);
+        let _ = self.holder.await;
+    }
+}
+
+/// Serves the branch until `shutdown`: for each period this node may write its store
+/// (always, for one replica; while it leads, for a replica), the fence, then, once the
+/// lease holds, the serving stack.
+async fn serve_loop(
+    node: &Node,
+    replica: Option<&Arc<Replica>>,
+    shared: &Shared,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<()> {
+    tokio::pin!(shutdown);
+    loop {
+        if let Some(r) = replica {
+            let leads = tokio::select! {
+                () = &mut shutdown => false,
+                ok = r.until_serving() => ok,
+            };
+            if !leads {
+                return Ok(());
+            }
+        }
+        let active = Active::start(node).await?;
+        let _ = shared.witness.send(Some(Arc::clone(&active.witness)));
+        let _ = shared.lease.send(Some(active.lease.clone()));
+        let end = serve_period(node, replica, shared, &active, &mut shutdown).await?;
+        let _ = shared.witness.send(None);
+        let _ = shared.lease.send(None);
+        let epoch = active.epoch;
+        active.stop().await;
+        match end {
+            Ended::Shutdown => return Ok(()),
+            Ended::Fenced(newest, by) => return Err(fenced(node, epoch, newest, by).await),
+            Ended::EngineStopped if replica.is_none() => {
+                return Err(anyhow::anyhow!("2pc engine stopped"));
+            }
+            Ended::EngineStopped | Ended::NoLongerLeader => {}
+        }
+    }
+}
+
+/// This copy was fenced: it says so, marks its store so it never serves again, and
+/// stops with the error.
+async fn fenced(node: &Node, epoch: u64, newest: u64, by: wire::BranchId) -> anyhow::Error {
+    tracing::error!(
+        newest, epoch, witness = %by,
+        "FENCED: a newer copy of this branch (a restore) replaced this one; it stops and \
+         will not serve again from this data dir"
+    );
+    metrics::get().fence_state.set(2);
+    let marked = node
+        .writes
+        .call_write(crate::store::ops::WriteOp::Fence(
+            crate::store::ops::FenceOp::Fenced { newest },
+        ))
+        .await;
+    if let Err(e) = marked {
+        tracing::warn!("could not mark the store as fenced: {e}");
+    }
+    FencedCopy {
+        branch: node.me,
+        epoch,
+        newest,
+    }
+    .into()
+}
+
+/// One period of writing the store: waits for the lease, serves while it holds, and
+/// says why the period ended.
+async fn serve_period(
+    node: &Node,
+    replica: Option<&Arc<Replica>>,
+    shared: &Shared,
+    active: &Active,
+    shutdown: &mut std::pin::Pin<&mut impl std::future::Future<Output = ()>>,
+) -> anyhow::Result<Ended> {
+    let not_leader = || async {
+        match replica {
+            Some(r) => r.until_not_serving().await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        () = &mut *shutdown => return Ok(Ended::Shutdown),
+        () = not_leader() => return Ok(Ended::NoLongerLeader),
+        confirmed = active.lease.confirmed() => if let Err((newest, by)) = confirmed {
+            return Ok(Ended::Fenced(newest, by));
+        },
+    }
+    metrics::get().fence_state.set(0);
+    let stack = Stack::start(node, &active.lease, active.epoch).await?;
+    let _ = shared.serving.send(Some(stack.serving.clone()));
+    shared.engine_running.store(true, Ordering::Relaxed);
+    tracing::info!(branch = %node.me, epoch = active.epoch, "serving the branch");
+    println!("serving: branch {} epoch {}", node.me, active.epoch);
+    let mut engine_task = stack.engine_task;
+    let end = tokio::select! {
+        () = &mut *shutdown => End::Shutdown,
+        ended = &mut engine_task => End::EngineStopped(ended),
+        () = not_leader() => End::NoLongerLeader,
+        (newest, by) = active.lease.fenced() => End::Fenced(newest, by),
+    };
+    let stack = Stack {
+        engine_task,
+        ..stack
+    };
+    let _ = shared.serving.send(None);
+    shared.engine_running.store(false, Ordering::Relaxed);
+    stop_stack(stack, end, replica.is_some()).await
+}
+
+/// Takes the stack down for `end`, saying why.
+async fn stop_stack(stack: Stack, end: End, replicated: bool) -> anyhow::Result<Ended> {
+    Ok(match end {
+        End::Shutdown => {
+            tracing::info!("shutting down: finishing queued storage");
+            stack.stop(None).await?;
+            Ended::Shutdown
+        }
+        End::Fenced(newest, by) => {
+            let _ = stack.stop(None).await;
+            Ended::Fenced(newest, by)
+        }
+        End::EngineStopped(ended) if !replicated => {
+            // A node never serves with a dead 2PC engine: if the engine stops (its
+            // store failed), the node stops too, with a non-zero exit, and recovery
+            // at the next start finishes whatever was in flight.
+            tracing::error!(
+                "the 2pc engine stopped (see the store error above): stopping this node; \
+                 restart it once the store is healthy, and recovery finishes what was in flight"
+            );
+            let _ = stack.stop(Some(ended)).await;
+            Ended::EngineStopped
+        }
+        End::EngineStopped(ended) => {
+            // A replica's engine stops when its writes can no longer be committed
+            // (it lost its leadership): it serves again once it leads again.
+            let why = stack.stop(Some(ended)).await;
+            tracing::warn!(
+                ?why,
+                "stopped serving the branch: its writes were not committed"
+            );
+            Ended::EngineStopped
+        }
+        End::NoLongerLeader => {
+            let why = stack.stop(None).await;
+            tracing::warn!(
+                ?why,
+                "stopped serving the branch: this replica no longer leads it"
+            );
+            Ended::NoLongerLeader
+        }
+    })
+}
+
+/// Says where the metrics endpoint listens, and serves it until `stop`.
+fn start_metrics(
+    listener: tokio::net::TcpListener,
     health: metrics::Health,
     stop: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<tokio::task::JoinHandle<()>> {
-    let listener = metrics::bind(addr).await?;
     let bound = listener.local_addr()?;
     println!("metrics: http://{bound}/metrics (and /healthz, /readyz)");
     tracing::info!(%bound, "serving metrics");
@@ -438,14 +756,16 @@ async fn start_metrics(
 
 async fn dispatch(
     mut queues: InboundQueues,
-    serving: watch::Receiver<Option<Serving>>,
+    shared: Shared,
     network: Arc<NetworkFile>,
     replica: Option<Arc<Replica>>,
     client: network::Client,
+    recoveries: recovery::Recoveries,
     shutdown: impl std::future::Future<Output = ()>,
 ) {
     tokio::pin!(shutdown);
     let busy = Arc::new(InFlight::default());
+    let (serving, witness) = (shared.serving.subscribe(), shared.witness.subscribe());
     loop {
         // 2PC first: a flood of teller requests waits behind it, never the other way.
         let next = tokio::select! {
@@ -456,23 +776,82 @@ async fn dispatch(
         };
         let Some(next) = next else { return };
         let current = serving.borrow().clone();
+        let witness = witness.borrow().clone();
+        let fence = Fence {
+            witness: witness.as_ref(),
+            serving: current.as_ref(),
+            network: &network,
+            recoveries: &recoveries,
+            busy: &busy,
+        };
+        let Some(next) = fence.take(next) else {
+            continue;
+        };
         match (current, &replica) {
-            (Some(s), _) => serve(next, &s, &network, &busy),
+            (Some(s), _) => serve(next, &s, &network, witness.as_deref(), &busy),
             (None, Some(r)) => not_leader(next, r, &network, &client, &busy),
             (None, None) => starting(next),
         }
     }
 }
 
-/// Answers a request that came before the node serves (it is starting): nothing was
-/// done, try again shortly.
+/// The requests a node answers whenever it may write its store, serving or not: other
+/// branches' fence claims, and a restored branch's recovery.
+struct Fence<'a> {
+    witness: Option<&'a Arc<fence::Witness>>,
+    serving: Option<&'a Serving>,
+    network: &'a NetworkFile,
+    recoveries: &'a recovery::Recoveries,
+    busy: &'a Arc<InFlight>,
+}
+
+impl Fence<'_> {
+    /// Answers `request` if it is the fence's, else gives it back.
+    fn take(&self, request: Inbound) -> Option<Inbound> {
+        let Some(witness) = self.witness else {
+            return Some(request);
+        };
+        let overloaded = LinkResponse::Refused(EnvelopeRefusal::Overloaded);
+        match request {
+            Inbound::Link {
+                peer,
+                request: LinkRequest::Fence(bytes),
+                reply,
+            } => {
+                let w = Arc::clone(witness);
+                let answer = async move { LinkResponse::Fence(w.claim(&peer, &bytes).await) };
+                InFlight::answer(self.busy, peer, reply, overloaded, answer);
+                None
+            }
+            Inbound::Link {
+                peer,
+                request: LinkRequest::Forward(ForwardRequest::Recover { since_ms, after }),
+                reply,
+            } => {
+                let Some(asker) = self.network.by_peer(&peer).map(|b| b.id) else {
+                    reply.answer(&LinkResponse::Refused(EnvelopeRefusal::PeerNotListed));
+                    return None;
+                };
+                let engine = self.serving.map(|s| s.engine.clone());
+                let r = self.recoveries.clone();
+                let answer = async move { r.answer(engine, asker, since_ms, after).await };
+                InFlight::answer(self.busy, peer, reply, overloaded, answer);
+                None
+            }
+            other => Some(other),
+        }
+    }
+}
+
+/// Answers a request that came before the node serves (it is starting, or its fence
+/// has not confirmed it yet): nothing was done, try again shortly.
 fn starting(request: Inbound) {
     match request {
         Inbound::Teller { reply, .. } => {
-            reply.answer(&TellerResponse::Unavailable(Unavailable::Overloaded));
+            reply.answer(&TellerResponse::Unavailable(Unavailable::NotConfirmed));
         }
         Inbound::Link { reply, .. } => {
-            reply.answer(&LinkResponse::Refused(EnvelopeRefusal::Overloaded));
+            reply.answer(&LinkResponse::Refused(EnvelopeRefusal::NotConfirmed));
         }
     }
 }
@@ -545,7 +924,13 @@ async fn to_leader(
 }
 
 /// Hands one request to the serving stack.
-fn serve(request: Inbound, s: &Serving, network: &NetworkFile, busy: &Arc<InFlight>) {
+fn serve(
+    request: Inbound,
+    s: &Serving,
+    network: &NetworkFile,
+    witness: Option<&fence::Witness>,
+    busy: &Arc<InFlight>,
+) {
     match request {
         Inbound::Teller {
             peer,
@@ -558,17 +943,29 @@ fn serve(request: Inbound, s: &Serving, network: &NetworkFile, busy: &Arc<InFlig
         }
         Inbound::Link {
             peer,
-            request: LinkRequest::TwoPc(bytes),
+            request: LinkRequest::TwoPc { epoch, envelope },
             reply,
         } => {
+            let from = Sender { peer, epoch };
+            let fence = |b, e| {
+                witness.map_or(Err(EnvelopeRefusal::NotConfirmed), |w| {
+                    w.check_envelope(b, e)
+                })
+            };
             reply.answer(&twopc_envelope(
                 network,
                 s.service.me,
                 &s.engine,
-                &peer,
-                bytes,
+                from,
+                fence,
+                envelope,
             ));
         }
+        Inbound::Link {
+            request: LinkRequest::Fence(_),
+            reply,
+            ..
+        } => reply.answer(&LinkResponse::Refused(EnvelopeRefusal::Overloaded)),
         Inbound::Link {
             peer,
             request: LinkRequest::Forward(request),
@@ -582,15 +979,26 @@ fn serve(request: Inbound, s: &Serving, network: &NetworkFile, busy: &Arc<InFlig
     }
 }
 
-/// Verifies a 2PC envelope and hands it to the engine.
+/// Who sent a 2PC envelope: the connected peer, and the epoch of its branch it sent at.
+struct Sender {
+    peer: libp2p::PeerId,
+    epoch: u64,
+}
+
+/// Verifies a 2PC envelope, checks its sender's epoch with the fence, and hands it to
+/// the engine.
 fn twopc_envelope(
     network: &NetworkFile,
     me: wire::BranchId,
     engine: &EngineHandle,
-    peer: &libp2p::PeerId,
+    sender: Sender,
+    fence: impl Fn(wire::BranchId, u64) -> Result<(), EnvelopeRefusal>,
     bytes: Vec<u8>,
 ) -> LinkResponse {
-    match link::verify_envelope(network, me, peer, &bytes, now_ms()) {
+    let peer = &sender.peer;
+    let checked = link::verify_envelope(network, me, peer, &bytes, now_ms())
+        .and_then(|(from, message)| fence(from, sender.epoch).map(|()| (from, message)));
+    match checked {
         Ok((from, message)) => {
             if engine.deliver(from, message.body, Some(Arc::from(bytes))) {
                 LinkResponse::Accepted

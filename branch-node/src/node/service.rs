@@ -59,6 +59,8 @@ pub struct Service {
     pub(crate) fault_switch: bool,
     /// The branch's key: signs its statements for `admin reconcile`.
     pub(crate) key: Arc<wire::BranchKey>,
+    /// This copy's fence lease: no money moves, and no change is answered, without it.
+    pub(crate) lease: super::fence::Lease,
 }
 
 /// Why a request got no business answer: a final refusal, or not carried out now.
@@ -124,6 +126,20 @@ fn answered(kind: &'static str, id: TransferId, outcome: &'static str, started: 
     } else {
         metrics.money_lines_unlogged.inc();
     }
+}
+
+/// Whether `op` moves money or opens or closes an account: it needs this copy's fence
+/// lease (`fence.rs`), and its answer is confirmed against it.
+fn changes_books(op: &TellerOp) -> bool {
+    matches!(
+        op,
+        TellerOp::Deposit { .. }
+            | TellerOp::Withdraw { .. }
+            | TellerOp::Transfer(_)
+            | TellerOp::TransferBatch { .. }
+            | TellerOp::OpenAccount { .. }
+            | TellerOp::CloseAccount { .. }
+    )
 }
 
 /// A store failure: logged here, and told as "may or may not have happened".
@@ -226,6 +242,10 @@ impl Service {
             Ok(Ok(LinkResponse::Refused(EnvelopeRefusal::Overloaded))) => {
                 Err(Unavailable::Overloaded.into())
             }
+            // Starting, its fence not confirmed yet: nothing done there either.
+            Ok(Ok(LinkResponse::Refused(EnvelopeRefusal::NotConfirmed))) => {
+                Err(Unavailable::NotConfirmed.into())
+            }
             Ok(Ok(r)) => Ok(r),
             Ok(Err(e)) => {
                 tracing::info!(%to, "forward failed: {e}");
@@ -266,11 +286,55 @@ impl Service {
         };
         let id = op.money_id();
         let started = Instant::now();
-        let answer = self.execute_op(peer, token, session, op).await;
+        let fenced = changes_books(&op);
+        let answer = if fenced {
+            match self.lease.serving() {
+                Ok(()) => {
+                    let answer = self.execute_op(peer, token, session, op).await;
+                    self.confirmed(answer).await
+                }
+                Err(why) => Err(why.into()),
+            }
+        } else {
+            self.execute_op(peer, token, session, op).await
+        };
         if let (Some(kind), Some(id)) = (money, id) {
             answered(kind, id, outcome_of(&answer), started);
         }
         answer
+    }
+
+    /// `answer`, once the lease is seen to hold after the change it reports became
+    /// durable (the fence, `fence.rs`). If it does not, a final outcome may not stand:
+    /// it is told `lease_lost` (ask again with the id) instead.
+    async fn confirmed(&self, answer: Answer) -> Answer {
+        let final_state = |s: &TransferState| s.is_final();
+        let settles = match &answer {
+            Ok(TellerResponse::Receipt { state, .. }) => final_state(state),
+            Ok(TellerResponse::Receipts(lines)) => lines
+                .iter()
+                .any(|l| matches!(&l.answer, LineAnswer::State(s) if final_state(s))),
+            Ok(TellerResponse::Account(_)) => true,
+            _ => false,
+        };
+        if !settles {
+            return answer;
+        }
+        let Err(why) = self.lease.still_serving().await else {
+            return answer;
+        };
+        tracing::warn!(%why, "a change was made but this copy's lease did not hold: answered lease_lost");
+        match answer {
+            Ok(TellerResponse::Receipts(mut lines)) => {
+                for l in &mut lines {
+                    if matches!(&l.answer, LineAnswer::State(s) if final_state(s)) {
+                        l.answer = LineAnswer::Unavailable(Unavailable::LeaseLost);
+                    }
+                }
+                Ok(TellerResponse::Receipts(lines))
+            }
+            _ => Err(Unavailable::LeaseLost.into()),
+        }
     }
 
     async fn execute_op(
@@ -871,6 +935,9 @@ impl Service {
                 Ok(bytes) => LinkResponse::Statement(bytes),
                 Err(r) => refused(r),
             },
+            // Answered by the run loop's fence (`Fence::take`) whenever the store can be
+            // written; one that gets here came when it could not.
+            ForwardRequest::Recover { .. } => LinkResponse::Refused(EnvelopeRefusal::Overloaded),
             ForwardRequest::InDoubt => match self.local_stuck().await {
                 Ok(v) => LinkResponse::Stuck(v),
                 Err(r) => refused(r),

@@ -66,6 +66,45 @@ pub const TELLER_IN_FLIGHT_MAX: usize = 64;
 /// between two branches; a batch carries up to 1,024 transfers.
 pub const LINK_IN_FLIGHT_MAX: usize = 1_024;
 
+/// A listen address another process already listens on (code `address_in_use`).
+#[derive(Debug, thiserror::Error)]
+#[error("cannot listen on {addr}: {why}; choose another --listen (or stop what holds it)")]
+pub struct AddressInUse {
+    pub addr: libp2p::Multiaddr,
+    pub why: String,
+}
+
+/// Refuses, before anything listens, an address of `addrs` that another process holds.
+///
+/// libp2p's TCP transport sets `SO_REUSEPORT` on its listeners (to dial from the port it
+/// listens on), so a second node told the same port binds it too and the kernel splits
+/// the incoming connections between the two. A plain socket (no `SO_REUSEPORT`) cannot
+/// bind a port anyone listens on, so binding one first, and closing it, finds the clash.
+pub fn check_addresses_free(addrs: &[libp2p::Multiaddr]) -> Result<(), AddressInUse> {
+    use libp2p::multiaddr::Protocol;
+    for addr in addrs {
+        let mut parts = addr.iter();
+        let ip: std::net::IpAddr = match parts.next() {
+            Some(Protocol::Ip4(ip)) => ip.into(),
+            Some(Protocol::Ip6(ip)) => ip.into(),
+            _ => continue,
+        };
+        let Some(Protocol::Tcp(port)) = parts.next() else {
+            continue;
+        };
+        if port == 0 {
+            continue;
+        }
+        if let Err(e) = std::net::TcpListener::bind((ip, port)) {
+            return Err(AddressInUse {
+                addr: addr.clone(),
+                why: e.to_string(),
+            });
+        }
+    }
+    Ok(())
+}
+
 /// Everything a branch node's swarm runs. The teller, link and forward protocols are
 /// streams (`libp2p_stream`), served by the event loop's accept tasks.
 #[allow(missing_debug_implementations)] // the derive's generated event type has none either

@@ -63,7 +63,7 @@ impl Via {
 
     fn of(request: &LinkRequest) -> Via {
         match request {
-            LinkRequest::TwoPc(_) => Via::Link,
+            LinkRequest::TwoPc { .. } | LinkRequest::Fence(_) => Via::Link,
             LinkRequest::Forward(_) => Via::Forward,
         }
     }
@@ -175,7 +175,7 @@ impl Client {
             return self.link(branch.first().peer_id, request).await;
         }
         let mut last = LinkError::NotSent(format!("branch {to} has no leader now"));
-        let envelope = matches!(request, LinkRequest::TwoPc(_));
+        let envelope = matches!(request, LinkRequest::TwoPc { .. });
         for _ in 0..=branch.replicas.len() {
             let replica = self.leader_of(branch);
             let sent = self.link(replica.peer_id, request.clone());

@@ -250,12 +250,25 @@ pub(crate) fn one_step_record(
     me: BranchId,
     id: TransferId,
 ) -> Result<Option<(Vec<AccountNumber>, TransferState)>, StoreError> {
-    type Raw = (Vec<u8>, Option<i64>, Option<i64>);
+    Ok(one_step_view(conn, me, id)?.map(|m| (m.accounts, m.state)))
+}
+
+/// The one-step record of `id` with its time, as `admin trace` shows it.
+pub(crate) fn one_step_view(
+    conn: &Connection,
+    me: BranchId,
+    id: TransferId,
+) -> Result<Option<wire::trace::MovementView>, StoreError> {
+    type Raw = (Vec<u8>, Option<i64>, Option<i64>, i64);
     let r: Option<Raw> = conn
-        .prepare_cached("SELECT outcome, debit_serial, credit_serial FROM transfers WHERE id = ?1")?
-        .query_row([id_blob(id)], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+        .prepare_cached(
+            "SELECT outcome, debit_serial, credit_serial, at_ms FROM transfers WHERE id = ?1",
+        )?
+        .query_row([id_blob(id)], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+        })
         .optional()?;
-    let Some((outcome, debit, credit)) = r else {
+    let Some((outcome, debit, credit, at_ms)) = r else {
         return Ok(None);
     };
     let state = wire::decode(&outcome).map_err(|e| StoreError::Malformed(e.to_string()))?;
@@ -264,7 +277,11 @@ pub(crate) fn one_step_record(
         .flatten()
         .map(|serial| account_number(me, serial))
         .collect::<Result<_, _>>()?;
-    Ok(Some((accounts, state)))
+    Ok(Some(wire::trace::MovementView {
+        accounts,
+        state,
+        at_ms: u64::try_from(at_ms).unwrap_or(0),
+    }))
 }
 
 /// True when `id` is used by a 2PC record at this branch (either role).
@@ -434,7 +451,10 @@ pub(crate) fn open_account(
         }
     };
     let serial: i64 = conn.query_row(
-        "SELECT coalesce(max(serial), 0) + 1 FROM accounts",
+        // Above every serial a restore learned the lost disk had used (`serial_floor`):
+        // an account number is never given to a second customer.
+        "SELECT max(coalesce((SELECT max(serial) FROM accounts), 0),
+                    coalesce((SELECT value FROM meta WHERE key = 'serial_floor'), 0)) + 1",
         [],
         |r| r.get(0),
     )?;

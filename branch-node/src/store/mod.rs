@@ -13,10 +13,12 @@
 pub mod audit;
 pub(crate) mod auth;
 pub(crate) mod bank;
+pub mod fence;
 pub(crate) mod ledger;
 pub mod ops;
 pub(crate) mod outbox;
 pub mod reader;
+pub mod recover;
 mod schema;
 pub(crate) mod sessions;
 #[cfg(feature = "testing")]

@@ -14,7 +14,7 @@ use super::auth::{self, LoginOutcome, LoginRow};
 use super::bank::{self, Movement};
 use super::sessions::{self, SessionRow};
 use super::writer::ConnShard;
-use super::{StoreError, outbox};
+use super::{StoreError, fence, outbox};
 
 /// One change to a branch's store, with all its inputs.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -65,6 +65,19 @@ pub enum WriteOp {
     SmsDelivered { id: i64, now_ms: u64 },
     /// An SMS failed; it is tried again at `next_attempt_ms`.
     SmsFailed { id: i64, next_attempt_ms: u64 },
+    /// A change to the fence's records (`store/fence.rs`).
+    Fence(FenceOp),
+}
+
+/// A change to the fence's records.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum FenceOp {
+    /// The process `instance` serves from this store, in the data dir `home` names.
+    Instance { instance: u64, home: u64 },
+    /// What this branch witnesses of another.
+    Witness(super::fence::WitnessRow),
+    /// A witness told this copy that epoch `newest` replaced it: it never serves again.
+    Fenced { newest: u64 },
 }
 
 /// What a [`WriteOp`] answered; each op has one kind of answer.
@@ -160,6 +173,14 @@ impl WriteOp {
                 next_attempt_ms,
             } => {
                 outbox::failed(c, id, next_attempt_ms)?;
+                R::Done(Ok(()))
+            }
+            WriteOp::Fence(op) => {
+                match op {
+                    FenceOp::Instance { instance, home } => fence::set_instance(c, instance, home)?,
+                    FenceOp::Witness(row) => fence::put_witness(c, &row)?,
+                    FenceOp::Fenced { newest } => fence::set_meta(c, "fenced_by", newest)?,
+                }
                 R::Done(Ok(()))
             }
         })

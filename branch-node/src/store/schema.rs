@@ -167,4 +167,19 @@ CREATE TABLE replica_state (
     value BLOB NOT NULL
 ) STRICT;
 "#,
+    // 7: the fence (see `wire::fence`). This branch's epoch (raised by a restore), its
+    // serving instance and the data dir that instance ran in are in `meta`; what it
+    // witnesses of every other branch is here, one row per branch. Participant records
+    // are read by deadline when a restored branch asks for its transfers.
+    r#"
+INSERT OR IGNORE INTO meta (key, value) VALUES ('epoch', 1);
+CREATE TABLE fence_witness (
+    branch   INTEGER PRIMARY KEY CHECK (branch BETWEEN 1 AND 999),
+    epoch    INTEGER NOT NULL CHECK (epoch >= 1),
+    instance INTEGER,
+    head     BLOB,
+    at_ms    INTEGER NOT NULL
+) STRICT;
+CREATE INDEX legs_by_deadline ON legs(deadline_ms, id);
+"#,
 ];

@@ -3,6 +3,7 @@
 //! network file's keys.
 
 use rusqlite::{Connection, OptionalExtension};
+use sha2::{Digest, Sha256};
 use wire::trace::{
     BranchTrace, CoordinatorView, EvidenceView, Flow, LegView, Position, STATEMENT_IDS_MAX,
     Statement, StuckRole, StuckView,
@@ -115,6 +116,7 @@ pub(crate) fn trace(
         branch: me,
         coordinated: coordinated(conn, id)?,
         leg: leg(conn, id)?,
+        movement: super::bank::one_step_view(conn, me, id)?,
         evidence: evidence(conn, id, net)?,
         ledger: lines,
     })
@@ -181,23 +183,29 @@ pub(crate) fn stuck(
     Ok(out)
 }
 
-/// This branch's committed cross-branch flows per other branch, for transfers with ids
-/// before `cut_ms` (see [`Statement`]).
+/// This branch's committed cross-branch flows per other branch, for transfers whose
+/// deadline is at or before `cut_ms` (see [`Statement`]).
 pub(crate) fn statement(
     conn: &Connection,
     me: BranchId,
     cut_ms: u64,
 ) -> Result<Statement, StoreError> {
+    // Every cross-branch leg has a participant record at both of its branches (the
+    // coordinator's own leg too), with the deadline from the coordinator's prepare.
     let mut stmt = conn.prepare_cached(
-        "SELECT transfer_id, kind, counterparty, amount FROM ledger
-         WHERE kind IN ('transfer_debit', 'transfer_credit') AND transfer_id < ?1
-         ORDER BY transfer_id",
+        "SELECT l.transfer_id, l.kind, l.counterparty, l.amount FROM ledger l
+         JOIN legs g ON g.id = l.transfer_id
+         WHERE l.kind IN ('transfer_debit', 'transfer_credit') AND g.deadline_ms <= ?1
+         ORDER BY l.transfer_id",
     )?;
-    let cut = id_blob(TransferId(u128::from(cut_ms) << 80));
     let rows: Vec<(Vec<u8>, String, Option<String>, i64)> = stmt
-        .query_map([cut], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
+        .query_map([super::sql_ms(cut_ms)], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+        })?
         .collect::<Result<_, _>>()?;
-    let mut positions: std::collections::BTreeMap<BranchId, Position> = Default::default();
+    let mut flows: std::collections::BTreeMap<(BranchId, bool), (Flow, Sha256)> =
+        Default::default();
+    let mut listed = 0usize;
     for (id, kind, counterparty, amount) in rows {
         let Some(peer) = counterparty
             .and_then(|c| c.parse::<wire::AccountNumber>().ok())
@@ -206,23 +214,28 @@ pub(crate) fn statement(
         else {
             continue;
         };
+        let id = blob_id(&id)?;
+        let (flow, digest) = flows.entry((peer, kind == "transfer_debit")).or_default();
+        flow.count += 1;
+        flow.total_minor += amount;
+        digest.update(id.0.to_be_bytes());
+        digest.update(amount.to_be_bytes());
+        if listed < STATEMENT_IDS_MAX {
+            flow.ids.push((id, amount));
+            listed += 1;
+        } else {
+            flow.truncated = true;
+        }
+    }
+    let mut positions: std::collections::BTreeMap<BranchId, Position> = Default::default();
+    for ((peer, sent), (mut flow, digest)) in flows {
+        flow.digest = digest.finalize().into();
         let p = positions.entry(peer).or_insert_with(|| Position {
             peer,
             sent: Flow::default(),
             received: Flow::default(),
         });
-        let flow = if kind == "transfer_debit" {
-            &mut p.sent
-        } else {
-            &mut p.received
-        };
-        flow.count += 1;
-        flow.total_minor += amount;
-        if flow.ids.len() < STATEMENT_IDS_MAX {
-            flow.ids.push((blob_id(&id)?, amount));
-        } else {
-            flow.truncated = true;
-        }
+        *(if sent { &mut p.sent } else { &mut p.received }) = flow;
     }
     Ok(Statement {
         branch: me,

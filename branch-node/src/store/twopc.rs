@@ -23,11 +23,13 @@ use wire::limits::{
 
 use super::{Store, StoreError, blob_id, id_blob, now_ms, sql_ms};
 
-fn enc<T: serde::Serialize>(v: &T) -> Result<Vec<u8>, StoreError> {
+pub(super) fn enc<T: serde::Serialize>(v: &T) -> Result<Vec<u8>, StoreError> {
     wire::encode(v).map_err(|e| StoreError::Malformed(e.to_string()))
 }
 
-fn dec<T: serde::de::DeserializeOwned + serde::Serialize>(b: &[u8]) -> Result<T, StoreError> {
+pub(super) fn dec<T: serde::de::DeserializeOwned + serde::Serialize>(
+    b: &[u8],
+) -> Result<T, StoreError> {
     wire::decode(b).map_err(|e| StoreError::Malformed(e.to_string()))
 }
 
@@ -38,7 +40,7 @@ fn decision_text(d: Decision) -> &'static str {
     }
 }
 
-fn decision_from(t: Option<String>) -> Option<Decision> {
+pub(super) fn decision_from(t: Option<String>) -> Option<Decision> {
     match t.as_deref() {
         Some("commit") => Some(Decision::Commit),
         Some("abort") => Some(Decision::Abort),
@@ -50,14 +52,14 @@ fn decision_from(t: Option<String>) -> Option<Decision> {
 /// call gives the same rows on every copy of the store), and the signed envelopes met
 /// during it, each stored once: a batch of a thousand transfers arrives in one
 /// envelope, which is hashed and written once and linked to every record it justifies.
-struct Call {
+pub(super) struct Call {
     at_ms: u64,
     /// Envelope (by the address of its shared bytes) -> its stored hash.
     stored: HashMap<*const u8, Vec<u8>>,
 }
 
 impl Call {
-    fn at(at_ms: u64) -> Call {
+    pub(super) fn at(at_ms: u64) -> Call {
         Call {
             at_ms,
             stored: HashMap::new(),
@@ -65,7 +67,7 @@ impl Call {
     }
 
     /// Links the record of `id` to the envelope it came in (`what`: its role as proof).
-    fn link(
+    pub(super) fn link(
         &mut self,
         conn: &Connection,
         id: TransferId,
@@ -221,17 +223,17 @@ fn apply_own_leg(
 }
 
 /// A participant record as stored.
-struct LegRow {
-    coordinator: BranchId,
-    spec: Option<TransferSpec>,
-    vote: Option<Vote>,
-    decision: Option<Decision>,
+pub(super) struct LegRow {
+    pub(super) coordinator: BranchId,
+    pub(super) spec: Option<TransferSpec>,
+    pub(super) vote: Option<Vote>,
+    pub(super) decision: Option<Decision>,
 }
 
 /// (coordinator, spec, vote, decision) as stored.
 type RawLeg = (i64, Option<Vec<u8>>, Option<Vec<u8>>, Option<String>);
 
-fn leg_row(conn: &Connection, id: TransferId) -> Result<Option<LegRow>, StoreError> {
+pub(super) fn leg_row(conn: &Connection, id: TransferId) -> Result<Option<LegRow>, StoreError> {
     let r: Option<RawLeg> = conn
         .prepare_cached("SELECT coordinator, spec, vote, decision FROM legs WHERE id = ?1")?
         .query_row([id_blob(id)], |r| {
@@ -342,7 +344,7 @@ fn bad(_: wire::AmountError) -> StoreError {
     StoreError::Malformed("checked amount overflowed".into())
 }
 
-fn hold(
+pub(super) fn hold(
     conn: &Connection,
     me: BranchId,
     spec: &TransferSpec,
@@ -436,7 +438,7 @@ fn apply_one(
 }
 
 /// [`apply_one`] with the leg's record already read.
-fn apply_to_leg(
+pub(super) fn apply_to_leg(
     conn: &Connection,
     me: BranchId,
     coordinator: BranchId,
