@@ -355,10 +355,18 @@ fn restore_command(
     if !join {
         let text = report.text();
         print!("{text}");
-        let path = data_dir.join(branch_node::restore::REPORT_FILE);
-        let _ = std::fs::remove_file(&path);
-        let mut f = branch_node::init::owner_only_file(&path)?;
-        std::io::Write::write_all(&mut f, text.as_bytes())?;
+        let keep = |name: &str, bytes: &[u8]| -> anyhow::Result<std::path::PathBuf> {
+            let path = data_dir.join(name);
+            let _ = std::fs::remove_file(&path);
+            let mut f = branch_node::init::owner_only_file(&path)?;
+            std::io::Write::write_all(&mut f, bytes)?;
+            Ok(path)
+        };
+        let path = keep(branch_node::restore::REPORT_FILE, text.as_bytes())?;
+        keep(
+            branch_node::restore::REPORT_JSON_FILE,
+            serde_json::to_string_pretty(&report)?.as_bytes(),
+        )?;
         println!("(this report is kept in {})", path.display());
     }
     match rejoin {

@@ -12,6 +12,11 @@
 //! addresses = ["/ip4/127.0.0.1/tcp/7001"]
 //! ```
 //!
+//! One setting may come before the tables: `fence_lease_ms`, how long a branch may
+//! move money after another branch last confirmed that it is the only copy serving
+//! (see `wire::fence`; default 30 s). Every node must use the same value, which is why
+//! it lives in the one file they all share.
+//!
 //! `branch-node init` prints exactly such a block. A branch that runs as several
 //! replicas lists each instead of one key and address list, every replica with its
 //! own key (its libp2p identity) and a replica id unique within the branch:
@@ -105,6 +110,7 @@ impl BranchEntry {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NetworkFile {
     branches: BTreeMap<BranchId, BranchEntry>,
+    fence_lease_ms: u64,
 }
 
 /// Why a network file is refused.
@@ -142,11 +148,18 @@ pub enum NetworkFileError {
     TooManyReplicas(u16),
     #[error("branch {0}: replica id {1} is listed twice (replica ids are 1 and up)")]
     ReplicaId(u16, u64),
+    #[error(
+        "fence_lease_ms {0} is out of range {min}..={max}",
+        min = wire::limits::FENCE_LEASE_MS_MIN,
+        max = wire::limits::FENCE_LEASE_MS_MAX
+    )]
+    FenceLease(u64),
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawFile {
+    fence_lease_ms: Option<u64>,
     #[serde(default)]
     branch: Vec<RawBranch>,
 }
@@ -189,6 +202,12 @@ impl NetworkFile {
         if raw.branch.is_empty() {
             return Err(NetworkFileError::Empty);
         }
+        let fence_lease_ms = raw.fence_lease_ms.unwrap_or(wire::limits::FENCE_LEASE_MS);
+        if !(wire::limits::FENCE_LEASE_MS_MIN..=wire::limits::FENCE_LEASE_MS_MAX)
+            .contains(&fence_lease_ms)
+        {
+            return Err(NetworkFileError::FenceLease(fence_lease_ms));
+        }
         let mut branches: BTreeMap<BranchId, BranchEntry> = BTreeMap::new();
         for b in raw.branch {
             let entry = check(b)?;
@@ -211,7 +230,22 @@ impl NetworkFile {
             }
             branches.insert(entry.id, entry);
         }
-        Ok(NetworkFile { branches })
+        Ok(NetworkFile {
+            branches,
+            fence_lease_ms,
+        })
+    }
+
+    /// How long a fence claim's grant lets a branch move money (`wire::fence`).
+    pub fn fence_lease(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.fence_lease_ms)
+    }
+
+    /// How long a witness waits after a copy's last renewal before another may take
+    /// over: the lease and half again (clocks that run at different rates, and a
+    /// claim's time in flight).
+    pub fn fence_grace(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(wire::limits::fence_grace_ms(self.fence_lease_ms))
     }
 
     /// A branch by id.

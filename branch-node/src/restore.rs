@@ -30,7 +30,7 @@ use anyhow::Context;
 use wire::fence::{Claim, ClaimAnswer, ClaimKind, Head, Recovered, RecoveredOutcome, Tally};
 use wire::link::{ForwardRequest, LinkRequest, LinkResponse};
 use wire::twopc::{BranchBody, BranchMessage, Decision, VoteItem};
-use wire::{BranchId, BranchKey, Refusal, Signed, TransferId, Vote};
+use wire::{AccountNumber, BranchId, BranchKey, Refusal, Signed, TransferId, Vote};
 
 use crate::network_file::NetworkFile;
 use crate::p2p::network::Client;
@@ -48,8 +48,11 @@ const WAITING_SAY_MS: u64 = 5_000;
 /// The report a restore writes beside the database, and prints.
 pub const REPORT_FILE: &str = "restore-report.txt";
 
-/// What a restore did with what the network knows.
-#[derive(Debug, Default)]
+/// The same report for programs (JSON; ids as numbers, amounts in minor units).
+pub const REPORT_JSON_FILE: &str = "restore-report.json";
+
+/// What a restore did with what the network knows (also kept as JSON, for programs).
+#[derive(Debug, Default, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Report {
     pub epoch: u64,
     /// Transfers put back (committed with their money, or as aborted records).
@@ -59,6 +62,12 @@ pub struct Report {
     pub in_doubt_aborted: Vec<(TransferId, BranchId, i64)>,
     /// Transfers that could not be put back, and why.
     pub not_put_back: Vec<String>,
+    /// Accounts opened after the backup, put back for a transfer the network holds,
+    /// their owners unknown (see `store::recover::Repairs`).
+    pub placeholders: Vec<AccountNumber>,
+    /// Deposits put back for recovered debits the restored balance could not cover:
+    /// (account, the deposit's id, the transfer's id, amount in minor units).
+    pub inferred_deposits: Vec<(AccountNumber, TransferId, TransferId, i64)>,
     /// What only the lost disk knew: the newest head the network holds, and the
     /// restored books' head after recovery.
     pub network_head: Option<(BranchId, Head)>,
@@ -72,6 +81,8 @@ struct Net {
     key: Arc<BranchKey>,
     client: Client,
     others: Vec<BranchId>,
+    /// The network's fence grace period.
+    grace: Duration,
     _loop: tokio::task::JoinHandle<()>,
 }
 
@@ -93,6 +104,7 @@ fn connect(key: Arc<BranchKey>, network: &NetworkFile) -> anyhow::Result<Net> {
         key,
         client,
         others,
+        grace: network.fence_grace(),
         _loop: task,
     })
 }
@@ -130,13 +142,10 @@ impl Net {
             if missing.is_empty() {
                 return Ok(self.others.iter().map(|b| (*b, answers[b])).collect());
             }
+            let wait = Duration::from_millis(crate::p2p::OPEN_TIMEOUT_MS);
             let asks = missing.iter().map(|to| {
-                crate::node::fence::ask(
-                    &self.client,
-                    &self.key,
-                    self.me,
-                    self.claim(*to, epoch, kind),
-                )
+                let claim = self.claim(*to, epoch, kind);
+                crate::node::fence::ask(&self.client, &self.key, self.me, claim, wait)
             });
             for (b, a) in missing.iter().zip(futures::future::join_all(asks).await) {
                 if let Some(a) = a.filter(|a| *a != ClaimAnswer::Refused) {
@@ -204,8 +213,7 @@ pub async fn recover(
     if net.others.is_empty() {
         return Ok(report);
     }
-    let states = net.ask_all(own.epoch, ClaimKind::Probe, wait).await?;
-    refuse_if_served(&net, &states, own, join)?;
+    let states = until_silent(&net, own, join, wait).await?;
     if join {
         return Ok(report);
     }
@@ -241,6 +249,38 @@ fn newest_head(states: &[(BranchId, ClaimAnswer)]) -> Option<(BranchId, Head)> {
             _ => None,
         })
         .max_by_key(|(_, h)| (h.ledger_seq, h.at_ms))
+}
+
+/// The other branches' states once no copy of this branch has renewed its lease for
+/// the grace period: a copy killed just before (its last renewal recent) is waited
+/// out, while one that keeps renewing still serves, and the restore is refused once
+/// `wait` has passed.
+async fn until_silent(
+    net: &Net,
+    own: OwnFence,
+    join: bool,
+    wait: Duration,
+) -> anyhow::Result<Vec<(BranchId, ClaimAnswer)>> {
+    let deadline = Instant::now() + wait;
+    let mut said = None;
+    loop {
+        let states = net.ask_all(own.epoch, ClaimKind::Probe, wait).await?;
+        let Err(e) = refuse_if_served(net, &states, own, join) else {
+            return Ok(states);
+        };
+        if Instant::now() > deadline {
+            return Err(e);
+        }
+        if said.is_none_or(|t: Instant| t.elapsed() >= Duration::from_millis(WAITING_SAY_MS)) {
+            eprintln!(
+                "restore: {e:#}\nrestore: waiting until no copy has renewed for {} s (a copy \
+                 that stopped is waited out; one that runs must be stopped)",
+                net.grace.as_secs()
+            );
+            said = Some(Instant::now());
+        }
+        tokio::time::sleep(Duration::from_millis(wire::limits::FENCE_RENEW_MS)).await;
+    }
 }
 
 /// Refuses while a copy serves the branch: any live one, or (joining) a live one not
@@ -426,14 +466,22 @@ fn apply_one(
     };
     let now = crate::node::now_ms();
     let done = store.in_tx(|c, _| crate::store::recover::recover(c, me, &item, now))?;
+    if let Recovery::Applied(repairs) = done {
+        report.placeholders.extend(repairs.placeholder);
+        if let Some((deposit, a)) = repairs.inferred_deposit {
+            report
+                .inferred_deposits
+                .push((r.spec.from, deposit, id, a.minor()));
+        }
+    }
     match (done, r.outcome) {
-        (Recovery::Applied, RecoveredOutcome::Committed) => {
+        (Recovery::Applied(_), RecoveredOutcome::Committed) => {
             report.committed.push((id, from, amount))
         }
-        (Recovery::Applied, RecoveredOutcome::InDoubt) => {
+        (Recovery::Applied(_), RecoveredOutcome::InDoubt) => {
             report.in_doubt_aborted.push((id, from, amount));
         }
-        (Recovery::Applied, _) => report.aborted += 1,
+        (Recovery::Applied(_), _) => report.aborted += 1,
         (Recovery::AlreadyHere, _) => {}
         (Recovery::Refused(why), _) => report.not_put_back.push(format!(
             "{id} ({}) with branch {from}: {why} ({})",
@@ -558,6 +606,21 @@ impl Report {
         }
         for line in &self.not_put_back {
             out.push_str(&format!("  NOT PUT BACK {line}\n"));
+        }
+        for n in &self.placeholders {
+            out.push_str(&format!(
+                "  account {n} was opened after the backup: put back for the transfers the \
+                 network holds, its owner unknown (no customer details, no login); an admin \
+                 must attach it\n"
+            ));
+        }
+        for (n, deposit, transfer, a) in &self.inferred_deposits {
+            out.push_str(&format!(
+                "  deposit {deposit} of {} into {n} put back: transfer {transfer} took more than \
+                 the restored balance, so money came in after the backup that only the lost \
+                 disk recorded\n",
+                money(*a)
+            ));
         }
         out.push_str(&self.lost_text());
         out

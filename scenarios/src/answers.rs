@@ -10,7 +10,12 @@
 //!   `transfer-status` after the heal, as its own customer through some branch, and the
 //!   answer is final and true ("no record" at its branch, once nothing is in flight,
 //!   means it never took effect); a sample of answered ids is asked too, and must get
-//!   the same answer again.
+//!   the same answer again;
+//! - a branch restored from a backup during the run (the `restore` fault) may have lost
+//!   what it alone did between the backup and losing its disk: a deposit, withdrawal or
+//!   local transfer of that branch answered in that window, or a cross-branch transfer
+//!   the restore's report names as aborted in doubt. Such an answer is counted as lost
+//!   by the restore, not as a violation; every other answer is held as above.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -19,6 +24,41 @@ use wire::TransferId;
 use wire::teller::{TellerOp, TellerResponse, TransferState};
 
 use crate::workload::{Answer, Kind, Person, Record, Senders, Tellers};
+
+/// A branch restored from a backup during a run: when its backup was taken, when it was
+/// killed and its disk lost, and what its restore reported.
+#[derive(Debug, Clone)]
+pub struct Restored {
+    pub branch: wire::BranchId,
+    pub backed_up: std::time::Instant,
+    pub killed: std::time::Instant,
+    pub report: branch_node::restore::Report,
+}
+
+impl Restored {
+    /// Whether the restore may have lost what `r` was told: a deposit, withdrawal or
+    /// local transfer of this branch carried out between the backup and the kill (only
+    /// this branch saw it), a transfer out of it refused there then (refused before any
+    /// other branch heard of it), or a cross-branch transfer the report names as aborted
+    /// in doubt (only the lost disk knew its decision).
+    pub fn may_have_lost(&self, r: &Record) -> bool {
+        if r.owner.branch() != self.branch {
+            return false;
+        }
+        let in_window = r.sent_at < self.killed && r.sent_at + r.latency > self.backed_up;
+        match r.kind {
+            Kind::Cross => {
+                let named = self
+                    .report
+                    .in_doubt_aborted
+                    .iter()
+                    .any(|(id, _, _)| *id == r.id);
+                named || (in_window && matches!(r.answer, Answer::Refused(_)))
+            }
+            _ => in_window,
+        }
+    }
+}
 
 /// One in this many ids with a final answer is asked about again after the heal.
 const CROSS_CHECK_EVERY: usize = 8;
@@ -43,6 +83,8 @@ pub struct AnswerReport {
     /// happened.
     pub resolved_committed: usize,
     pub resolved_not: usize,
+    /// Ids answered committed whose effect a restore lost, as its report allows.
+    pub lost_by_restore: usize,
     pub violations: Vec<String>,
 }
 
@@ -151,8 +193,13 @@ fn status_answer(s: &TransferState) -> Option<Answer> {
 }
 
 /// Checks every answer against the ledgers (`audits`, taken after the heal) and the
-/// statuses asked after the heal.
-pub fn check(records: &[Record], statuses: &Statuses, audits: &[Audit]) -> AnswerReport {
+/// statuses asked after the heal, allowing what `restores` may have lost.
+pub fn check(
+    records: &[Record],
+    statuses: &Statuses,
+    audits: &[Audit],
+    restores: &[Restored],
+) -> AnswerReport {
     let mut rep = AnswerReport {
         answers: records.len(),
         resent: records.iter().filter(|r| r.resend).count(),
@@ -174,9 +221,32 @@ pub fn check(records: &[Record], statuses: &Statuses, audits: &[Audit]) -> Answe
     rep.ids = by_id.len();
     let legs = Legs::of(audits);
     for (id, answers) in &by_id {
-        check_id(*id, answers, statuses.get(id), &legs, &mut rep);
+        let lost = answers
+            .iter()
+            .any(|r| restores.iter().any(|x| x.may_have_lost(r)));
+        if lost {
+            check_lost(*id, answers, &legs, &mut rep);
+        } else {
+            check_id(*id, answers, statuses.get(id), &legs, &mut rep);
+        }
     }
     rep
+}
+
+/// An id a restore may have lost: its outcome may be gone with the disk (a resend after
+/// the restore got a new one), so it is not held to its first answer; what it is held
+/// to is that a committed transfer moved money on both legs or on neither.
+fn check_lost(id: TransferId, answers: &[&Record], legs: &Legs, rep: &mut AnswerReport) {
+    let kind = answers[0].kind;
+    let (applied, any_leg) = legs.applied(kind, id);
+    if kind.is_transfer() && any_leg && !applied {
+        rep.violations.push(format!(
+            "answers: {id} ({kind:?}): half applied after a restore"
+        ));
+    }
+    if answers.iter().any(|r| r.answer == Answer::Committed) && !applied {
+        rep.lost_by_restore += 1;
+    }
 }
 
 fn check_id(
@@ -267,6 +337,7 @@ mod tests {
             answer,
             latency: Duration::ZERO,
             resend: false,
+            sent_at: std::time::Instant::now(),
         }
     }
 
@@ -284,7 +355,7 @@ mod tests {
         let records: Vec<Record> = answers.iter().map(|a| rec(7, Kind::Cross, *a)).collect();
         let statuses: Statuses = status.map(|s| (TransferId(7), Ok(s))).into_iter().collect();
         let ids: &[u128] = if applied { &[7] } else { &[] };
-        let rep = check(&records, &statuses, &audit(ids, ids, &[]));
+        let rep = check(&records, &statuses, &audit(ids, ids, &[]), &[]);
         assert_eq!(
             !rep.violations.is_empty(),
             bad,
@@ -323,17 +394,81 @@ mod tests {
     }
 
     #[test]
+    fn a_restore_may_lose_what_only_its_branch_saw_in_its_window_and_nothing_else() {
+        use std::time::Instant;
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        let mut report = branch_node::restore::Report::default();
+        report
+            .in_doubt_aborted
+            .push((TransferId(9), BranchId(2), 100));
+        let restored = Restored {
+            branch: BranchId(1),
+            backed_up: at(1_000),
+            killed: at(2_000),
+            report,
+        };
+        let sent = |id: u128, kind: Kind, ms: u64| Record {
+            sent_at: at(ms),
+            latency: Duration::from_millis(10),
+            ..rec(id, kind, Answer::Committed)
+        };
+        let lost = |r: Record| {
+            check(
+                &[r],
+                &Statuses::new(),
+                &audit(&[], &[], &[]),
+                &[restored.clone()],
+            )
+        };
+        let in_window = lost(sent(1, Kind::Deposit, 1_500));
+        assert!(
+            in_window.violations.is_empty(),
+            "{:?}",
+            in_window.violations
+        );
+        assert_eq!(in_window.lost_by_restore, 1);
+        for r in [sent(2, Kind::Deposit, 500), sent(3, Kind::Withdraw, 2_500)] {
+            assert_eq!(lost(r).violations.len(), 1, "outside the window: {r:?}");
+        }
+        assert!(
+            lost(sent(9, Kind::Cross, 1_500)).violations.is_empty(),
+            "named"
+        );
+        assert_eq!(
+            lost(sent(8, Kind::Cross, 1_500)).violations.len(),
+            1,
+            "not named"
+        );
+        // A transfer refused at the restored branch in the window: its record is lost.
+        let refused = Record {
+            answer: Answer::Refused(wire::Refusal::InsufficientFunds),
+            ..sent(7, Kind::Cross, 1_500)
+        };
+        let statuses: Statuses = [(TransferId(7), Ok(TransferState::Unknown))].into();
+        let rep = check(
+            &[refused],
+            &statuses,
+            &audit(&[], &[], &[]),
+            &[restored.clone()],
+        );
+        assert!(rep.violations.is_empty(), "{:?}", rep.violations);
+    }
+
+    #[test]
     fn a_half_applied_transfer_is_not_committed() {
         let rep = check(
             &[rec(7, Kind::Cross, Answer::Committed)],
             &Statuses::new(),
             &audit(&[7], &[], &[]),
+            &[],
         );
         assert_eq!(rep.violations.len(), 1, "{:?}", rep.violations);
         let rep = check(
             &[rec(8, Kind::Deposit, Answer::Committed)],
             &Statuses::new(),
             &audit(&[], &[], &[8]),
+            &[],
         );
         assert!(rep.violations.is_empty(), "{:?}", rep.violations);
     }

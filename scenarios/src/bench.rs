@@ -151,7 +151,7 @@ pub async fn run(opts: &BenchOptions, dir: &Path) -> anyhow::Result<Value> {
     let disagree = check::replicas_agree(&cluster, SETTLE_BOUND)?;
     let (mut report, audits) = check::finish_audited(&mut cluster, &committed, SETTLE_BOUND)?;
     report.violations.extend(disagree);
-    let answer_report = answers::check(&all, &statuses, &audits);
+    let answer_report = answers::check(&all, &statuses, &audits, &[]);
     report.violations.extend(answer_report.violations);
     Ok(json!({
         "branches": opts.branches,

@@ -24,6 +24,9 @@ pub const NODE_START_TIMEOUT_MS: u64 = 30_000;
 /// How long a node may take to stop after SIGTERM before it is killed.
 pub const NODE_STOP_TIMEOUT_MS: u64 = 10_000;
 
+/// The fence lease of a local network (its network file's `fence_lease_ms`).
+pub const LOCAL_FENCE_LEASE_MS: u64 = 6_000;
+
 /// The admin password every branch of a local network gets (a local test network only).
 pub const ADMIN_PASSWORD: &str = "local-admin-password";
 
@@ -214,10 +217,15 @@ impl Cluster {
         let deadline = std::time::Instant::now() + timeout;
         while !self.nodes[i].serving.load(Ordering::Relaxed) {
             if std::time::Instant::now() > deadline {
+                let log = self.nodes[i].dir.join("node.log");
+                let text = std::fs::read_to_string(&log).unwrap_or_default();
+                let tail: Vec<&str> = text.lines().rev().take(40).collect();
+                let tail: Vec<&str> = tail.into_iter().rev().collect();
                 bail!(
-                    "branch {} did not start serving within {timeout:?}; see {}",
+                    "branch {} did not start serving within {timeout:?}; {} ends:\n{}",
                     self.nodes[i].name,
-                    self.nodes[i].dir.join("node.log").display()
+                    log.display(),
+                    tail.join("\n")
                 );
             }
             std::thread::sleep(Duration::from_millis(20));
@@ -389,7 +397,9 @@ impl Cluster {
         };
         let bin = branch_node_bin()?;
         let mut nodes = Vec::new();
-        let mut network = String::new();
+        // A local network's fence lease is short (the default is 30 s): a restore waits
+        // out the lease and half again after a branch was killed, and scenarios restore.
+        let mut network = format!("fence_lease_ms = {LOCAL_FENCE_LEASE_MS}\n\n");
         for i in (1..=n).filter(|_| replicas > 1) {
             let name = format!("b{i}");
             network.push_str(&format!("[[branch]]\nid = {i}\nname = {name:?}\n"));
@@ -530,6 +540,67 @@ impl Cluster {
             );
         }
         Ok(())
+    }
+
+    /// A backup of node `i`'s store (`branch-node backup`, while it runs) into the
+    /// cluster's dir; where it is.
+    pub fn backup(&self, i: usize) -> anyhow::Result<PathBuf> {
+        let n = &self.nodes[i];
+        let stamp = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis());
+        let to = self.dir.join(format!("{}-{stamp}.backup", n.name));
+        let out = Command::new(&self.bin)
+            .arg("backup")
+            .arg("--data-dir")
+            .arg(&n.dir)
+            .arg("--to")
+            .arg(&to)
+            .output()?;
+        anyhow::ensure!(
+            out.status.success(),
+            "backup of {}: {}",
+            n.name,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(to)
+    }
+
+    /// Deletes node `i`'s database and the files SQLite keeps beside it (a lost disk;
+    /// the node must be stopped).
+    pub fn lose_database(&self, i: usize) -> anyhow::Result<()> {
+        for f in ["", "-wal", "-shm"] {
+            let path = self.nodes[i].dir.join(format!("{}{f}", init::DB_FILE));
+            match std::fs::remove_file(&path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(())
+    }
+
+    /// Restores backup `from` into node `i`'s data dir (`branch-node restore`); its report.
+    pub fn restore(&self, i: usize, from: &Path) -> anyhow::Result<branch_node::restore::Report> {
+        let n = &self.nodes[i];
+        let out = Command::new(&self.bin)
+            .arg("restore")
+            .arg("--from")
+            .arg(from)
+            .arg("--data-dir")
+            .arg(&n.dir)
+            .arg("--network")
+            .arg(&self.network_file)
+            .output()?;
+        anyhow::ensure!(
+            out.status.success(),
+            "restore of {}: {}{}",
+            n.name,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let json = std::fs::read_to_string(n.dir.join(branch_node::restore::REPORT_JSON_FILE))?;
+        Ok(serde_json::from_str(&json)?)
     }
 
     /// Whether node `i` is running (started and not seen to exit).

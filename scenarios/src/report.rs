@@ -128,7 +128,7 @@ impl Summary {
              throughput: {:.0} requests/s over {:.1} s\n\
              answers checked: {} to {} ids ({} resent): {} committed, {} refused, {} not done, {} unknown; \
              asked after the heal: {} ids ({} unknown resolved committed, {} did not happen); \
-             answer violations: {}\n\
+             lost by a restore, as its report allows: {}; answer violations: {}\n\
              settled after the heal in: {}\nconsistent snapshots during the run: {} (most legs in doubt at one: {})\n\
              committed answers found durable: {}; cross-branch commits with signed proof: {}\n",
             self.name,
@@ -148,6 +148,7 @@ impl Summary {
             a.asked,
             a.resolved_committed,
             a.resolved_not,
+            a.lost_by_restore,
             a.violations.len(),
             self.settle.map_or("did not settle".to_string(), ms),
             self.snapshots,
@@ -202,6 +203,7 @@ impl Summary {
                 "asked_after_heal": a.asked,
                 "unknown_resolved_committed": a.resolved_committed,
                 "unknown_resolved_not_happened": a.resolved_not,
+                "lost_by_restore": a.lost_by_restore,
                 "violations": a.violations.len(),
             },
             "totals": self.report.totals.iter().map(|(b, (bal, held))| json!({

@@ -157,6 +157,18 @@ pub enum Fault {
         impersonate: u16,
         at_ms: u64,
     },
+    /// An operator restores `branch` from a backup: the backup is taken (while it runs)
+    /// at `backup_at_ms`; at `at_ms` it is killed with -9 and its database lost, the
+    /// backup is restored (`branch-node restore`: it waits out the branch's fence lease,
+    /// makes the restored copy the branch's newest, and puts back every cross-branch
+    /// transfer the other branches hold) and the branch started again. What it alone did
+    /// in between is lost; the answer checker holds each such loss to the restore's
+    /// report. Branches of one replica only.
+    Restore {
+        branch: u16,
+        backup_at_ms: u64,
+        at_ms: u64,
+    },
     /// `count` random faults (kill, partition, pause, delay) from `seed`, spread over
     /// `over_ms`, each lasting up to `max_ms`.
     Random {
@@ -176,6 +188,7 @@ impl Fault {
             | Fault::Drop { at_ms, .. }
             | Fault::Pause { at_ms, .. }
             | Fault::Rogue { at_ms, .. } => *at_ms,
+            Fault::Restore { backup_at_ms, .. } => *backup_at_ms,
             Fault::Random { .. } => 0,
         }
     }
@@ -246,6 +259,21 @@ impl Scenario {
                     );
                     vec![*target, *impersonate]
                 }
+                Fault::Restore {
+                    branch,
+                    backup_at_ms,
+                    at_ms,
+                } => {
+                    anyhow::ensure!(
+                        backup_at_ms < at_ms,
+                        "a restore's backup_at_ms comes before its at_ms"
+                    );
+                    anyhow::ensure!(
+                        s.replicas == 1,
+                        "a restore fault restores one branch's only copy: branches of one replica only"
+                    );
+                    vec![*branch]
+                }
                 Fault::Random { .. } => vec![],
             };
             if let Some(b) = named.iter().find(|b| !ok(**b)) {
@@ -292,6 +320,14 @@ impl Scenario {
                     f(duration_ms);
                 }
                 Fault::Rogue { at_ms, .. } => f(at_ms),
+                Fault::Restore {
+                    backup_at_ms,
+                    at_ms,
+                    ..
+                } => {
+                    f(backup_at_ms);
+                    f(at_ms);
+                }
                 Fault::Random { .. } => {}
             }
         }
@@ -361,6 +397,8 @@ struct Shared {
     faults_done: Mutex<Vec<String>>,
     /// The most legs in doubt seen at one snapshot (shows the faults bit).
     max_in_doubt: std::sync::atomic::AtomicUsize,
+    /// Branches the schedule restored from a backup.
+    restores: Mutex<Vec<answers::Restored>>,
 }
 
 impl Shared {
@@ -418,6 +456,9 @@ pub async fn run(s: &Scenario, dir: &Path, opts: &RunOptions) -> anyhow::Result<
     for b in (0..usize::from(s.branches)).filter(|_| s.replicas > 1) {
         cluster.wait_serving(b, crate::cluster::SERVE_WAIT).await?;
     }
+    for i in (0..cluster.nodes.len()).filter(|_| s.replicas == 1) {
+        cluster.wait_node_serving(i, crate::cluster::SERVE_WAIT)?;
+    }
     let targets = (0..usize::from(s.branches))
         .map(|b| cluster.branch_target(b))
         .collect::<anyhow::Result<Vec<_>>>()?;
@@ -431,6 +472,7 @@ pub async fn run(s: &Scenario, dir: &Path, opts: &RunOptions) -> anyhow::Result<
         violations: Mutex::new(Vec::new()),
         faults_done: Mutex::new(Vec::new()),
         max_in_doubt: std::sync::atomic::AtomicUsize::new(0),
+        restores: Mutex::new(Vec::new()),
     });
     let progress = Arc::new(Progress::default());
     let bar = crate::report::bar(opts.progress, &s.workload, progress.clone());
@@ -477,16 +519,24 @@ pub async fn run(s: &Scenario, dir: &Path, opts: &RunOptions) -> anyhow::Result<
     let settle = check::wait_settled(&dbs, bound)?;
     // Asked while the nodes still run; then the common end: settle, stop, check.
     let statuses = answers::resolve(&records, &tellers, s.workload.senders).await;
+    let restores = shared
+        .restores
+        .lock()
+        .map(|r| r.clone())
+        .unwrap_or_default();
+    // What a restore lost is held to its report by the answer checker, not to the
+    // ledgers as durable.
     committed.extend(
         records
             .iter()
             .filter(|r| r.answer == Answer::Committed)
+            .filter(|r| !restores.iter().any(|x| x.may_have_lost(r)))
             .map(|r| r.id),
     );
     let disagree = check::replicas_agree(&shared.cluster(), bound)?;
     let (mut report, audits) = check::finish_audited(&mut shared.cluster(), &committed, bound)?;
     report.violations.extend(disagree);
-    let answer_report = answers::check(&records, &statuses, &audits);
+    let answer_report = answers::check(&records, &statuses, &audits, &restores);
     report
         .violations
         .extend(answer_report.violations.iter().cloned());
@@ -650,6 +700,14 @@ impl FaultRun {
                 impersonate,
                 ..
             } => self.rogue(target, impersonate).await,
+            Fault::Restore {
+                branch,
+                backup_at_ms,
+                at_ms,
+            } => {
+                self.restore(branch, at_ms.saturating_sub(backup_at_ms))
+                    .await
+            }
             Fault::Random { .. } => Ok(()),
         }
     }
@@ -818,6 +876,55 @@ impl FaultRun {
         self.restart(ii).await?;
         self.shared
             .note(format!("b{impersonate} restarted ({} ms)", self.t()));
+        Ok(())
+    }
+}
+
+impl FaultRun {
+    /// Backs `branch` up now; `after_ms` later kills it, loses its database, restores
+    /// the backup and starts it again, the cluster held throughout (no snapshot audits
+    /// a branch without its database).
+    async fn restore(&self, branch: u16, after_ms: u64) -> anyhow::Result<()> {
+        let i = usize::from(branch - 1);
+        let sh = self.shared.clone();
+        // The copy is one moment while the command runs: what was answered after it
+        // starts may be missing from it.
+        let backed_up = Instant::now();
+        let file = tokio::task::spawn_blocking(move || sh.cluster().backup(i)).await??;
+        self.shared
+            .note(format!("b{branch} backed up ({} ms)", self.t()));
+        tokio::time::sleep(Duration::from_millis(after_ms)).await;
+        let sh = self.shared.clone();
+        let (killed, report) = tokio::task::spawn_blocking(move || {
+            let mut c = sh.cluster();
+            c.kill(i);
+            let killed = Instant::now();
+            c.lose_database(i)?;
+            let report = c.restore(i, &file)?;
+            c.start_node(i, &[])?;
+            anyhow::Ok((killed, report))
+        })
+        .await??;
+        let lost = report.lost().map_or(0, |l| {
+            l.deposits.count + l.withdrawals.count + l.local_transfers.count
+        });
+        self.shared.note(format!(
+            "b{branch} killed -9, its disk lost, restored from the backup and started \
+             (epoch {}, {} cross-branch transfers put back, {} in doubt aborted, {lost} \
+             one-step movements reported lost) ({} ms)",
+            report.epoch,
+            report.committed.len(),
+            report.in_doubt_aborted.len(),
+            self.t()
+        ));
+        if let Ok(mut r) = self.shared.restores.lock() {
+            r.push(answers::Restored {
+                branch: BranchId(branch),
+                backed_up,
+                killed,
+                report,
+            });
+        }
         Ok(())
     }
 }

@@ -288,6 +288,8 @@ pub struct Record {
     pub latency: Duration,
     /// A second send of an id already answered.
     pub resend: bool,
+    /// When it was sent (its answer came `latency` later).
+    pub sent_at: Instant,
 }
 
 /// Live counters, for progress bars and the schedule.
@@ -491,6 +493,7 @@ impl Client {
             answer,
             latency: started.elapsed(),
             resend,
+            sent_at: started,
         }
     }
 
@@ -544,6 +547,7 @@ impl Client {
                     answer,
                     latency,
                     resend,
+                    sent_at: started,
                 }
             })
             .collect()

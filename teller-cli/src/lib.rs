@@ -240,19 +240,24 @@ impl Teller {
     /// A transfer goes with the others sent at the same time over this connection under
     /// this session, as one batch ([`coalesce`]); its answer is its own.
     pub async fn call(&self, op: TellerOp) -> Result<TellerResponse, TellerError> {
-        if let (TellerOp::Transfer(spec), Some(session)) = (&op, self.session) {
-            return self.lanes.transfer(&self.client, session, *spec).await;
-        }
         // A replicated branch between leaders answers "not the leader", and a branch
         // whose fence has not confirmed it yet (it is starting) "not confirmed": nothing
         // was done either way; ask again while that passes, about a second.
         let deadline = std::time::Instant::now() + Duration::from_millis(FAILOVER_WAIT_MS);
         loop {
-            let request = TellerRequest {
-                session: self.session,
-                op: op.clone(),
+            let answer = match (&op, self.session) {
+                (TellerOp::Transfer(spec), Some(session)) => {
+                    self.lanes.transfer(&self.client, session, *spec).await
+                }
+                _ => {
+                    let request = TellerRequest {
+                        session: self.session,
+                        op: op.clone(),
+                    };
+                    answer_of(self.client.request(request).await?)
+                }
             };
-            match answer_of(self.client.request(request).await?) {
+            match answer {
                 Err(TellerError::Unavailable(
                     Unavailable::NotLeader { .. } | Unavailable::NotConfirmed,
                 )) if std::time::Instant::now() < deadline => {

@@ -247,8 +247,8 @@ enum Admin {
     /// What is not finished at any branch, and which branch each waits on.
     InDoubt,
     /// Every branch's signed statement of its committed cross-branch debits and credits
-    /// per other branch (transfers whose deadline passed more than --settle-secs ago,
-    /// whatever their ids), signatures checked against the network file, held pair by
+    /// per other branch (transfers begun more than --settle-secs ago, whatever their
+    /// ids), signatures checked against the network file, held pair by
     /// pair: count, total and a digest of every transfer, so each is compared. Exit 0
     /// when every pair agrees; 1 when a pair disagrees (the transfers are named) or a
     /// statement does not verify; 4 when a branch did not answer.

@@ -16,16 +16,26 @@ pub fn teller_request(data: &[u8]) {
     let _ = wire::decode::<TellerResponse>(data);
 }
 
-/// A link request and, inside it, a signed 2PC envelope and its payload.
+/// A link request and, inside it, a signed 2PC envelope or fence claim and its payload.
 pub fn link_request(data: &[u8]) {
     if let Ok(request) = wire::decode::<LinkRequest>(data) {
         assert_eq!(wire::encode(&request).ok().as_deref(), Some(data));
-        if let LinkRequest::TwoPc {
-            envelope: bytes, ..
-        } = request
-        {
-            let _ = wire::decode::<Signed<BranchMessage>>(&bytes);
+        match request {
+            LinkRequest::TwoPc { envelope, .. } => {
+                let _ = wire::decode::<Signed<BranchMessage>>(&envelope);
+            }
+            LinkRequest::Fence(claim) => {
+                let _ = wire::decode::<Signed<wire::fence::Claim>>(&claim);
+            }
+            LinkRequest::Forward(_) => {}
         }
+    }
+    // A fence claim as a witness decodes it, and its payload.
+    if let Ok(signed) = wire::decode::<Signed<wire::fence::Claim>>(data) {
+        assert_eq!(wire::encode(&signed).ok().as_deref(), Some(data));
+    }
+    if let Ok(claim) = wire::decode::<wire::fence::Claim>(data) {
+        assert_eq!(wire::encode(&claim).ok().as_deref(), Some(data));
     }
     if let Ok(signed) = wire::decode::<Signed<BranchMessage>>(data) {
         assert_eq!(wire::encode(&signed).ok().as_deref(), Some(data));

@@ -64,3 +64,26 @@ pub async fn deposit(c: &Cluster, i: usize, account: AccountNumber, minor: i64) 
     );
     id
 }
+
+/// Runs `branch-node` with `args`: its exit status and everything it printed.
+pub fn branch_node(args: &[&std::ffi::OsStr]) -> (i32, String) {
+    let bin = scenarios::cluster::branch_node_bin().expect("branch-node");
+    let out = std::process::Command::new(bin)
+        .args(args)
+        .output()
+        .expect("run branch-node");
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    (out.status.code().unwrap_or(-1), text)
+}
+
+/// `branch-node verify` of `data_dir` against `network`: exit status and report.
+pub fn verify(data_dir: &std::path::Path, network: &std::path::Path) -> (i32, String) {
+    branch_node(&[
+        "verify".as_ref(),
+        "--data-dir".as_ref(),
+        data_dir.as_os_str(),
+        "--network".as_ref(),
+        network.as_os_str(),
+    ])
+}

@@ -7,11 +7,12 @@ use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use scenarios::check;
-use scenarios::cluster::{Cluster, branch_node_bin, teller_cli_bin};
+use scenarios::cluster::{Cluster, teller_cli_bin};
 use teller_cli::{Teller, TellerError, new_transfer_id};
+use tests::{branch_node, verify};
 use wire::teller::{TellerOp, TellerResponse, TransferState};
 use wire::twopc::TransferSpec;
-use wire::{Amount, Refusal};
+use wire::{AccountNumber, Amount, Refusal};
 
 mod common;
 use common::{fetch, sample};
@@ -189,20 +190,6 @@ async fn committed_transfer(
 }
 
 /// `branch-node verify` on `data_dir`: (exit code, report).
-fn verify(data_dir: &std::path::Path, network: &std::path::Path) -> (i32, String) {
-    let out = std::process::Command::new(branch_node_bin().expect("branch-node"))
-        .arg("verify")
-        .arg("--data-dir")
-        .arg(data_dir)
-        .arg("--network")
-        .arg(network)
-        .output()
-        .expect("run verify");
-    let text =
-        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
-    (out.status.code().unwrap_or(-1), text)
-}
-
 /// A copy of data dir `from` (key, database and its WAL) at `to`.
 fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
     std::fs::create_dir_all(to).expect("mkdir");
@@ -338,17 +325,6 @@ async fn verify_passes_a_clean_branch_and_reports_each_planted_damage() {
     );
 }
 
-/// Runs `branch-node` with `args`: (exit code, stdout and stderr).
-fn branch_node(args: &[&std::ffi::OsStr]) -> (i32, String) {
-    let out = std::process::Command::new(branch_node_bin().expect("branch-node"))
-        .args(args)
-        .output()
-        .expect("run branch-node");
-    let text =
-        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
-    (out.status.code().unwrap_or(-1), text)
-}
-
 /// Legs branch `i` voted yes on with no decision yet, read beside the running node.
 fn in_doubt(c: &Cluster, i: usize) -> i64 {
     let db = rusqlite::Connection::open_with_flags(
@@ -451,6 +427,8 @@ async fn a_backup_taken_while_a_transfer_is_in_doubt_restores_and_the_network_he
             file.as_os_str(),
             "--data-dir".as_ref(),
             c.nodes[0].dir.as_os_str(),
+            "--network".as_ref(),
+            c.network_file.as_os_str(),
         ])
     };
     let (code, said) = restore(&c);
@@ -532,6 +510,41 @@ async fn trace_and_in_doubt_follow_a_transfer_across_branches() {
     assert_eq!(b1["ledger"][0]["kind"], "TransferDebit", "{trace}");
     assert_eq!(b2["ledger"][0]["kind"], "TransferCredit", "{trace}");
     assert_eq!(trace["unreachable"], serde_json::json!([]));
+
+    // A refused withdrawal leaves no ledger line, but its branch's record of the id is
+    // traced, as transfer-status finds it.
+    let refused = new_transfer_id();
+    let r = customer(&c, 0, a)
+        .await
+        .call(TellerOp::Withdraw {
+            id: refused,
+            account: a,
+            amount: Amount::from_minor(90_000_000).expect("amount"),
+        })
+        .await;
+    assert!(
+        matches!(
+            r,
+            Ok(TellerResponse::Receipt {
+                state: TransferState::Aborted(_),
+                ..
+            })
+        ),
+        "{r:?}"
+    );
+    let v = admin_json(&c, "b2", &["trace", &refused.to_string()]);
+    let movement = &v["branches"][0]["movement"];
+    assert_eq!(
+        movement["accounts"],
+        serde_json::json!([a.to_string()]),
+        "{v}"
+    );
+    assert!(
+        movement["outcome"]
+            .as_str()
+            .is_some_and(|o| o.contains("insufficient_funds")),
+        "{v}"
+    );
 
     // b2 coordinates b -> a and dies before deciding: b1 waits on it.
     assert_eq!(
@@ -641,6 +654,74 @@ fn reconcile(c: &Cluster) -> (i32, serde_json::Value) {
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     let v = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"));
     (out.status.code().unwrap_or(-1), v)
+}
+
+/// `n` transfers of 0.01 from `from` to `to` as node `at`'s admin, in bulk payments of
+/// 1,000, each with a random id (no time in it, as a client may choose): all committed.
+async fn random_id_payments(
+    c: &Cluster,
+    at: usize,
+    from: AccountNumber,
+    to: AccountNumber,
+    n: usize,
+) {
+    let admin = c.admin(at).await.expect("admin");
+    for _ in 0..n / 1_000 {
+        let transfers = (0..1_000)
+            .map(|_| TransferSpec {
+                id: wire::TransferId::from_random_bytes(rand::random()),
+                from,
+                to,
+                amount: Amount::from_minor(1).expect("amount"),
+            })
+            .collect();
+        let r = admin
+            .call(TellerOp::TransferBatch { transfers })
+            .await
+            .expect("answer");
+        let TellerResponse::Receipts(lines) = r else {
+            panic!("{r:?}")
+        };
+        let committed = |l: &&wire::teller::LineReceipt| {
+            matches!(
+                l.answer,
+                wire::teller::LineAnswer::State(TransferState::Committed)
+            )
+        };
+        assert_eq!(lines.iter().filter(committed).count(), 1_000);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reconcile_compares_every_transfer_whatever_its_id() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let c = Cluster::start(dir.path(), 2, &[]).expect("cluster");
+    let (a, b, _) = tests::funded_pair(&c, "UID", PASSWORD, 100_000).await;
+    tests::deposit(&c, 1, b, 100_000).await;
+    random_id_payments(&c, 0, a, b, 3_000).await;
+    random_id_payments(&c, 1, b, a, 1_000).await;
+    let (code, v) = reconcile(&c);
+    assert_eq!(
+        (code, &v["all_agree"]),
+        (0, &serde_json::json!(true)),
+        "{v}"
+    );
+    let pair = |from: u64| {
+        v["pairs"]
+            .as_array()
+            .expect("pairs")
+            .iter()
+            .find(|p| p["from"] == from)
+            .expect("pair")
+            .clone()
+    };
+    assert_eq!(
+        pair(1)["compared"],
+        3_000,
+        "every one, though the ids carry no time"
+    );
+    assert_eq!(pair(1)["sent_total"], "30.00");
+    assert_eq!(pair(2)["compared"], 1_000);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -839,6 +920,25 @@ async fn ready(c: &Cluster, i: usize) -> String {
 }
 
 /// Deletes a data dir's database and Raft log (the disk is lost; the key was kept apart).
+/// Every file and dir under `dir` is its owner's alone (no group or other bits).
+fn owner_only(dir: &std::path::Path) {
+    use std::os::unix::fs::PermissionsExt;
+    for e in std::fs::read_dir(dir).expect("read dir") {
+        let e = e.expect("entry");
+        let mode = e.metadata().expect("meta").permissions().mode();
+        assert_eq!(
+            mode & 0o077,
+            0,
+            "{} is {:o}",
+            e.path().display(),
+            mode & 0o777
+        );
+        if e.file_type().expect("type").is_dir() {
+            owner_only(&e.path());
+        }
+    }
+}
+
 fn lose_disk(dir: &std::path::Path, files: &[&str]) {
     for name in files {
         for f in ["", "-wal", "-shm"] {
@@ -909,6 +1009,25 @@ async fn a_replicated_branch_that_lost_every_replica_comes_back_from_one_backup(
         file.as_os_str(),
     ]);
     assert_eq!(code, 0, "{said}");
+    // Restored beside the live group (replica 1's key, a new dir): refused, since the
+    // branch keeps renewing its lease; nothing is left behind.
+    let beside = dir.path().join("beside");
+    std::fs::create_dir_all(&beside).expect("mkdir");
+    let key = branch_node::init::KEY_FILE;
+    std::fs::copy(c.nodes[b1[0]].dir.join(key), beside.join(key)).expect("key");
+    let (code, said) = branch_node(&[
+        "restore".as_ref(),
+        "--from".as_ref(),
+        file.as_os_str(),
+        "--data-dir".as_ref(),
+        beside.as_os_str(),
+        "--network".as_ref(),
+        c.network_file.as_os_str(),
+        "--wait-secs".as_ref(),
+        "2".as_ref(),
+    ]);
+    assert!(code != 0 && said.contains("[branch_in_use]"), "{said}");
+    assert!(!beside.join(branch_node::init::DB_FILE).exists(), "{said}");
     for &i in &b1 {
         c.kill(i);
         lose_disk(&c.nodes[i].dir, &[branch_node::init::DB_FILE]);
@@ -920,6 +1039,8 @@ async fn a_replicated_branch_that_lost_every_replica_comes_back_from_one_backup(
             file.as_os_str(),
             "--data-dir".as_ref(),
             c.nodes[i].dir.as_os_str(),
+            "--network".as_ref(),
+            c.network_file.as_os_str(),
         ];
         if join {
             args.push("--join".as_ref());
@@ -959,6 +1080,7 @@ async fn a_replicated_branch_that_lost_every_replica_comes_back_from_one_backup(
             text.contains("ok    replica's store and Raft log"),
             "{text}"
         );
+        owner_only(&n.dir);
     }
     verify_finds_a_log_gap(
         &c.nodes[b1[1]].dir,

@@ -126,6 +126,22 @@ async fn bulk_payments_through_crashes() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operator_restores_a_branch_mid_run() {
+    let s = play("files/restore-a-branch.toml", 0.7).await;
+    let restored = s
+        .faults
+        .iter()
+        .find(|f| f.contains("restored from the backup"))
+        .expect("the restore ran");
+    assert!(restored.contains("epoch 2"), "{restored}");
+    assert!(
+        s.answers.lost_by_restore > 0,
+        "the restore lost answered work: {:?}",
+        s.faults
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn soak_short() {
     // A quarter of the minute-long soak: still a handful of random faults.
     let s = play("files/soak.toml", 0.25).await;
@@ -256,7 +272,7 @@ async fn checker_catches_planted_damage() {
     // The answer checker over the same ledgers: clean, then with answers that lie.
     let audits = check::audit_all(&dbs).expect("audit");
     let no_statuses = Default::default();
-    let answered = answers::check(&records, &no_statuses, &audits);
+    let answered = answers::check(&records, &no_statuses, &audits, &[]);
     assert!(answered.violations.is_empty(), "{:?}", answered.violations);
     let mut lies = records.clone();
     let moved = lies
@@ -268,7 +284,7 @@ async fn checker_catches_planted_damage() {
     made_up.id = teller_cli::new_transfer_id();
     made_up.answer = workload::Answer::Committed;
     lies.push(made_up);
-    let found = answers::check(&lies, &no_statuses, &audits).violations;
+    let found = answers::check(&lies, &no_statuses, &audits, &[]).violations;
     assert!(
         found
             .iter()

@@ -193,6 +193,7 @@ impl Told {
             answer,
             latency: Duration::ZERO,
             resend,
+            sent_at: std::time::Instant::now(),
         });
         (outcome, id)
     }
@@ -207,6 +208,7 @@ impl Told {
             answer: Answer::Committed,
             latency: Duration::ZERO,
             resend: false,
+            sent_at: std::time::Instant::now(),
         });
     }
 
@@ -239,7 +241,7 @@ fn finish(mut c: Cluster, told: &Told, statuses: &Statuses) {
     let (report, audits) =
         check::finish_audited(&mut c, &told.committed(), SETTLE_BOUND).expect("audit");
     assert!(report.ok(), "invariants violated: {:#?}", report.violations);
-    let answers = answers::check(&told.records, statuses, &audits);
+    let answers = answers::check(&told.records, statuses, &audits, &[]);
     assert!(
         answers.violations.is_empty(),
         "answers violated: {:#?}",

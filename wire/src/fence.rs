@@ -7,8 +7,9 @@
 //! remembers the newest epoch and the live instance of each branch, refuses claims (and
 //! 2PC envelopes) from an older epoch, and refuses a second live instance. A branch
 //! moves money only while a witness granted its claim within the lease
-//! ([`crate::limits::FENCE_LEASE_MS`]); a new copy takes over only once the old one's
-//! lease has run out everywhere ([`crate::limits::FENCE_GRACE_MS`]). A restore asks the
+//! ([`crate::limits::FENCE_LEASE_MS`] unless the network file sets another); a new copy
+//! takes over only once the old one's lease has run out everywhere
+//! ([`crate::limits::fence_grace_ms`]). A restore asks the
 //! witnesses first ([`ClaimKind::Probe`]) and is refused while the branch is served.
 //!
 //! Claims also carry the branch's [`Head`]: where its books stood. After a lost disk,
@@ -88,8 +89,7 @@ pub struct Claim {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[cfg_attr(test, derive(proptest_derive::Arbitrary))]
 pub enum ClaimAnswer {
-    /// The claim stands: a `Serve` claim holds the lease for
-    /// [`crate::limits::FENCE_LEASE_MS`] from when it was sent.
+    /// The claim stands: a `Serve` claim holds the lease from when it was sent.
     Granted,
     /// A newer epoch of the branch exists (a restore): this copy must stop.
     Fenced { newest: u64 },

@@ -161,19 +161,26 @@ pub const FORWARDS_PER_BRANCH_MAX: usize = 256;
 pub const LINK_DELAY_MS_MAX: u32 = 60_000;
 
 /// How long a witness's grant of a branch's fence claim lets the branch move money, in
-/// milliseconds, counted from when the claim was sent. A branch that no other branch
-/// answers for this long stops moving money (it cannot know that a copy of it has not
-/// been restored elsewhere); reads, logins and 2PC recovery go on.
+/// milliseconds, counted from when the claim was sent, unless the network file says
+/// otherwise (`fence_lease_ms`). A branch that no other branch answers for this long
+/// stops moving money (it cannot know that a copy of it has not been restored
+/// elsewhere); reads, logins and 2PC recovery go on.
 pub const FENCE_LEASE_MS: u64 = 30_000;
+
+/// The shortest and longest lease a network file may set.
+pub const FENCE_LEASE_MS_MIN: u64 = 5_000;
+pub const FENCE_LEASE_MS_MAX: u64 = 600_000;
 
 /// How often a serving branch renews its fence claim at every other branch.
 pub const FENCE_RENEW_MS: u64 = 1_000;
 
 /// How long a witness waits after an instance's last renewal before it lets another
-/// copy of the branch take over (or a restore register a new epoch), in milliseconds:
-/// the lease plus half again, for the two machines' clocks running at different rates
-/// and the claim's time in flight.
-pub const FENCE_GRACE_MS: u64 = FENCE_LEASE_MS + FENCE_LEASE_MS / 2;
+/// copy of the branch take over (or a restore register a new epoch), for a lease of
+/// `lease_ms`: the lease plus half again, for the two machines' clocks running at
+/// different rates and the claim's time in flight.
+pub const fn fence_grace_ms(lease_ms: u64) -> u64 {
+    lease_ms + lease_ms / 2
+}
 
 /// Oldest fence claim a witness acts on, by its own clock against the claim's, in
 /// milliseconds (room for clocks that disagree).
@@ -184,13 +191,10 @@ pub const FENCE_CLAIM_TTL_MS: u64 = 120_000;
 pub const FENCE_ANSWER_WAIT_MS: u64 = 3_000;
 
 const _: () = assert!(
-    FENCE_RENEW_MS * 10 <= FENCE_LEASE_MS,
+    FENCE_RENEW_MS * 5 <= FENCE_LEASE_MS_MIN,
     "several renewals per lease"
 );
-const _: () = assert!(
-    FENCE_LEASE_MS < FENCE_GRACE_MS,
-    "a takeover waits out the lease"
-);
+const _: () = assert!(FENCE_LEASE_MS_MIN <= FENCE_LEASE_MS && FENCE_LEASE_MS <= FENCE_LEASE_MS_MAX);
 const _: () = assert!(
     FENCE_ANSWER_WAIT_MS > 2 * FENCE_RENEW_MS,
     "a renewal can arrive"

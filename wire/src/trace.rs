@@ -142,8 +142,9 @@ pub struct Position {
 }
 
 /// What a branch signs for `admin reconcile`: its committed cross-branch debits and
-/// credits per other branch, for the transfers whose deadline (set by the coordinator
-/// in its prepare, recorded the same at both participants) is at or before `cut_ms`,
+/// credits per other branch, for the transfers begun at or before `cut_ms`. A
+/// transfer's begin time is its deadline (set by the coordinator in its prepare and
+/// recorded the same at both participants) less [`crate::limits::PREPARE_TIMEOUT_MS`],
 /// so both sides of a transfer agree on whether it is inside the cut, whatever its id.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Statement {

@@ -5,12 +5,12 @@
 //!
 //! Why it is safe (ARCHITECTURE.md, "Fencing", says it for people):
 //! - A copy moves money only while its lease runs: a witness granted its claim less
-//!   than [`FENCE_LEASE_MS`] ago, counted on the copy's own clock from when it *sent*
-//!   the claim (before the witness saw it), and checked again after the change is
-//!   durable and before the answer goes out.
+//!   than the lease (the network file's `fence_lease_ms`) ago, counted on the copy's
+//!   own clock from when it *sent* the claim (before the witness saw it), and checked
+//!   again after the change is durable and before the answer goes out.
 //! - A witness lets a second copy in (a new instance that is not the known successor,
-//!   or a restore's new epoch) only once the live instance's last renewal is
-//!   [`FENCE_GRACE_MS`] old on the witness's clock: by then the old copy's lease has run
+//!   or a restore's new epoch) only once the live instance's last renewal is a grace
+//!   period (the lease and half again) old on the witness's clock: by then the old copy's lease has run
 //!   out, whatever the clocks read, as long as they run at about the same rate (the
 //!   grace is half again the lease). Only durations are compared, never two clocks'
 //!   readings, so clocks that are set wrong do not matter.
@@ -28,9 +28,7 @@ use std::time::{Duration, Instant};
 use libp2p::PeerId;
 use tokio::sync::watch;
 use wire::fence::{Claim, ClaimAnswer, ClaimKind, FENCE_DOMAIN, Head};
-use wire::limits::{
-    FENCE_ANSWER_WAIT_MS, FENCE_CLAIM_TTL_MS, FENCE_GRACE_MS, FENCE_LEASE_MS, FENCE_RENEW_MS,
-};
+use wire::limits::{FENCE_ANSWER_WAIT_MS, FENCE_CLAIM_TTL_MS, FENCE_RENEW_MS};
 use wire::link::{EnvelopeRefusal, LinkRequest, LinkResponse};
 use wire::teller::Unavailable;
 use wire::{BranchId, BranchKey, Signed};
@@ -47,14 +45,11 @@ use crate::store::writer::WriterHandle;
 /// How often a witness writes a branch's newer head when nothing else changed.
 const HEAD_WRITE_MS: u64 = 10_000;
 
-/// A lease is used only with at least this much of it left, so a check just before an
-/// answer is not undone by the time the answer takes to leave.
-const LEASE_MARGIN_MS: u64 = 2 * FENCE_RENEW_MS;
-
-const _: () = assert!(
-    LEASE_MARGIN_MS * 4 < FENCE_LEASE_MS,
-    "a lease is mostly usable"
-);
+/// A lease is used only with an eighth of it left, so a check just before an answer
+/// is not undone by the time the answer takes to leave.
+fn margin(lease: Duration) -> Duration {
+    lease / 8
+}
 
 /// What a witness knows of one branch.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -76,17 +71,24 @@ pub(crate) struct Verdict {
     pub durable: bool,
 }
 
-fn live(entry: &Entry, now: Instant) -> Option<Duration> {
+fn live(entry: &Entry, now: Instant, grace: Duration) -> Option<Duration> {
     let since = now.saturating_duration_since(entry.renewed?);
-    (entry.instance.is_some() && since < Duration::from_millis(FENCE_GRACE_MS)).then_some(since)
+    (entry.instance.is_some() && since < grace).then_some(since)
 }
 
 fn ms(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
-/// The rules of a witness, pure: `entry` is what it knows of the claiming branch.
-pub(crate) fn decide(entry: Option<Entry>, kind: ClaimKind, epoch: u64, now: Instant) -> Verdict {
+/// The rules of a witness, pure: `entry` is what it knows of the claiming branch, and
+/// `grace` how long after its last renewal a copy may be taken over.
+pub(crate) fn decide(
+    entry: Option<Entry>,
+    kind: ClaimKind,
+    epoch: u64,
+    now: Instant,
+    grace: Duration,
+) -> Verdict {
     let serving = |instance| Entry {
         epoch,
         instance: Some(instance),
@@ -127,7 +129,7 @@ pub(crate) fn decide(entry: Option<Entry>, kind: ClaimKind, epoch: u64, now: Ins
     if let ClaimKind::Probe = kind {
         return answer(ClaimAnswer::State {
             epoch: e.epoch,
-            renewed_ms_ago: live(&e, now).map(ms),
+            renewed_ms_ago: live(&e, now, grace).map(ms),
             head: None,
         });
     }
@@ -147,7 +149,7 @@ pub(crate) fn decide(entry: Option<Entry>, kind: ClaimKind, epoch: u64, now: Ins
         ClaimKind::Register if epoch == e.epoch => return grant(e, false),
         _ => true,
     };
-    if taking_over && let Some(since) = live(&e, now) {
+    if taking_over && let Some(since) = live(&e, now, grace) {
         return in_use(since);
     }
     match kind {
@@ -221,7 +223,8 @@ impl Witness {
         let _one = self.claims.lock().await;
         let now = Instant::now();
         let (entry, head, written) = self.known(claim.branch);
-        let mut verdict = decide(entry, claim.kind, claim.epoch, now);
+        let grace = self.network.fence_grace();
+        let mut verdict = decide(entry, claim.kind, claim.epoch, now, grace);
         if let ClaimAnswer::State { head: h, .. } = &mut verdict.answer {
             *h = head;
         }
@@ -315,6 +318,8 @@ pub enum LeaseState {
 pub struct Lease {
     state: watch::Receiver<LeaseState>,
     nudge: Arc<tokio::sync::Notify>,
+    /// How much of the lease must be left to use it.
+    margin: Duration,
     /// The sender of a lease that always holds (no holder keeps it).
     _always: Option<Arc<watch::Sender<LeaseState>>>,
 }
@@ -326,6 +331,7 @@ impl Lease {
         Lease {
             state,
             nudge: Arc::default(),
+            margin: Duration::ZERO,
             _always: Some(Arc::new(tx)),
         }
     }
@@ -333,7 +339,7 @@ impl Lease {
     /// Whether money may move now; if not, why (nothing was done).
     pub fn serving(&self) -> Result<(), Unavailable> {
         match *self.state.borrow() {
-            LeaseState::Until(t) if t > Instant::now() + margin() => Ok(()),
+            LeaseState::Until(t) if t > Instant::now() + self.margin => Ok(()),
             LeaseState::Fenced { .. } => Err(Unavailable::Fenced),
             _ => Err(Unavailable::NotConfirmed),
         }
@@ -346,7 +352,7 @@ impl Lease {
         if self.serving().is_ok() {
             return Ok(());
         }
-        self.nudge.notify_one();
+        self.nudge.notify_waiters();
         let mut rx = self.state.clone();
         let wait = Duration::from_millis(FENCE_ANSWER_WAIT_MS);
         let renewed = tokio::time::timeout(wait, async {
@@ -369,7 +375,7 @@ impl Lease {
         let mut rx = self.state.clone();
         loop {
             match *rx.borrow_and_update() {
-                LeaseState::Until(t) if t > Instant::now() + margin() => return Ok(()),
+                LeaseState::Until(t) if t > Instant::now() + self.margin => return Ok(()),
                 LeaseState::Fenced { newest, by } => return Err((newest, by)),
                 _ => {}
             }
@@ -398,10 +404,6 @@ impl Lease {
     }
 }
 
-fn margin() -> Duration {
-    Duration::from_millis(LEASE_MARGIN_MS)
-}
-
 fn far_future() -> Instant {
     Instant::now() + Duration::from_secs(100 * 365 * 24 * 3600)
 }
@@ -416,14 +418,14 @@ pub struct Claiming {
 }
 
 /// Keeps this branch's lease: claims it at every other branch every
-/// [`FENCE_RENEW_MS`] (sooner when a [`Lease`] asks), and says where it stands.
+/// [`FENCE_RENEW_MS`] (sooner when a [`Lease`] asks), each witness on a loop of its own
+/// (a slow or paused one never holds the others' answers back), and says where the
+/// lease stands.
 pub struct Holder {
     me: BranchId,
-    key: Arc<BranchKey>,
     network: Arc<NetworkFile>,
-    client: Client,
     reader: Reader,
-    claiming: Claiming,
+    claimer: Claimer,
     /// Witnesses that must still grant before the first lease (a fresh instance needs
     /// them all).
     awaiting: HashSet<BranchId>,
@@ -438,6 +440,12 @@ impl std::fmt::Debug for Holder {
             .field("me", &self.me)
             .finish_non_exhaustive()
     }
+}
+
+/// How long one claim may take: long enough for a first connection on a busy machine,
+/// short enough to be answered well within a lease.
+fn claim_wait(lease: Duration) -> Duration {
+    (lease / 3).min(Duration::from_millis(crate::p2p::OPEN_TIMEOUT_MS))
 }
 
 impl Holder {
@@ -471,15 +479,21 @@ impl Holder {
         let lease = Lease {
             state,
             nudge: Arc::clone(&nudge),
+            margin: margin(network.fence_lease()),
             _always: None,
+        };
+        let claimer = Claimer {
+            me,
+            key,
+            client,
+            claiming,
+            wait: claim_wait(network.fence_lease()),
         };
         let holder = Holder {
             me,
-            key,
             network,
-            client,
             reader,
-            claiming,
+            claimer,
             awaiting,
             head: Head::default(),
             tx,
@@ -488,58 +502,69 @@ impl Holder {
         (holder, lease)
     }
 
-    /// Claims every [`FENCE_RENEW_MS`] until `stop` resolves or this copy is fenced.
+    /// Claims until `stop` resolves or this copy is fenced.
     pub async fn run(mut self, stop: impl std::future::Future<Output = ()>) {
-        if self.network.branches().all(|b| b.id == self.me) {
-            return stop.await;
-        }
-        tokio::pin!(stop);
-        loop {
-            if self.round().await {
-                return;
-            }
-            let nudge = Arc::clone(&self.nudge);
-            tokio::select! {
-                () = &mut stop => return,
-                () = tokio::time::sleep(Duration::from_millis(FENCE_RENEW_MS)) => {}
-                () = nudge.notified() => {}
-            }
-        }
-    }
-
-    /// One claim at every other branch; true once fenced.
-    async fn round(&mut self) -> bool {
-        let head = self.read_head().await;
-        let sent = Instant::now();
         let others: Vec<BranchId> = self
             .network
             .branches()
             .map(|b| b.id)
             .filter(|b| *b != self.me)
             .collect();
-        let asks = others.iter().map(|to| self.ask(*to, head));
-        let answers = futures::future::join_all(asks).await;
-        let mut granted = false;
-        for (by, answer) in others.into_iter().zip(answers) {
-            match answer {
-                Some(ClaimAnswer::Granted) => {
-                    granted = true;
-                    self.awaiting.remove(&by);
+        if others.is_empty() {
+            return stop.await;
+        }
+        tokio::pin!(stop);
+        let (answers_tx, mut answers) = tokio::sync::mpsc::channel(others.len() * 4);
+        let (heads, head_rx) = watch::channel(self.read_head().await);
+        let mut loops = tokio::task::JoinSet::new();
+        for to in others {
+            let (c, heads, nudge) = (
+                self.claimer.clone(),
+                head_rx.clone(),
+                Arc::clone(&self.nudge),
+            );
+            loops.spawn(c.claim_loop(to, heads, nudge, answers_tx.clone()));
+        }
+        let mut tick = tokio::time::interval(Duration::from_millis(FENCE_RENEW_MS));
+        loop {
+            tokio::select! {
+                () = &mut stop => break,
+                _ = tick.tick() => {
+                    let head = self.read_head().await;
+                    let _ = heads.send(head);
                 }
-                Some(ClaimAnswer::Fenced { newest }) => {
-                    let _ = self.tx.send(LeaseState::Fenced { newest, by });
-                    return true;
+                Some((by, answer, sent)) = answers.recv() => {
+                    if self.take(by, answer, sent) {
+                        break;
+                    }
                 }
-                Some(ClaimAnswer::InUse { renewed_ms_ago, .. }) => tracing::warn!(
-                    witness = %by, renewed_ms_ago,
-                    "another copy of this branch serves it (seen by that branch): this copy waits \
-                     until it has been silent for the grace period; stop the other copy"
-                ),
-                _ => {}
             }
         }
-        if granted && self.awaiting.is_empty() {
-            let until = sent + Duration::from_millis(FENCE_LEASE_MS);
+        loops.abort_all();
+    }
+
+    /// Takes witness `by`'s answer to a claim sent at `sent`; true once fenced.
+    fn take(&mut self, by: BranchId, answer: Option<ClaimAnswer>, sent: Instant) -> bool {
+        match answer {
+            Some(ClaimAnswer::Granted) => {
+                self.awaiting.remove(&by);
+            }
+            Some(ClaimAnswer::Fenced { newest }) => {
+                let _ = self.tx.send(LeaseState::Fenced { newest, by });
+                return true;
+            }
+            Some(ClaimAnswer::InUse { renewed_ms_ago, .. }) => {
+                tracing::warn!(
+                    witness = %by, renewed_ms_ago,
+                    "another copy of this branch serves it (seen by that branch): this copy \
+                     waits until it has been silent for the grace period; stop the other copy"
+                );
+                return false;
+            }
+            _ => return false,
+        }
+        if self.awaiting.is_empty() {
+            let until = sent + self.network.fence_lease();
             self.tx.send_if_modified(|s| match s {
                 LeaseState::Until(t) if *t >= until => false,
                 LeaseState::Fenced { .. } => false,
@@ -571,36 +596,69 @@ impl Holder {
             }
         }
     }
+}
 
-    /// Sends one claim to `to`; its answer, if one came in time.
-    async fn ask(&self, to: BranchId, head: Option<Head>) -> Option<ClaimAnswer> {
-        let claim = Claim {
-            branch: self.me,
-            to,
-            epoch: self.claiming.epoch,
-            kind: ClaimKind::Serve {
-                instance: self.claiming.instance,
-                successor_of: self.claiming.successor_of,
-            },
-            head,
-            sent_at_ms: now_ms(),
-        };
-        ask(&self.client, &self.key, self.me, claim).await
+/// What one witness's claim loop needs. Cheap to clone.
+#[derive(Clone)]
+struct Claimer {
+    me: BranchId,
+    key: Arc<BranchKey>,
+    client: Client,
+    claiming: Claiming,
+    wait: Duration,
+}
+
+/// An answer from a witness (`None`: none in time) to the claim sent at the instant.
+type Answered = (BranchId, Option<ClaimAnswer>, Instant);
+
+impl Claimer {
+    /// Claims at witness `to` every [`FENCE_RENEW_MS`] (at once when nudged) with the
+    /// newest head, sending each answer to the holder.
+    async fn claim_loop(
+        self,
+        to: BranchId,
+        heads: watch::Receiver<Option<Head>>,
+        nudge: Arc<tokio::sync::Notify>,
+        answers: tokio::sync::mpsc::Sender<Answered>,
+    ) {
+        loop {
+            let sent = Instant::now();
+            let claim = Claim {
+                branch: self.me,
+                to,
+                epoch: self.claiming.epoch,
+                kind: ClaimKind::Serve {
+                    instance: self.claiming.instance,
+                    successor_of: self.claiming.successor_of,
+                },
+                head: *heads.borrow(),
+                sent_at_ms: now_ms(),
+            };
+            let answer = ask(&self.client, &self.key, self.me, claim, self.wait).await;
+            if answers.send((to, answer, sent)).await.is_err() {
+                return;
+            }
+            let next = sent + Duration::from_millis(FENCE_RENEW_MS);
+            tokio::select! {
+                () = tokio::time::sleep_until(next.into()) => {}
+                () = nudge.notified() => {}
+            }
+        }
     }
 }
 
 /// Signs `claim` as branch `me` and sends it; the witness's answer, if one came within
-/// a renewal period.
+/// `wait`.
 pub async fn ask(
     client: &Client,
     key: &BranchKey,
     me: BranchId,
     claim: Claim,
+    wait: Duration,
 ) -> Option<ClaimAnswer> {
     let to = claim.to;
     let signed = Signed::sign_in_domain(FENCE_DOMAIN, key, me, &claim).ok()?;
     let bytes = wire::encode(&signed).ok()?;
-    let wait = Duration::from_millis(FENCE_RENEW_MS.max(1_000));
     match tokio::time::timeout(wait, client.link_branch(to, LinkRequest::Fence(bytes))).await {
         Ok(Ok(LinkResponse::Fence(answer))) => Some(answer),
         _ => None,
@@ -626,6 +684,13 @@ mod tests {
         }
     }
 
+    const LEASE_MS: u64 = wire::limits::FENCE_LEASE_MS;
+    const GRACE_MS: u64 = wire::limits::fence_grace_ms(LEASE_MS);
+
+    fn decide(e: Option<Entry>, kind: ClaimKind, epoch: u64, now: Instant) -> Verdict {
+        super::decide(e, kind, epoch, now, Duration::from_millis(GRACE_MS))
+    }
+
     /// (answer, whether the witness takes the claim, whether it writes first)
     fn check(
         e: Option<Entry>,
@@ -640,8 +705,8 @@ mod tests {
     #[test]
     fn the_witness_rules() {
         let t0 = Instant::now();
-        let soon = t0 + Duration::from_millis(FENCE_LEASE_MS);
-        let late = t0 + Duration::from_millis(FENCE_GRACE_MS + 1);
+        let soon = t0 + Duration::from_millis(LEASE_MS);
+        let late = t0 + Duration::from_millis(GRACE_MS + 1);
         let live = Some(entry(3, Some(7), Some(t0)));
         let g = ClaimAnswer::Granted;
         let in_use = |ms| ClaimAnswer::InUse {
@@ -655,7 +720,7 @@ mod tests {
         // A second instance of the same epoch waits out the live one's grace...
         assert_eq!(
             check(live, serve(8, None), 3, soon),
-            (in_use(FENCE_LEASE_MS), false, false)
+            (in_use(LEASE_MS), false, false)
         );
         assert_eq!(check(live, serve(8, None), 3, late), (g, true, true));
         // ...unless it follows it in the same data dir (its lock proves the end).
@@ -682,7 +747,7 @@ mod tests {
             (
                 ClaimAnswer::State {
                     epoch: 3,
-                    renewed_ms_ago: Some(FENCE_LEASE_MS),
+                    renewed_ms_ago: Some(LEASE_MS),
                     head: None
                 },
                 false,
@@ -691,7 +756,7 @@ mod tests {
         );
         assert_eq!(
             check(live, ClaimKind::Register, 4, soon).0,
-            in_use(FENCE_LEASE_MS)
+            in_use(LEASE_MS)
         );
         let registered = decide(live, ClaimKind::Register, 4, late);
         assert_eq!((registered.answer, registered.durable), (g, true));
@@ -709,10 +774,7 @@ mod tests {
             "idempotent"
         );
         // A newer epoch while the old copy is live: refused, nothing changes.
-        assert_eq!(
-            check(live, serve(9, None), 4, soon).0,
-            in_use(FENCE_LEASE_MS)
-        );
+        assert_eq!(check(live, serve(9, None), 4, soon).0, in_use(LEASE_MS));
     }
 
     #[test]

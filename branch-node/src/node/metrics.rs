@@ -418,8 +418,13 @@ pub async fn serve(
 
 /// Binds the metrics endpoint; its address is said on stdout and in the log.
 pub async fn bind(addr: SocketAddr) -> anyhow::Result<tokio::net::TcpListener> {
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot listen for metrics on {addr}: {e}"))?;
+    let listener =
+        tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|e| crate::p2p::AddressInUse {
+                addr: addr.to_string(),
+                why: e.to_string(),
+                flag: "--metrics-listen",
+            })?;
     Ok(listener)
 }

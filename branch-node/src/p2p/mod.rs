@@ -21,14 +21,14 @@ use libp2p::{StreamProtocol, Swarm, SwarmBuilder, identify, mdns, noise, ping, t
 
 /// The teller protocol: `TellerRequest` in, `TellerResponse` out, as tagged frames on
 /// one long-lived stream ([`pipe`]).
-pub const TELLER_PROTOCOL: StreamProtocol = StreamProtocol::new("/bankmate/teller/4");
+pub const TELLER_PROTOCOL: StreamProtocol = StreamProtocol::new("/bankmate/teller/5");
 /// The branch-to-branch protocol for 2PC envelopes: `LinkRequest` in, `LinkResponse`
 /// out, framed the same way.
-pub const LINK_PROTOCOL: StreamProtocol = StreamProtocol::new("/bankmate/link/4");
+pub const LINK_PROTOCOL: StreamProtocol = StreamProtocol::new("/bankmate/link/5");
 /// Requests one branch forwards to another for tellers (`LinkRequest::Forward`): their
 /// own protocol, with their own streams and inbound queue, so that a teller flood
 /// passed on by a branch can never hold up that link's 2PC messages.
-pub const FORWARD_PROTOCOL: StreamProtocol = StreamProtocol::new("/bankmate/forward/3");
+pub const FORWARD_PROTOCOL: StreamProtocol = StreamProtocol::new("/bankmate/forward/4");
 
 /// How long an idle connection stays open. libp2p's default (10 s) would close branch
 /// links between bursts and make every quiet spell cost a new Noise handshake; an hour
@@ -68,10 +68,12 @@ pub const LINK_IN_FLIGHT_MAX: usize = 1_024;
 
 /// A listen address another process already listens on (code `address_in_use`).
 #[derive(Debug, thiserror::Error)]
-#[error("cannot listen on {addr}: {why}; choose another --listen (or stop what holds it)")]
+#[error("cannot listen on {addr}: {why}; choose another {flag} (or stop what holds it)")]
 pub struct AddressInUse {
-    pub addr: libp2p::Multiaddr,
+    pub addr: String,
     pub why: String,
+    /// The flag that names the address (`--listen`, `--metrics-listen`).
+    pub flag: &'static str,
 }
 
 /// Refuses, before anything listens, an address of `addrs` that another process holds.
@@ -97,8 +99,9 @@ pub fn check_addresses_free(addrs: &[libp2p::Multiaddr]) -> Result<(), AddressIn
         }
         if let Err(e) = std::net::TcpListener::bind((ip, port)) {
             return Err(AddressInUse {
-                addr: addr.clone(),
+                addr: addr.to_string(),
                 why: e.to_string(),
+                flag: "--listen",
             });
         }
     }

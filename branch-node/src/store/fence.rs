@@ -134,36 +134,41 @@ pub(crate) fn put_witness(conn: &Connection, row: &WitnessRow) -> Result<(), Sto
 }
 
 /// A branch's head, read on from where the last read ended: only ledger entries after
-/// `head.ledger_seq` are read (the first read reads them all).
+/// `head.ledger_seq` are read (the first read reads them all), summed by SQLite.
 pub(crate) fn advance_head(
     conn: &Connection,
     me: BranchId,
     mut head: Head,
 ) -> Result<Head, StoreError> {
+    let last: Option<(i64, Vec<u8>)> = conn
+        .prepare_cached("SELECT seq, hash FROM ledger ORDER BY seq DESC LIMIT 1")?
+        .query_row([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .optional()?;
+    let Some((seq, hash)) = last else {
+        return Ok(head);
+    };
+    // A transfer's counterparty is an account number, its branch in its first digits.
     let mut stmt = conn.prepare_cached(
-        "SELECT seq, kind, counterparty, amount, hash FROM ledger WHERE seq > ?1 ORDER BY seq",
+        "SELECT kind, coalesce(substr(counterparty, 1, 3) = ?3, 0), count(*), sum(amount)
+         FROM ledger WHERE seq > ?1 AND seq <= ?2 GROUP BY 1, 2",
     )?;
-    let mut rows = stmt.query([super::sql_ms(head.ledger_seq)])?;
+    let me_digits = format!("{:03}", me.0);
+    let mut rows = stmt.query(params![super::sql_ms(head.ledger_seq), seq, me_digits])?;
     while let Some(r) = rows.next()? {
-        let (seq, kind, counterparty, amount, hash): (i64, String, Option<String>, i64, Vec<u8>) =
-            (r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?);
-        let local = counterparty
-            .and_then(|c| c.parse::<wire::AccountNumber>().ok())
-            .is_some_and(|a| a.branch() == me);
+        let (kind, local, count, sum): (String, bool, i64, i64) =
+            (r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?);
         let tally = match (kind.as_str(), local) {
-            ("deposit", _) => Some(&mut head.deposits),
-            ("withdrawal", _) => Some(&mut head.withdrawals),
-            ("transfer_debit", true) => Some(&mut head.local_transfers),
-            ("transfer_debit", false) => Some(&mut head.cross_debits),
-            ("transfer_credit", false) => Some(&mut head.cross_credits),
-            _ => None,
+            ("deposit", _) => &mut head.deposits,
+            ("withdrawal", _) => &mut head.withdrawals,
+            ("transfer_debit", true) => &mut head.local_transfers,
+            ("transfer_debit", false) => &mut head.cross_debits,
+            ("transfer_credit", false) => &mut head.cross_credits,
+            _ => continue,
         };
-        if let Some(t) = tally {
-            add(t, amount);
-        }
-        head.ledger_seq = u64::try_from(seq).unwrap_or(0);
-        head.ledger_hash = hash.try_into().unwrap_or([0; 32]);
+        add(tally, u64::try_from(count).unwrap_or(0), sum);
     }
+    head.ledger_seq = u64::try_from(seq).unwrap_or(0);
+    head.ledger_hash = hash.try_into().unwrap_or([0; 32]);
     let serial: Option<i64> = conn
         .prepare_cached("SELECT max(serial) FROM accounts")?
         .query_row([], |r| r.get(0))?;
@@ -171,15 +176,105 @@ pub(crate) fn advance_head(
     Ok(head)
 }
 
-fn add(t: &mut Tally, amount: i64) {
-    t.count += 1;
-    t.total_minor = t.total_minor.saturating_add(amount);
+fn add(t: &mut Tally, count: u64, sum: i64) {
+    t.count += count;
+    t.total_minor = t.total_minor.saturating_add(sum);
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::store::{Durability, Store};
+
+    #[test]
+    fn the_head_sums_the_ledger_by_kind_and_reads_on_from_where_it_ended() {
+        use crate::store::bank::{self, Movement};
+        use wire::teller::NewCustomer;
+        use wire::{AccountNumber, Amount, TransferId, TransferSpec};
+        let tmp = tempfile::tempdir().expect("tmp");
+        let me = BranchId(7);
+        let store = Store::open(&tmp.path().join("b.db"), me, Durability::Full).expect("store");
+        let c = store.conn();
+        let customer = |n: &str| NewCustomer {
+            national_id: n.into(),
+            phone: "1".into(),
+            first_name: "A".into(),
+            last_name: "B".into(),
+            sms_opt_in: false,
+        };
+        let open = |n| {
+            bank::open_account(c, me, &customer(n), "hash", None, 1)
+                .expect("store")
+                .expect("opens")
+                .number
+        };
+        let (a, b) = (open("N1"), open("N2"));
+        let amount = |m| Amount::from_minor(m).expect("amount");
+        let deposit = |id, m| {
+            bank::movement(c, me, Movement::Deposit, TransferId(id), a, amount(m), 2)
+                .expect("store")
+        };
+        deposit(1, 1_000);
+        let first = advance_head(c, me, Head::default()).expect("head");
+        assert_eq!(
+            first.deposits,
+            Tally {
+                count: 1,
+                total_minor: 1_000
+            }
+        );
+        assert_eq!(first.accounts_max_serial, 2);
+        deposit(2, 500);
+        bank::movement(
+            c,
+            me,
+            Movement::Withdrawal,
+            TransferId(3),
+            a,
+            amount(200),
+            3,
+        )
+        .expect("w");
+        let local = TransferSpec {
+            id: TransferId(4),
+            from: a,
+            to: b,
+            amount: amount(300),
+        };
+        bank::transfer_local(c, me, &local, 4).expect("local");
+        let next = advance_head(c, me, first).expect("head");
+        assert_eq!(
+            next.deposits,
+            Tally {
+                count: 2,
+                total_minor: 1_500
+            }
+        );
+        assert_eq!(
+            next.withdrawals,
+            Tally {
+                count: 1,
+                total_minor: 200
+            }
+        );
+        assert_eq!(
+            next.local_transfers,
+            Tally {
+                count: 1,
+                total_minor: 300
+            }
+        );
+        assert_eq!(
+            next.cross_debits,
+            Tally::default(),
+            "a local transfer is not cross"
+        );
+        assert_eq!(
+            next,
+            advance_head(c, me, Head::default()).expect("from scratch")
+        );
+        let _: AccountNumber = b;
+    }
 
     #[test]
     fn own_state_and_witness_rows_round_trip() {

@@ -232,13 +232,105 @@ pub struct RecoverItem {
 /// What recovering one transfer did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Recovery {
-    /// Its leg is back here, with its outcome.
-    Applied,
+    /// Its leg is back here, with its outcome, and what had to be repaired for it.
+    Applied(Repairs),
     /// This branch already had its outcome (from the backup).
     AlreadyHere,
     /// It cannot be put back: the account's state as restored refuses it (money a lost
     /// deposit brought in, or an account opened after the backup). Nothing was written.
     Refused(Refusal),
+}
+
+/// What putting a leg back needed beyond the leg itself: the restored books lacked what
+/// only the lost disk knew, and the network's evidence shows it existed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Repairs {
+    /// The account did not exist in the backup (opened after it): it is back, its
+    /// owner unknown (no customer details, no login) until an admin attaches it.
+    pub placeholder: Option<wire::AccountNumber>,
+    /// The recovered debit needed more than the restored balance: money came into the
+    /// account after the backup by a movement only the lost disk knew. That much is put
+    /// back as a deposit (its id, the amount).
+    pub inferred_deposit: Option<(TransferId, wire::Amount)>,
+}
+
+/// The id of the deposit inferred for transfer `id` (the same on every run of a
+/// restore, so running it again never deposits twice).
+pub fn inferred_deposit_id(id: TransferId) -> TransferId {
+    use sha2::{Digest, Sha256};
+    let d = Sha256::new()
+        .chain_update(b"bankmate/restore-inferred-deposit")
+        .chain_update(id.0.to_be_bytes())
+        .finalize();
+    let mut bytes = [0u8; 16];
+    bytes.copy_from_slice(&d[..16]);
+    TransferId(u128::from_be_bytes(bytes))
+}
+
+/// Puts the account `n` back if the backup lacks it: opened after the backup, known
+/// now from a transfer the network holds. Its owner is a placeholder.
+fn ensure_account(
+    conn: &Connection,
+    me: BranchId,
+    n: wire::AccountNumber,
+    at_ms: u64,
+) -> Result<Option<wire::AccountNumber>, StoreError> {
+    if n.branch() != me || super::bank::row(conn, me, n)?.is_some() {
+        return Ok(None);
+    }
+    conn.execute(
+        "INSERT INTO customers (national_id, phone, first_name, last_name, sms_opt_in, created_at_ms)
+         VALUES (?1, '', '(restored)', 'owner unknown', 0, ?2)",
+        params![format!("restored {n}"), sql_ms(at_ms)],
+    )?;
+    conn.execute(
+        "INSERT INTO accounts (serial, customer_id, balance, status, opened_at_ms)
+         VALUES (?1, ?2, 0, 'open', ?3)",
+        params![n.serial(), conn.last_insert_rowid(), sql_ms(at_ms)],
+    )?;
+    Ok(Some(n))
+}
+
+/// Deposits into `spec.from` what it lacks to be debited `spec.amount` (see
+/// [`Repairs::inferred_deposit`]); nothing when its balance covers it.
+fn cover_shortfall(
+    conn: &Connection,
+    me: BranchId,
+    spec: &TransferSpec,
+    at_ms: u64,
+) -> Result<Option<(TransferId, wire::Amount)>, StoreError> {
+    use super::ledger::{NewEntry, append_all};
+    let Some(mut row) = super::bank::row(conn, me, spec.from)? else {
+        return Ok(None);
+    };
+    let available = row.balance.minor() - row.held.minor();
+    let short = spec.amount.minor() - available;
+    if short <= 0 || !row.open {
+        return Ok(None);
+    }
+    let bad = |e: wire::AmountError| StoreError::Malformed(e.to_string());
+    let short = wire::Amount::from_minor(short).map_err(bad)?;
+    row.balance = row.balance.checked_add(short).map_err(bad)?;
+    super::bank::write_row(conn, spec.from, &row)?;
+    let id = inferred_deposit_id(spec.id);
+    let entry = NewEntry {
+        serial: spec.from.serial(),
+        kind: wire::teller::EntryKind::Deposit,
+        counterparty: None,
+        amount: short,
+        balance_after: row.balance,
+        transfer_id: id,
+        at_ms,
+        sms_phone: None,
+    };
+    append_all(conn, me, &[entry])?;
+    let touches = super::bank::Touches {
+        debit: None,
+        credit: Some(spec.from),
+    };
+    let state = wire::teller::TransferState::Committed;
+    super::bank::record(conn, id, &id.0.to_be_bytes(), state, touches, at_ms)?;
+    Ok(Some((id, short)))
 }
 
 /// Puts back this branch's leg of a transfer the network knows: its coordinator record
@@ -265,6 +357,7 @@ fn recover_coordinated(
     at_ms: u64,
 ) -> Result<Recovery, StoreError> {
     let spec = item.spec;
+    let mut repairs = Repairs::default();
     let found: Option<Option<String>> = conn
         .prepare_cached("SELECT decision FROM coordinated WHERE id = ?1")?
         .query_row([id_blob(spec.id)], |r| r.get(0))
@@ -277,6 +370,10 @@ fn recover_coordinated(
                 return Ok(Recovery::Refused(Refusal::IdConflict));
             }
             let commit = item.decision == Decision::Commit;
+            if commit {
+                repairs.placeholder = ensure_account(conn, me, spec.from, at_ms)?;
+                repairs.inferred_deposit = cover_shortfall(conn, me, &spec, at_ms)?;
+            }
             if commit && let Err(r) = check_debit(conn, me, spec.from, spec.amount)? {
                 return Ok(Recovery::Refused(r));
             }
@@ -313,7 +410,7 @@ fn recover_coordinated(
     if item.ended {
         twopc::mark_ended(conn, &[spec.id])?;
     }
-    Ok(Recovery::Applied)
+    Ok(Recovery::Applied(repairs))
 }
 
 fn recover_leg(
@@ -323,6 +420,7 @@ fn recover_leg(
     at_ms: u64,
 ) -> Result<Recovery, StoreError> {
     let spec = item.spec;
+    let mut repairs = Repairs::default();
     let leg = match twopc::leg_row(conn, spec.id)? {
         Some(leg) if leg.decision.is_some() => return Ok(Recovery::AlreadyHere),
         Some(leg) => leg,
@@ -339,8 +437,9 @@ fn recover_leg(
                     item.deadline_ms,
                     Some(Decision::Abort),
                 )?;
-                return Ok(Recovery::Applied);
+                return Ok(Recovery::Applied(repairs));
             }
+            repairs.placeholder = ensure_account(conn, me, spec.to, at_ms)?;
             if let Err(r) = check_credit(conn, me, spec.to, spec.amount)? {
                 return Ok(Recovery::Refused(r));
             }
@@ -370,7 +469,7 @@ fn recover_leg(
             "recovered decision for {} refused: {why:?}",
             spec.id
         ))),
-        _ => Ok(Recovery::Applied),
+        _ => Ok(Recovery::Applied(repairs)),
     }
 }
 

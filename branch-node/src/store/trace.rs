@@ -183,15 +183,17 @@ pub(crate) fn stuck(
     Ok(out)
 }
 
-/// This branch's committed cross-branch flows per other branch, for transfers whose
-/// deadline is at or before `cut_ms` (see [`Statement`]).
+/// This branch's committed cross-branch flows per other branch, for transfers begun at
+/// or before `cut_ms` (see [`Statement`]).
 pub(crate) fn statement(
     conn: &Connection,
     me: BranchId,
     cut_ms: u64,
 ) -> Result<Statement, StoreError> {
     // Every cross-branch leg has a participant record at both of its branches (the
-    // coordinator's own leg too), with the deadline from the coordinator's prepare.
+    // coordinator's own leg too), with the deadline from the coordinator's prepare:
+    // its begin time and the prepare timeout.
+    let last_deadline = cut_ms.saturating_add(wire::limits::PREPARE_TIMEOUT_MS);
     let mut stmt = conn.prepare_cached(
         "SELECT l.transfer_id, l.kind, l.counterparty, l.amount FROM ledger l
          JOIN legs g ON g.id = l.transfer_id
@@ -199,7 +201,7 @@ pub(crate) fn statement(
          ORDER BY l.transfer_id",
     )?;
     let rows: Vec<(Vec<u8>, String, Option<String>, i64)> = stmt
-        .query_map([super::sql_ms(cut_ms)], |r| {
+        .query_map([super::sql_ms(last_deadline)], |r| {
             Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
         })?
         .collect::<Result<_, _>>()?;
