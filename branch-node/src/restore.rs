@@ -148,7 +148,7 @@ impl Net {
                 crate::node::fence::ask(&self.client, &self.key, self.me, claim, wait)
             });
             for (b, a) in missing.iter().zip(futures::future::join_all(asks).await) {
-                if let Some(a) = a.filter(|a| *a != ClaimAnswer::Refused) {
+                if let Some(a) = a.ok().filter(|a| *a != ClaimAnswer::Refused) {
                     answers.insert(*b, a);
                 }
             }
@@ -226,10 +226,7 @@ pub async fn recover(
     register(&net, epoch, wait).await?;
     report.epoch = epoch;
     report.network_head = newest_head(&states);
-    let floor = report
-        .network_head
-        .map_or(0, |(_, h)| h.accounts_max_serial);
-    put_back(&net, &network, &db, own, epoch, floor, wait, &mut report).await?;
+    put_back(&net, &network, &db, own, wait, &mut report).await?;
     Ok(report)
 }
 
@@ -330,18 +327,20 @@ async fn register(net: &Net, epoch: u64, wait: Duration) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Sets the epoch, then fetches, checks and puts back every branch's transfers.
-#[allow(clippy::too_many_arguments)]
+/// Sets the report's epoch and the serial floor its network head implies, then
+/// fetches, checks and puts back every branch's transfers.
 async fn put_back(
     net: &Net,
     network: &NetworkFile,
     db: &Path,
     own: OwnFence,
-    epoch: u64,
-    serial_floor: u32,
     wait: Duration,
     report: &mut Report,
 ) -> anyhow::Result<()> {
+    let epoch = report.epoch;
+    let serial_floor = report
+        .network_head
+        .map_or(0, |(_, h)| h.accounts_max_serial);
     let mut store = Store::open_existing(db, net.me, Durability::Full)?;
     store.in_tx(|c, _| {
         crate::store::fence::set_meta(c, "epoch", epoch)?;

@@ -418,7 +418,7 @@ mod tests {
                 &[r],
                 &Statuses::new(),
                 &audit(&[], &[], &[]),
-                &[restored.clone()],
+                std::slice::from_ref(&restored),
             )
         };
         let in_window = lost(sent(1, Kind::Deposit, 1_500));
@@ -450,7 +450,7 @@ mod tests {
             &[refused],
             &statuses,
             &audit(&[], &[], &[]),
-            &[restored.clone()],
+            std::slice::from_ref(&restored),
         );
         assert!(rep.violations.is_empty(), "{:?}", rep.violations);
     }

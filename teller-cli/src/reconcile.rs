@@ -254,7 +254,7 @@ mod tests {
     fn digest(l: &[(u128, i64)]) -> [u8; 32] {
         let mut d = [0u8; 32];
         for (i, (id, a)) in l.iter().enumerate() {
-            d[i % 32] ^= (*id as u8) ^ (*a as u8);
+            d[i % 32] ^= id.to_le_bytes()[0] ^ a.to_le_bytes()[0];
         }
         d
     }

@@ -139,6 +139,9 @@ pub enum RecoveredOutcome {
     Undecided,
 }
 
+/// Where a page of recovered transfers ends: the last one's (deadline in ms, id).
+pub type RecoverCursor = (u64, TransferId);
+
 /// A page of recovered transfers in (deadline, id) order, the signed envelopes they
 /// point to, and where the next page starts.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -147,7 +150,7 @@ pub struct RecoveredPage {
     pub transfers: Vec<Recovered>,
     /// Encoded `Signed<BranchMessage>` envelopes, each once.
     pub envelopes: Vec<Vec<u8>>,
-    pub next: Option<(u64, TransferId)>,
+    pub next: Option<RecoverCursor>,
 }
 
 /// Most transfers one page of recovery carries.

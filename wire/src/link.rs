@@ -7,6 +7,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::fence::RecoverCursor;
 use crate::ids::{BranchId, TransferId};
 use crate::refusal::Refusal;
 use crate::teller::{
@@ -74,7 +75,7 @@ pub enum ForwardRequest {
     /// [`LinkResponse::Recovered`].
     Recover {
         since_ms: u64,
-        after: Option<(u64, TransferId)>,
+        after: Option<RecoverCursor>,
     },
     /// A replica of this branch that does not lead it passes on a request of `teller`,
     /// connected there: answer it as if `teller` were connected here (so it may still

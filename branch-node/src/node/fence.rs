@@ -158,6 +158,10 @@ pub(crate) fn decide(
     }
 }
 
+/// What a witness keeps of one branch: the entry, the branch's last head, and when
+/// they were last stored.
+type Known = (Entry, Option<Head>, Option<Instant>);
+
 /// Answers other branches' claims and checks their envelopes' epochs. One per node
 /// while its store can be written (a replica: while it leads).
 #[derive(Debug)]
@@ -165,7 +169,7 @@ pub struct Witness {
     me: BranchId,
     network: Arc<NetworkFile>,
     writes: WriterHandle,
-    entries: Mutex<HashMap<BranchId, (Entry, Option<Head>, Option<Instant>)>>,
+    entries: Mutex<HashMap<BranchId, Known>>,
     /// One claim at a time: a takeover is decided on what the last one left.
     claims: tokio::sync::Mutex<()>,
 }
@@ -442,10 +446,13 @@ impl std::fmt::Debug for Holder {
     }
 }
 
-/// How long one claim may take: long enough for a first connection on a busy machine,
-/// short enough to be answered well within a lease.
+/// How long one claim may take before the loop gives up on it and claims again: never
+/// less than a first connection may take ([`crate::p2p::OPEN_TIMEOUT_MS`]), or a busy
+/// machine would cut every first connection off half-way and never be confirmed; half
+/// a lease otherwise (a grant counts from when its claim was sent, so a late one only
+/// buys less time).
 fn claim_wait(lease: Duration) -> Duration {
-    (lease / 3).min(Duration::from_millis(crate::p2p::OPEN_TIMEOUT_MS))
+    (lease / 2).max(Duration::from_millis(crate::p2p::OPEN_TIMEOUT_MS))
 }
 
 impl Holder {
@@ -621,6 +628,7 @@ impl Claimer {
         nudge: Arc<tokio::sync::Notify>,
         answers: tokio::sync::mpsc::Sender<Answered>,
     ) {
+        let mut failing = 0u32;
         loop {
             let sent = Instant::now();
             let claim = Claim {
@@ -635,7 +643,8 @@ impl Claimer {
                 sent_at_ms: now_ms(),
             };
             let answer = ask(&self.client, &self.key, self.me, claim, self.wait).await;
-            if answers.send((to, answer, sent)).await.is_err() {
+            failing = Self::note(to, &answer, failing);
+            if answers.send((to, answer.ok(), sent)).await.is_err() {
                 return;
             }
             let next = sent + Duration::from_millis(FENCE_RENEW_MS);
@@ -647,21 +656,45 @@ impl Claimer {
     }
 }
 
-/// Signs `claim` as branch `me` and sends it; the witness's answer, if one came within
-/// `wait`.
+impl Claimer {
+    /// Logs a claim at `to` that got no answer (the first of a run and every tenth),
+    /// and the first answer after such a run; the count of failures in a row.
+    fn note(to: BranchId, answer: &Result<ClaimAnswer, String>, failing: u32) -> u32 {
+        match answer {
+            Err(why) => {
+                if failing.is_multiple_of(10) {
+                    tracing::info!(witness = %to, failing = failing + 1, "fence: claim not answered: {why}");
+                }
+                failing + 1
+            }
+            Ok(a) => {
+                if failing > 0 {
+                    tracing::info!(witness = %to, after = failing, "fence: claim answered: {a:?}");
+                }
+                0
+            }
+        }
+    }
+}
+
+/// Signs `claim` as branch `me` and sends it; the witness's answer if one came within
+/// `wait`, else why none came.
 pub async fn ask(
     client: &Client,
     key: &BranchKey,
     me: BranchId,
     claim: Claim,
     wait: Duration,
-) -> Option<ClaimAnswer> {
+) -> Result<ClaimAnswer, String> {
     let to = claim.to;
-    let signed = Signed::sign_in_domain(FENCE_DOMAIN, key, me, &claim).ok()?;
-    let bytes = wire::encode(&signed).ok()?;
+    let signed =
+        Signed::sign_in_domain(FENCE_DOMAIN, key, me, &claim).map_err(|e| e.to_string())?;
+    let bytes = wire::encode(&signed).map_err(|e| e.to_string())?;
     match tokio::time::timeout(wait, client.link_branch(to, LinkRequest::Fence(bytes))).await {
-        Ok(Ok(LinkResponse::Fence(answer))) => Some(answer),
-        _ => None,
+        Ok(Ok(LinkResponse::Fence(answer))) => Ok(answer),
+        Ok(Ok(other)) => Err(format!("answered {other:?}")),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err(format!("no answer within {} ms", wait.as_millis())),
     }
 }
 
@@ -725,9 +758,8 @@ mod tests {
         assert_eq!(check(live, serve(8, None), 3, late), (g, true, true));
         // ...unless it follows it in the same data dir (its lock proves the end).
         assert_eq!(check(live, serve(8, Some(7)), 3, soon), (g, true, true));
-        assert_eq!(
-            check(live, serve(8, Some(6)), 3, soon).1,
-            false,
+        assert!(
+            !check(live, serve(8, Some(6)), 3, soon).1,
             "not the live one's successor"
         );
         // An older epoch is fenced, whatever it claims.

@@ -12,11 +12,12 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use wire::fence::{
-    RECOVERED_PAGE_BYTES_MAX, RECOVERED_PAGE_MAX, Recovered, RecoveredOutcome, RecoveredPage,
+    RECOVERED_PAGE_BYTES_MAX, RECOVERED_PAGE_MAX, RecoverCursor, Recovered, RecoveredOutcome,
+    RecoveredPage,
 };
 use wire::link::LinkResponse;
 use wire::twopc::{BranchBody, BranchMessage, Decision, DecisionItem, VoteItem};
-use wire::{BranchId, BranchKey, Signed, TransferId, Vote};
+use wire::{BranchId, BranchKey, Signed, Vote};
 
 use super::engine::{EngineHandle, MESSAGE_TTL_MS};
 use super::now_ms;
@@ -39,7 +40,7 @@ impl Recoveries {
         engine: Option<EngineHandle>,
         asker: BranchId,
         since_ms: u64,
-        after: Option<(u64, TransferId)>,
+        after: Option<RecoverCursor>,
     ) -> LinkResponse {
         if let Some(e) = engine {
             e.barrier().await;
@@ -72,7 +73,7 @@ impl Recoveries {
         &self,
         asker: BranchId,
         held: Vec<HeldTransfer>,
-        next: Option<(u64, TransferId)>,
+        next: Option<RecoverCursor>,
     ) -> Result<RecoveredPage, StoreError> {
         let mut envelopes = Envelopes::default();
         let committed = |h: &&HeldTransfer| h.outcome == RecoveredOutcome::Committed;

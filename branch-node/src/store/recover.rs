@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use coordinator::DecisionRecord;
 use rusqlite::{Connection, OptionalExtension, params};
-use wire::fence::RecoveredOutcome;
+use wire::fence::{RecoverCursor, RecoveredOutcome};
 use wire::twopc::{Decision, DecisionItem, TransferSpec, Vote};
 use wire::{BranchId, Refusal, TransferId};
 
@@ -50,10 +50,10 @@ pub(crate) fn held_with(
     me: BranchId,
     asker: BranchId,
     since_ms: u64,
-    mut after: Option<(u64, TransferId)>,
+    mut after: Option<RecoverCursor>,
     limit: usize,
     bytes_max: usize,
-) -> Result<(Vec<HeldTransfer>, Option<(u64, TransferId)>), StoreError> {
+) -> Result<(Vec<HeldTransfer>, Option<RecoverCursor>), StoreError> {
     let mut out = Vec::new();
     let mut bytes = 0usize;
     loop {
@@ -90,7 +90,7 @@ struct LegRead {
 fn legs_page(
     conn: &Connection,
     since_ms: u64,
-    after: Option<(u64, TransferId)>,
+    after: Option<RecoverCursor>,
 ) -> Result<Vec<LegRead>, StoreError> {
     let (from_ms, from_id) = after.map_or((since_ms, None), |(d, id)| (d, Some(id)));
     let mut stmt = conn.prepare_cached(
