@@ -52,6 +52,12 @@ pub async fn deposit(c: &Cluster, i: usize, account: AccountNumber, minor: i64) 
         })
         .await
         .expect("deposit");
+    assert_committed(&r);
+    id
+}
+
+/// Panics unless `r` is a receipt of a committed transfer.
+pub fn assert_committed(r: &TellerResponse) {
     assert!(
         matches!(
             r,
@@ -62,6 +68,30 @@ pub async fn deposit(c: &Cluster, i: usize, account: AccountNumber, minor: i64) 
         ),
         "{r:?}"
     );
+}
+
+/// A transfer `from` -> `to` of `minor` sent by `from`'s customer (login `password`)
+/// through node `at`; it must be answered committed. Its id.
+pub async fn committed_transfer(
+    c: &Cluster,
+    at: usize,
+    password: &str,
+    (from, to): (AccountNumber, AccountNumber),
+    minor: i64,
+) -> TransferId {
+    let mut t = teller_cli::Teller::connect(&c.target(at).expect("target"))
+        .await
+        .expect("connect");
+    t.login(&from.to_string(), password).await.expect("login");
+    let id = teller_cli::new_transfer_id();
+    let amount = Amount::from_minor(minor).expect("amount");
+    let spec = wire::twopc::TransferSpec {
+        id,
+        from,
+        to,
+        amount,
+    };
+    assert_committed(&t.call(TellerOp::Transfer(spec)).await.expect("answer"));
     id
 }
 

@@ -15,7 +15,6 @@ use scenarios::cluster::{Cluster, branch_node_bin};
 use teller_cli::{Target, Teller, TellerError};
 use tests::branch_node;
 use wire::teller::{TellerOp, TellerResponse, TransferState, Unavailable};
-use wire::twopc::TransferSpec;
 use wire::{AccountNumber, Amount, TransferId};
 
 const PASSWORD: &str = "fence-customer-pw";
@@ -167,28 +166,9 @@ async fn one_node_per_data_dir_and_no_shared_port() {
             .expect("serves again");
     }
     let (a, b, deposit) = tests::funded_pair(&c, "LCK", PASSWORD, 10_000).await;
-    let t = customer_at(&c.target(0).expect("target"), a)
-        .await
-        .expect("login");
-    let spec = TransferSpec {
-        id: teller_cli::new_transfer_id(),
-        from: a,
-        to: b,
-        amount: Amount::from_minor(2_500).expect("amount"),
-    };
-    let r = t.call(TellerOp::Transfer(spec)).await.expect("answer");
-    assert!(
-        matches!(
-            r,
-            TellerResponse::Receipt {
-                state: TransferState::Committed,
-                ..
-            }
-        ),
-        "{r:?}"
-    );
+    let sent = transfer(&c, 0, a, b, 2_500).await;
     let report =
-        check::finish(&mut c, &[deposit, spec.id].into(), Duration::from_secs(30)).expect("audit");
+        check::finish(&mut c, &[deposit, sent].into(), Duration::from_secs(30)).expect("audit");
     assert!(report.ok(), "{:#?}", report.violations);
 }
 
@@ -324,27 +304,7 @@ async fn transfer(
     to: AccountNumber,
     minor: i64,
 ) -> TransferId {
-    let t = customer_at(&c.target(at).expect("target"), from)
-        .await
-        .expect("login");
-    let spec = TransferSpec {
-        id: teller_cli::new_transfer_id(),
-        from,
-        to,
-        amount: Amount::from_minor(minor).expect("amount"),
-    };
-    let r = t.call(TellerOp::Transfer(spec)).await.expect("answer");
-    assert!(
-        matches!(
-            r,
-            TellerResponse::Receipt {
-                state: TransferState::Committed,
-                ..
-            }
-        ),
-        "{r:?}"
-    );
-    spec.id
+    tests::committed_transfer(c, at, PASSWORD, (from, to), minor).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -173,20 +173,7 @@ async fn committed_transfer(
     to: wire::AccountNumber,
     minor: i64,
 ) -> wire::TransferId {
-    let t = customer(c, at, from).await;
-    let spec = spec(from, to, minor);
-    let r = t.call(TellerOp::Transfer(spec)).await.expect("answer");
-    assert!(
-        matches!(
-            r,
-            TellerResponse::Receipt {
-                state: TransferState::Committed,
-                ..
-            }
-        ),
-        "{r:?}"
-    );
-    spec.id
+    tests::committed_transfer(c, at, PASSWORD, (from, to), minor).await
 }
 
 /// `branch-node verify` on `data_dir`: (exit code, report).
