@@ -426,11 +426,10 @@ pub struct RunOptions {
     pub progress: bool,
 }
 
-/// Runs `s` in `dir` and returns its summary (violations included).
-pub async fn run(s: &Scenario, dir: &Path, opts: &RunOptions) -> anyhow::Result<Summary> {
-    let started = Instant::now();
+/// `s`'s network in `dir`, started (a branch with an armed failpoint starts with it,
+/// every replica of it) and serving.
+async fn start_cluster(s: &Scenario, dir: &Path) -> anyhow::Result<Cluster> {
     let mut cluster = Cluster::create_replicated(dir, s.branches, s.replicas, &["--fault-switch"])?;
-    // Branches with an armed failpoint start with it (every replica of the branch).
     for i in 0..cluster.nodes.len() {
         let branch = cluster.nodes[i].id.0;
         let armed: Vec<String> = s
@@ -459,6 +458,13 @@ pub async fn run(s: &Scenario, dir: &Path, opts: &RunOptions) -> anyhow::Result<
     for i in (0..cluster.nodes.len()).filter(|_| s.replicas == 1) {
         cluster.wait_node_serving(i, crate::cluster::SERVE_WAIT)?;
     }
+    Ok(cluster)
+}
+
+/// Runs `s` in `dir` and returns its summary (violations included).
+pub async fn run(s: &Scenario, dir: &Path, opts: &RunOptions) -> anyhow::Result<Summary> {
+    let started = Instant::now();
+    let cluster = start_cluster(s, dir).await?;
     let targets = (0..usize::from(s.branches))
         .map(|b| cluster.branch_target(b))
         .collect::<anyhow::Result<Vec<_>>>()?;
