@@ -610,11 +610,13 @@ async fn serve_loop(
             }
         }
         let active = Active::start(node).await?;
-        let _ = shared.witness.send(Some(Arc::clone(&active.witness)));
-        let _ = shared.lease.send(Some(active.lease.clone()));
+        shared
+            .witness
+            .send_replace(Some(Arc::clone(&active.witness)));
+        shared.lease.send_replace(Some(active.lease.clone()));
         let end = serve_period(node, replica, shared, &active, &mut shutdown).await?;
-        let _ = shared.witness.send(None);
-        let _ = shared.lease.send(None);
+        shared.witness.send_replace(None);
+        shared.lease.send_replace(None);
         let epoch = active.epoch;
         active.stop().await;
         match end {
@@ -678,7 +680,7 @@ async fn serve_period(
     }
     metrics::get().fence_state.set(0);
     let stack = Stack::start(node, &active.lease, active.epoch).await?;
-    let _ = shared.serving.send(Some(stack.serving.clone()));
+    shared.serving.send_replace(Some(stack.serving.clone()));
     shared.engine_running.store(true, Ordering::Relaxed);
     tracing::info!(branch = %node.me, epoch = active.epoch, "serving the branch");
     println!("serving: branch {} epoch {}", node.me, active.epoch);
@@ -693,7 +695,7 @@ async fn serve_period(
         engine_task,
         ..stack
     };
-    let _ = shared.serving.send(None);
+    shared.serving.send_replace(None);
     shared.engine_running.store(false, Ordering::Relaxed);
     stop_stack(stack, end, replica.is_some()).await
 }
