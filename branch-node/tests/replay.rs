@@ -97,6 +97,7 @@ fn people_ops(h: &WriterHandle) {
         role: Role::Customer,
         customer_id: Some(1),
         hash,
+        enrolled: false,
     };
     let now = 1_700_000_000_000;
     let write = |op| h.write(op).expect("applies");

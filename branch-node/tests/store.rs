@@ -387,13 +387,19 @@ fn an_enrolled_login_needs_its_one_time_code_and_a_code_works_once() {
         "a stolen password alone fails"
     );
     assert_eq!(
+        s.login("admin", "wrong", None, now).expect("works"),
+        Err(Refusal::OneTimeCode),
+        "a wrong password without a code is answered as a right one: no oracle"
+    );
+    assert_eq!(
         login(&mut s, Some("000000")).err(),
-        Some(Refusal::OneTimeCode)
+        Some(Refusal::BadCredentials),
+        "a wrong code is answered as a wrong password"
     );
     assert!(login(&mut s, Some(&code)).is_ok());
     assert_eq!(
         login(&mut s, Some(&code)),
-        Err(Refusal::OneTimeCode),
+        Err(Refusal::BadCredentials),
         "used once"
     );
     assert_eq!(

@@ -4,19 +4,25 @@
 //! nothing may stay in doubt, the flooded node's memory must stay bounded, and every
 //! flood request must be answered (refused, throttled or overloaded), not queued
 //! without limit. The figures are printed (`--nocapture`); speed is for benchmarks.
+//! And a stranger that never reads its answers, or asks for Raft where there is none,
+//! holds nothing of the node for long.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use branch_node::p2p::client::PeerClient;
+use futures::AsyncWriteExt;
 use scenarios::check;
 use scenarios::cluster::Cluster;
 use teller_cli::money::{self, MoneyAnswer, RetryPolicy};
 use teller_cli::{Teller, new_transfer_id};
-use wire::teller::TellerOp;
+use wire::teller::{TellerOp, TellerRequest, TellerResponse, Unavailable};
 use wire::twopc::TransferSpec;
-use wire::{AccountNumber, Amount, BranchId, TransferId};
+use wire::{AccountNumber, Amount, BranchId, BranchKey, TransferId};
+
+mod common;
 
 const PW: &str = "customer-pw";
 const FLOOD_CONNECTIONS: usize = 240;
@@ -148,4 +154,127 @@ async fn transfers_keep_committing_through_a_login_flood() {
     let told: BTreeSet<TransferId> = quiet.into_iter().chain(flooded).chain([deposit]).collect();
     let report = check::finish(&mut c, &told, Duration::from_secs(30)).expect("audit");
     assert!(report.ok(), "invariants violated: {:#?}", report.violations);
+}
+
+/// Most a node may grow while one stranger sends requests it never reads the answers
+/// of, in KiB.
+const UNREAD_GROWTH_KIB_MAX: u64 = 16 * 1024;
+/// Requests the stranger tries to send.
+const UNREAD_REQUESTS: u64 = 200_000;
+
+type Stranger = PeerClient<TellerRequest, TellerResponse>;
+
+/// A teller connection to node 0 with a new key.
+async fn stranger(c: &Cluster) -> Stranger {
+    let t = c.target(0).expect("target");
+    let key = BranchKey::from_secret(rand::random());
+    let protocol = branch_node::p2p::TELLER_PROTOCOL;
+    PeerClient::connect(
+        key.libp2p_keypair(),
+        protocol,
+        t.addr,
+        t.peer,
+        Duration::from_secs(5),
+    )
+    .await
+    .expect("connect")
+}
+
+/// Writes up to `n` requests without a session as frames on `stream`, for at most
+/// `within`; how many were written.
+async fn write_unread(stream: &mut libp2p::Stream, n: u64, within: Duration) -> u64 {
+    let account = AccountNumber::new(BranchId(1), 1).expect("account");
+    let body = wire::encode(&TellerRequest {
+        session: None,
+        op: TellerOp::Balance { account },
+    })
+    .expect("encode");
+    let mut sent = 0;
+    let until = Instant::now() + within;
+    while sent < n {
+        let mut buf = Vec::new();
+        for tag in sent..(sent + 1_000).min(n) {
+            branch_node::p2p::pipe::put_frame(&mut buf, tag, &body);
+        }
+        let left = until.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, stream.write_all(&buf)).await {
+            Ok(Ok(())) => sent = (sent + 1_000).min(n),
+            _ => break,
+        }
+    }
+    sent
+}
+
+/// A stranger that sends requests and never reads their answers holds a bounded part
+/// of the node: the node stops reading the stream once its answers wait unwritten, then
+/// closes it; everyone else is answered meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stranger_that_never_reads_its_answers_holds_a_bounded_part_of_the_node() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let c = Cluster::start(dir.path(), 1, &["--metrics-listen", "127.0.0.1:0"]).expect("cluster");
+    let metrics = c.nodes[0].metrics_url.clone().expect("metrics");
+    let pid = c.pids()[0];
+    let client = stranger(&c).await;
+    let mut raw = client.raw_stream().await.expect("stream");
+    let rss_before = rss_kib(pid);
+    let sent = write_unread(&mut raw, UNREAD_REQUESTS, Duration::from_secs(10)).await;
+    let rss_after = rss_kib(pid);
+    eprintln!("unread: {sent} requests written; node RSS {rss_before} -> {rss_after} KiB");
+    assert!(
+        rss_after.saturating_sub(rss_before) < UNREAD_GROWTH_KIB_MAX,
+        "grew {rss_before} -> {rss_after} KiB"
+    );
+    assert!(
+        sent < UNREAD_REQUESTS,
+        "the node stopped reading the stream"
+    );
+    // Someone else is answered at once.
+    let other = stranger(&c).await;
+    let account = AccountNumber::new(BranchId(1), 1).expect("account");
+    let asked = Instant::now();
+    let r = other
+        .request(TellerRequest {
+            session: None,
+            op: TellerOp::Balance { account },
+        })
+        .await
+        .expect("answered");
+    assert_eq!(r, TellerResponse::Unavailable(Unavailable::SessionExpired));
+    assert!(
+        asked.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        asked.elapsed()
+    );
+    // The unread stream is closed once its writes have stalled long enough.
+    let series = "bankmate_streams_refused_total{kind=\"unread\"}";
+    let stall = Duration::from_millis(branch_node::p2p::WRITE_STALL_MS);
+    let deadline = Instant::now() + stall + Duration::from_secs(10);
+    while common::sample(&common::fetch(&metrics).await.1, series) < 1.0 {
+        assert!(
+            Instant::now() < deadline,
+            "the unread stream was not closed"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// Raft is not offered by a branch without replicas: a stream for it fails at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_branch_without_replicas_refuses_raft_streams_at_once() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let c = Cluster::start(dir.path(), 1, &[]).expect("cluster");
+    let t = c.target(0).expect("target");
+    let key = BranchKey::from_secret(rand::random()).libp2p_keypair();
+    let raft = branch_node::replica::transport::RAFT_PROTOCOL;
+    let asked = Instant::now();
+    let five = Duration::from_secs(5);
+    let e = PeerClient::<Vec<u8>, Vec<u8>>::connect(key, raft, t.addr, t.peer, five)
+        .await
+        .expect_err("no raft here");
+    assert!(
+        asked.elapsed() < Duration::from_secs(3),
+        "{:?}: {e}",
+        asked.elapsed()
+    );
+    assert!(!e.to_string().contains("hello"), "{e}");
 }

@@ -136,8 +136,14 @@ async fn a_stolen_password_does_not_open_an_enrolled_login() {
         .await;
     assert!(matches!(
         guessed,
-        Err(TellerError::Refused(Refusal::OneTimeCode))
+        Err(TellerError::Refused(Refusal::BadCredentials))
     ));
+    // A wrong password gets the same answers: no oracle for the password.
+    let wrong = thief.login(&account.to_string(), "not-her-password").await;
+    assert!(
+        matches!(wrong, Err(TellerError::Refused(Refusal::OneTimeCode))),
+        "{wrong:?}"
+    );
 
     // The admin can replace the customer's device; the customer cannot do it twice.
     let admin = c.admin(0).await.expect("admin");

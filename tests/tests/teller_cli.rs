@@ -697,7 +697,8 @@ fn admin_menu_in_a_terminal() {
         "one-time code (from your authenticator app): ",
         "000000",
     );
-    p.exp_string("login refused: this login needs its current one-time code")
+    // Refused as a wrong password is: the answer does not tell which one was wrong.
+    p.exp_string("login refused: wrong user or password (or one-time code)")
         .expect("wrong code refused");
     step(&mut p, "user (admin or account number): ", "admin");
     step(&mut p, "password: ", ADMIN_PASSWORD);

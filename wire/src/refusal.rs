@@ -49,7 +49,7 @@ pub enum Refusal {
     /// answers are never stored, so the index is free to reuse.)
     #[error("this login needs its current one-time code (a code works once)")]
     OneTimeCode,
-    #[error("wrong user or password")]
+    #[error("wrong user or password (or one-time code)")]
     BadCredentials,
     #[error("account still holds money or has holds; it must be empty to close")]
     AccountNotEmpty,

@@ -11,7 +11,6 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, PoisonError};
 
 use libp2p::PeerId;
-use wire::Refusal;
 use wire::limits::{PASSWORD_CHECKS_WAITING_PER_CORE, THROTTLE_HOLD_MS_MAX};
 use wire::teller::{Role, TellerResponse, Unavailable};
 
@@ -104,6 +103,7 @@ impl Service {
         peer: PeerId,
         login: &str,
         password: String,
+        otp_missing: bool,
     ) -> Result<(Attempt, LoginRow), Fail> {
         let now = now_ms();
         let admitted = self.logins.guard().admit(login, peer, now);
@@ -128,7 +128,7 @@ impl Service {
         if self.logins.verify(password, row.clone()).await? {
             Ok((attempt, row))
         } else {
-            Err(Refusal::BadCredentials.into())
+            Err(auth::wrong_password(&row, otp_missing).into())
         }
     }
 
@@ -145,7 +145,10 @@ impl Service {
         password: String,
         otp: Option<String>,
     ) -> Answer {
-        let (attempt, row) = self.check_password(peer, &user, password).await?;
+        let otp_missing = otp.is_none();
+        let (attempt, row) = self
+            .check_password(peer, &user, password, otp_missing)
+            .await?;
         let now = now_ms();
         let login = user.clone();
         let info = self
@@ -191,7 +194,9 @@ impl Service {
         session: &SessionInfo,
         password: String,
     ) -> Result<(), Fail> {
-        let (attempt, _) = self.check_password(peer, &session.login, password).await?;
+        let (attempt, _) = self
+            .check_password(peer, &session.login, password, false)
+            .await?;
         self.password_ok(attempt);
         Ok(())
     }

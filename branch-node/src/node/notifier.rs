@@ -63,34 +63,45 @@ impl std::fmt::Debug for TwilioConfig {
 }
 
 /// Refuses a gateway URL that would carry credentials in clear text over a network.
+/// It is parsed as the HTTP client parses it, and the host it would connect to is the
+/// one checked (a user part, `http://127.0.0.1:80@elsewhere`, is refused outright).
 pub fn check_gateway_url(url: &str) -> Result<(), String> {
-    if let Some(rest) = url.strip_prefix("https://") {
-        return if rest.is_empty() {
-            Err(format!("sms url has no host: {url}"))
-        } else {
-            Ok(())
-        };
+    let uri: ureq::http::Uri = url
+        .parse()
+        .map_err(|e| format!("sms url {url} is not a URL: {e}"))?;
+    let Some(authority) = uri.authority() else {
+        return Err(format!("sms url has no host: {url}"));
+    };
+    if authority.as_str().contains('@') {
+        return Err(format!(
+            "sms url {url} has a user part (user@host): give the host alone; the \
+             credentials come from TWILIO_ACCOUNT_SID and TWILIO_AUTH_TOKEN"
+        ));
     }
-    let Some(rest) = url.strip_prefix("http://") else {
-        return Err(format!("sms url must start with https://: {url}"));
-    };
-    let authority = rest.split('/').next().unwrap_or_default();
-    let host = match authority.strip_prefix('[') {
-        Some(v6) => v6.split(']').next().unwrap_or_default(),
-        None => authority.rsplit_once(':').map_or(authority, |(h, _)| h),
-    };
-    let loopback = host == "localhost"
-        || host
-            .parse::<std::net::IpAddr>()
-            .is_ok_and(|ip| ip.is_loopback());
-    if loopback {
-        Ok(())
-    } else {
-        Err(format!(
+    if uri.query().is_some() {
+        return Err(format!(
+            "sms url {url} has a query: give scheme, host, port and path"
+        ));
+    }
+    let host = authority.host();
+    match uri.scheme_str() {
+        Some("https") if !host.is_empty() => Ok(()),
+        Some("http") if is_loopback(host) => Ok(()),
+        Some("http") => Err(format!(
             "sms url {url} is plain http to a host that is not loopback: the account's \
              credentials would cross the network in clear text; use https://"
-        ))
+        )),
+        _ => Err(format!("sms url must start with https://: {url}")),
     }
+}
+
+/// Whether `host` (a name, an IPv4 address or a bracketed IPv6 one) is this machine.
+fn is_loopback(host: &str) -> bool {
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    bare == "localhost"
+        || bare
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 impl TwilioConfig {
@@ -291,8 +302,13 @@ mod tests {
             "http://api.twilio.com",
             "http://10.0.0.1:80",
             "http://127.0.0.1.evil.example",
+            "http://127.0.0.1:80@192.0.2.2",
+            "http://user:pw@127.0.0.1:8",
+            "https://127.0.0.1@api.twilio.com",
+            "http://127.0.0.1:8/relay?x=1",
             "ftp://x",
             "https://",
+            "not a url",
         ] {
             assert!(check_gateway_url(bad).is_err(), "{bad}");
         }

@@ -283,6 +283,21 @@ impl<Req: Serialize, Resp: Serialize + DeserializeOwned> PeerClient<Req, Resp> {
         pipe.call(body, timeout).await.map_err(|f| self.failed(f))
     }
 
+    /// A stream of its own on this client's protocol to the candidate in use, as it is
+    /// (the node's hello not yet read): for tests that write frames and read nothing.
+    pub async fn raw_stream(&self) -> Result<libp2p::Stream, ClientError> {
+        let i = self
+            .inner
+            .current
+            .load(std::sync::atomic::Ordering::Relaxed);
+        self.open_at(i)
+            .await
+            .map_err(|reason| ClientError::Unreachable {
+                addr: self.inner.current().0.clone(),
+                reason,
+            })
+    }
+
     /// A client over the same connection with a stream of its own (opened at its first
     /// request): for callers that want their requests apart from this one's, and for
     /// tests of the per-peer stream limit.

@@ -66,6 +66,15 @@ pub const TELLER_IN_FLIGHT_MAX: usize = 64;
 /// between two branches; a batch carries up to 1,024 transfers.
 pub const LINK_IN_FLIGHT_MAX: usize = 1_024;
 
+/// Most bytes of answers waiting to be written on one stream: past it the node stops
+/// reading that stream, so a requester that never reads holds at most this much (and
+/// its in-flight places) in the node. An answer larger than this still goes, alone.
+pub const STREAM_UNWRITTEN_BYTES_MAX: usize = 256 * 1024;
+
+/// How long writing answers to a stream may make no progress (its requester does not
+/// read them) before the node closes the stream and drops what waited.
+pub const WRITE_STALL_MS: u64 = 15_000;
+
 /// A listen address another process already listens on (code `address_in_use`).
 #[derive(Debug, thiserror::Error)]
 #[error("cannot listen on {addr}: {why}; choose another {flag} (or stop what holds it)")]

@@ -431,6 +431,41 @@ impl EventLoop {
         }
     }
 
+    /// On a replica of a replicated branch, the task that passes Raft streams from the
+    /// branch's other replicas on (any other peer's is closed at once). Elsewhere Raft is
+    /// not offered at all: opening a stream for it fails in the negotiation.
+    fn accept_raft(
+        &self,
+        control: &mut libp2p_stream::Control,
+    ) -> Result<Option<tokio::task::JoinHandle<()>>, libp2p_stream::AlreadyRegistered> {
+        let me = *self.swarm.local_peer_id();
+        let Some(branch) = self.network.by_peer(&me).filter(|b| b.is_replicated()) else {
+            return Ok(None);
+        };
+        let replicas: std::collections::HashSet<PeerId> = branch
+            .replicas
+            .iter()
+            .map(|r| r.peer_id)
+            .filter(|p| *p != me)
+            .collect();
+        let mut raft_streams = control.accept(crate::replica::transport::RAFT_PROTOCOL)?;
+        let raft = self.raft.clone();
+        let faults = Arc::clone(&self.faults);
+        Ok(Some(tokio::spawn(async move {
+            while let Some((peer, stream)) = raft_streams.next().await {
+                if !replicas.contains(&peer) {
+                    pipe::refused("raft_stranger");
+                    tracing::warn!(%peer, "raft stream closed: not a replica of this branch");
+                    continue;
+                }
+                // The fault switch cuts replicas apart too (in-process partitions).
+                if fault_of(&faults, &peer) != LinkFault::Blocked {
+                    let _ = raft.try_send((peer, stream));
+                }
+            }
+        })))
+    }
+
     /// Starts one task per protocol that serves every stream opened to this node.
     fn accept_all(
         &mut self,
@@ -441,17 +476,9 @@ impl EventLoop {
         let mut tasks = vec![tokio::spawn(accept(teller, move |peer, stream| {
             serve_teller(peer, stream, requests.clone())
         }))];
-        let mut raft_streams = control.accept(crate::replica::transport::RAFT_PROTOCOL)?;
-        let raft = self.raft.clone();
-        let faults = Arc::clone(&self.faults);
-        tasks.push(tokio::spawn(async move {
-            while let Some((peer, stream)) = raft_streams.next().await {
-                // The fault switch cuts replicas apart too (in-process partitions).
-                if fault_of(&faults, &peer) != LinkFault::Blocked {
-                    let _ = raft.try_send((peer, stream));
-                }
-            }
-        }));
+        if let Some(task) = self.accept_raft(&mut control)? {
+            tasks.push(task);
+        }
         for via in [Via::Link, Via::Forward] {
             let incoming = control.accept(via.protocol())?;
             let link = LinkSide {
@@ -579,8 +606,14 @@ where
     }
 }
 
-fn idle() -> Duration {
-    Duration::from_millis(super::IDLE_CONNECTION_TIMEOUT_MS)
+/// How a stream with at most `in_flight` requests in flight is served.
+fn bounds(in_flight: usize) -> pipe::Bounds {
+    pipe::Bounds {
+        in_flight,
+        unwritten_bytes: super::STREAM_UNWRITTEN_BYTES_MAX,
+        idle: Duration::from_millis(super::IDLE_CONNECTION_TIMEOUT_MS),
+        write_stall: Duration::from_millis(super::WRITE_STALL_MS),
+    }
 }
 
 /// Serves one teller stream: each request goes on the requests queue, or is answered
@@ -588,8 +621,7 @@ fn idle() -> Duration {
 async fn serve_teller(peer: PeerId, stream: Stream, requests: mpsc::Sender<Inbound>) {
     pipe::serve(
         stream,
-        super::TELLER_IN_FLIGHT_MAX,
-        idle(),
+        bounds(super::TELLER_IN_FLIGHT_MAX),
         |body, reply| {
             let Ok(request) = wire::decode::<TellerRequest>(&body) else {
                 tracing::warn!(%peer, "teller stream closed: a request does not decode");
@@ -642,7 +674,7 @@ impl LinkSide {
     /// Serves one stream of the link or forward protocol.
     async fn serve(self, peer: PeerId, stream: Stream) {
         let via = self.via;
-        pipe::serve(stream, via.in_flight_max(), idle(), |body, reply| {
+        pipe::serve(stream, bounds(via.in_flight_max()), |body, reply| {
             let Ok(request) = wire::decode::<LinkRequest>(&body) else {
                 tracing::warn!(%peer, ?via, "link stream closed: a request does not decode");
                 return false;

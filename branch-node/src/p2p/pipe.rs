@@ -12,14 +12,14 @@
 
 use std::collections::HashMap;
 use std::io;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use futures::io::{ReadHalf, WriteHalf};
 use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use libp2p::Stream;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use wire::limits::MESSAGE_BYTES_MAX;
 
 /// Bytes of a frame before its body: the length and the tag.
@@ -80,18 +80,38 @@ pub fn put_frame(buf: &mut Vec<u8>, tag: u64, body: &[u8]) {
     buf.extend_from_slice(body);
 }
 
+/// Something written as one frame.
+trait Frame {
+    fn tag(&self) -> u64;
+    fn body(&self) -> &[u8];
+}
+
+impl Frame for (u64, Vec<u8>) {
+    fn tag(&self) -> u64 {
+        self.0
+    }
+    fn body(&self) -> &[u8] {
+        &self.1
+    }
+}
+
 /// Writes every frame queued on `rx` (several per flush when they wait together) until
-/// `rx` ends or a write fails.
-async fn write_frames<W: AsyncWrite + Unpin>(
+/// `rx` ends or a write fails. The frames are dropped only once flushed (an answer's
+/// place and bytes are held until then).
+async fn write_frames<W: AsyncWrite + Unpin, F: Frame>(
     io: &mut W,
-    rx: &mut mpsc::UnboundedReceiver<(u64, Vec<u8>)>,
-    first: (u64, Vec<u8>),
+    rx: &mut mpsc::UnboundedReceiver<F>,
+    first: F,
 ) -> io::Result<()> {
     let mut buf = Vec::new();
-    put_frame(&mut buf, first.0, &first.1);
-    for _ in 1..FRAMES_PER_FLUSH_MAX {
+    put_frame(&mut buf, first.tag(), first.body());
+    let mut written = vec![first];
+    while written.len() < FRAMES_PER_FLUSH_MAX {
         match rx.try_recv() {
-            Ok((tag, body)) => put_frame(&mut buf, tag, &body),
+            Ok(next) => {
+                put_frame(&mut buf, next.tag(), next.body());
+                written.push(next);
+            }
             Err(_) => break,
         }
     }
@@ -317,13 +337,70 @@ pub async fn open_stream(
     }
 }
 
+/// The bytes of a stream's answers not yet written: past its limit the stream is not
+/// read, so a requester that does not read its answers cannot make the node hold more.
+#[derive(Debug)]
+struct Unwritten {
+    bytes: AtomicUsize,
+    drained: Notify,
+}
+
+impl Unwritten {
+    fn add(&self, n: usize) {
+        self.bytes.fetch_add(n, Ordering::Relaxed);
+    }
+
+    fn sub(&self, n: usize) {
+        self.bytes.fetch_sub(n, Ordering::Relaxed);
+        self.drained.notify_waiters();
+    }
+
+    /// Returns once fewer than `max` bytes wait to be written.
+    async fn room(&self, max: usize) {
+        loop {
+            let drained = self.drained.notified();
+            if self.bytes.load(Ordering::Relaxed) < max {
+                return;
+            }
+            drained.await;
+        }
+    }
+}
+
+/// An answer waiting to be written. Until it is (or the stream ends) it holds its
+/// request's in-flight place and its bytes count as its stream's unwritten.
+#[derive(Debug)]
+struct Answer {
+    tag: u64,
+    body: Vec<u8>,
+    unwritten: Arc<Unwritten>,
+    _place: OwnedSemaphorePermit,
+}
+
+impl Frame for Answer {
+    fn tag(&self) -> u64 {
+        self.tag
+    }
+    fn body(&self) -> &[u8] {
+        &self.body
+    }
+}
+
+impl Drop for Answer {
+    fn drop(&mut self) {
+        self.unwritten.sub(self.body.len());
+    }
+}
+
 /// The answering end's handle for one request: answer it with [`Responder::answer`].
-/// While it lives it holds one of its stream's in-flight places.
+/// It holds one of its stream's in-flight places, and its answer holds it on until the
+/// answer is written.
 #[derive(Debug)]
 pub struct Responder {
     tag: u64,
-    tx: mpsc::UnboundedSender<(u64, Vec<u8>)>,
-    _place: OwnedSemaphorePermit,
+    tx: mpsc::UnboundedSender<Answer>,
+    unwritten: Arc<Unwritten>,
+    place: OwnedSemaphorePermit,
 }
 
 impl Responder {
@@ -331,8 +408,15 @@ impl Responder {
     /// is normal.
     pub fn answer<T: serde::Serialize>(self, answer: &T) {
         match wire::encode(answer) {
-            Ok(bytes) => {
-                if self.tx.send((self.tag, bytes)).is_err() {
+            Ok(body) => {
+                self.unwritten.add(body.len());
+                let answer = Answer {
+                    tag: self.tag,
+                    body,
+                    unwritten: self.unwritten,
+                    _place: self.place,
+                };
+                if self.tx.send(answer).is_err() {
                     tracing::debug!("answer dropped: the stream has ended");
                 }
             }
@@ -341,34 +425,65 @@ impl Responder {
     }
 }
 
-/// Serves one stream: reads requests (at most `in_flight` unanswered at once; past that
-/// it stops reading, which holds the requester back), hands each to `on_request` with
-/// its [`Responder`], and writes the answers as they come. Ends when the requester
-/// closes the stream, breaks the framing, sends nothing for `idle`, or `on_request`
-/// returns `false` (it could not decode the body).
+/// How a stream is served: at most `in_flight` requests unanswered or with answers
+/// unwritten, at most `unwritten_bytes` of answers waiting (past either the stream is
+/// not read, which holds the requester back), closed after `idle` with nothing sent,
+/// or when a write makes no progress for `write_stall`.
+#[derive(Clone, Copy, Debug)]
+pub struct Bounds {
+    pub in_flight: usize,
+    pub unwritten_bytes: usize,
+    pub idle: Duration,
+    pub write_stall: Duration,
+}
+
+/// Serves one stream within `bounds`: hands each request to `on_request` with its
+/// [`Responder`], and writes the answers as they come. Ends when the requester closes
+/// the stream, breaks the framing, sends nothing for `idle`, does not read its answers
+/// for `write_stall`, or `on_request` returns `false` (it could not decode the body).
 pub async fn serve(
     stream: Stream,
-    in_flight: usize,
-    idle: Duration,
+    bounds: Bounds,
     mut on_request: impl FnMut(Vec<u8>, Responder) -> bool,
 ) {
     let (mut read, mut write) = stream.split();
-    let (tx, mut rx) = mpsc::unbounded_channel();
-    let _ = tx.send((HELLO_TAG, Vec::new()));
-    let writer = tokio::spawn(async move {
-        while let Some(first) = rx.recv().await {
-            if write_frames(&mut write, &mut rx, first).await.is_err() {
-                return;
-            }
-        }
-        let _ = write.close().await;
+    let mut hello = Vec::new();
+    put_frame(&mut hello, HELLO_TAG, &[]);
+    let said = async {
+        write.write_all(&hello).await?;
+        write.flush().await
+    };
+    if !matches!(
+        tokio::time::timeout(bounds.write_stall, said).await,
+        Ok(Ok(()))
+    ) {
+        return;
+    }
+    let (tx, rx) = mpsc::unbounded_channel();
+    let writer = tokio::spawn(write_answers(write, rx, bounds.write_stall));
+    let places = Arc::new(Semaphore::new(bounds.in_flight));
+    let unwritten = Arc::new(Unwritten {
+        bytes: AtomicUsize::new(0),
+        drained: Notify::new(),
     });
-    let places = Arc::new(Semaphore::new(in_flight));
     loop {
-        let Ok(place) = Arc::clone(&places).acquire_owned().await else {
+        let room = async {
+            let place = Arc::clone(&places).acquire_owned().await.ok();
+            unwritten.room(bounds.unwritten_bytes).await;
+            place
+        };
+        let place = tokio::select! {
+            p = room => p,
+            () = tx.closed() => None,
+        };
+        let Some(place) = place else {
             break;
         };
-        let (tag, body) = match tokio::time::timeout(idle, read_frame(&mut read)).await {
+        let frame = tokio::select! {
+            f = tokio::time::timeout(bounds.idle, read_frame(&mut read)) => f,
+            () = tx.closed() => break,
+        };
+        let (tag, body) = match frame {
             Ok(Ok(Some(frame))) => frame,
             Ok(Ok(None)) | Err(_) => break,
             Ok(Err(e)) => {
@@ -380,7 +495,8 @@ pub async fn serve(
         let responder = Responder {
             tag,
             tx: tx.clone(),
-            _place: place,
+            unwritten: Arc::clone(&unwritten),
+            place,
         };
         if !on_request(body, responder) {
             refused("framing");
@@ -390,6 +506,30 @@ pub async fn serve(
     }
     drop(tx);
     let _ = writer.await;
+}
+
+/// Writes the answers queued on `rx` until every sender is gone; gives up (and so
+/// ends the stream) when a write makes no progress for `stall`.
+async fn write_answers(
+    mut write: WriteHalf<Stream>,
+    mut rx: mpsc::UnboundedReceiver<Answer>,
+    stall: Duration,
+) {
+    while let Some(first) = rx.recv().await {
+        match tokio::time::timeout(stall, write_frames(&mut write, &mut rx, first)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => return,
+            Err(_) => {
+                tracing::warn!(
+                    "stream closed: its answers were not read for {} s",
+                    stall.as_secs()
+                );
+                refused("unread");
+                return;
+            }
+        }
+    }
+    let _ = write.close().await;
 }
 
 /// Counts an inbound stream this node closed, by why.

@@ -118,20 +118,34 @@ pub enum LoginRow {
         role: Role,
         customer_id: Option<i64>,
         hash: String,
+        /// Enrolled for one-time codes.
+        enrolled: bool,
     },
+}
+
+/// The refusal of a login whose password is wrong: at a login enrolled for one-time
+/// codes, asked without a code, the same as a right password gets without one (so the
+/// answer does not tell whether the password was right); else `BadCredentials`.
+pub fn wrong_password(row: &LoginRow, otp_missing: bool) -> Refusal {
+    match row {
+        LoginRow::Found { enrolled: true, .. } if otp_missing => Refusal::OneTimeCode,
+        _ => Refusal::BadCredentials,
+    }
 }
 
 /// Step 1 of a login: the user's row, if there is one.
 pub fn login_read(conn: &Connection, login: &str) -> Result<LoginRow, StoreError> {
     let user = conn
         .query_row(
-            "SELECT role, customer_id, password_hash FROM users WHERE login = ?1",
+            "SELECT role, customer_id, password_hash, otp_secret IS NOT NULL FROM users \
+             WHERE login = ?1",
             [login],
             |r| {
                 Ok(LoginRow::Found {
                     role: role_from(&r.get::<_, String>(0)?),
                     customer_id: r.get(1)?,
                     hash: r.get(2)?,
+                    enrolled: r.get(3)?,
                 })
             },
         )
@@ -169,10 +183,15 @@ pub fn login_record(
         return Ok(Err(Refusal::BadCredentials));
     };
     if !verified {
-        return Ok(Err(Refusal::BadCredentials));
+        return Ok(Err(wrong_password(row, otp.is_none())));
     }
+    // With a code given, a wrong code is answered as a wrong password is: neither
+    // answer tells which of the two was right.
     if !otp_accepted(conn, login, otp, now_ms)? {
-        return Ok(Err(Refusal::OneTimeCode));
+        return Ok(Err(match otp {
+            None => Refusal::OneTimeCode,
+            Some(_) => Refusal::BadCredentials,
+        }));
     }
     Ok(Ok(UserInfo {
         login: login.to_owned(),
