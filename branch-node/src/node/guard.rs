@@ -2,12 +2,20 @@
 //! unknown logins alike, with no lockout. Pure: time is an argument.
 //!
 //! An attempt is counted as a failure *before* its password is checked (and the
-//! count undone on success), so parallel guesses cannot all slip past the limit. A
-//! throttled attempt is refused before the login is looked up, so the answer says
-//! nothing about whether the login exists. A teller peer that logged in to a login
+//! count undone on success), so parallel guesses cannot all slip past the limit. An
+//! attempt turned away before its check (the node is overloaded) is not counted. A
+//! teller over its own limit is refused before the login is looked up; a login's
+//! limit applies to made-up names alike, so the answer says nothing about whether
+//! the login exists. A teller peer that logged in to a login
 //! before is trusted for it: its attempts skip that login's count, so a stranger's
 //! guessing never delays the owner at their usual teller. ARCHITECTURE.md gives the
 //! rates an attacker gets.
+//!
+//! The counts of logins that exist are never evicted (there is at most one per login
+//! of the branch, and a count goes at its login's next success or once forgotten), so
+//! a flood of made-up names cannot flush a real login's count. Made-up names are
+//! counted apart, in a bounded table that evicts its stalest entry: they are counted
+//! only so that they are answered as a real login would be.
 
 use std::collections::HashMap;
 use std::hash::Hash;
@@ -41,7 +49,10 @@ impl Count {
 /// The throttle tables of one branch.
 #[derive(Debug, Default)]
 pub struct Guard {
+    /// Logins that exist: never evicted.
     logins: HashMap<String, Count>,
+    /// Names that are no login: bounded, the stalest evicted.
+    unknown: HashMap<String, Count>,
     peers: HashMap<PeerId, Count>,
     /// (login, peer) pairs that logged in, and until when they are trusted.
     trusted: HashMap<(String, PeerId), u64>,
@@ -51,49 +62,88 @@ pub struct Guard {
 #[derive(Debug)]
 pub struct Attempt {
     login: String,
+    exists: bool,
     peer: PeerId,
     trusted: bool,
 }
 
 impl Guard {
-    /// Admits an attempt by `peer` on `login` now and counts it as failed, or says how
-    /// many milliseconds to wait first.
-    pub fn admit(&mut self, login: &str, peer: PeerId, now_ms: u64) -> Result<Attempt, u64> {
-        let trusted = self
-            .trusted
-            .get(&(login.to_owned(), peer))
-            .is_some_and(|&until| now_ms < until);
+    /// How long `peer` must wait before any attempt (checked before the login is even
+    /// looked up, so a throttled teller costs nothing more).
+    pub fn peer_wait(&self, peer: PeerId, now_ms: u64) -> u64 {
+        self.peers
+            .get(&peer)
+            .map_or(0, |c| c.wait_ms(LOGIN_PEER_FREE_FAILURES, now_ms))
+    }
+
+    /// Admits an attempt by `peer` on `login` (which `exists` or not) now and counts it
+    /// as failed, or says how many milliseconds to wait first.
+    pub fn admit(
+        &mut self,
+        login: &str,
+        exists: bool,
+        peer: PeerId,
+        now_ms: u64,
+    ) -> Result<Attempt, u64> {
+        let trusted = exists
+            && self
+                .trusted
+                .get(&(login.to_owned(), peer))
+                .is_some_and(|&until| now_ms < until);
         let login_wait = match trusted {
             true => 0,
             false => self
-                .logins
+                .names(exists)
                 .get(login)
                 .map_or(0, |c| c.wait_ms(LOGIN_FREE_FAILURES, now_ms)),
         };
-        let peer_wait = self
-            .peers
-            .get(&peer)
-            .map_or(0, |c| c.wait_ms(LOGIN_PEER_FREE_FAILURES, now_ms));
-        let wait = login_wait.max(peer_wait);
+        let wait = login_wait.max(self.peer_wait(peer, now_ms));
         if wait > 0 {
             return Err(wait);
         }
         if !trusted {
-            fail(&mut self.logins, login.to_owned(), now_ms);
+            let evicts = !exists;
+            fail(self.names_mut(exists), login.to_owned(), now_ms, evicts);
         }
-        fail(&mut self.peers, peer, now_ms);
+        fail(&mut self.peers, peer, now_ms, true);
         Ok(Attempt {
             login: login.to_owned(),
+            exists,
             peer,
             trusted,
         })
+    }
+
+    fn names(&self, exists: bool) -> &HashMap<String, Count> {
+        if exists { &self.logins } else { &self.unknown }
+    }
+
+    fn names_mut(&mut self, exists: bool) -> &mut HashMap<String, Count> {
+        if exists {
+            &mut self.logins
+        } else {
+            &mut self.unknown
+        }
+    }
+
+    /// The attempt was not made after all (the node turned it away before checking the
+    /// password): its counts are taken back.
+    pub fn not_made(&mut self, attempt: Attempt) {
+        if !attempt.trusted
+            && let Some(c) = self.names_mut(attempt.exists).get_mut(&attempt.login)
+        {
+            c.failures = c.failures.saturating_sub(1);
+        }
+        if let Some(c) = self.peers.get_mut(&attempt.peer) {
+            c.failures = c.failures.saturating_sub(1);
+        }
     }
 
     /// The attempt logged in: the login's count is cleared, the peer's count loses the
     /// attempt again, and the peer is trusted for the login from now on.
     pub fn succeeded(&mut self, attempt: Attempt, now_ms: u64) {
         if !attempt.trusted {
-            self.logins.remove(&attempt.login);
+            self.names_mut(attempt.exists).remove(&attempt.login);
         }
         if let Some(c) = self.peers.get_mut(&attempt.peer) {
             c.failures = c.failures.saturating_sub(1);
@@ -109,12 +159,19 @@ impl Guard {
     }
 }
 
-/// Counts a failure of `key`, making room first if the table is full: forgotten
-/// counts go, then the stalest one.
-fn fail<K: Eq + Hash + Clone>(table: &mut HashMap<K, Count>, key: K, now_ms: u64) {
-    if !table.contains_key(&key) && table.len() >= LOGIN_THROTTLE_KEYS_MAX {
+/// Counts a failure of `key`. A new key in a full table makes room first: forgotten
+/// counts go, then (when `evicts`) the stalest one. A table that does not evict grows
+/// past the bound only with keys its caller bounds (the branch's logins).
+fn fail<K: Eq + Hash + Clone>(table: &mut HashMap<K, Count>, key: K, now_ms: u64, evicts: bool) {
+    let full = table.len() >= LOGIN_THROTTLE_KEYS_MAX;
+    // Without eviction the sweep runs at every 1,024th new key past the bound, not at
+    // each one.
+    let sweep = full && (evicts || table.len().is_multiple_of(1_024));
+    if !table.contains_key(&key) && sweep {
         table.retain(|_, c| now_ms.saturating_sub(c.last_ms) < LOGIN_FORGET_MS);
-        evict_one(table, |c| c.last_ms);
+        if evicts {
+            evict_one(table, |c| c.last_ms);
+        }
     }
     let count = table.entry(key).or_default();
     if now_ms.saturating_sub(count.last_ms) >= LOGIN_FORGET_MS {
@@ -147,7 +204,7 @@ mod tests {
     /// Admits attempts at `now` until one is throttled; returns how many got through.
     fn burst(g: &mut Guard, login: &str, peer: PeerId, now: u64) -> u32 {
         let mut n = 0;
-        while g.admit(login, peer, now).is_ok() {
+        while g.admit(login, true, peer, now).is_ok() {
             n += 1;
         }
         n
@@ -158,7 +215,7 @@ mod tests {
         let mut g = Guard::default();
         // Sixty attempts at the same instant, none finished: five get through.
         let admitted = (0..60)
-            .filter(|_| g.admit("100-00000001", PeerId::random(), T0).is_ok())
+            .filter(|_| g.admit("100-00000001", true, PeerId::random(), T0).is_ok())
             .count();
         assert_eq!(admitted, LOGIN_FREE_FAILURES as usize);
     }
@@ -174,11 +231,11 @@ mod tests {
         let mut waits = Vec::new();
         for _ in 0..14 {
             let wait = g
-                .admit(login, PeerId::random(), now)
+                .admit(login, true, PeerId::random(), now)
                 .expect_err("throttled");
             waits.push(wait);
             now += wait;
-            assert!(g.admit(login, PeerId::random(), now).is_ok());
+            assert!(g.admit(login, true, PeerId::random(), now).is_ok());
         }
         assert_eq!(waits[..4], [1_000, 2_000, 4_000, 8_000]);
         assert_eq!(*waits.last().expect("some"), LOGIN_DELAY_MAX_MS);
@@ -195,15 +252,26 @@ mod tests {
         let mut g = Guard::default();
         let peer = PeerId::random();
         let a = burst(&mut g, "admin", peer, T0);
-        let b = burst(&mut g, "no-such-login", PeerId::random(), T0);
+        let mut b = 0;
+        while g
+            .admit("no-such-login", false, PeerId::random(), T0)
+            .is_ok()
+        {
+            b += 1;
+        }
         assert_eq!(a, b);
+        assert_eq!(
+            g.admit("admin", true, PeerId::random(), T0).err(),
+            g.admit("no-such-login", false, PeerId::random(), T0).err(),
+            "throttled alike"
+        );
     }
 
     #[test]
     fn a_stranger_cannot_delay_the_owner_at_a_trusted_teller() {
         let mut g = Guard::default();
         let owner = PeerId::random();
-        let attempt = g.admit("100-00000001", owner, T0).expect("admitted");
+        let attempt = g.admit("100-00000001", true, owner, T0).expect("admitted");
         g.succeeded(attempt, T0);
         // A stranger uses up the login's free failures and more.
         let stranger = PeerId::random();
@@ -211,9 +279,14 @@ mod tests {
             burst(&mut g, "100-00000001", stranger, T0 + 1),
             LOGIN_FREE_FAILURES
         );
-        assert!(g.admit("100-00000001", PeerId::random(), T0 + 2).is_err());
+        assert!(
+            g.admit("100-00000001", true, PeerId::random(), T0 + 2)
+                .is_err()
+        );
         // The owner's teller is not delayed; another teller is.
-        let attempt = g.admit("100-00000001", owner, T0 + 3).expect("trusted");
+        let attempt = g
+            .admit("100-00000001", true, owner, T0 + 3)
+            .expect("trusted");
         g.succeeded(attempt, T0 + 3);
     }
 
@@ -222,7 +295,7 @@ mod tests {
         let mut g = Guard::default();
         let peer = PeerId::random();
         let admitted = (0..100)
-            .filter(|i| g.admit(&format!("user-{i}"), peer, T0).is_ok())
+            .filter(|i| g.admit(&format!("user-{i}"), i % 2 == 0, peer, T0).is_ok())
             .count();
         assert_eq!(admitted, LOGIN_PEER_FREE_FAILURES as usize);
     }
@@ -232,11 +305,47 @@ mod tests {
         let mut g = Guard::default();
         let peer = PeerId::random();
         for i in 0..LOGIN_PEER_FREE_FAILURES - 1 {
-            assert!(g.admit(&format!("typo-{i}"), peer, T0).is_ok());
+            assert!(g.admit(&format!("typo-{i}"), false, peer, T0).is_ok());
         }
-        let ok = g.admit("100-00000001", peer, T0).expect("last free");
+        let ok = g.admit("100-00000001", true, peer, T0).expect("last free");
         g.succeeded(ok, T0);
-        assert!(g.admit("100-00000002", peer, T0).is_ok(), "room again");
-        assert!(g.admit("100-00000003", peer, T0).is_err());
+        assert!(
+            g.admit("100-00000002", true, peer, T0).is_ok(),
+            "room again"
+        );
+        assert!(g.admit("100-00000003", true, peer, T0).is_err());
+    }
+
+    #[test]
+    fn a_flood_of_made_up_names_does_not_flush_a_real_login_count() {
+        let mut g = Guard::default();
+        let victim = "100-00000001";
+        assert_eq!(
+            burst(&mut g, victim, PeerId::random(), T0),
+            LOGIN_FREE_FAILURES
+        );
+        // More junk names than the table holds, from many tellers.
+        for i in 0..LOGIN_THROTTLE_KEYS_MAX + 200 {
+            let _ = g.admit(&format!("junk-{i}"), false, PeerId::random(), T0 + 1);
+        }
+        assert!(g.unknown.len() <= LOGIN_THROTTLE_KEYS_MAX);
+        // The victim's login is still throttled, whoever asks.
+        for _ in 0..6 {
+            assert!(g.admit(victim, true, PeerId::random(), T0 + 2).is_err());
+        }
+    }
+
+    #[test]
+    fn an_attempt_turned_away_before_its_check_is_not_counted() {
+        let mut g = Guard::default();
+        let peer = PeerId::random();
+        for _ in 0..100 {
+            let attempt = g.admit("admin", true, peer, T0).expect("admitted");
+            g.not_made(attempt);
+        }
+        assert_eq!(
+            burst(&mut g, "admin", PeerId::random(), T0),
+            LOGIN_FREE_FAILURES
+        );
     }
 }

@@ -106,30 +106,41 @@ impl Service {
         otp_missing: bool,
     ) -> Result<(Attempt, LoginRow), Fail> {
         let now = now_ms();
-        let admitted = self.logins.guard().admit(login, peer, now);
-        let attempt = match admitted {
-            Ok(attempt) => attempt,
-            Err(retry_after_ms) => {
-                // Answered only after a pause: a teller that sends one request at a time
-                // (as guessing scripts do) is slowed to the pause, and costs the node a
-                // sleeping task instead of CPU. Bounded, so a slot is not held long.
-                let hold = retry_after_ms.min(THROTTLE_HOLD_MS_MAX);
-                tokio::time::sleep(std::time::Duration::from_millis(hold)).await;
-                let retry_after_ms = retry_after_ms - hold;
-                return Err(Unavailable::Throttled { retry_after_ms }.into());
-            }
-        };
+        let waited = self.logins.guard().peer_wait(peer, now);
+        if waited > 0 {
+            return Err(self.throttled(waited).await);
+        }
         let who = login.to_owned();
         let row = self
             .reader
             .read(move |c, _| auth::login_read(c, &who))
             .await
             .map_err(store_failed)?;
-        if self.logins.verify(password, row.clone()).await? {
-            Ok((attempt, row))
-        } else {
-            Err(auth::wrong_password(&row, otp_missing).into())
+        let exists = matches!(row, LoginRow::Found { .. });
+        let admitted = self.logins.guard().admit(login, exists, peer, now);
+        let attempt = match admitted {
+            Ok(attempt) => attempt,
+            Err(retry_after_ms) => return Err(self.throttled(retry_after_ms).await),
+        };
+        match self.logins.verify(password, row.clone()).await {
+            Ok(true) => Ok((attempt, row)),
+            Ok(false) => Err(auth::wrong_password(&row, otp_missing).into()),
+            Err(turned_away) => {
+                // Overloaded (or stopping) before the check: no attempt was made.
+                self.logins.guard().not_made(attempt);
+                Err(turned_away)
+            }
         }
+    }
+
+    /// The answer to a throttled attempt, given only after a pause: a teller that sends
+    /// one request at a time (as guessing scripts do) is slowed to the pause, and costs
+    /// the node a sleeping task instead of CPU. Bounded, so a place is not held long.
+    async fn throttled(&self, retry_after_ms: u64) -> Fail {
+        let hold = retry_after_ms.min(THROTTLE_HOLD_MS_MAX);
+        tokio::time::sleep(std::time::Duration::from_millis(hold)).await;
+        let retry_after_ms = retry_after_ms - hold;
+        Unavailable::Throttled { retry_after_ms }.into()
     }
 
     fn password_ok(&self, attempt: Attempt) {
