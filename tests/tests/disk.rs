@@ -3,7 +3,8 @@
 //! refusal, "not done" or "unknown" (or the node stops with a non-zero exit, never
 //! serving with a dead 2PC engine); once space is freed (and the node restarted),
 //! transfers commit again, nothing is half-applied, and every "committed" answer is in
-//! the books. Mounting needs root (CI runs as root on this machine's kind).
+//! the books. A node that keeps running while its writes fail says so: `/readyz` is 503
+//! until a write commits again. Mounting needs root (CI runs as root on this machine's kind).
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -17,6 +18,8 @@ use teller_cli::{Teller, new_transfer_id};
 use wire::teller::TellerOp;
 use wire::twopc::TransferSpec;
 use wire::{AccountNumber, Amount, TransferId};
+
+mod common;
 
 const PW: &str = "customer-pw";
 /// The small filesystem: room for the branch's files and a little growth.
@@ -102,10 +105,17 @@ fn committed(answers: &[MoneyAnswer]) -> BTreeSet<TransferId> {
         .collect()
 }
 
+/// Where node 0's `/metrics`, `/readyz` live: `http://ADDR`.
+fn ready_base(c: &Cluster) -> String {
+    let url = c.nodes[0].metrics_url.clone().expect("metrics address");
+    url.trim_end_matches("/metrics").to_owned()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_disk_refuses_or_stops_and_loses_no_committed_answer() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut c = Cluster::create(dir.path(), 2, &[]).expect("cluster");
+    let mut c =
+        Cluster::create(dir.path(), 2, &["--metrics-listen", "127.0.0.1:0"]).expect("cluster");
     let small = dir.path().join("small-fs");
     let _fs = Tmpfs::mount(&small);
     for entry in std::fs::read_dir(&c.nodes[0].dir).expect("b1 dir") {
@@ -124,8 +134,19 @@ async fn a_full_disk_refuses_or_stops_and_loses_no_committed_answer() {
     assert_eq!(committed(&before).len(), 20, "{before:?}");
     told.extend(committed(&before));
 
-    // Fill the disk, and keep sending while it is full.
+    // Fill the disk: a login (its session must be stored) fails, and a node that keeps
+    // running says its writes fail.
     let filler = fill(&small);
+    let mut late = Teller::connect(&target).await.expect("connects");
+    let login = late.login(&a.to_string(), PW).await;
+    assert!(login.is_err(), "a session cannot be stored on a full disk");
+    eprintln!("login while full: {login:?}; b1 running: {}", c.running(0));
+    if c.running(0) {
+        let (status, body) = common::fetch(&format!("{}/readyz", ready_base(&c))).await;
+        assert_eq!(status, 503, "{body}");
+        assert!(body.contains("writes failing"), "{body}");
+    }
+    // Keep sending while it is full.
     let during = transfers(&mut t, a, b, 8).await;
     told.extend(committed(&during));
     let troubled = during
@@ -164,6 +185,8 @@ async fn a_full_disk_refuses_or_stops_and_loses_no_committed_answer() {
         "transfers commit again: {after:?}"
     );
     told.extend(committed(&after));
+    let (status, body) = common::fetch(&format!("{}/readyz", ready_base(&c))).await;
+    assert_eq!(status, 200, "ready again once writes commit: {body}");
     let report = check::finish(&mut c, &told, Duration::from_secs(30)).expect("audit");
     assert!(report.ok(), "invariants violated: {:#?}", report.violations);
 }

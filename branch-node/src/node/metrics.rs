@@ -81,6 +81,11 @@ pub struct Metrics {
     /// This copy's fence: 0 it may move money, 1 not confirmed (starting, or no other
     /// branch answered within the lease), 2 fenced (a restore replaced it).
     pub fence_state: Gauge,
+    /// 1 while the store's last write batch failed (a full disk, a failing device), 0
+    /// once one commits.
+    pub store_writes_failing: Gauge,
+    /// Why the last write batch failed, while it is failing.
+    write_failure: std::sync::Mutex<Option<String>>,
 }
 
 impl Metrics {
@@ -109,6 +114,8 @@ impl Metrics {
             streams_refused: Family::default(),
             streams_reopened: Counter::default(),
             fence_state: Gauge::default(),
+            store_writes_failing: Gauge::default(),
+            write_failure: std::sync::Mutex::default(),
         };
         m.register();
         m
@@ -222,6 +229,29 @@ impl Metrics {
             "This copy's fence: 0 it may move money, 1 not confirmed (starting, or no other branch answered within the lease), 2 fenced (a restore replaced it)",
             self.fence_state.clone(),
         );
+        r.register(
+            "store_writes_failing",
+            "1 while the store's last write batch failed (a full disk, a failing device), 0 once one commits",
+            self.store_writes_failing.clone(),
+        );
+    }
+
+    /// Notes how the writer's last batch ended: `failed` is its error, if it failed.
+    pub fn write_ended(&self, failed: Option<&String>) {
+        self.store_writes_failing.set(i64::from(failed.is_some()));
+        let mut last = self
+            .write_failure
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        *last = failed.cloned();
+    }
+
+    /// Why the store's writes fail now, if they do.
+    pub fn write_failure(&self) -> Option<String> {
+        self.write_failure
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
     }
 
     /// Counts a money answer of `kind` given `started` ago.
@@ -330,11 +360,16 @@ async fn healthz() -> &'static str {
 /// Ready when the store reads and the engine runs (a replica: while it leads and
 /// serves, or follows a known leader and is caught up); the peers are reported.
 async fn readyz(State(health): State<Health>) -> Response {
-    let store = health
+    let reads = health
         .reader
         .read(|c, _| Ok(c.query_row("SELECT 1", [], |r| r.get::<_, i64>(0))?))
         .await
         .is_ok();
+    let (store, store_line) = match (reads, get().write_failure()) {
+        (false, _) => (false, "failing".to_string()),
+        (true, Some(why)) => (false, format!("writes failing ({why}); reads only")),
+        (true, None) => (true, "open".to_string()),
+    };
     let engine = health.engine_running.load(Ordering::Relaxed);
     let peers = get().peers_connected.get();
     let (role_ready, role) = match &health.replica {
@@ -351,8 +386,7 @@ async fn readyz(State(health): State<Health>) -> Response {
     };
     let (fence_ok, fence) = fence_line(&health);
     let body = format!(
-        "store: {}\nengine: {engine}\n{role}fence: {fence}\nother branches connected: {peers} of {}\n",
-        if store { "open" } else { "failing" },
+        "store: {store_line}\nengine: {engine}\n{role}fence: {fence}\nother branches connected: {peers} of {}\n",
         health.peers_listed
     );
     let status = if store && role_ready && fence_ok {

@@ -248,6 +248,7 @@ fn run_batch(store: &mut Store, batch: Vec<Job>, journal: Option<&Journal>) {
     if let (None, Some(journal)) = (&failed, journal) {
         let _ = journal.send(ops);
     }
+    crate::node::metrics::get().write_ended(failed.as_ref());
     for r in ran {
         r.finish(failed.as_ref());
     }

@@ -1,4 +1,6 @@
 //! Helpers shared by more than one test binary: reading a node's metrics endpoint.
+// Each test binary that includes this module uses only some of its helpers.
+#![allow(dead_code)]
 
 /// The status and body of a GET of `url`.
 pub async fn fetch(url: &str) -> (u16, String) {
