@@ -2,7 +2,8 @@
 //! under libFuzzer and `tests/fuzz_corpus.rs` replays the saved corpus through them.
 //! Each must return normally for any input; a panic is a bug.
 
-use wire::link::LinkRequest;
+use wire::link::{LinkRequest, LinkResponse};
+use wire::trace::Statement;
 use wire::twopc::BranchMessage;
 use wire::{BranchId, Signed, TellerRequest, TellerResponse};
 
@@ -47,6 +48,24 @@ pub fn link_request(data: &[u8]) {
     }
 }
 
+/// What another node answers, as a node or a teller receives it: a link answer (and,
+/// inside it, a signed reconcile statement), and a Raft call or answer between
+/// replicas.
+pub fn peer_answer(data: &[u8]) {
+    if let Ok(answer) = wire::decode::<LinkResponse>(data) {
+        assert_eq!(wire::encode(&answer).ok().as_deref(), Some(data));
+        if let LinkResponse::Statement(bytes) = answer {
+            let _ = wire::decode::<Signed<Statement>>(&bytes);
+        }
+    }
+    if let Ok(signed) = wire::decode::<Signed<Statement>>(data) {
+        assert_eq!(wire::encode(&signed).ok().as_deref(), Some(data));
+    }
+    use branch_node::replica::transport::{Answer, Call};
+    let _ = wire::codec::decode_record::<Call>(data);
+    let _ = wire::codec::decode_record::<Answer>(data);
+}
+
 /// A network file's text.
 pub fn network_file(data: &[u8]) {
     if let Ok(text) = std::str::from_utf8(data) {
@@ -65,9 +84,10 @@ pub fn scenario_file(data: &[u8]) {
 pub type Body = fn(&[u8]);
 
 /// Every target by name, as `fuzz/` and the corpus replay know them.
-pub const TARGETS: [(&str, Body); 4] = [
+pub const TARGETS: [(&str, Body); 5] = [
     ("teller_request", teller_request),
     ("link_request", link_request),
+    ("peer_answer", peer_answer),
     ("network_file", network_file),
     ("scenario_file", scenario_file),
 ];

@@ -1,6 +1,7 @@
 //! Replays the fuzz corpus (`fuzz/seeds/TARGET/*`: seeds, and every input a fuzz run
 //! made a crash) through the fuzz bodies, so a crash found once stays fixed
-//! without the fuzzer.
+//! without the fuzzer; and runs a bounded number of mutations of it through them
+//! on every test run.
 
 use std::path::Path;
 
@@ -36,5 +37,62 @@ fn non_canonical_link_bytes_are_refused() {
             wire::decode::<wire::twopc::BranchMessage>(&bytes).is_err(),
             "{hex}"
         );
+    }
+}
+
+/// Mutations of one seed a run tries per target: bounded, so the suite stays short.
+const MUTATIONS_PER_TARGET: usize = 100_000;
+
+/// A small fixed-seed generator (xorshift64*): the same inputs on every run.
+struct Xorshift(u64);
+
+impl Xorshift {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    fn below(&mut self, n: usize) -> usize {
+        usize::try_from(self.next() % u64::try_from(n.max(1)).unwrap_or(1)).unwrap_or(0)
+    }
+}
+
+/// `seed` changed a little: a byte flipped, set, inserted or removed, or cut short.
+fn mutate(seed: &[u8], rng: &mut Xorshift) -> Vec<u8> {
+    let mut data = seed.to_vec();
+    for _ in 0..=rng.below(4) {
+        let at = rng.below(data.len() + 1);
+        let byte = rng.next().to_le_bytes()[0];
+        match rng.below(5) {
+            0 if at < data.len() => data[at] ^= 1 << rng.below(8),
+            1 if at < data.len() => data[at] = byte,
+            2 => data.insert(at, byte),
+            3 if at < data.len() => {
+                data.remove(at);
+            }
+            _ => data.truncate(at),
+        }
+    }
+    data
+}
+
+/// A bounded fuzz run inside the suite (no fuzzer needed): every target takes
+/// thousands of mutations of its saved inputs and must return normally for each.
+#[test]
+fn every_target_survives_mutations_of_its_seeds() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/seeds");
+    for (name, body) in tests::fuzz::TARGETS {
+        let seeds: Vec<Vec<u8>> = std::fs::read_dir(root.join(name))
+            .expect("seeds")
+            .map(|e| std::fs::read(e.expect("entry").path()).expect("reads"))
+            .collect();
+        assert!(!seeds.is_empty(), "{name} has seeds");
+        let mut rng = Xorshift(0x9e37_79b9_7f4a_7c15);
+        for _ in 0..MUTATIONS_PER_TARGET {
+            let seed = &seeds[rng.below(seeds.len())];
+            body(&mutate(seed, &mut rng));
+        }
     }
 }
