@@ -161,10 +161,27 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             let code = code_of(&e).map_or_else(String::new, |c| format!(" [{c}]"));
-            eprintln!("branch-node: {e:#}{code}");
+            eprintln!("branch-node: {}{code}", message(&e));
             ExitCode::from(1)
         }
     }
+}
+
+/// `e` and its causes on one line, each cause once: an error that already quotes its
+/// cause (`path: reason`) does not have it repeated.
+fn message(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if out.contains(&text) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&text);
+    }
+    out
 }
 
 /// The stable code of a refusal an operator may meet, where the error is one.
