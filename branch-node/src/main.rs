@@ -454,3 +454,20 @@ async fn shutdown_signal() {
     }
     tracing::info!("shutdown requested");
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_cause_is_said_once() {
+        let io = std::io::Error::new(std::io::ErrorKind::NotFound, "no such file");
+        let quoting = anyhow::Error::new(branch_node::init::InitError::Io {
+            path: "dir/branch.key".into(),
+            source: io,
+        });
+        assert_eq!(message(&quoting), "dir/branch.key: no such file");
+        let wrapped = anyhow::anyhow!("no such file").context("reading the key");
+        assert_eq!(message(&wrapped), "reading the key: no such file");
+    }
+}
