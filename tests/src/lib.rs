@@ -95,6 +95,25 @@ pub async fn committed_transfer(
     id
 }
 
+/// A teller-protocol client of node 0 with the key of `secret` (a new one: a
+/// stranger, with no session).
+pub async fn teller_stranger(
+    c: &Cluster,
+    secret: [u8; 32],
+) -> branch_node::p2p::client::PeerClient<wire::TellerRequest, TellerResponse> {
+    let t = c.target(0).expect("target");
+    let key = wire::BranchKey::from_secret(secret);
+    branch_node::p2p::client::PeerClient::connect(
+        key.libp2p_keypair(),
+        branch_node::p2p::TELLER_PROTOCOL,
+        t.addr,
+        t.peer,
+        std::time::Duration::from_secs(5),
+    )
+    .await
+    .expect("connect")
+}
+
 /// Runs `branch-node` with `args`: its exit status and everything it printed.
 pub fn branch_node(args: &[&std::ffi::OsStr]) -> (i32, String) {
     let bin = scenarios::cluster::branch_node_bin().expect("branch-node");

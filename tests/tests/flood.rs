@@ -166,18 +166,7 @@ type Stranger = PeerClient<TellerRequest, TellerResponse>;
 
 /// A teller connection to node 0 with a new key.
 async fn stranger(c: &Cluster) -> Stranger {
-    let t = c.target(0).expect("target");
-    let key = BranchKey::from_secret(rand::random());
-    let protocol = branch_node::p2p::TELLER_PROTOCOL;
-    PeerClient::connect(
-        key.libp2p_keypair(),
-        protocol,
-        t.addr,
-        t.peer,
-        Duration::from_secs(5),
-    )
-    .await
-    .expect("connect")
+    tests::teller_stranger(c, rand::random()).await
 }
 
 /// Writes up to `n` requests without a session as frames on `stream`, for at most

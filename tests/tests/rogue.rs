@@ -407,17 +407,7 @@ async fn a_forward_that_arrives_after_its_expiry_is_not_acted_on() {
 
 /// A teller-protocol client with a fresh key on `c`'s first branch.
 async fn teller_stream(c: &Cluster) -> PeerClient<TellerRequest, TellerResponse> {
-    let t = c.target(0).expect("target");
-    let key = BranchKey::from_secret(rand::random());
-    PeerClient::connect(
-        key.libp2p_keypair(),
-        branch_node::p2p::TELLER_PROTOCOL,
-        t.addr,
-        t.peer,
-        Duration::from_secs(5),
-    )
-    .await
-    .expect("connect")
+    tests::teller_stranger(c, rand::random()).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
