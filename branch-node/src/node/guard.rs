@@ -26,6 +26,10 @@ use wire::limits::{
     LOGIN_PEER_FREE_FAILURES, LOGIN_THROTTLE_KEYS_MAX, LOGIN_TRUST_MS,
 };
 
+/// How often (in new keys) a table that does not evict, grown past
+/// `LOGIN_THROTTLE_KEYS_MAX`, drops its forgotten counts.
+const SWEEP_EVERY: usize = 1_024;
+
 /// Failed attempts of one key and when the last one was.
 #[derive(Clone, Copy, Debug, Default)]
 struct Count {
@@ -164,9 +168,9 @@ impl Guard {
 /// past the bound only with keys its caller bounds (the branch's logins).
 fn fail<K: Eq + Hash + Clone>(table: &mut HashMap<K, Count>, key: K, now_ms: u64, evicts: bool) {
     let full = table.len() >= LOGIN_THROTTLE_KEYS_MAX;
-    // Without eviction the sweep runs at every 1,024th new key past the bound, not at
-    // each one.
-    let sweep = full && (evicts || table.len().is_multiple_of(1_024));
+    // Without eviction the sweep runs at every SWEEP_EVERY-th new key past the bound,
+    // not at each one.
+    let sweep = full && (evicts || table.len().is_multiple_of(SWEEP_EVERY));
     if !table.contains_key(&key) && sweep {
         table.retain(|_, c| now_ms.saturating_sub(c.last_ms) < LOGIN_FORGET_MS);
         if evicts {
