@@ -5,6 +5,7 @@
 pub mod batch;
 pub mod coalesce;
 pub mod money;
+pub mod sealer;
 pub mod web;
 pub mod when;
 
@@ -17,7 +18,7 @@ use branch_node::p2p::client::{ClientError, PeerClient};
 use libp2p::multiaddr::Protocol;
 use libp2p::{Multiaddr, PeerId};
 use wire::teller::{
-    AccountsPage, Role, Scope, SessionToken, TellerOp, TellerRequest, TellerResponse, Unavailable,
+    AccountsPage, Role, Scope, SessionToken, TellerOp, TellerResponse, Unavailable,
 };
 use wire::{BranchKey, Refusal};
 
@@ -62,6 +63,9 @@ pub struct Target {
     /// The branch's other replicas, tried in turn when this one cannot be reached (any
     /// replica serves a teller: one that does not lead passes requests to the leader).
     pub others: Vec<(Multiaddr, PeerId)>,
+    /// The branch, when the network file names it: requests for its own sessions go
+    /// unsealed (the connection proves the teller there).
+    pub branch: Option<wire::BranchId>,
 }
 
 impl Target {
@@ -88,6 +92,7 @@ impl Target {
             addr,
             peer,
             others: listed.collect(),
+            branch: Some(b.id),
         })
     }
 
@@ -98,6 +103,7 @@ impl Target {
                 addr: addr.clone(),
                 peer,
                 others: Vec::new(),
+                branch: None,
             }),
             _ => Err(TellerError::Usage(format!(
                 "address {addr} must end with /p2p/<peer id> so the branch's key is pinned"
@@ -152,7 +158,7 @@ impl std::fmt::Debug for Credentials {
 }
 
 /// The libp2p client of the teller protocol.
-pub type TellerClient = PeerClient<TellerRequest, TellerResponse>;
+pub type TellerClient = PeerClient<wire::TellerRequest, TellerResponse>;
 
 /// A branch's answer, with `Refused` and `Unavailable` as errors.
 pub(crate) fn answer_of(r: TellerResponse) -> Result<TellerResponse, TellerError> {
@@ -167,6 +173,7 @@ pub(crate) fn answer_of(r: TellerResponse) -> Result<TellerResponse, TellerError
 #[derive(Debug, Clone)]
 pub struct Teller {
     client: TellerClient,
+    sealer: sealer::Sealer,
     /// Transfers sent at once over this connection, batched per session.
     lanes: std::sync::Arc<coalesce::Lanes>,
     session: Option<SessionToken>,
@@ -190,8 +197,13 @@ impl Teller {
         let client =
             PeerClient::connect_any(key.libp2p_keypair(), TELLER_PROTOCOL, candidates, wait)
                 .await?;
+        let sealer = sealer::Sealer::new(
+            std::sync::Arc::new(BranchKey::from_secret(key.secret_bytes())),
+            target.branch,
+        );
         Ok(Teller {
             client,
+            sealer,
             lanes: std::sync::Arc::default(),
             session: None,
             credentials: None,
@@ -205,6 +217,7 @@ impl Teller {
     pub fn share(&self) -> Teller {
         Teller {
             client: self.client.clone(),
+            sealer: self.sealer.clone(),
             lanes: self.lanes.clone(),
             session: None,
             credentials: None,
@@ -216,8 +229,11 @@ impl Teller {
     /// A teller over this connection carrying `other`'s session and credentials: valid
     /// when both connections use the same key (a session is bound to the key).
     pub fn with_session_of(&self, other: &Teller) -> Teller {
+        let mut sealer = self.sealer.clone();
+        sealer.clock_of(&other.sealer);
         Teller {
             client: self.client.clone(),
+            sealer,
             lanes: self.lanes.clone(),
             session: other.session,
             credentials: other.credentials.clone(),
@@ -247,13 +263,11 @@ impl Teller {
         loop {
             let answer = match (&op, self.session) {
                 (TellerOp::Transfer(spec), Some(session)) => {
-                    self.lanes.transfer(&self.client, session, *spec).await
+                    let via = (&self.client, &self.sealer);
+                    self.lanes.transfer(via, session, *spec).await
                 }
                 _ => {
-                    let request = TellerRequest {
-                        session: self.session,
-                        op: op.clone(),
-                    };
+                    let request = self.sealer.request(self.session, op.clone());
                     answer_of(self.client.request(request).await?)
                 }
             };
@@ -305,7 +319,14 @@ impl Teller {
                 otp: otp.map(str::to_owned),
             })
             .await?;
-        if let TellerResponse::LoggedIn { session, role, .. } = &r {
+        if let TellerResponse::LoggedIn {
+            session,
+            role,
+            now_ms,
+            ..
+        } = &r
+        {
+            self.sealer.set_clock(*now_ms);
             self.session = Some(*session);
             self.role = Some(*role);
             self.credentials = Some(Credentials {

@@ -271,6 +271,7 @@ async fn a_copy_of_a_branch_never_spends_money_the_original_spent() {
         addr: format!("/ip4/127.0.0.1/tcp/{port}").parse().expect("addr"),
         peer: c.target(0).expect("target").peer,
         others: Vec::new(),
+        branch: Some(wire::BranchId(1)),
     };
     let at_copy = customer_at(&copy_target, a)
         .await

@@ -173,11 +173,8 @@ async fn stranger(c: &Cluster) -> Stranger {
 /// `within`; how many were written.
 async fn write_unread(stream: &mut libp2p::Stream, n: u64, within: Duration) -> u64 {
     let account = AccountNumber::new(BranchId(1), 1).expect("account");
-    let body = wire::encode(&TellerRequest {
-        session: None,
-        op: TellerOp::Balance { account },
-    })
-    .expect("encode");
+    let body =
+        wire::encode(&TellerRequest::new(None, TellerOp::Balance { account })).expect("encode");
     let mut sent = 0;
     let until = Instant::now() + within;
     while sent < n {
@@ -222,10 +219,7 @@ async fn a_stranger_that_never_reads_its_answers_holds_a_bounded_part_of_the_nod
     let account = AccountNumber::new(BranchId(1), 1).expect("account");
     let asked = Instant::now();
     let r = other
-        .request(TellerRequest {
-            session: None,
-            op: TellerOp::Balance { account },
-        })
+        .request(TellerRequest::new(None, TellerOp::Balance { account }))
         .await
         .expect("answered");
     assert_eq!(r, TellerResponse::Unavailable(Unavailable::SessionExpired));

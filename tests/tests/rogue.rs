@@ -17,7 +17,9 @@ use libp2p::StreamProtocol;
 use scenarios::check;
 use scenarios::cluster::Cluster;
 use scenarios::rogue::{envelope, prepare};
+use wire::limits::SEAL_HORIZON_MS;
 use wire::link::{EnvelopeRefusal, LinkRequest, LinkResponse};
+use wire::seal::Seal;
 use wire::teller::{TellerOp, TellerRequest, TellerResponse, Unavailable};
 use wire::twopc::{BranchBody, BranchMessage, Bundle, TransferSpec};
 use wire::{AccountNumber, Amount, BranchId, BranchKey, TransferId};
@@ -294,7 +296,7 @@ async fn rogue_peer_messages_are_refused_and_change_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_forward_that_arrives_after_its_expiry_is_not_acted_on() {
     use wire::link::ForwardRequest;
-    use wire::teller::{TellerRequest, TransferState, Unavailable};
+    use wire::teller::TransferState;
     let dir = tempfile::tempdir().expect("tempdir");
     let c = Cluster::start(dir.path(), 2, &[]).expect("cluster");
     let account = c
@@ -316,7 +318,8 @@ async fn a_forward_that_arrives_after_its_expiry_is_not_acted_on() {
         LinkResponse::Refused(EnvelopeRefusal::Malformed)
     );
     let as_b2 = forward_link(&c, &b2_key).await;
-    let teller = libp2p::PeerId::random().to_bytes();
+    let teller_key = BranchKey::from_secret(rand::random());
+    let teller = teller_key.peer_id().to_bytes();
     let forward = |request: TellerRequest, expires_at_ms: u64| {
         LinkRequest::Forward(ForwardRequest::Teller {
             teller: teller.clone(),
@@ -324,14 +327,14 @@ async fn a_forward_that_arrives_after_its_expiry_is_not_acted_on() {
             expires_at_ms,
         })
     };
-    let login = TellerRequest {
-        session: None,
-        op: TellerOp::Login {
+    let login = TellerRequest::new(
+        None,
+        TellerOp::Login {
             user: account.to_string(),
             password: "late-password".into(),
             otp: None,
         },
-    };
+    );
     let stale = |r| {
         r == LinkResponse::Teller(TellerResponse::Unavailable(Unavailable::NoAnswer(
             BranchId(1),
@@ -349,13 +352,16 @@ async fn a_forward_that_arrives_after_its_expiry_is_not_acted_on() {
     else {
         panic!("a forward in time logs in")
     };
-    let deposit = |id| TellerRequest {
-        session: Some(session),
-        op: TellerOp::Deposit {
+    let deposit = |id| {
+        let op = TellerOp::Deposit {
             id,
             account,
             amount: Amount::from_minor(700).expect("amount"),
-        },
+        };
+        let mut r = TellerRequest::new(Some(session), op);
+        let seal = (BranchId(1), rand::random(), now_ms() + SEAL_HORIZON_MS);
+        r.seal = Some(Seal::make(&teller_key, seal, r.session, &r.op).expect("seal"));
+        r
     };
     let id = teller_cli::new_transfer_id();
     // "As if the teller were connected here" is taken only from this branch's own
@@ -372,26 +378,7 @@ async fn a_forward_that_arrives_after_its_expiry_is_not_acted_on() {
         .await
         .expect("answer");
     assert!(stale(late.clone()), "{late:?}");
-    let r = admin
-        .call(TellerOp::TransferStatus { id })
-        .await
-        .expect("status");
-    assert_eq!(
-        r,
-        TellerResponse::Status {
-            id,
-            state: TransferState::Unknown
-        },
-        "no record of it"
-    );
-    let r = admin
-        .call(TellerOp::Balance { account })
-        .await
-        .expect("balance");
-    assert!(
-        matches!(&r, TellerResponse::Account(a) if a.balance.minor() == 0),
-        "{r:?}"
-    );
+    assert_unknown_and_balance(&admin, id, account, 0).await;
     let r = as_b2
         .request(forward(deposit(id), now_ms() + 5_000))
         .await
@@ -402,6 +389,116 @@ async fn a_forward_that_arrives_after_its_expiry_is_not_acted_on() {
             id,
             state: TransferState::Committed
         })
+    );
+}
+
+/// A listed branch that passes a teller's requests on cannot make, change or repeat
+/// one: it knows the teller's PeerId and session token, but a request runs at the
+/// issuing branch only under the teller's own seal. (Before seals, branch 2's key and a
+/// b1 customer's PeerId and token moved her money.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forwarding_branch_cannot_make_change_or_repeat_a_tellers_request() {
+    use wire::link::ForwardRequest;
+    use wire::teller::TransferState;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let c = Cluster::start(dir.path(), 2, &[]).expect("cluster");
+    let mut c = c;
+    let (account, payee, funded) = tests::funded_pair(&c, "SEAL", "seal-password", 50_000).await;
+    let admin = c.admin(0).await.expect("admin");
+    // The customer logs in at b2 with her own key: b2 passes the login on to b1.
+    let key = BranchKey::from_secret(rand::random());
+    let target = c.target(1).expect("target");
+    let mut customer = teller_cli::Teller::connect_with_key(&target, &key)
+        .await
+        .expect("connect");
+    customer
+        .login(&account.to_string(), "seal-password")
+        .await
+        .expect("login");
+    let session = customer.session().expect("session");
+    let as_b2 = forward_link(&c, &read_key(&c.nodes[1].dir).expect("key")).await;
+    let as_her = |request: TellerRequest| {
+        let forward = ForwardRequest::Teller {
+            teller: key.peer_id().to_bytes(),
+            request,
+            expires_at_ms: now_ms() + 5_000,
+        };
+        as_b2.request(LinkRequest::Forward(forward))
+    };
+    let bad_seal = LinkResponse::Teller(TellerResponse::Refused(wire::Refusal::BadSeal));
+    let amount = Amount::from_minor(12_345).expect("amount");
+    let transfer = |id| {
+        TellerOp::Transfer(TransferSpec {
+            id,
+            from: account,
+            to: payee,
+            amount,
+        })
+    };
+    // Made up by b2: her token and PeerId, no seal, or b2's own seal.
+    let id = teller_cli::new_transfer_id();
+    let unsealed = TellerRequest::new(Some(session), transfer(id));
+    assert_eq!(as_her(unsealed.clone()).await.expect("answer"), bad_seal);
+    let mut b2_sealed = unsealed.clone();
+    let b2 = read_key(&c.nodes[1].dir).expect("key");
+    let seal = (BranchId(1), 1, now_ms() + SEAL_HORIZON_MS);
+    b2_sealed.seal = Some(Seal::make(&b2, seal, b2_sealed.session, &b2_sealed.op).expect("seal"));
+    assert_eq!(as_her(b2_sealed).await.expect("answer"), bad_seal);
+    // Changed by b2: her sealed request with another payee or amount.
+    let mut sealed = unsealed;
+    sealed.seal = Some(Seal::make(&key, seal, sealed.session, &sealed.op).expect("seal"));
+    let mut changed = sealed.clone();
+    changed.op = TellerOp::Transfer(TransferSpec {
+        id,
+        from: account,
+        to: account,
+        amount,
+    });
+    assert_eq!(as_her(changed).await.expect("answer"), bad_seal);
+    assert_unknown_and_balance(&admin, id, account, 50_000).await;
+    // Her own request, passed on as it is, runs once; b2 cannot send it again.
+    let committed = LinkResponse::Teller(TellerResponse::Receipt {
+        id,
+        state: TransferState::Committed,
+    });
+    assert_eq!(as_her(sealed.clone()).await.expect("answer"), committed);
+    assert_eq!(as_her(sealed).await.expect("answer"), bad_seal);
+    // Her teller's own requests through b2 carry her seal and run.
+    let second = teller_cli::new_transfer_id();
+    let r = customer.call(transfer(second)).await.expect("transfer");
+    tests::assert_committed(&r);
+    assert_unknown_and_balance(&admin, TransferId(1), account, 50_000 - 2 * 12_345).await;
+    let committed = [funded, id, second].into_iter().collect();
+    let report = check::finish(&mut c, &committed, Duration::from_secs(20)).expect("finish");
+    assert!(report.ok(), "{report:?}");
+}
+
+/// Branch 1 has no record of `id`, and `account` holds `minor`.
+async fn assert_unknown_and_balance(
+    admin: &teller_cli::Teller,
+    id: TransferId,
+    account: AccountNumber,
+    minor: i64,
+) {
+    let r = admin
+        .call(TellerOp::TransferStatus { id })
+        .await
+        .expect("status");
+    assert_eq!(
+        r,
+        TellerResponse::Status {
+            id,
+            state: wire::teller::TransferState::Unknown
+        },
+        "no record of it"
+    );
+    let r = admin
+        .call(TellerOp::Balance { account })
+        .await
+        .expect("balance");
+    assert!(
+        matches!(&r, TellerResponse::Account(a) if a.balance.minor() == minor),
+        "{r:?}"
     );
 }
 
@@ -421,7 +518,7 @@ async fn one_stream_answers_out_of_order_and_a_peer_gets_a_bounded_number_of_str
         async move { common::sample(&common::fetch(&metrics).await.1, &series) }
     };
     let teller = teller_stream(&c).await;
-    let no_session = |op| TellerRequest { session: None, op };
+    let no_session = |op| TellerRequest::new(None, op);
     let account = AccountNumber::new(BranchId(1), 1).expect("account");
     let quick = no_session(TellerOp::Balance { account });
     let expired = TellerResponse::Unavailable(Unavailable::SessionExpired);

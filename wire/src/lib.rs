@@ -12,6 +12,7 @@ pub mod limits;
 pub mod link;
 pub mod money;
 pub mod refusal;
+pub mod seal;
 pub mod signed;
 pub mod teller;
 pub mod trace;

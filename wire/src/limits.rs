@@ -114,9 +114,6 @@ pub const LOGIN_THROTTLE_KEYS_MAX: usize = 100_000;
 /// a login beyond that is told "overloaded" at once.
 pub const PASSWORD_CHECKS_WAITING_PER_CORE: usize = 8;
 
-/// Longest a throttled login's answer is held back before it is sent, in milliseconds.
-pub const THROTTLE_HOLD_MS_MAX: u64 = 1_000;
-
 /// Digits in a one-time code (RFC 6238 TOTP, as authenticator apps show them).
 pub const OTP_DIGITS: usize = 6;
 
@@ -145,6 +142,20 @@ pub const SESSIONS_PER_LOGIN_MAX: usize = 16;
 /// decided within it), shorter than a teller's request timeout (10 s), so a teller
 /// hears "no answer from branch N" from its branch before its own wait ends.
 pub const FORWARD_TIMEOUT_MS: u64 = 8_000;
+
+/// How far ahead a teller's seal may expire, in milliseconds on the clock of the branch
+/// that runs the request ([`crate::seal`]): a request a branch in between holds back is
+/// void after this. Longer than [`FORWARD_TIMEOUT_MS`], so a forward is never refused
+/// for a seal that lapsed on the way.
+pub const SEAL_HORIZON_MS: u64 = 15_000;
+
+/// How much further than [`SEAL_HORIZON_MS`] ahead a seal may expire and still be
+/// taken: the teller's estimate of the branch's clock is off by a round trip.
+pub const SEAL_SLACK_MS: u64 = 2_000;
+
+/// Seals a branch remembers (each until it expires) to take each one once; past it a
+/// forwarded request is answered "overloaded". About 64 bytes each.
+pub const SEALS_REMEMBERED_MAX: usize = 65_536;
 
 /// Teller and forwarded requests one peer may have in service at a branch at once;
 /// more are answered "overloaded". A branch forwarding for many tellers is one peer.
@@ -199,3 +210,5 @@ const _: () = assert!(
     FENCE_ANSWER_WAIT_MS > 2 * FENCE_RENEW_MS,
     "a renewal can arrive"
 );
+
+const _: () = assert!(FORWARD_TIMEOUT_MS < SEAL_HORIZON_MS);

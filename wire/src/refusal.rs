@@ -78,11 +78,16 @@ pub enum Refusal {
     /// coordinator could otherwise hold this branch's money in doubt for that long.
     #[error("the transfer's deadline is too far ahead; nothing moved")]
     DeadlineTooFar,
+    /// A request another branch passed on is not sealed by the teller it names, or its
+    /// seal is for another branch, used already, or expires too far ahead: the branch
+    /// in between may have made or changed it. Nothing was done.
+    #[error("the request is not sealed by its teller; nothing was done")]
+    BadSeal,
 }
 
 impl Refusal {
     /// Every refusal, in declaration (and encoding) order.
-    pub const ALL: [Refusal; 20] = [
+    pub const ALL: [Refusal; 21] = [
         Refusal::InsufficientFunds,
         Refusal::AccountNotFound,
         Refusal::AccountClosed,
@@ -103,6 +108,7 @@ impl Refusal {
         Refusal::WeakPassword,
         Refusal::AlreadyEnrolled,
         Refusal::DeadlineTooFar,
+        Refusal::BadSeal,
     ];
 
     /// A stable machine-readable code (snake case) for programs: `--json` output and
@@ -129,6 +135,7 @@ impl Refusal {
             Refusal::WeakPassword => "weak_password",
             Refusal::AlreadyEnrolled => "already_enrolled",
             Refusal::DeadlineTooFar => "deadline_too_far",
+            Refusal::BadSeal => "bad_seal",
         }
     }
 }

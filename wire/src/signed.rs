@@ -65,6 +65,10 @@ impl BranchKey {
     pub fn peer_id(&self) -> PeerId {
         self.public().peer_id()
     }
+
+    pub(crate) fn signing_key(&self) -> &SigningKey {
+        &self.0
+    }
 }
 
 /// A branch's public key. Text form: 64 lowercase hex digits.
@@ -93,6 +97,10 @@ impl BranchPublicKey {
     /// The 32 bytes of the key.
     pub fn to_bytes(&self) -> [u8; 32] {
         self.0.to_bytes()
+    }
+
+    pub(crate) fn verifying_key(&self) -> &VerifyingKey {
+        &self.0
     }
 
     /// The PeerId of the libp2p identity with this key.

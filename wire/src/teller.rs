@@ -275,12 +275,27 @@ pub enum TellerOp {
     },
 }
 
-/// A request: the session (absent only for `Login`) and the operation.
+/// A request: the session (absent only for `Login`), the operation, and the teller's
+/// seal over both ([`crate::seal`]). A branch that runs a request another branch passed
+/// on runs it only under a seal of the teller that branch names; a request the teller
+/// sent to it directly needs none (the connection itself proved the teller).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(test, derive(proptest_derive::Arbitrary))]
 pub struct TellerRequest {
     pub session: Option<SessionToken>,
     pub op: TellerOp,
+    pub seal: Option<crate::seal::Seal>,
+}
+
+impl TellerRequest {
+    /// A request without a seal (a login, or one sent straight to its branch).
+    pub fn new(session: Option<SessionToken>, op: TellerOp) -> TellerRequest {
+        TellerRequest {
+            session,
+            op,
+            seal: None,
+        }
+    }
 }
 
 /// Whether an account can still move money.
@@ -501,6 +516,9 @@ pub enum TellerResponse {
         role: Role,
         accounts: Vec<AccountView>,
         expires_at_ms: u64,
+        /// The issuing branch's clock when it answered: a teller seals its requests
+        /// with expiries on that clock.
+        now_ms: u64,
     },
     LoggedOut,
     Account(AccountView),
@@ -648,6 +666,9 @@ impl TellerRequest {
     /// records a refusal under the id, so the id keeps that answer.
     pub fn validate(&self) -> Result<(), Refusal> {
         let ok_or = |ok: bool, refusal| if ok { Ok(()) } else { Err(refusal) };
+        if self.seal.as_ref().is_some_and(|s| s.signature.len() != 64) {
+            return Err(Refusal::BadSeal);
+        }
         match &self.op {
             TellerOp::Login {
                 user,
@@ -811,6 +832,12 @@ mod tests {
         let largest = TellerRequest {
             session: Some(SessionToken(u128::MAX)),
             op: lines(BATCH_LINES_MAX),
+            seal: Some(crate::seal::Seal {
+                to: BranchId(999),
+                nonce: u64::MAX,
+                expires_at_ms: u64::MAX,
+                signature: vec![0xff; 64],
+            }),
         };
         let bytes = crate::encode(&largest).expect("encodes");
         assert!(
@@ -821,10 +848,7 @@ mod tests {
     }
 
     fn check(session: bool, op: TellerOp, expected: Result<(), Refusal>) {
-        let req = TellerRequest {
-            session: session.then_some(SessionToken(7)),
-            op: op.clone(),
-        };
+        let req = TellerRequest::new(session.then_some(SessionToken(7)), op.clone());
         assert_eq!(req.validate(), expected, "{op:?}");
     }
 

@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, PoisonError};
 
 use libp2p::PeerId;
-use wire::limits::{PASSWORD_CHECKS_WAITING_PER_CORE, THROTTLE_HOLD_MS_MAX};
+use wire::limits::PASSWORD_CHECKS_WAITING_PER_CORE;
 use wire::teller::{Role, TellerResponse, Unavailable};
 
 use super::guard::{Attempt, Guard};
@@ -94,6 +94,13 @@ fn password_checker(queue: &Mutex<std::sync::mpsc::Receiver<Check>>) {
     }
 }
 
+/// The answer to a throttled attempt, at once: holding it back would keep an in-service
+/// place (shared with the teller's other requests, and at a forwarding branch with
+/// everyone's forwards) for a request that has nothing left to do.
+fn throttled(retry_after_ms: u64) -> Fail {
+    Unavailable::Throttled { retry_after_ms }.into()
+}
+
 impl Service {
     /// Checks `password` for `login`, asked by teller `peer`, under the throttle. On
     /// success the attempt must be handed back ([`Service::password_ok`]) once the whole
@@ -108,7 +115,7 @@ impl Service {
         let now = now_ms();
         let waited = self.logins.guard().peer_wait(peer, now);
         if waited > 0 {
-            return Err(self.throttled(waited).await);
+            return Err(throttled(waited));
         }
         let who = login.to_owned();
         let row = self
@@ -120,7 +127,7 @@ impl Service {
         let admitted = self.logins.guard().admit(login, exists, peer, now);
         let attempt = match admitted {
             Ok(attempt) => attempt,
-            Err(retry_after_ms) => return Err(self.throttled(retry_after_ms).await),
+            Err(retry_after_ms) => return Err(throttled(retry_after_ms)),
         };
         match self.logins.verify(password, row.clone()).await {
             Ok(true) => Ok((attempt, row)),
@@ -131,16 +138,6 @@ impl Service {
                 Err(turned_away)
             }
         }
-    }
-
-    /// The answer to a throttled attempt, given only after a pause: a teller that sends
-    /// one request at a time (as guessing scripts do) is slowed to the pause, and costs
-    /// the node a sleeping task instead of CPU. Bounded, so a place is not held long.
-    async fn throttled(&self, retry_after_ms: u64) -> Fail {
-        let hold = retry_after_ms.min(THROTTLE_HOLD_MS_MAX);
-        tokio::time::sleep(std::time::Duration::from_millis(hold)).await;
-        let retry_after_ms = retry_after_ms - hold;
-        Unavailable::Throttled { retry_after_ms }.into()
     }
 
     fn password_ok(&self, attempt: Attempt) {
@@ -194,6 +191,7 @@ impl Service {
             role: info.role,
             accounts,
             expires_at_ms: info.expires_at_ms,
+            now_ms: now_ms(),
         })
     }
 

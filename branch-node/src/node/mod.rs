@@ -15,6 +15,7 @@ pub mod metrics;
 pub mod notifier;
 pub mod phases;
 pub mod recovery;
+pub mod seals;
 pub mod service;
 pub mod sessions;
 
@@ -155,6 +156,7 @@ impl Stack {
             engine: engine.clone(),
             client: node.client.clone(),
             sessions: Mutex::new(sessions),
+            seals: Mutex::new(seals::Seals::new(me, now_ms())),
             reader: node.reader.clone(),
             logins: Arc::clone(&node.logins),
             forwards: node

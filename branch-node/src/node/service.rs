@@ -48,6 +48,8 @@ pub struct Service {
     pub(crate) engine: EngineHandle,
     pub(crate) client: Client,
     pub(crate) sessions: Mutex<Sessions>,
+    /// The teller seals taken on requests other branches passed on.
+    pub(crate) seals: Mutex<super::seals::Seals>,
     /// Read-only connections: reads never wait behind the writer's batches.
     pub(crate) reader: Reader,
     /// The login throttle and the argon2 budget.
@@ -150,7 +152,8 @@ pub(crate) fn store_failed(e: StoreError) -> Fail {
 
 impl Service {
     /// Answers one teller request from `peer`. `forwarded` is true when another branch
-    /// passed it on; such a request is never forwarded again.
+    /// passed it on; such a request is never forwarded again, and runs only under
+    /// `peer`'s seal (`seals.rs`).
     pub async fn teller(
         &self,
         peer: PeerId,
@@ -203,6 +206,13 @@ impl Service {
                 return Err(Unavailable::SessionExpired.into());
             }
             return self.forward_teller(issuer, peer, request).await;
+        }
+        if forwarded {
+            // Another branch names the teller: only the teller's seal proves it asked.
+            self.seals
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .take(&peer, &request, now_ms())?;
         }
         let session = self
             .sessions()

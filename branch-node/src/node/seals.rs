@@ -1,0 +1,185 @@
+//! Takes each teller seal once: the check a branch makes on a request another branch
+//! passed on, so that branch can delay or drop a teller's request but never make,
+//! change or repeat one ([`wire::seal`]).
+//!
+//! A seal is taken when it is the named teller's signature over the request, for this
+//! branch, not yet expired and not more than [`SEAL_HORIZON_MS`] (plus slack) ahead,
+//! made after this serving stack started (a restarted or newly elected copy has no
+//! memory of the seals taken before), and its (session, nonce) has not been taken. The
+//! memory holds each seal until it expires, at most [`SEALS_REMEMBERED_MAX`] of them.
+
+use std::collections::{HashMap, VecDeque};
+
+use libp2p::PeerId;
+use wire::BranchId;
+use wire::Refusal;
+use wire::limits::{SEAL_HORIZON_MS, SEAL_SLACK_MS, SEALS_REMEMBERED_MAX};
+use wire::teller::{TellerRequest, Unavailable};
+
+use super::service::Fail;
+
+/// The seals taken and still live.
+#[derive(Debug)]
+pub struct Seals {
+    me: BranchId,
+    /// When this serving stack started: seals made before it are refused.
+    started_ms: u64,
+    taken: HashMap<(u128, u64), u64>,
+    /// The taken seals in the order they came, with their expiry: the oldest go first.
+    order: VecDeque<(u64, (u128, u64))>,
+}
+
+impl Seals {
+    pub fn new(me: BranchId, started_ms: u64) -> Seals {
+        Seals {
+            me,
+            started_ms,
+            taken: HashMap::new(),
+            order: VecDeque::new(),
+        }
+    }
+
+    /// Takes the seal of `request`, passed on for `teller`, at `now`; nothing is taken
+    /// when it is refused.
+    pub(crate) fn take(
+        &mut self,
+        teller: &PeerId,
+        request: &TellerRequest,
+        now: u64,
+    ) -> Result<(), Fail> {
+        let seal = request.seal.as_ref().ok_or(Refusal::BadSeal)?;
+        let token = request.session.ok_or(Unavailable::SessionExpired)?;
+        let too_far = now.saturating_add(SEAL_HORIZON_MS + SEAL_SLACK_MS);
+        if seal.to != self.me || seal.expires_at_ms > too_far {
+            return Err(Refusal::BadSeal.into());
+        }
+        seal.check(teller, request.session, &request.op)
+            .map_err(|_| Refusal::BadSeal)?;
+        if seal.expires_at_ms < now {
+            // Its teller stopped waiting for it: nobody reads this answer.
+            return Err(Unavailable::NoAnswer(self.me).into());
+        }
+        if seal.expires_at_ms < self.started_ms.saturating_add(SEAL_HORIZON_MS) {
+            // Made before this stack started: it may have been taken before. The
+            // teller seals it again when it asks again.
+            return Err(Unavailable::NotConfirmed.into());
+        }
+        self.forget_expired(now);
+        let key = (token.0, seal.nonce);
+        if self.taken.contains_key(&key) {
+            return Err(Refusal::BadSeal.into());
+        }
+        if self.taken.len() >= SEALS_REMEMBERED_MAX {
+            return Err(Unavailable::Overloaded.into());
+        }
+        self.taken.insert(key, seal.expires_at_ms);
+        self.order.push_back((seal.expires_at_ms, key));
+        Ok(())
+    }
+
+    /// Forgets the seals, oldest first, that have expired (one that came later but
+    /// expires sooner waits for those before it: at most the horizon longer).
+    fn forget_expired(&mut self, now: u64) {
+        while let Some(&(expires, key)) = self.order.front() {
+            if expires >= now {
+                break;
+            }
+            self.order.pop_front();
+            self.taken.remove(&key);
+        }
+    }
+
+    /// How many seals are remembered.
+    pub fn remembered(&self) -> usize {
+        self.taken.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use wire::BranchKey;
+    use wire::seal::Seal;
+    use wire::teller::{SessionToken, TellerOp};
+
+    const NOW: u64 = 1_000_000;
+
+    fn sealed(key: &BranchKey, to: u16, nonce: u64, expires: u64) -> TellerRequest {
+        let session = Some(SessionToken::new(BranchId(to), 5));
+        let mut r = TellerRequest::new(session, TellerOp::Logout);
+        r.seal =
+            Some(Seal::make(key, (BranchId(to), nonce, expires), session, &r.op).expect("seal"));
+        r
+    }
+
+    fn refused(r: Result<(), Fail>) -> Option<Refusal> {
+        match r {
+            Err(Fail::Refused(x)) => Some(x),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn a_seal_is_taken_once_by_its_branch_while_live() {
+        let key = BranchKey::from_secret([3; 32]);
+        let teller = key.peer_id();
+        let mut seals = Seals::new(BranchId(1), 0);
+        let ok = sealed(&key, 1, 1, NOW + SEAL_HORIZON_MS);
+        assert!(seals.take(&teller, &ok, NOW).is_ok());
+        assert_eq!(
+            refused(seals.take(&teller, &ok, NOW)),
+            Some(Refusal::BadSeal),
+            "again"
+        );
+        let other = BranchKey::from_secret([4; 32]).peer_id();
+        let fresh = sealed(&key, 1, 2, NOW + SEAL_HORIZON_MS);
+        assert_eq!(
+            refused(seals.take(&other, &fresh, NOW)),
+            Some(Refusal::BadSeal),
+            "not its teller"
+        );
+        let elsewhere = sealed(&key, 2, 3, NOW + SEAL_HORIZON_MS);
+        assert_eq!(
+            refused(seals.take(&teller, &elsewhere, NOW)),
+            Some(Refusal::BadSeal)
+        );
+        let far = sealed(&key, 1, 4, NOW + SEAL_HORIZON_MS + SEAL_SLACK_MS + 1);
+        assert_eq!(
+            refused(seals.take(&teller, &far, NOW)),
+            Some(Refusal::BadSeal)
+        );
+        let mut unsealed = fresh.clone();
+        unsealed.seal = None;
+        assert_eq!(
+            refused(seals.take(&teller, &unsealed, NOW)),
+            Some(Refusal::BadSeal)
+        );
+        let expired = sealed(&key, 1, 5, NOW - 1);
+        assert!(matches!(
+            seals.take(&teller, &expired, NOW),
+            Err(Fail::Unavailable(Unavailable::NoAnswer(_)))
+        ));
+        assert_eq!(seals.remembered(), 1);
+        // Once the first has expired it is forgotten.
+        let later = sealed(&key, 1, 6, NOW + 2 * SEAL_HORIZON_MS);
+        assert!(
+            seals
+                .take(&teller, &later, NOW + SEAL_HORIZON_MS + 1)
+                .is_ok()
+        );
+        assert_eq!(seals.remembered(), 1);
+    }
+
+    #[test]
+    fn a_seal_made_before_the_stack_started_is_not_taken() {
+        let key = BranchKey::from_secret([3; 32]);
+        let mut seals = Seals::new(BranchId(1), NOW);
+        let before = sealed(&key, 1, 1, NOW + SEAL_HORIZON_MS - 1);
+        assert!(matches!(
+            seals.take(&key.peer_id(), &before, NOW),
+            Err(Fail::Unavailable(Unavailable::NotConfirmed))
+        ));
+        let after = sealed(&key, 1, 2, NOW + SEAL_HORIZON_MS);
+        assert!(seals.take(&key.peer_id(), &after, NOW).is_ok());
+    }
+}
