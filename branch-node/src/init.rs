@@ -6,7 +6,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use wire::limits::{ACCOUNT_BRANCH_MAX, PASSWORD_BYTES_MAX, TEXT_FIELD_BYTES_MAX};
-use wire::{BranchId, BranchKey, BranchPublicKey, PeerId, Refusal};
+use wire::{Amount, BranchId, BranchKey, BranchPublicKey, PeerId, Refusal};
 
 use crate::store::{Durability, Store, StoreError, hash_password};
 
@@ -158,6 +158,20 @@ pub fn init(
     admin_password: Option<String>,
     totp: bool,
 ) -> Result<Initialized, InitError> {
+    let max = Amount::from_minor(wire::limits::CUSTOMER_DEPOSIT_MAX_DEFAULT_MINOR)
+        .unwrap_or(Amount::ZERO);
+    init_with(data_dir, (branch, name), admin_password, totp, max)
+}
+
+/// [`init`] with `customer_deposit_max`, the largest deposit a customer may make into
+/// their own account (larger ones are an admin's).
+pub fn init_with(
+    data_dir: &Path,
+    (branch, name): (BranchId, &str),
+    admin_password: Option<String>,
+    totp: bool,
+    customer_deposit_max: Amount,
+) -> Result<Initialized, InitError> {
     if branch.0 == 0 || branch.0 > ACCOUNT_BRANCH_MAX {
         return Err(InitError::BranchId);
     }
@@ -192,6 +206,10 @@ pub fn init(
     owner_only_file(&db_path).map_err(io(&db_path))?;
     let made = Store::open(&db_path, branch, Durability::Full)
         .map_err(InitError::from)
+        .and_then(|mut store| {
+            store.set_customer_deposit_max(customer_deposit_max)?;
+            Ok(store)
+        })
         .and_then(|mut store| match store.create_admin(ADMIN_LOGIN, &hash)? {
             Ok(()) if totp => {
                 let secret = crate::totp::new_secret();

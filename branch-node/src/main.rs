@@ -47,6 +47,11 @@ enum Command {
         /// with `init-replica`): its first run makes the branch's log.
         #[arg(long)]
         replicated: bool,
+        /// The largest deposit a customer may make into their own account, e.g.
+        /// 10000.00; larger deposits are refused (`deposit_limit`) unless an admin
+        /// makes them.
+        #[arg(long, default_value = "10000.00", value_parser = parse_amount)]
+        customer_deposit_max: wire::Amount,
     },
     /// Make the data dir of another replica of a branch (its own key, an empty store);
     /// list it in the network file and it catches up from the leader.
@@ -220,6 +225,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             totp,
             listen,
             replicated,
+            customer_deposit_max,
         } => {
             let password = match admin_password_file {
                 Some(f) => {
@@ -229,8 +235,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 }
                 None => None,
             };
-            let done =
-                branch_node::init::init(&data_dir, BranchId(branch_id), &name, password, totp)?;
+            let done = branch_node::init::init_with(
+                &data_dir,
+                (BranchId(branch_id), &name),
+                password,
+                totp,
+                customer_deposit_max,
+            )?;
             println!(
                 "initialized branch {} ({}) in {}",
                 done.branch,
@@ -238,6 +249,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 data_dir.display()
             );
             println!("admin login: {}", branch_node::init::ADMIN_LOGIN);
+            println!("customers may deposit up to {customer_deposit_max} at a time");
             if let Some(p) = &done.generated_password {
                 println!("admin password: {p}  (shown once: keep it safe)");
             }
@@ -470,4 +482,9 @@ mod tests {
         let wrapped = anyhow::anyhow!("no such file").context("reading the key");
         assert_eq!(message(&wrapped), "reading the key: no such file");
     }
+}
+
+/// An amount typed on the command line: positive, with at most two decimals.
+fn parse_amount(text: &str) -> Result<wire::Amount, String> {
+    wire::Amount::parse(text).map_err(|e| format!("{text:?}: {e}"))
 }

@@ -345,6 +345,7 @@ async fn sessions_survive_a_restart_and_end_with_their_account() {
     c.start_node(0, &[]).expect("restart");
     let r = keeper.session.call(TellerOp::Balance { account: a }).await;
     assert!(matches!(r, Ok(TellerResponse::Account(_))), "{r:?}");
+    deposits_up_to_the_limit(&c, &keeper, a).await;
     let r = closer
         .via(&c, 0)
         .await
@@ -377,6 +378,71 @@ async fn sessions_survive_a_restart_and_end_with_their_account() {
     // The other customer's session is untouched.
     let r = keeper.session.call(TellerOp::Balance { account: a }).await;
     assert!(matches!(r, Ok(TellerResponse::Account(_))), "{r:?}");
+}
+
+/// A customer deposits up to the branch's limit into their own account (here through
+/// another branch); one cent more is refused `deposit_limit` and changes nothing; an
+/// admin deposits any amount.
+async fn deposits_up_to_the_limit(c: &Cluster, customer: &Actor, a: AccountNumber) {
+    let max = wire::limits::CUSTOMER_DEPOSIT_MAX_DEFAULT_MINOR;
+    let deposit = |minor| TellerOp::Deposit {
+        id: new_transfer_id(),
+        account: a,
+        amount: amt(minor),
+    };
+    let balance = |r: Result<TellerResponse, TellerError>| match r {
+        Ok(TellerResponse::Account(v)) => v.balance.minor(),
+        other => panic!("{other:?}"),
+    };
+    let before = balance(
+        customer
+            .session
+            .call(TellerOp::Balance { account: a })
+            .await,
+    );
+    let r = customer.session.call(deposit(max + 1)).await;
+    assert!(
+        matches!(r, Err(TellerError::Refused(Refusal::DepositLimit))),
+        "{r:?}"
+    );
+    let after = balance(
+        customer
+            .session
+            .call(TellerOp::Balance { account: a })
+            .await,
+    );
+    assert_eq!(after, before, "a refused deposit changes nothing");
+    let r = customer
+        .session
+        .call(deposit(max))
+        .await
+        .expect("at the limit");
+    assert!(matches!(
+        r,
+        TellerResponse::Receipt {
+            state: TransferState::Committed,
+            ..
+        }
+    ));
+    let admin = c.admin(0).await.expect("admin");
+    let r = admin
+        .call(deposit(1_000 * max))
+        .await
+        .expect("admin deposit");
+    assert!(matches!(
+        r,
+        TellerResponse::Receipt {
+            state: TransferState::Committed,
+            ..
+        }
+    ));
+    let after = balance(
+        customer
+            .session
+            .call(TellerOp::Balance { account: a })
+            .await,
+    );
+    assert_eq!(after, before + max + 1_000 * max);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

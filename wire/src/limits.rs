@@ -143,6 +143,11 @@ pub const SESSIONS_PER_LOGIN_MAX: usize = 16;
 /// hears "no answer from branch N" from its branch before its own wait ends.
 pub const FORWARD_TIMEOUT_MS: u64 = 8_000;
 
+/// The largest deposit a customer may make into their own account, in minor units,
+/// unless `branch-node init --customer-deposit-max` set another: 10,000.00. Larger
+/// deposits are made by an admin (cash a person hands over is counted by staff).
+pub const CUSTOMER_DEPOSIT_MAX_DEFAULT_MINOR: i64 = 1_000_000;
+
 /// How far ahead a teller's seal may expire, in milliseconds on the clock of the branch
 /// that runs the request ([`crate::seal`]): a request a branch in between holds back is
 /// void after this. Longer than [`FORWARD_TIMEOUT_MS`], so a forward is never refused

@@ -83,11 +83,15 @@ pub enum Refusal {
     /// in between may have made or changed it. Nothing was done.
     #[error("the request is not sealed by its teller; nothing was done")]
     BadSeal,
+    /// A customer's own deposit above the branch's limit (set at `branch-node init`):
+    /// larger deposits are made by an admin. Nothing was done.
+    #[error("deposits above the branch's limit for customers need an admin; nothing was done")]
+    DepositLimit,
 }
 
 impl Refusal {
     /// Every refusal, in declaration (and encoding) order.
-    pub const ALL: [Refusal; 21] = [
+    pub const ALL: [Refusal; 22] = [
         Refusal::InsufficientFunds,
         Refusal::AccountNotFound,
         Refusal::AccountClosed,
@@ -109,6 +113,7 @@ impl Refusal {
         Refusal::AlreadyEnrolled,
         Refusal::DeadlineTooFar,
         Refusal::BadSeal,
+        Refusal::DepositLimit,
     ];
 
     /// A stable machine-readable code (snake case) for programs: `--json` output and
@@ -136,6 +141,7 @@ impl Refusal {
             Refusal::AlreadyEnrolled => "already_enrolled",
             Refusal::DeadlineTooFar => "deadline_too_far",
             Refusal::BadSeal => "bad_seal",
+            Refusal::DepositLimit => "deposit_limit",
         }
     }
 }

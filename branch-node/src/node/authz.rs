@@ -14,13 +14,14 @@
 //! | enroll-otp (for `user`)                           | own login           | a login of the issuing branch  |
 //! | transfer-batch                                    | each line as a transfer[^2] | each line as a transfer |
 //!
-//! [^1]: for a transfer, the account money leaves (`from`); it may go anywhere.
+//! [^1]: for a transfer, the account money leaves (`from`); it may go anywhere. A
+//! customer's deposit is at most the branch's limit ([`deposit_within`]).
 //! [^2]: the batch needs a session; each line is then checked with [`may_touch`] on
 //! its `from`, and a line refused `unauthorized` never reaches the store while the
 //! others go on.
 
 use wire::teller::{Role, TellerOp};
-use wire::{AccountNumber, BranchId, Refusal};
+use wire::{AccountNumber, Amount, BranchId, Refusal};
 
 use super::sessions::SessionInfo;
 
@@ -60,6 +61,17 @@ pub fn access(op: &TellerOp) -> Access {
         | TellerOp::InDoubt
         | TellerOp::Reconcile { .. }
         | TellerOp::SetLinkFault { .. } => Access::Admin(None),
+    }
+}
+
+/// Refuses a customer's deposit above `max` (the branch's limit, set at `init`):
+/// an admin makes larger ones.
+pub fn deposit_within(session: &SessionInfo, op: &TellerOp, max: Amount) -> Result<(), Refusal> {
+    match op {
+        TellerOp::Deposit { amount, .. } if session.role == Role::Customer && *amount > max => {
+            Err(Refusal::DepositLimit)
+        }
+        _ => Ok(()),
     }
 }
 

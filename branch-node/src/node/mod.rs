@@ -119,6 +119,10 @@ impl Stack {
             .call_local(move |c, me| crate::store::sessions::live(c, me, now_ms()))
             .await?;
         let sessions = Sessions::load(me, live);
+        let customer_deposit_max = node
+            .writer
+            .call_local(|c, _| crate::store::bank::customer_deposit_max(c))
+            .await?;
         tracing::info!(sessions = sessions.len(), "sessions kept from before");
         let (stop, stop_rx) = watch::channel(false);
         let ids = node.network.branches().map(|b| b.id).collect();
@@ -157,6 +161,7 @@ impl Stack {
             client: node.client.clone(),
             sessions: Mutex::new(sessions),
             seals: Mutex::new(seals::Seals::new(me, now_ms())),
+            customer_deposit_max,
             reader: node.reader.clone(),
             logins: Arc::clone(&node.logins),
             forwards: node

@@ -48,6 +48,8 @@ pub struct Service {
     pub(crate) engine: EngineHandle,
     pub(crate) client: Client,
     pub(crate) sessions: Mutex<Sessions>,
+    /// The largest deposit a customer may make (`branch-node init`).
+    pub(crate) customer_deposit_max: Amount,
     /// The teller seals taken on requests other branches passed on.
     pub(crate) seals: Mutex<super::seals::Seals>,
     /// Read-only connections: reads never wait behind the writer's batches.
@@ -219,6 +221,7 @@ impl Service {
             .get(token, &peer, now_ms())
             .ok_or(Unavailable::SessionExpired)?;
         authz::check(&session, self.me, &request.op)?;
+        authz::deposit_within(&session, &request.op, self.customer_deposit_max)?;
         self.execute(peer, token, &session, request.op).await
     }
 

@@ -650,3 +650,28 @@ impl Store {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 }
+
+/// The largest deposit a customer may make (`meta.customer_deposit_max`, set at
+/// `branch-node init`); the default where a store has none.
+pub(crate) fn customer_deposit_max(conn: &Connection) -> Result<Amount, StoreError> {
+    let minor: Option<i64> = conn
+        .prepare_cached("SELECT value FROM meta WHERE key = 'customer_deposit_max'")?
+        .query_row([], |r| r.get(0))
+        .optional()?;
+    let minor = minor.unwrap_or(wire::limits::CUSTOMER_DEPOSIT_MAX_DEFAULT_MINOR);
+    Ok(Amount::from_minor(minor).unwrap_or(Amount::ZERO))
+}
+
+impl Store {
+    /// Sets the largest deposit a customer may make (`branch-node init`).
+    pub fn set_customer_deposit_max(&mut self, max: Amount) -> Result<(), StoreError> {
+        self.in_tx(|c, _| {
+            c.execute(
+                "INSERT INTO meta (key, value) VALUES ('customer_deposit_max', ?1)
+                 ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                [max.minor()],
+            )?;
+            Ok(())
+        })
+    }
+}
