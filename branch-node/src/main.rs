@@ -467,6 +467,11 @@ async fn shutdown_signal() {
     tracing::info!("shutdown requested");
 }
 
+/// An amount typed on the command line: positive, with at most two decimals.
+fn parse_amount(text: &str) -> Result<wire::Amount, String> {
+    wire::Amount::parse(text).map_err(|e| format!("{text:?}: {e}"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -482,9 +487,4 @@ mod tests {
         let wrapped = anyhow::anyhow!("no such file").context("reading the key");
         assert_eq!(message(&wrapped), "reading the key: no such file");
     }
-}
-
-/// An amount typed on the command line: positive, with at most two decimals.
-fn parse_amount(text: &str) -> Result<wire::Amount, String> {
-    wire::Amount::parse(text).map_err(|e| format!("{text:?}: {e}"))
 }
