@@ -136,3 +136,27 @@ pub fn verify(data_dir: &std::path::Path, network: &std::path::Path) -> (i32, St
         network.as_os_str(),
     ])
 }
+
+/// The secret of an `otpauth://` URI (RFC 4648 base32, no padding).
+pub fn otp_secret(uri: &str) -> Vec<u8> {
+    let text = uri
+        .split("secret=")
+        .nth(1)
+        .and_then(|rest| rest.split('&').next())
+        .expect("secret in the uri");
+    let (mut out, mut buffer, mut bits) = (Vec::new(), 0u32, 0u32);
+    for ch in text.bytes() {
+        let v = match ch {
+            b'A'..=b'Z' => ch - b'A',
+            b'2'..=b'7' => ch - b'2' + 26,
+            _ => panic!("not base32: {text}"),
+        };
+        buffer = (buffer << 5) | u32::from(v);
+        bits += 5;
+        if bits >= 8 {
+            bits -= 8;
+            out.push(u8::try_from((buffer >> bits) & 0xff).expect("a byte"));
+        }
+    }
+    out
+}

@@ -154,6 +154,56 @@ async fn a_stolen_password_does_not_open_an_enrolled_login() {
     assert!(matches!(replaced, TellerResponse::OtpEnrolled { .. }));
 }
 
+/// Strangers' guesses at the admin login throttle it for every new teller, but the
+/// admin at the branch's own machine, with password and one-time code, logs in: those
+/// attempts are counted apart. (Before, the right password at a new teller got
+/// `throttled` for a minute and more.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_admin_on_the_branchs_machine_logs_in_through_strangers_guesses() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let c = Cluster::start(dir.path(), 1, &[]).expect("cluster");
+    let admin = c.admin(0).await.expect("admin");
+    let enrolled = admin
+        .call(TellerOp::EnrollOtp {
+            user: "admin".into(),
+            password: ADMIN_PASSWORD.into(),
+        })
+        .await
+        .expect("enrols");
+    let TellerResponse::OtpEnrolled { uri, .. } = enrolled else {
+        panic!("{enrolled:?}")
+    };
+    let secret = tests::otp_secret(&uri);
+    let target = c.target(0).expect("target");
+    for _ in 0..2 * LOGIN_FREE_FAILURES {
+        let mut stranger = Teller::connect(&target).await.expect("connects");
+        let r = stranger.login("admin", "a-wrong-guess").await;
+        assert!(
+            matches!(
+                r,
+                Err(TellerError::Refused(Refusal::OneTimeCode)
+                    | TellerError::Unavailable(Unavailable::Throttled { .. }))
+            ),
+            "{r:?}"
+        );
+    }
+    let mut new_teller = Teller::connect(&target).await.expect("connects");
+    let r = new_teller.login("admin", ADMIN_PASSWORD).await;
+    assert!(
+        matches!(
+            r,
+            Err(TellerError::Unavailable(Unavailable::Throttled { .. }))
+        ),
+        "without a code the admin waits like anyone: {r:?}"
+    );
+    let now = branch_node::node::now_ms();
+    let code = branch_node::totp::code_at(&secret, branch_node::totp::step_at(now));
+    let r = new_teller
+        .login_with_code("admin", ADMIN_PASSWORD, Some(&code))
+        .await;
+    assert!(matches!(r, Ok(TellerResponse::LoggedIn { .. })), "{r:?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn weak_new_passwords_are_refused_and_change_nothing() {
     let dir = tempfile::tempdir().expect("tempdir");

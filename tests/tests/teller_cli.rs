@@ -687,7 +687,7 @@ fn admin_menu_in_a_terminal() {
     step(&mut p, "login to enrol (blank for yourself): ", "");
     step(&mut p, "your password again: ", ADMIN_PASSWORD);
     let (_, uri) = p.exp_regex(r"otpauth://totp/[^ \r\n]+").expect("uri shown");
-    let secret = otp_secret(&uri);
+    let secret = tests::otp_secret(&uri);
     // Log out, back at the login: now the code is asked for, and a wrong one refused.
     step(&mut p, "choice: ", "6");
     step(&mut p, "user (admin or account number): ", "admin");
@@ -760,30 +760,6 @@ fn customer_menu_in_a_terminal() {
     exited_cleanly(&p);
     assert_eq!(balance(&net, "b3", &b), "30.00");
     finish(c, &BTreeSet::new());
-}
-
-/// The secret of an `otpauth://` URI (RFC 4648 base32, no padding).
-fn otp_secret(uri: &str) -> Vec<u8> {
-    let text = uri
-        .split("secret=")
-        .nth(1)
-        .and_then(|rest| rest.split('&').next())
-        .expect("secret in the uri");
-    let (mut out, mut buffer, mut bits) = (Vec::new(), 0u32, 0u32);
-    for ch in text.bytes() {
-        let v = match ch {
-            b'A'..=b'Z' => ch - b'A',
-            b'2'..=b'7' => ch - b'2' + 26,
-            _ => panic!("not base32: {text}"),
-        };
-        buffer = (buffer << 5) | u32::from(v);
-        bits += 5;
-        if bits >= 8 {
-            bits -= 8;
-            out.push(u8::try_from((buffer >> bits) & 0xff).expect("a byte"));
-        }
-    }
-    out
 }
 
 fn now_ms() -> u64 {

@@ -114,6 +114,10 @@ pub const LOGIN_THROTTLE_KEYS_MAX: usize = 100_000;
 /// a login beyond that is told "overloaded" at once.
 pub const PASSWORD_CHECKS_WAITING_PER_CORE: usize = 8;
 
+/// Further places per core for the checks of tellers that logged in to that login
+/// before (the owner's usual teller): a flood of other attempts cannot take them.
+pub const PASSWORD_CHECKS_RESERVED_PER_CORE: usize = 4;
+
 /// Digits in a one-time code (RFC 6238 TOTP, as authenticator apps show them).
 pub const OTP_DIGITS: usize = 6;
 

@@ -71,6 +71,13 @@ pub struct Attempt {
     trusted: bool,
 }
 
+impl Attempt {
+    /// Whether its teller logged in to its login before (and is still trusted for it).
+    pub fn trusted(&self) -> bool {
+        self.trusted
+    }
+}
+
 impl Guard {
     /// How long `peer` must wait before any attempt (checked before the login is even
     /// looked up, so a throttled teller costs nothing more).

@@ -4,14 +4,20 @@
 //! Every path costs the same until the password is verified: a throttled attempt is
 //! refused before the login is looked up; an admitted one reads the user row (or
 //! finds none) and runs one argon2 verification (against a dummy hash for an unknown
-//! login) under a semaphore sized to the cores. Only a verified password goes on to
-//! the writer (one-time code, session).
+//! login) on threads of their own, behind a bounded queue. Only a verified password
+//! goes on to the writer (one-time code, session).
+//!
+//! A teller that logged in to a login before (trusted for it, `guard.rs`) has a lane
+//! of its own: its checks wait in a queue of their own, taken first, with places a
+//! flood of other attempts cannot fill, so the owner at their usual teller logs in
+//! during a flood.
 
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
 
 use libp2p::PeerId;
-use wire::limits::PASSWORD_CHECKS_WAITING_PER_CORE;
+use wire::limits::{PASSWORD_CHECKS_RESERVED_PER_CORE, PASSWORD_CHECKS_WAITING_PER_CORE};
 use wire::teller::{Role, TellerResponse, Unavailable};
 
 use super::guard::{Attempt, Guard};
@@ -24,6 +30,49 @@ use crate::store::{LoginRow, auth};
 /// One password to check, and where its answer goes.
 type Check = (String, LoginRow, tokio::sync::oneshot::Sender<bool>);
 
+/// The checks waiting for a password-check thread: the trusted lane's first.
+#[derive(Debug, Default)]
+struct Queue {
+    lanes: Mutex<Lanes>,
+    ready: Condvar,
+}
+
+#[derive(Debug, Default)]
+struct Lanes {
+    trusted: VecDeque<Check>,
+    others: VecDeque<Check>,
+    closed: bool,
+}
+
+/// Checks waiting in one lane, and how many may.
+#[derive(Debug)]
+struct Lane {
+    waiting: AtomicUsize,
+    max: usize,
+}
+
+impl Lane {
+    fn new(max: usize) -> Lane {
+        Lane {
+            waiting: AtomicUsize::new(0),
+            max,
+        }
+    }
+
+    /// Takes a place, or `false` when the lane is full.
+    fn enter(&self) -> bool {
+        if self.waiting.fetch_add(1, Ordering::AcqRel) >= self.max {
+            self.waiting.fetch_sub(1, Ordering::AcqRel);
+            return false;
+        }
+        true
+    }
+
+    fn leave(&self) {
+        self.waiting.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 /// The login throttle and the argon2 budget of one branch.
 #[derive(Debug)]
 pub struct Logins {
@@ -31,9 +80,9 @@ pub struct Logins {
     /// Argon2 runs on a few threads of its own, never on the shared blocking pool:
     /// each check allocates 19 MiB, and the allocator keeps that much per thread that
     /// ever ran one (a flood grew a node to 750 MB on 500 pool threads).
-    checks: std::sync::mpsc::Sender<Check>,
-    waiting: AtomicUsize,
-    waiting_max: usize,
+    queue: Arc<Queue>,
+    others: Lane,
+    trusted: Lane,
 }
 
 impl Logins {
@@ -42,10 +91,9 @@ impl Logins {
     /// bounded queue.
     pub fn new(cores: usize) -> Logins {
         let cores = cores.max(1);
-        let (checks, queue) = std::sync::mpsc::channel::<Check>();
-        let queue = std::sync::Arc::new(Mutex::new(queue));
+        let queue = Arc::new(Queue::default());
         for i in 0..cores.saturating_sub(1).max(1) {
-            let queue = std::sync::Arc::clone(&queue);
+            let queue = Arc::clone(&queue);
             let spawned = std::thread::Builder::new()
                 .name(format!("password-check-{i}"))
                 .spawn(move || password_checker(&queue));
@@ -55,9 +103,9 @@ impl Logins {
         }
         Logins {
             guard: Mutex::default(),
-            checks,
-            waiting: AtomicUsize::new(0),
-            waiting_max: cores * PASSWORD_CHECKS_WAITING_PER_CORE,
+            queue,
+            others: Lane::new(cores * PASSWORD_CHECKS_WAITING_PER_CORE),
+            trusted: Lane::new(cores * PASSWORD_CHECKS_RESERVED_PER_CORE),
         }
     }
 
@@ -65,33 +113,89 @@ impl Logins {
         self.guard.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Runs argon2 for `password` against `row` on the password-check threads;
-    /// `Overloaded` at once when too many checks already wait.
-    async fn verify(&self, password: String, row: LoginRow) -> Result<bool, Fail> {
-        if self.waiting.fetch_add(1, Ordering::AcqRel) >= self.waiting_max {
-            self.waiting.fetch_sub(1, Ordering::AcqRel);
+    /// Runs argon2 for `password` against `row` on the password-check threads, in the
+    /// trusted lane when `trusted`; `Overloaded` at once when its lane is full.
+    async fn verify(&self, password: String, row: LoginRow, trusted: bool) -> Result<bool, Fail> {
+        let lane = if trusted { &self.trusted } else { &self.others };
+        if !lane.enter() {
             return Err(Unavailable::Overloaded.into());
         }
         let (reply, answer) = tokio::sync::oneshot::channel();
-        let sent = self.checks.send((password, row, reply));
-        let verified = match sent {
-            Ok(()) => answer.await.map_err(|_| Unavailable::Stopping),
-            Err(_) => Err(Unavailable::Stopping),
-        };
-        self.waiting.fetch_sub(1, Ordering::AcqRel);
+        {
+            let mut lanes = self
+                .queue
+                .lanes
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            match trusted {
+                true => lanes.trusted.push_back((password, row, reply)),
+                false => lanes.others.push_back((password, row, reply)),
+            }
+        }
+        self.queue.ready.notify_one();
+        let verified = answer.await.map_err(|_| Unavailable::Stopping);
+        lane.leave();
         Ok(verified?)
     }
 }
 
-/// A password-check thread: takes checks off the shared queue until it closes.
-fn password_checker(queue: &Mutex<std::sync::mpsc::Receiver<Check>>) {
+impl Drop for Logins {
+    fn drop(&mut self) {
+        self.queue
+            .lanes
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .closed = true;
+        self.queue.ready.notify_all();
+    }
+}
+
+/// A password-check thread: takes checks off the queue, the trusted lane first, until
+/// the branch's logins are dropped.
+fn password_checker(queue: &Queue) {
     loop {
-        let next = queue.lock().unwrap_or_else(PoisonError::into_inner).recv();
-        let Ok((password, row, reply)) = next else {
+        let next = {
+            let mut lanes = queue.lanes.lock().unwrap_or_else(PoisonError::into_inner);
+            loop {
+                if let Some(c) = lanes
+                    .trusted
+                    .pop_front()
+                    .or_else(|| lanes.others.pop_front())
+                {
+                    break Some(c);
+                }
+                if lanes.closed {
+                    break None;
+                }
+                lanes = queue
+                    .ready
+                    .wait(lanes)
+                    .unwrap_or_else(PoisonError::into_inner);
+            }
+        };
+        let Some((password, row, reply)) = next else {
             return;
         };
         let _ = reply.send(auth::login_verify(&password, &row));
     }
+}
+
+/// What an on-site admin attempt's login count is kept under: apart from the login's
+/// own, so strangers' failures elsewhere never delay an admin at the branch's machine
+/// (whose own failures are throttled the same way, on their own).
+const ON_SITE: &str = "\u{0}on-site";
+
+/// An admin login enrolled for one-time codes: from the branch's own machine, with a
+/// code, its attempts are counted apart ([`ON_SITE`]) and take the trusted lane.
+fn on_site_admin(row: &LoginRow) -> bool {
+    matches!(
+        row,
+        LoginRow::Found {
+            role: Role::Admin,
+            enrolled: true,
+            ..
+        }
+    )
 }
 
 /// The answer to a throttled attempt, at once: holding it back would keep an in-service
@@ -110,7 +214,7 @@ impl Service {
         peer: PeerId,
         login: &str,
         password: String,
-        otp_missing: bool,
+        (otp_missing, local): (bool, bool),
     ) -> Result<(Attempt, LoginRow), Fail> {
         let now = now_ms();
         let waited = self.logins.guard().peer_wait(peer, now);
@@ -124,12 +228,18 @@ impl Service {
             .await
             .map_err(store_failed)?;
         let exists = matches!(row, LoginRow::Found { .. });
-        let admitted = self.logins.guard().admit(login, exists, peer, now);
+        let on_site = local && !otp_missing && on_site_admin(&row);
+        let key = match on_site {
+            true => format!("{login}{ON_SITE}"),
+            false => login.to_owned(),
+        };
+        let admitted = self.logins.guard().admit(&key, exists, peer, now);
         let attempt = match admitted {
             Ok(attempt) => attempt,
             Err(retry_after_ms) => return Err(throttled(retry_after_ms)),
         };
-        match self.logins.verify(password, row.clone()).await {
+        let trusted = attempt.trusted() || on_site;
+        match self.logins.verify(password, row.clone(), trusted).await {
             Ok(true) => Ok((attempt, row)),
             Ok(false) => Err(auth::wrong_password(&row, otp_missing).into()),
             Err(turned_away) => {
@@ -146,16 +256,17 @@ impl Service {
 
     /// A login: the password under the throttle, then (in the writer) the one-time code
     /// of an enrolled login, then a session, stored before its token is handed out.
+    /// `local`: the teller is connected here from this machine (not through anyone).
     pub(crate) async fn login(
         &self,
-        peer: PeerId,
+        (peer, local): (PeerId, bool),
         user: String,
         password: String,
         otp: Option<String>,
     ) -> Answer {
         let otp_missing = otp.is_none();
         let (attempt, row) = self
-            .check_password(peer, &user, password, otp_missing)
+            .check_password(peer, &user, password, (otp_missing, local))
             .await?;
         let now = now_ms();
         let login = user.clone();
@@ -204,7 +315,7 @@ impl Service {
         password: String,
     ) -> Result<(), Fail> {
         let (attempt, _) = self
-            .check_password(peer, &session.login, password, false)
+            .check_password(peer, &session.login, password, (false, false))
             .await?;
         self.password_ok(attempt);
         Ok(())
@@ -241,5 +352,47 @@ impl Service {
             uri: crate::totp::otpauth_uri(&secret, &issuer, &user),
             user,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// With the other lane full (a flood), an attempt from a trusted teller still gets
+    /// a place, and is checked before the flood's waiting checks.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_trusted_teller_has_places_a_flood_cannot_fill() {
+        let logins = Arc::new(Logins::new(1));
+        let flood: Vec<_> = (0..logins.others.max)
+            .map(|i| {
+                let logins = Arc::clone(&logins);
+                tokio::spawn(async move {
+                    logins
+                        .verify(format!("guess-{i}"), LoginRow::Unknown, false)
+                        .await
+                })
+            })
+            .collect();
+        while logins.others.waiting.load(Ordering::Acquire) < logins.others.max {
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        }
+        let r = logins
+            .verify("one more".into(), LoginRow::Unknown, false)
+            .await;
+        assert!(
+            matches!(r, Err(Fail::Unavailable(Unavailable::Overloaded))),
+            "{r:?}"
+        );
+        let r = logins.verify("owner".into(), LoginRow::Unknown, true).await;
+        assert!(matches!(r, Ok(false)), "{r:?}");
+        let still_waiting = logins.others.waiting.load(Ordering::Acquire);
+        assert!(
+            still_waiting >= logins.others.max - 3,
+            "taken first: {still_waiting} wait"
+        );
+        for f in flood {
+            assert!(matches!(f.await.expect("task"), Ok(false)));
+        }
     }
 }

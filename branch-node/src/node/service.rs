@@ -184,9 +184,11 @@ impl Service {
             otp,
         } = &request.op
         {
+            // Connected here from this machine, not passed on by anyone.
+            let local = !forwarded && self.client.from_this_machine(&peer);
             let here = || async {
                 let r = self
-                    .login(peer, user.clone(), password.clone(), otp.clone())
+                    .login((peer, local), user.clone(), password.clone(), otp.clone())
                     .await;
                 super::metrics::get().login(outcome_of(&r));
                 r

@@ -66,10 +66,20 @@ pub const TELLER_IN_FLIGHT_MAX: usize = 64;
 /// between two branches; a batch carries up to 1,024 transfers.
 pub const LINK_IN_FLIGHT_MAX: usize = 1_024;
 
-/// Most bytes of answers waiting to be written on one stream: past it the node stops
-/// reading that stream, so a requester that never reads holds at most this much (and
-/// its in-flight places) in the node. An answer larger than this still goes, alone.
-pub const STREAM_UNWRITTEN_BYTES_MAX: usize = 256 * 1024;
+/// Most bytes a node holds for one stream: its requests read and not yet answered and
+/// written, and their answers waiting to be written. Past it the node stops reading
+/// that stream, so a requester that never reads holds at most this much (and its
+/// in-flight places) in the node. One request or answer larger than this still goes,
+/// alone.
+pub const STREAM_HELD_BYTES_MAX: usize = 256 * 1024;
+
+/// The same, across every teller stream of one peer (its connections and streams).
+pub const TELLER_HELD_BYTES_PER_PEER_MAX: usize = 4 << 20;
+
+/// The same, across every teller stream of the node: many peers that send and never
+/// read hold at most this much together. (Branch-to-branch streams are bounded per
+/// stream only: their peers are the listed branches.)
+pub const TELLER_HELD_BYTES_MAX: usize = 64 << 20;
 
 /// How long writing answers to a stream may make no progress (its requester does not
 /// read them) before the node closes the stream and drops what waited.

@@ -147,6 +147,26 @@ pub struct Client {
     network: Arc<NetworkFile>,
     /// The replica of each replicated branch last found leading it.
     leaders: Arc<Mutex<HashMap<BranchId, u64>>>,
+    /// Each peer's connections, and whether each comes from this machine (loopback).
+    origins: Origins,
+}
+
+/// Each connected peer's connections, and whether each comes from this machine.
+type Origins = Arc<Mutex<HashMap<PeerId, HashMap<libp2p::swarm::ConnectionId, bool>>>>;
+
+/// Whether `addr` is a loopback address (127.0.0.0/8 or ::1).
+fn loopback(addr: &Multiaddr) -> bool {
+    addr.iter().any(|p| match p {
+        libp2p::multiaddr::Protocol::Ip4(ip) => ip.is_loopback(),
+        libp2p::multiaddr::Protocol::Ip6(ip) => ip.is_loopback(),
+        _ => false,
+    })
+}
+
+/// `m`, locked; a panic elsewhere while it was held left nothing half-done in it (every
+/// change is one map operation).
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 impl std::fmt::Debug for Client {
@@ -156,6 +176,14 @@ impl std::fmt::Debug for Client {
 }
 
 impl Client {
+    /// Whether `peer` is connected to this node from this machine only (every one of
+    /// its connections comes from a loopback address).
+    pub fn from_this_machine(&self, peer: &PeerId) -> bool {
+        lock(&self.origins)
+            .get(peer)
+            .is_some_and(|conns| !conns.is_empty() && conns.values().all(|&local| local))
+    }
+
     /// Sends `request` to branch `to` (to its leader, if it runs as replicas) and waits
     /// for its answer. A replica that answers it is not the leader did nothing with the
     /// request, and neither did one that could not be reached: the request goes to the
@@ -329,6 +357,7 @@ pub struct EventLoop {
     addresses: HashMap<PeerId, Vec<Multiaddr>>,
     /// Listed peers (replicas of any branch) with at least one open connection.
     connected: std::collections::HashSet<PeerId>,
+    origins: Origins,
     /// Requests waiting for a dial to settle before they open a stream.
     dials: super::Dials,
 }
@@ -367,8 +396,10 @@ pub fn new(
         faults: Arc::clone(&faults),
         network: Arc::clone(&network),
         leaders: Arc::default(),
+        origins: Arc::default(),
     };
     let event_loop = EventLoop {
+        origins: Arc::clone(&client.origins),
         swarm,
         network,
         commands,
@@ -473,8 +504,9 @@ impl EventLoop {
         let mut control = self.swarm.behaviour().streams.new_control();
         let teller = control.accept(super::TELLER_PROTOCOL)?;
         let requests = self.requests.clone();
+        let held = TellerHeld::new();
         let mut tasks = vec![tokio::spawn(accept(teller, move |peer, stream| {
-            serve_teller(peer, stream, requests.clone())
+            serve_teller(peer, stream, requests.clone(), held.of(peer))
         }))];
         if let Some(task) = self.accept_raft(&mut control)? {
             tasks.push(task);
@@ -529,7 +561,17 @@ impl EventLoop {
                 peer_id: Some(peer),
                 ..
             } => self.dials.settle(&peer),
-            SwarmEvent::ConnectionEstablished { peer_id, .. } => {
+            SwarmEvent::ConnectionEstablished {
+                peer_id,
+                connection_id,
+                endpoint,
+                ..
+            } => {
+                let local = loopback(endpoint.get_remote_address());
+                lock(&self.origins)
+                    .entry(peer_id)
+                    .or_default()
+                    .insert(connection_id, local);
                 self.dials.settle(&peer_id);
                 tracing::debug!(%peer_id, "connected");
                 if self.network.by_peer(&peer_id).is_some() {
@@ -539,10 +581,19 @@ impl EventLoop {
             }
             SwarmEvent::ConnectionClosed {
                 peer_id,
+                connection_id,
                 cause,
                 num_established,
                 ..
             } => {
+                let mut origins = lock(&self.origins);
+                if let Some(conns) = origins.get_mut(&peer_id) {
+                    conns.remove(&connection_id);
+                    if conns.is_empty() {
+                        origins.remove(&peer_id);
+                    }
+                }
+                drop(origins);
                 tracing::debug!(%peer_id, ?cause, "connection closed");
                 if num_established == 0 && self.connected.remove(&peer_id) {
                     self.count_connected();
@@ -606,22 +657,62 @@ where
     }
 }
 
-/// How a stream with at most `in_flight` requests in flight is served.
-fn bounds(in_flight: usize) -> pipe::Bounds {
+/// How a stream with at most `in_flight` requests in flight is served; its bytes also
+/// count in `shared`.
+fn bounds(in_flight: usize, shared: Vec<Arc<pipe::Held>>) -> pipe::Bounds {
     pipe::Bounds {
         in_flight,
-        unwritten_bytes: super::STREAM_UNWRITTEN_BYTES_MAX,
+        held_bytes: super::STREAM_HELD_BYTES_MAX,
+        shared,
         idle: Duration::from_millis(super::IDLE_CONNECTION_TIMEOUT_MS),
         write_stall: Duration::from_millis(super::WRITE_STALL_MS),
     }
 }
 
+/// The bytes held for teller streams: per peer (while it has a stream) and in all.
+#[derive(Debug)]
+struct TellerHeld {
+    all: Arc<pipe::Held>,
+    peers: std::sync::Mutex<HashMap<PeerId, std::sync::Weak<pipe::Held>>>,
+}
+
+impl TellerHeld {
+    fn new() -> Arc<TellerHeld> {
+        Arc::new(TellerHeld {
+            all: pipe::Held::new(super::TELLER_HELD_BYTES_MAX),
+            peers: std::sync::Mutex::default(),
+        })
+    }
+
+    /// The counts a stream of `peer` shares: the peer's and the node's.
+    fn of(&self, peer: PeerId) -> Vec<Arc<pipe::Held>> {
+        let mut peers = self
+            .peers
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mine = peers.get(&peer).and_then(std::sync::Weak::upgrade);
+        let mine = mine.unwrap_or_else(|| {
+            // A peer's count lives while one of its streams does; forget the others.
+            peers.retain(|_, h| h.strong_count() > 0);
+            let h = pipe::Held::new(super::TELLER_HELD_BYTES_PER_PEER_MAX);
+            peers.insert(peer, Arc::downgrade(&h));
+            h
+        });
+        vec![mine, Arc::clone(&self.all)]
+    }
+}
+
 /// Serves one teller stream: each request goes on the requests queue, or is answered
 /// "overloaded" (or "stopping") at once.
-async fn serve_teller(peer: PeerId, stream: Stream, requests: mpsc::Sender<Inbound>) {
+async fn serve_teller(
+    peer: PeerId,
+    stream: Stream,
+    requests: mpsc::Sender<Inbound>,
+    shared: Vec<Arc<pipe::Held>>,
+) {
     pipe::serve(
         stream,
-        bounds(super::TELLER_IN_FLIGHT_MAX),
+        bounds(super::TELLER_IN_FLIGHT_MAX, shared),
         |body, reply| {
             let Ok(request) = wire::decode::<TellerRequest>(&body) else {
                 tracing::warn!(%peer, "teller stream closed: a request does not decode");
@@ -674,29 +765,52 @@ impl LinkSide {
     /// Serves one stream of the link or forward protocol.
     async fn serve(self, peer: PeerId, stream: Stream) {
         let via = self.via;
-        pipe::serve(stream, bounds(via.in_flight_max()), |body, reply| {
-            let Ok(request) = wire::decode::<LinkRequest>(&body) else {
-                tracing::warn!(%peer, ?via, "link stream closed: a request does not decode");
-                return false;
-            };
-            if let Some(r) = self.refusal(&peer, &request) {
-                tracing::warn!(%peer, refusal = %r, "link request refused");
-                reply.answer(&LinkResponse::Refused(r));
-                return true;
-            }
-            let inbound = Inbound::Link {
-                peer,
-                request,
-                reply,
-            };
-            if let Err(full) = self.queue.try_send(inbound) {
-                tracing::warn!(%peer, ?via, "inbound queue full: answered overloaded");
-                if let Inbound::Link { reply, .. } = full.into_inner() {
-                    reply.answer(&LinkResponse::Refused(EnvelopeRefusal::Overloaded));
+        pipe::serve(
+            stream,
+            bounds(via.in_flight_max(), Vec::new()),
+            |body, reply| {
+                let Ok(request) = wire::decode::<LinkRequest>(&body) else {
+                    tracing::warn!(%peer, ?via, "link stream closed: a request does not decode");
+                    return false;
+                };
+                if let Some(r) = self.refusal(&peer, &request) {
+                    tracing::warn!(%peer, refusal = %r, "link request refused");
+                    reply.answer(&LinkResponse::Refused(r));
+                    return true;
                 }
-            }
-            true
-        })
+                let inbound = Inbound::Link {
+                    peer,
+                    request,
+                    reply,
+                };
+                if let Err(full) = self.queue.try_send(inbound) {
+                    tracing::warn!(%peer, ?via, "inbound queue full: answered overloaded");
+                    if let Inbound::Link { reply, .. } = full.into_inner() {
+                        reply.answer(&LinkResponse::Refused(EnvelopeRefusal::Overloaded));
+                    }
+                }
+                true
+            },
+        )
         .await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_loopback_addresses_are_this_machine() {
+        let is = |a: &str| loopback(&a.parse().expect("multiaddr"));
+        assert!(is("/ip4/127.0.0.1/tcp/7001"));
+        assert!(is("/ip4/127.9.8.7/tcp/7001"));
+        assert!(is("/ip6/::1/tcp/7001"));
+        assert!(!is("/ip4/192.168.1.20/tcp/7001"));
+        assert!(!is("/ip4/10.0.0.1/tcp/7001"));
+        assert!(
+            !is("/dns4/localhost/tcp/7001"),
+            "names are not resolved: not trusted"
+        );
     }
 }

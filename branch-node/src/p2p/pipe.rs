@@ -337,15 +337,34 @@ pub async fn open_stream(
     }
 }
 
-/// The bytes of a stream's answers not yet written: past its limit the stream is not
-/// read, so a requester that does not read its answers cannot make the node hold more.
+/// Bytes a node holds for requests it read and has not finished with: a request's own
+/// bytes from when it is read until its answer is written (or dropped), and the answer's
+/// bytes until then. One is kept per stream, and may be shared by every stream of one
+/// peer and by every stream of one kind (teller streams): past any of their limits a
+/// stream is not read, which holds its requester back, so peers that send and never
+/// read cannot make the node hold more than the limits together.
 #[derive(Debug)]
-struct Unwritten {
+pub struct Held {
     bytes: AtomicUsize,
+    max: usize,
     drained: Notify,
 }
 
-impl Unwritten {
+impl Held {
+    /// A count with room for `max` bytes (one request or answer may go past it, alone).
+    pub fn new(max: usize) -> Arc<Held> {
+        Arc::new(Held {
+            bytes: AtomicUsize::new(0),
+            max,
+            drained: Notify::new(),
+        })
+    }
+
+    /// The bytes held now.
+    pub fn bytes(&self) -> usize {
+        self.bytes.load(Ordering::Relaxed)
+    }
+
     fn add(&self, n: usize) {
         self.bytes.fetch_add(n, Ordering::Relaxed);
     }
@@ -355,11 +374,11 @@ impl Unwritten {
         self.drained.notify_waiters();
     }
 
-    /// Returns once fewer than `max` bytes wait to be written.
-    async fn room(&self, max: usize) {
+    /// Returns once fewer than its limit of bytes are held.
+    async fn room(&self) {
         loop {
             let drained = self.drained.notified();
-            if self.bytes.load(Ordering::Relaxed) < max {
+            if self.bytes.load(Ordering::Relaxed) < self.max {
                 return;
             }
             drained.await;
@@ -367,13 +386,35 @@ impl Unwritten {
     }
 }
 
+/// The counts one stream's bytes go to: its own, and those it shares.
+#[derive(Clone, Debug)]
+struct Counts(Vec<Arc<Held>>);
+
+impl Counts {
+    fn add(&self, n: usize) {
+        self.0.iter().for_each(|h| h.add(n));
+    }
+
+    fn sub(&self, n: usize) {
+        self.0.iter().for_each(|h| h.sub(n));
+    }
+
+    async fn room(&self) {
+        for h in &self.0 {
+            h.room().await;
+        }
+    }
+}
+
 /// An answer waiting to be written. Until it is (or the stream ends) it holds its
-/// request's in-flight place and its bytes count as its stream's unwritten.
+/// request's in-flight place, and its bytes and its request's stay counted as held.
 #[derive(Debug)]
 struct Answer {
     tag: u64,
     body: Vec<u8>,
-    unwritten: Arc<Unwritten>,
+    /// Its bytes and its request's.
+    held: usize,
+    counts: Counts,
     _place: OwnedSemaphorePermit,
 }
 
@@ -388,33 +429,41 @@ impl Frame for Answer {
 
 impl Drop for Answer {
     fn drop(&mut self) {
-        self.unwritten.sub(self.body.len());
+        self.counts.sub(self.held);
     }
 }
 
 /// The answering end's handle for one request: answer it with [`Responder::answer`].
-/// It holds one of its stream's in-flight places, and its answer holds it on until the
-/// answer is written.
+/// It holds one of its stream's in-flight places and its request's bytes, and its
+/// answer holds both on until the answer is written.
 #[derive(Debug)]
 pub struct Responder {
     tag: u64,
     tx: mpsc::UnboundedSender<Answer>,
-    unwritten: Arc<Unwritten>,
-    place: OwnedSemaphorePermit,
+    /// The request's bytes, counted as held until the answer is written; 0 once handed
+    /// to the answer.
+    request_bytes: usize,
+    counts: Counts,
+    place: Option<OwnedSemaphorePermit>,
 }
 
 impl Responder {
     /// Sends `answer` back on the stream the request came by; a requester that went away
     /// is normal.
-    pub fn answer<T: serde::Serialize>(self, answer: &T) {
+    pub fn answer<T: serde::Serialize>(mut self, answer: &T) {
+        let Some(place) = self.place.take() else {
+            return;
+        };
         match wire::encode(answer) {
             Ok(body) => {
-                self.unwritten.add(body.len());
+                self.counts.add(body.len());
+                let held = body.len() + std::mem::take(&mut self.request_bytes);
                 let answer = Answer {
                     tag: self.tag,
                     body,
-                    unwritten: self.unwritten,
-                    _place: self.place,
+                    held,
+                    counts: self.counts.clone(),
+                    _place: place,
                 };
                 if self.tx.send(answer).is_err() {
                     tracing::debug!("answer dropped: the stream has ended");
@@ -423,16 +472,29 @@ impl Responder {
             Err(e) => tracing::warn!(%e, "answer not sent: it does not encode"),
         }
     }
+
+    /// The size of the request, in bytes as read.
+    pub fn request_bytes(&self) -> usize {
+        self.request_bytes
+    }
+}
+
+impl Drop for Responder {
+    fn drop(&mut self) {
+        self.counts.sub(self.request_bytes);
+    }
 }
 
 /// How a stream is served: at most `in_flight` requests unanswered or with answers
-/// unwritten, at most `unwritten_bytes` of answers waiting (past either the stream is
-/// not read, which holds the requester back), closed after `idle` with nothing sent,
-/// or when a write makes no progress for `write_stall`.
-#[derive(Clone, Copy, Debug)]
+/// unwritten, at most `held_bytes` of requests and answers held for it (and at most
+/// the limits of the counts in `shared`; past any the stream is not read, which holds
+/// the requester back), closed after `idle` with nothing sent, or when a write makes
+/// no progress for `write_stall`.
+#[derive(Clone, Debug)]
 pub struct Bounds {
     pub in_flight: usize,
-    pub unwritten_bytes: usize,
+    pub held_bytes: usize,
+    pub shared: Vec<Arc<Held>>,
     pub idle: Duration,
     pub write_stall: Duration,
 }
@@ -462,14 +524,13 @@ pub async fn serve(
     let (tx, rx) = mpsc::unbounded_channel();
     let writer = tokio::spawn(write_answers(write, rx, bounds.write_stall));
     let places = Arc::new(Semaphore::new(bounds.in_flight));
-    let unwritten = Arc::new(Unwritten {
-        bytes: AtomicUsize::new(0),
-        drained: Notify::new(),
-    });
+    let mut counts = vec![Held::new(bounds.held_bytes)];
+    counts.extend(bounds.shared.iter().cloned());
+    let counts = Counts(counts);
     loop {
         let room = async {
             let place = Arc::clone(&places).acquire_owned().await.ok();
-            unwritten.room(bounds.unwritten_bytes).await;
+            counts.room().await;
             place
         };
         let place = tokio::select! {
@@ -492,11 +553,13 @@ pub async fn serve(
                 break;
             }
         };
+        counts.add(body.len());
         let responder = Responder {
             tag,
             tx: tx.clone(),
-            unwritten: Arc::clone(&unwritten),
-            place,
+            request_bytes: body.len(),
+            counts: counts.clone(),
+            place: Some(place),
         };
         if !on_request(body, responder) {
             refused("framing");
@@ -543,6 +606,43 @@ pub fn refused(why: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A responder for a request of `n` bytes counted in `counts`, as `serve` makes one.
+    fn responder(counts: &Counts, tx: &mpsc::UnboundedSender<Answer>, n: usize) -> Responder {
+        counts.add(n);
+        let place = Arc::new(Semaphore::new(1))
+            .try_acquire_owned()
+            .expect("place");
+        Responder {
+            tag: 1,
+            tx: tx.clone(),
+            request_bytes: n,
+            counts: counts.clone(),
+            place: Some(place),
+        }
+    }
+
+    /// A request's bytes, and then its answer's, stay counted in the stream's, the
+    /// peer's and the node's counts until the answer is written (dropped here); a
+    /// request never answered gives its bytes back when its responder goes.
+    #[test]
+    fn held_bytes_count_from_read_until_the_answer_is_written() {
+        let (stream, peer, node) = (Held::new(10), Held::new(100), Held::new(1_000));
+        let counts = Counts(vec![stream.clone(), peer.clone(), node.clone()]);
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let r = responder(&counts, &tx, 40);
+        assert_eq!(r.request_bytes(), 40);
+        assert_eq!((stream.bytes(), peer.bytes(), node.bytes()), (40, 40, 40));
+        r.answer(&vec![7u8; 20]);
+        let held = stream.bytes();
+        assert!(held > 60, "the answer's bytes too: {held}");
+        assert_eq!((peer.bytes(), node.bytes()), (held, held));
+        let answer = rx.try_recv().expect("queued");
+        drop(answer);
+        assert_eq!((stream.bytes(), peer.bytes(), node.bytes()), (0, 0, 0));
+        drop(responder(&counts, &tx, 30));
+        assert_eq!((stream.bytes(), peer.bytes(), node.bytes()), (0, 0, 0));
+    }
 
     #[tokio::test]
     async fn frames_round_trip_and_bad_lengths_are_refused() {
