@@ -66,6 +66,9 @@ pub struct Target {
     /// The branch, when the network file names it: requests for its own sessions go
     /// unsealed (the connection proves the teller there).
     pub branch: Option<wire::BranchId>,
+    /// The network file, when the target came from one: its keys let a login passed on
+    /// to another branch travel encrypted to that branch ([`wire::login_box`]).
+    pub network: Option<std::sync::Arc<NetworkFile>>,
 }
 
 impl Target {
@@ -93,6 +96,7 @@ impl Target {
             peer,
             others: listed.collect(),
             branch: Some(b.id),
+            network: Some(std::sync::Arc::new(net.clone())),
         })
     }
 
@@ -104,6 +108,7 @@ impl Target {
                 peer,
                 others: Vec::new(),
                 branch: None,
+                network: None,
             }),
             _ => Err(TellerError::Usage(format!(
                 "address {addr} must end with /p2p/<peer id> so the branch's key is pinned"
@@ -312,13 +317,8 @@ impl Teller {
         password: &str,
         otp: Option<&str>,
     ) -> Result<TellerResponse, TellerError> {
-        let r = self
-            .call(TellerOp::Login {
-                user: user.to_owned(),
-                password: password.to_owned(),
-                otp: otp.map(str::to_owned),
-            })
-            .await?;
+        let op = login_op(&self.target, &self.sealer.peer(), user, (password, otp));
+        let r = self.call(op).await?;
         if let TellerResponse::LoggedIn {
             session,
             role,
@@ -399,6 +399,51 @@ impl Teller {
     }
 }
 
+/// The login request of `teller` at `target`: sealed to the account's branch when the
+/// login will be passed on to it (a customer's account at another branch than the one
+/// connected to) and the network file names that branch's keys; plain otherwise.
+fn login_op(
+    target: &Target,
+    teller: &PeerId,
+    user: &str,
+    (password, otp): (&str, Option<&str>),
+) -> TellerOp {
+    let secret = wire::login_box::LoginSecret {
+        password: password.to_owned(),
+        otp: otp.map(str::to_owned),
+    };
+    let passed_on = user
+        .parse::<wire::AccountNumber>()
+        .ok()
+        .map(|a| a.branch())
+        .filter(|&b| target.branch != Some(b));
+    let keys = passed_on.and_then(|b| {
+        let entry = target.network.as_ref()?.get(b)?;
+        let keys: Vec<_> = entry
+            .replicas
+            .iter()
+            .filter_map(|r| wire::BranchPublicKey::from_peer_id(&r.peer_id).ok())
+            .collect();
+        Some((b, keys)).filter(|(_, k)| !k.is_empty())
+    });
+    match keys {
+        Some((to, keys)) => TellerOp::SealedLogin {
+            user: user.to_owned(),
+            secret: wire::login_box::SealedSecret::seal(
+                &secret,
+                (teller, user, to),
+                &keys,
+                rand::random(),
+            ),
+        },
+        None => TellerOp::Login {
+            user: user.to_owned(),
+            password: secret.password,
+            otp: secret.otp,
+        },
+    }
+}
+
 /// The teller key in file `path` (64 hex digits), made and written readable by its
 /// owner only when the file does not exist yet.
 pub fn identity(path: &Path) -> Result<BranchKey, TellerError> {
@@ -456,4 +501,57 @@ pub fn new_transfer_id() -> wire::TransferId {
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
     wire::TransferId::from_time_and_random(unix_ms, rand::random())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A login at another branch's account, passed on by the branch connected to, goes
+    /// sealed to that branch's key: the branch in between never sees the password. One
+    /// for the connected branch, or an admin's, goes as it is.
+    #[test]
+    fn a_login_passed_on_is_sealed_to_the_accounts_branch() {
+        let keys: Vec<BranchKey> = (1..=2).map(|i| BranchKey::from_secret([i; 32])).collect();
+        let text: String = keys
+            .iter()
+            .zip(1..)
+            .map(|(k, id)| {
+                format!(
+                    "[[branch]]\nid = {id}\nname = \"b{id}\"\npublic_key = \"{}\"\naddresses = [\"/ip4/127.0.0.1/tcp/{}\"]\n",
+                    k.public(),
+                    7000 + id
+                )
+            })
+            .collect();
+        let net = NetworkFile::parse(&text).expect("network");
+        let mut target = Target::by_addr(
+            &format!("/ip4/127.0.0.1/tcp/7002/p2p/{}", keys[1].peer_id())
+                .parse()
+                .expect("addr"),
+        )
+        .expect("target");
+        target.branch = Some(wire::BranchId(2));
+        target.network = Some(std::sync::Arc::new(net));
+        let teller = BranchKey::from_secret([9; 32]);
+        let theirs = wire::AccountNumber::new(wire::BranchId(1), 1).expect("account");
+        let ours = wire::AccountNumber::new(wire::BranchId(2), 1).expect("account");
+        let op = login_op(
+            &target,
+            &teller.peer_id(),
+            &theirs.to_string(),
+            ("her-password", None),
+        );
+        let TellerOp::SealedLogin { user, secret } = op else {
+            panic!("{op:?}")
+        };
+        let at = (&teller.peer_id(), user.as_str(), wire::BranchId(1));
+        let opened = secret.open(&keys[0], at).expect("b1 opens it");
+        assert_eq!(opened.password, "her-password");
+        assert!(secret.open(&keys[1], at).is_err(), "b2 cannot");
+        for user in [ours.to_string(), "admin".to_owned()] {
+            let op = login_op(&target, &teller.peer_id(), &user, ("pw-12345678", None));
+            assert!(matches!(op, TellerOp::Login { .. }), "{op:?}");
+        }
+    }
 }

@@ -43,6 +43,11 @@ impl Sealer {
         }
     }
 
+    /// The teller's PeerId (its key's).
+    pub fn peer(&self) -> wire::PeerId {
+        self.key.peer_id()
+    }
+
     /// Learns the issuing branch's clock from its answer `branch_now_ms`.
     pub fn set_clock(&mut self, branch_now_ms: u64) {
         let branch = i64::try_from(branch_now_ms).unwrap_or(i64::MAX);

@@ -272,6 +272,7 @@ async fn a_copy_of_a_branch_never_spends_money_the_original_spent() {
         peer: c.target(0).expect("target").peer,
         others: Vec::new(),
         branch: Some(wire::BranchId(1)),
+        network: None,
     };
     let at_copy = customer_at(&copy_target, a)
         .await

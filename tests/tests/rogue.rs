@@ -19,6 +19,7 @@ use scenarios::cluster::Cluster;
 use scenarios::rogue::{envelope, prepare};
 use wire::limits::SEAL_HORIZON_MS;
 use wire::link::{EnvelopeRefusal, LinkRequest, LinkResponse};
+use wire::login_box::{LoginSecret, SealedSecret};
 use wire::seal::Seal;
 use wire::teller::{TellerOp, TellerRequest, TellerResponse, Unavailable};
 use wire::twopc::{BranchBody, BranchMessage, Bundle, TransferSpec};
@@ -463,6 +464,36 @@ async fn a_forwarding_branch_cannot_make_change_or_repeat_a_tellers_request() {
     });
     assert_eq!(as_her(sealed.clone()).await.expect("answer"), committed);
     assert_eq!(as_her(sealed).await.expect("answer"), bad_seal);
+    // Her login went to b1 sealed to b1's key and bound to her PeerId: b2, holding such
+    // a login, cannot read the password nor log in with it as another teller.
+    let secret = SealedSecret::seal(
+        &LoginSecret {
+            password: "seal-password".into(),
+            otp: None,
+        },
+        (&key.peer_id(), &account.to_string(), BranchId(1)),
+        &[read_key(&c.nodes[0].dir).expect("key").public()],
+        rand::random(),
+    );
+    let login = TellerOp::SealedLogin {
+        user: account.to_string(),
+        secret,
+    };
+    let as_b2_itself = ForwardRequest::Teller {
+        teller: b2.peer_id().to_bytes(),
+        request: TellerRequest::new(None, login.clone()),
+        expires_at_ms: now_ms() + 5_000,
+    };
+    let r = as_b2.request(LinkRequest::Forward(as_b2_itself)).await;
+    let refused = LinkResponse::Teller(TellerResponse::Refused(wire::Refusal::BadCredentials));
+    assert_eq!(r.expect("answer"), refused);
+    let r = as_her(TellerRequest::new(None, login))
+        .await
+        .expect("answer");
+    assert!(
+        matches!(r, LinkResponse::Teller(TellerResponse::LoggedIn { .. })),
+        "{r:?}"
+    );
     // Her teller's own requests through b2 carry her seal and run.
     let second = teller_cli::new_transfer_id();
     let r = customer.call(transfer(second)).await.expect("transfer");

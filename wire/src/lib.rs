@@ -10,6 +10,7 @@ pub mod fence;
 pub mod ids;
 pub mod limits;
 pub mod link;
+pub mod login_box;
 pub mod money;
 pub mod refusal;
 pub mod seal;

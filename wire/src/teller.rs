@@ -273,6 +273,13 @@ pub enum TellerOp {
     TransferBatch {
         transfers: Vec<TransferSpec>,
     },
+    /// A login whose password and one-time code are encrypted to the replicas of the
+    /// account's branch ([`crate::login_box`]): what a teller sends for a login another
+    /// branch passes on, so that branch never sees them. Answered as `Login`.
+    SealedLogin {
+        user: String,
+        secret: crate::login_box::SealedSecret,
+    },
 }
 
 /// A request: the session (absent only for `Login`), the operation, and the teller's
@@ -343,6 +350,7 @@ impl TellerOp {
             TellerOp::InDoubt => "in-doubt",
             TellerOp::Reconcile { .. } => "reconcile",
             TellerOp::TransferBatch { .. } => "transfer-batch",
+            TellerOp::SealedLogin { .. } => "login",
         }
     }
 
@@ -619,6 +627,22 @@ fn password_ok(s: &str) -> bool {
     !s.is_empty() && s.len() <= PASSWORD_BYTES_MAX
 }
 
+/// Whether a login's fields have a shape a login can have (what a sealed login's box
+/// holds is checked with this once opened).
+pub fn login_fields_ok(user: &str, password: &str, otp: Option<&str>) -> bool {
+    text_ok(user) && password_ok(password) && otp.is_none_or(otp_ok)
+}
+
+/// One to five boxes (one per replica), each no longer than a password and a code
+/// with their encoding and tag.
+fn sealed_ok(secret: &crate::login_box::SealedSecret) -> bool {
+    (1..=crate::login_box::LOGIN_BOXES_MAX).contains(&secret.boxes.len())
+        && secret
+            .boxes
+            .iter()
+            .all(|b| b.ciphertext.len() <= PASSWORD_BYTES_MAX + OTP_DIGITS + 32)
+}
+
 fn otp_ok(s: &str) -> bool {
     s.len() == OTP_DIGITS && s.bytes().all(|b| b.is_ascii_digit())
 }
@@ -675,9 +699,12 @@ impl TellerRequest {
                 password,
                 otp,
             } => ok_or(
-                text_ok(user) && password_ok(password) && otp.as_deref().is_none_or(otp_ok),
+                login_fields_ok(user, password, otp.as_deref()),
                 Refusal::BadCredentials,
             ),
+            TellerOp::SealedLogin { user, secret } => {
+                ok_or(text_ok(user) && sealed_ok(secret), Refusal::BadCredentials)
+            }
             TellerOp::EnrollOtp { user, password } => ok_or(
                 text_ok(user) && password_ok(password),
                 Refusal::InvalidInput,

@@ -43,9 +43,10 @@ pub enum Access {
 /// The row of the table for `op`.
 pub fn access(op: &TellerOp) -> Access {
     match op {
-        TellerOp::Login { .. } | TellerOp::Logout | TellerOp::TransferBatch { .. } => {
-            Access::Session
-        }
+        TellerOp::Login { .. }
+        | TellerOp::SealedLogin { .. }
+        | TellerOp::Logout
+        | TellerOp::TransferBatch { .. } => Access::Session,
         TellerOp::Balance { account }
         | TellerOp::History { account, .. }
         | TellerOp::Deposit { account, .. }

@@ -178,29 +178,17 @@ impl Service {
 
     async fn route(&self, peer: PeerId, request: TellerRequest, forwarded: bool) -> Answer {
         request.validate()?;
-        if let TellerOp::Login {
-            user,
-            password,
-            otp,
-        } = &request.op
-        {
-            // Connected here from this machine, not passed on by anyone.
-            let local = !forwarded && self.client.from_this_machine(&peer);
-            let here = || async {
-                let r = self
-                    .login((peer, local), user.clone(), password.clone(), otp.clone())
-                    .await;
-                super::metrics::get().login(outcome_of(&r));
-                r
-            };
+        if let TellerOp::Login { user, .. } | TellerOp::SealedLogin { user, .. } = &request.op {
             return match user.parse::<AccountNumber>() {
-                Ok(a) if a.branch() == self.me => here().await,
+                Ok(a) if a.branch() == self.me => {
+                    self.login_here(peer, request.op, forwarded).await
+                }
                 Ok(_) if forwarded => Err(Refusal::BadCredentials.into()),
                 Ok(a) if self.network.get(a.branch()).is_some() => {
                     self.forward_teller(a.branch(), peer, request).await
                 }
                 Ok(_) => Err(Refusal::BadCredentials.into()),
-                Err(_) => here().await,
+                Err(_) => self.login_here(peer, request.op, forwarded).await,
             };
         }
         let token = request.session.ok_or(Unavailable::SessionExpired)?;
@@ -225,6 +213,32 @@ impl Service {
         authz::check(&session, self.me, &request.op)?;
         authz::deposit_within(&session, &request.op, self.customer_deposit_max)?;
         self.execute(peer, token, &session, request.op).await
+    }
+
+    /// A login checked here; a sealed one's secrets are opened with this replica's key
+    /// first (one that does not open is refused as a wrong password, uncounted).
+    async fn login_here(&self, peer: PeerId, op: TellerOp, forwarded: bool) -> Answer {
+        let (user, password, otp) = match op {
+            TellerOp::Login {
+                user,
+                password,
+                otp,
+            } => (user, password, otp),
+            TellerOp::SealedLogin { user, secret } => {
+                let opened = secret.open(&self.key, (&peer, &user, self.me));
+                let s = opened.map_err(|_| Refusal::BadCredentials)?;
+                if !wire::teller::login_fields_ok(&user, &s.password, s.otp.as_deref()) {
+                    return Err(Refusal::BadCredentials.into());
+                }
+                (user, s.password, s.otp)
+            }
+            _ => return Err(Refusal::InvalidInput.into()),
+        };
+        // Connected here from this machine, not passed on by anyone.
+        let local = !forwarded && self.client.from_this_machine(&peer);
+        let r = self.login((peer, local), user, password, otp).await;
+        super::metrics::get().login(outcome_of(&r));
+        r
     }
 
     /// The session table; a panic elsewhere while it was held leaves nothing half-done
@@ -360,7 +374,9 @@ impl Service {
         op: TellerOp,
     ) -> Answer {
         match op {
-            TellerOp::Login { .. } => Err(Refusal::InvalidInput.into()),
+            TellerOp::Login { .. } | TellerOp::SealedLogin { .. } => {
+                Err(Refusal::InvalidInput.into())
+            }
             TellerOp::EnrollOtp { user, password } => {
                 self.enroll_otp(peer, session, user, password).await
             }
