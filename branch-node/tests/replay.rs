@@ -8,6 +8,7 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 use branch_node::store::ops::WriteOp;
+use branch_node::store::throttle::ThrottleOp;
 use branch_node::store::writer::{Writer, WriterHandle};
 use branch_node::store::{Durability, LoginRow, SessionRow, Store};
 use coordinator::testing::{HERE, run_all};
@@ -132,6 +133,17 @@ fn people_ops(h: &WriterHandle) {
     write(WriteOp::CloseSession {
         token_hash: [7; 32],
     });
+    write(WriteOp::Throttle(ThrottleOp::Failed {
+        login: "001-00000009-22".into(),
+        failures: 6,
+        last_ms: now,
+    }));
+    write(WriteOp::Throttle(ThrottleOp::Succeeded {
+        login: "001-00000009-22".into(),
+        peer: vec![0, 4, 1, 2, 3, 4],
+        until_ms: now + 1_000,
+        now_ms: now,
+    }));
 }
 
 #[test]

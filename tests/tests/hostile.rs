@@ -204,6 +204,51 @@ async fn an_admin_on_the_branchs_machine_logs_in_through_strangers_guesses() {
     assert!(matches!(r, Ok(TellerResponse::LoggedIn { .. })), "{r:?}");
 }
 
+/// The throttle's counts and trusted tellers are kept in the store: after a kill -9 and
+/// a restart a stranger is still throttled where it was, and the owner's usual teller
+/// is still trusted. (Before, a restart forgot both: the stranger got fresh guesses.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_forgets_no_failed_login_and_no_trusted_teller() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut c = Cluster::start(dir.path(), 1, &[]).expect("cluster");
+    let account = c.open_account(0, "HOST-5", PW, false).await.expect("open");
+    let user = account.to_string();
+    let usual = wire::BranchKey::from_secret(rand::random());
+    let target = c.target(0).expect("target");
+    let mut owner = Teller::connect_with_key(&target, &usual)
+        .await
+        .expect("connects");
+    owner.login(&user, PW).await.expect("owner logs in");
+    // Guesses, each from a new teller, waiting out each throttle, until 8 failed.
+    let mut failed = 0;
+    while failed < LOGIN_FREE_FAILURES + 3 {
+        let mut stranger = Teller::connect(&target).await.expect("connects");
+        match stranger.login(&user, "a-wrong-guess").await {
+            Err(TellerError::Refused(Refusal::BadCredentials)) => failed += 1,
+            Err(TellerError::Unavailable(Unavailable::Throttled { retry_after_ms })) => {
+                tokio::time::sleep(std::time::Duration::from_millis(retry_after_ms + 50)).await;
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    c.kill(0);
+    c.start_node(0, &[]).expect("restart");
+    let mut stranger = Teller::connect(&target).await.expect("connects");
+    let r = stranger.login(&user, PW).await;
+    assert!(
+        matches!(
+            r,
+            Err(TellerError::Unavailable(Unavailable::Throttled { .. }))
+        ),
+        "still throttled after the restart, right password or not: {r:?}"
+    );
+    let mut owner = Teller::connect_with_key(&target, &usual)
+        .await
+        .expect("connects");
+    let r = owner.login(&user, PW).await;
+    assert!(matches!(r, Ok(TellerResponse::LoggedIn { .. })), "{r:?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn weak_new_passwords_are_refused_and_change_nothing() {
     let dir = tempfile::tempdir().expect("tempdir");

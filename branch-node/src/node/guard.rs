@@ -20,6 +20,7 @@
 use std::collections::HashMap;
 use std::hash::Hash;
 
+use crate::store::throttle::Kept;
 use libp2p::PeerId;
 use wire::limits::{
     LOGIN_DELAY_FIRST_MS, LOGIN_DELAY_MAX_MS, LOGIN_FORGET_MS, LOGIN_FREE_FAILURES,
@@ -75,6 +76,21 @@ impl Attempt {
     /// Whether its teller logged in to its login before (and is still trusted for it).
     pub fn trusted(&self) -> bool {
         self.trusted
+    }
+
+    /// The login name its count is kept under.
+    pub fn login(&self) -> &str {
+        &self.login
+    }
+
+    /// Whether its login exists.
+    pub fn exists(&self) -> bool {
+        self.exists
+    }
+
+    /// Its teller.
+    pub fn peer(&self) -> PeerId {
+        self.peer
     }
 }
 
@@ -134,6 +150,26 @@ impl Guard {
             &mut self.logins
         } else {
             &mut self.unknown
+        }
+    }
+
+    /// The count of existing login `login`: (failures, last failure's time).
+    pub fn count(&self, login: &str) -> Option<(u32, u64)> {
+        self.logins.get(login).map(|c| (c.failures, c.last_ms))
+    }
+
+    /// Takes in what the store kept (at start, or when this replica starts to lead):
+    /// a count or a trust this node already has newer news of stays.
+    pub fn load(&mut self, kept: Kept) {
+        for (login, failures, last_ms) in kept.counts {
+            let c = self.logins.entry(login).or_default();
+            if last_ms > c.last_ms {
+                *c = Count { failures, last_ms };
+            }
+        }
+        for (login, peer, until) in kept.trusted {
+            let t = self.trusted.entry((login, peer)).or_default();
+            *t = (*t).max(until);
         }
     }
 

@@ -17,7 +17,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
 
 use libp2p::PeerId;
-use wire::limits::{PASSWORD_CHECKS_RESERVED_PER_CORE, PASSWORD_CHECKS_WAITING_PER_CORE};
+use wire::limits::{
+    LOGIN_TRUST_MS, PASSWORD_CHECKS_RESERVED_PER_CORE, PASSWORD_CHECKS_WAITING_PER_CORE,
+};
 use wire::teller::{Role, TellerResponse, Unavailable};
 
 use super::guard::{Attempt, Guard};
@@ -25,6 +27,7 @@ use super::now_ms;
 use super::service::{Answer, Fail, Service, store_failed};
 use super::sessions::SessionInfo;
 use crate::store::ops::{WriteOp, WriteResult};
+use crate::store::throttle::{Kept, ThrottleOp};
 use crate::store::{LoginRow, auth};
 
 /// One password to check, and where its answer goes.
@@ -107,6 +110,11 @@ impl Logins {
             others: Lane::new(cores * PASSWORD_CHECKS_WAITING_PER_CORE),
             trusted: Lane::new(cores * PASSWORD_CHECKS_RESERVED_PER_CORE),
         }
+    }
+
+    /// Takes in the throttle's lasting part, read from the store.
+    pub fn load(&self, kept: Kept) {
+        self.guard().load(kept);
     }
 
     fn guard(&self) -> std::sync::MutexGuard<'_, Guard> {
@@ -198,6 +206,12 @@ fn on_site_admin(row: &LoginRow) -> bool {
     )
 }
 
+/// Whether the store keeps the counts of `attempt`'s login: an existing login's own
+/// (an on-site admin's are kept by this node only).
+fn lasting(attempt: &Attempt) -> bool {
+    attempt.exists() && !attempt.login().contains(ON_SITE)
+}
+
 /// The answer to a throttled attempt, at once: holding it back would keep an in-service
 /// place (shared with the teller's other requests, and at a forwarding branch with
 /// everyone's forwards) for a request that has nothing left to do.
@@ -241,7 +255,10 @@ impl Service {
         let trusted = attempt.trusted() || on_site;
         match self.logins.verify(password, row.clone(), trusted).await {
             Ok(true) => Ok((attempt, row)),
-            Ok(false) => Err(auth::wrong_password(&row, otp_missing).into()),
+            Ok(false) => {
+                self.failed(&attempt).await;
+                Err(auth::wrong_password(&row, otp_missing).into())
+            }
             Err(turned_away) => {
                 // Overloaded (or stopping) before the check: no attempt was made.
                 self.logins.guard().not_made(attempt);
@@ -250,8 +267,46 @@ impl Service {
         }
     }
 
-    fn password_ok(&self, attempt: Attempt) {
-        self.logins.guard().succeeded(attempt, now_ms());
+    /// The attempt logged in: its counts are undone and its teller trusted for the
+    /// login, here and in the store.
+    async fn password_ok(&self, attempt: Attempt) {
+        let now = now_ms();
+        let kept = lasting(&attempt).then(|| ThrottleOp::Succeeded {
+            login: attempt.login().to_owned(),
+            peer: attempt.peer().to_bytes(),
+            until_ms: now.saturating_add(LOGIN_TRUST_MS),
+            now_ms: now,
+        });
+        self.logins.guard().succeeded(attempt, now);
+        if let Some(op) = kept {
+            self.keep(op).await;
+        }
+    }
+
+    /// The attempt failed: an existing login's count, as the guard has it now, goes to
+    /// the store too, so a restart or a new leader does not forget it.
+    async fn failed(&self, attempt: &Attempt) {
+        if !lasting(attempt) || attempt.trusted() {
+            return;
+        }
+        let count = self.logins.guard().count(attempt.login());
+        if let Some((failures, last_ms)) = count {
+            let login = attempt.login().to_owned();
+            let op = ThrottleOp::Failed {
+                login,
+                failures,
+                last_ms,
+            };
+            self.keep(op).await;
+        }
+    }
+
+    /// Writes `op`; a store that cannot take it is logged (the live count stands).
+    async fn keep(&self, op: ThrottleOp) {
+        let written = self.writer.call_write(WriteOp::Throttle(op)).await;
+        if let Err(e) = written.and_then(WriteResult::into_done) {
+            tracing::warn!("the login throttle's change was not stored: {e}");
+        }
     }
 
     /// A login: the password under the throttle, then (in the writer) the one-time code
@@ -280,8 +335,16 @@ impl Service {
             })
             .await
             .and_then(WriteResult::into_login)
-            .map_err(store_failed)??;
-        self.password_ok(attempt);
+            .map_err(store_failed)?;
+        let info = match info {
+            Ok(info) => info,
+            Err(refusal) => {
+                // A wrong or used one-time code: a failed attempt like a wrong password.
+                self.failed(&attempt).await;
+                return Err(refusal.into());
+            }
+        };
+        self.password_ok(attempt).await;
         let opened = self.sessions().open(peer, info, rand::random(), now);
         let info = opened.info;
         let (row, evicted, numbers) = (opened.row, opened.evicted, info.accounts.clone());
@@ -317,7 +380,7 @@ impl Service {
         let (attempt, _) = self
             .check_password(peer, &session.login, password, (false, false))
             .await?;
-        self.password_ok(attempt);
+        self.password_ok(attempt).await;
         Ok(())
     }
 

@@ -119,6 +119,11 @@ impl Stack {
             .call_local(move |c, me| crate::store::sessions::live(c, me, now_ms()))
             .await?;
         let sessions = Sessions::load(me, live);
+        let kept = node
+            .writer
+            .call_local(|c, _| crate::store::throttle::kept(c, now_ms()))
+            .await?;
+        node.logins.load(kept);
         let customer_deposit_max = node
             .writer
             .call_local(|c, _| crate::store::bank::customer_deposit_max(c))

@@ -23,6 +23,7 @@ mod schema;
 pub(crate) mod sessions;
 #[cfg(feature = "testing")]
 pub mod testing;
+pub mod throttle;
 pub(crate) mod trace;
 pub(crate) mod twopc;
 pub mod writer;

@@ -67,6 +67,8 @@ pub enum WriteOp {
     SmsFailed { id: i64, next_attempt_ms: u64 },
     /// A change to the fence's records (`store/fence.rs`).
     Fence(FenceOp),
+    /// A change to the login throttle's lasting part (`store/throttle.rs`).
+    Throttle(super::throttle::ThrottleOp),
 }
 
 /// A change to the fence's records.
@@ -173,6 +175,10 @@ impl WriteOp {
                 next_attempt_ms,
             } => {
                 outbox::failed(c, id, next_attempt_ms)?;
+                R::Done(Ok(()))
+            }
+            WriteOp::Throttle(op) => {
+                super::throttle::apply(c, op)?;
                 R::Done(Ok(()))
             }
             WriteOp::Fence(op) => {

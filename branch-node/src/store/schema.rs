@@ -182,4 +182,21 @@ CREATE TABLE fence_witness (
 ) STRICT;
 CREATE INDEX legs_by_deadline ON legs(deadline_ms, id);
 "#,
+    // 8: the login throttle's lasting part, so a restart or a new leader forgets
+    // nothing: failed attempts of existing logins (at most one row per login, gone at
+    // its next success) and the tellers trusted for a login (bounded, the oldest go).
+    r#"
+CREATE TABLE login_failures (
+    login    TEXT PRIMARY KEY,
+    failures INTEGER NOT NULL CHECK (failures >= 0),
+    last_ms  INTEGER NOT NULL
+) STRICT;
+CREATE TABLE login_trust (
+    login    TEXT NOT NULL,
+    peer     BLOB NOT NULL,
+    until_ms INTEGER NOT NULL,
+    PRIMARY KEY (login, peer)
+) STRICT;
+CREATE INDEX login_trust_by_until ON login_trust(until_ms);
+"#,
 ];
