@@ -101,7 +101,16 @@ pub async fn teller_stranger(
     c: &Cluster,
     secret: [u8; 32],
 ) -> branch_node::p2p::client::PeerClient<wire::TellerRequest, TellerResponse> {
-    let t = c.target(0).expect("target");
+    teller_stranger_at(c, 0, secret).await
+}
+
+/// [`teller_stranger`] of node `i`.
+pub async fn teller_stranger_at(
+    c: &Cluster,
+    i: usize,
+    secret: [u8; 32],
+) -> branch_node::p2p::client::PeerClient<wire::TellerRequest, TellerResponse> {
+    let t = c.target(i).expect("target");
     let key = wire::BranchKey::from_secret(secret);
     branch_node::p2p::client::PeerClient::connect(
         key.libp2p_keypair(),

@@ -261,3 +261,60 @@ async fn a_branch_without_replicas_refuses_raft_streams_at_once() {
     );
     assert!(!e.to_string().contains("hello"), "{e}");
 }
+
+/// One stranger's key floods branch 2 with logins for an account of branch 1, over many
+/// streams at once; branch 1 answers each throttled at once. A customer of branch 1
+/// going through branch 2 meanwhile is answered every time. (Before, throttled logins
+/// were held a second in forward places, and one key could take all 256 of them:
+/// such a customer got `overloaded` 20 times of 20.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_strangers_logins_through_a_branch_leave_room_for_others() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let c = Cluster::start(dir.path(), 2, &[]).expect("cluster");
+    let account = c.open_account(0, "FAIR", PW, false).await.expect("open");
+    let mut customer = Teller::connect(&c.target(1).expect("target"))
+        .await
+        .expect("connects");
+    customer
+        .login(&account.to_string(), PW)
+        .await
+        .expect("login");
+    let stranger = tests::teller_stranger_at(&c, 1, rand::random()).await;
+    let until = Instant::now() + Duration::from_secs(4);
+    let flood: Vec<_> = (0..8)
+        .map(|_| {
+            let stream = stranger.another_stream();
+            let login = TellerRequest::new(
+                None,
+                TellerOp::Login {
+                    user: account.to_string(),
+                    password: "a-wrong-guess".into(),
+                    otp: None,
+                },
+            );
+            tokio::spawn(async move {
+                while Instant::now() < until {
+                    let wave = (0..64).map(|_| stream.request(login.clone()));
+                    futures::future::join_all(wave).await;
+                }
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut answers = std::collections::BTreeMap::new();
+    for _ in 0..20 {
+        let r = customer.call(TellerOp::Balance { account }).await;
+        let code = match r {
+            Ok(TellerResponse::Account(_)) => "ok",
+            Err(e) => e.code(),
+            Ok(_) => "other",
+        };
+        *answers.entry(code).or_insert(0) += 1;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for f in flood {
+        f.await.expect("flood task");
+    }
+    eprintln!("the customer's balance requests during the flood: {answers:?}");
+    assert_eq!(answers.get("ok"), Some(&20), "{answers:?}");
+}

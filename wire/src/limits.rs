@@ -177,6 +177,12 @@ pub const REQUESTS_IN_FLIGHT_MAX: usize = 4_096;
 /// "overloaded" at the forwarding branch, so one link carries a bounded share.
 pub const FORWARDS_PER_BRANCH_MAX: usize = 256;
 
+/// Requests of one teller a branch forwards at once (to all branches together): a
+/// teller past it is told "overloaded", so one teller cannot take every forward place.
+pub const FORWARDS_PER_TELLER_MAX: usize = 32;
+
+const _: () = assert!(FORWARDS_PER_TELLER_MAX < FORWARDS_PER_BRANCH_MAX);
+
 /// Longest a fault switch may delay a link, in milliseconds.
 pub const LINK_DELAY_MS_MAX: u32 = 60_000;
 

@@ -18,6 +18,7 @@ pub mod recovery;
 pub mod seals;
 pub mod service;
 pub mod sessions;
+pub mod shares;
 
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
@@ -167,6 +168,7 @@ impl Stack {
             sessions: Mutex::new(sessions),
             seals: Mutex::new(seals::Seals::new(me, now_ms())),
             customer_deposit_max,
+            forwarders: shares::Shares::new(wire::limits::FORWARDS_PER_TELLER_MAX),
             reader: node.reader.clone(),
             logins: Arc::clone(&node.logins),
             forwards: node

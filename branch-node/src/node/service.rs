@@ -59,6 +59,9 @@ pub struct Service {
     /// Forwards in flight to each other branch, bounded by
     /// [`wire::limits::FORWARDS_PER_BRANCH_MAX`].
     pub(crate) forwards: std::collections::HashMap<BranchId, tokio::sync::Semaphore>,
+    /// Forwards in flight for each teller, bounded by
+    /// [`wire::limits::FORWARDS_PER_TELLER_MAX`]: one teller cannot take every forward.
+    pub(crate) forwarders: super::shares::Shares,
     /// Whether admins may use the fault switch (`branch-node run --fault-switch`).
     pub(crate) fault_switch: bool,
     /// The branch's key: signs its statements for `admin reconcile`.
@@ -285,6 +288,7 @@ impl Service {
     }
 
     async fn forward_teller(&self, to: BranchId, peer: PeerId, request: TellerRequest) -> Answer {
+        let _share = self.forwarders.take(peer).ok_or(Unavailable::Overloaded)?;
         let forward = ForwardRequest::Teller {
             teller: peer.to_bytes(),
             request,
