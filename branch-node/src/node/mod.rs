@@ -22,7 +22,7 @@ pub mod shares;
 
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
@@ -168,7 +168,7 @@ impl Stack {
             sessions: Mutex::new(sessions),
             seals: Mutex::new(seals::Seals::new(me, now_ms())),
             customer_deposit_max,
-            forwarders: shares::Shares::new(wire::limits::FORWARDS_PER_TELLER_MAX),
+            forwarders: Arc::new(shares::Shares::new(wire::limits::FORWARDS_PER_TELLER_MAX)),
             reader: node.reader.clone(),
             logins: Arc::clone(&node.logins),
             forwards: node
@@ -1031,16 +1031,26 @@ fn twopc_envelope(
 
 /// Teller and forwarded requests being served, per peer and in all. A request past
 /// either bound is answered "overloaded" at once instead of getting a task.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct InFlight {
-    counts: Mutex<(usize, std::collections::HashMap<libp2p::PeerId, usize>)>,
+    all: std::sync::atomic::AtomicUsize,
+    peers: Arc<shares::Shares>,
+}
+
+impl Default for InFlight {
+    fn default() -> Self {
+        InFlight {
+            all: std::sync::atomic::AtomicUsize::new(0),
+            peers: Arc::new(shares::Shares::new(REQUESTS_PER_PEER_MAX)),
+        }
+    }
 }
 
 /// One request's place in [`InFlight`], given back when dropped.
 #[derive(Debug)]
 struct Slot {
     table: Arc<InFlight>,
-    peer: libp2p::PeerId,
+    _peer: shares::Share,
 }
 
 /// What a teller is told when the node has no place for its request now.
@@ -1069,33 +1079,26 @@ impl InFlight {
     }
 
     fn take(table: &Arc<InFlight>, peer: libp2p::PeerId) -> Option<Slot> {
-        let mut c = table.counts.lock().unwrap_or_else(PoisonError::into_inner);
-        let mine = c.1.get(&peer).copied().unwrap_or(0);
-        if c.0 >= REQUESTS_IN_FLIGHT_MAX || mine >= REQUESTS_PER_PEER_MAX {
+        use std::sync::atomic::Ordering;
+        if table.all.fetch_add(1, Ordering::AcqRel) >= REQUESTS_IN_FLIGHT_MAX {
+            table.all.fetch_sub(1, Ordering::AcqRel);
             return None;
         }
-        c.0 += 1;
-        c.1.insert(peer, mine + 1);
+        let Some(share) = shares::Shares::take(&table.peers, peer) else {
+            table.all.fetch_sub(1, Ordering::AcqRel);
+            return None;
+        };
         Some(Slot {
             table: Arc::clone(table),
-            peer,
+            _peer: share,
         })
     }
 }
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        let mut c = self
-            .table
-            .counts
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        c.0 = c.0.saturating_sub(1);
-        if let Some(n) = c.1.get_mut(&self.peer) {
-            *n -= 1;
-            if *n == 0 {
-                c.1.remove(&self.peer);
-            }
-        }
+        self.table
+            .all
+            .fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
     }
 }

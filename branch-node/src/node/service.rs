@@ -61,7 +61,7 @@ pub struct Service {
     pub(crate) forwards: std::collections::HashMap<BranchId, tokio::sync::Semaphore>,
     /// Forwards in flight for each teller, bounded by
     /// [`wire::limits::FORWARDS_PER_TELLER_MAX`]: one teller cannot take every forward.
-    pub(crate) forwarders: super::shares::Shares,
+    pub(crate) forwarders: Arc<super::shares::Shares>,
     /// Whether admins may use the fault switch (`branch-node run --fault-switch`).
     pub(crate) fault_switch: bool,
     /// The branch's key: signs its statements for `admin reconcile`.
@@ -288,7 +288,8 @@ impl Service {
     }
 
     async fn forward_teller(&self, to: BranchId, peer: PeerId, request: TellerRequest) -> Answer {
-        let _share = self.forwarders.take(peer).ok_or(Unavailable::Overloaded)?;
+        let _share =
+            super::shares::Shares::take(&self.forwarders, peer).ok_or(Unavailable::Overloaded)?;
         let forward = ForwardRequest::Teller {
             teller: peer.to_bytes(),
             request,

@@ -1,8 +1,9 @@
 //! Places per teller in something shared: how many of a resource one teller may hold at
-//! once (forwards to one other branch), so one teller cannot take every place.
+//! once (requests in service, forwards to other branches), so one teller cannot take
+//! every place.
 
 use std::collections::HashMap;
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use libp2p::PeerId;
 
@@ -15,8 +16,8 @@ pub struct Shares {
 
 /// One place held by a teller, given back when dropped.
 #[derive(Debug)]
-pub struct Share<'a> {
-    shares: &'a Shares,
+pub struct Share {
+    shares: Arc<Shares>,
     peer: PeerId,
 }
 
@@ -29,18 +30,21 @@ impl Shares {
     }
 
     /// A place for `peer`, or `None` when it holds `max` already.
-    pub fn take(&self, peer: PeerId) -> Option<Share<'_>> {
-        let mut held = self.held.lock().unwrap_or_else(PoisonError::into_inner);
+    pub fn take(shares: &Arc<Shares>, peer: PeerId) -> Option<Share> {
+        let mut held = shares.held.lock().unwrap_or_else(PoisonError::into_inner);
         let n = held.entry(peer).or_default();
-        if *n >= self.max {
+        if *n >= shares.max {
             return None;
         }
         *n += 1;
-        Some(Share { shares: self, peer })
+        Some(Share {
+            shares: Arc::clone(shares),
+            peer,
+        })
     }
 }
 
-impl Drop for Share<'_> {
+impl Drop for Share {
     fn drop(&mut self) {
         let mut held = self
             .shares
@@ -62,14 +66,17 @@ mod tests {
 
     #[test]
     fn a_teller_holds_at_most_its_share_and_gives_it_back() {
-        let shares = Shares::new(2);
+        let shares = Arc::new(Shares::new(2));
         let (a, b) = (PeerId::random(), PeerId::random());
-        let first = shares.take(a).expect("one");
-        let second = shares.take(a).expect("two");
-        assert!(shares.take(a).is_none(), "a third is refused");
-        assert!(shares.take(b).is_some(), "another teller is not held back");
+        let first = Shares::take(&shares, a).expect("one");
+        let second = Shares::take(&shares, a).expect("two");
+        assert!(Shares::take(&shares, a).is_none(), "a third is refused");
+        assert!(
+            Shares::take(&shares, b).is_some(),
+            "another teller is not held back"
+        );
         drop(first);
-        assert!(shares.take(a).is_some());
+        assert!(Shares::take(&shares, a).is_some());
         drop(second);
         assert!(shares.held.lock().expect("lock").len() <= 1);
     }
