@@ -261,6 +261,9 @@ impl Teller {
     /// A transfer goes with the others sent at the same time over this connection under
     /// this session, as one batch ([`coalesce`]); its answer is its own.
     pub async fn call(&self, op: TellerOp) -> Result<TellerResponse, TellerError> {
+        if matches!(op, TellerOp::EnrollOtp { .. }) && passed_on(&self.target, self.session) {
+            return Err(TellerError::Usage(ENROL_AT_HOME.into()));
+        }
         // A replicated branch between leaders answers "not the leader", and a branch
         // whose fence has not confirmed it yet (it is starting) "not confirmed": nothing
         // was done either way; ask again while that passes, about a second.
@@ -397,6 +400,17 @@ impl Teller {
         self.credentials = None;
         r.map(|_| ())
     }
+}
+
+/// Why enrolment is not sent through another branch.
+const ENROL_AT_HOME: &str = "enrol for one-time codes at your own branch: passed on by \
+    another branch, the password typed again and the new secret would pass through it \
+    unencrypted; nothing was sent";
+
+/// Whether requests under `session` go through the branch at `target` to another one
+/// (`false` when not known: a target without a network file).
+fn passed_on(target: &Target, session: Option<SessionToken>) -> bool {
+    matches!((target.branch, session), (Some(here), Some(s)) if s.issuer() != here)
 }
 
 /// The login request of `teller` at `target`: sealed to the account's branch when the
@@ -549,6 +563,15 @@ mod tests {
         let opened = secret.open(&keys[0], at).expect("b1 opens it");
         assert_eq!(opened.password, "her-password");
         assert!(secret.open(&keys[1], at).is_err(), "b2 cannot");
+        let theirs_session = SessionToken::new(wire::BranchId(1), 7);
+        assert!(
+            passed_on(&target, Some(theirs_session)),
+            "enrolment is not sent"
+        );
+        assert!(!passed_on(
+            &target,
+            Some(SessionToken::new(wire::BranchId(2), 7))
+        ));
         for user in [ours.to_string(), "admin".to_owned()] {
             let op = login_op(&target, &teller.peer_id(), &user, ("pw-12345678", None));
             assert!(matches!(op, TellerOp::Login { .. }), "{op:?}");
