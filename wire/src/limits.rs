@@ -166,6 +166,9 @@ pub const SEAL_SLACK_MS: u64 = 2_000;
 /// forwarded request is answered "overloaded". About 64 bytes each.
 pub const SEALS_REMEMBERED_MAX: usize = 65_536;
 
+/// Seals of one session a branch remembers at once: one teller cannot fill the memory.
+pub const SEALS_PER_SESSION_MAX: usize = 1_024;
+
 /// Teller and forwarded requests one peer may have in service at a branch at once;
 /// more are answered "overloaded". A branch forwarding for many tellers is one peer.
 pub const REQUESTS_PER_PEER_MAX: usize = 256;

@@ -166,7 +166,7 @@ impl Stack {
             engine: engine.clone(),
             client: node.client.clone(),
             sessions: Mutex::new(sessions),
-            seals: Mutex::new(seals::Seals::new(me, now_ms())),
+            seals: seals::Seals::new(me, now_ms()),
             customer_deposit_max,
             forwarders: Arc::new(shares::Shares::new(wire::limits::FORWARDS_PER_TELLER_MAX)),
             reader: node.reader.clone(),

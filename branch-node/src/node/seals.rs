@@ -6,27 +6,37 @@
 //! branch, not yet expired and not more than [`SEAL_HORIZON_MS`] (plus slack) ahead,
 //! made after this serving stack started (a restarted or newly elected copy has no
 //! memory of the seals taken before), and its (session, nonce) has not been taken. The
-//! memory holds each seal until it expires, at most [`SEALS_REMEMBERED_MAX`] of them.
+//! memory holds each seal until it expires, at most [`SEALS_REMEMBERED_MAX`] of them and
+//! [`SEALS_PER_SESSION_MAX`] of one session's. The branch checks the session before the
+//! seal (`service.rs`), so only a logged-in teller's seals are ever remembered.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::{Mutex, PoisonError};
 
 use libp2p::PeerId;
 use wire::BranchId;
 use wire::Refusal;
-use wire::limits::{SEAL_HORIZON_MS, SEAL_SLACK_MS, SEALS_REMEMBERED_MAX};
+use wire::limits::{SEAL_HORIZON_MS, SEAL_SLACK_MS, SEALS_PER_SESSION_MAX, SEALS_REMEMBERED_MAX};
 use wire::teller::{TellerRequest, Unavailable};
 
 use super::service::Fail;
 
-/// The seals taken and still live.
+/// The seals taken and still live, and what a seal must be to be taken.
 #[derive(Debug)]
 pub struct Seals {
     me: BranchId,
     /// When this serving stack started: seals made before it are refused.
     started_ms: u64,
-    taken: HashMap<(u128, u64), u64>,
+    memory: Mutex<Memory>,
+}
+
+/// The (session, nonce) pairs taken, with each session's count.
+#[derive(Debug, Default)]
+struct Memory {
+    taken: HashSet<(u128, u64)>,
     /// The taken seals in the order they came, with their expiry: the oldest go first.
     order: VecDeque<(u64, (u128, u64))>,
+    per_session: HashMap<u128, usize>,
 }
 
 impl Seals {
@@ -34,15 +44,14 @@ impl Seals {
         Seals {
             me,
             started_ms,
-            taken: HashMap::new(),
-            order: VecDeque::new(),
+            memory: Mutex::default(),
         }
     }
 
     /// Takes the seal of `request`, passed on for `teller`, at `now`; nothing is taken
-    /// when it is refused.
+    /// when it is refused. The signature is checked before the memory is locked.
     pub(crate) fn take(
-        &mut self,
+        &self,
         teller: &PeerId,
         request: &TellerRequest,
         now: u64,
@@ -64,16 +73,35 @@ impl Seals {
             // teller seals it again when it asks again.
             return Err(Unavailable::NotConfirmed.into());
         }
+        let mut memory = self.memory.lock().unwrap_or_else(PoisonError::into_inner);
+        memory.take((token.0, seal.nonce), seal.expires_at_ms, now)
+    }
+
+    /// How many seals are remembered.
+    pub fn remembered(&self) -> usize {
+        self.memory
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .taken
+            .len()
+    }
+}
+
+impl Memory {
+    /// Remembers `key` until `expires`, unless it is taken already or there is no room
+    /// (in all, or for its session).
+    fn take(&mut self, key: (u128, u64), expires: u64, now: u64) -> Result<(), Fail> {
         self.forget_expired(now);
-        let key = (token.0, seal.nonce);
-        if self.taken.contains_key(&key) {
+        if self.taken.contains(&key) {
             return Err(Refusal::BadSeal.into());
         }
-        if self.taken.len() >= SEALS_REMEMBERED_MAX {
+        let session = self.per_session.entry(key.0).or_default();
+        if self.taken.len() >= SEALS_REMEMBERED_MAX || *session >= SEALS_PER_SESSION_MAX {
             return Err(Unavailable::Overloaded.into());
         }
-        self.taken.insert(key, seal.expires_at_ms);
-        self.order.push_back((seal.expires_at_ms, key));
+        *session += 1;
+        self.taken.insert(key);
+        self.order.push_back((expires, key));
         Ok(())
     }
 
@@ -86,12 +114,13 @@ impl Seals {
             }
             self.order.pop_front();
             self.taken.remove(&key);
+            if let Some(n) = self.per_session.get_mut(&key.0) {
+                *n -= 1;
+                if *n == 0 {
+                    self.per_session.remove(&key.0);
+                }
+            }
         }
-    }
-
-    /// How many seals are remembered.
-    pub fn remembered(&self) -> usize {
-        self.taken.len()
     }
 }
 
@@ -123,7 +152,7 @@ mod tests {
     fn a_seal_is_taken_once_by_its_branch_while_live() {
         let key = BranchKey::from_secret([3; 32]);
         let teller = key.peer_id();
-        let mut seals = Seals::new(BranchId(1), 0);
+        let seals = Seals::new(BranchId(1), 0);
         let ok = sealed(&key, 1, 1, NOW + SEAL_HORIZON_MS);
         assert!(seals.take(&teller, &ok, NOW).is_ok());
         assert_eq!(
@@ -173,7 +202,7 @@ mod tests {
     #[test]
     fn a_seal_made_before_the_stack_started_is_not_taken() {
         let key = BranchKey::from_secret([3; 32]);
-        let mut seals = Seals::new(BranchId(1), NOW);
+        let seals = Seals::new(BranchId(1), NOW);
         let before = sealed(&key, 1, 1, NOW + SEAL_HORIZON_MS - 1);
         assert!(matches!(
             seals.take(&key.peer_id(), &before, NOW),
@@ -181,5 +210,22 @@ mod tests {
         ));
         let after = sealed(&key, 1, 2, NOW + SEAL_HORIZON_MS);
         assert!(seals.take(&key.peer_id(), &after, NOW).is_ok());
+    }
+
+    /// One session fills at most its share of the memory; another still gets in, and
+    /// the share comes back as its seals expire.
+    #[test]
+    fn one_session_cannot_fill_the_memory() {
+        let mut memory = Memory::default();
+        for nonce in 0..SEALS_PER_SESSION_MAX as u64 {
+            assert!(memory.take((1, nonce), NOW + 10, NOW).is_ok());
+        }
+        assert!(matches!(
+            memory.take((1, u64::MAX), NOW + 10, NOW),
+            Err(Fail::Unavailable(Unavailable::Overloaded))
+        ));
+        assert!(memory.take((2, 0), NOW + 10, NOW).is_ok());
+        assert!(memory.take((1, u64::MAX), NOW + 30, NOW + 11).is_ok());
+        assert_eq!(memory.taken.len(), 1);
     }
 }

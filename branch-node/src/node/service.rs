@@ -51,7 +51,7 @@ pub struct Service {
     /// The largest deposit a customer may make (`branch-node init`).
     pub(crate) customer_deposit_max: Amount,
     /// The teller seals taken on requests other branches passed on.
-    pub(crate) seals: Mutex<super::seals::Seals>,
+    pub(crate) seals: super::seals::Seals,
     /// Read-only connections: reads never wait behind the writer's batches.
     pub(crate) reader: Reader,
     /// The login throttle and the argon2 budget.
@@ -202,17 +202,14 @@ impl Service {
             }
             return self.forward_teller(issuer, peer, request).await;
         }
-        if forwarded {
-            // Another branch names the teller: only the teller's seal proves it asked.
-            self.seals
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .take(&peer, &request, now_ms())?;
-        }
         let session = self
             .sessions()
             .get(token, &peer, now_ms())
             .ok_or(Unavailable::SessionExpired)?;
+        if forwarded {
+            // Another branch names the teller: only the teller's seal proves it asked.
+            self.seals.take(&peer, &request, now_ms())?;
+        }
         authz::check(&session, self.me, &request.op)?;
         authz::deposit_within(&session, &request.op, self.customer_deposit_max)?;
         self.execute(peer, token, &session, request.op).await
