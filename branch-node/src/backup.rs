@@ -16,7 +16,6 @@
 //! leader's snapshot) or are made anew with `init-replica`.
 
 use std::path::Path;
-use std::time::Duration;
 
 use anyhow::Context;
 use rusqlite::{Connection, OpenFlags};
@@ -24,10 +23,7 @@ use rusqlite::{Connection, OpenFlags};
 use crate::init::{DB_FILE, KEY_FILE, mark_bootstrap, owner_only_file};
 use crate::lock::{Use, lock};
 use crate::replica::node::LOG_FILE;
-
-/// How often a busy database is tried again, and how long apart (milliseconds).
-const BACKUP_TRIES_MAX: u32 = 500;
-const BACKUP_RETRY_MS: u64 = 10;
+use crate::store::copy::copy_pages;
 
 /// What a backup or restore copied, for the operator.
 #[derive(Debug, Clone)]
@@ -109,26 +105,6 @@ fn copy_into(src: &Connection, to: &Path) -> anyhow::Result<()> {
         [crate::store::sql_ms(crate::node::now_ms())],
     )?;
     Ok(())
-}
-
-/// Copies every page of `src`'s database over `dst`'s with SQLite's backup API, in
-/// one step, so no write to `src` lands between pages of the copy. Busy or locked
-/// (the node checkpointing): tries again a few times.
-pub(crate) fn copy_pages(src: &Connection, dst: &mut Connection) -> anyhow::Result<()> {
-    use rusqlite::backup::{Backup, StepResult};
-    let b = Backup::new(src, dst)?;
-    let mut tries = 0;
-    loop {
-        match b.step(-1)? {
-            StepResult::Done => return Ok(()),
-            StepResult::More => {}
-            _ if tries < BACKUP_TRIES_MAX => {
-                tries += 1;
-                std::thread::sleep(Duration::from_millis(BACKUP_RETRY_MS));
-            }
-            other => anyhow::bail!("the database stayed busy ({other:?}); try again"),
-        }
-    }
 }
 
 /// Puts backup `from` into data dir `data_dir` as its database. The data dir must hold

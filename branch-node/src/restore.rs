@@ -32,11 +32,11 @@ use wire::link::{ForwardRequest, LinkRequest, LinkResponse};
 use wire::twopc::{BranchBody, BranchMessage, Decision, VoteItem};
 use wire::{AccountNumber, BranchId, BranchKey, Refusal, Signed, TransferId, Vote};
 
-use crate::network_file::NetworkFile;
 use crate::p2p::network::Client;
 use crate::store::fence::OwnFence;
 use crate::store::recover::{RecoverItem, Recovery};
 use crate::store::{Durability, Store};
+use client::network_file::NetworkFile;
 
 /// How far before the backup's moment a restore looks for transfers (deadlines are set
 /// by each coordinator's clock, which may disagree with this branch's).
@@ -508,11 +508,12 @@ fn committed_item(
     };
     let signed_by = |b: BranchId, test: &dyn Fn(&BranchBody) -> bool| {
         envelopes.iter().find(|e| {
-            crate::verify::signed_message(network, e).is_some_and(|(s, m)| s == b && test(&m.body))
+            crate::store::evidence::signed_message(network, e)
+                .is_some_and(|(s, m)| s == b && test(&m.body))
         })
     };
-    let commits = |body: &BranchBody| crate::verify::commits(body, id);
-    let votes = |body: &BranchBody| crate::verify::votes_yes(body, id);
+    let commits = |body: &BranchBody| crate::store::evidence::commits(body, id);
+    let votes = |body: &BranchBody| crate::store::evidence::votes_yes(body, id);
     let decision =
         signed_by(r.coordinator, &commits).ok_or("no commit decision signed by its coordinator")?;
     if r.coordinator == me {

@@ -3,6 +3,8 @@
 
 use hmac::{Hmac, KeyInit, Mac};
 use sha1::Sha1;
+
+use client::uri_escape;
 use wire::limits::{OTP_DIGITS, OTP_DRIFT_STEPS, OTP_STEP_MS};
 
 /// Bytes of a TOTP secret (160 bits, RFC 4226's recommended length).
@@ -77,18 +79,6 @@ pub fn base32(bytes: &[u8]) -> String {
         out.push(char::from(ALPHABET[((buffer << (5 - bits)) & 31) as usize]));
     }
     out
-}
-
-/// RFC 3986 percent-encoding of everything but the unreserved characters.
-pub fn uri_escape(text: &str) -> String {
-    text.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
-                char::from(b).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
 }
 
 #[cfg(test)]

@@ -17,13 +17,14 @@
 use std::path::Path;
 
 use rusqlite::{Connection, OpenFlags, params};
-use wire::twopc::{BranchBody, BranchMessage, Decision, TransferSpec, TransferStatus, Vote};
-use wire::{BranchId, Signed, TransferId};
+use wire::twopc::{TransferSpec, Vote};
+use wire::{BranchId, TransferId};
 
 use crate::init::{DB_FILE, read_key};
-use crate::network_file::NetworkFile;
 use crate::replica::node::LOG_FILE;
+use crate::store::evidence::{commits, signed_message, votes_yes};
 use crate::store::{Durability, Store, blob_id};
+use client::network_file::NetworkFile;
 
 /// One check's result: what it proved, or what it found wrong.
 #[derive(Debug, Clone)]
@@ -69,38 +70,6 @@ impl Report {
         });
         out
     }
-}
-
-/// The signer and the message of a stored envelope, if its signature verifies against
-/// the network file's key for the branch it names.
-pub fn signed_message(network: &NetworkFile, bytes: &[u8]) -> Option<(BranchId, BranchMessage)> {
-    let signed: Signed<BranchMessage> = wire::decode(bytes).ok()?;
-    let branch = network.get(signed.signer)?;
-    let message = branch
-        .verify_in_domain(&signed, wire::signed::SIGNING_DOMAIN)
-        .ok()?;
-    Some((signed.signer, message))
-}
-
-/// Whether a coordinator's signed body says `id` committed: a decision, or the answer
-/// to a status query.
-pub fn commits(body: &BranchBody, id: TransferId) -> bool {
-    let decided = body
-        .decision_items()
-        .iter()
-        .any(|i| i.id == id && i.decision == Decision::Commit);
-    decided
-        || body
-            .answer_items()
-            .iter()
-            .any(|i| i.id == id && i.status == TransferStatus::Decided(Decision::Commit))
-}
-
-/// Whether a signed body is its signer's yes vote on `id`.
-pub fn votes_yes(body: &BranchBody, id: TransferId) -> bool {
-    body.vote_items()
-        .iter()
-        .any(|i| i.id == id && i.vote == Vote::Yes)
 }
 
 /// Audits the data dir `data_dir` of a branch listed in the network file `network`.

@@ -42,5 +42,5 @@ pub use mem_shard::{LegState, MemShard};
 pub use participant::Participant;
 pub use shard::{
     ApplyOutcome, ApplyRefusal, BeginItem, BeginOutcome, CoordinatedRecord, DecisionRecord,
-    Evidence, InDoubtRecord, Shard, ShardError,
+    Evidence, InDoubtRecord, Shard, ShardError, StoreFailure,
 };

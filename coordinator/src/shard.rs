@@ -102,12 +102,43 @@ pub enum ApplyRefusal {
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum ShardError {
     #[error("store failure: {0}")]
-    Io(String),
+    Io(StoreFailure),
+    /// The store answered outside its contract (say, an answer that does not fit the
+    /// command): a bug, never a business outcome.
+    #[error("the store broke its contract: {0}")]
+    Defensive(String),
     #[error("transfer {0} already has a different decision")]
     DecisionConflict(TransferId),
     #[error("transfer {0} is not a transfer this branch coordinates")]
     NotCoordinated(TransferId),
 }
+
+/// A store's own error, kept whole (its type and sources) and cheap to clone: what
+/// went wrong under a [`ShardError::Io`].
+#[derive(Clone, Debug)]
+pub struct StoreFailure(pub std::sync::Arc<dyn std::error::Error + Send + Sync>);
+
+impl StoreFailure {
+    /// Wraps a store's error.
+    pub fn new(e: impl std::error::Error + Send + Sync + 'static) -> StoreFailure {
+        StoreFailure(std::sync::Arc::new(e))
+    }
+}
+
+impl std::fmt::Display for StoreFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// Two failures are equal when they are the same one, or say the same.
+impl PartialEq for StoreFailure {
+    fn eq(&self, other: &Self) -> bool {
+        std::sync::Arc::ptr_eq(&self.0, &other.0) || self.0.to_string() == other.0.to_string()
+    }
+}
+
+impl Eq for StoreFailure {}
 
 /// A branch's store, as the 2PC roles see it. See the module docs for the contract.
 pub trait Shard {

@@ -8,12 +8,12 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use branch_node::network_file::NetworkFile;
 use branch_node::store::audit::Audit;
 use branch_node::store::{Durability, Store};
+use client::network_file::NetworkFile;
 
 use crate::cluster::Cluster;
-use branch_node::verify::{commits, signed_message, votes_yes};
+use branch_node::store::evidence::{commits, signed_message, votes_yes};
 use wire::twopc::BranchMessage;
 use wire::{BranchId, TransferId};
 

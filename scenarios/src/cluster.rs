@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use branch_node::init;
-use branch_node::network_file::NetworkFile;
+use client::network_file::NetworkFile;
 use teller_cli::{Target, Teller};
 use wire::teller::{NewCustomer, TellerOp, TellerResponse};
 use wire::{AccountNumber, BranchId};

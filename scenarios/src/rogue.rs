@@ -7,8 +7,8 @@
 use std::time::Duration;
 
 use branch_node::init::read_key;
-use branch_node::p2p::LINK_PROTOCOL;
-use branch_node::p2p::client::PeerClient;
+use client::LINK_PROTOCOL;
+use client::peer::PeerClient;
 use wire::link::{EnvelopeRefusal, LinkRequest, LinkResponse};
 use wire::twopc::{BranchBody, BranchMessage, PrepareItem, TransferSpec};
 use wire::{AccountNumber, Amount, BranchId, BranchKey, Signed, TransferId};

@@ -12,9 +12,9 @@ pub mod when;
 use std::path::Path;
 use std::time::Duration;
 
-use branch_node::network_file::NetworkFile;
-use branch_node::p2p::TELLER_PROTOCOL;
-use branch_node::p2p::client::{ClientError, PeerClient};
+use client::TELLER_PROTOCOL;
+use client::network_file::NetworkFile;
+use client::peer::{ClientError, PeerClient};
 use libp2p::multiaddr::Protocol;
 use libp2p::{Multiaddr, PeerId};
 use wire::teller::{

@@ -434,7 +434,7 @@ fn reconciled(
     statements: &[Vec<u8>],
     unreachable: &[BranchId],
 ) -> Result<u8, TellerError> {
-    let net = branch_node::network_file::NetworkFile::load(&cli.network_file).map_err(|e| {
+    let net = client::network_file::NetworkFile::load(&cli.network_file).map_err(|e| {
         TellerError::Usage(format!(
             "reconcile checks signatures against the network file: {}: {e}",
             cli.network_file.display()

@@ -434,7 +434,7 @@ fn session_expired() -> Why {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use branch_node::p2p::client::ClientError;
+    use client::peer::ClientError;
     use wire::BranchId;
 
     /// What the policy makes of one answer: "final", "refused", "renew", or

@@ -6,7 +6,7 @@
 
 use std::collections::BTreeMap;
 
-use branch_node::network_file::NetworkFile;
+use client::network_file::NetworkFile;
 use serde_json::{Value, json};
 use wire::trace::{Flow, Statement};
 use wire::{BranchId, Signed, TransferId};

@@ -69,7 +69,7 @@ pub fn peer_answer(data: &[u8]) {
 /// A network file's text.
 pub fn network_file(data: &[u8]) {
     if let Ok(text) = std::str::from_utf8(data) {
-        let _ = branch_node::network_file::NetworkFile::parse(text);
+        let _ = client::network_file::NetworkFile::parse(text);
     }
 }
 

@@ -100,7 +100,7 @@ pub async fn committed_transfer(
 pub async fn teller_stranger(
     c: &Cluster,
     secret: [u8; 32],
-) -> branch_node::p2p::client::PeerClient<wire::TellerRequest, TellerResponse> {
+) -> client::peer::PeerClient<wire::TellerRequest, TellerResponse> {
     teller_stranger_at(c, 0, secret).await
 }
 
@@ -109,12 +109,12 @@ pub async fn teller_stranger_at(
     c: &Cluster,
     i: usize,
     secret: [u8; 32],
-) -> branch_node::p2p::client::PeerClient<wire::TellerRequest, TellerResponse> {
+) -> client::peer::PeerClient<wire::TellerRequest, TellerResponse> {
     let t = c.target(i).expect("target");
     let key = wire::BranchKey::from_secret(secret);
-    branch_node::p2p::client::PeerClient::connect(
+    client::peer::PeerClient::connect(
         key.libp2p_keypair(),
-        branch_node::p2p::TELLER_PROTOCOL,
+        client::TELLER_PROTOCOL,
         t.addr,
         t.peer,
         std::time::Duration::from_secs(5),

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use branch_node::p2p::client::PeerClient;
+use client::peer::PeerClient;
 use futures::AsyncWriteExt;
 use scenarios::check;
 use scenarios::cluster::Cluster;
@@ -180,7 +180,7 @@ async fn write_unread(stream: &mut libp2p::Stream, n: u64, within: Duration) -> 
     while sent < n {
         let mut buf = Vec::new();
         for tag in sent..(sent + 1_000).min(n) {
-            branch_node::p2p::pipe::put_frame(&mut buf, tag, &body);
+            client::pipe::put_frame(&mut buf, tag, &body);
         }
         let left = until.saturating_duration_since(Instant::now());
         match tokio::time::timeout(left, stream.write_all(&buf)).await {
@@ -248,7 +248,7 @@ async fn a_branch_without_replicas_refuses_raft_streams_at_once() {
     let c = Cluster::start(dir.path(), 1, &[]).expect("cluster");
     let t = c.target(0).expect("target");
     let key = BranchKey::from_secret(rand::random()).libp2p_keypair();
-    let raft = branch_node::replica::transport::RAFT_PROTOCOL;
+    let raft = client::RAFT_PROTOCOL;
     let asked = Instant::now();
     let five = Duration::from_secs(5);
     let e = PeerClient::<Vec<u8>, Vec<u8>>::connect(key, raft, t.addr, t.peer, five)

@@ -581,8 +581,7 @@ async fn init_prints_a_ready_block_and_json_logs_are_json() {
     assert!(!block.contains('#'), "no placeholder to edit: {block}");
     let file = dir.path().join("network.toml");
     std::fs::write(&file, block).expect("write");
-    let net =
-        branch_node::network_file::NetworkFile::load(&file).expect("the block is a network file");
+    let net = client::network_file::NetworkFile::load(&file).expect("the block is a network file");
     let lan = net.by_name("lan").expect("lan");
     assert_eq!(
         lan.first().addresses[0].to_string(),

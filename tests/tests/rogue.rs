@@ -10,9 +10,9 @@ use branch_node::init::read_key;
 
 /// The epoch of a branch never restored: what the impersonated branch's envelopes carry.
 const FIRST_EPOCH: u64 = 1;
-use branch_node::network_file::NetworkFile;
-use branch_node::p2p::LINK_PROTOCOL;
-use branch_node::p2p::client::PeerClient;
+use client::LINK_PROTOCOL;
+use client::network_file::NetworkFile;
+use client::peer::PeerClient;
 use libp2p::StreamProtocol;
 use scenarios::check;
 use scenarios::cluster::Cluster;
@@ -39,7 +39,7 @@ async fn link(c: &Cluster, as_key: &BranchKey) -> Link {
 
 /// A connection on the forward protocol, the one teller requests passed on travel by.
 async fn forward_link(c: &Cluster, as_key: &BranchKey) -> Link {
-    connect(c, as_key, branch_node::p2p::FORWARD_PROTOCOL).await
+    connect(c, as_key, client::FORWARD_PROTOCOL).await
 }
 
 async fn connect(c: &Cluster, as_key: &BranchKey, protocol: StreamProtocol) -> Link {
@@ -595,7 +595,7 @@ async fn one_stream_answers_out_of_order_and_a_peer_gets_a_bounded_number_of_str
         .expect_err("over the limit");
     assert!(!refused.may_have_arrived(), "{refused}");
     // The teller opened it again, as it does for a stream dropped on arrival.
-    let attempts = f64::from(branch_node::p2p::pipe::OPEN_ATTEMPTS_MAX);
+    let attempts = f64::from(client::pipe::OPEN_ATTEMPTS_MAX);
     assert_eq!(refused_count("peer_limit").await, attempts);
     // One closed (all its clients gone) makes room for another.
     streams.truncate(streams.len() - 1);

@@ -5,7 +5,7 @@
 use std::collections::BTreeSet;
 use std::path::PathBuf;
 
-use branch_node::network_file::NetworkFile;
+use client::network_file::NetworkFile;
 use scenarios::cluster::Cluster;
 use scenarios::scenario::{self, RunOptions, Scenario};
 use scenarios::workload::{self, Tellers, Workload};

@@ -7,7 +7,7 @@ use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
-use branch_node::network_file::NetworkFile;
+use client::network_file::NetworkFile;
 use scenarios::check;
 use scenarios::cluster::{ADMIN_PASSWORD, Cluster, teller_cli_bin};
 use serde_json::Value;

@@ -30,10 +30,10 @@ use wire::twopc::{BranchBody, BranchMessage, TransferSpec, VoteItem};
 use wire::{BranchId, BranchKey, Signed};
 
 use super::now_ms;
-use crate::network_file::NetworkFile;
 use crate::p2p::network::Client;
 use crate::store::StoreError;
 use crate::store::writer::WriterHandle;
+use client::network_file::NetworkFile;
 
 /// How long a signed 2PC message stays valid, in milliseconds. Longer than every retry
 /// wait, so a re-sent decision is never refused as stale on a healthy link.
@@ -545,11 +545,11 @@ impl Engine {
         let queued = self
             .writer
             .execute_all_then(now_ms(), commands, move |results| {
-                let m = super::metrics::get();
+                let m = crate::metrics::get();
                 for step in steps {
                     let h = m
                         .twopc_durable_seconds
-                        .get_or_create(&super::metrics::label(step));
+                        .get_or_create(&crate::metrics::label(step));
                     h.observe(started.elapsed().as_secs_f64());
                 }
                 shared.push(Stored { results, afters });
@@ -631,9 +631,9 @@ impl Engine {
             Command::MarkEnded { ids } => self.phases.ended(ids.iter().copied(), now),
             _ => return,
         };
-        let m = &super::metrics::get().twopc_phase_seconds;
+        let m = &crate::metrics::get().twopc_phase_seconds;
         for (phase, took) in done {
-            m.get_or_create(&super::metrics::label(phase))
+            m.get_or_create(&crate::metrics::label(phase))
                 .observe(took.as_secs_f64());
         }
     }
@@ -726,7 +726,7 @@ impl Engine {
             failpoint(before);
         }
         self.counters.messages_sent.fetch_add(1, Ordering::Relaxed);
-        super::metrics::get().twopc_messages_sent.inc();
+        crate::metrics::get().twopc_messages_sent.inc();
         self.counters
             .items_sent
             .fetch_add(message.body.len() as u64, Ordering::Relaxed);

@@ -34,13 +34,13 @@ use wire::teller::Unavailable;
 use wire::{BranchId, BranchKey, Signed};
 
 use super::now_ms;
-use crate::network_file::NetworkFile;
 use crate::p2p::network::Client;
 use crate::store::StoreError;
 use crate::store::fence::WitnessRow;
 use crate::store::ops::{FenceOp, WriteOp};
 use crate::store::reader::Reader;
 use crate::store::writer::WriterHandle;
+use client::network_file::NetworkFile;
 
 /// How often a witness writes a branch's newer head when nothing else changed.
 const HEAD_WRITE_MS: u64 = 10_000;

@@ -8,7 +8,7 @@ use wire::link::EnvelopeRefusal;
 use wire::twopc::{BranchMessage, ShapeError};
 use wire::{BranchId, Signed};
 
-use crate::network_file::NetworkFile;
+use client::network_file::NetworkFile;
 
 /// Verifies `bytes`, received from `peer`, as a 2PC envelope for branch `me` at `now_ms`.
 pub fn verify_envelope(

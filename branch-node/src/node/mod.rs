@@ -11,9 +11,9 @@ pub mod guard;
 pub mod link;
 pub mod listing;
 pub mod logins;
-pub mod metrics;
 pub mod notifier;
 pub mod phases;
+pub mod readiness;
 pub mod recovery;
 pub mod seals;
 pub mod service;
@@ -34,12 +34,12 @@ use wire::link::{EnvelopeRefusal, ForwardRequest, LinkRequest, LinkResponse};
 use wire::teller::{TellerResponse, Unavailable};
 
 use crate::init::{DB_FILE, read_key};
-use crate::network_file::NetworkFile;
 use crate::p2p::network::{self, Inbound, InboundQueues};
 use crate::replica::node::Replica;
 use crate::store::reader::Reader;
 use crate::store::writer::{Writer, WriterHandle};
 use crate::store::{Durability, Store};
+use client::network_file::NetworkFile;
 use engine::EngineHandle;
 use notifier::SmsSink;
 use service::Service;
@@ -216,9 +216,7 @@ impl Stack {
         );
         match ended {
             Ok(r) => r,
-            Err(e) => Err(crate::store::StoreError::CommitFailed(format!(
-                "2pc engine task failed: {e}"
-            ))),
+            Err(e) => Err(crate::store::StoreError::Task(e)),
         }
     }
 }
@@ -248,8 +246,8 @@ enum Ended {
 struct Identity {
     key: Arc<wire::BranchKey>,
     network: Arc<NetworkFile>,
-    branch: crate::network_file::BranchEntry,
-    replica: crate::network_file::ReplicaEntry,
+    branch: client::network_file::BranchEntry,
+    replica: client::network_file::ReplicaEntry,
     listen: Vec<Multiaddr>,
 }
 
@@ -311,7 +309,7 @@ async fn open(cfg: &RunConfig, id: &Identity) -> anyhow::Result<Opened> {
     let lock = crate::lock::lock(&cfg.data_dir, crate::lock::Use::Serve)?;
     crate::p2p::check_addresses_free(&id.listen)?;
     let metrics = match cfg.metrics_listen {
-        Some(addr) => Some(metrics::bind(addr).await?),
+        Some(addr) => Some(readiness::bind(addr).await?),
         None => None,
     };
     crate::init::owner_only_dir(&cfg.data_dir)?;
@@ -473,7 +471,7 @@ pub async fn run(
     ));
     let metrics_task = match metrics_listener {
         Some(listener) => {
-            let health = metrics::Health {
+            let health = readiness::Health {
                 reader,
                 engine_running: Arc::clone(&shared.engine_running),
                 peers_listed: network.branches().count().saturating_sub(1),
@@ -652,7 +650,7 @@ async fn fenced(node: &Node, epoch: u64, newest: u64, by: wire::BranchId) -> any
         "FENCED: a newer copy of this branch (a restore) replaced this one; it stops and \
          will not serve again from this data dir"
     );
-    metrics::get().fence_state.set(2);
+    crate::metrics::get().fence_state.set(2);
     let marked = node
         .writes
         .call_write(crate::store::ops::WriteOp::Fence(
@@ -692,7 +690,7 @@ async fn serve_period(
             return Ok(Ended::Fenced(newest, by));
         },
     }
-    metrics::get().fence_state.set(0);
+    crate::metrics::get().fence_state.set(0);
     let stack = Stack::start(node, &active.lease, active.epoch).await?;
     shared.serving.send_replace(Some(stack.serving.clone()));
     shared.engine_running.store(true, Ordering::Relaxed);
@@ -761,13 +759,13 @@ async fn stop_stack(stack: Stack, end: End, replicated: bool) -> anyhow::Result<
 /// Says where the metrics endpoint listens, and serves it until `stop`.
 fn start_metrics(
     listener: tokio::net::TcpListener,
-    health: metrics::Health,
+    health: readiness::Health,
     stop: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<tokio::task::JoinHandle<()>> {
     let bound = listener.local_addr()?;
     println!("metrics: http://{bound}/metrics (and /healthz, /readyz)");
     tracing::info!(%bound, "serving metrics");
-    Ok(tokio::spawn(metrics::serve(listener, health, stop)))
+    Ok(tokio::spawn(readiness::serve(listener, health, stop)))
 }
 
 async fn dispatch(
@@ -1064,7 +1062,7 @@ impl InFlight {
     fn answer<T: serde::Serialize + Send + 'static>(
         table: &Arc<InFlight>,
         peer: libp2p::PeerId,
-        reply: crate::p2p::pipe::Responder,
+        reply: client::pipe::Responder,
         overloaded: T,
         answer: impl std::future::Future<Output = T> + Send + 'static,
     ) {

@@ -181,7 +181,7 @@ pub async fn run(
             let id = m.id;
             let result = deliver(&sink, &m).await;
             let now = now_ms();
-            let metrics = super::metrics::get();
+            let metrics = crate::metrics::get();
             let marked = match result {
                 Ok(()) => {
                     metrics.sms_sent.inc();

@@ -32,12 +32,12 @@ use super::listing;
 use super::logins::Logins;
 use super::now_ms;
 use super::sessions::{SessionInfo, Sessions};
-use crate::network_file::NetworkFile;
 use crate::p2p::network::{Client, LinkError};
 use crate::store::ops::{WriteOp, WriteResult};
 use crate::store::reader::Reader;
 use crate::store::writer::WriterHandle;
 use crate::store::{Movement, StoreError, bank, trace, twopc};
+use client::network_file::NetworkFile;
 
 /// Everything a branch needs to answer tellers and forwarded requests.
 #[derive(Debug)]
@@ -125,9 +125,9 @@ fn line_outcome(answer: &LineAnswer) -> &'static str {
 /// and timed, and logged with its id while the log's allowance lasts (past it, counted
 /// as unlogged).
 fn answered(kind: &'static str, id: TransferId, outcome: &'static str, started: Instant) {
-    let metrics = super::metrics::get();
+    let metrics = crate::metrics::get();
     metrics.money_answer(kind, outcome, started);
-    if super::metrics::log_line_allowed() {
+    if crate::metrics::log_line_allowed() {
         let ms = started.elapsed().as_millis();
         tracing::info!(%id, kind, outcome, ms, "money answered");
     } else {
@@ -237,7 +237,7 @@ impl Service {
         // Connected here from this machine, not passed on by anyone.
         let local = !forwarded && self.client.from_this_machine(&peer);
         let r = self.login((peer, local), user, password, otp).await;
-        super::metrics::get().login(outcome_of(&r));
+        crate::metrics::get().login(outcome_of(&r));
         r
     }
 
@@ -510,7 +510,7 @@ impl Service {
         for line in &lines {
             answered("transfer", line.id, line_outcome(&line.answer), started);
         }
-        super::metrics::get()
+        crate::metrics::get()
             .transfer_batch_lines
             .observe(lines.len() as f64);
         Ok(TellerResponse::Receipts(lines))

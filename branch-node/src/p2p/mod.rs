@@ -8,37 +8,19 @@
 //! request). identify and ping run too, and mDNS when asked for (it finds
 //! addresses, never trust). Connection limits bound what any peer can open.
 
-pub mod client;
 pub mod network;
-pub mod pipe;
+
+pub use client::{
+    Dials, FORWARD_PROTOCOL, IDLE_CONNECTION_TIMEOUT_MS, LINK_PROTOCOL, PIPE_IDLE_MS,
+    REQUEST_TIMEOUT_MS, TELLER_PROTOCOL,
+};
 
 use std::time::Duration;
 
 use libp2p::connection_limits::{self, ConnectionLimits};
 use libp2p::swarm::NetworkBehaviour;
 use libp2p::swarm::behaviour::toggle::Toggle;
-use libp2p::{StreamProtocol, Swarm, SwarmBuilder, identify, mdns, noise, ping, tcp, yamux};
-
-/// The teller protocol: `TellerRequest` in, `TellerResponse` out, as tagged frames on
-/// one long-lived stream ([`pipe`]).
-pub const TELLER_PROTOCOL: StreamProtocol = StreamProtocol::new("/bankmate/teller/5");
-/// The branch-to-branch protocol for 2PC envelopes: `LinkRequest` in, `LinkResponse`
-/// out, framed the same way.
-pub const LINK_PROTOCOL: StreamProtocol = StreamProtocol::new("/bankmate/link/5");
-/// Requests one branch forwards to another for tellers (`LinkRequest::Forward`): their
-/// own protocol, with their own streams and inbound queue, so that a teller flood
-/// passed on by a branch can never hold up that link's 2PC messages.
-pub const FORWARD_PROTOCOL: StreamProtocol = StreamProtocol::new("/bankmate/forward/4");
-
-/// How long an idle connection stays open. libp2p's default (10 s) would close branch
-/// links between bursts and make every quiet spell cost a new Noise handshake; an hour
-/// let an idle stranger hold a connection slot that long. A stream with nothing sent
-/// on it for this long is closed by the answering side too.
-pub const IDLE_CONNECTION_TIMEOUT_MS: u64 = 5 * 60 * 1_000;
-
-/// How long a requester keeps a stream with nothing in flight before closing it (well
-/// before the answering side would, so a request never meets a stream being closed).
-pub const PIPE_IDLE_MS: u64 = 60 * 1_000;
+use libp2p::{Swarm, SwarmBuilder, identify, mdns, noise, ping, tcp, yamux};
 
 /// Most connections being set up (Noise handshake) at once from outside.
 pub const PENDING_INCOMING_CONNECTIONS_MAX: u32 = 128;
@@ -48,9 +30,6 @@ pub const CONNECTIONS_MAX: u32 = 1_024;
 
 /// Most established connections with one peer (one key).
 pub const CONNECTIONS_PER_PEER_MAX: u32 = 4;
-
-/// How long a request may wait for its response before it fails, in milliseconds.
-pub const REQUEST_TIMEOUT_MS: u64 = 10_000;
 
 /// How long opening a stream (and redialling for it) may take.
 pub const OPEN_TIMEOUT_MS: u64 = 5_000;
@@ -144,54 +123,6 @@ pub struct NodeBehaviour {
 pub enum BuildError {
     #[error("transport setup failed: {0}")]
     Transport(String),
-}
-
-/// Dials `peer` at `addrs` unless connected or already dialling, and calls `done` once
-/// the peer is connected or the dial has failed ([`Dials::settle`]). A stream must not
-/// be opened before that: `libp2p-stream` asked for a stream while a connection is
-/// being set up parks the request where that connection never looks, and it hangs.
-/// The addresses go with every dial: libp2p drops a cached address after one failed
-/// dial, which would cut a restarted branch off for good.
-#[derive(Debug, Default)]
-pub struct Dials(std::collections::HashMap<libp2p::PeerId, Vec<tokio::sync::oneshot::Sender<()>>>);
-
-impl Dials {
-    /// Dials if need be; `done` is called now when connected (or when no dial could
-    /// start), else when the dial settles.
-    pub fn dial<B: NetworkBehaviour>(
-        &mut self,
-        swarm: &mut Swarm<B>,
-        peer: libp2p::PeerId,
-        addrs: Vec<libp2p::Multiaddr>,
-        done: tokio::sync::oneshot::Sender<()>,
-    ) {
-        use libp2p::swarm::DialError;
-        use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
-        if swarm.is_connected(&peer) {
-            let _ = done.send(());
-            return;
-        }
-        let opts = DialOpts::peer_id(peer)
-            .addresses(addrs)
-            .condition(PeerCondition::DisconnectedAndNotDialing)
-            .build();
-        match swarm.dial(opts) {
-            Ok(()) | Err(DialError::DialPeerConditionFalse(_)) => {
-                self.0.entry(peer).or_default().push(done);
-            }
-            Err(e) => {
-                tracing::debug!(%peer, %e, "dial not started");
-                let _ = done.send(());
-            }
-        }
-    }
-
-    /// The peer is connected, or a dial to it failed: everyone waiting goes on.
-    pub fn settle(&mut self, peer: &libp2p::PeerId) {
-        for done in self.0.remove(peer).unwrap_or_default() {
-            let _ = done.send(());
-        }
-    }
 }
 
 fn limits() -> connection_limits::Behaviour {

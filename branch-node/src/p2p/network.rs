@@ -19,9 +19,9 @@ use wire::link::{EnvelopeRefusal, LinkRequest, LinkResponse};
 use wire::teller::{LinkFault, Unavailable};
 use wire::{BranchId, TellerRequest, TellerResponse};
 
-use super::pipe::{self, Responder, Slot};
 use super::{NodeBehaviour, NodeBehaviourEvent};
-use crate::network_file::{BranchEntry, NetworkFile, ReplicaEntry};
+use client::network_file::{BranchEntry, NetworkFile, ReplicaEntry};
+use client::pipe::{self, Responder, Slot};
 
 /// Most inbound requests of each queue waiting for the node to pick them up; more are
 /// answered "overloaded".
@@ -434,7 +434,7 @@ impl EventLoop {
             .filter(|&b| Some(b) != me)
             .collect();
         let n = i64::try_from(branches.len()).unwrap_or(i64::MAX);
-        crate::node::metrics::get().peers_connected.set(n);
+        crate::metrics::get().peers_connected.set(n);
     }
 
     /// Runs until `shutdown` resolves or every client is gone.
@@ -479,7 +479,7 @@ impl EventLoop {
             .map(|r| r.peer_id)
             .filter(|p| *p != me)
             .collect();
-        let mut raft_streams = control.accept(crate::replica::transport::RAFT_PROTOCOL)?;
+        let mut raft_streams = control.accept(client::RAFT_PROTOCOL)?;
         let raft = self.raft.clone();
         let faults = Arc::clone(&self.faults);
         Ok(Some(tokio::spawn(async move {

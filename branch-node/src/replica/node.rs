@@ -17,9 +17,9 @@ use super::log_store::LogStore;
 use super::state_machine::StateMachine;
 use super::transport::{self, Transport};
 use super::{Raft, ReplicaId, proposer};
-use crate::network_file::BranchEntry;
 use crate::p2p::network::Client;
 use crate::store::writer::{Writer, WriterHandle};
+use client::network_file::BranchEntry;
 
 /// The replica's Raft log file, in its data dir.
 pub const LOG_FILE: &str = "raft.db";
@@ -316,7 +316,7 @@ async fn gauges(raft: Raft) {
     loop {
         {
             let m = rx.borrow_and_update();
-            let metrics = crate::node::metrics::get();
+            let metrics = crate::metrics::get();
             metrics.replica_role.set(match m.state {
                 ServerState::Leader => 3,
                 ServerState::Candidate => 2,

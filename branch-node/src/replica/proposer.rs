@@ -38,20 +38,25 @@ impl Waiting {
         let Some(dones) = self.lock().remove(&proposal) else {
             return;
         };
+        assert_eq!(
+            dones.len(),
+            results.len(),
+            "one answer per op of the proposal"
+        );
         for (done, result) in dones.into_iter().zip(results) {
             done(Ok(result));
         }
     }
 
     /// Tells the callers of `proposal`, if they wait here, that it failed.
-    pub(crate) fn fail(&self, proposal: u64, error: &StoreError) {
+    pub(crate) fn fail(&self, proposal: u64, error: &std::sync::Arc<StoreError>) {
         let Some(dones) = self.lock().remove(&proposal) else {
             return;
         };
         for done in dones {
-            done(Err(match error {
+            done(Err(match &**error {
                 StoreError::NotLeader => StoreError::NotLeader,
-                other => StoreError::CommitFailed(other.to_string()),
+                _ => StoreError::Applied(error.clone()),
             }));
         }
     }
@@ -84,11 +89,14 @@ async fn run(raft: Raft, waiting: Waiting, mut rx: mpsc::UnboundedReceiver<(Writ
                 let waiting = waiting.clone();
                 tokio::spawn(async move {
                     if !matches!(answer.await, Ok(Ok(_))) {
-                        waiting.fail(proposal, &StoreError::NotLeader);
+                        waiting.fail(proposal, &std::sync::Arc::new(StoreError::NotLeader));
                     }
                 });
             }
-            Err(e) => waiting.fail(proposal, &StoreError::CommitFailed(e.to_string())),
+            Err(e) => {
+                let e = StoreError::Replication(e.to_string());
+                waiting.fail(proposal, &std::sync::Arc::new(e));
+            }
         }
     }
 }

@@ -18,7 +18,7 @@ use wire::BranchId;
 
 use super::proposer::Waiting;
 use super::{ReplicaId, ReplicaStorageError, Replicated, read_error, write_error};
-use crate::backup::copy_pages;
+use crate::store::copy::copy_pages;
 use crate::store::ops::WriteResult;
 use crate::store::writer::WriterHandle;
 use crate::store::{Store, StoreError};
@@ -139,10 +139,10 @@ fn copy_store(store: &mut Store) -> Result<(Vec<u8>, Applied), StoreError> {
     let _ = std::fs::remove_file(&path);
     {
         let mut dst = Connection::open(&path)?;
-        copy_pages(&store.conn, &mut dst).map_err(copy_failed)?;
+        copy_pages(&store.conn, &mut dst)?;
         dst.execute_batch("PRAGMA journal_mode = DELETE")?;
     }
-    let bytes = std::fs::read(&path).map_err(|e| StoreError::Malformed(e.to_string()));
+    let bytes = std::fs::read(&path).map_err(|e| StoreError::file("reading", &path, e));
     let _ = std::fs::remove_file(&path);
     Ok((bytes?, applied))
 }
@@ -150,17 +150,13 @@ fn copy_store(store: &mut Store) -> Result<(Vec<u8>, Applied), StoreError> {
 /// Replaces the store's contents with a snapshot's copy of the file.
 fn restore_store(store: &mut Store, bytes: &[u8]) -> Result<(), StoreError> {
     let path = store_path(&store.conn)?.with_extension("incoming");
-    std::fs::write(&path, bytes).map_err(|e| StoreError::Malformed(e.to_string()))?;
+    std::fs::write(&path, bytes).map_err(|e| StoreError::file("writing", &path, e))?;
     let restored = (|| {
         let src = Connection::open(&path)?;
-        copy_pages(&src, &mut store.conn).map_err(copy_failed)
+        Ok(copy_pages(&src, &mut store.conn)?)
     })();
     let _ = std::fs::remove_file(&path);
     restored
-}
-
-fn copy_failed(e: anyhow::Error) -> StoreError {
-    StoreError::CommitFailed(format!("copying the store failed: {e:#}"))
 }
 
 fn store_path(c: &Connection) -> Result<std::path::PathBuf, StoreError> {
@@ -231,10 +227,11 @@ impl RaftStateMachine<Replicated> for StateMachine {
                         Ok(())
                     }
                     Err(e) => {
+                        let e = std::sync::Arc::new(e);
                         for p in proposals {
                             waiting.fail(p, &e);
                         }
-                        Err(e)
+                        Err(StoreError::Applied(e))
                     }
                 };
                 let _ = tx.send(r);

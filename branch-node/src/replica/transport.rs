@@ -8,8 +8,9 @@
 use std::io;
 use std::time::Duration;
 
+use client::RAFT_PROTOCOL;
 use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use libp2p::{PeerId, Stream, StreamProtocol};
+use libp2p::{PeerId, Stream};
 use openraft::BasicNode;
 use openraft::error::{
     InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
@@ -23,11 +24,8 @@ use serde::{Deserialize, Serialize};
 use wire::limits::RECORD_BYTES_MAX;
 
 use super::{Raft, ReplicaId, Replicated};
-use crate::network_file::BranchEntry;
 use crate::p2p::network::Client;
-
-/// The replicas' protocol.
-pub const RAFT_PROTOCOL: StreamProtocol = StreamProtocol::new("/bankmate/raft/1");
+use client::network_file::BranchEntry;
 
 /// How long an answering replica waits for a call's bytes.
 const READ_TIMEOUT_MS: u64 = 10_000;

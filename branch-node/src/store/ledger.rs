@@ -25,7 +25,7 @@ fn sms_allowed(conn: &Connection, phone: &str, at_ms: u64) -> Result<bool, Store
         .query_row(params![phone, since], |r| r.get(0))?;
     let allowed = sent < SMS_PER_PHONE_PER_HOUR_MAX;
     if !allowed {
-        crate::node::metrics::get().sms_capped.inc();
+        crate::metrics::get().sms_capped.inc();
     }
     Ok(allowed)
 }

@@ -13,6 +13,8 @@
 pub mod audit;
 pub(crate) mod auth;
 pub(crate) mod bank;
+pub mod copy;
+pub mod evidence;
 pub mod fence;
 pub(crate) mod ledger;
 pub mod ops;
@@ -75,15 +77,56 @@ pub enum StoreError {
     WriterGone,
     #[error("the store's read-only connections are gone")]
     ReaderGone,
+    /// The write batch this change was in failed (every change of it is undone): the
+    /// batch's one SQLite error, shared by all its callers.
     #[error("group commit failed: {0}")]
-    CommitFailed(String),
+    Batch(std::sync::Arc<rusqlite::Error>),
+    /// A 2PC storage command failed inside a write.
+    #[error("2pc storage failed: {0}")]
+    Shard(coordinator::ShardError),
+    /// Copying the store's pages failed (a snapshot, a backup).
+    #[error("copying the store failed: {0}")]
+    Copy(#[from] copy::CopyError),
+    /// The replicas could not take a write (Raft's own error).
+    #[error("replication failed: {0}")]
+    Replication(String),
+    /// Applying a log entry failed: the apply's error, shared by its entries' callers.
+    #[error("{0}")]
+    Applied(std::sync::Arc<StoreError>),
+    /// The 2PC engine's task ended by panicking or being cancelled.
+    #[error("2pc engine task failed: {0}")]
+    Task(#[from] tokio::task::JoinError),
+    /// A file beside the store could not be read or written.
+    #[error("{verb} {path}: {source}")]
+    File {
+        verb: &'static str,
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    /// The writer broke its own contract (a job answered without running): a bug.
+    #[error("store contract broken: {0}")]
+    Defensive(&'static str),
     #[error("this replica is not its branch's leader: the change may still be made by the leader")]
     NotLeader,
 }
 
+impl StoreError {
+    /// `verb` (reading, writing) the file at `path` failed with `source`.
+    pub fn file(verb: &'static str, path: &std::path::Path, source: std::io::Error) -> StoreError {
+        StoreError::File {
+            verb,
+            path: path.to_owned(),
+            source,
+        }
+    }
+}
+
 impl From<StoreError> for coordinator::ShardError {
     fn from(e: StoreError) -> Self {
-        coordinator::ShardError::Io(e.to_string())
+        match e {
+            StoreError::Shard(e) => e,
+            e => coordinator::ShardError::Io(coordinator::StoreFailure::new(e)),
+        }
     }
 }
 

@@ -206,7 +206,9 @@ fn two_pc(
     for command in commands {
         match coordinator::execute(&mut shard, now_ms, command) {
             Ok(input) => inputs.push(input),
-            Err(ShardError::Io(e)) => return Err(StoreError::CommitFailed(e)),
+            Err(e @ (ShardError::Io(_) | ShardError::Defensive(_))) => {
+                return Err(StoreError::Shard(e));
+            }
             Err(refusal) => return Ok(Err(refusal)),
         }
     }

@@ -13,7 +13,7 @@ use wire::{BranchId, TransferId};
 
 use super::ledger::{self, ReadFilter};
 use super::{StoreError, blob_id, id_blob};
-use crate::network_file::NetworkFile;
+use client::network_file::NetworkFile;
 
 fn dec<T: serde::de::DeserializeOwned + serde::Serialize>(b: &[u8]) -> Result<T, StoreError> {
     wire::decode(b).map_err(|e| StoreError::Malformed(e.to_string()))
@@ -89,7 +89,7 @@ fn evidence(
         .map(|(what, bytes)| {
             let signed: Option<wire::Signed<wire::twopc::BranchMessage>> =
                 wire::decode(&bytes).ok();
-            let verified = crate::verify::signed_message(net, &bytes);
+            let verified = super::evidence::signed_message(net, &bytes);
             EvidenceView {
                 what,
                 signer: signed.as_ref().map_or(BranchId(0), |s| s.signer),

@@ -26,7 +26,10 @@ use super::{Store, StoreError, now_ms, twopc};
 /// Runs work on this copy of the store; `true` when it succeeded (its savepoint is kept).
 type RunFn = Box<dyn FnOnce(&Connection, BranchId) -> bool + Send>;
 /// Answers the caller of local work once the batch is durable, or with the commit's error.
-type FinishFn = Box<dyn FnOnce(Option<String>) + Send>;
+/// A batch's failure: its one SQLite error, shared by every job of the batch.
+pub type BatchError = std::sync::Arc<rusqlite::Error>;
+
+type FinishFn = Box<dyn FnOnce(Option<BatchError>) + Send>;
 /// Answers the caller of a write once the batch is durable, or with the commit's error.
 pub type WriteDone = Box<dyn FnOnce(Result<WriteResult, StoreError>) + Send>;
 
@@ -184,11 +187,11 @@ fn run_job(
     me: BranchId,
     job: Job,
     ops: Option<&mut Vec<WriteOp>>,
-) -> (Ran, Option<String>) {
+) -> (Ran, Option<BatchError>) {
     // Cached statements: the savepoint SQL is not parsed again for every job.
     let sql = |s: &str| tx.prepare_cached(s).and_then(|mut st| st.execute([]));
     if let Err(e) = sql("SAVEPOINT op") {
-        return (job.unrun(), Some(e.to_string()));
+        return (job.unrun(), Some(BatchError::new(e)));
     }
     let (ok, ran) = match job {
         Job::Write(op, done) => {
@@ -208,7 +211,7 @@ fn run_job(
     } else {
         sql("ROLLBACK TO op").and_then(|_| sql("RELEASE op"))
     };
-    (ran, end.err().map(|e| e.to_string()))
+    (ran, end.err().map(BatchError::new))
 }
 
 fn run_batch(store: &mut Store, batch: Vec<Job>, journal: Option<&Journal>) {
@@ -221,7 +224,7 @@ fn run_batch(store: &mut Store, batch: Vec<Job>, journal: Option<&Journal>) {
         .transaction_with_behavior(TransactionBehavior::Immediate)
     {
         Err(e) => {
-            failed = Some(e.to_string());
+            failed = Some(BatchError::new(e));
             ran.extend(batch.into_iter().map(Job::unrun));
         }
         Ok(tx) => {
@@ -234,11 +237,11 @@ fn run_batch(store: &mut Store, batch: Vec<Job>, journal: Option<&Journal>) {
                 ran.push(r);
                 failed = error;
             }
-            let metrics = crate::node::metrics::get();
+            let metrics = crate::metrics::get();
             metrics.writer_batch_ops.observe(ran.len() as f64);
             if failed.is_none() {
                 let started = std::time::Instant::now();
-                failed = tx.commit().err().map(|e| e.to_string());
+                failed = tx.commit().err().map(BatchError::new);
                 metrics
                     .writer_commit_seconds
                     .observe(started.elapsed().as_secs_f64());
@@ -248,7 +251,7 @@ fn run_batch(store: &mut Store, batch: Vec<Job>, journal: Option<&Journal>) {
     if let (None, Some(journal)) = (&failed, journal) {
         let _ = journal.send(ops);
     }
-    crate::node::metrics::get().write_ended(failed.as_ref());
+    crate::metrics::get().write_ended(failed.as_ref().map(ToString::to_string));
     for r in ran {
         r.finish(failed.as_ref());
     }
@@ -259,7 +262,8 @@ impl Job {
     fn unrun(self) -> Ran {
         match self {
             Job::Write(_, done) => {
-                Ran::Write(done, Err(StoreError::CommitFailed("not run".into())))
+                let why = "a job of a failed batch is answered with the batch's error";
+                Ran::Write(done, Err(StoreError::Defensive(why)))
             }
             Job::Local(_, finish) => Ran::Local(finish),
         }
@@ -268,9 +272,9 @@ impl Job {
 
 impl Ran {
     /// Answers the caller: the job's result, or the batch's error.
-    fn finish(self, failed: Option<&String>) {
+    fn finish(self, failed: Option<&BatchError>) {
         match (self, failed) {
-            (Ran::Write(done, _), Some(e)) => done(Err(StoreError::CommitFailed(e.clone()))),
+            (Ran::Write(done, _), Some(e)) => done(Err(StoreError::Batch(e.clone()))),
             (Ran::Write(done, result), None) => done(result),
             (Ran::Local(finish), failed) => finish(failed.cloned()),
         }
@@ -309,7 +313,7 @@ impl WriterHandle {
     }
 
     /// This handle with its writes sent to a replica's proposer instead (see
-    /// [`crate::replica::proposer`]); local work still runs on this writer.
+    /// the replica's proposer); local work still runs on this writer.
     pub fn replicated(&self, propose: ProposeTx) -> WriterHandle {
         WriterHandle {
             propose: Some(propose),
@@ -373,12 +377,14 @@ impl WriterHandle {
             }
             ok
         });
-        let finish = Box::new(move |commit_error: Option<String>| {
+        let finish = Box::new(move |commit_error: Option<BatchError>| {
             let result = slot.lock().ok().and_then(|mut s| s.take());
             done(match (commit_error, result) {
-                (Some(e), _) => Err(StoreError::CommitFailed(e)),
+                (Some(e), _) => Err(StoreError::Batch(e)),
                 (None, Some(r)) => r,
-                (None, None) => Err(StoreError::CommitFailed("operation did not run".into())),
+                (None, None) => Err(StoreError::Defensive(
+                    "a local job finished without running",
+                )),
             });
         });
         self.tx
@@ -423,7 +429,7 @@ impl WriterHandle {
         self.write_then(WriteOp::TwoPc { now_ms, commands }, move |r| {
             done(
                 r.and_then(WriteResult::into_two_pc)
-                    .and_then(|r| r.map_err(|e| StoreError::CommitFailed(e.to_string()))),
+                    .and_then(|r| r.map_err(StoreError::Shard)),
             )
         })
     }
@@ -510,7 +516,9 @@ impl WriterHandle {
 
 /// A `Shard` answer that does not fit its command: a bug in `coordinator::execute`.
 fn unexpected(input: Option<Input>) -> ShardError {
-    ShardError::Io(format!("unexpected answer from the writer: {input:?}"))
+    ShardError::Defensive(format!(
+        "an answer that does not fit its command: {input:?}"
+    ))
 }
 
 /// Every change is a [`WriteOp`] run by the writer; every read runs on its connection.

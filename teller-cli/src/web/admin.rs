@@ -279,10 +279,10 @@ fn older_link(q: &Fields, key: &str, value: &str) -> String {
     let mut args: Vec<String> = q
         .iter()
         .filter(|(k, _)| *k != "before" && *k != "net")
-        .map(|(k, v)| format!("{}={}", k, branch_node::totp::uri_escape(v)))
+        .map(|(k, v)| format!("{}={}", k, client::uri_escape(v)))
         .collect();
     args.sort();
-    args.push(format!("{key}={}", branch_node::totp::uri_escape(value)));
+    args.push(format!("{key}={}", client::uri_escape(value)));
     format!("/admin/transactions?{}", args.join("&"))
 }
 

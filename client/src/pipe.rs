@@ -312,7 +312,9 @@ impl Slot {
                     return Ok(pipe);
                 }
                 Err(e) => {
-                    crate::node::metrics::get().streams_reopened.inc();
+                    if let Some(o) = OBSERVER.get() {
+                        o.stream_reopened();
+                    }
                     tracing::debug!(%e, "stream not opened; opening another");
                     last = e;
                 }
@@ -595,12 +597,27 @@ async fn write_answers(
     let _ = write.close().await;
 }
 
+/// What a node counts of its streams. The node installs one ([`observe`]); a client
+/// leaves it unset and nothing is counted.
+pub trait Observer: Send + Sync {
+    /// A stream could not be opened, and another is being opened.
+    fn stream_reopened(&self);
+    /// An inbound stream was closed by this side, and why (`framing`, `unread`, ...).
+    fn stream_refused(&self, why: &'static str);
+}
+
+static OBSERVER: std::sync::OnceLock<&'static dyn Observer> = std::sync::OnceLock::new();
+
+/// Installs the process's observer; the first one stays.
+pub fn observe(observer: &'static dyn Observer) {
+    let _ = OBSERVER.set(observer);
+}
+
 /// Counts an inbound stream this node closed, by why.
-pub fn refused(why: &str) {
-    let m = crate::node::metrics::get();
-    m.streams_refused
-        .get_or_create(&crate::node::metrics::label(why))
-        .inc();
+pub fn refused(why: &'static str) {
+    if let Some(o) = OBSERVER.get() {
+        o.stream_refused(why);
+    }
 }
 
 #[cfg(test)]

@@ -18,8 +18,8 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::sync::{mpsc, oneshot};
 
-use super::pipe::{self, Failure, Slot};
-use super::{IDLE_CONNECTION_TIMEOUT_MS, PIPE_IDLE_MS, REQUEST_TIMEOUT_MS};
+use crate::pipe::{self, Failure, Slot};
+use crate::{IDLE_CONNECTION_TIMEOUT_MS, PIPE_IDLE_MS, REQUEST_TIMEOUT_MS};
 
 /// Most requests to redial waiting for the swarm's task (callers past it wait their turn).
 const DIALS_WAITING_MAX: usize = 64;
@@ -324,9 +324,9 @@ impl<Req: Serialize, Resp: Serialize + DeserializeOwned> PeerClient<Req, Resp> {
 }
 
 /// Polls the swarm; on each dial request, dials the branch unless connected and
-/// answers once the dial has settled ([`super::Dials`]).
+/// answers once the dial has settled ([`crate::Dials`]).
 async fn drive(mut swarm: ClientSwarm, mut dials: mpsc::Receiver<Dial>) {
-    let mut waiting = super::Dials::default();
+    let mut waiting = crate::Dials::default();
     loop {
         tokio::select! {
             d = dials.recv() => match d {
