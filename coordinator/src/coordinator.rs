@@ -195,6 +195,7 @@ impl Coordinator {
         evidence: Evidence,
         out: &mut Vec<Command>,
     ) {
+        assert_eq!(items.len(), outcomes.len(), "one begin outcome per item");
         let mut ob = Outbox::default();
         let mut records = Vec::new();
         for (item, outcome) in items.into_iter().zip(outcomes) {
@@ -455,6 +456,7 @@ impl Coordinator {
         states: Vec<TransferState>,
         out: &mut Vec<Command>,
     ) {
+        assert_eq!(items.len(), states.len(), "one local outcome per transfer");
         for ((ticket, spec), state) in items.into_iter().zip(states) {
             out.push(Command::Reply {
                 ticket,

@@ -96,6 +96,7 @@ impl Participant {
         votes: Vec<Vote>,
         out: &mut Vec<Command>,
     ) {
+        assert_eq!(items.len(), votes.len(), "one vote per prepared item");
         let mut ob = Outbox::default();
         for (item, vote) in items.into_iter().zip(votes) {
             let id = item.transfer.id;
@@ -154,6 +155,11 @@ impl Participant {
         outcomes: Vec<ApplyOutcome>,
         out: &mut Vec<Command>,
     ) {
+        assert_eq!(
+            items.len(),
+            outcomes.len(),
+            "one apply outcome per decision"
+        );
         let mut ob = Outbox::default();
         for (item, outcome) in items.into_iter().zip(outcomes) {
             match outcome {

@@ -63,11 +63,11 @@ impl AccountNumber {
         self.serial
     }
 
-    /// The two check digits, 1..=98.
+    /// The two check digits, 2..=98.
     pub fn check_digits(&self) -> u8 {
         let body = u64::from(self.branch.0) * 100_000_000 + u64::from(self.serial);
         let check = 98 - (body * 100) % 97;
-        u8::try_from(check).unwrap_or(0) // always 1..=98
+        u8::try_from(check).expect("98 - x % 97 is 2..=98")
     }
 }
 

@@ -230,3 +230,7 @@ const _: () = assert!(
 );
 
 const _: () = assert!(FORWARD_TIMEOUT_MS < SEAL_HORIZON_MS);
+const _: () = assert!(
+    PREPARE_TIMEOUT_MS < FORWARD_TIMEOUT_MS,
+    "a forwarded transfer is decided before its forward times out"
+);

@@ -88,7 +88,13 @@ pub(crate) fn check_debit(
         Ok(r) => r,
         Err(refusal) => return Ok(Err(refusal)),
     };
-    let available = r.balance.checked_sub(r.held).unwrap_or(Amount::ZERO);
+    // The schema's CHECK keeps held <= balance: a row past it was not written by us.
+    let available = r.balance.checked_sub(r.held).map_err(|_| {
+        StoreError::Malformed(format!(
+            "account {n}: held {} exceeds balance {}",
+            r.held, r.balance
+        ))
+    })?;
     Ok(if available.checked_sub(amt).is_ok() {
         Ok(r)
     } else {
@@ -659,7 +665,9 @@ pub(crate) fn customer_deposit_max(conn: &Connection) -> Result<Amount, StoreErr
         .query_row([], |r| r.get(0))
         .optional()?;
     let minor = minor.unwrap_or(wire::limits::CUSTOMER_DEPOSIT_MAX_DEFAULT_MINOR);
-    Ok(Amount::from_minor(minor).unwrap_or(Amount::ZERO))
+    Amount::from_minor(minor).map_err(|_| {
+        StoreError::Malformed(format!("customer_deposit_max {minor} is not an amount"))
+    })
 }
 
 impl Store {
