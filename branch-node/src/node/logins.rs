@@ -16,18 +16,11 @@ use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
 
-use libp2p::PeerId;
-use wire::limits::{
-    LOGIN_TRUST_MS, PASSWORD_CHECKS_RESERVED_PER_CORE, PASSWORD_CHECKS_WAITING_PER_CORE,
-};
-use wire::teller::{Role, TellerResponse, Unavailable};
+use wire::limits::{PASSWORD_CHECKS_RESERVED_PER_CORE, PASSWORD_CHECKS_WAITING_PER_CORE};
+use wire::teller::Unavailable;
 
-use super::guard::{Attempt, Guard};
-use super::now_ms;
-use super::service::{Answer, Fail, Service, store_failed};
-use super::sessions::SessionInfo;
-use crate::store::ops::{WriteOp, WriteResult};
-use crate::store::throttle::{Kept, ThrottleOp};
+use super::guard::Guard;
+use crate::store::throttle::Kept;
 use crate::store::{LoginRow, auth};
 
 /// One password to check, and where its answer goes.
@@ -117,16 +110,21 @@ impl Logins {
         self.guard().load(kept);
     }
 
-    fn guard(&self) -> std::sync::MutexGuard<'_, Guard> {
+    pub(crate) fn guard(&self) -> std::sync::MutexGuard<'_, Guard> {
         self.guard.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Runs argon2 for `password` against `row` on the password-check threads, in the
     /// trusted lane when `trusted`; `Overloaded` at once when its lane is full.
-    async fn verify(&self, password: String, row: LoginRow, trusted: bool) -> Result<bool, Fail> {
+    pub(crate) async fn verify(
+        &self,
+        password: String,
+        row: LoginRow,
+        trusted: bool,
+    ) -> Result<bool, Unavailable> {
         let lane = if trusted { &self.trusted } else { &self.others };
         if !lane.enter() {
-            return Err(Unavailable::Overloaded.into());
+            return Err(Unavailable::Overloaded);
         }
         let (reply, answer) = tokio::sync::oneshot::channel();
         {
@@ -143,7 +141,7 @@ impl Logins {
         self.queue.ready.notify_one();
         let verified = answer.await.map_err(|_| Unavailable::Stopping);
         lane.leave();
-        Ok(verified?)
+        verified
     }
 }
 
@@ -191,232 +189,7 @@ fn password_checker(queue: &Queue) {
 /// What an on-site admin attempt's login count is kept under: apart from the login's
 /// own, so strangers' failures elsewhere never delay an admin at the branch's machine
 /// (whose own failures are throttled the same way, on their own).
-const ON_SITE: &str = "\u{0}on-site";
-
-/// An admin login enrolled for one-time codes: from the branch's own machine, with a
-/// code, its attempts are counted apart ([`ON_SITE`]) and take the trusted lane.
-fn on_site_admin(row: &LoginRow) -> bool {
-    matches!(
-        row,
-        LoginRow::Found {
-            role: Role::Admin,
-            enrolled: true,
-            ..
-        }
-    )
-}
-
-/// Whether the store keeps the counts of `attempt`'s login: an existing login's own
-/// (an on-site admin's are kept by this node only).
-fn lasting(attempt: &Attempt) -> bool {
-    attempt.exists() && !attempt.login().contains(ON_SITE)
-}
-
-/// The answer to a throttled attempt, at once: holding it back would keep an in-service
-/// place (shared with the teller's other requests, and at a forwarding branch with
-/// everyone's forwards) for a request that has nothing left to do.
-fn throttled(retry_after_ms: u64) -> Fail {
-    Unavailable::Throttled { retry_after_ms }.into()
-}
-
-impl Service {
-    /// Checks `password` for `login`, asked by teller `peer`, under the throttle. On
-    /// success the attempt must be handed back ([`Service::password_ok`]) once the whole
-    /// login succeeded; dropping it leaves the attempt counted as a failure.
-    async fn check_password(
-        &self,
-        peer: PeerId,
-        login: &str,
-        password: String,
-        (otp_missing, local): (bool, bool),
-    ) -> Result<(Attempt, LoginRow), Fail> {
-        let now = now_ms();
-        let waited = self.logins.guard().peer_wait(peer, now);
-        if waited > 0 {
-            return Err(throttled(waited));
-        }
-        let who = login.to_owned();
-        let row = self
-            .reader
-            .read(move |c, _| auth::login_read(c, &who))
-            .await
-            .map_err(store_failed)?;
-        let exists = matches!(row, LoginRow::Found { .. });
-        let on_site = local && !otp_missing && on_site_admin(&row);
-        let key = match on_site {
-            true => format!("{login}{ON_SITE}"),
-            false => login.to_owned(),
-        };
-        let admitted = self.logins.guard().admit(&key, exists, peer, now);
-        let attempt = match admitted {
-            Ok(attempt) => attempt,
-            Err(retry_after_ms) => return Err(throttled(retry_after_ms)),
-        };
-        let trusted = attempt.trusted() || on_site;
-        match self.logins.verify(password, row.clone(), trusted).await {
-            Ok(true) => Ok((attempt, row)),
-            Ok(false) => {
-                self.failed(&attempt).await;
-                Err(auth::wrong_password(&row, otp_missing).into())
-            }
-            Err(turned_away) => {
-                // Overloaded (or stopping) before the check: no attempt was made.
-                self.logins.guard().not_made(attempt);
-                Err(turned_away)
-            }
-        }
-    }
-
-    /// The attempt logged in: its counts are undone and its teller trusted for the
-    /// login, here and in the store.
-    async fn password_ok(&self, attempt: Attempt) {
-        let now = now_ms();
-        let kept = lasting(&attempt).then(|| ThrottleOp::Succeeded {
-            login: attempt.login().to_owned(),
-            peer: attempt.peer().to_bytes(),
-            until_ms: now.saturating_add(LOGIN_TRUST_MS),
-            now_ms: now,
-        });
-        self.logins.guard().succeeded(attempt, now);
-        if let Some(op) = kept {
-            self.keep(op).await;
-        }
-    }
-
-    /// The attempt failed: an existing login's count, as the guard has it now, goes to
-    /// the store too, so a restart or a new leader does not forget it.
-    async fn failed(&self, attempt: &Attempt) {
-        if !lasting(attempt) || attempt.trusted() {
-            return;
-        }
-        let count = self.logins.guard().count(attempt.login());
-        if let Some((failures, last_ms)) = count {
-            let login = attempt.login().to_owned();
-            let op = ThrottleOp::Failed {
-                login,
-                failures,
-                last_ms,
-            };
-            self.keep(op).await;
-        }
-    }
-
-    /// Writes `op`; a store that cannot take it is logged (the live count stands).
-    async fn keep(&self, op: ThrottleOp) {
-        let written = self.writer.call_write(WriteOp::Throttle(op)).await;
-        if let Err(e) = written.and_then(WriteResult::into_done) {
-            tracing::warn!("the login throttle's change was not stored: {e}");
-        }
-    }
-
-    /// A login: the password under the throttle, then (in the writer) the one-time code
-    /// of an enrolled login, then a session, stored before its token is handed out.
-    /// `local`: the teller is connected here from this machine (not through anyone).
-    pub(crate) async fn login(
-        &self,
-        (peer, local): (PeerId, bool),
-        user: String,
-        password: String,
-        otp: Option<String>,
-    ) -> Answer {
-        let otp_missing = otp.is_none();
-        let (attempt, row) = self
-            .check_password(peer, &user, password, (otp_missing, local))
-            .await?;
-        let now = now_ms();
-        let login = user.clone();
-        let info = self
-            .writer
-            .call_write(WriteOp::Login {
-                login,
-                row,
-                otp,
-                now_ms: now,
-            })
-            .await
-            .and_then(WriteResult::into_login)
-            .map_err(store_failed)?;
-        let info = match info {
-            Ok(info) => info,
-            Err(refusal) => {
-                // A wrong or used one-time code: a failed attempt like a wrong password.
-                self.failed(&attempt).await;
-                return Err(refusal.into());
-            }
-        };
-        self.password_ok(attempt).await;
-        let opened = self.sessions().open(peer, info, rand::random(), now);
-        let info = opened.info;
-        let (row, evicted, numbers) = (opened.row, opened.evicted, info.accounts.clone());
-        let accounts = self
-            .writer
-            .call_write(WriteOp::OpenSession {
-                row,
-                evicted,
-                accounts: numbers,
-                now_ms: now,
-            })
-            .await
-            .and_then(WriteResult::into_accounts)
-            .map_err(store_failed)?;
-        tracing::info!(%peer, login = %info.login, role = ?info.role, "logged in");
-        Ok(TellerResponse::LoggedIn {
-            session: opened.token,
-            role: info.role,
-            accounts,
-            expires_at_ms: info.expires_at_ms,
-            now_ms: now_ms(),
-        })
-    }
-
-    /// The session's own password typed again (closing an account, enrolling a
-    /// device), checked under the same throttle as a login.
-    pub(crate) async fn reauthenticate(
-        &self,
-        peer: PeerId,
-        session: &SessionInfo,
-        password: String,
-    ) -> Result<(), Fail> {
-        let (attempt, _) = self
-            .check_password(peer, &session.login, password, (false, false))
-            .await?;
-        self.password_ok(attempt).await;
-        Ok(())
-    }
-
-    /// Enrols `user` for one-time codes and answers the `otpauth://` URI. A customer
-    /// enrols only themselves and only once; an admin may replace a device.
-    pub(crate) async fn enroll_otp(
-        &self,
-        peer: PeerId,
-        session: &SessionInfo,
-        user: String,
-        password: String,
-    ) -> Answer {
-        self.reauthenticate(peer, session, password).await?;
-        let secret = crate::totp::new_secret();
-        let replace = session.role == Role::Admin;
-        let who = user.clone();
-        self.writer
-            .call_write(WriteOp::EnrollOtp {
-                login: who,
-                secret: secret.to_vec(),
-                replace,
-            })
-            .await
-            .and_then(WriteResult::into_done)
-            .map_err(store_failed)??;
-        let issuer = self
-            .network
-            .get(self.me)
-            .map_or_else(|| format!("BankMate {}", self.me), |b| b.name.clone());
-        tracing::info!(%peer, by = %session.login, %user, "enrolled for one-time codes");
-        Ok(TellerResponse::OtpEnrolled {
-            uri: crate::totp::otpauth_uri(&secret, &issuer, &user),
-            user,
-        })
-    }
-}
+pub(crate) const ON_SITE: &str = "\u{0}on-site";
 
 #[cfg(test)]
 mod tests {
@@ -443,10 +216,7 @@ mod tests {
         let r = logins
             .verify("one more".into(), LoginRow::Unknown, false)
             .await;
-        assert!(
-            matches!(r, Err(Fail::Unavailable(Unavailable::Overloaded))),
-            "{r:?}"
-        );
+        assert!(matches!(r, Err(Unavailable::Overloaded)), "{r:?}");
         let r = logins.verify("owner".into(), LoginRow::Unknown, true).await;
         assert!(matches!(r, Ok(false)), "{r:?}");
         let still_waiting = logins.others.waiting.load(Ordering::Acquire);

@@ -952,7 +952,8 @@ fn serve(
             reply,
         } => {
             let service = Arc::clone(&s.service);
-            let answer = async move { service.teller(peer, request, false).await };
+            let answer =
+                async move { service.teller(peer, request, service::Origin::Teller).await };
             InFlight::answer(busy, peer, reply, teller_overloaded(), answer);
         }
         Inbound::Link {

@@ -1,0 +1,144 @@
+//! Accounts: opening and closing them, listing them here and across the network, and
+//! the admins' fault switch.
+
+use libp2p::PeerId;
+use wire::link::{ForwardRequest, LinkResponse};
+use wire::teller::{
+    AccountView, AccountsPage, LinkFault, NewCustomer, Scope, TellerResponse, Unavailable,
+};
+use wire::{AccountNumber, BranchId, Refusal};
+
+use super::{Answer, Fail, Service, store_failed};
+use crate::node::now_ms;
+use crate::node::sessions::SessionInfo;
+use crate::store::bank;
+use crate::store::ops::{WriteOp, WriteResult};
+
+impl Service {
+    pub(super) async fn open_account(
+        &self,
+        customer: NewCustomer,
+        password: String,
+        existing: Option<AccountNumber>,
+    ) -> Answer {
+        let hash = tokio::task::spawn_blocking(move || crate::store::hash_password(&password))
+            .await
+            .map_err(|_| Unavailable::StoreFailed)?
+            .map_err(store_failed)?;
+        let opened = self
+            .writer
+            .call_write(WriteOp::OpenAccount {
+                customer,
+                password_hash: hash,
+                existing,
+                now_ms: now_ms(),
+            })
+            .await
+            .and_then(WriteResult::into_account)
+            .map_err(store_failed)??;
+        tracing::info!(account = %opened.number, "account opened");
+        Ok(TellerResponse::AccountOpened(opened))
+    }
+
+    /// Closes an empty account after the admin gives their password again; the
+    /// account's login goes with it, and so do its sessions.
+    pub(super) async fn close_account(
+        &self,
+        peer: PeerId,
+        session: &SessionInfo,
+        account: AccountNumber,
+        admin_password: String,
+    ) -> Answer {
+        self.reauthenticate(peer, session, admin_password).await?;
+        let closed = self
+            .writer
+            .call_write(WriteOp::CloseAccount {
+                account,
+                now_ms: now_ms(),
+            })
+            .await
+            .and_then(WriteResult::into_account)
+            .map_err(store_failed)??;
+        let ended = self.sessions().end_login(&account.to_string());
+        tracing::info!(%account, sessions_ended = ended, "account closed");
+        Ok(TellerResponse::AccountClosed(closed))
+    }
+
+    pub(super) async fn set_link_fault(&self, branch: BranchId, fault: LinkFault) -> Answer {
+        if !self.fault_switch {
+            return Err(Refusal::Unauthorized.into());
+        }
+        let listed = self.network.get(branch).ok_or(Refusal::UnknownBranch)?;
+        for replica in &listed.replicas {
+            self.client.set_fault(replica.peer_id, fault).await;
+        }
+        Ok(TellerResponse::LinkFaultSet { branch, fault })
+    }
+
+    /// A page of this branch's accounts after serial `after_serial`.
+    pub(super) async fn local_accounts(
+        &self,
+        after_serial: u32,
+        limit: u32,
+    ) -> Result<Vec<AccountView>, Fail> {
+        self.reader
+            .read(move |c, me| bank::list(c, me, after_serial, limit))
+            .await
+            .map_err(store_failed)
+    }
+
+    /// A page of accounts in account-number order. For the network, branches are read
+    /// in id order from the cursor's branch on until the page is full; a branch that
+    /// does not answer is named and passed over, so the rest still lists.
+    pub(super) async fn accounts(&self, scope: Scope, page: AccountsPage) -> Answer {
+        let limit = usize::try_from(page.limit).unwrap_or(usize::MAX);
+        let start = page.after.map_or(BranchId(0), |a| a.branch());
+        let mut branches: Vec<BranchId> = match scope {
+            Scope::Branch => vec![self.me],
+            Scope::Network => self.network.branches().map(|b| b.id).collect(),
+        };
+        branches.sort();
+        let (mut accounts, mut unreachable) = (Vec::new(), Vec::new());
+        for b in branches.into_iter().filter(|b| *b >= start) {
+            let want = limit - accounts.len();
+            let after = page.after.filter(|a| a.branch() == b);
+            let part = AccountsPage {
+                after,
+                limit: u32::try_from(want).unwrap_or(u32::MAX),
+            };
+            let after_serial = after.map_or(0, |a| a.serial());
+            let got = if b == self.me {
+                self.local_accounts(after_serial, part.limit).await
+            } else {
+                match self.link(b, ForwardRequest::Accounts { page: part }).await {
+                    Ok(LinkResponse::Accounts(v)) => Ok(v),
+                    Ok(_) => Err(Unavailable::NoAnswer(b).into()),
+                    Err(e) => Err(e),
+                }
+            };
+            match got {
+                Ok(v) => accounts.extend(v.into_iter().take(want)),
+                Err(Fail::Unavailable(_)) if b != self.me => unreachable.push(b),
+                Err(e) => return Err(e),
+            }
+            if accounts.len() >= limit {
+                break;
+            }
+        }
+        let next_after = (accounts.len() >= limit)
+            .then(|| accounts.last().map(|a| a.number))
+            .flatten();
+        Ok(TellerResponse::Accounts {
+            accounts,
+            next_after,
+            unreachable,
+        })
+    }
+
+    pub(super) fn others(&self) -> impl Iterator<Item = BranchId> + '_ {
+        self.network
+            .branches()
+            .filter(|b| b.id != self.me)
+            .map(|b| b.id)
+    }
+}
