@@ -96,3 +96,19 @@ fn every_target_survives_mutations_of_its_seeds() {
         }
     }
 }
+
+/// Every fuzz body is a target the fuzzer builds, with its source file.
+#[test]
+fn every_fuzz_body_is_a_target_of_the_fuzzer() {
+    let fuzz = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz");
+    let manifest = std::fs::read_to_string(fuzz.join("Cargo.toml")).expect("fuzz manifest");
+    for (name, _) in tests::fuzz::TARGETS {
+        let source = fuzz.join(format!("fuzz_targets/{name}.rs"));
+        assert!(source.is_file(), "{} is missing", source.display());
+        let bin = format!("name = \"{name}\"");
+        assert!(
+            manifest.contains(&bin),
+            "fuzz/Cargo.toml has no target {name}"
+        );
+    }
+}
