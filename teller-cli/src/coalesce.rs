@@ -78,9 +78,12 @@ impl Lanes {
             tokio::spawn(lane);
         }
         rx.await.unwrap_or_else(|_| {
-            Err(TellerError::Unexpected(
-                "the connection's batcher stopped".into(),
-            ))
+            // Its batcher ended without answering (the connection task stopped): the
+            // transfer may have been sent.
+            Err(TellerError::Unexpected {
+                asked: "transfer",
+                answered: "nothing",
+            })
         })
     }
 
@@ -135,7 +138,7 @@ async fn send((client, sealer): Via<'_>, session: SessionToken, mut batch: Vec<W
             }
         }
         Ok(other) => {
-            let odd = TellerError::Unexpected(format!("a batch answered {other:?}"));
+            let odd = TellerError::unexpected("transfer-batch", &other);
             for w in batch {
                 let _ = w.reply.send(Err(odd.clone()));
             }

@@ -5,6 +5,7 @@
 pub mod batch;
 pub mod coalesce;
 pub mod money;
+pub mod requests;
 pub mod sealer;
 pub mod web;
 pub mod when;
@@ -51,8 +52,13 @@ pub enum TellerError {
     /// Input the bank would refuse, caught before sending (a mistyped account number).
     #[error("{0}")]
     Invalid(String),
-    #[error("unexpected answer from the branch: {0}")]
-    Unexpected(String),
+    /// The branch answered with a kind of answer the request does not have: a bug on
+    /// one side, and the request may have been carried out.
+    #[error("the branch answered {asked} with {answered}, which it does not have")]
+    Unexpected {
+        asked: &'static str,
+        answered: &'static str,
+    },
 }
 
 /// Where to connect: a branch by name from a network file, or a full address.
@@ -118,12 +124,21 @@ impl Target {
 }
 
 impl TellerError {
+    /// `answered` came back to request `asked` (an operation's name), which never
+    /// answers that.
+    pub fn unexpected(asked: &'static str, answered: &TellerResponse) -> TellerError {
+        TellerError::Unexpected {
+            asked,
+            answered: answered.kind(),
+        }
+    }
+
     /// Whether the request may have taken effect although no answer says so.
     pub fn may_have_happened(&self) -> bool {
         match self {
             TellerError::Unavailable(u) => u.may_have_happened(),
             TellerError::Connection(e) => e.may_have_arrived(),
-            TellerError::Unexpected(_) => true,
+            TellerError::Unexpected { .. } => true,
             TellerError::Refused(_)
             | TellerError::Usage(_)
             | TellerError::Invalid(_)
@@ -140,7 +155,7 @@ impl TellerError {
             TellerError::Connection(_) => "branch_unreachable",
             TellerError::Usage(_) => "usage",
             TellerError::Invalid(_) => "invalid_input",
-            TellerError::Unexpected(_) => "unexpected",
+            TellerError::Unexpected { .. } => "unexpected",
             TellerError::LoginNotDone(e) => e.code(),
         }
     }
@@ -372,7 +387,7 @@ impl Teller {
                 unreachable: missed,
             } = r
             else {
-                return Err(TellerError::Unexpected(format!("{r:?}")));
+                return Err(TellerError::unexpected("list-accounts", &r));
             };
             accounts.extend(got);
             for b in missed {

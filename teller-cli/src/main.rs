@@ -302,7 +302,7 @@ fn exit_for(e: &TellerError, mutating: bool) -> (u8, &'static str) {
         TellerError::Refused(_) | TellerError::Invalid(_) => (EXIT_REFUSED, "refused"),
         TellerError::Usage(_) => (EXIT_USAGE, "usage"),
         _ if mutating && e.may_have_happened() => (EXIT_UNKNOWN, "unknown"),
-        TellerError::Unexpected(_) => (1, "unexpected"),
+        TellerError::Unexpected { .. } => (1, "unexpected"),
         TellerError::Unavailable(_) | TellerError::Connection(_) | TellerError::LoginNotDone(_) => {
             (EXIT_NOT_DONE, "not_done")
         }

@@ -599,6 +599,31 @@ pub enum TellerResponse {
     Receipts(Vec<LineReceipt>),
 }
 
+impl TellerResponse {
+    /// The answer's kind, as a word (for an error that names an answer nobody asked for).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            TellerResponse::LoggedIn { .. } => "logged-in",
+            TellerResponse::LoggedOut => "logged-out",
+            TellerResponse::Account(_) => "account",
+            TellerResponse::Receipt { .. } => "receipt",
+            TellerResponse::Entries { .. } => "entries",
+            TellerResponse::Status { .. } => "status",
+            TellerResponse::AccountOpened(_) => "account-opened",
+            TellerResponse::AccountClosed(_) => "account-closed",
+            TellerResponse::Accounts { .. } => "accounts",
+            TellerResponse::LinkFaultSet { .. } => "link-fault-set",
+            TellerResponse::OtpEnrolled { .. } => "otp-enrolled",
+            TellerResponse::Trace { .. } => "trace",
+            TellerResponse::Stuck { .. } => "stuck",
+            TellerResponse::Statements { .. } => "statements",
+            TellerResponse::Refused(_) => "refused",
+            TellerResponse::Unavailable(_) => "unavailable",
+            TellerResponse::Receipts(_) => "receipts",
+        }
+    }
+}
+
 /// What one line of a transfer batch came to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(test, derive(proptest_derive::Arbitrary))]

@@ -11,7 +11,6 @@ use axum::routing::get;
 use maud::{Markup, html};
 use wire::teller::{
     AccountsPage, EntryFilter, EntryKind, NetworkCursor, NewCustomer, PageRequest, Role, Scope,
-    TellerOp, TellerResponse,
 };
 use wire::{AccountNumber, Refusal};
 
@@ -79,28 +78,13 @@ async fn accounts(visitor: Visitor, Query(q): Query<Fields>) -> Response {
     let mut v = visitor.lock().await;
     let scope = scope_of(&q);
     let after = q.get("after").and_then(|a| a.parse::<AccountNumber>().ok());
-    let op = TellerOp::ListAccounts {
-        scope,
-        page: AccountsPage { after, limit: ROWS },
-    };
+    let asked = AccountsPage { after, limit: ROWS };
     let r = match admin(&mut v) {
-        Ok(t) => t.call_renewing(op).await,
+        Ok(t) => t.accounts(scope, asked).await,
         Err(r) => return r,
     };
     let (accounts, next, unreachable) = match r {
-        Ok(TellerResponse::Accounts {
-            accounts,
-            next_after,
-            unreachable,
-        }) => (accounts, next_after, unreachable),
-        Ok(other) => {
-            return page(
-                StatusCode::BAD_GATEWAY,
-                &v,
-                "Accounts",
-                error_box(&TellerError::Unexpected(format!("{other:?}"))),
-            );
-        }
+        Ok(a) => (a.accounts, a.next_after, a.unreachable),
         Err(e) => return page(pages::status_of(&e), &v, "Accounts", error_box(&e)),
     };
     let scope_arg = if scope == Scope::Network {
@@ -212,41 +196,25 @@ async fn transactions(visitor: Visitor, Query(q): Query<Fields>) -> Response {
         }
     };
     let before = q.get("before").and_then(|b| b.parse().ok());
-    let op = TellerOp::ListTransactions {
-        scope,
-        page: PageRequest {
-            before,
-            limit: ROWS,
-        },
-        filter,
-        network,
+    let asked = PageRequest {
+        before,
+        limit: ROWS,
     };
     let r = match admin(&mut v) {
-        Ok(t) => t.call_renewing(op).await,
+        Ok(t) => t.transactions(scope, asked, filter, network).await,
         Err(r) => return r,
     };
     let (entries, next_link, unreachable) = match r {
-        Ok(TellerResponse::Entries {
-            entries,
-            next_before,
-            next_network,
-            unreachable,
-        }) => {
+        Ok(e) => {
             let next = match scope {
-                Scope::Branch => next_before.map(|n| older_link(&q, "before", &n.to_string())),
-                Scope::Network => {
-                    next_network.map(|c| older_link(&q, "net", &wire::teller::cursor_text(&c)))
-                }
+                Scope::Branch => e
+                    .next_before
+                    .map(|n| older_link(&q, "before", &n.to_string())),
+                Scope::Network => e
+                    .next_network
+                    .map(|c| older_link(&q, "net", &wire::teller::cursor_text(&c))),
             };
-            (entries, next, unreachable)
-        }
-        Ok(other) => {
-            return page(
-                StatusCode::BAD_GATEWAY,
-                &v,
-                "Transactions",
-                error_box(&TellerError::Unexpected(format!("{other:?}"))),
-            );
+            (e.entries, next, e.unreachable)
         }
         Err(e) => {
             return page(
@@ -330,8 +298,9 @@ async fn open_form(visitor: Visitor) -> Response {
     page(StatusCode::OK, &v, "Open an account", body)
 }
 
-/// The request the open-account form asks for, or why it cannot be sent.
-fn open_op(f: &Fields) -> Result<TellerOp, String> {
+/// What the open-account form asks for (the customer, their password, the account of
+/// an existing customer), or why it cannot be sent.
+fn open_op(f: &Fields) -> Result<(NewCustomer, String, Option<AccountNumber>), String> {
     let get = |k: &str| f.get(k).map(|s| s.trim().to_owned()).unwrap_or_default();
     let password = f.get("password").cloned().unwrap_or_default();
     if f.get("password2") != Some(&password) {
@@ -352,11 +321,7 @@ fn open_op(f: &Fields) -> Result<TellerOp, String> {
         last_name: get("last_name"),
         sms_opt_in: f.get("sms_opt_in").is_some_and(|s| s == "yes"),
     };
-    Ok(TellerOp::OpenAccount {
-        customer,
-        password,
-        existing,
-    })
+    Ok((customer, password, existing))
 }
 
 async fn open(visitor: Visitor, axum::Form(f): axum::Form<Fields>) -> Response {
@@ -367,19 +332,17 @@ async fn open(visitor: Visitor, axum::Form(f): axum::Form<Fields>) -> Response {
     let r = match (open_op(&f), admin(&mut v)) {
         (_, Err(r)) => return r,
         (Err(why), Ok(_)) => Err(TellerError::Invalid(why)),
-        (Ok(op), Ok(t)) => t.call_renewing(op).await,
+        (Ok((customer, password, existing)), Ok(t)) => {
+            t.open_account(customer, password, existing).await
+        }
     };
     let (status, body) = match r {
-        Ok(TellerResponse::AccountOpened(a)) => (
+        Ok(a) => (
             StatusCode::OK,
             html! {
                 (pages::done_box(&format!("Opened {} for {}; the customer logs in with the account number.", a.number, a.owner_name)))
                 p { a href="/admin/open" { "Open another" } " · " a href="/admin/accounts" { "Accounts" } }
             },
-        ),
-        Ok(other) => (
-            StatusCode::BAD_GATEWAY,
-            error_box(&TellerError::Unexpected(format!("{other:?}"))),
         ),
         Err(e) => (
             pages::status_of(&e),
@@ -424,22 +387,12 @@ async fn close(visitor: Visitor, axum::Form(f): axum::Form<Fields>) -> Response 
     let r = match (typed.parse::<AccountNumber>(), admin(&mut v)) {
         (_, Err(r)) => return r,
         (Err(e), Ok(_)) => Err(TellerError::Invalid(format!("account: {e}"))),
-        (Ok(account), Ok(t)) => {
-            t.call_renewing(TellerOp::CloseAccount {
-                account,
-                admin_password,
-            })
-            .await
-        }
+        (Ok(account), Ok(t)) => t.close_account(account, admin_password).await,
     };
     let (status, body) = match r {
-        Ok(TellerResponse::AccountClosed(a)) => (
+        Ok(a) => (
             StatusCode::OK,
             pages::done_box(&format!("Closed {}.", a.number)),
-        ),
-        Ok(other) => (
-            StatusCode::BAD_GATEWAY,
-            error_box(&TellerError::Unexpected(format!("{other:?}"))),
         ),
         Err(e) => (
             pages::status_of(&e),

@@ -10,7 +10,9 @@ use axum::http::StatusCode;
 use axum::response::Response;
 use axum::routing::get;
 use maud::{Markup, html};
-use wire::teller::{EntryView, PageRequest, TellerOp, TellerResponse};
+use wire::teller::{EntryView, PageRequest, TellerOp};
+
+use crate::requests::Enrolled;
 use wire::twopc::TransferSpec;
 use wire::{AccountNumber, Amount, TransferId};
 
@@ -34,15 +36,6 @@ pub(crate) fn routes() -> Router<Arc<Web>> {
         .route("/otp", get(otp_form).post(enroll))
 }
 
-/// An answer from the branch, or the page that says why there is none.
-fn or_error_page(
-    v: &Visit,
-    title: &str,
-    r: Result<TellerResponse, TellerError>,
-) -> Result<TellerResponse, Response> {
-    r.map_err(|e| page(pages::status_of(&e), v, title, error_box(&e)))
-}
-
 /// The customer's accounts with fresh balances.
 async fn accounts(visitor: Visitor) -> Response {
     let mut v = visitor.lock().await;
@@ -53,11 +46,7 @@ async fn accounts(visitor: Visitor) -> Response {
     };
     let mut rows = Vec::new();
     for account in numbers {
-        match teller.call_renewing(TellerOp::Balance { account }).await {
-            Ok(TellerResponse::Account(a)) => rows.push(Ok(a)),
-            Ok(other) => rows.push(Err(TellerError::Unexpected(format!("{other:?}")))),
-            Err(e) => rows.push(Err(e)),
-        }
+        rows.push(teller.balance(account).await);
     }
     let body = html! {
         p { a #refresh href="/accounts" { "Refresh balances" } }
@@ -300,32 +289,17 @@ async fn history(visitor: Visitor, Query(q): Query<Fields>) -> Response {
         );
     };
     let before = q.get("before").and_then(|b| b.parse().ok());
-    let op = TellerOp::History {
-        account,
-        page: PageRequest {
-            before,
-            limit: HISTORY_ROWS,
-        },
+    let page_asked = PageRequest {
+        before,
+        limit: HISTORY_ROWS,
     };
     let r = match logged_in(&mut v) {
-        Ok(t) => t.call_renewing(op).await,
+        Ok(t) => t.history(account, page_asked).await,
         Err(r) => return r,
     };
-    let (entries, next) = match or_error_page(&v, "History", r) {
-        Ok(TellerResponse::Entries {
-            entries,
-            next_before,
-            ..
-        }) => (entries, next_before),
-        Ok(other) => {
-            return page(
-                StatusCode::BAD_GATEWAY,
-                &v,
-                "History",
-                error_box(&TellerError::Unexpected(format!("{other:?}"))),
-            );
-        }
-        Err(r) => return r,
+    let (entries, next) = match r {
+        Ok(e) => (e.entries, e.next_before),
+        Err(e) => return page(pages::status_of(&e), &v, "History", error_box(&e)),
     };
     let body = html! {
         form.inline method="get" action="/history" {
@@ -349,9 +323,8 @@ async fn status(visitor: Visitor, Query(q): Query<Fields>) -> Response {
             Err(e) => error_box(&TellerError::Invalid(format!("not a transfer id ({e})"))),
             Ok(id) => match logged_in(&mut v) {
                 Err(r) => return r,
-                Ok(t) => match t.call_renewing(TellerOp::TransferStatus { id }).await {
-                    Ok(TellerResponse::Status { id, state }) => pages::state_box(id, &state),
-                    Ok(other) => error_box(&TellerError::Unexpected(format!("{other:?}"))),
+                Ok(t) => match t.transfer_status(id).await {
+                    Ok(state) => pages::state_box(id, &state),
                     Err(e) => error_box(&e),
                 },
             },
@@ -414,24 +387,17 @@ async fn enroll(visitor: Visitor, axum::Form(f): axum::Form<Fields>) -> Response
         .to_owned();
     let password = f.get("password").cloned().unwrap_or_default();
     let r = match logged_in(&mut v) {
-        Ok(t) => {
-            t.call_renewing(TellerOp::EnrollOtp { user, password })
-                .await
-        }
+        Ok(t) => t.enroll_otp(user, password).await,
         Err(r) => return r,
     };
     let (status, answer) = match r {
-        Ok(TellerResponse::OtpEnrolled { user, uri }) => (
+        Ok(Enrolled { user, uri }) => (
             StatusCode::OK,
             html! {
                 (pages::done_box(&format!("{user} is enrolled: from now on a login needs the code.")))
                 p { "Add this to the authenticator app (it is shown once):" }
                 p { code.uri { (uri) } }
             },
-        ),
-        Ok(other) => (
-            StatusCode::BAD_GATEWAY,
-            error_box(&TellerError::Unexpected(format!("{other:?}"))),
         ),
         Err(e) => (
             pages::status_of(&e),

@@ -223,7 +223,7 @@ async fn login(
             StatusCode::BAD_GATEWAY,
             &v,
             &web.branch_name,
-            Some(&TellerError::Unexpected(format!("{other:?}"))),
+            Some(&TellerError::unexpected("login", &other)),
             user,
         ),
         Err(e) => pages::login(pages::status_of(&e), &v, &web.branch_name, Some(&e), user),
