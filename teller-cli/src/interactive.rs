@@ -10,7 +10,7 @@ use wire::teller::{NewCustomer, PageRequest, Role, Scope, TellerOp, TellerRespon
 use wire::twopc::TransferSpec;
 use wire::{AccountNumber, TransferId};
 
-use crate::output::entries_table;
+use crate::views::entries_table;
 
 /// End of input: the user left.
 struct Eof;

@@ -6,6 +6,7 @@ mod interactive;
 mod output;
 mod reconcile;
 mod trace;
+mod views;
 
 use std::io::Read;
 use std::path::PathBuf;

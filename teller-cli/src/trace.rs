@@ -169,7 +169,7 @@ pub fn trace_json(branches: &[BranchTrace]) -> serde_json::Value {
                 "what": e.what, "signer": e.signer.0, "verified": e.verified,
                 "expires_at_ms": e.expires_at_ms,
             })).collect::<Vec<_>>(),
-            "ledger": t.ledger.iter().map(crate::output::entry_json).collect::<Vec<_>>(),
+            "ledger": t.ledger.iter().map(crate::views::entry_json).collect::<Vec<_>>(),
         })
     };
     branches.iter().map(branch).collect()
