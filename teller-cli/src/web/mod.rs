@@ -91,10 +91,40 @@ pub fn router(config: WebConfig, addr: SocketAddr) -> Router {
         .route("/static/app.css", get(css))
         .route("/static/app.js", get(js))
         .fallback(not_found)
+        .layer(middleware::from_fn(csrf))
         .layer(middleware::from_fn_with_state(web.clone(), visits::attach))
         .layer(middleware::from_fn_with_state(web.clone(), known_host))
         .layer(middleware::from_fn(security_headers))
         .with_state(web)
+}
+
+/// Most bytes of a form the console reads (a bulk payment's lines are the longest).
+const FORM_BYTES_MAX: usize = 2 << 20;
+
+/// Every request that may change something (anything but GET and HEAD) must carry the
+/// visit's CSRF token in its form, checked here once for every handler: a form another
+/// site made, or one from a page before a login, is refused and nothing is done.
+async fn csrf(visitor: Visitor, request: Request, next: Next) -> Response {
+    use axum::http::Method;
+    if [Method::GET, Method::HEAD].contains(request.method()) {
+        return next.run(request).await;
+    }
+    let (parts, body) = request.into_parts();
+    let Ok(bytes) = axum::body::to_bytes(body, FORM_BYTES_MAX).await else {
+        return StatusCode::PAYLOAD_TOO_LARGE.into_response();
+    };
+    let form: Fields = serde_urlencoded::from_bytes(&bytes).unwrap_or_default();
+    {
+        let v = visitor.lock().await;
+        if !v.form_is_ours(&form) {
+            let why = "this form is out of date or did not come from this console; nothing \
+                       was done. Open the page again and resend";
+            let body = pages::problem_box("csrf", why);
+            return pages::page(StatusCode::FORBIDDEN, &v, "Form expired", body);
+        }
+    }
+    next.run(Request::from_parts(parts, axum::body::Body::from(bytes)))
+        .await
 }
 
 /// Serves the console on `listener` until `stop` resolves.
@@ -198,9 +228,6 @@ async fn login(
     axum::Form(form): axum::Form<Fields>,
 ) -> Response {
     let mut v = visitor.lock().await;
-    if let Err(r) = v.check_csrf(&form) {
-        return r;
-    }
     let field = |k: &str| form.get(k).map(|s| s.trim()).unwrap_or_default();
     let (user, password) = (
         field("user"),
@@ -231,11 +258,8 @@ async fn login(
 }
 
 /// Ends the branch session, then the visit's login.
-async fn logout(visitor: Visitor, axum::Form(form): axum::Form<Fields>) -> Response {
+async fn logout(visitor: Visitor) -> Response {
     let mut v = visitor.lock().await;
-    if let Err(r) = v.check_csrf(&form) {
-        return r;
-    }
     v.log_out().await;
     Redirect::to("/login").into_response()
 }

@@ -15,7 +15,7 @@ use tokio::sync::{Mutex as AsyncMutex, MutexGuard};
 use wire::AccountNumber;
 use wire::teller::Role;
 
-use super::{Fields, Web, pages};
+use super::{Fields, Web};
 use crate::Teller;
 
 /// The cookie naming a visit.
@@ -91,22 +91,10 @@ impl Visit {
         &self.csrf
     }
 
-    /// Refuses a form that does not carry this visit's token: it was not made by a
+    /// Whether a form carries this visit's token: one that does not was not made by a
     /// page of this visit (another site's form, or a page from before a login).
-    pub fn check_csrf(&self, form: &Fields) -> Result<(), Response> {
-        match form.get("csrf") {
-            Some(t) if same(t, &self.csrf) => Ok(()),
-            _ => Err(pages::page(
-                StatusCode::FORBIDDEN,
-                self,
-                "Form expired",
-                pages::problem_box(
-                    "csrf",
-                    "this form is out of date or did not come from this console; nothing was \
-                     done. Open the page again and resend",
-                ),
-            )),
-        }
+    pub fn form_is_ours(&self, form: &Fields) -> bool {
+        form.get("csrf").is_some_and(|t| same(t, &self.csrf))
     }
 
     pub fn role(&self) -> Option<Role> {
