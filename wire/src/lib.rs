@@ -6,6 +6,7 @@
 
 pub mod account;
 pub mod codec;
+pub mod entries;
 pub mod fence;
 pub mod ids;
 pub mod limits;

@@ -19,6 +19,8 @@ use crate::money::Amount;
 use crate::refusal::Refusal;
 use crate::twopc::TransferSpec;
 
+pub use crate::entries::{EntryKind, EntryView, TransferState};
+
 /// A login session, drawn at random by the branch and bound to the teller's PeerId.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[cfg_attr(test, derive(proptest_derive::Arbitrary))]
@@ -379,58 +381,6 @@ impl TellerOp {
                 amount,
             }
         }
-    }
-}
-
-/// The kind of a ledger entry.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
-pub enum EntryKind {
-    Deposit,
-    Withdrawal,
-    TransferDebit,
-    TransferCredit,
-}
-
-/// One ledger entry as a teller sees it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
-pub struct EntryView {
-    pub branch: BranchId,
-    pub seq: u64,
-    #[cfg_attr(test, proptest(strategy = "crate::account::tests::any_account()"))]
-    pub account: AccountNumber,
-    pub kind: EntryKind,
-    #[cfg_attr(
-        test,
-        proptest(strategy = "proptest::option::of(crate::account::tests::any_account())")
-    )]
-    pub counterparty: Option<AccountNumber>,
-    pub amount: Amount,
-    pub balance_after: Amount,
-    pub transfer_id: TransferId,
-    pub at_ms: u64,
-}
-
-/// Where a transfer (or deposit or withdrawal) stands. `Committed` and `Aborted` are
-/// final and the same from every branch; `Pending` and `Unknown` mean "not known yet".
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
-pub enum TransferState {
-    Committed,
-    /// Final: recorded so that this id can never apply.
-    Aborted(Refusal),
-    /// Known here, decision not known here yet: ask again.
-    Pending,
-    /// This branch has no record of the id (yet). From the id's authority, once nothing
-    /// is in flight, it means the request never took effect.
-    Unknown,
-}
-
-impl TransferState {
-    /// True for `Committed` and `Aborted`: the outcome every later answer repeats.
-    pub fn is_final(&self) -> bool {
-        matches!(self, TransferState::Committed | TransferState::Aborted(_))
     }
 }
 

@@ -5,9 +5,9 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::entries::EntryView;
 use crate::ids::{BranchId, TransferId};
 use crate::money::Amount;
-use crate::teller::EntryView;
 use crate::twopc::{Decision, TransferSpec, Vote};
 
 /// A transfer as its coordinator recorded it.
@@ -58,7 +58,7 @@ pub struct MovementView {
         )
     )]
     pub accounts: Vec<crate::AccountNumber>,
-    pub state: crate::teller::TransferState,
+    pub state: crate::entries::TransferState,
     pub at_ms: u64,
 }
 
