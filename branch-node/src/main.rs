@@ -227,75 +227,20 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             replicated,
             customer_deposit_max,
         } => {
-            let password = match admin_password_file {
-                Some(f) => {
-                    let text = std::fs::read_to_string(&f)
-                        .map_err(|e| anyhow::anyhow!("{}: {e}", f.display()))?;
-                    Some(text.trim_end_matches(['\n', '\r']).to_owned())
-                }
-                None => None,
-            };
-            let done = branch_node::init::init_with(
-                &data_dir,
-                (BranchId(branch_id), &name),
-                password,
-                totp,
-                customer_deposit_max,
-            )?;
-            println!(
-                "initialized branch {} ({}) in {}",
-                done.branch,
-                done.name,
-                data_dir.display()
-            );
-            println!("admin login: {}", branch_node::init::ADMIN_LOGIN);
-            println!("customers may deposit up to {customer_deposit_max} at a time");
-            if let Some(p) = &done.generated_password {
-                println!("admin password: {p}  (shown once: keep it safe)");
-            }
-            if let Some(uri) = &done.otp_uri {
-                println!("admin one-time codes: add this to an authenticator app (shown once):");
-                println!("  {uri}");
-            }
-            if replicated {
-                branch_node::init::mark_bootstrap(&data_dir)?;
-                println!(
-                    "\nadd this branch to network.toml, with a [[branch.replica]] table for each \
-                     other replica (from init-replica):\n\n[[branch]]\nid = {}\nname = {:?}\n{}",
-                    done.branch,
-                    done.name,
-                    done.replica_entry_at(1, &listen)
-                );
-            } else {
-                println!(
-                    "\nadd this branch to network.toml:\n\n{}",
-                    done.network_entry_at(&listen)
-                );
-            }
-            Ok(())
+            let password = admin_password_file
+                .as_deref()
+                .map(read_password)
+                .transpose()?;
+            let branch = (BranchId(branch_id), name.as_str());
+            let made = (password, totp, customer_deposit_max);
+            init_command(&data_dir, branch, made, &listen, replicated)
         }
         Command::InitReplica {
             data_dir,
             branch_id,
             replica,
             listen,
-        } => {
-            anyhow::ensure!(
-                replica >= 2,
-                "replica 1 is made by `branch-node init --replicated`"
-            );
-            let done = branch_node::init::init_replica(&data_dir, BranchId(branch_id))?;
-            println!(
-                "initialized replica {replica} of branch {} in {}",
-                done.branch,
-                data_dir.display()
-            );
-            println!(
-                "\nadd this under the branch's [[branch]] in network.toml:\n\n{}",
-                done.replica_entry_at(replica, &listen)
-            );
-            Ok(())
-        }
+        } => init_replica_command(&data_dir, BranchId(branch_id), replica, &listen),
         Command::Run {
             data_dir,
             network,
@@ -309,30 +254,116 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         } => {
             init_logs(log_format);
             let _failpoints = fail::FailScenario::setup();
-            let sms = match sms_url {
-                Some(url) => Some(SmsSink::Twilio(
-                    TwilioConfig::from_env(url).map_err(|e| anyhow::anyhow!(e))?,
-                )),
-                None => None,
-            };
             let cfg = RunConfig {
                 data_dir,
                 network_file: network,
                 listen,
                 mdns,
                 fault_switch,
-                sms,
-                durability: if unsafe_no_fsync {
-                    Durability::Normal
-                } else {
-                    Durability::Full
-                },
+                sms: sms_sink(sms_url)?,
+                durability: durability(unsafe_no_fsync),
                 metrics_listen,
             };
             let runtime = tokio::runtime::Runtime::new()?;
             runtime.block_on(branch_node::node::run(cfg, shutdown_signal()))
         }
     }
+}
+
+/// fsync on every commit, unless the operator asked for none (benchmarks only).
+fn durability(unsafe_no_fsync: bool) -> Durability {
+    match unsafe_no_fsync {
+        true => Durability::Normal,
+        false => Durability::Full,
+    }
+}
+
+/// Where SMS alerts go: Twilio's API at `url` (credentials from the environment), or
+/// by default the data dir's log file.
+fn sms_sink(url: Option<String>) -> anyhow::Result<Option<SmsSink>> {
+    let Some(url) = url else { return Ok(None) };
+    let twilio = TwilioConfig::from_env(url).map_err(|e| anyhow::anyhow!(e))?;
+    Ok(Some(SmsSink::Twilio(twilio)))
+}
+
+/// The first line of the admin password file (without its line end).
+fn read_password(file: &std::path::Path) -> anyhow::Result<String> {
+    let text =
+        std::fs::read_to_string(file).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+    Ok(text.trim_end_matches(['\n', '\r']).to_owned())
+}
+
+/// `branch-node init`: `made` is the admin password (if given), whether the admin
+/// needs one-time codes, and the customer deposit limit.
+fn init_command(
+    data_dir: &std::path::Path,
+    (branch, name): (BranchId, &str),
+    (password, totp, customer_deposit_max): (Option<String>, bool, wire::Amount),
+    listen: &[Multiaddr],
+    replicated: bool,
+) -> anyhow::Result<()> {
+    let done = branch_node::init::init_with(
+        data_dir,
+        (branch, name),
+        password,
+        totp,
+        customer_deposit_max,
+    )?;
+    println!(
+        "initialized branch {} ({}) in {}",
+        done.branch,
+        done.name,
+        data_dir.display()
+    );
+    println!("admin login: {}", branch_node::init::ADMIN_LOGIN);
+    println!("customers may deposit up to {customer_deposit_max} at a time");
+    if let Some(p) = &done.generated_password {
+        println!("admin password: {p}  (shown once: keep it safe)");
+    }
+    if let Some(uri) = &done.otp_uri {
+        println!("admin one-time codes: add this to an authenticator app (shown once):");
+        println!("  {uri}");
+    }
+    if replicated {
+        branch_node::init::mark_bootstrap(data_dir)?;
+        println!(
+            "\nadd this branch to network.toml, with a [[branch.replica]] table for each \
+             other replica (from init-replica):\n\n[[branch]]\nid = {}\nname = {:?}\n{}",
+            done.branch,
+            done.name,
+            done.replica_entry_at(1, listen)
+        );
+    } else {
+        println!(
+            "\nadd this branch to network.toml:\n\n{}",
+            done.network_entry_at(listen)
+        );
+    }
+    Ok(())
+}
+
+/// `branch-node init-replica`.
+fn init_replica_command(
+    data_dir: &std::path::Path,
+    branch: BranchId,
+    replica: u64,
+    listen: &[Multiaddr],
+) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        replica >= 2,
+        "replica 1 is made by `branch-node init --replicated`"
+    );
+    let done = branch_node::init::init_replica(data_dir, branch)?;
+    println!(
+        "initialized replica {replica} of branch {} in {}",
+        done.branch,
+        data_dir.display()
+    );
+    println!(
+        "\nadd this under the branch's [[branch]] in network.toml:\n\n{}",
+        done.replica_entry_at(replica, listen)
+    );
+    Ok(())
 }
 
 /// `branch-node backup`.

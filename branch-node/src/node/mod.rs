@@ -112,24 +112,60 @@ async fn stopped(mut rx: watch::Receiver<bool>) {
     let _ = rx.wait_for(|s| *s).await;
 }
 
+/// The teller service of a stack, with what the store kept: live sessions, the login
+/// throttle's lasting part, the customer deposit limit.
+async fn service(
+    node: &Node,
+    engine: EngineHandle,
+    lease: &fence::Lease,
+) -> anyhow::Result<Service> {
+    let me = node.me;
+    let live = node
+        .writer
+        .call_local(move |c, me| crate::store::sessions::live(c, me, now_ms()))
+        .await?;
+    let sessions = Sessions::load(me, live);
+    tracing::info!(sessions = sessions.len(), "sessions kept from before");
+    let kept = node
+        .writer
+        .call_local(|c, _| crate::store::throttle::kept(c, now_ms()))
+        .await?;
+    node.logins.load(kept);
+    let customer_deposit_max = node
+        .writer
+        .call_local(|c, _| crate::store::bank::customer_deposit_max(c))
+        .await?;
+    let forwards = node
+        .network
+        .branches()
+        .filter(|b| b.id != me)
+        .map(|b| {
+            let slots = tokio::sync::Semaphore::new(wire::limits::FORWARDS_PER_BRANCH_MAX);
+            (b.id, slots)
+        })
+        .collect();
+    Ok(Service {
+        me,
+        network: Arc::clone(&node.network),
+        writer: node.writes.clone(),
+        engine,
+        client: node.client.clone(),
+        sessions: Mutex::new(sessions),
+        seals: seals::Seals::new(me, now_ms()),
+        customer_deposit_max,
+        forwarders: Arc::new(shares::Shares::new(wire::limits::FORWARDS_PER_TELLER_MAX)),
+        reader: node.reader.clone(),
+        logins: Arc::clone(&node.logins),
+        forwards,
+        fault_switch: node.cfg.fault_switch,
+        key: Arc::clone(&node.key),
+        lease: lease.clone(),
+    })
+}
+
 impl Stack {
     async fn start(node: &Node, lease: &fence::Lease, epoch: u64) -> anyhow::Result<Stack> {
         let me = node.me;
-        let live = node
-            .writer
-            .call_local(move |c, me| crate::store::sessions::live(c, me, now_ms()))
-            .await?;
-        let sessions = Sessions::load(me, live);
-        let kept = node
-            .writer
-            .call_local(|c, _| crate::store::throttle::kept(c, now_ms()))
-            .await?;
-        node.logins.load(kept);
-        let customer_deposit_max = node
-            .writer
-            .call_local(|c, _| crate::store::bank::customer_deposit_max(c))
-            .await?;
-        tracing::info!(sessions = sessions.len(), "sessions kept from before");
         let (stop, stop_rx) = watch::channel(false);
         let ids = node.network.branches().map(|b| b.id).collect();
         let machine = Branch::new(me, ids, coordinator::Config::default());
@@ -159,31 +195,7 @@ impl Stack {
                 stopped(stop_rx.clone()),
             )),
         ];
-        let service = Arc::new(Service {
-            me,
-            network: Arc::clone(&node.network),
-            writer: node.writes.clone(),
-            engine: engine.clone(),
-            client: node.client.clone(),
-            sessions: Mutex::new(sessions),
-            seals: seals::Seals::new(me, now_ms()),
-            customer_deposit_max,
-            forwarders: Arc::new(shares::Shares::new(wire::limits::FORWARDS_PER_TELLER_MAX)),
-            reader: node.reader.clone(),
-            logins: Arc::clone(&node.logins),
-            forwards: node
-                .network
-                .branches()
-                .filter(|b| b.id != me)
-                .map(|b| {
-                    let slots = tokio::sync::Semaphore::new(wire::limits::FORWARDS_PER_BRANCH_MAX);
-                    (b.id, slots)
-                })
-                .collect(),
-            fault_switch: node.cfg.fault_switch,
-            key: Arc::clone(&node.key),
-            lease: lease.clone(),
-        });
+        let service = Arc::new(service(node, engine.clone(), lease).await?);
         Ok(Stack {
             serving: Serving { service, engine },
             engine_task,
@@ -394,39 +406,21 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let id = identity(&cfg)?;
     let opened = open(&cfg, &id).await?;
-    let Identity {
-        key,
-        network,
-        branch,
-        replica: replica_entry,
-        listen,
-    } = id;
+    let (key, network, listen, replica_id) = (id.key, id.network, id.listen, id.replica.id);
+    let branch = id.branch;
     let (me, name) = (branch.id, branch.name.clone());
     let claiming = match branch.is_replicated() {
         true => None,
         false => Some(claiming_single(&opened.writer.handle(), &cfg.data_dir, opened.own).await?),
     };
-    let mut swarm = crate::p2p::node_swarm(key.libp2p_keypair(), cfg.mdns)?;
-    for a in &listen {
-        swarm
-            .listen_on(a.clone())
-            .with_context(|| format!("cannot listen on {a}"))?;
-    }
-    let (client, event_loop, inbound) = network::new(swarm, (*network).clone());
     let (stop_tx, stop_rx) = watch::channel(false);
-    let net_task = tokio::spawn(event_loop.run(stopped(stop_rx.clone())));
+    let (client, inbound, net_task) = start_network(&cfg, &key, &listen, &network, &stop_rx)?;
     let replica = match branch.is_replicated() {
-        true => Some(Arc::new(
-            Replica::start(
-                &cfg.data_dir,
-                branch,
-                replica_entry.id,
-                &opened.writer,
-                client.clone(),
-                inbound.raft,
-            )
-            .await?,
-        )),
+        true => {
+            let (dir, writer, raft) = (&cfg.data_dir, &opened.writer, inbound.raft);
+            let r = Replica::start(dir, branch, replica_id, writer, client.clone(), raft);
+            Some(Arc::new(r.await?))
+        }
         false => None,
     };
     let Opened {
@@ -436,7 +430,6 @@ pub async fn run(
         reader,
         ..
     } = opened;
-    let cores = std::thread::available_parallelism().map_or(1, usize::from);
     let node = Node {
         me,
         key: Arc::clone(&key),
@@ -447,55 +440,96 @@ pub async fn run(
             .map_or_else(|| writer.handle(), |r| r.writes.clone()),
         reader: reader.clone(),
         client: client.clone(),
-        logins: Arc::new(logins::Logins::new(cores)),
+        logins: Arc::new(logins::Logins::new(cores())),
         cfg,
         claiming,
     };
     let shared = Shared::default();
-    let dispatch_task = tokio::spawn(dispatch(
-        InboundQueues {
-            twopc: inbound.twopc,
-            requests: inbound.requests,
-            raft: mpsc::channel(1).1,
-        },
-        shared.clone(),
-        Arc::clone(&network),
-        replica.clone(),
-        client.clone(),
-        recovery::Recoveries {
-            me,
-            key: Arc::clone(&key),
-            writer: node.writer.clone(),
-        },
-        stopped(stop_rx.clone()),
-    ));
-    let metrics_task = match metrics_listener {
-        Some(listener) => {
-            let health = readiness::Health {
-                reader,
-                engine_running: Arc::clone(&shared.engine_running),
-                peers_listed: network.branches().count().saturating_sub(1),
-                replica: replica.clone(),
-                lease: shared.lease.subscribe(),
-            };
-            Some(start_metrics(listener, health, stopped(stop_rx.clone()))?)
-        }
-        None => None,
+    let queues = InboundQueues {
+        twopc: inbound.twopc,
+        requests: inbound.requests,
+        raft: mpsc::channel(1).1,
     };
+    let dispatch_task = spawn_dispatch(&node, queues, &shared, replica.clone(), &stop_rx);
+    let metrics_task = metrics_listener
+        .map(|l| start_metrics(l, health(&node, reader, &shared, replica.clone()), &stop_rx))
+        .transpose()?;
     say_ready(&client, me, &name, &key, replica.as_deref()).await;
     let result = serve_loop(&node, replica.as_ref(), &shared, shutdown).await;
     let _ = stop_tx.send(true);
-    let _ = dispatch_task.await;
-    if let Some(t) = metrics_task {
-        let _ = t.await;
+    let tasks = [Some(dispatch_task), metrics_task, Some(net_task)];
+    for task in tasks.into_iter().flatten() {
+        let _ = task.await;
     }
-    let _ = net_task.await;
     if let Some(r) = replica {
         let _ = r.raft.shutdown().await;
     }
     drop(node);
     let _ = tokio::task::spawn_blocking(move || writer.stop()).await;
     result
+}
+
+fn cores() -> usize {
+    std::thread::available_parallelism().map_or(1, usize::from)
+}
+
+/// The swarm, listening on `listen`, and its event loop's task (until `stop`).
+fn start_network(
+    cfg: &RunConfig,
+    key: &wire::BranchKey,
+    listen: &[libp2p::Multiaddr],
+    network: &NetworkFile,
+    stop: &watch::Receiver<bool>,
+) -> anyhow::Result<(network::Client, InboundQueues, tokio::task::JoinHandle<()>)> {
+    let mut swarm = crate::p2p::node_swarm(key.libp2p_keypair(), cfg.mdns)?;
+    for a in listen {
+        swarm
+            .listen_on(a.clone())
+            .with_context(|| format!("cannot listen on {a}"))?;
+    }
+    let (client, event_loop, inbound) = network::new(swarm, network.clone());
+    let task = tokio::spawn(event_loop.run(stopped(stop.clone())));
+    Ok((client, inbound, task))
+}
+
+/// Dispatch of inbound requests, until `stop`.
+fn spawn_dispatch(
+    node: &Node,
+    queues: InboundQueues,
+    shared: &Shared,
+    replica: Option<Arc<Replica>>,
+    stop: &watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<()> {
+    let recoveries = recovery::Recoveries {
+        me: node.me,
+        key: Arc::clone(&node.key),
+        writer: node.writer.clone(),
+    };
+    tokio::spawn(dispatch(
+        queues,
+        shared.clone(),
+        Arc::clone(&node.network),
+        replica,
+        node.client.clone(),
+        recoveries,
+        stopped(stop.clone()),
+    ))
+}
+
+/// What `/readyz` reads.
+fn health(
+    node: &Node,
+    reader: Reader,
+    shared: &Shared,
+    replica: Option<Arc<Replica>>,
+) -> readiness::Health {
+    readiness::Health {
+        reader,
+        engine_running: Arc::clone(&shared.engine_running),
+        peers_listed: node.network.branches().count().saturating_sub(1),
+        replica,
+        lease: shared.lease.subscribe(),
+    }
 }
 
 /// What the run loop shares with dispatch and the metrics endpoint.
@@ -760,8 +794,9 @@ async fn stop_stack(stack: Stack, end: End, replicated: bool) -> anyhow::Result<
 fn start_metrics(
     listener: tokio::net::TcpListener,
     health: readiness::Health,
-    stop: impl std::future::Future<Output = ()> + Send + 'static,
+    stop: &watch::Receiver<bool>,
 ) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    let stop = stopped(stop.clone());
     let bound = listener.local_addr()?;
     println!("metrics: http://{bound}/metrics (and /healthz, /readyz)");
     tracing::info!(%bound, "serving metrics");
