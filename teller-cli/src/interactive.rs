@@ -49,7 +49,7 @@ fn account_input(s: &str) -> Result<AccountNumber, String> {
 }
 
 fn amount_input(s: &str) -> Result<wire::Amount, String> {
-    crate::amount(s)
+    crate::commands::amount(s)
         .map_err(|_| "not an amount like 1250.50 (more than 0, at most 2 decimals)".to_string())
 }
 
