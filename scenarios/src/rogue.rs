@@ -90,91 +90,28 @@ impl Setup {
 /// Runs every attack; `from` is an account at the target. Returns one line per case
 /// answered wrongly (empty when each was refused or answered as it must be).
 pub async fn attack(setup: &Setup, from: AccountNumber) -> anyhow::Result<Vec<String>> {
-    let Setup {
-        target: t,
-        me,
-        other,
-        third,
-        stolen,
-        epoch,
-    } = setup;
-    let (me, other, third) = (*me, *other, *third);
     let stranger = BranchKey::from_secret(rand::random());
     let now = branch_node::node::now_ms();
-    let spec = TransferSpec {
-        id: TransferId::from_random_bytes(rand::random()),
-        from,
-        to: AccountNumber::new(other, 1)?,
-        amount: Amount::from_minor(100)?,
-    };
-    // Its deadline is near, so the target asks the (absent) coordinator soon after, and
-    // presumed abort releases the hold once the real branch is back.
-    let valid = prepare(me, now + ENVELOPE_TTL_MS, spec, now + PREPARE_DEADLINE_MS);
-    // Only the debit account's branch coordinates: a prepare from another branch that
-    // debits an account here is refused whole. The valid prepare credits one instead.
-    let remote_debit = valid.clone();
-    let credit = TransferSpec {
-        from: spec.to,
-        to: spec.from,
-        ..spec
-    };
-    let valid = prepare(me, now + ENVELOPE_TTL_MS, credit, now + PREPARE_DEADLINE_MS);
-    let connect = |key: &BranchKey| {
-        PeerClient::<LinkRequest, LinkResponse>::connect(
-            key.libp2p_keypair(),
-            LINK_PROTOCOL,
-            t.addr.clone(),
-            t.peer,
-            Duration::from_secs(5),
-        )
-    };
+    let m = Messages::new(setup, from, now)?;
+    let epoch = setup.epoch;
     let mut wrong = Vec::new();
-    let check = |case: &str, got: Result<LinkResponse, _>, want: LinkResponse| match got {
-        Ok(r) if r == want => None,
-        other => Some(format!("rogue {case}: expected {want:?}, got {other:?}")),
-    };
-    let refused = LinkResponse::Refused;
-    let outsider: Link = connect(&stranger).await?;
+    let outsider: Link = connect(setup, &stranger).await?;
+    let bytes = envelope(&stranger, setup.other, &m.valid)?;
+    let want = LinkResponse::Refused(EnvelopeRefusal::PeerNotListed);
     wrong.extend(check(
         "unlisted peer",
-        outsider
-            .request(LinkRequest::two_pc(
-                *epoch,
-                envelope(&stranger, other, &valid)?,
-            ))
-            .await,
-        refused(EnvelopeRefusal::PeerNotListed),
+        send(&outsider, epoch, bytes).await,
+        want,
     ));
-    let as_other: Link = connect(stolen).await?;
-    wrong.extend(check(
-        "forged signature",
-        as_other
-            .request(LinkRequest::two_pc(
-                *epoch,
-                envelope(&stranger, other, &valid)?,
-            ))
-            .await,
-        refused(EnvelopeRefusal::BadSignature),
-    ));
-    wrong.extend(check(
-        "unknown signer",
-        as_other
-            .request(LinkRequest::two_pc(
-                *epoch,
-                envelope(&stranger, BranchId(999), &valid)?,
-            ))
-            .await,
-        refused(EnvelopeRefusal::UnknownSigner(BranchId(999))),
-    ));
-    if let Some(third) = third {
+    let as_other: Link = connect(setup, &setup.stolen).await?;
+    for (case, bytes, refusal) in refused_cases(setup, &stranger, &m)? {
+        let want = LinkResponse::Refused(refusal);
+        wrong.extend(check(case, send(&as_other, epoch, bytes).await, want));
+    }
+    if let Some(third) = setup.third {
         // Claims a third branch's identity over this connection: its signature cannot
         // verify (the rogue has no key of it), or if it did, the signer is not the peer.
-        let got = as_other
-            .request(LinkRequest::two_pc(
-                *epoch,
-                envelope(&stranger, third, &valid)?,
-            ))
-            .await;
+        let got = send(&as_other, epoch, envelope(&stranger, third, &m.valid)?).await;
         if !matches!(
             got,
             Ok(LinkResponse::Refused(
@@ -184,53 +121,123 @@ pub async fn attack(setup: &Setup, from: AccountNumber) -> anyhow::Result<Vec<St
             wrong.push(format!("rogue third-branch claim: got {got:?}"));
         }
     }
-    let elsewhere = prepare(other, now + ENVELOPE_TTL_MS, spec, now + ENVELOPE_TTL_MS);
-    wrong.extend(check(
-        "misaddressed",
-        as_other
-            .request(LinkRequest::two_pc(
-                *epoch,
-                envelope(stolen, other, &elsewhere)?,
-            ))
-            .await,
-        refused(EnvelopeRefusal::WrongRecipient),
-    ));
-    let old = prepare(me, now.saturating_sub(1), spec, now + ENVELOPE_TTL_MS);
-    wrong.extend(check(
-        "expired",
-        as_other
-            .request(LinkRequest::two_pc(*epoch, envelope(stolen, other, &old)?))
-            .await,
-        refused(EnvelopeRefusal::Expired),
-    ));
-    wrong.extend(check(
-        "malformed",
-        as_other
-            .request(LinkRequest::two_pc(*epoch, vec![0xff; 40]))
-            .await,
-        refused(EnvelopeRefusal::Malformed),
-    ));
-    wrong.extend(check(
-        "remote debit",
-        as_other
-            .request(LinkRequest::two_pc(
-                *epoch,
-                envelope(stolen, other, &remote_debit)?,
-            ))
-            .await,
-        refused(EnvelopeRefusal::RemoteDebit),
-    ));
     // A valid prepare and its replays: every copy is accepted (answered from the records),
     // and the checker later proves nothing was held twice or left in doubt.
-    let bytes = envelope(stolen, other, &valid)?;
+    let bytes = envelope(&setup.stolen, setup.other, &m.valid)?;
     for n in 0..=REPLAYS {
-        wrong.extend(check(
-            &format!("replay {n}"),
-            as_other
-                .request(LinkRequest::two_pc(*epoch, bytes.clone()))
-                .await,
-            LinkResponse::Accepted,
-        ));
+        let got = send(&as_other, epoch, bytes.clone()).await;
+        wrong.extend(check(&format!("replay {n}"), got, LinkResponse::Accepted));
     }
     Ok(wrong)
+}
+
+/// The prepares the rogue sends, each as the impersonated branch would word it.
+struct Messages {
+    /// A valid prepare that credits an account of the target: accepted.
+    valid: BranchMessage,
+    /// A prepare that debits an account of the target from another branch: refused,
+    /// since only the debit account's branch coordinates.
+    remote_debit: BranchMessage,
+    /// Addressed to another branch than the target.
+    elsewhere: BranchMessage,
+    /// Expired before it is sent.
+    old: BranchMessage,
+}
+
+impl Messages {
+    fn new(setup: &Setup, from: AccountNumber, now: u64) -> anyhow::Result<Messages> {
+        let spec = TransferSpec {
+            id: TransferId::from_random_bytes(rand::random()),
+            from,
+            to: AccountNumber::new(setup.other, 1)?,
+            amount: Amount::from_minor(100)?,
+        };
+        let credit = TransferSpec {
+            from: spec.to,
+            to: spec.from,
+            ..spec
+        };
+        // Its deadline is near, so the target asks the (absent) coordinator soon after,
+        // and presumed abort releases the hold once the real branch is back.
+        let (ttl, deadline) = (now + ENVELOPE_TTL_MS, now + PREPARE_DEADLINE_MS);
+        Ok(Messages {
+            valid: prepare(setup.me, ttl, credit, deadline),
+            remote_debit: prepare(setup.me, ttl, spec, deadline),
+            elsewhere: prepare(setup.other, ttl, spec, ttl),
+            old: prepare(setup.me, now.saturating_sub(1), spec, ttl),
+        })
+    }
+}
+
+/// Sends one 2PC envelope of `epoch` over `link`.
+async fn send(
+    link: &Link,
+    epoch: u64,
+    bytes: Vec<u8>,
+) -> Result<LinkResponse, client::ClientError> {
+    link.request(LinkRequest::two_pc(epoch, bytes)).await
+}
+
+/// Connects to the target with `key`, over the link protocol.
+async fn connect(setup: &Setup, key: &BranchKey) -> anyhow::Result<Link> {
+    let t = &setup.target;
+    let link = PeerClient::connect(
+        key.libp2p_keypair(),
+        LINK_PROTOCOL,
+        t.addr.clone(),
+        t.peer,
+        Duration::from_secs(5),
+    );
+    Ok(link.await?)
+}
+
+/// `None` when `got` is what an honest branch answers; else what was wrong.
+fn check<E: std::fmt::Debug>(
+    case: &str,
+    got: Result<LinkResponse, E>,
+    want: LinkResponse,
+) -> Option<String> {
+    match got {
+        Ok(r) if r == want => None,
+        other => Some(format!("rogue {case}: expected {want:?}, got {other:?}")),
+    }
+}
+
+/// What the rogue sends over the stolen identity's connection that must be refused,
+/// and the refusal each must get.
+fn refused_cases(
+    setup: &Setup,
+    stranger: &BranchKey,
+    m: &Messages,
+) -> anyhow::Result<Vec<(&'static str, Vec<u8>, EnvelopeRefusal)>> {
+    let (other, stolen) = (setup.other, &setup.stolen);
+    let unknown = BranchId(999);
+    Ok(vec![
+        (
+            "forged signature",
+            envelope(stranger, other, &m.valid)?,
+            EnvelopeRefusal::BadSignature,
+        ),
+        (
+            "unknown signer",
+            envelope(stranger, unknown, &m.valid)?,
+            EnvelopeRefusal::UnknownSigner(unknown),
+        ),
+        (
+            "misaddressed",
+            envelope(stolen, other, &m.elsewhere)?,
+            EnvelopeRefusal::WrongRecipient,
+        ),
+        (
+            "expired",
+            envelope(stolen, other, &m.old)?,
+            EnvelopeRefusal::Expired,
+        ),
+        ("malformed", vec![0xff; 40], EnvelopeRefusal::Malformed),
+        (
+            "remote debit",
+            envelope(stolen, other, &m.remote_debit)?,
+            EnvelopeRefusal::RemoteDebit,
+        ),
+    ])
 }

@@ -402,6 +402,17 @@ struct Shared {
 }
 
 impl Shared {
+    fn new(cluster: Cluster) -> Shared {
+        Shared {
+            cluster: Mutex::new(cluster),
+            paused: Mutex::new(BTreeSet::new()),
+            violations: Mutex::new(Vec::new()),
+            faults_done: Mutex::new(Vec::new()),
+            max_in_doubt: std::sync::atomic::AtomicUsize::new(0),
+            restores: Mutex::new(Vec::new()),
+        }
+    }
+
     fn cluster(&self) -> std::sync::MutexGuard<'_, Cluster> {
         self.cluster
             .lock()
@@ -472,27 +483,16 @@ pub async fn run(s: &Scenario, dir: &Path, opts: &RunOptions) -> anyhow::Result<
     let (accounts, mut committed) =
         workload::open_accounts(&targets, s.accounts.per_branch, s.accounts.initial_minor).await?;
     let tellers = Tellers::connect(&targets, TELLERS_PER_BRANCH).await?;
-    let shared = Arc::new(Shared {
-        cluster: Mutex::new(cluster),
-        paused: Mutex::new(BTreeSet::new()),
-        violations: Mutex::new(Vec::new()),
-        faults_done: Mutex::new(Vec::new()),
-        max_in_doubt: std::sync::atomic::AtomicUsize::new(0),
-        restores: Mutex::new(Vec::new()),
-    });
+    let shared = Arc::new(Shared::new(cluster));
     let progress = Arc::new(Progress::default());
     let bar = crate::report::bar(opts.progress, &s.workload, progress.clone());
 
     let run_start = Instant::now();
-    let schedule = tokio::spawn(schedule(
-        s.faults.clone(),
-        shared.clone(),
-        tellers.clone(),
-        accounts.clone(),
-        run_start,
-    ));
+    let faults = (s.faults.clone(), tellers.clone(), accounts.clone());
+    let schedule = tokio::spawn(schedule(faults, shared.clone(), run_start));
+    let every_ms = s.checks.snapshot_every_ms;
     let snapshots = tokio::spawn(snapshots(
-        s.checks.snapshot_every_ms,
+        every_ms,
         shared.clone(),
         dbs.clone(),
         progress.clone(),
@@ -507,38 +507,17 @@ pub async fn run(s: &Scenario, dir: &Path, opts: &RunOptions) -> anyhow::Result<
         b.finish_and_clear();
     }
 
-    // Heal: every node running, every link healthy.
-    {
-        let mut c = shared.cluster();
-        for i in 0..c.nodes.len() {
-            if !c.running(i) {
-                c.start_node(i, &[])?;
-            }
-        }
-    }
-    for from in 1..=s.branches {
-        for to in (1..=s.branches).filter(|to| *to != from) {
-            link_fault(&tellers, from, to, LinkFault::Healthy).await;
-        }
-    }
+    heal(&shared, &tellers, s.branches).await?;
     let bound = Duration::from_millis(s.checks.settle_bound_ms);
     let settle = check::wait_settled(&dbs, bound)?;
     // Asked while the nodes still run; then the common end: settle, stop, check.
     let statuses = answers::resolve(&records, &tellers, s.workload.senders).await;
-    let restores = shared
-        .restores
-        .lock()
-        .map(|r| r.clone())
-        .unwrap_or_default();
+    let restores = copied(&shared.restores);
     // What a restore lost is held to its report by the answer checker, not to the
     // ledgers as durable.
-    committed.extend(
-        records
-            .iter()
-            .filter(|r| r.answer == Answer::Committed)
-            .filter(|r| !restores.iter().any(|x| x.may_have_lost(r)))
-            .map(|r| r.id),
-    );
+    let kept = |r: &&crate::workload::Record| !restores.iter().any(|x| x.may_have_lost(r));
+    let answered = records.iter().filter(|r| r.answer == Answer::Committed);
+    committed.extend(answered.filter(kept).map(|r| r.id));
     let disagree = check::replicas_agree(&shared.cluster(), bound)?;
     let (mut report, audits) = check::finish_audited(&mut shared.cluster(), &committed, bound)?;
     report.violations.extend(disagree);
@@ -546,46 +525,11 @@ pub async fn run(s: &Scenario, dir: &Path, opts: &RunOptions) -> anyhow::Result<
     report
         .violations
         .extend(answer_report.violations.iter().cloned());
-    report.violations.extend(
-        shared
-            .violations
-            .lock()
-            .map(|v| v.clone())
-            .unwrap_or_default(),
-    );
-    let n_committed = records
-        .iter()
-        .filter(|r| !r.resend && r.answer == Answer::Committed)
-        .count() as u64;
-    if n_committed < s.checks.min_committed {
-        report.violations.push(format!(
-            "check: {n_committed} requests committed, the scenario wants at least {}",
-            s.checks.min_committed
-        ));
-    }
-    let faults_done = shared
-        .faults_done
-        .lock()
-        .map(|v| v.clone())
-        .unwrap_or_default();
-    if s.checks.failpoints_fire {
-        for f in &s.faults {
-            if let Fault::Kill {
-                branch,
-                failpoint: Some(fp),
-                ..
-            } = f
-                && !faults_done.iter().any(|d| {
-                    d.starts_with(&format!("b{branch} "))
-                        && d.contains(&format!(" crashed at {fp} "))
-                })
-            {
-                report
-                    .violations
-                    .push(format!("check: failpoint {fp} on b{branch} never fired"));
-            }
-        }
-    }
+    report.violations.extend(copied(&shared.violations));
+    let faults_done = copied(&shared.faults_done);
+    report
+        .violations
+        .extend(scenario_checks(s, &records, &faults_done));
     Ok(Summary {
         name: s.name.clone(),
         records,
@@ -598,6 +542,66 @@ pub async fn run(s: &Scenario, dir: &Path, opts: &RunOptions) -> anyhow::Result<
         workload_time,
         total_time: started.elapsed(),
     })
+}
+
+/// A copy of what a shared list holds now (empty if a panic poisoned it).
+fn copied<T: Clone>(list: &Mutex<Vec<T>>) -> Vec<T> {
+    list.lock().map(|v| v.clone()).unwrap_or_default()
+}
+
+/// After the workload: every node running again, every link healthy.
+async fn heal(shared: &Shared, tellers: &Tellers, branches: u16) -> anyhow::Result<()> {
+    {
+        let mut c = shared.cluster();
+        for i in 0..c.nodes.len() {
+            if !c.running(i) {
+                c.start_node(i, &[])?;
+            }
+        }
+    }
+    for from in 1..=branches {
+        for to in (1..=branches).filter(|to| *to != from) {
+            link_fault(tellers, from, to, LinkFault::Healthy).await;
+        }
+    }
+    Ok(())
+}
+
+/// What the scenario file itself asks of the run: enough commits, and (if asked) that
+/// every failpoint it names fired.
+fn scenario_checks(
+    s: &Scenario,
+    records: &[crate::workload::Record],
+    faults_done: &[String],
+) -> Vec<String> {
+    let mut violations = Vec::new();
+    let n_committed = records
+        .iter()
+        .filter(|r| !r.resend && r.answer == Answer::Committed)
+        .count() as u64;
+    if n_committed < s.checks.min_committed {
+        violations.push(format!(
+            "check: {n_committed} requests committed, the scenario wants at least {}",
+            s.checks.min_committed
+        ));
+    }
+    if !s.checks.failpoints_fire {
+        return violations;
+    }
+    for f in &s.faults {
+        if let Fault::Kill {
+            branch,
+            failpoint: Some(fp),
+            ..
+        } = f
+            && !faults_done.iter().any(|d| {
+                d.starts_with(&format!("b{branch} ")) && d.contains(&format!(" crashed at {fp} "))
+            })
+        {
+            violations.push(format!("check: failpoint {fp} on b{branch} never fired"));
+        }
+    }
+    violations
 }
 
 /// Asks branch `from` to apply `fault` to its link to branch `to`.
@@ -615,10 +619,8 @@ async fn link_fault(tellers: &Tellers, from: u16, to: u16, fault: LinkFault) {
 
 /// Runs the fault schedule; every fault ends (restart, heal, resume) before it returns.
 async fn schedule(
-    faults: Vec<Fault>,
+    (faults, tellers, accounts): (Vec<Fault>, Tellers, workload::Accounts),
     shared: Arc<Shared>,
-    tellers: Tellers,
-    accounts: workload::Accounts,
     start: Instant,
 ) -> anyhow::Result<()> {
     let mut tasks = tokio::task::JoinSet::new();
