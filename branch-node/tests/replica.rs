@@ -373,3 +373,37 @@ async fn replicas_agree_survive_their_leader_and_a_new_one_catches_up_by_snapsho
         drop(r.writer);
     }
 }
+
+/// A fresh log store and state machine (a new branch store behind its writer) in a
+/// directory of their own, for openraft's storage suite; the guard keeps both alive.
+struct FreshStores;
+
+struct Kept {
+    _dir: tempfile::TempDir,
+    _writer: Writer,
+}
+
+impl openraft::testing::StoreBuilder<Replicated, LogStore, StateMachine, Kept> for FreshStores {
+    async fn build(
+        &self,
+    ) -> Result<(Kept, LogStore, StateMachine), openraft::StorageError<ReplicaId>> {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = Store::open(&dir.path().join("b.db"), HERE, Durability::Full).expect("opens");
+        let writer = Writer::spawn(store);
+        let sm = StateMachine::new(writer.handle());
+        let log = LogStore::open(&dir.path().join("raft.db")).expect("opens");
+        let kept = Kept {
+            _dir: dir,
+            _writer: writer,
+        };
+        Ok((kept, log, sm))
+    }
+}
+
+/// openraft's own storage suite (its log, vote, membership, apply, purge and snapshot
+/// contract) passes on the log store and the state machine, as the 2PC stores pass the
+/// coordinator's conformance suite.
+#[test]
+fn log_store_and_state_machine_pass_openraft_storage_suite() {
+    openraft::testing::Suite::test_all(FreshStores).expect("openraft's storage suite");
+}
