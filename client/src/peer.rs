@@ -18,7 +18,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::pipe::{self, Failure, Slot};
+use crate::pipe::{self, Failure, OpenError, Slot};
 use crate::{IDLE_CONNECTION_TIMEOUT_MS, PIPE_IDLE_MS, REQUEST_TIMEOUT_MS};
 
 /// Most requests to redial waiting for the swarm's task (callers past it wait their turn).
@@ -207,7 +207,7 @@ impl<Req: Serialize, Resp: Serialize + DeserializeOwned> PeerClient<Req, Resp> {
     }
 
     /// Dials candidate `i` (unless connected) and opens a stream to it.
-    async fn open_at(&self, i: usize) -> Result<libp2p::Stream, String> {
+    async fn open_at(&self, i: usize) -> Result<libp2p::Stream, OpenError> {
         let inner = &self.inner;
         let (addr, peer) = inner.candidates[i].clone();
         let (done, wait) = oneshot::channel();
@@ -215,10 +215,10 @@ impl<Req: Serialize, Resp: Serialize + DeserializeOwned> PeerClient<Req, Resp> {
             .dial
             .send((peer, addr, done))
             .await
-            .map_err(|_| "client stopped")?;
+            .map_err(|_| OpenError::Stopped)?;
         match tokio::time::timeout(inner.connect_timeout, wait).await {
-            Ok(r) => r.map_err(|_| "client stopped")?,
-            Err(_) => return Err(format!("no connection within {:?}", inner.connect_timeout)),
+            Ok(r) => r.map_err(|_| OpenError::Stopped)?,
+            Err(_) => return Err(OpenError::ConnectTimeout(inner.connect_timeout)),
         }
         let control = inner.control.clone();
         pipe::open_stream(control, peer, inner.protocol.clone(), inner.connect_timeout).await
@@ -231,7 +231,7 @@ impl<Req: Serialize, Resp: Serialize + DeserializeOwned> PeerClient<Req, Resp> {
         let open = || async {
             let n = inner.candidates.len();
             let start = inner.current.load(std::sync::atomic::Ordering::Relaxed);
-            let mut last = String::from("no candidate");
+            let mut last = OpenError::NoCandidate;
             for k in 0..n {
                 let i = (start + k) % n;
                 match self.open_at(i).await {
@@ -252,9 +252,9 @@ impl<Req: Serialize, Resp: Serialize + DeserializeOwned> PeerClient<Req, Resp> {
                 open,
             )
             .await
-            .map_err(|reason| ClientError::Unreachable {
+            .map_err(|e| ClientError::Unreachable {
                 addr: inner.current().0.clone(),
-                reason,
+                reason: e.to_string(),
             })
     }
 
@@ -290,12 +290,10 @@ impl<Req: Serialize, Resp: Serialize + DeserializeOwned> PeerClient<Req, Resp> {
             .inner
             .current
             .load(std::sync::atomic::Ordering::Relaxed);
-        self.open_at(i)
-            .await
-            .map_err(|reason| ClientError::Unreachable {
-                addr: self.inner.current().0.clone(),
-                reason,
-            })
+        self.open_at(i).await.map_err(|e| ClientError::Unreachable {
+            addr: self.inner.current().0.clone(),
+            reason: e.to_string(),
+        })
     }
 
     /// A client over the same connection with a stream of its own (opened at its first

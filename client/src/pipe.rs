@@ -173,18 +173,50 @@ impl std::fmt::Debug for Pipe {
     }
 }
 
+/// Why a stream could not be opened or got no hello: nothing was sent on it.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum OpenError {
+    #[error("the stream did not open with a hello")]
+    NoHello,
+    #[error("the stream was closed before its hello")]
+    ClosedBeforeHello,
+    #[error("the stream failed before its hello: {0}")]
+    Broken(Arc<io::Error>),
+    #[error("no hello within {0:?}")]
+    HelloTimeout(Duration),
+    #[error("cannot open a stream: {0}")]
+    Refused(Arc<libp2p_stream::OpenStreamError>),
+    #[error("no stream within {0:?}")]
+    StreamTimeout(Duration),
+    #[error("no connection within {0:?}")]
+    ConnectTimeout(Duration),
+    /// The task that owns the swarm has stopped (the client or the node is closing).
+    #[error("the network task has stopped")]
+    Stopped,
+    /// The fault switch blocks the link (tests and drills).
+    #[error("the link is blocked by the fault switch")]
+    Blocked,
+    /// No address of the branch (or of its leader) to try.
+    #[error("no candidate to connect to")]
+    NoCandidate,
+}
+
 impl Pipe {
     /// Waits (at most `timeout`) for the answering side's hello on `stream`, then starts
     /// the tasks that write requests to it and read answers from it. An error means
     /// nothing was sent.
-    pub async fn open(stream: Stream, idle: Duration, timeout: Duration) -> Result<Pipe, String> {
+    pub async fn open(
+        stream: Stream,
+        idle: Duration,
+        timeout: Duration,
+    ) -> Result<Pipe, OpenError> {
         let (mut read, write) = stream.split();
         match tokio::time::timeout(timeout, read_frame(&mut read)).await {
             Ok(Ok(Some((HELLO_TAG, body)))) if body.is_empty() => {}
-            Ok(Ok(Some(_))) => return Err("the stream did not open with a hello".into()),
-            Ok(Ok(None)) => return Err("the stream was closed before its hello".into()),
-            Ok(Err(e)) => return Err(format!("the stream failed before its hello: {e}")),
-            Err(_) => return Err(format!("no hello within {timeout:?}")),
+            Ok(Ok(Some(_))) => return Err(OpenError::NoHello),
+            Ok(Ok(None)) => return Err(OpenError::ClosedBeforeHello),
+            Ok(Err(e)) => return Err(OpenError::Broken(Arc::new(e))),
+            Err(_) => return Err(OpenError::HelloTimeout(timeout)),
         }
         let (tx, rx) = mpsc::unbounded_channel();
         let calls = Arc::new(Calls {
@@ -290,16 +322,16 @@ impl Slot {
         idle: Duration,
         timeout: Duration,
         open: F,
-    ) -> Result<Pipe, String>
+    ) -> Result<Pipe, OpenError>
     where
         F: Fn() -> Fut,
-        Fut: std::future::Future<Output = Result<Stream, String>>,
+        Fut: std::future::Future<Output = Result<Stream, OpenError>>,
     {
         let mut slot = self.0.lock().await;
         if let Some(pipe) = slot.as_ref().filter(|p| p.is_open()) {
             return Ok(pipe.clone());
         }
-        let mut last = String::new();
+        let mut last = OpenError::NoCandidate;
         for attempt in 0..OPEN_ATTEMPTS_MAX {
             if attempt > 0 {
                 let wait = REOPEN_WAIT_MS << attempt;
@@ -331,11 +363,11 @@ pub async fn open_stream(
     peer: libp2p::PeerId,
     protocol: libp2p::StreamProtocol,
     timeout: Duration,
-) -> Result<Stream, String> {
+) -> Result<Stream, OpenError> {
     match tokio::time::timeout(timeout, control.open_stream(peer, protocol)).await {
         Ok(Ok(stream)) => Ok(stream),
-        Ok(Err(e)) => Err(e.to_string()),
-        Err(_) => Err(format!("no stream within {timeout:?}")),
+        Ok(Err(e)) => Err(OpenError::Refused(Arc::new(e))),
+        Err(_) => Err(OpenError::StreamTimeout(timeout)),
     }
 }
 

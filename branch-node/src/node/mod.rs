@@ -965,9 +965,11 @@ async fn to_leader(
             TellerResponse::Unavailable(Unavailable::NotLeader { leader })
         }
         // The leader it knew is gone (a new one is being elected): nothing was done.
-        Ok(Err(network::LinkError::NotSent(_) | network::LinkError::Blocked)) => {
-            TellerResponse::Unavailable(Unavailable::NotLeader { leader: None })
-        }
+        Ok(Err(
+            network::LinkError::NotSent(_)
+            | network::LinkError::NotOpened(_)
+            | network::LinkError::Blocked,
+        )) => TellerResponse::Unavailable(Unavailable::NotLeader { leader: None }),
         Ok(Ok(_) | Err(_)) | Err(_) => TellerResponse::Unavailable(Unavailable::NoAnswer(me)),
     }
 }

@@ -35,7 +35,7 @@ pub struct Health {
 }
 
 /// Reads the legs in doubt and the outbox into their gauges.
-async fn refresh(health: &Health) -> Result<(), String> {
+async fn refresh(health: &Health) -> Result<(), crate::store::StoreError> {
     let (legs, outbox) = health
         .reader
         .read(|c, _| {
@@ -47,8 +47,7 @@ async fn refresh(health: &Health) -> Result<(), String> {
             )?;
             Ok((legs, outbox))
         })
-        .await
-        .map_err(|e| e.to_string())?;
+        .await?;
     let m = get();
     m.in_doubt
         .set(i64::try_from(legs.len()).unwrap_or(i64::MAX));
@@ -169,7 +168,7 @@ pub async fn serve(
 }
 
 /// Binds the metrics endpoint; its address is said on stdout and in the log.
-pub async fn bind(addr: SocketAddr) -> anyhow::Result<tokio::net::TcpListener> {
+pub async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener, crate::p2p::AddressInUse> {
     let listener =
         tokio::net::TcpListener::bind(addr)
             .await

@@ -21,7 +21,7 @@ use wire::{BranchId, TellerRequest, TellerResponse};
 
 use super::{NodeBehaviour, NodeBehaviourEvent};
 use client::network_file::{BranchEntry, NetworkFile, ReplicaEntry};
-use client::pipe::{self, Responder, Slot};
+use client::pipe::{self, OpenError, Responder, Slot};
 
 /// Most inbound requests of each queue waiting for the node to pick them up; more are
 /// answered "overloaded".
@@ -99,6 +99,9 @@ pub enum LinkError {
     /// The request never left: a failed dial, or a peer without the protocol.
     #[error("request not sent: {0}")]
     NotSent(String),
+    /// No stream to the peer could be opened: the request never left.
+    #[error("request not sent: {0}")]
+    NotOpened(#[from] OpenError),
     /// The request may have arrived (and been acted on), but no answer came back.
     #[error("no answer: {0}")]
     NoAnswer(String),
@@ -222,7 +225,7 @@ impl Client {
                 Ok(LinkResponse::NotLeader { leader }) => {
                     self.next_leader(branch, replica.id, leader)
                 }
-                Err(e @ (LinkError::NotSent(_) | LinkError::Blocked)) => {
+                Err(e @ (LinkError::NotSent(_) | LinkError::NotOpened(_) | LinkError::Blocked)) => {
                     self.next_leader(branch, replica.id, None);
                     last = e;
                 }
@@ -272,7 +275,7 @@ impl Client {
         let via = Via::of(&request);
         let body = wire::encode(&request).map_err(|e| LinkError::NotSent(e.to_string()))?;
         drop(request);
-        let pipe = self.pipe(peer, via).await.map_err(LinkError::NotSent)?;
+        let pipe = self.pipe(peer, via).await?;
         let timeout = Duration::from_millis(super::REQUEST_TIMEOUT_MS);
         let answer = pipe
             .call(body, timeout)
@@ -293,26 +296,25 @@ impl Client {
         &self,
         peer: PeerId,
         protocol: libp2p::StreamProtocol,
-    ) -> Result<libp2p::Stream, String> {
+    ) -> Result<libp2p::Stream, OpenError> {
         if fault_of(&self.faults, &peer) == LinkFault::Blocked {
-            return Err("the link is blocked by the fault switch".into());
+            return Err(OpenError::Blocked);
         }
         let (done, wait) = oneshot::channel();
-        let stopped = "network event loop has stopped";
         self.tx
             .send(Command::Dial { peer, done })
             .await
-            .map_err(|_| stopped)?;
+            .map_err(|_| OpenError::Stopped)?;
         let timeout = Duration::from_millis(super::OPEN_TIMEOUT_MS);
         match tokio::time::timeout(timeout, wait).await {
-            Ok(r) => r.map_err(|_| stopped)?,
-            Err(_) => return Err(format!("no connection within {timeout:?}")),
+            Ok(r) => r.map_err(|_| OpenError::Stopped)?,
+            Err(_) => return Err(OpenError::ConnectTimeout(timeout)),
         }
         pipe::open_stream(self.control.clone(), peer, protocol, timeout).await
     }
 
     /// The open stream to `peer` on `via`'s protocol, or a new one.
-    async fn pipe(&self, peer: PeerId, via: Via) -> Result<pipe::Pipe, String> {
+    async fn pipe(&self, peer: PeerId, via: Via) -> Result<pipe::Pipe, OpenError> {
         let slot = {
             let mut pipes = self.pipes.lock().unwrap_or_else(PoisonError::into_inner);
             Arc::clone(pipes.entry((peer, via)).or_default())

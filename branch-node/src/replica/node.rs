@@ -9,7 +9,6 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context;
 use openraft::{BasicNode, Config, RaftMetrics, ServerState, SnapshotPolicy};
 use tokio::sync::mpsc;
 
@@ -62,7 +61,26 @@ impl std::fmt::Debug for Replica {
     }
 }
 
-fn config() -> anyhow::Result<Arc<Config>> {
+/// Why a replica did not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot open the raft log: {0}")]
+    Log(#[from] rusqlite::Error),
+    #[error("raft's configuration is refused: {0}")]
+    Config(#[from] openraft::ConfigError),
+    #[error("raft stopped: {0}")]
+    Raft(#[from] openraft::error::Fatal<ReplicaId>),
+    /// Making a new branch's log (this replica alone, then its first snapshot) failed.
+    #[error("cannot make the branch's log: {0}")]
+    Bootstrap(Box<dyn std::error::Error + Send + Sync>),
+}
+
+/// A step of making the branch's log failed.
+fn bootstrap_failed(e: impl std::error::Error + Send + Sync + 'static) -> StartError {
+    StartError::Bootstrap(Box::new(e))
+}
+
+fn config() -> Result<Arc<Config>, StartError> {
     let config = Config {
         cluster_name: "bankmate-branch".into(),
         heartbeat_interval: HEARTBEAT_MS,
@@ -94,8 +112,8 @@ impl Replica {
         writer: &Writer,
         client: Client,
         streams: mpsc::Receiver<(libp2p::PeerId, libp2p::Stream)>,
-    ) -> anyhow::Result<Replica> {
-        let log = LogStore::open(&data_dir.join(LOG_FILE)).context("cannot open the raft log")?;
+    ) -> Result<Replica, StartError> {
+        let log = LogStore::open(&data_dir.join(LOG_FILE))?;
         let sm = StateMachine::new(writer.handle());
         let waiting = sm.waiting();
         let transport = Transport::new(client, branch.clone());
@@ -140,18 +158,20 @@ impl Replica {
     /// branch as `init` made it) with the log before it compacted away, so every other
     /// replica starts from that snapshot. The others join as the membership follows the
     /// network file (see [`Replica::follow_network_file`]).
-    async fn bootstrap(&self) -> anyhow::Result<()> {
+    async fn bootstrap(&self) -> Result<(), StartError> {
         let me = BTreeMap::from([(self.id, node(&self.branch, self.id))]);
-        self.raft.initialize(me).await?;
+        self.raft.initialize(me).await.map_err(bootstrap_failed)?;
         let wait = self.raft.wait(Some(BOOTSTRAP_STEP_WAIT));
         let m = wait
             .metrics(|m| m.state == ServerState::Leader, "leads alone")
-            .await?;
+            .await
+            .map_err(bootstrap_failed)?;
         let applied = m.last_log_index.unwrap_or(0);
         self.raft
             .wait(Some(BOOTSTRAP_STEP_WAIT))
             .applied_index_at_least(Some(applied), "applied")
-            .await?;
+            .await
+            .map_err(bootstrap_failed)?;
         self.raft.trigger().snapshot().await?;
         self.raft
             .wait(Some(BOOTSTRAP_SNAPSHOT_WAIT))
@@ -159,7 +179,8 @@ impl Replica {
                 |m| m.snapshot.is_some_and(|s| s.index >= applied),
                 "snapshot made",
             )
-            .await?;
+            .await
+            .map_err(bootstrap_failed)?;
         self.raft.trigger().purge_log(applied).await?;
         tracing::info!(
             replica = self.id,

@@ -152,7 +152,7 @@ impl Link {
             .client
             .open_stream(peer, RAFT_PROTOCOL)
             .await
-            .map_err(unreachable)?;
+            .map_err(|e| unreachable(e.to_string()))?;
         let exchange = async {
             write_record(&mut stream, &call).await?;
             read_record::<_, Answer>(&mut stream).await
