@@ -104,11 +104,15 @@ const FORM_BYTES_MAX: usize = 2 << 20;
 /// Every request that may change something (anything but GET and HEAD) must carry the
 /// visit's CSRF token in its form, checked here once for every handler: a form another
 /// site made, or one from a page before a login, is refused and nothing is done.
-async fn csrf(visitor: Visitor, request: Request, next: Next) -> Response {
+async fn csrf(request: Request, next: Next) -> Response {
     use axum::http::Method;
     if [Method::GET, Method::HEAD].contains(request.method()) {
         return next.run(request).await;
     }
+    // The static assets have no visit (and take no form): nothing to check against.
+    let Some(visitor) = request.extensions().get::<Visitor>().cloned() else {
+        return StatusCode::FORBIDDEN.into_response();
+    };
     let (parts, body) = request.into_parts();
     let Ok(bytes) = axum::body::to_bytes(body, FORM_BYTES_MAX).await else {
         return StatusCode::PAYLOAD_TOO_LARGE.into_response();
