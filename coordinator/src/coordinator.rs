@@ -273,6 +273,8 @@ impl Coordinator {
         let Some(tx) = self.txs.get_mut(&id) else {
             return;
         };
+        // One decision per transfer, taken while it prepares: every caller checks.
+        assert_eq!(tx.phase, Phase::Preparing, "transfer {id} decided twice");
         tx.phase = Phase::Deciding;
         tx.decision = Some((decision, reason));
         let votes = match decision {

@@ -68,7 +68,8 @@ impl Participant {
 
     fn resolve(&mut self, id: TransferId) {
         if let Some(d) = self.in_doubt.remove(&id) {
-            self.timers.remove(&(d.due_ms, id));
+            let had = self.timers.remove(&(d.due_ms, id));
+            assert!(had, "leg {id} in doubt had no timer");
         }
     }
 
@@ -193,6 +194,12 @@ impl Participant {
                 .min(self.config.retry_backoff_max_ms);
             self.timers.insert((d.due_ms, id));
         }
+        // Each leg in doubt has exactly one timer, and nothing else has one.
+        assert_eq!(
+            self.timers.len(),
+            self.in_doubt.len(),
+            "one timer per leg in doubt"
+        );
         ob.flush(out);
     }
 
