@@ -90,19 +90,8 @@ impl Service {
                 request,
                 expires_at_ms,
             } => {
-                if now_ms() > expires_at_ms {
-                    // Its sender stopped waiting: it must not act now. Nobody reads this.
-                    tracing::info!(%from, op = request.op.name(), "stale forwarded request dropped");
-                    return LinkResponse::Teller(TellerResponse::Unavailable(
-                        Unavailable::NoAnswer(self.me),
-                    ));
-                }
-                match PeerId::from_bytes(&teller) {
-                    Ok(peer) => {
-                        LinkResponse::Teller(self.teller(peer, request, Origin::OtherBranch).await)
-                    }
-                    Err(_) => LinkResponse::ForwardRefused(Refusal::InvalidInput),
-                }
+                let passed = (teller, request, expires_at_ms);
+                self.passed_on(from, passed, Origin::OtherBranch).await
             }
             ForwardRequest::Replica {
                 teller,
@@ -117,17 +106,8 @@ impl Service {
                     tracing::warn!(%from, "a request passed on by a peer that is no replica of this branch");
                     return LinkResponse::ForwardRefused(Refusal::Unauthorized);
                 }
-                if now_ms() > expires_at_ms {
-                    return LinkResponse::Teller(TellerResponse::Unavailable(
-                        Unavailable::NoAnswer(self.me),
-                    ));
-                }
-                match PeerId::from_bytes(&teller) {
-                    Ok(peer) => {
-                        LinkResponse::Teller(self.teller(peer, request, Origin::OwnReplica).await)
-                    }
-                    Err(_) => LinkResponse::ForwardRefused(Refusal::InvalidInput),
-                }
+                let passed = (teller, request, expires_at_ms);
+                self.passed_on(from, passed, Origin::OwnReplica).await
             }
             ForwardRequest::Outcome { id } => match self.own_outcome(id).await {
                 Ok(state) => LinkResponse::Outcome(state),
@@ -174,6 +154,26 @@ impl Service {
                     Err(r) => refused(r),
                 }
             }
+        }
+    }
+
+    /// A teller's request `from` passed on (the teller's key, the request, when its
+    /// sender stops waiting), answered as one from `origin`; a stale one is not acted on.
+    async fn passed_on(
+        &self,
+        from: PeerId,
+        (teller, request, expires_at_ms): (Vec<u8>, TellerRequest, u64),
+        origin: Origin,
+    ) -> LinkResponse {
+        if now_ms() > expires_at_ms {
+            // Its sender stopped waiting: it must not act now. Nobody reads this.
+            tracing::info!(%from, op = request.op.name(), "stale forwarded request dropped");
+            let late = Unavailable::NoAnswer(self.me);
+            return LinkResponse::Teller(TellerResponse::Unavailable(late));
+        }
+        match PeerId::from_bytes(&teller) {
+            Ok(peer) => LinkResponse::Teller(self.teller(peer, request, origin).await),
+            Err(_) => LinkResponse::ForwardRefused(Refusal::InvalidInput),
         }
     }
 
