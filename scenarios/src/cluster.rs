@@ -91,7 +91,7 @@ pub fn workspace_bin(package: &str, bin: &str) -> anyhow::Result<PathBuf> {
     // build is a no-op.
     let under_cargo = std::env::var_os("CARGO").is_some();
     if !built.iter().any(|b| b == bin) && (under_cargo || !path.exists()) {
-        let status = build_command(package, profile)
+        let status = build_command(package, bin, profile)
             .status()
             .context("running cargo build")?;
         if !status.success() || !path.exists() {
@@ -105,14 +105,15 @@ pub fn workspace_bin(package: &str, bin: &str) -> anyhow::Result<PathBuf> {
     Ok(path)
 }
 
-/// The `cargo build` of `package`'s binaries with the others a run needs.
-fn build_command(package: &str, profile: &str) -> Command {
+/// The `cargo build` of binary `bin` of `package` with the others a run needs (and
+/// no other binary: `branch-node`'s `store-torture` is not built for a run).
+fn build_command(package: &str, bin: &str, profile: &str) -> Command {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut build = Command::new(cargo);
-    // Every binary at once, with `scenarios` in the set: cargo resolves features
+    // Every binary a run needs at once, with `scenarios` in the set: cargo resolves features
     // over the packages named, so this is the feature set `cargo run -p scenarios`
     // built with, and no shared library (libp2p, branch-node) is built twice.
-    build.args(["build", "--bins", "--profile", profile]);
+    build.args(["build", "--profile", profile]);
     // `cargo run` and `cargo test` give their program the package's variables
     // (CARGO_PKG_NAME, CARGO_MANIFEST_DIR, ...). Build scripts (ring's, through
     // `cc`) rerun when those change, so a build that inherits them redoes libp2p's
@@ -126,6 +127,10 @@ fn build_command(package: &str, profile: &str) -> Command {
     let extra = (!BUILT_TOGETHER.contains(&package)).then_some(package);
     for p in BUILT_TOGETHER.into_iter().chain(extra) {
         build.args(["-p", p]);
+    }
+    let extra_bin = (!BUILT_TOGETHER.contains(&bin)).then_some(bin);
+    for b in BUILT_TOGETHER.into_iter().chain(extra_bin) {
+        build.args(["--bin", b]);
     }
     // Build in the workspace this program came from, so it works from any folder.
     let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
