@@ -23,8 +23,9 @@ use super::guard::Guard;
 use crate::store::throttle::Kept;
 use crate::store::{LoginRow, auth};
 
-/// One password to check, and where its answer goes.
-type Check = (String, LoginRow, tokio::sync::oneshot::Sender<bool>);
+/// One password to check, where its answer goes, and its place in its lane (given
+/// back when the check is done or dropped, whatever became of the login that asked).
+type Check = (String, LoginRow, tokio::sync::oneshot::Sender<bool>, Place);
 
 /// The checks waiting for a password-check thread: the trusted lane's first.
 #[derive(Debug, Default)]
@@ -55,17 +56,25 @@ impl Lane {
         }
     }
 
-    /// Takes a place, or `false` when the lane is full.
-    fn enter(&self) -> bool {
-        if self.waiting.fetch_add(1, Ordering::AcqRel) >= self.max {
-            self.waiting.fetch_sub(1, Ordering::AcqRel);
-            return false;
+    /// Takes a place, or none when the lane is full.
+    fn enter(lane: &Arc<Lane>) -> Option<Place> {
+        if lane.waiting.fetch_add(1, Ordering::AcqRel) >= lane.max {
+            lane.waiting.fetch_sub(1, Ordering::AcqRel);
+            return None;
         }
-        true
+        Some(Place(Arc::clone(lane)))
     }
+}
 
-    fn leave(&self) {
-        self.waiting.fetch_sub(1, Ordering::AcqRel);
+/// A place taken in a lane, given back when dropped. It travels with its check: a
+/// login whose request was dropped while its check waited (the teller went, a forward
+/// timed out) used to keep its place for good, and a long busy run filled the lane.
+#[derive(Debug)]
+struct Place(Arc<Lane>);
+
+impl Drop for Place {
+    fn drop(&mut self) {
+        self.0.waiting.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -77,8 +86,8 @@ pub struct Logins {
     /// each check allocates 19 MiB, and the allocator keeps that much per thread that
     /// ever ran one (a flood grew a node to 750 MB on 500 pool threads).
     queue: Arc<Queue>,
-    others: Lane,
-    trusted: Lane,
+    others: Arc<Lane>,
+    trusted: Arc<Lane>,
 }
 
 impl Logins {
@@ -100,8 +109,8 @@ impl Logins {
         Logins {
             guard: Mutex::default(),
             queue,
-            others: Lane::new(cores * PASSWORD_CHECKS_WAITING_PER_CORE),
-            trusted: Lane::new(cores * PASSWORD_CHECKS_RESERVED_PER_CORE),
+            others: Arc::new(Lane::new(cores * PASSWORD_CHECKS_WAITING_PER_CORE)),
+            trusted: Arc::new(Lane::new(cores * PASSWORD_CHECKS_RESERVED_PER_CORE)),
         }
     }
 
@@ -123,9 +132,7 @@ impl Logins {
         trusted: bool,
     ) -> Result<bool, Unavailable> {
         let lane = if trusted { &self.trusted } else { &self.others };
-        if !lane.enter() {
-            return Err(Unavailable::Overloaded);
-        }
+        let place = Lane::enter(lane).ok_or(Unavailable::Overloaded)?;
         let (reply, answer) = tokio::sync::oneshot::channel();
         {
             let mut lanes = self
@@ -134,14 +141,12 @@ impl Logins {
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner);
             match trusted {
-                true => lanes.trusted.push_back((password, row, reply)),
-                false => lanes.others.push_back((password, row, reply)),
+                true => lanes.trusted.push_back((password, row, reply, place)),
+                false => lanes.others.push_back((password, row, reply, place)),
             }
         }
         self.queue.ready.notify_one();
-        let verified = answer.await.map_err(|_| Unavailable::Stopping);
-        lane.leave();
-        verified
+        answer.await.map_err(|_| Unavailable::Stopping)
     }
 }
 
@@ -179,7 +184,7 @@ fn password_checker(queue: &Queue) {
                     .unwrap_or_else(PoisonError::into_inner);
             }
         };
-        let Some((password, row, reply)) = next else {
+        let Some((password, row, reply, _place)) = next else {
             return;
         };
         let _ = reply.send(auth::login_verify(&password, &row));
@@ -227,5 +232,29 @@ mod tests {
         for f in flood {
             assert!(matches!(f.await.expect("task"), Ok(false)));
         }
+    }
+
+    /// Logins dropped while their checks wait (their teller went, a forward timed out)
+    /// give their places back once the checks are done: the lane does not fill for good.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_dropped_login_gives_its_place_back() {
+        let logins = Arc::new(Logins::new(1));
+        for round in 0..3 {
+            for i in 0..logins.others.max {
+                let guess = format!("guess-{round}-{i}");
+                let check = logins.verify(guess, LoginRow::Unknown, false);
+                let _ = tokio::time::timeout(std::time::Duration::ZERO, check).await;
+            }
+            let waited = std::time::Instant::now();
+            while logins.others.waiting.load(Ordering::Acquire) > 0 {
+                let kept = logins.others.waiting.load(Ordering::Acquire);
+                assert!(waited.elapsed().as_secs() < 20, "{kept} places kept");
+                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            }
+        }
+        let r = logins
+            .verify("owner".into(), LoginRow::Unknown, false)
+            .await;
+        assert!(matches!(r, Ok(false)), "{r:?}");
     }
 }
