@@ -127,10 +127,7 @@ pub async fn resolve_sampled(
             Senders::Admins => Person::Admin(usize::from(r.owner.branch().0).saturating_sub(1)),
         };
         let entry = usize::try_from(id.0 % branches as u128).unwrap_or(0);
-        let answer = match tellers
-            .call(&who, 0, entry, TellerOp::TransferStatus { id })
-            .await
-        {
+        let answer = match status(tellers, &who, entry, id).await {
             Ok(TellerResponse::Status { state, .. }) => Ok(state),
             Ok(other) => Err(format!("unexpected answer {other:?}")),
             Err(e) => Err(e.to_string()),
@@ -138,6 +135,36 @@ pub async fn resolve_sampled(
         out.insert(id, answer);
     }
     out
+}
+
+/// Times a status query answered "too busy, nothing done" is asked again, a growing
+/// wait apart (as any teller would), before the checker gives up on it.
+const STATUS_BUSY_TRIES_MAX: u32 = 8;
+
+/// Where `id` stands, asked as `who` through branch `entry`.
+async fn status(
+    tellers: &Tellers,
+    who: &Person,
+    entry: usize,
+    id: TransferId,
+) -> Result<TellerResponse, teller_cli::TellerError> {
+    let mut tries = 0;
+    loop {
+        let answer = tellers
+            .call(who, 0, entry, TellerOp::TransferStatus { id })
+            .await;
+        let busy = matches!(
+            answer,
+            Err(teller_cli::TellerError::Unavailable(
+                wire::teller::Unavailable::Overloaded
+            ))
+        );
+        tries += 1;
+        if !busy || tries >= STATUS_BUSY_TRIES_MAX {
+            return answer;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50 << tries)).await;
+    }
 }
 
 /// Where an id's money shows in the ledgers.
