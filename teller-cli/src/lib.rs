@@ -378,24 +378,14 @@ impl Teller {
                 after,
                 limit: wire::limits::PAGE_ROWS_MAX,
             };
-            let r = self
-                .call_renewing(TellerOp::ListAccounts { scope, page })
-                .await?;
-            let TellerResponse::Accounts {
-                accounts: got,
-                next_after,
-                unreachable: missed,
-            } = r
-            else {
-                return Err(TellerError::unexpected("list-accounts", &r));
-            };
-            accounts.extend(got);
-            for b in missed {
+            let got = self.accounts(scope, page).await?;
+            accounts.extend(got.accounts);
+            for b in got.unreachable {
                 if !unreachable.contains(&b) {
                     unreachable.push(b);
                 }
             }
-            match next_after {
+            match got.next_after {
                 Some(n) => after = Some(n),
                 None => break,
             }
