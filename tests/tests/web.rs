@@ -625,6 +625,17 @@ async fn an_admin_lists_opens_and_closes_and_every_refusal_changes_nothing() {
         .expect("answer");
     assert_eq!(r.status().as_u16(), 421);
 
+    // A form larger than the console reads is refused whole, nothing done.
+    let r = reqwest::Client::new()
+        .post(format!("{base}/login"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(format!("user=x&password={}", "x".repeat(3 << 20)))
+        .send()
+        .await
+        .expect("answer");
+    assert_eq!(r.status().as_u16(), 413);
+    assert!(r.text().await.expect("body").contains("too_large"));
+
     // Pages that do not exist, and assets that do.
     let p = br.get("/nowhere").await;
     p.says(404, "not_found");

@@ -115,7 +115,10 @@ async fn csrf(request: Request, next: Next) -> Response {
     };
     let (parts, body) = request.into_parts();
     let Ok(bytes) = axum::body::to_bytes(body, FORM_BYTES_MAX).await else {
-        return StatusCode::PAYLOAD_TOO_LARGE.into_response();
+        let v = visitor.lock().await;
+        let why = "this form is larger than the console takes (2 MiB); nothing was done";
+        let body = pages::problem_box("too_large", why);
+        return pages::page(StatusCode::PAYLOAD_TOO_LARGE, &v, "Form too large", body);
     };
     let form: Fields = serde_urlencoded::from_bytes(&bytes).unwrap_or_default();
     {
