@@ -36,14 +36,15 @@ fn seconds_histogram() -> Histogram {
 }
 
 /// Defines [`Metrics`] from a table of `field: Type = maker, "name", "help";` rows: each
-/// row is a public field, made and registered under `bankmate_<name>` in one step.
+/// row is a public field (its help is its doc), made and registered under
+/// `bankmate_<name>` in one step.
 macro_rules! metrics_table {
-    ($( $(#[$doc:meta])* $field:ident: $ty:ty = $make:expr, $name:literal, $help:literal; )*) => {
+    ($( $field:ident: $ty:ty = $make:expr, $name:literal, $help:literal; )*) => {
         /// The node's metrics.
         #[derive(Debug)]
         pub struct Metrics {
             registry: Registry,
-            $( $(#[$doc])* pub $field: $ty, )*
+            $( #[doc = $help] pub $field: $ty, )*
             /// Why the last write batch failed, while it is failing.
             write_failure: Mutex<Option<String>>,
         }
@@ -74,15 +75,12 @@ metrics_table! {
     twopc_durable_seconds: Family<KindLabel, Histogram, fn() -> Histogram> = Family::new_with_constructor(seconds_histogram),
         "twopc_durable_seconds",
         "Time to make one round's 2PC records durable, by step (prepare, decision, apply, other)";
-    /// The phases of transfers coordinated here: `voting` and `acks`.
     twopc_phase_seconds: Family<KindLabel, Histogram, fn() -> Histogram> = Family::new_with_constructor(seconds_histogram),
         "twopc_phase_seconds",
         "Phases of the transfers coordinated here: voting (begun until decided) and acks (decided until every participant acknowledged)";
     writer_batch_ops: Histogram = Histogram::new(exponential_buckets(1.0, 2.0, 12)),
         "writer_batch_ops",
         "Operations per writer batch (one SQLite transaction, one fsync)";
-    /// Lines per `TransferBatch` (bulk payments, and a teller connection's coalesced
-    /// transfers).
     transfer_batch_lines: Histogram = Histogram::new(exponential_buckets(1.0, 2.0, 11)),
         "transfer_batch_lines",
         "Transfers per TransferBatch request (bulk payments, coalesced teller transfers)";
@@ -98,12 +96,9 @@ metrics_table! {
     peers_connected: Gauge = Gauge::default(),
         "peers_connected",
         "Listed branches with an open connection to this one";
-    /// This replica's Raft role: 0 not replicated, 1 follower or learner, 2 candidate,
-    /// 3 leader.
     replica_role: Gauge = Gauge::default(),
         "replica_role",
         "This replica's Raft role: 0 not replicated, 1 follower or learner, 2 candidate, 3 leader";
-    /// Log entries this replica holds but has not applied to its store yet.
     replica_lag_entries: Gauge = Gauge::default(),
         "replica_lag_entries",
         "Log entries this replica holds but has not applied to its store yet";
@@ -134,13 +129,9 @@ metrics_table! {
     money_lines_unlogged: Counter = Counter::default(),
         "money_lines_unlogged",
         "Money answers not logged one line each (past the log's allowance per second)";
-    /// This copy's fence: 0 it may move money, 1 not confirmed (starting, or no other
-    /// branch answered within the lease), 2 fenced (a restore replaced it).
     fence_state: Gauge = Gauge::default(),
         "fence_state",
         "This copy's fence: 0 it may move money, 1 not confirmed (starting, or no other branch answered within the lease), 2 fenced (a restore replaced it)";
-    /// 1 while the store's last write batch failed (a full disk, a failing device), 0
-    /// once one commits.
     store_writes_failing: Gauge = Gauge::default(),
         "store_writes_failing",
         "1 while the store's last write batch failed (a full disk, a failing device), 0 once one commits";
