@@ -141,6 +141,9 @@ pub async fn resolve_sampled(
 /// wait apart (as any teller would), before the checker gives up on it.
 const STATUS_BUSY_TRIES_MAX: u32 = 8;
 
+/// The first wait before asking again, in milliseconds; it doubles each time.
+const STATUS_BUSY_WAIT_MS: u64 = 50;
+
 /// Where `id` stands, asked as `who` through branch `entry`.
 async fn status(
     tellers: &Tellers,
@@ -163,7 +166,8 @@ async fn status(
         if !busy || tries >= STATUS_BUSY_TRIES_MAX {
             return answer;
         }
-        tokio::time::sleep(std::time::Duration::from_millis(50 << tries)).await;
+        let wait = STATUS_BUSY_WAIT_MS << tries;
+        tokio::time::sleep(std::time::Duration::from_millis(wait)).await;
     }
 }
 
