@@ -1,6 +1,7 @@
 //! `scenarios`: the README's main command. `demo` runs a 3-branch network through a
 //! mixed workload with a branch killed midway; `up` keeps a local network running;
-//! `run` plays scenario files (workload + fault schedule + checks); `bench` measures.
+//! `run` plays scenario files (workload + fault schedule + checks); `bench` measures
+//! throughput, `failover` how long a replicated branch takes to serve again.
 //! Exit status: 0 when every invariant holds, 1 on a violation, 2 on a usage error.
 
 use std::path::{Path, PathBuf};
@@ -9,6 +10,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use scenarios::bench::{self, BenchMix, BenchOptions};
 use scenarios::cluster::{ADMIN_PASSWORD, Cluster};
+use scenarios::failover::{self, FailoverOptions, FaultKind};
 use scenarios::scenario::{self, RunOptions, Scenario};
 
 /// The demo scenario (also in scenarios/demo.toml).
@@ -56,6 +58,35 @@ enum Command {
         #[arg(long)]
         dir: Option<PathBuf>,
         /// Print each report as JSON too.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Time to the first commit after b1's leader is killed, paused or cut off, with
+    /// a stream of transfers running and every answer checked.
+    Failover {
+        /// Trials of each fault.
+        #[arg(long, default_value_t = 5)]
+        trials: usize,
+        /// Which faults (partition needs root: it makes network namespaces).
+        #[arg(
+            long,
+            value_enum,
+            value_delimiter = ',',
+            default_value = "kill,pause,partition"
+        )]
+        faults: Vec<FaultKind>,
+        #[arg(long, default_value_t = 3)]
+        branches: u16,
+        /// How long each fault lasts, in milliseconds, before the restart, SIGCONT or heal.
+        #[arg(long, default_value_t = 5_000)]
+        fault_ms: u64,
+        /// Clients of the stream of transfers.
+        #[arg(long, default_value_t = 4)]
+        clients: usize,
+        /// Keep the network's data dirs and logs under this folder (default: a temp dir).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// Print the result as JSON too.
         #[arg(long)]
         json: bool,
     },
@@ -173,6 +204,30 @@ async fn run(command: Command) -> anyhow::Result<bool> {
             replicas,
             dir,
         } => up(branches, replicas, &dir).await,
+        Command::Failover {
+            trials,
+            faults,
+            branches,
+            fault_ms,
+            clients,
+            dir,
+            json,
+        } => {
+            let (path, _keep) = workdir(dir.as_deref(), "failover")?;
+            let opts = FailoverOptions {
+                trials,
+                kinds: faults,
+                branches,
+                fault: std::time::Duration::from_millis(fault_ms),
+                clients,
+            };
+            let report = failover::run(&opts, &path).await?;
+            println!("{}", report.table());
+            if json {
+                println!("{}", report.json());
+            }
+            Ok(report.ok())
+        }
         Command::Bench {
             branches,
             replicas,

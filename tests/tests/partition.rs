@@ -13,98 +13,13 @@ use std::time::{Duration, Instant};
 
 use scenarios::check;
 use scenarios::cluster::{ADMIN_PASSWORD, Cluster, teller_cli_bin};
+use scenarios::netns::Namespaces;
 use wire::{BranchId, TransferId};
 
 const SETTLE_BOUND: Duration = Duration::from_secs(30);
 /// The cut-off leader must have stopped serving within this.
 const STOP_BOUND: Duration = Duration::from_secs(3);
 const CUSTOMER_PASSWORD: &str = "customer-pass-123";
-
-/// Runs `ip ARGS`, panicking on failure.
-fn ip(args: &[&str]) {
-    let out = Command::new("ip").args(args).output().expect("runs ip");
-    assert!(
-        out.status.success(),
-        "ip {}: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// The namespaces of one test: a hub with a bridge, and one per node plus one for the
-/// tellers, each on the bridge with address 10.231.0.(k+1). Removed when dropped.
-struct Namespaces {
-    prefix: String,
-    count: usize,
-}
-
-impl Namespaces {
-    fn hub(&self) -> String {
-        format!("{}h", self.prefix)
-    }
-
-    fn node(&self, k: usize) -> String {
-        format!("{}n{k}", self.prefix)
-    }
-
-    fn addr(k: usize) -> String {
-        format!("10.231.0.{}", k + 1)
-    }
-
-    /// The hub, and `count` namespaces on its bridge (the last for the tellers).
-    fn make(count: usize) -> Namespaces {
-        let ns = Namespaces {
-            prefix: format!("bm{}", std::process::id()),
-            count,
-        };
-        let hub = ns.hub();
-        ip(&["netns", "add", &hub]);
-        ip(&["-n", &hub, "link", "set", "lo", "up"]);
-        ip(&["-n", &hub, "link", "add", "br0", "type", "bridge"]);
-        ip(&["-n", &hub, "link", "set", "br0", "up"]);
-        for k in 0..count {
-            let (node, near, far) = (ns.node(k), format!("bv{k}"), format!("hv{k}"));
-            ip(&["netns", "add", &node]);
-            ip(&["-n", &node, "link", "set", "lo", "up"]);
-            ip(&[
-                "link", "add", &near, "netns", &node, "type", "veth", "peer", "name", &far,
-                "netns", &hub,
-            ]);
-            let cidr = format!("{}/24", Namespaces::addr(k));
-            ip(&["-n", &node, "addr", "add", &cidr, "dev", &near]);
-            ip(&["-n", &node, "link", "set", &near, "up"]);
-            ip(&["-n", &hub, "link", "set", &far, "master", "br0"]);
-            ip(&["-n", &hub, "link", "set", &far, "up"]);
-        }
-        ns
-    }
-
-    /// Takes node `k`'s link to the bridge down (`up`: back up).
-    fn link(&self, k: usize, up: bool) {
-        let far = format!("hv{k}");
-        ip(&[
-            "-n",
-            &self.hub(),
-            "link",
-            "set",
-            &far,
-            if up { "up" } else { "down" },
-        ]);
-    }
-}
-
-impl Drop for Namespaces {
-    fn drop(&mut self) {
-        for k in 0..self.count {
-            let _ = Command::new("ip")
-                .args(["netns", "del", &self.node(k)])
-                .status();
-        }
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.hub()])
-            .status();
-    }
-}
 
 /// `teller-cli` in the tellers' namespace: its exit status and standard output.
 fn cli(ns: &str, network: &std::path::Path, args: &[&str]) -> (i32, String) {
@@ -220,10 +135,10 @@ fn stopped_serving(c: &Cluster, i: usize) -> usize {
 #[test]
 fn a_leader_cut_off_by_a_real_partition_stops_and_the_majority_serves_on() {
     let nodes = 6;
-    let ns = Namespaces::make(nodes + 1);
+    let ns = Namespaces::make(nodes + 1, 231, false).expect("namespaces");
     let tellers = ns.node(nodes);
     let dir = tempfile::tempdir().expect("tempdir");
-    let place = |k: usize| (k < nodes).then(|| (Namespaces::addr(k), ns.node(k)));
+    let place = |k: usize| (k < nodes).then(|| (ns.addr(k), ns.node(k)));
     let mut c = Cluster::create_placed(dir.path(), 2, 3, &[], &place).expect("network");
     for i in 0..c.nodes.len() {
         c.start_node(i, &[]).expect("starts");
@@ -238,7 +153,7 @@ fn a_leader_cut_off_by_a_real_partition_stops_and_the_majority_serves_on() {
 
     let old = c.serving_replica(BranchId(1)).expect("a leader");
     let before = stopped_serving(&c, old);
-    ns.link(old, false);
+    ns.link(old, false).expect("cuts");
     let cut = Instant::now();
     // Both ways across the partition's edge: the majority's new leader serves.
     for _ in 0..3 {
@@ -262,7 +177,7 @@ fn a_leader_cut_off_by_a_real_partition_stops_and_the_majority_serves_on() {
     }
 
     eprintln!("partition checks done after {:?}", cut.elapsed());
-    ns.link(old, true);
+    ns.link(old, true).expect("heals");
     committed.extend(transfer(&tellers, &net, "b2", &a2, &a1));
     let settled = check::wait_settled(&c.databases(), SETTLE_BOUND).expect("audit");
     eprintln!("settled after the heal in {settled:?}");
