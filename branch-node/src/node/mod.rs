@@ -824,7 +824,10 @@ async fn dispatch(
             n = queues.requests.recv() => n,
         };
         let Some(next) = next else { return };
-        let current = serving.borrow().clone();
+        // A leader serves only while it holds its lease: cut off from its replicas (or
+        // just resumed from a pause) it answers as a replica that does not lead.
+        let leased = replica.as_ref().is_none_or(|r| r.holds_lease());
+        let current = serving.borrow().clone().filter(|_| leased);
         let witness = witness.borrow().clone();
         let fence = Fence {
             witness: witness.as_ref(),
@@ -930,7 +933,17 @@ fn not_leader(
             Some(to),
         ) => {
             let (client, me) = (client.clone(), replica.branch());
-            let answer = async move { to_leader(&client, me, to, peer, request).await };
+            let leader_gone = replica.until_leader_is_not(leader);
+            let answer = async move {
+                tokio::select! {
+                    r = to_leader(&client, me, to, peer, request) => r,
+                    // Its leader changed (it stopped answering, the others elect
+                    // another): no waiting out the forward timeout. The request may
+                    // have reached the old one, so it may have been carried out; the
+                    // teller asks again (money with the same id) and reaches the new.
+                    () = leader_gone => TellerResponse::Unavailable(Unavailable::NoAnswer(me)),
+                }
+            };
             InFlight::answer(busy, peer, reply, teller_overloaded(), answer);
         }
         (Inbound::Teller { reply, .. }, None) => {

@@ -133,6 +133,8 @@ type Pipes = HashMap<(PeerId, Via), Arc<Slot>>;
 
 /// The fault switch of each link (in-process partitions for the scenarios).
 type Faults = Arc<Mutex<HashMap<PeerId, LinkFault>>>;
+/// The replica last found leading each replicated branch.
+type Leaders = Arc<Mutex<HashMap<BranchId, u64>>>;
 
 fn fault_of(faults: &Faults, peer: &PeerId) -> LinkFault {
     let faults = faults.lock().unwrap_or_else(PoisonError::into_inner);
@@ -149,7 +151,7 @@ pub struct Client {
     faults: Faults,
     network: Arc<NetworkFile>,
     /// The replica of each replicated branch last found leading it.
-    leaders: Arc<Mutex<HashMap<BranchId, u64>>>,
+    leaders: Leaders,
     /// Each peer's connections, and whether each comes from this machine (loopback).
     origins: Origins,
 }
@@ -360,6 +362,8 @@ pub struct EventLoop {
     /// Listed peers (replicas of any branch) with at least one open connection.
     connected: std::collections::HashSet<PeerId>,
     origins: Origins,
+    /// The client's record of which replica leads each branch.
+    leaders: Leaders,
     /// Requests waiting for a dial to settle before they open a stream.
     dials: super::Dials,
 }
@@ -402,6 +406,7 @@ pub fn new(
     };
     let event_loop = EventLoop {
         origins: Arc::clone(&client.origins),
+        leaders: Arc::clone(&client.leaders),
         swarm,
         network,
         commands,
@@ -523,6 +528,7 @@ impl EventLoop {
                 },
                 network: Arc::clone(&self.network),
                 faults: Arc::clone(&self.faults),
+                leaders: Arc::clone(&self.leaders),
             };
             tasks.push(tokio::spawn(accept(incoming, move |peer, stream| {
                 link.clone().serve(peer, stream)
@@ -748,9 +754,26 @@ struct LinkSide {
     queue: mpsc::Sender<Inbound>,
     network: Arc<NetworkFile>,
     faults: Faults,
+    /// The client's record of which replica leads each branch.
+    leaders: Leaders,
 }
 
 impl LinkSide {
+    /// A 2PC message or a fence claim comes only from the replica that serves its
+    /// branch: from now on this node sends to that branch there, without first trying
+    /// the replica it knew (which may have stopped answering).
+    fn note_leader(&self, peer: &PeerId, request: &LinkRequest) {
+        if !matches!(request, LinkRequest::TwoPc { .. } | LinkRequest::Fence(_)) {
+            return;
+        }
+        if let Some((branch, replica)) = self.network.replica_by_peer(peer)
+            && branch.is_replicated()
+        {
+            let mut leaders = self.leaders.lock().unwrap_or_else(PoisonError::into_inner);
+            leaders.insert(branch.id, replica.id);
+        }
+    }
+
     /// Why a request from `peer` is refused before the node sees it, if it is.
     fn refusal(&self, peer: &PeerId, request: &LinkRequest) -> Option<EnvelopeRefusal> {
         if self.network.by_peer(peer).is_none() {
@@ -780,6 +803,7 @@ impl LinkSide {
                     reply.answer(&LinkResponse::Refused(r));
                     return true;
                 }
+                self.note_leader(&peer, &request);
                 let inbound = Inbound::Link {
                     peer,
                     request,

@@ -7,7 +7,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use openraft::{BasicNode, Config, RaftMetrics, ServerState, SnapshotPolicy};
 use tokio::sync::mpsc;
@@ -26,11 +26,17 @@ pub const LOG_FILE: &str = "raft.db";
 /// first `run` makes the branch's log, then removes the file.
 pub const BOOTSTRAP_FILE: &str = "bootstrap";
 
-/// Heartbeats every this many milliseconds.
+/// Heartbeats every this many milliseconds (Raft's timer ticks every one and a half).
+/// It is also how long Raft lets one append call take, so it stays well above a
+/// follower's fsync on a busy machine.
 pub const HEARTBEAT_MS: u64 = 100;
-/// A follower that hears no leader for a random time in this range stands for election:
-/// a lost leader is replaced within about a second.
-pub const ELECTION_TIMEOUT_MS: (u64, u64) = (400, 800);
+/// Raft's election timeout range. A follower stands for election once it has heard no
+/// leader for the upper bound (the time it refuses to vote for anyone else: the
+/// leader's lease) plus a random time in this range, so a lost leader is replaced
+/// within about 0.5 to 0.8 s. Measured with `scenarios failover` (see the README): the
+/// earlier 400-800 ms took 1.2 to 1.6 s, and up to 3 s when a candidate with a shorter
+/// log had to wait for another.
+pub const ELECTION_TIMEOUT_MS: (u64, u64) = (150, 300);
 /// A snapshot of the store is made after this many entries, and the log before it goes.
 pub const SNAPSHOT_EVERY_ENTRIES: u64 = 10_000;
 
@@ -40,6 +46,14 @@ const BOOTSTRAP_STEP_WAIT: Duration = Duration::from_secs(10);
 const BOOTSTRAP_SNAPSHOT_WAIT: Duration = Duration::from_secs(30);
 /// A follower whose store is more log entries than this behind its log is not ready.
 pub const READY_LAG_MAX: u64 = 1_000;
+/// A leader holds its lease (serves, says it is ready) only while a majority
+/// acknowledged its heartbeats less than this long ago, by this process's monotonic
+/// clock. Followers refuse to vote for anyone else for an election timeout's upper
+/// bound after they last heard the leader, so nobody else can lead within the lease;
+/// a leader cut off from the others (or paused, and just resumed) stops serving and
+/// answers "not the leader" after at most this long.
+pub const LEASE_MS: u64 = ELECTION_TIMEOUT_MS.1 - HEARTBEAT_MS / 2;
+const _: () = assert!(LEASE_MS < ELECTION_TIMEOUT_MS.1 && LEASE_MS > 2 * HEARTBEAT_MS);
 /// How often a leader compares the membership with the network file.
 const MEMBERSHIP_CHECK: Duration = Duration::from_secs(1);
 
@@ -51,6 +65,9 @@ pub struct Replica {
     /// Writes through the proposer (for the serving stack).
     pub writes: WriterHandle,
     branch: BranchEntry,
+    /// When a majority last acknowledged this replica as leader (by its heartbeats),
+    /// on this process's clock; `None` while it does not lead.
+    acked: Arc<std::sync::Mutex<Option<Instant>>>,
 }
 
 impl std::fmt::Debug for Replica {
@@ -126,6 +143,7 @@ impl Replica {
             raft,
             writes,
             branch,
+            acked: Arc::default(),
         };
         let marker = data_dir.join(BOOTSTRAP_FILE);
         if marker.exists() && !replica.raft.is_initialized().await? {
@@ -133,7 +151,7 @@ impl Replica {
         }
         let _ = std::fs::remove_file(&marker);
         tokio::spawn(replica.clone().keep_membership());
-        tokio::spawn(gauges(replica.raft.clone()));
+        tokio::spawn(gauges(replica.raft.clone(), Arc::clone(&replica.acked)));
         Ok(replica)
     }
 
@@ -237,15 +255,34 @@ impl Replica {
         self.branch.id
     }
 
-    /// What `/readyz` says of this replica: whether tellers may use it (it leads and
-    /// its serving stack runs, or it follows a known leader, which it forwards them to,
-    /// with its store no more than [`READY_LAG_MAX`] entries behind its log), and a line
-    /// for the operator.
+    /// Whether this replica leads and holds its lease: a majority acknowledged it less
+    /// than [`LEASE_MS`] ago. A leader cut off from the others, or one just resumed
+    /// from a pause, does not: it answers "not the leader" (nothing done) meanwhile.
+    pub fn holds_lease(&self) -> bool {
+        let m = self.raft.metrics();
+        if !self.serving(&m.borrow()) {
+            return false;
+        }
+        let acked = *self
+            .acked
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        acked.is_some_and(|at| at.elapsed() < Duration::from_millis(LEASE_MS))
+    }
+
+    /// What `/readyz` says of this replica: whether tellers may use it (it leads, holds
+    /// its lease and its serving stack runs, or it follows a known leader, which it
+    /// forwards them to, with its store no more than [`READY_LAG_MAX`] entries behind
+    /// its log), and a line for the operator.
     pub fn readiness(&self, serving: bool) -> (bool, String) {
         let m = self.metrics();
         let (applied, behind) = unapplied(&m);
         let leader = m.current_leader.filter(|&l| l != self.id);
         let (ready, role) = match m.state {
+            ServerState::Leader if !self.holds_lease() => (
+                false,
+                "leader without a lease (no majority heard it lately), not serving".to_owned(),
+            ),
             ServerState::Leader if serving => (true, "leader, serving".to_owned()),
             ServerState::Leader => (false, "leader, not serving yet".to_owned()),
             ServerState::Follower => match leader {
@@ -265,6 +302,18 @@ impl Replica {
     /// The replica this one believes leads, for "not the leader" answers.
     pub fn leader_hint(&self) -> Option<ReplicaId> {
         self.raft.metrics().borrow().current_leader
+    }
+
+    /// Resolves once this replica no longer believes `leader` leads (an election began,
+    /// or another replica leads), or Raft stopped.
+    pub fn until_leader_is_not(
+        &self,
+        leader: Option<ReplicaId>,
+    ) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let mut rx = self.raft.metrics();
+        async move {
+            let _ = rx.wait_for(|m| m.current_leader != leader).await;
+        }
     }
 
     /// Waits until this replica may serve and its store applied every entry of its log
@@ -296,28 +345,32 @@ impl Replica {
             .is_ok()
     }
 
-    /// Resolves when this replica may no longer serve: it no longer leads, or it could
-    /// not confirm with a majority, within an election timeout, that it still does (a
-    /// leader cut off from the others: its writes could not commit anyway, and its reads
-    /// could be stale).
+    /// Resolves when this replica may no longer serve: it no longer leads, or it has
+    /// been without its lease for an election timeout's upper bound (a leader cut off
+    /// from the others: its writes cannot commit, its reads could be stale, and the
+    /// others are electing another). Requests find it without its lease at once and are
+    /// answered "not the leader"; the stack itself stops only after this grace, so a
+    /// lease that lapses for a moment on a busy machine does not restart it.
     pub async fn until_not_serving(&self) {
         let mut rx = self.raft.metrics();
         let lost = async {
             let _ = rx.wait_for(|m| !self.serving(m)).await;
         };
-        let lease = Duration::from_millis(ELECTION_TIMEOUT_MS.1);
+        let grace = Duration::from_millis(ELECTION_TIMEOUT_MS.1);
         let cut_off = async {
+            let mut lapsed: Option<Instant> = None;
             loop {
-                tokio::time::sleep(lease).await;
-                let confirmed = tokio::time::timeout(lease, self.raft.ensure_linearizable()).await;
-                if !matches!(confirmed, Ok(Ok(_))) {
+                tokio::time::sleep(Duration::from_millis(HEARTBEAT_MS)).await;
+                if self.holds_lease() {
+                    lapsed = None;
+                } else if lapsed.get_or_insert_with(Instant::now).elapsed() >= grace {
                     return;
                 }
             }
         };
         tokio::select! {
             () = lost => {}
-            () = cut_off => tracing::warn!("no majority confirms this leader: it stops serving"),
+            () = cut_off => tracing::warn!("no majority heard this leader lately: it stops serving"),
         }
     }
 }
@@ -331,12 +384,14 @@ fn unapplied(m: &RaftMetrics<ReplicaId, BasicNode>) -> (u64, u64) {
     )
 }
 
-/// Keeps the metrics' replica role and lag current; ends when Raft stops.
-async fn gauges(raft: Raft) {
+/// Keeps the metrics' replica role and lag current, and when a majority last
+/// acknowledged this replica as leader; ends when Raft stops.
+async fn gauges(raft: Raft, acked: Arc<std::sync::Mutex<Option<Instant>>>) {
     let mut rx = raft.metrics();
     loop {
         {
             let m = rx.borrow_and_update();
+            note_acked(&m, &acked);
             let metrics = crate::metrics::get();
             metrics.replica_role.set(match m.state {
                 ServerState::Leader => 3,
@@ -352,6 +407,25 @@ async fn gauges(raft: Raft) {
             return;
         }
     }
+}
+
+/// Stamps when a majority last acknowledged this leader: Raft reports how long ago, as
+/// of the report; the report is read as it comes, so a process paused since keeps the
+/// stamp from before its pause (its lease then has run out when it resumes).
+fn note_acked(m: &RaftMetrics<ReplicaId, BasicNode>, acked: &std::sync::Mutex<Option<Instant>>) {
+    let leads = m.state == ServerState::Leader && m.current_leader == Some(m.id);
+    let at = m
+        .millis_since_quorum_ack
+        .filter(|_| leads)
+        .and_then(|ms| Instant::now().checked_sub(Duration::from_millis(ms)));
+    let mut stamp = acked
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    *stamp = match (leads, at, *stamp) {
+        (false, _, _) => None,
+        (true, Some(at), Some(was)) => Some(at.max(was)),
+        (true, at, was) => at.or(was),
+    };
 }
 
 /// Hands each Raft stream from another replica to Raft, one task each.
