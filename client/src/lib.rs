@@ -41,6 +41,10 @@ pub const PIPE_IDLE_MS: u64 = 60 * 1_000;
 
 /// How long a request may wait for its response before it fails, in milliseconds.
 pub const REQUEST_TIMEOUT_MS: u64 = 10_000;
+/// How long connecting to one replica of a branch that has several may take before the
+/// next is tried: a replica that is paused (or its machine is) accepts the connection
+/// but never completes the handshake, and the others serve meanwhile.
+pub const CANDIDATE_CONNECT_MS: u64 = 1_000;
 
 const _: () = assert!(
     PIPE_IDLE_MS < IDLE_CONNECTION_TIMEOUT_MS,

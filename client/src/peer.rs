@@ -19,7 +19,7 @@ use serde::de::DeserializeOwned;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::pipe::{self, Failure, OpenError, Slot};
-use crate::{IDLE_CONNECTION_TIMEOUT_MS, PIPE_IDLE_MS, REQUEST_TIMEOUT_MS};
+use crate::{CANDIDATE_CONNECT_MS, IDLE_CONNECTION_TIMEOUT_MS, PIPE_IDLE_MS, REQUEST_TIMEOUT_MS};
 
 /// Most requests to redial waiting for the swarm's task (callers past it wait their turn).
 const DIALS_WAITING_MAX: usize = 64;
@@ -70,6 +70,19 @@ impl Inner {
     fn current(&self) -> &(Multiaddr, PeerId) {
         let i = self.current.load(std::sync::atomic::Ordering::Relaxed);
         &self.candidates[i % self.candidates.len()]
+    }
+
+    /// How long one candidate may take to connect: short when there are others to try.
+    fn candidate_timeout(&self) -> Duration {
+        candidate_timeout(self.candidates.len(), self.connect_timeout)
+    }
+}
+
+/// How long connecting to one of `n` candidates may take, `timeout` in all.
+fn candidate_timeout(n: usize, timeout: Duration) -> Duration {
+    match n {
+        0 | 1 => timeout,
+        _ => timeout.min(Duration::from_millis(CANDIDATE_CONNECT_MS)),
     }
 }
 
@@ -168,21 +181,31 @@ impl<Req: Serialize, Resp: Serialize + DeserializeOwned> PeerClient<Req, Resp> {
             addr: first.0,
             reason: "not tried".into(),
         });
-        for (i, (addr, peer)) in candidates.iter().enumerate() {
-            let tried = match swarm.dial(with_peer(addr, *peer)) {
-                Ok(()) => connected(&mut swarm, *peer, timeout).await,
-                Err(e) => Err(e.to_string()),
-            };
-            match tried {
-                Ok(()) => {
-                    reached = Ok(i);
-                    break;
-                }
-                Err(reason) => {
-                    reached = Err(ClientError::Unreachable {
-                        addr: addr.clone(),
-                        reason,
-                    });
+        // Each replica briefly first (one that is paused must not hold the others up),
+        // then, if none answered, each with the whole timeout (a slow machine).
+        let short = candidate_timeout(candidates.len(), timeout);
+        let passes = if short < timeout {
+            vec![short, timeout]
+        } else {
+            vec![timeout]
+        };
+        'passes: for wait in passes {
+            for (i, (addr, peer)) in candidates.iter().enumerate() {
+                let tried = match swarm.dial(with_peer(addr, *peer)) {
+                    Ok(()) => connected(&mut swarm, *peer, wait).await,
+                    Err(e) => Err(e.to_string()),
+                };
+                match tried {
+                    Ok(()) => {
+                        reached = Ok(i);
+                        break 'passes;
+                    }
+                    Err(reason) => {
+                        reached = Err(ClientError::Unreachable {
+                            addr: addr.clone(),
+                            reason,
+                        });
+                    }
                 }
             }
         }
@@ -216,12 +239,13 @@ impl<Req: Serialize, Resp: Serialize + DeserializeOwned> PeerClient<Req, Resp> {
             .send((peer, addr, done))
             .await
             .map_err(|_| OpenError::Stopped)?;
-        match tokio::time::timeout(inner.connect_timeout, wait).await {
+        let timeout = inner.candidate_timeout();
+        match tokio::time::timeout(timeout, wait).await {
             Ok(r) => r.map_err(|_| OpenError::Stopped)?,
-            Err(_) => return Err(OpenError::ConnectTimeout(inner.connect_timeout)),
+            Err(_) => return Err(OpenError::ConnectTimeout(timeout)),
         }
         let control = inner.control.clone();
-        pipe::open_stream(control, peer, inner.protocol.clone(), inner.connect_timeout).await
+        pipe::open_stream(control, peer, inner.protocol.clone(), timeout).await
     }
 
     /// The open stream, or a new one (redialling the branch first if need be): to the
@@ -248,7 +272,7 @@ impl<Req: Serialize, Resp: Serialize + DeserializeOwned> PeerClient<Req, Resp> {
             .slot
             .pipe(
                 Duration::from_millis(PIPE_IDLE_MS),
-                inner.connect_timeout,
+                inner.candidate_timeout(),
                 open,
             )
             .await
@@ -269,9 +293,20 @@ impl<Req: Serialize, Resp: Serialize + DeserializeOwned> PeerClient<Req, Resp> {
 
     /// Sends one request and waits for its answer (bounded by the request timeout).
     pub async fn request(&self, request: Req) -> Result<Resp, ClientError> {
+        self.request_within(request, Duration::from_millis(REQUEST_TIMEOUT_MS))
+            .await
+    }
+
+    /// Sends one request and waits at most `timeout` for its answer.
+    pub async fn request_within(
+        &self,
+        request: Req,
+        timeout: Duration,
+    ) -> Result<Resp, ClientError> {
         let body = wire::encode(&request).map_err(|e| self.failed((e.to_string(), false)))?;
         drop(request);
-        let answer = self.request_raw(body).await?;
+        let pipe = self.pipe().await?;
+        let answer = pipe.call(body, timeout).await.map_err(|f| self.failed(f))?;
         wire::decode(&answer).map_err(|e| self.failed((format!("bad answer: {e}"), true)))
     }
 
@@ -281,6 +316,50 @@ impl<Req: Serialize, Resp: Serialize + DeserializeOwned> PeerClient<Req, Resp> {
         let pipe = self.pipe().await?;
         let timeout = Duration::from_millis(REQUEST_TIMEOUT_MS);
         pipe.call(body, timeout).await.map_err(|f| self.failed(f))
+    }
+
+    /// How many candidates (replicas) this client may use.
+    pub fn candidates(&self) -> usize {
+        self.inner.candidates.len()
+    }
+
+    /// The index of the candidate in use.
+    pub fn current_index(&self) -> usize {
+        self.inner
+            .current
+            .load(std::sync::atomic::Ordering::Relaxed)
+            % self.candidates()
+    }
+
+    /// Moves from candidate `from` (which did not answer, or said it does not lead) to
+    /// the next one for the requests that follow; nothing if another caller moved
+    /// already. The choice is remembered: later requests stay with the one that serves.
+    pub async fn move_on_from(&self, from: usize) {
+        let n = self.candidates();
+        self.move_to(from, (from + 1) % n).await;
+    }
+
+    /// Moves from candidate `from` to the one whose key is `peer` (the replica named as
+    /// leader), if it is one of them.
+    pub async fn move_to_peer(&self, from: usize, peer: PeerId) {
+        if let Some(to) = self.inner.candidates.iter().position(|(_, p)| *p == peer) {
+            self.move_to(from, to).await;
+        }
+    }
+
+    async fn move_to(&self, from: usize, to: usize) {
+        use std::sync::atomic::Ordering::Relaxed;
+        if from == to || self.current_index() != from {
+            return;
+        }
+        if self
+            .inner
+            .current
+            .compare_exchange(from, to, Relaxed, Relaxed)
+            .is_ok()
+        {
+            self.inner.slot.clear().await;
+        }
     }
 
     /// A stream of its own on this client's protocol to the candidate in use, as it is

@@ -314,6 +314,12 @@ async fn write_requests(
 pub struct Slot(tokio::sync::Mutex<Option<Pipe>>);
 
 impl Slot {
+    /// Forgets the pipe: the next use opens a new one (to another replica, say). Calls
+    /// in flight on the old one still get their answers.
+    pub async fn clear(&self) {
+        *self.0.lock().await = None;
+    }
+
     /// The open pipe, or a new one on a stream `open` gives (opened again, up to
     /// `OPEN_ATTEMPTS_MAX` times, after a growing random wait, if one ends before its
     /// hello). An error: nothing sent.

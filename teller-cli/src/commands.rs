@@ -192,6 +192,8 @@ pub(crate) async fn log_in(
         .ok_or_else(|| TellerError::Usage("give the login with --user".into()))?;
     let password = password(cli)?;
     let mut teller = Teller::connect_with_key(target, key).await?;
+    // The login rides out a change of leaders like the money request after it.
+    teller.set_failover_wait(std::time::Duration::from_secs(cli.wait));
     let otp = otp_code(cli)?;
     let answer = teller
         .login_with_code(&user, &password, otp.as_deref())

@@ -89,6 +89,7 @@ pub async fn run(
 ) -> Result<u8, TellerError> {
     leave_on_ctrl_c();
     let mut teller = Teller::connect_with_key(&target, key).await?;
+    teller.set_failover_wait(policy.wait);
     println!("BankMate: connected to {}", target.addr);
     loop {
         println!("\n== Login (Ctrl-D to quit) ==");

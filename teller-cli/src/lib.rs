@@ -30,7 +30,11 @@ pub const CONNECT_TIMEOUT_MS: u64 = 5_000;
 /// replicas answer "not the leader, nothing was done" meanwhile).
 pub const FAILOVER_WAIT_MS: u64 = 5_000;
 /// The wait between those sends.
-pub const FAILOVER_RETRY_MS: u64 = 100;
+pub const FAILOVER_RETRY_MS: u64 = 50;
+/// Longest one login may wait for its answer when the branch has other replicas to
+/// try: well under the forward timeout, so a replica that stopped answering (paused,
+/// cut off) costs a teller this much before the next is asked.
+pub const LOGIN_ATTEMPT_MS: u64 = 2_500;
 
 /// Why a teller request did not get a business answer.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -104,6 +108,13 @@ impl Target {
             branch: Some(b.id),
             network: Some(std::sync::Arc::new(net.clone())),
         })
+    }
+
+    /// The key (PeerId) of replica `replica` of this target's branch, when the network
+    /// file lists it.
+    pub fn replica_peer(&self, replica: u64) -> Option<PeerId> {
+        let branch = self.network.as_ref()?.get(self.branch?)?;
+        branch.replica(replica).map(|r| r.peer_id)
     }
 
     /// A multiaddr ending in `/p2p/<peer id>`, which pins the branch's key.
@@ -200,6 +211,9 @@ pub struct Teller {
     credentials: Option<Credentials>,
     pub role: Option<Role>,
     pub target: Target,
+    /// How long a request that is safe to send again (a login, a read) keeps trying
+    /// while the branch changes leaders or a replica stops answering.
+    failover_wait: Duration,
 }
 
 impl Teller {
@@ -229,7 +243,30 @@ impl Teller {
             credentials: None,
             role: None,
             target: target.clone(),
+            failover_wait: Duration::from_millis(FAILOVER_WAIT_MS),
         })
+    }
+
+    /// How many replicas of the branch this teller may use.
+    pub fn replicas(&self) -> usize {
+        self.client.candidates()
+    }
+
+    /// The replica in use now (an index into the branch's replicas).
+    pub fn replica_in_use(&self) -> usize {
+        self.client.current_index()
+    }
+
+    /// Moves from replica `from` (which did not answer in time) to the next, unless
+    /// another request moved already.
+    pub async fn move_on_from(&self, from: usize) {
+        self.client.move_on_from(from).await;
+    }
+
+    /// Requests that are safe to send again (logins, reads) keep trying for up to
+    /// `wait` through a change of leaders (`teller-cli --wait`).
+    pub fn set_failover_wait(&mut self, wait: Duration) {
+        self.failover_wait = wait;
     }
 
     /// Another teller over the same connection and key, not logged in: many people's
@@ -243,6 +280,7 @@ impl Teller {
             credentials: None,
             role: None,
             target: self.target.clone(),
+            failover_wait: self.failover_wait,
         }
     }
 
@@ -259,6 +297,7 @@ impl Teller {
             credentials: other.credentials.clone(),
             role: other.role,
             target: self.target.clone(),
+            failover_wait: self.failover_wait,
         }
     }
 
@@ -281,27 +320,73 @@ impl Teller {
         }
         // A replicated branch between leaders answers "not the leader", and a branch
         // whose fence has not confirmed it yet (it is starting) "not confirmed": nothing
-        // was done either way; ask again while that passes, about a second.
-        let deadline = std::time::Instant::now() + Duration::from_millis(FAILOVER_WAIT_MS);
+        // was done either way; ask again while that passes. A request that is safe to
+        // repeat (a login, a read) is also sent again, to the next replica, when the one
+        // in use did not answer.
+        let repeatable = repeatable(&op);
+        let wait = match repeatable {
+            true => self.failover_wait,
+            false => Duration::from_millis(FAILOVER_WAIT_MS),
+        };
+        let deadline = std::time::Instant::now() + wait;
         loop {
-            let answer = match (&op, self.session) {
-                (TellerOp::Transfer(spec), Some(session)) => {
-                    let via = (&self.client, &self.sealer);
-                    self.lanes.transfer(via, session, *spec).await
-                }
-                _ => {
-                    let request = self.sealer.request(self.session, op.clone());
-                    answer_of(self.client.request(request).await?)
-                }
-            };
-            match answer {
-                Err(TellerError::Unavailable(
-                    Unavailable::NotLeader { .. } | Unavailable::NotConfirmed,
-                )) if std::time::Instant::now() < deadline => {
-                    tokio::time::sleep(Duration::from_millis(FAILOVER_RETRY_MS)).await;
-                }
-                other => return other,
+            let from = self.client.current_index();
+            let answer = self.attempt(&op).await;
+            let again = self.next_replica(&answer, from, repeatable).await;
+            if !again || std::time::Instant::now() >= deadline {
+                return answer;
             }
+            tokio::time::sleep(Duration::from_millis(FAILOVER_RETRY_MS)).await;
+        }
+    }
+
+    /// Sends `op` once.
+    async fn attempt(&self, op: &TellerOp) -> Result<TellerResponse, TellerError> {
+        match (op, self.session) {
+            (TellerOp::Transfer(spec), Some(session)) => {
+                let via = (&self.client, &self.sealer);
+                self.lanes.transfer(via, session, *spec).await
+            }
+            _ => {
+                let request = self.sealer.request(self.session, op.clone());
+                let is_login = matches!(op, TellerOp::Login { .. } | TellerOp::SealedLogin { .. });
+                let answer = match is_login && self.client.candidates() > 1 {
+                    true => {
+                        let wait = Duration::from_millis(LOGIN_ATTEMPT_MS);
+                        self.client.request_within(request, wait).await
+                    }
+                    false => self.client.request(request).await,
+                };
+                answer_of(answer?)
+            }
+        }
+    }
+
+    /// After `answer` from replica `from`: moves to the replica that leads (or the next)
+    /// when this one does not serve or did not answer, and says whether to send again.
+    async fn next_replica(
+        &self,
+        answer: &Result<TellerResponse, TellerError>,
+        from: usize,
+        repeatable: bool,
+    ) -> bool {
+        match answer {
+            Err(TellerError::Unavailable(Unavailable::NotLeader { leader })) => {
+                match leader.and_then(|l| self.target.replica_peer(l)) {
+                    Some(peer) => self.client.move_to_peer(from, peer).await,
+                    None => self.client.move_on_from(from).await,
+                }
+                true
+            }
+            Err(TellerError::Unavailable(Unavailable::NotConfirmed)) => true,
+            Err(TellerError::Unavailable(Unavailable::NoAnswer(_) | Unavailable::Overloaded)) => {
+                repeatable
+            }
+            Err(TellerError::Connection(_)) => {
+                self.client.move_on_from(from).await;
+                repeatable
+            }
+            _ => false,
         }
     }
 
@@ -411,6 +496,25 @@ impl Teller {
 const ENROL_AT_HOME: &str = "enrol for one-time codes at your own branch: passed on by \
     another branch, the password typed again and the new secret would pass through it \
     unencrypted; nothing was sent";
+
+/// Whether `op` may be sent again after an answer that did not come: it moves no money
+/// and changes nothing a second send would do twice (a second login makes a second
+/// session, which expires unused).
+fn repeatable(op: &TellerOp) -> bool {
+    matches!(
+        op,
+        TellerOp::Login { .. }
+            | TellerOp::SealedLogin { .. }
+            | TellerOp::Logout
+            | TellerOp::Balance { .. }
+            | TellerOp::History { .. }
+            | TellerOp::TransferStatus { .. }
+            | TellerOp::ListAccounts { .. }
+            | TellerOp::ListTransactions { .. }
+            | TellerOp::Trace { .. }
+            | TellerOp::InDoubt
+    )
+}
 
 /// Whether requests under `session` go through the branch at `target` to another one
 /// (`false` when not known: a target without a network file).

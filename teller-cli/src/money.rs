@@ -50,6 +50,10 @@ pub const MONEY_BACKOFF_MAX_MS: u64 = 4_000;
 /// Longest one attempt waits, in milliseconds: a branch answers a forwarded request
 /// within `FORWARD_TIMEOUT_MS` (8 s), and a teller's own request times out at 10 s.
 pub const MONEY_ATTEMPT_TIMEOUT_MS: u64 = 12_000;
+/// Longest one attempt waits, in milliseconds, when the branch has other replicas: a
+/// replica that stopped answering (paused, cut off) costs this much before the same
+/// request goes to the next one (safe: the id keeps one outcome).
+pub const MONEY_REPLICA_ATTEMPT_MS: u64 = 4_000;
 
 impl Default for RetryPolicy {
     fn default() -> Self {
@@ -283,12 +287,14 @@ impl Clock<'_> {
         }
     }
 
-    /// The longest the next attempt may wait for its answer.
-    fn attempt_limit(&self) -> Duration {
+    /// The longest the next attempt through `teller` may wait for its answer.
+    fn attempt_limit(&self, teller: &Teller) -> Duration {
         let left = self.policy.wait.saturating_sub(self.started.elapsed());
-        self.policy
-            .attempt_timeout
-            .min(left.max(Duration::from_millis(ATTEMPT_MIN_MS)))
+        let mut limit = self.policy.attempt_timeout;
+        if teller.replicas() > 1 {
+            limit = limit.min(Duration::from_millis(MONEY_REPLICA_ATTEMPT_MS));
+        }
+        limit.min(left.max(Duration::from_millis(ATTEMPT_MIN_MS)))
     }
 
     /// Pauses before the next attempt; false when the policy's time would run out first.
@@ -376,8 +382,11 @@ pub async fn send(teller: &mut Teller, op: TellerOp, policy: &RetryPolicy) -> Mo
     let id = op.money_id().unwrap_or(TransferId(0));
     let mut drive = Drive::new([id], policy);
     while let Some(open) = drive.open() {
-        let limit = drive.clock.attempt_limit();
+        let (limit, from) = (drive.clock.attempt_limit(teller), teller.replica_in_use());
         let answer = tokio::time::timeout(limit, teller.call(op.clone())).await;
+        if answer.is_err() {
+            teller.move_on_from(from).await;
+        }
         if !drive.take(teller, &open, vec![step(answer.ok())]).await {
             break;
         }
@@ -399,9 +408,13 @@ pub async fn send_batch(
     while let Some(open) = drive.open() {
         let transfers = open.iter().map(|&i| specs[i]).collect();
         let op = TellerOp::TransferBatch { transfers };
-        let limit = drive.clock.attempt_limit();
+        let (limit, from) = (drive.clock.attempt_limit(teller), teller.replica_in_use());
         let steps = match tokio::time::timeout(limit, teller.call(op)).await {
             Ok(Ok(TellerResponse::Receipts(lines))) => batch_steps(&open, specs, &lines),
+            Err(_) => {
+                teller.move_on_from(from).await;
+                vec![step(None); open.len()]
+            }
             other => vec![step(other.ok()); open.len()],
         };
         if !drive.take(teller, &open, steps).await {
