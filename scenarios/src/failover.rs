@@ -206,6 +206,9 @@ struct Lab {
     accounts: workload::Accounts,
     violations: Vec<String>,
     probes: Vec<Record>,
+    /// The network file with each branch's replicas listed last to first: every other
+    /// probe reads it, so the order a teller's file lists replicas in does not matter.
+    reversed: PathBuf,
 }
 
 /// Runs the trials in `dir` and checks everything after.
@@ -232,12 +235,15 @@ pub async fn run(opts: &FailoverOptions, dir: &Path) -> anyhow::Result<FailoverR
         tellers.clone(),
         progress.clone(),
     ));
+    let reversed = dir.join("network-reversed.toml");
+    std::fs::write(&reversed, reversed_replicas(&cluster.network_file)?)?;
     let mut lab = Lab {
         cluster,
         ns,
         accounts,
         violations: Vec::new(),
         probes: Vec::new(),
+        reversed,
     };
     for n in 0..opts.trials {
         for &kind in &opts.kinds {
@@ -336,7 +342,10 @@ impl Lab {
         let struck = Instant::now();
         self.strike(kind, leader, true)?;
         let probe = tokio::task::spawn_blocking({
-            let network = self.cluster.network_file.clone();
+            let network = match n % 2 {
+                0 => self.cluster.network_file.clone(),
+                _ => self.reversed.clone(),
+            };
             move || probe(&network, from, to)
         });
         let (probed, elected) = tokio::join!(probe, self.new_leader(leader, struck));
@@ -440,6 +449,18 @@ impl Lab {
             None => url,
         })
     }
+}
+
+/// The network file at `path` with each branch's replicas in the opposite order.
+fn reversed_replicas(path: &Path) -> anyhow::Result<String> {
+    let mut file: toml::Table = toml::from_str(&std::fs::read_to_string(path)?)?;
+    let branches = file.get_mut("branch").and_then(toml::Value::as_array_mut);
+    for b in branches.into_iter().flatten() {
+        if let Some(replicas) = b.get_mut("replica").and_then(toml::Value::as_array_mut) {
+            replicas.reverse();
+        }
+    }
+    Ok(toml::to_string(&file)?)
 }
 
 /// What a probe's exit status and JSON line say.

@@ -379,9 +379,12 @@ impl Teller {
                 true
             }
             Err(TellerError::Unavailable(Unavailable::NotConfirmed)) => true,
-            Err(TellerError::Unavailable(Unavailable::NoAnswer(_) | Unavailable::Overloaded)) => {
-                repeatable
-            }
+            Err(TellerError::Unavailable(
+                Unavailable::NoAnswer(_)
+                | Unavailable::Overloaded
+                | Unavailable::StoreFailed
+                | Unavailable::Stopping,
+            )) => repeatable,
             Err(TellerError::Connection(_)) => {
                 self.client.move_on_from(from).await;
                 repeatable

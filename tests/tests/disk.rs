@@ -195,3 +195,103 @@ async fn a_full_disk_refuses_or_stops_and_loses_no_committed_answer() {
     let report = check::finish(&mut c, &told, Duration::from_secs(30)).expect("audit");
     assert!(report.ok(), "invariants violated: {:#?}", report.violations);
 }
+
+/// Sends `n` transfers of 1.00 from `from` to `to` through branch index `b`, as `from`'s
+/// customer, under the default money policy; every answer.
+async fn customer_transfers(
+    c: &Cluster,
+    b: usize,
+    (from, to): (AccountNumber, AccountNumber),
+    n: usize,
+) -> Vec<MoneyAnswer> {
+    let mut t = Teller::connect(&c.branch_target(b).expect("target"))
+        .await
+        .expect("connects");
+    t.login(&from.to_string(), PW).await.expect("logs in");
+    let mut answers = Vec::new();
+    for _ in 0..n {
+        let spec = TransferSpec {
+            id: new_transfer_id(),
+            from,
+            to,
+            amount: Amount::from_minor(100).expect("positive"),
+        };
+        let policy = RetryPolicy::default();
+        answers.push(money::send(&mut t, TellerOp::Transfer(spec), &policy).await);
+    }
+    answers
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replicated_branch_serves_on_when_its_leaders_disk_fills() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut c = Cluster::create_replicated(dir.path(), 2, 3, &[]).expect("cluster");
+    // Each of b1's replicas on a small filesystem of its own.
+    let mut mounts = Vec::new();
+    for i in c.replicas_of(wire::BranchId(1)) {
+        let small = dir.path().join(format!("small-{i}"));
+        mounts.push(Tmpfs::mount(&small));
+        for entry in std::fs::read_dir(&c.nodes[i].dir).expect("dir") {
+            let entry = entry.expect("entry");
+            std::fs::copy(entry.path(), small.join(entry.file_name())).expect("copies");
+        }
+        c.nodes[i].dir = small;
+    }
+    for i in 0..c.nodes.len() {
+        c.start_node(i, &[]).expect("starts");
+    }
+    for b in 0..2 {
+        c.wait_serving(b, Duration::from_secs(30))
+            .await
+            .expect("serves");
+    }
+    let (a, b, deposit) = tests::funded_pair_at(&c, (0, 3), "RDISK", PW, 1_000_000).await;
+    let mut told = BTreeSet::from([deposit]);
+    let before = customer_transfers(&c, 0, (a, b), 10).await;
+    assert_eq!(committed(&before).len(), 10, "{before:?}");
+    told.extend(committed(&before));
+
+    // The leader's disk fills: the other two serve on, and no answer is wrong.
+    let full = c.serving_replica(wire::BranchId(1)).expect("a leader");
+    let filler = fill(&c.nodes[full].dir);
+    let during = customer_transfers(&c, 0, (a, b), 10).await;
+    told.extend(committed(&during));
+    for answer in &during {
+        assert!(
+            matches!(
+                answer,
+                MoneyAnswer::Committed { .. } | MoneyAnswer::Unknown { .. }
+            ) || matches!(
+                answer,
+                MoneyAnswer::Refused {
+                    reason: wire::Refusal::Interrupted,
+                    ..
+                }
+            ),
+            "{answer:?}"
+        );
+    }
+    assert!(
+        committed(&during).len() >= 5,
+        "the branch serves on without its full replica: {during:?}"
+    );
+    let stopped = !c.running(full);
+    eprintln!(
+        "while the leader's disk was full: {} of {} committed; it {}",
+        committed(&during).len(),
+        during.len(),
+        if stopped { "stopped" } else { "kept running" }
+    );
+    std::fs::remove_file(&filler).expect("frees space");
+    if stopped {
+        c.start_node(full, &[])
+            .expect("restarts once there is room");
+    }
+    let after = customer_transfers(&c, 0, (a, b), 5).await;
+    told.extend(committed(&after));
+    let disagree = check::replicas_agree(&c, Duration::from_secs(30)).expect("compares");
+    assert!(disagree.is_empty(), "{disagree:#?}");
+    let report = check::finish(&mut c, &told, Duration::from_secs(30)).expect("audit");
+    assert!(report.ok(), "invariants violated: {:#?}", report.violations);
+    drop(mounts);
+}

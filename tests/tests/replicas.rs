@@ -362,3 +362,60 @@ async fn a_lost_replica_is_replaced_by_an_empty_one_and_nothing_acknowledged_is_
     assert!(ok.len() >= 50, "most transfers committed: {}", ok.len());
     finish(c, &ok, &aborted);
 }
+
+/// Copies directory `from` (flat: a data dir) into a new directory `to`.
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).expect("copy dir");
+    for entry in std::fs::read_dir(from).expect("data dir") {
+        let entry = entry.expect("entry");
+        if entry.file_type().expect("type").is_file() {
+            std::fs::copy(entry.path(), to.join(entry.file_name())).expect("copies");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_replica_restarted_from_an_old_copy_of_its_data_dir_catches_up() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut c = Cluster::start_replicated(dir.path(), 2, 3, &[])
+        .await
+        .expect("network");
+    let (a1, a2) = (
+        funded(&c, 0, 1, 100_000).await,
+        funded(&c, 1, 1, 100_000).await,
+    );
+    let mut answers = both_ways(&c, a1, a2, 5).await;
+
+    // An operator keeps a copy of a follower's data dir (stopped, so it is whole)...
+    let first = leader(&c, BranchId(1));
+    let f = c
+        .replicas_of(BranchId(1))
+        .into_iter()
+        .find(|&i| i != first)
+        .expect("a follower");
+    let old_copy = dir.path().join("old-copy");
+    c.kill(f);
+    copy_dir(&c.nodes[f].dir, &old_copy);
+    c.start_node(f, &[]).expect("restarts");
+    // ...the branch moves on...
+    answers.extend(both_ways(&c, a1, a2, 10).await);
+    // ...and later starts the follower from that old copy, by mistake.
+    c.kill(f);
+    let live = c.nodes[f].dir.clone();
+    std::fs::remove_dir_all(&live).expect("removes");
+    copy_dir(&old_copy, &live);
+    c.start_node(f, &[]).expect("starts from the old copy");
+    answers.extend(both_ways(&c, a1, a2, 5).await);
+
+    // It caught up: with the leader gone, it is one of the majority that serves on.
+    let now = leader(&c, BranchId(1));
+    c.kill(now);
+    c.wait_serving(0, Duration::from_secs(10))
+        .await
+        .expect("the other two serve");
+    answers.extend(both_ways(&c, a1, a2, 5).await);
+    c.start_node(now, &[]).expect("restarts");
+    let (ok, aborted) = outcomes(&answers);
+    assert!(ok.len() >= 40, "most transfers committed: {}", ok.len());
+    finish(c, &ok, &aborted);
+}

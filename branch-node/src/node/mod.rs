@@ -648,11 +648,17 @@ async fn serve_loop(
     loop {
         if let Some(r) = replica {
             let leads = tokio::select! {
-                () = &mut shutdown => false,
+                () = &mut shutdown => return Ok(()),
                 ok = r.until_serving() => ok,
             };
             if !leads {
-                return Ok(());
+                // Its Raft stopped (its log or store could not be written: a full disk,
+                // say): the others serve on, and this process says why and exits.
+                return Err(anyhow::anyhow!(
+                    "this replica's raft stopped ({}); restart it once the cause is fixed: \
+                     it catches up from the others",
+                    r.stopped_why()
+                ));
             }
         }
         let active = Active::start(node).await?;

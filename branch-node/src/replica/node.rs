@@ -267,7 +267,7 @@ impl Replica {
             .acked
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        acked.is_some_and(|at| at.elapsed() < Duration::from_millis(LEASE_MS))
+        within_lease(acked)
     }
 
     /// What `/readyz` says of this replica: whether tellers may use it (it leads, holds
@@ -297,6 +297,14 @@ impl Replica {
             self.id
         );
         (ready, line)
+    }
+
+    /// Why Raft stopped, as it said.
+    pub fn stopped_why(&self) -> String {
+        match &self.raft.metrics().borrow().running_state {
+            Ok(()) => "stopped".to_owned(),
+            Err(fatal) => fatal.to_string(),
+        }
     }
 
     /// The replica this one believes leads, for "not the leader" answers.
@@ -409,6 +417,11 @@ async fn gauges(raft: Raft, acked: Arc<std::sync::Mutex<Option<Instant>>>) {
     }
 }
 
+/// Whether a leader a majority last acknowledged at `acked` still holds its lease.
+fn within_lease(acked: Option<Instant>) -> bool {
+    acked.is_some_and(|at| at.elapsed() < Duration::from_millis(LEASE_MS))
+}
+
 /// Stamps when a majority last acknowledged this leader: Raft reports how long ago, as
 /// of the report; the report is read as it comes, so a process paused since keeps the
 /// stamp from before its pause (its lease then has run out when it resumes).
@@ -438,5 +451,58 @@ async fn serve_streams(
     while let Some((peer, stream)) = streams.recv().await {
         let (raft, branch) = (raft.clone(), Arc::clone(&branch));
         tokio::spawn(async move { transport::serve(raft, &branch, peer, stream).await });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn leader_metrics(acked_ms_ago: Option<u64>) -> RaftMetrics<ReplicaId, BasicNode> {
+        let mut m = RaftMetrics::new_initial(1);
+        m.state = ServerState::Leader;
+        m.current_leader = Some(1);
+        m.millis_since_quorum_ack = acked_ms_ago;
+        m
+    }
+
+    #[test]
+    fn a_leader_is_stamped_when_a_majority_last_acked_it_and_never_later() {
+        let acked = std::sync::Mutex::new(None);
+        note_acked(&leader_metrics(Some(40)), &acked);
+        let at = acked.lock().expect("lock").expect("stamped");
+        assert!(at.elapsed() >= Duration::from_millis(40));
+        assert!(at.elapsed() < Duration::from_millis(LEASE_MS));
+        // A report of an older acknowledgement does not move the stamp back, and one
+        // without any keeps it.
+        note_acked(&leader_metrics(Some(5_000)), &acked);
+        assert_eq!(*acked.lock().expect("lock"), Some(at));
+        note_acked(&leader_metrics(None), &acked);
+        assert_eq!(*acked.lock().expect("lock"), Some(at));
+    }
+
+    #[test]
+    fn a_replica_that_does_not_lead_holds_no_stamp() {
+        let acked = std::sync::Mutex::new(None);
+        note_acked(&leader_metrics(Some(10)), &acked);
+        let mut follower = leader_metrics(Some(10));
+        follower.state = ServerState::Follower;
+        follower.current_leader = Some(2);
+        note_acked(&follower, &acked);
+        assert_eq!(*acked.lock().expect("lock"), None);
+        // A replica whose metrics call it leader but name another is not stamped either.
+        let mut confused = leader_metrics(Some(10));
+        confused.current_leader = Some(2);
+        note_acked(&confused, &acked);
+        assert_eq!(*acked.lock().expect("lock"), None);
+    }
+
+    #[test]
+    fn a_stamp_from_before_a_pause_is_no_lease() {
+        // What a process resumed after a pause holds: the last stamp it took, long ago.
+        let before_pause = Instant::now().checked_sub(Duration::from_secs(10));
+        assert!(!within_lease(before_pause));
+        assert!(within_lease(Some(Instant::now())));
+        assert!(!within_lease(None));
     }
 }
