@@ -82,6 +82,16 @@ async fn transfers(
     to: AccountNumber,
     n: usize,
 ) -> Vec<MoneyAnswer> {
+    transfers_under(t, (from, to), n, &policy()).await
+}
+
+/// [`transfers`] under `policy`.
+async fn transfers_under(
+    t: &mut Teller,
+    (from, to): (AccountNumber, AccountNumber),
+    n: usize,
+    policy: &RetryPolicy,
+) -> Vec<MoneyAnswer> {
     let mut answers = Vec::new();
     for _ in 0..n {
         let spec = TransferSpec {
@@ -90,7 +100,7 @@ async fn transfers(
             to,
             amount: Amount::from_minor(100).expect("positive"),
         };
-        answers.push(money::send(t, TellerOp::Transfer(spec), &policy()).await);
+        answers.push(money::send(t, TellerOp::Transfer(spec), policy).await);
     }
     answers
 }
@@ -208,18 +218,7 @@ async fn customer_transfers(
         .await
         .expect("connects");
     t.login(&from.to_string(), PW).await.expect("logs in");
-    let mut answers = Vec::new();
-    for _ in 0..n {
-        let spec = TransferSpec {
-            id: new_transfer_id(),
-            from,
-            to,
-            amount: Amount::from_minor(100).expect("positive"),
-        };
-        let policy = RetryPolicy::default();
-        answers.push(money::send(&mut t, TellerOp::Transfer(spec), &policy).await);
-    }
-    answers
+    transfers_under(&mut t, (from, to), n, &RetryPolicy::default()).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -283,6 +283,27 @@ async fn a_branch_without_a_majority_refuses_and_the_others_serve_on() {
 
 /// Sends `count` transfers of 1.00 each way between `a1` (branch index 0) and `a2`
 /// (branch index 1); the final answers.
+/// Two branches of three replicas, started, with a funded account at each.
+async fn two_funded_branches(dir: &std::path::Path) -> (Cluster, AccountNumber, AccountNumber) {
+    let c = Cluster::start_replicated(dir, 2, 3, &[])
+        .await
+        .expect("network");
+    let (a1, a2) = (
+        funded(&c, 0, 1, 100_000).await,
+        funded(&c, 1, 1, 100_000).await,
+    );
+    (c, a1, a2)
+}
+
+/// A replica of branch 1 that does not lead it now (a node index).
+fn a_follower(c: &Cluster) -> usize {
+    let leads = leader(c, BranchId(1));
+    c.replicas_of(BranchId(1))
+        .into_iter()
+        .find(|&i| i != leads)
+        .expect("a follower")
+}
+
 async fn both_ways(
     c: &Cluster,
     a1: AccountNumber,
@@ -296,23 +317,12 @@ async fn both_ways(
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_lost_replica_is_replaced_by_an_empty_one_and_nothing_acknowledged_is_lost() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut c = Cluster::start_replicated(dir.path(), 2, 3, &[])
-        .await
-        .expect("network");
-    let (a1, a2) = (
-        funded(&c, 0, 1, 100_000).await,
-        funded(&c, 1, 1, 100_000).await,
-    );
+    let (mut c, a1, a2) = two_funded_branches(dir.path()).await;
     let mut answers = both_ways(&c, a1, a2, 10).await;
 
     // A follower's machine is gone, data dir and all; a new, empty replica takes its
     // place in the network file, and every node restarts, one at a time, to read it.
-    let old_leader = leader(&c, BranchId(1));
-    let lost = c
-        .replicas_of(BranchId(1))
-        .into_iter()
-        .find(|&i| i != old_leader)
-        .expect("a follower");
+    let lost = a_follower(&c);
     c.replace_replica(lost).expect("replaced");
     let others: Vec<usize> = (0..c.nodes.len()).filter(|&i| i != lost).collect();
     for i in others {
@@ -377,22 +387,11 @@ fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_replica_restarted_from_an_old_copy_of_its_data_dir_catches_up() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut c = Cluster::start_replicated(dir.path(), 2, 3, &[])
-        .await
-        .expect("network");
-    let (a1, a2) = (
-        funded(&c, 0, 1, 100_000).await,
-        funded(&c, 1, 1, 100_000).await,
-    );
+    let (mut c, a1, a2) = two_funded_branches(dir.path()).await;
     let mut answers = both_ways(&c, a1, a2, 5).await;
 
     // An operator keeps a copy of a follower's data dir (stopped, so it is whole)...
-    let first = leader(&c, BranchId(1));
-    let f = c
-        .replicas_of(BranchId(1))
-        .into_iter()
-        .find(|&i| i != first)
-        .expect("a follower");
+    let f = a_follower(&c);
     let old_copy = dir.path().join("old-copy");
     c.kill(f);
     copy_dir(&c.nodes[f].dir, &old_copy);
