@@ -68,6 +68,8 @@ pub(crate) struct Cli {
     pub(crate) json: bool,
     /// How long a deposit, withdrawal or transfer keeps trying for a final answer, in
     /// seconds, retrying with the same id; after that the outcome is reported unknown.
+    /// The login (and a read) is sent again within it too while a replicated branch
+    /// changes leaders or a replica stops answering.
     #[arg(long, global = true, default_value_t = teller_cli::money::MONEY_WAIT_MS / 1000)]
     pub(crate) wait: u64,
     #[command(subcommand)]
