@@ -321,8 +321,8 @@ impl Teller {
         // A replicated branch between leaders answers "not the leader", and a branch
         // whose fence has not confirmed it yet (it is starting) "not confirmed": nothing
         // was done either way; ask again while that passes. A request that is safe to
-        // repeat (a login, a read) is also sent again, to the next replica, when the one
-        // in use did not answer.
+        // repeat (a login, a read) to a branch of several replicas is also sent again,
+        // to the next replica, when the one in use did not answer.
         let repeatable = repeatable(&op);
         let wait = match repeatable {
             true => self.failover_wait,
@@ -379,15 +379,17 @@ impl Teller {
                 true
             }
             Err(TellerError::Unavailable(Unavailable::NotConfirmed)) => true,
+            // Worth sending again only where another replica may serve: a branch of one
+            // process that does not answer is told to the teller at once.
             Err(TellerError::Unavailable(
                 Unavailable::NoAnswer(_)
                 | Unavailable::Overloaded
                 | Unavailable::StoreFailed
                 | Unavailable::Stopping,
-            )) => repeatable,
+            )) => repeatable && self.client.candidates() > 1,
             Err(TellerError::Connection(_)) => {
                 self.client.move_on_from(from).await;
-                repeatable
+                repeatable && self.client.candidates() > 1
             }
             _ => false,
         }
