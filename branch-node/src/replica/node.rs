@@ -447,10 +447,10 @@ async fn serve_streams(
     branch: BranchEntry,
     mut streams: mpsc::Receiver<(libp2p::PeerId, libp2p::Stream)>,
 ) {
-    let branch = Arc::new(branch);
+    let (branch, started) = (Arc::new(branch), Instant::now());
     while let Some((peer, stream)) = streams.recv().await {
         let (raft, branch) = (raft.clone(), Arc::clone(&branch));
-        tokio::spawn(async move { transport::serve(raft, &branch, peer, stream).await });
+        tokio::spawn(async move { transport::serve(raft, &branch, (peer, started), stream).await });
     }
 }
 

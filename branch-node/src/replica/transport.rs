@@ -81,9 +81,24 @@ async fn read_record<R: AsyncRead + Unpin, T: Serialize + serde::de::Deserialize
     wire::codec::decode_record(&bytes).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
 }
 
+/// How long after it starts a replica votes for no one. Its vote record is its log
+/// file's: started from an old copy of its data dir (an operator's mistake), it has
+/// forgotten any vote it cast since, and could vote twice in one term. Every election
+/// of such a term is over once a candidate's election timeout and its vote call have
+/// passed (a candidate stands again in a newer term), so staying out for twice the
+/// longest election timeout makes the forgotten vote harmless. It delays only an
+/// election that needs this replica's vote right after it starts.
+pub const VOTE_QUIET_AFTER_START_MS: u64 = 2 * super::node::ELECTION_TIMEOUT_MS.1;
+
 /// Serves one inbound Raft stream from `peer`: one call, one answer. A peer that is not
-/// a replica of this branch gets nothing.
-pub async fn serve(raft: Raft, branch: &BranchEntry, peer: PeerId, mut stream: Stream) {
+/// a replica of this branch gets nothing, nor does a vote call within
+/// [`VOTE_QUIET_AFTER_START_MS`] of `started`.
+pub async fn serve(
+    raft: Raft,
+    branch: &BranchEntry,
+    (peer, started): (PeerId, std::time::Instant),
+    mut stream: Stream,
+) {
     if branch.replica_by_peer(&peer).is_none() {
         tracing::warn!(%peer, "raft stream refused: not a replica of this branch");
         return;
@@ -99,6 +114,10 @@ pub async fn serve(raft: Raft, branch: &BranchEntry, peer: PeerId, mut stream: S
     };
     let answer = match call {
         Call::Append(rpc) => Answer::Append(raft.append_entries(rpc).await),
+        Call::Vote(_) if started.elapsed() < Duration::from_millis(VOTE_QUIET_AFTER_START_MS) => {
+            tracing::info!(%peer, "vote call left unanswered: this replica has just started");
+            return;
+        }
         Call::Vote(rpc) => Answer::Vote(raft.vote(rpc).await),
         Call::Snapshot(rpc) => Answer::Snapshot(raft.install_snapshot(rpc).await),
     };
