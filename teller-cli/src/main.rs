@@ -76,8 +76,7 @@ async fn web(
     key: &wire::BranchKey,
 ) -> Result<u8, TellerError> {
     teller_cli::web::check_listen(&listen)?;
-    let mut teller = Teller::connect_with_key(&target, key).await?;
-    teller.set_failover_wait(policy.wait);
+    let teller = Teller::connect_with_key(&target, key).await?;
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .map_err(|e| TellerError::Usage(format!("cannot listen on {listen}: {e}")))?;

@@ -904,3 +904,50 @@ async fn the_network_transactions_page_through_every_branch_once() {
     let report = check::finish(&mut c, &deposited, SETTLE_BOUND).expect("audit");
     assert!(report.ok(), "invariants violated: {:#?}", report.violations);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_login_and_a_transfer_ride_out_a_paused_leader() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let c = Cluster::start_replicated(dir.path(), 2, 3, &[])
+        .await
+        .expect("network");
+    let (a, b, funded) = tests::funded_pair_at(&c, (0, 3), "WEBFO", PASSWORD, 10_000).await;
+    let policy = RetryPolicy {
+        wait: Duration::from_secs(15),
+        ..RetryPolicy::default()
+    };
+    let base = console(&c, 0, policy).await;
+    let mut br = Browser::new(&base);
+    let mut told = Told::default();
+    told.committed_before(Kind::Deposit, funded, a);
+
+    // b1's leader stops answering (its sockets stay open) just before the login.
+    let leader = c.serving_replica(wire::BranchId(1)).expect("a leader");
+    c.pause(leader).expect("pauses");
+    let p = br.login(&a.to_string(), PASSWORD).await;
+    assert_eq!(
+        (p.status, p.location.as_deref()),
+        (303, Some("/")),
+        "the login waits for the new leader: {}",
+        p.body
+    );
+    let id = br.form_id("/transfer").await;
+    let (a_text, b_text) = (a.to_string(), b.to_string());
+    let fields = [
+        ("id", id.as_str()),
+        ("account", &a_text),
+        ("to", &b_text),
+        ("amount", "12.00"),
+    ];
+    let p = br.post("/transfer", &fields).await;
+    assert_eq!(told.note(Kind::Cross, a, &p).0, "committed", "{}", p.body);
+    c.resume(leader).expect("resumes");
+    // The status page, asked after the resume, repeats the answer.
+    let transfer: TransferId = id.parse().expect("the form's id");
+    let state = status_of(&mut br, transfer).await;
+    assert_eq!(state, TransferState::Committed);
+    let statuses = BTreeMap::from([(transfer, Ok(state))]);
+    let disagree = check::replicas_agree(&c, SETTLE_BOUND).expect("compares");
+    assert!(disagree.is_empty(), "{disagree:#?}");
+    finish(c, &told, &statuses);
+}

@@ -141,6 +141,9 @@ pub async fn serve(
     stop: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let addr = listener.local_addr()?;
+    let mut config = config;
+    // A login rides out a change of leaders within the money requests' wait.
+    config.teller.set_failover_wait(config.policy.wait);
     axum::serve(listener, router(config, addr))
         .with_graceful_shutdown(stop)
         .await
