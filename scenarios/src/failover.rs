@@ -226,7 +226,7 @@ pub async fn run(opts: &FailoverOptions, dir: &Path) -> anyhow::Result<FailoverR
     let targets = (0..usize::from(opts.branches))
         .map(|b| cluster.branch_target(b))
         .collect::<anyhow::Result<Vec<_>>>()?;
-    let (accounts, mut committed) = workload::open_accounts(&targets, 8, 10_000_000).await?;
+    let (accounts, committed) = workload::open_accounts(&targets, 8, 10_000_000).await?;
     let tellers = Tellers::connect(&targets, 2).await?;
     let progress = Arc::new(Progress::default());
     let stream = tokio::spawn(steady_stream(
@@ -261,27 +261,39 @@ pub async fn run(opts: &FailoverOptions, dir: &Path) -> anyhow::Result<FailoverR
     progress.stop.store(true, Ordering::Relaxed);
     let mut records = stream.await.context("the stream of transfers")??;
     records.append(&mut lab.probes);
-    report.answers = records.len();
     report.violations.append(&mut lab.violations);
-    let settled = check::wait_settled(&lab.cluster.databases(), SETTLE_BOUND)?;
-    if settled.is_none() {
+    check_after(&mut lab.cluster, &records, &tellers, committed, &mut report).await?;
+    Ok(report)
+}
+
+/// After the trials: every answer in `records` against the settled stores (with
+/// `committed`, the set-up's deposits), the replicas compared, the invariants, and no
+/// probe answered anything but committed or unknown. Stops the network.
+async fn check_after(
+    cluster: &mut Cluster,
+    records: &[Record],
+    tellers: &Tellers,
+    mut committed: BTreeSet<TransferId>,
+    report: &mut FailoverReport,
+) -> anyhow::Result<()> {
+    report.answers = records.len();
+    if check::wait_settled(&cluster.databases(), SETTLE_BOUND)?.is_none() {
         report
             .notes
             .push("transfers were still unfinished 30 s after the last trial".into());
     }
-    let statuses = answers::resolve(&records, &tellers, Senders::Customers).await;
+    let statuses = answers::resolve(records, tellers, Senders::Customers).await;
     let answered = records.iter().filter(|r| r.answer == Answer::Committed);
     committed.extend(answered.map(|r| r.id));
-    report
-        .violations
-        .extend(check::replicas_agree(&lab.cluster, SETTLE_BOUND)?);
-    let (end, audits) = check::finish_audited(&mut lab.cluster, &committed, SETTLE_BOUND)?;
+    let disagree = check::replicas_agree(cluster, SETTLE_BOUND)?;
+    report.violations.extend(disagree);
+    let (end, audits) = check::finish_audited(cluster, &committed, SETTLE_BOUND)?;
     report.violations.extend(end.violations);
-    let checked = answers::check(&records, &statuses, &audits, &[]);
+    let checked = answers::check(records, &statuses, &audits, &[]);
     report.violations.extend(checked.violations);
-    let wrong = answer_violations(&report);
+    let wrong = answer_violations(report);
     report.violations.extend(wrong);
-    Ok(report)
+    Ok(())
 }
 
 /// Makes and starts `branches` branches of three replicas (each in a namespace of its

@@ -213,7 +213,6 @@ async fn run(command: Command) -> anyhow::Result<bool> {
             dir,
             json,
         } => {
-            let (path, _keep) = workdir(dir.as_deref(), "failover")?;
             let opts = FailoverOptions {
                 trials,
                 kinds: faults,
@@ -221,12 +220,7 @@ async fn run(command: Command) -> anyhow::Result<bool> {
                 fault: std::time::Duration::from_millis(fault_ms),
                 clients,
             };
-            let report = failover::run(&opts, &path).await?;
-            println!("{}", report.table());
-            if json {
-                println!("{}", report.json());
-            }
-            Ok(report.ok())
+            failover_trials(&opts, dir.as_deref(), json).await
         }
         Command::Bench {
             branches,
@@ -262,6 +256,21 @@ async fn run(command: Command) -> anyhow::Result<bool> {
             Ok(result["invariants_ok"].as_bool().unwrap_or(false))
         }
     }
+}
+
+/// `scenarios failover`: runs the trials in a work dir and prints the report.
+async fn failover_trials(
+    opts: &FailoverOptions,
+    dir: Option<&Path>,
+    json: bool,
+) -> anyhow::Result<bool> {
+    let (path, _keep) = workdir(dir, "failover")?;
+    let report = failover::run(opts, &path).await?;
+    println!("{}", report.table());
+    if json {
+        println!("{}", report.json());
+    }
+    Ok(report.ok())
 }
 
 /// A branch runs as 1, 3 or 5 replicas: an odd count, so a majority outlives the loss
