@@ -347,17 +347,17 @@ impl<Req: Serialize, Resp: Serialize + DeserializeOwned> PeerClient<Req, Resp> {
         }
     }
 
+    /// The candidate in use becomes `to` if it still is `from` (the index kept is
+    /// always below the count, so it compares as it is).
     async fn move_to(&self, from: usize, to: usize) {
         use std::sync::atomic::Ordering::Relaxed;
-        if from == to || self.current_index() != from {
-            return;
-        }
-        if self
-            .inner
-            .current
-            .compare_exchange(from, to, Relaxed, Relaxed)
-            .is_ok()
-        {
+        let moved = from != to
+            && self
+                .inner
+                .current
+                .compare_exchange(from, to, Relaxed, Relaxed)
+                .is_ok();
+        if moved {
             self.inner.slot.clear().await;
         }
     }

@@ -20,6 +20,8 @@ use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use wire::{AccountNumber, BranchId, Refusal, TransferId};
 
+use teller_cli::money::{EXIT_NOT_DONE, EXIT_REFUSED};
+
 use crate::answers;
 use crate::check;
 use crate::cluster::{Cluster, SERVE_WAIT, teller_cli_bin};
@@ -39,6 +41,17 @@ const READY_WATCH: Duration = Duration::from_millis(1_500);
 const BETWEEN_TRIALS: Duration = Duration::from_millis(1_500);
 /// Bound on settling after the run, and on the replicas agreeing.
 const SETTLE_BOUND: Duration = Duration::from_secs(30);
+/// How often the old leader's `/readyz` is asked while it comes back.
+const READY_POLL: Duration = Duration::from_millis(5);
+/// How long one `/readyz` question may take.
+const READY_TIMEOUT: Duration = Duration::from_millis(200);
+/// How often the nodes' logs are read for a new serving replica during a trial.
+const LEADER_POLL: Duration = Duration::from_millis(20);
+/// Accounts opened at each branch for the stream, and what each starts with (minor units).
+const ACCOUNTS_PER_BRANCH: usize = 8;
+const ACCOUNT_FUNDS_MINOR: i64 = 10_000_000;
+/// Teller connections per branch that the stream shares.
+const STREAM_CONNECTIONS: usize = 2;
 
 /// What strikes the leader.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -226,8 +239,9 @@ pub async fn run(opts: &FailoverOptions, dir: &Path) -> anyhow::Result<FailoverR
     let targets = (0..usize::from(opts.branches))
         .map(|b| cluster.branch_target(b))
         .collect::<anyhow::Result<Vec<_>>>()?;
-    let (accounts, committed) = workload::open_accounts(&targets, 8, 10_000_000).await?;
-    let tellers = Tellers::connect(&targets, 2).await?;
+    let (accounts, committed) =
+        workload::open_accounts(&targets, ACCOUNTS_PER_BRANCH, ACCOUNT_FUNDS_MINOR).await?;
+    let tellers = Tellers::connect(&targets, STREAM_CONNECTIONS).await?;
     let progress = Arc::new(Progress::default());
     let stream = tokio::spawn(steady_stream(
         opts.clients,
@@ -405,7 +419,7 @@ impl Lab {
             {
                 return Some(struck.elapsed());
             }
-            tokio::time::sleep(Duration::from_millis(20)).await;
+            tokio::time::sleep(LEADER_POLL).await;
         }
         None
     }
@@ -448,7 +462,7 @@ impl Lab {
                 ));
                 return;
             }
-            tokio::time::sleep(Duration::from_millis(5)).await;
+            tokio::time::sleep(READY_POLL).await;
         }
     }
 
@@ -477,9 +491,12 @@ fn reversed_replicas(path: &Path) -> anyhow::Result<String> {
 
 /// What a probe's exit status and JSON line say.
 fn answer_of(exit: i32, said: &str) -> Answer {
+    let Ok(exit) = u8::try_from(exit) else {
+        return Answer::Unknown;
+    };
     match exit {
         0 => Answer::Committed,
-        3 => {
+        EXIT_REFUSED => {
             let code = serde_json::from_str::<Value>(said)
                 .ok()
                 .and_then(|v| v["code"].as_str().map(str::to_owned))
@@ -487,7 +504,7 @@ fn answer_of(exit: i32, said: &str) -> Answer {
             let r = Refusal::ALL.iter().find(|r| r.code() == code);
             r.map_or(Answer::Unknown, |r| Answer::Refused(*r))
         }
-        4 => Answer::NotDone,
+        EXIT_NOT_DONE => Answer::NotDone,
         _ => Answer::Unknown,
     }
 }
@@ -540,7 +557,7 @@ async fn http_get(url: &str) -> anyhow::Result<(u16, String)> {
         s.read_to_end(&mut buf).await?;
         anyhow::Ok(String::from_utf8_lossy(&buf).into_owned())
     };
-    let text = tokio::time::timeout(Duration::from_millis(200), get).await??;
+    let text = tokio::time::timeout(READY_TIMEOUT, get).await??;
     let status = text
         .split_whitespace()
         .nth(1)

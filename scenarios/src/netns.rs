@@ -23,6 +23,26 @@ fn ip(args: &[&str]) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Refuses a subnet this process's namespace already has an address in: another run
+/// using it (two runs on one bridge subnet would cut each other's routes), or one that
+/// was killed before it could remove its namespaces.
+fn subnet_free(net: u8) -> anyhow::Result<()> {
+    let subnet = format!("10.{net}.0.0/24");
+    let out = Command::new("ip")
+        .args(["-o", "addr", "show", "to", &subnet])
+        .output()
+        .context("cannot run ip")?;
+    let used = String::from_utf8_lossy(&out.stdout);
+    if let Some(line) = used.lines().next() {
+        bail!(
+            "{subnet} is in use here ({}): another run is using it, or one was killed before \
+             it removed its namespaces (`ip netns list`, then `ip netns del NAME`)",
+            line.split_whitespace().nth(1).unwrap_or("?")
+        );
+    }
+    Ok(())
+}
+
 /// The namespaces of one run: a hub with a bridge, and `count` namespaces on it, the
 /// `k`th with address `10.<net>.0.(k+1)`. With `host`, this process's own namespace is
 /// on the bridge too (as `10.<net>.0.254`), so in-process tellers reach the nodes.
@@ -55,6 +75,9 @@ impl Namespaces {
     /// puts this process's namespace on the bridge too. Half-made namespaces are removed
     /// on error.
     pub fn make(count: usize, net: u8, host: bool) -> anyhow::Result<Namespaces> {
+        if host {
+            subnet_free(net)?;
+        }
         let ns = Namespaces {
             prefix: format!("bm{}", std::process::id()),
             count,

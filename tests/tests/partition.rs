@@ -190,3 +190,21 @@ fn a_leader_cut_off_by_a_real_partition_stops_and_the_majority_serves_on() {
     let report = check::finish(&mut c, &committed, SETTLE_BOUND).expect("audit");
     assert!(report.ok(), "{report:#?}");
 }
+
+#[test]
+fn a_second_run_on_a_subnet_in_use_is_refused_and_the_first_keeps_it() {
+    let first = Namespaces::make(1, 233, true).expect("namespaces");
+    let second = Namespaces::make(1, 233, true);
+    let err = second.expect_err("the subnet is in use").to_string();
+    assert!(err.contains("10.233.0.0/24 is in use"), "{err}");
+    // The refused run made nothing and removed nothing: the first still reaches its node.
+    let ping = Command::new("ping")
+        .args(["-c", "1", "-W", "2", &first.addr(0)])
+        .output();
+    if let Ok(out) = ping {
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+    }
+    drop(first);
+    let again = Namespaces::make(1, 233, true).expect("free again once the first is gone");
+    drop(again);
+}
