@@ -4,6 +4,7 @@
 //! pulled cable would. Needs root (`ip netns`); nothing leaves the namespaces made here.
 
 use std::process::Command;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use anyhow::{Context, bail};
 
@@ -78,8 +79,11 @@ impl Namespaces {
         if host {
             subnet_free(net)?;
         }
+        // Unique per run within this process too: tests make several at once.
+        static RUNS: AtomicUsize = AtomicUsize::new(0);
+        let run = RUNS.fetch_add(1, Ordering::Relaxed);
         let ns = Namespaces {
-            prefix: format!("bm{}", std::process::id()),
+            prefix: format!("bm{}x{run}", std::process::id()),
             count,
             net,
             host,

@@ -202,7 +202,11 @@ fn a_second_run_on_a_subnet_in_use_is_refused_and_the_first_keeps_it() {
         .args(["-c", "1", "-W", "2", &first.addr(0)])
         .output();
     if let Ok(out) = ping {
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stdout)
+        );
     }
     drop(first);
     let again = Namespaces::make(1, 233, true).expect("free again once the first is gone");
