@@ -154,6 +154,35 @@ pub enum NetworkFileError {
         max = wire::limits::FENCE_LEASE_MS_MAX
     )]
     FenceLease(u64),
+    /// Any of the above, with where in the file it was found (1-based).
+    #[error("line {line}, column {column}: {error}")]
+    At {
+        line: usize,
+        column: usize,
+        error: Box<NetworkFileError>,
+    },
+}
+
+impl NetworkFileError {
+    /// This error at byte `offset` of `text`, as a line and column people can find.
+    fn at(self, text: &str, offset: usize) -> NetworkFileError {
+        let before = &text[..offset.min(text.len())];
+        let line = before.matches('\n').count() + 1;
+        let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+        NetworkFileError::At {
+            line,
+            column,
+            error: Box::new(self),
+        }
+    }
+
+    /// The error without its place in the file.
+    pub fn bare(&self) -> &NetworkFileError {
+        match self {
+            NetworkFileError::At { error, .. } => error.bare(),
+            e => e,
+        }
+    }
 }
 
 #[derive(Deserialize)]
@@ -161,7 +190,7 @@ pub enum NetworkFileError {
 struct RawFile {
     fence_lease_ms: Option<u64>,
     #[serde(default)]
-    branch: Vec<RawBranch>,
+    branch: Vec<toml::Spanned<RawBranch>>,
 }
 
 #[derive(Deserialize)]
@@ -195,10 +224,16 @@ impl NetworkFile {
         NetworkFile::parse(&text)
     }
 
-    /// Parses and checks the text of a network file.
+    /// Parses and checks the text of a network file. An error names the line and
+    /// column where it was found (a branch's own errors: where its table starts).
     pub fn parse(text: &str) -> Result<NetworkFile, NetworkFileError> {
-        let raw: RawFile =
-            toml::from_str(text).map_err(|e| NetworkFileError::Toml(e.message().to_owned()))?;
+        let raw: RawFile = toml::from_str(text).map_err(|e| {
+            let error = NetworkFileError::Toml(e.message().to_owned());
+            match e.span() {
+                Some(span) => error.at(text, span.start),
+                None => error,
+            }
+        })?;
         if raw.branch.is_empty() {
             return Err(NetworkFileError::Empty);
         }
@@ -210,12 +245,19 @@ impl NetworkFile {
         }
         let mut branches: BTreeMap<BranchId, BranchEntry> = BTreeMap::new();
         for b in raw.branch {
-            let entry = check(b)?;
+            let start = b.span().start;
+            let entry = check(b.into_inner()).map_err(|e| e.at(text, start))?;
+            let located = |e: NetworkFileError| e.at(text, start);
             if branches.contains_key(&entry.id) {
-                return Err(NetworkFileError::DuplicateId(entry.id.0));
+                return Err(located(NetworkFileError::DuplicateId(entry.id.0)));
             }
-            if branches.values().any(|o| o.name == entry.name) {
-                return Err(NetworkFileError::DuplicateName(entry.name));
+            // Names are matched without case (tellers type them), so they must differ
+            // in more than case.
+            if branches
+                .values()
+                .any(|o| o.name.eq_ignore_ascii_case(&entry.name))
+            {
+                return Err(located(NetworkFileError::DuplicateName(entry.name)));
             }
             let keys =
                 |b: &BranchEntry| b.replicas.iter().map(|r| r.public_key).collect::<Vec<_>>();
@@ -226,7 +268,7 @@ impl NetworkFile {
                     .values()
                     .any(|o| keys(o).iter().any(|k| mine.contains(k)))
             {
-                return Err(NetworkFileError::DuplicateKey(entry.id.0));
+                return Err(located(NetworkFileError::DuplicateKey(entry.id.0)));
             }
             branches.insert(entry.id, entry);
         }
@@ -253,9 +295,12 @@ impl NetworkFile {
         self.branches.get(&id)
     }
 
-    /// A branch by name (as tellers type it).
+    /// A branch by name as tellers type it: `mumbai` finds `Mumbai`.
     pub fn by_name(&self, name: &str) -> Option<&BranchEntry> {
-        self.branches.values().find(|b| b.name == name)
+        let name = name.trim();
+        self.branches
+            .values()
+            .find(|b| b.name.eq_ignore_ascii_case(name))
     }
 
     /// The branch a connected peer is a replica of, if it is one.
@@ -382,7 +427,9 @@ mod tests {
 
     fn check(text: &str, expected: Result<usize, NetworkFileError>) {
         assert_eq!(
-            NetworkFile::parse(text).map(|n| n.branches().count()),
+            NetworkFile::parse(text)
+                .map(|n| n.branches().count())
+                .map_err(|e| e.bare().clone()),
             expected,
             "{text}"
         );
@@ -394,7 +441,7 @@ mod tests {
         check(&format!("{a}{b}"), Ok(2));
         check("", Err(NetworkFileError::Empty));
         assert!(matches!(
-            NetworkFile::parse("[[branch]\n"),
+            NetworkFile::parse("[[branch]\n").map_err(|e| e.bare().clone()),
             Err(NetworkFileError::Toml(_))
         ));
         check(&format!("{a}{a}"), Err(NetworkFileError::DuplicateId(1)));
@@ -446,9 +493,30 @@ mod tests {
         check(&wrong_p2p, Err(NetworkFileError::BadAddress(7, other_peer)));
         let unknown = NetworkFile::parse(&format!("{a}color = \"red\"\n"));
         assert!(
-            matches!(&unknown, Err(NetworkFileError::Toml(m)) if m.contains("color")),
+            matches!(unknown.as_ref().map_err(|e| e.bare()), Err(NetworkFileError::Toml(m)) if m.contains("color")),
             "{unknown:?}"
         );
+    }
+
+    #[test]
+    fn errors_say_where_and_names_match_without_case() {
+        let (a, b) = (branch(1, "Mumbai", 1), branch(2, "Pune", 2));
+        let net = NetworkFile::parse(&format!("{a}{b}")).expect("parses");
+        assert_eq!(net.by_name("mumbai").map(|b| b.id), Some(BranchId(1)));
+        assert_eq!(net.by_name(" PUNE ").map(|b| b.id), Some(BranchId(2)));
+        assert!(net.by_name("Delhi").is_none());
+        // The second branch starts on line 6; a name that differs only in case is a
+        // name listed twice.
+        let twice = NetworkFile::parse(&format!("{a}{}", branch(2, "MUMBAI", 2)));
+        let e = twice.expect_err("refused").to_string();
+        assert!(
+            e.starts_with("line 6, column 1: branch name \"MUMBAI\""),
+            "{e}"
+        );
+        // A TOML error: the line and column of the bad value.
+        let bad = format!("{a}[[branch]]\nid = \"two\"\n");
+        let e = NetworkFile::parse(&bad).expect_err("refused").to_string();
+        assert!(e.starts_with("line 7, column 6: "), "{e}");
     }
 
     fn replica(id: u64, seed: u8) -> String {

@@ -139,8 +139,7 @@ impl Tellers {
             .await;
         sent.unwrap_or_else(|e| MoneyAnswer::NotDone {
             id,
-            why: format!("login: {e}"),
-            code: e.code(),
+            why: money::Why::of(&TellerError::LoginNotDone(Box::new(e))),
         })
     }
 
@@ -160,10 +159,10 @@ impl Tellers {
             })
             .await;
         sent.unwrap_or_else(|e| {
+            let why = money::Why::of(&TellerError::LoginNotDone(Box::new(e)));
             let not_done = |s: &wire::twopc::TransferSpec| MoneyAnswer::NotDone {
                 id: s.id,
-                why: format!("login: {e}"),
-                code: e.code(),
+                why: why.clone(),
             };
             specs.iter().map(not_done).collect()
         })

@@ -272,7 +272,7 @@ mod tests {
         };
         let unknown = MoneyAnswer::Unknown {
             id,
-            why: String::new(),
+            why: money::Why::new("", "no_answer"),
         };
         assert_eq!(Tally::of(std::slice::from_ref(&committed)).exit_code(), 0);
         assert_eq!(

@@ -11,7 +11,8 @@ use wire::TransferId;
 pub(crate) const EXIT_CODES: &str = "\
 Exit status:
   0  done (a deposit, withdrawal or transfer: committed)
-  2  usage error: nothing was sent
+  2  usage error or input the bank would refuse (a bad amount, a mistyped account
+     number): caught here, nothing was sent
   3  refused by the bank, finally: it did not happen and never will. A refusal of the
      money itself (funds, a closed account...) is recorded under the id at the account's
      branch, so no later attempt with that id can apply it; a refusal of the request
@@ -20,7 +21,8 @@ Exit status:
      ended), so nothing happened and nothing will; sending the same id again is safe
   5  outcome unknown: a request may have reached the bank but no final answer came;
      the id is printed, ask with: teller-cli transfer-status ID
-transfer-status exits 0 committed, 3 refused, 5 not known yet.";
+transfer-status exits 0 committed, 3 refused, 4 no payment with this id was made (no
+record, and its id is too old for it to be on its way), 5 not known yet.";
 
 #[derive(Parser, Debug)]
 #[command(

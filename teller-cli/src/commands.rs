@@ -53,18 +53,18 @@ pub(crate) fn otp_code(cli: &Cli) -> Result<Option<String>, TellerError> {
 }
 
 /// Parses an account number; a typo (bad check digits) is refused here, before
-/// anything is sent, with the bank's refusal exit status.
+/// anything is sent (exit 2).
 pub(crate) fn account_number(text: &str) -> Result<AccountNumber, TellerError> {
     text.parse()
         .map_err(|e| TellerError::Invalid(format!("account {text}: {e}")))
 }
 
-/// Parses a movable amount; a bad one is the bank's "invalid amount" refusal, refused
-/// here before anything is sent.
+/// Parses a movable amount; a bad one is the bank's "invalid amount" refusal, caught
+/// here before anything is sent (exit 2).
 pub(crate) fn amount(text: &str) -> Result<Amount, TellerError> {
     Amount::parse(text)
         .and_then(Amount::validate_movable)
-        .map_err(|_| TellerError::Refused(wire::Refusal::InvalidAmount))
+        .map_err(|_| TellerError::Caught(wire::Refusal::InvalidAmount))
 }
 
 /// The filter `admin transactions` asks for; a bad account, date or range is refused
@@ -102,11 +102,7 @@ pub(crate) fn entry_filter(
     })
 }
 
-pub(crate) fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-}
+pub(crate) use teller_cli::when::now_ms;
 
 /// Checks and compares the statements; prints the report; the exit status says it.
 pub(crate) fn reconciled(
@@ -318,11 +314,14 @@ pub(crate) async fn command_op(
     }))
 }
 
-/// `transfer-status` says the outcome in its exit status too.
-pub(crate) fn status_exit(state: TransferState) -> u8 {
+/// `transfer-status` says the outcome in its exit status too: 0 committed, 3 refused,
+/// 4 no payment with this id was made (no record, and too old to be on its way), 5 not
+/// known yet.
+pub(crate) fn status_exit(id: wire::TransferId, state: TransferState) -> u8 {
     match state {
         TransferState::Committed => 0,
         TransferState::Aborted(_) => EXIT_REFUSED,
+        TransferState::Unknown if !teller_cli::say::may_still_arrive(id, now_ms()) => EXIT_NOT_DONE,
         TransferState::Pending | TransferState::Unknown => EXIT_UNKNOWN,
     }
 }

@@ -5,6 +5,7 @@
 use std::io::{BufRead, Write};
 
 use teller_cli::money::{self, MoneyAnswer, RetryPolicy};
+use teller_cli::say::{self, Names};
 use teller_cli::{Target, Teller, TellerError, new_transfer_id};
 use wire::teller::{NewCustomer, PageRequest, Role, Scope, TellerOp, TellerResponse};
 use wire::twopc::TransferSpec;
@@ -161,36 +162,26 @@ fn enroll_op(admin: bool, me: &str) -> Result<TellerOp, Eof> {
 }
 
 /// The answer, or `None` after saying in one line why there is none.
-fn show(r: Result<TellerResponse, TellerError>) -> Option<TellerResponse> {
+fn show(r: Result<TellerResponse, TellerError>, names: &Names) -> Option<TellerResponse> {
     match r {
         Ok(r) => Some(r),
-        Err(TellerError::Refused(reason)) => {
-            println!("  refused: {reason}");
-            None
-        }
-        Err(e) if e.may_have_happened() => {
-            println!("  no answer ({e}); it may or may not have been done");
-            None
-        }
         Err(e) => {
-            println!("  not done: {e}");
+            println!("  {}", say::error(&e, names));
             None
         }
     }
 }
 
 /// Says what a money request ended as, always with its id.
-fn show_money(answer: &MoneyAnswer) {
+fn show_money(answer: &MoneyAnswer, names: &Names) {
+    let id = answer.id();
     match answer {
-        MoneyAnswer::Committed { id } => println!("  done ({id})"),
-        MoneyAnswer::Refused { id, reason } => println!("  refused: {reason} ({id})"),
-        MoneyAnswer::NotDone { id, why, .. } => {
-            println!("  not done: {why}; nothing happened under {id}, you may try again")
-        }
-        MoneyAnswer::Unknown { id, why } => println!(
-            "  outcome unknown for {id} ({why}); it may still complete. Check it with \
-             \"Transfer status\" or: teller-cli transfer-status {id}"
+        MoneyAnswer::Committed { .. } => println!("  Done: the money moved. Its id is {id}."),
+        MoneyAnswer::Unknown { .. } => println!(
+            "  {} Its id is {id}: check it with \"Transfer status\".",
+            say::money(answer, names)
         ),
+        _ => println!("  {} Its id is {id}.", say::money(answer, names)),
     }
 }
 
@@ -224,7 +215,7 @@ async fn admin_menu(teller: &mut Teller, me: &str) -> bool {
             }
             "3" => {
                 match teller.all_accounts(Scope::Network).await {
-                    Ok(r) => crate::output::Printer { json: false }.response(&r),
+                    Ok(r) => crate::output::Printer::default().response(&r),
                     Err(e) => println!("  not listed: {e}"),
                 }
                 continue;
@@ -250,14 +241,14 @@ async fn admin_menu(teller: &mut Teller, me: &str) -> bool {
                 continue;
             }
         };
-        match show(teller.call_renewing(op).await) {
+        match show(teller.call_renewing(op).await, &teller.target.names()) {
             Some(TellerResponse::AccountOpened(a)) => println!(
                 "  opened {} for {}; the customer logs in with the account number",
                 a.number, a.owner_name
             ),
             Some(TellerResponse::AccountClosed(a)) => println!("  closed {}", a.number),
             Some(r @ TellerResponse::OtpEnrolled { .. }) => {
-                crate::output::Printer { json: false }.response(&r)
+                crate::output::Printer::default().response(&r)
             }
             Some(TellerResponse::Entries { entries, .. }) => {
                 println!("{}", entries_table(&entries))
@@ -320,9 +311,10 @@ async fn customer_menu(
         return false;
     };
     loop {
-        if let Some(TellerResponse::Account(a)) =
-            show(teller.call_renewing(TellerOp::Balance { account }).await)
-        {
+        if let Some(TellerResponse::Account(a)) = show(
+            teller.call_renewing(TellerOp::Balance { account }).await,
+            &teller.target.names(),
+        ) {
             println!(
                 "\n== {}  balance {}  (held {}) ==",
                 a.number, a.balance, a.held
@@ -359,15 +351,16 @@ async fn customer_menu(
             return true;
         };
         if op.money_id().is_some() {
-            show_money(&money::send(teller, op, policy).await);
+            let answer = money::send(teller, op, policy).await;
+            show_money(&answer, &teller.target.names());
             continue;
         }
-        match show(teller.call_renewing(op).await) {
+        match show(teller.call_renewing(op).await, &teller.target.names()) {
             Some(TellerResponse::Entries { entries, .. }) => {
                 println!("{}", entries_table(&entries))
             }
             Some(r @ (TellerResponse::Status { .. } | TellerResponse::OtpEnrolled { .. })) => {
-                crate::output::Printer { json: false }.response(&r)
+                crate::output::Printer::default().response(&r)
             }
             _ => {}
         }

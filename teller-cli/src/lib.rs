@@ -6,6 +6,7 @@ pub mod batch;
 pub mod coalesce;
 pub mod money;
 pub mod requests;
+pub mod say;
 pub mod sealer;
 pub mod web;
 pub mod when;
@@ -56,6 +57,10 @@ pub enum TellerError {
     /// Input the bank would refuse, caught before sending (a mistyped account number).
     #[error("{0}")]
     Invalid(String),
+    /// Input the bank would refuse for this reason (a bad amount), caught before
+    /// sending: nothing was sent.
+    #[error("{0}; nothing was sent")]
+    Caught(Refusal),
     /// The branch answered with a kind of answer the request does not have: a bug on
     /// one side, and the request may have been carried out.
     #[error("the branch answered {asked} with {answered}, which it does not have")]
@@ -110,6 +115,17 @@ impl Target {
         })
     }
 
+    /// Branch names for what people are told ([`say`]).
+    pub fn names(&self) -> say::Names {
+        let own = self
+            .network
+            .as_ref()
+            .zip(self.branch)
+            .and_then(|(n, b)| n.get(b))
+            .map(|b| b.name.clone());
+        say::Names::new(self.network.clone(), own)
+    }
+
     /// The key (PeerId) of replica `replica` of this target's branch, when the network
     /// file lists it.
     pub fn replica_peer(&self, replica: u64) -> Option<PeerId> {
@@ -153,6 +169,7 @@ impl TellerError {
             TellerError::Refused(_)
             | TellerError::Usage(_)
             | TellerError::Invalid(_)
+            | TellerError::Caught(_)
             | TellerError::LoginNotDone(_) => false,
         }
     }
@@ -166,6 +183,7 @@ impl TellerError {
             TellerError::Connection(_) => "branch_unreachable",
             TellerError::Usage(_) => "usage",
             TellerError::Invalid(_) => "invalid_input",
+            TellerError::Caught(r) => r.code(),
             TellerError::Unexpected { .. } => "unexpected",
             TellerError::LoginNotDone(e) => e.code(),
         }

@@ -19,7 +19,7 @@ use crate::commands::{
     Step, command_op, log_in, read_batch, reconciled, status_exit, target, without_a_branch,
 };
 use teller_cli::money::{EXIT_NOT_DONE, EXIT_REFUSED, EXIT_UNKNOWN, RetryPolicy};
-use teller_cli::{Target, Teller, TellerError};
+use teller_cli::{Target, Teller, TellerError, say};
 use wire::teller::TellerResponse;
 
 /// Exit status for bad arguments (clap uses it too).
@@ -36,10 +36,11 @@ fn main() -> ExitCode {
     };
     let json = cli.json;
     let mutating = cli.command.as_ref().is_some_and(Command::mutates);
+    let names = target(&cli).map(|t| t.names()).unwrap_or_default();
     match runtime.block_on(run(cli)) {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
-            eprintln!("teller-cli: {e}");
+            eprintln!("teller-cli: {}", say::error(&e, &names));
             let (code, kind) = exit_for(&e, mutating);
             if json {
                 println!(
@@ -57,7 +58,9 @@ fn main() -> ExitCode {
 /// have arrived leaves its outcome unknown.
 fn exit_for(e: &TellerError, mutating: bool) -> (u8, &'static str) {
     match e {
-        TellerError::Refused(_) | TellerError::Invalid(_) => (EXIT_REFUSED, "refused"),
+        TellerError::Refused(_) => (EXIT_REFUSED, "refused"),
+        // Caught here: nothing was sent.
+        TellerError::Invalid(_) | TellerError::Caught(_) => (EXIT_USAGE, "invalid"),
         TellerError::Usage(_) => (EXIT_USAGE, "usage"),
         _ if mutating && e.may_have_happened() => (EXIT_UNKNOWN, "unknown"),
         TellerError::Unexpected { .. } => (1, "unexpected"),
@@ -121,9 +124,9 @@ async fn run(cli: Cli) -> Result<u8, TellerError> {
         return interactive::run(target, &key, policy).await;
     };
     if let Command::Web { listen } = command {
-        let name = cli
-            .branch
-            .clone()
+        // The branch as the network file spells it (`--branch` matches without case).
+        let name = (target.names().own().map(str::to_owned))
+            .or_else(|| cli.branch.clone())
             .unwrap_or_else(|| target.peer.to_string());
         return web(target, name, policy, *listen, &key).await;
     }
@@ -133,7 +136,10 @@ async fn run(cli: Cli) -> Result<u8, TellerError> {
         _ => None,
     };
     let (mut teller, login) = log_in(&cli, &target, &key).await?;
-    let out = output::Printer { json: cli.json };
+    let out = output::Printer {
+        json: cli.json,
+        names: target.names(),
+    };
     let op = match command_op(command, &login, &mut teller, &out, policy, batch).await? {
         Step::Done(code) => return Ok(code),
         Step::Call(op) => op,
@@ -150,7 +156,7 @@ async fn run(cli: Cli) -> Result<u8, TellerError> {
     }
     out.response(&r);
     Ok(match r {
-        TellerResponse::Status { state, .. } => status_exit(state),
+        TellerResponse::Status { id, state } => status_exit(id, state),
         _ => 0,
     })
 }

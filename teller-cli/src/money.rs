@@ -69,22 +69,10 @@ impl Default for RetryPolicy {
 /// What a teller is finally told about a money request.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum MoneyAnswer {
-    Committed {
-        id: TransferId,
-    },
-    Refused {
-        id: TransferId,
-        reason: Refusal,
-    },
-    NotDone {
-        id: TransferId,
-        why: String,
-        code: &'static str,
-    },
-    Unknown {
-        id: TransferId,
-        why: String,
-    },
+    Committed { id: TransferId },
+    Refused { id: TransferId, reason: Refusal },
+    NotDone { id: TransferId, why: Why },
+    Unknown { id: TransferId, why: Why },
 }
 
 /// Exit status: the bank refused, finally.
@@ -117,18 +105,36 @@ impl MoneyAnswer {
     }
 }
 
-/// Why the latest attempt did not end the request: said to the teller, with its code.
-#[derive(Clone, Debug)]
-struct Why {
-    text: String,
-    code: &'static str,
+/// Why the latest attempt did not end the request: its stable code, the branch it
+/// concerns (if one), and the details for logs and `--json` (`text`). People are told
+/// the code's sentence ([`crate::say`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Why {
+    pub text: String,
+    pub code: &'static str,
+    pub branch: Option<wire::BranchId>,
 }
 
 impl Why {
-    fn of(e: &TellerError) -> Why {
+    pub fn new(text: impl Into<String>, code: &'static str) -> Why {
+        Why {
+            text: text.into(),
+            code,
+            branch: None,
+        }
+    }
+
+    pub fn of(e: &TellerError) -> Why {
+        let branch = match e {
+            TellerError::Unavailable(
+                Unavailable::BranchUnreachable(b) | Unavailable::NoAnswer(b),
+            ) => Some(*b),
+            _ => None,
+        };
         Why {
             text: e.to_string(),
             code: e.code(),
+            branch,
         }
     }
 }
@@ -149,7 +155,7 @@ enum Step {
 fn retry(arrived: bool, text: String, code: &'static str) -> Step {
     Step::Retry {
         arrived,
-        why: Why { text, code },
+        why: Why::new(text, code),
     }
 }
 
@@ -202,10 +208,7 @@ impl Track {
         Track {
             id,
             arrived: false,
-            why: Why {
-                text: "not sent".into(),
-                code: "not_sent",
-            },
+            why: Why::new("not sent", "not_sent"),
         }
     }
 
@@ -219,10 +222,7 @@ impl Track {
             Step::Final(_) => Some(MoneyAnswer::Committed { id }),
             Step::Refused(reason) if !self.arrived => Some(MoneyAnswer::Refused { id, reason }),
             Step::Refused(reason) => {
-                self.why = Why {
-                    text: format!("refused on a retry: {reason}"),
-                    code: reason.code(),
-                };
+                self.why = Why::new(format!("refused on a retry: {reason}"), reason.code());
                 None
             }
             Step::Renew => {
@@ -243,7 +243,10 @@ impl Track {
         if self.arrived {
             MoneyAnswer::Unknown {
                 id: self.id,
-                why: format!("the session ended and logging in again was refused: {reason}"),
+                why: Why::new(
+                    format!("the session ended and logging in again was refused: {reason}"),
+                    reason.code(),
+                ),
             }
         } else {
             MoneyAnswer::Refused {
@@ -257,13 +260,9 @@ impl Track {
     fn give_up(&self) -> MoneyAnswer {
         let (id, why) = (self.id, self.why.clone());
         if self.arrived {
-            MoneyAnswer::Unknown { id, why: why.text }
+            MoneyAnswer::Unknown { id, why }
         } else {
-            MoneyAnswer::NotDone {
-                id,
-                why: why.text,
-                code: why.code,
-            }
+            MoneyAnswer::NotDone { id, why }
         }
     }
 }

@@ -5,23 +5,34 @@ use comfy_table::Table;
 use serde_json::{Value, json};
 use teller_cli::batch::{BatchLine, Tally};
 use teller_cli::money::MoneyAnswer;
+use teller_cli::say::{self, Names};
 use wire::TransferId;
 use wire::teller::{TellerResponse, TransferState};
 
 use crate::views::{TABLE_WIDTH, account_json, accounts_table, entries_table, entry_json};
 
 /// Prints answers as tables or as JSON.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Default)]
 pub struct Printer {
     pub json: bool,
+    /// Branch names, for what people are told.
+    pub names: Names,
 }
 
-fn state_text(s: &TransferState) -> String {
+fn state_text(id: TransferId, s: &TransferState) -> String {
     match s {
         TransferState::Committed => "committed".into(),
-        TransferState::Aborted(r) => format!("refused: {r}"),
-        TransferState::Pending => "not known yet (pending)".into(),
-        TransferState::Unknown => "not known yet (no record of this id here)".into(),
+        TransferState::Aborted(r) => {
+            format!("refused: {}", say::sentence(r.code(), &Default::default()))
+        }
+        TransferState::Pending => format!(
+            "not known yet: {}",
+            say::sentence("pending", &Default::default())
+        ),
+        TransferState::Unknown => format!(
+            "no record: {}",
+            say::no_record(id, crate::commands::now_ms())
+        ),
     }
 }
 
@@ -46,12 +57,12 @@ fn money_json(answer: &MoneyAnswer) -> Value {
     match answer {
         MoneyAnswer::Committed { .. } => state_json(id, &TransferState::Committed),
         MoneyAnswer::Refused { reason, .. } => state_json(id, &TransferState::Aborted(*reason)),
-        MoneyAnswer::NotDone { why, code, .. } => {
-            json!({ "id": id.to_string(), "state": "not_done", "code": code, "message": why })
+        MoneyAnswer::NotDone { why, .. } => {
+            json!({ "id": id.to_string(), "state": "not_done", "code": why.code, "message": why.text })
         }
         MoneyAnswer::Unknown { why, .. } => json!({
             "id": id.to_string(), "state": "unknown", "code": "outcome_unknown",
-            "message": why, "check": format!("teller-cli transfer-status {id}"),
+            "message": why.text, "check": format!("teller-cli transfer-status {id}"),
         }),
     }
 }
@@ -121,7 +132,7 @@ impl Printer {
             }
             TellerResponse::Receipt { id, state } | TellerResponse::Status { id, state } => (
                 state_json(*id, state),
-                format!("{}: {id}", state_text(state)),
+                format!("{} Id {id}", state_text(*id, state)),
             ),
             TellerResponse::OtpEnrolled { user, uri } => (
                 json!({ "user": user, "otpauth_uri": uri }),
@@ -176,15 +187,16 @@ impl Printer {
         let id = answer.id();
         let check = format!("teller-cli transfer-status {id}");
         let value = money_json(answer);
+        let said = say::money(answer, &self.names);
         let text = match answer {
             MoneyAnswer::Committed { .. } => format!("committed: {id}"),
-            MoneyAnswer::Refused { reason, .. } => format!("refused: {reason}: {id}"),
-            MoneyAnswer::NotDone { why, .. } => format!(
-                "not done: {why}; nothing happened under {id} and nothing will (sending it again is safe)"
-            ),
-            MoneyAnswer::Unknown { why, .. } => format!(
-                "outcome unknown for {id} ({why}); it may still complete. Check with: {check}"
-            ),
+            MoneyAnswer::Refused { .. } => format!("refused: {said} Id {id}."),
+            MoneyAnswer::NotDone { .. } => {
+                format!("not done: {said} Id {id} (sending it again is safe).")
+            }
+            MoneyAnswer::Unknown { .. } => {
+                format!("outcome unknown: {said} Id {id}; check with: {check}")
+            }
         };
         let committed = matches!(answer, MoneyAnswer::Committed { .. });
         if !committed {
@@ -238,7 +250,7 @@ fn answer_words(a: &MoneyAnswer) -> String {
     match a {
         MoneyAnswer::Committed { .. } => "committed".into(),
         MoneyAnswer::Refused { reason, .. } => format!("refused: {}", reason.code()),
-        MoneyAnswer::NotDone { code, .. } => format!("not done: {code}"),
+        MoneyAnswer::NotDone { why, .. } => format!("not done: {}", why.code),
         MoneyAnswer::Unknown { .. } => "unknown".into(),
     }
 }

@@ -77,7 +77,7 @@ pub fn entries_table(entries: &[EntryView]) -> Table {
         t.set_header(["time (UTC)", "account", "kind", "amount", "id"]);
     }
     for e in entries {
-        let when = teller_cli::when::utc_minute(e.at_ms);
+        let when = teller_cli::when::utc_second(e.at_ms);
         let mut row = vec![when];
         if one_account {
             row.extend([

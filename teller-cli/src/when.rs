@@ -53,6 +53,18 @@ pub fn utc_second(ms: u64) -> String {
     format!("{}:{:02}", utc_minute(ms), (ms / 1_000) % 60)
 }
 
+/// `2026-11-28T09:30:12Z`: the instant for machines (an HTML `datetime` attribute).
+pub fn iso_second(ms: u64) -> String {
+    utc_second(ms).replacen(' ', "T", 1) + "Z"
+}
+
+/// Now, as Unix milliseconds.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
 /// Unix milliseconds at 00:00 UTC of a date typed as `YYYY-MM-DD` (what an HTML date
 /// field sends), or why it is not one.
 pub fn parse_day(text: &str) -> Result<u64, String> {

@@ -40,7 +40,7 @@ fn admin(v: &mut Visit) -> Result<&mut Teller, Response> {
             StatusCode::FORBIDDEN,
             v,
             "Not for this login",
-            error_box(&refused),
+            error_box(&v, &refused),
         ));
     }
     logged_in(v)
@@ -85,7 +85,7 @@ async fn accounts(visitor: Visitor, Query(q): Query<Fields>) -> Response {
     };
     let (accounts, next, unreachable) = match r {
         Ok(a) => (a.accounts, a.next_after, a.unreachable),
-        Err(e) => return page(pages::status_of(&e), &v, "Accounts", error_box(&e)),
+        Err(e) => return page(pages::status_of(&e), &v, "Accounts", error_box(&v, &e)),
     };
     let scope_arg = if scope == Scope::Network {
         "network"
@@ -98,18 +98,18 @@ async fn accounts(visitor: Visitor, Query(q): Query<Fields>) -> Response {
         table.accounts {
             thead { tr {
                 th { "Account" } th { "Customer" } th { "National id" } th { "Phone" } th { "SMS" }
-                th.num { "Balance" } th.num { "Held" } th { "Status" } th { "Opened (UTC)" }
+                th.num { "Balance" } th.num { "Held" } th { "Status" } th { "Opened" }
             } }
             tbody { @for a in &accounts { tr {
-                td { (a.number.to_string()) }
-                td { (a.owner_name) }
-                td { (a.contact.national_id_masked) }
-                td { (a.contact.phone) }
-                td { @if a.contact.sms_opt_in { "yes" } @else { "no" } }
-                td.num { (pages::money(a.balance)) }
-                td.num { (pages::money(a.held)) }
-                td { (format!("{:?}", a.status).to_lowercase()) }
-                td { (crate::when::utc_minute(a.opened_at_ms)) }
+                td data-label="Account" { (a.number.to_string()) }
+                td data-label="Customer" { (pages::name(&a.owner_name)) }
+                td data-label="National id" { (a.contact.national_id_masked) }
+                td data-label="Phone" { (a.contact.phone) }
+                td data-label="SMS" { @if a.contact.sms_opt_in { "yes" } @else { "no" } }
+                td.num data-label="Balance" { (pages::money(a.balance)) }
+                td.num data-label="Held" { (pages::money(a.held)) }
+                td data-label="Status" { (format!("{:?}", a.status).to_lowercase()) }
+                td data-label="Opened" { (pages::when(a.opened_at_ms)) }
             } } }
         }
         @if accounts.is_empty() { p { "No accounts." } }
@@ -190,8 +190,7 @@ async fn transactions(visitor: Visitor, Query(q): Query<Fields>) -> Response {
             if let Err(r) = admin(&mut v) {
                 return r;
             }
-            let body =
-                html! { (error_box(&TellerError::Invalid(why))) (transactions_form(scope, &q)) };
+            let body = html! { (error_box(&v, &TellerError::Invalid(why))) (transactions_form(scope, &q)) };
             return page(StatusCode::UNPROCESSABLE_ENTITY, &v, "Transactions", body);
         }
     };
@@ -221,7 +220,7 @@ async fn transactions(visitor: Visitor, Query(q): Query<Fields>) -> Response {
                 pages::status_of(&e),
                 &v,
                 "Transactions",
-                html! { (error_box(&e)) (transactions_form(scope, &q)) },
+                html! { (error_box(&v, &e)) (transactions_form(scope, &q)) },
             );
         }
     };
@@ -343,7 +342,7 @@ async fn open(visitor: Visitor, axum::Form(f): axum::Form<Fields>) -> Response {
         ),
         Err(e) => (
             pages::status_of(&e),
-            html! { (error_box(&e)) (open_fields(&v, &f)) },
+            html! { (error_box(&v, &e)) (open_fields(&v, &f)) },
         ),
     };
     page(status, &v, "Open an account", body)
@@ -390,7 +389,7 @@ async fn close(visitor: Visitor, axum::Form(f): axum::Form<Fields>) -> Response 
         ),
         Err(e) => (
             pages::status_of(&e),
-            html! { (error_box(&e)) (close_fields(&v, &typed)) },
+            html! { (error_box(&v, &e)) (close_fields(&v, &typed)) },
         ),
     };
     page(status, &v, "Close an account", body)

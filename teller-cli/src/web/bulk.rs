@@ -19,6 +19,7 @@ use super::{Fields, Web, logged_in};
 use crate::TellerError;
 use crate::batch::{self, BatchLine, BatchOptions, Tally};
 use crate::money::{self, MoneyAnswer};
+use crate::say::{self, Names};
 
 pub(crate) fn routes() -> Router<Arc<Web>> {
     Router::new().route("/bulk", get(form).post(send))
@@ -66,7 +67,7 @@ async fn send(
         Ok(lines) => lines,
         Err(problems) => {
             let e = TellerError::Invalid(problems.to_string());
-            let body = html! { (pages::error_box(&e)) (fields(&v, &csv)) };
+            let body = html! { (pages::error_box(&v, &e)) (fields(&v, &csv)) };
             return page(StatusCode::UNPROCESSABLE_ENTITY, &v, TITLE, body);
         }
     };
@@ -77,7 +78,8 @@ async fn send(
     };
     let answers = batch::send(&teller, &lines, options, |_| {}).await;
     let tally = Tally::of(&answers);
-    let body = html! { (tally_box(&tally)) (lines_table(&lines, &answers)) (fields(&v, &csv)) };
+    let body =
+        html! { (tally_box(&tally)) (lines_table(&lines, &answers, v.names())) (fields(&v, &csv)) };
     page(status_of(&tally), &v, TITLE, body)
 }
 
@@ -110,28 +112,29 @@ fn tally_box(t: &Tally) -> Markup {
 }
 
 /// A line's answer in words, and its `data-outcome`.
-fn said(a: &MoneyAnswer) -> (&'static str, String) {
+fn said(a: &MoneyAnswer, names: &Names) -> (&'static str, String) {
+    let words = say::money(a, names);
     match a {
-        MoneyAnswer::Committed { .. } => ("committed", "committed".into()),
-        MoneyAnswer::Refused { reason, .. } => ("refused", format!("refused: {reason}")),
-        MoneyAnswer::NotDone { why, .. } => ("not_done", format!("not done: {why}")),
-        MoneyAnswer::Unknown { .. } => ("unknown", "not known yet".into()),
+        MoneyAnswer::Committed { .. } => ("committed", "Done.".into()),
+        MoneyAnswer::Refused { .. } => ("refused", words),
+        MoneyAnswer::NotDone { .. } => ("not_done", words),
+        MoneyAnswer::Unknown { .. } => ("unknown", words),
     }
 }
 
-fn lines_table(lines: &[BatchLine], answers: &[MoneyAnswer]) -> Markup {
+fn lines_table(lines: &[BatchLine], answers: &[MoneyAnswer], names: &Names) -> Markup {
     html! {
         table.lines {
             thead { tr { th { "Line" } th { "Id" } th { "To" } th.num { "Amount" } th { "Answer" } } }
             tbody {
                 @for (l, a) in lines.iter().zip(answers) {
-                    @let (outcome, words) = said(a);
+                    @let (outcome, words) = said(a, names);
                     tr data-outcome=(outcome) data-id=(l.spec.id.to_string()) {
-                        td { (l.line) }
-                        td { code.id { (l.spec.id.to_string()) } }
-                        td { (l.spec.to.to_string()) }
-                        td.num { (pages::money(l.spec.amount)) }
-                        td { (words) @if outcome == "unknown" { " " (pages::status_button(l.spec.id)) } }
+                        td data-label="Line" { (l.line) }
+                        td data-label="Id" { code.id { (l.spec.id.to_string()) } }
+                        td data-label="To" { (l.spec.to.to_string()) }
+                        td.num data-label="Amount" { (pages::money(l.spec.amount)) }
+                        td data-label="Answer" { (words) @if outcome == "unknown" { " " (pages::status_button(l.spec.id)) } }
                     }
                 }
             }

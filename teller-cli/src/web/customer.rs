@@ -56,13 +56,13 @@ async fn accounts(visitor: Visitor) -> Response {
                 @for row in &rows {
                     @match row {
                         Ok(a) => tr {
-                            td { (a.number.to_string()) }
-                            td.num data-balance=(a.number.to_string()) { (pages::money(a.balance)) }
-                            td.num { (pages::money(a.held)) }
-                            td.num { (pages::money(a.balance.checked_sub(a.held).unwrap_or(Amount::ZERO))) }
-                            td { (format!("{:?}", a.status).to_lowercase()) }
+                            td data-label="Account" { (a.number.to_string()) }
+                            td.num data-label="Balance" data-balance=(a.number.to_string()) { (pages::money(a.balance)) }
+                            td.num data-label="Held" { (pages::money(a.held)) }
+                            td.num data-label="Available" { (pages::money(a.balance.checked_sub(a.held).unwrap_or(Amount::ZERO))) }
+                            td data-label="Status" { (format!("{:?}", a.status).to_lowercase()) }
                         },
-                        Err(e) => tr { td colspan="5" { (error_box(e)) } },
+                        Err(e) => tr { td colspan="5" { (error_box(&v, e)) } },
                     }
                 }
             }
@@ -130,7 +130,7 @@ async fn transfer_form(visitor: Visitor) -> Response {
 fn money_fields(v: &Visit, kind: Kind, id: TransferId, f: &Fields) -> Markup {
     let value = |k: &str| f.get(k).map(String::as_str).unwrap_or_default();
     html! {
-        form.card method="post" action=(kind.path()) data-once {
+        form.card method="post" action=(kind.path()) data-once data-wait=(v.wait_s()) {
             (csrf_field(v))
             input type="hidden" name="id" value=(id.to_string());
             (pages::own_accounts("account", if kind == Kind::Transfer { "From account" } else { "Account" }, v.accounts()))
@@ -227,7 +227,7 @@ async fn send_money(
                 .and_then(|s| s.parse().ok())
                 .unwrap_or_else(new_transfer_id);
             let body = html! {
-                (error_box(&TellerError::Invalid(why)))
+                (error_box(&v, &TellerError::Invalid(why)))
                 (money_fields(&v, kind, id, &f))
             };
             return page(StatusCode::UNPROCESSABLE_ENTITY, &v, kind.title(), body);
@@ -241,7 +241,7 @@ async fn send_money(
     let answer = money::send(teller, op, &web.policy).await;
     let body = html! {
         p.asked { (asked) }
-        (pages::money_answer(kind.words(), &answer))
+        (pages::money_answer(&v, kind.words(), &answer))
         @if let MoneyAnswer::NotDone { id, .. } = &answer { (money_fields(&v, kind, *id, &f)) }
         p { a href=(kind.path()) { "New " (kind.words()) } " · " a href="/accounts" { "Accounts" } }
     };
@@ -254,17 +254,17 @@ pub(crate) fn entries_table(entries: &[EntryView]) -> Markup {
         @if entries.is_empty() { p { "No entries." } } @else {
             table.entries {
                 thead { tr {
-                    th { "Date (UTC)" } th { "Account" } th { "Kind" } th.num { "Amount" }
+                    th { "Date" } th { "Account" } th { "Kind" } th.num { "Amount" }
                     th.num { "Balance after" } th { "Other account" } th { "Id" }
                 } }
                 tbody { @for e in entries { tr {
-                    td { (crate::when::utc_minute(e.at_ms)) }
-                    td { (e.account.to_string()) }
-                    td { (crate::kind_words(e.kind)) }
-                    td.num { (pages::signed(e.kind, e.amount)) }
-                    td.num { (pages::money(e.balance_after)) }
-                    td { (e.counterparty.map(|c| c.to_string()).unwrap_or_default()) }
-                    td { code.id { (e.transfer_id.to_string()) } }
+                    td data-label="Date" { (pages::when(e.at_ms)) }
+                    td data-label="Account" { (e.account.to_string()) }
+                    td data-label="Kind" { (crate::kind_words(e.kind)) }
+                    td.num data-label="Amount" { (pages::signed(e.kind, e.amount)) }
+                    td.num data-label="Balance after" { (pages::money(e.balance_after)) }
+                    td data-label="Other account" { (e.counterparty.map(|c| c.to_string()).unwrap_or_default()) }
+                    td data-label="Id" { code.id { (e.transfer_id.to_string()) } }
                 } } }
             }
         }
@@ -296,7 +296,7 @@ async fn history(visitor: Visitor, Query(q): Query<Fields>) -> Response {
     };
     let (entries, next) = match r {
         Ok(e) => (e.entries, e.next_before),
-        Err(e) => return page(pages::status_of(&e), &v, "History", error_box(&e)),
+        Err(e) => return page(pages::status_of(&e), &v, "History", error_box(&v, &e)),
     };
     let body = html! {
         form.inline method="get" action="/history" {
@@ -317,12 +317,15 @@ async fn status(visitor: Visitor, Query(q): Query<Fields>) -> Response {
         html! {}
     } else {
         match typed.parse::<TransferId>() {
-            Err(e) => error_box(&TellerError::Invalid(format!("not a transfer id ({e})"))),
+            Err(e) => error_box(
+                &v,
+                &TellerError::Invalid(format!("not a transfer id ({e})")),
+            ),
             Ok(id) => match logged_in(&mut v) {
                 Err(r) => return r,
                 Ok(t) => match t.transfer_status(id).await {
                     Ok(state) => pages::state_box(id, &state),
-                    Err(e) => error_box(&e),
+                    Err(e) => error_box(&v, &e),
                 },
             },
         }
@@ -395,7 +398,7 @@ async fn enroll(visitor: Visitor, axum::Form(f): axum::Form<Fields>) -> Response
         ),
         Err(e) => (
             pages::status_of(&e),
-            html! { (error_box(&e)) (otp_fields(&v)) },
+            html! { (error_box(&v, &e)) (otp_fields(&v)) },
         ),
     };
     page(status, &v, "One-time codes", answer)

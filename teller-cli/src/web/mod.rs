@@ -32,7 +32,7 @@ use wire::teller::{Role, TellerResponse};
 
 use crate::money::RetryPolicy;
 use crate::{Teller, TellerError};
-pub use visits::VISITS_MAX;
+pub use visits::{ANONYMOUS_VISITS_MAX, VISITS_MAX};
 use visits::{Visit, Visitor, Visits};
 
 /// What the console needs to run: a connected (not logged-in) teller and the retry
@@ -74,9 +74,10 @@ pub fn check_listen(addr: &SocketAddr) -> Result<(), TellerError> {
 
 /// The console's routes, ready to serve at `addr`.
 pub fn router(config: WebConfig, addr: SocketAddr) -> Router {
+    let names = config.teller.target.names();
     let web = Arc::new(Web {
         teller: config.teller,
-        visits: Visits::new(&config.branch_name),
+        visits: Visits::new(&config.branch_name, names, config.policy.wait.as_secs()),
         branch_name: config.branch_name,
         policy: config.policy,
         hosts: vec![addr.to_string(), format!("localhost:{}", addr.port())],
@@ -268,9 +269,10 @@ async fn login(
 }
 
 /// Ends the branch session, then the visit's login.
-async fn logout(visitor: Visitor) -> Response {
+async fn logout(State(web): State<Arc<Web>>, visitor: Visitor) -> Response {
     let mut v = visitor.lock().await;
     v.log_out().await;
+    web.visits.logged_out(&visitor);
     Redirect::to("/login").into_response()
 }
 

@@ -8,8 +8,8 @@ use wire::teller::{EntryKind, Role, TransferState};
 use wire::{AccountNumber, Amount, TransferId};
 
 use super::visits::Visit;
-use crate::TellerError;
 use crate::money::MoneyAnswer;
+use crate::{TellerError, say};
 
 /// A whole page: header, navigation for the visit's role, then `body`.
 pub(crate) fn page(status: StatusCode, v: &Visit, title: &str, body: Markup) -> Response {
@@ -82,11 +82,11 @@ pub(crate) fn csrf_field(v: &Visit) -> Markup {
     html! { input type="hidden" name="csrf" value=(v.csrf()); }
 }
 
-/// A one-line problem with its stable code.
+/// A one-line problem; its stable code is on `data-code` for programs, not shown.
 pub(crate) fn problem_box(code: &str, message: &str) -> Markup {
     html! {
         div.problem role="alert" data-code=(code) {
-            p { (capitalised(message)) "." } p.code { "code " code { (code) } }
+            p { (say::capitalised(message)) }
         }
     }
 }
@@ -96,29 +96,18 @@ pub(crate) fn done_box(message: &str) -> Markup {
     html! { div.done role="status" { p { (message) } } }
 }
 
-fn capitalised(s: &str) -> String {
-    let mut c = s.chars();
-    c.next()
-        .map(|f| f.to_uppercase().chain(c).collect())
-        .unwrap_or_default()
-}
-
-/// A teller error as a problem box, saying whether anything may have happened.
-pub(crate) fn error_box(e: &TellerError) -> Markup {
-    let note = if e.may_have_happened() {
-        "the request may have reached the bank: check before sending it again"
-    } else {
-        "nothing was changed"
-    };
-    problem_box(e.code(), &format!("{e} ({note})"))
+/// A teller error as a problem box, in the words people are told ([`say`]).
+pub(crate) fn error_box(v: &Visit, e: &TellerError) -> Markup {
+    problem_box(e.code(), &say::error(e, v.names()))
 }
 
 /// The HTTP status that goes with an error: 422 refused, 503 not done, 502 unknown.
 pub(crate) fn status_of(e: &TellerError) -> StatusCode {
     match e {
-        TellerError::Refused(_) | TellerError::Invalid(_) | TellerError::Usage(_) => {
-            StatusCode::UNPROCESSABLE_ENTITY
-        }
+        TellerError::Refused(_)
+        | TellerError::Invalid(_)
+        | TellerError::Caught(_)
+        | TellerError::Usage(_) => StatusCode::UNPROCESSABLE_ENTITY,
         TellerError::LoginNotDone(inner) => status_of(inner),
         e if e.may_have_happened() => StatusCode::BAD_GATEWAY,
         _ => StatusCode::SERVICE_UNAVAILABLE,
@@ -134,7 +123,7 @@ pub(crate) fn login(
     user: &str,
 ) -> Response {
     let body = html! {
-        @if let Some(e) = error { (error_box(e)) }
+        @if let Some(e) = error { (error_box(v, e)) }
         form.card method="post" action="/login" {
             (csrf_field(v))
             label for="user" { "Login" }
@@ -148,6 +137,19 @@ pub(crate) fn login(
         }
     };
     page(status, v, &format!("Log in at {branch}"), body)
+}
+
+/// An instant to the second: UTC on the page (and on hover), shown in the browser's
+/// own time zone by `app.js` where scripts run.
+pub(crate) fn when(ms: u64) -> Markup {
+    let utc = format!("{} UTC", crate::when::utc_second(ms));
+    html! { time datetime=(crate::when::iso_second(ms)) title=(utc) { (utc) } }
+}
+
+/// A person's name, cut to one line with an ellipsis where it is long; the whole
+/// name is in its `title` (shown on hover) and read by screen readers.
+pub(crate) fn name(full: &str) -> Markup {
+    html! { span.name title=(full) { (full) } }
 }
 
 /// An amount for people: `1,250.50`.
@@ -216,21 +218,33 @@ pub(crate) fn status_button(id: TransferId) -> Markup {
 }
 
 /// A transfer state for people; the state is also on `data-outcome` (committed,
-/// refused or unknown) with the id on `data-id`.
+/// refused, unknown, or none: no payment with this id was made) with the id on
+/// `data-id`.
 pub(crate) fn state_box(id: TransferId, s: &TransferState) -> Markup {
     let (outcome, said) = match s {
         TransferState::Committed => (
             "committed",
-            done_box(&format!("Transfer {id} is committed: the money moved.")),
+            done_box(&format!("Payment {id} is done: the money moved.")),
         ),
         TransferState::Aborted(r) => (
             "refused",
-            problem_box(r.code(), &format!("{id} was refused: {r}; no money moved")),
+            problem_box(r.code(), &say::sentence(r.code(), &say::Context::default())),
         ),
-        TransferState::Pending | TransferState::Unknown => (
+        TransferState::Unknown if !say::may_still_arrive(id, crate::when::now_ms()) => (
+            "none",
+            problem_box("no_record", say::no_record(id, crate::when::now_ms())),
+        ),
+        TransferState::Unknown => (
             "unknown",
             html! {
-                (problem_box("not_known_yet", &format!("the outcome of {id} is not known yet; ask again shortly")))
+                (problem_box("no_record_yet", say::no_record(id, crate::when::now_ms())))
+                (status_button(id))
+            },
+        ),
+        TransferState::Pending => (
+            "unknown",
+            html! {
+                (problem_box("not_known_yet", &say::sentence("not_known_yet", &say::Context::default())))
                 (status_button(id))
             },
         ),
@@ -240,33 +254,19 @@ pub(crate) fn state_box(id: TransferId, s: &TransferState) -> Markup {
 
 /// What a deposit, withdrawal or transfer came to, said plainly. The outcome and id
 /// are also on the box's `data-outcome` and `data-id`, for scripts and tests.
-pub(crate) fn money_answer(what: &str, answer: &MoneyAnswer) -> Markup {
+pub(crate) fn money_answer(v: &Visit, what: &str, answer: &MoneyAnswer) -> Markup {
+    let said = say::money(answer, v.names());
     let (outcome, said) = match answer {
         MoneyAnswer::Committed { .. } => (
             "committed",
             done_box(&format!("Done: the {what} is committed.")),
         ),
-        MoneyAnswer::Refused { reason, .. } => (
-            "refused",
-            problem_box(reason.code(), &format!("refused: {reason}; no money moved")),
-        ),
-        MoneyAnswer::NotDone { why, code, .. } => (
+        MoneyAnswer::Refused { reason, .. } => ("refused", problem_box(reason.code(), &said)),
+        MoneyAnswer::NotDone { why, .. } => (
             "not_done",
-            problem_box(
-                code,
-                &format!("not done: {why}; nothing happened, and sending it again is safe"),
-            ),
+            problem_box(why.code, &format!("{said} Sending the form again is safe.")),
         ),
-        MoneyAnswer::Unknown { why, .. } => (
-            "unknown",
-            problem_box(
-                "outcome_unknown",
-                &format!(
-                    "the outcome is not known yet ({why}); the {what} may still be carried out, so do not \
-             send it again: check its status"
-                ),
-            ),
-        ),
+        MoneyAnswer::Unknown { .. } => ("unknown", problem_box("outcome_unknown", &said)),
     };
     let id = answer.id();
     html! {

@@ -17,11 +17,17 @@ use wire::teller::Role;
 
 use super::{Fields, Web};
 use crate::Teller;
+use crate::say::Names;
 
 /// The cookie naming a visit.
 const COOKIE: &str = "bankmate_visit";
-/// At most this many visits are kept; a new one evicts the longest idle.
+/// At most this many logged-in visits are kept; a login past it ends the longest idle
+/// one's. Only a login (a right password) makes a visit count here.
 pub const VISITS_MAX: usize = 4_096;
+/// At most this many visits without a login (a browser showing the login page); a new
+/// one evicts the longest idle of these, never a logged-in visit, so a flood of
+/// anonymous requests cannot log anybody out.
+pub const ANONYMOUS_VISITS_MAX: usize = 4_096;
 /// A visit unused this long is gone (and its branch session ended).
 const VISIT_IDLE: Duration = Duration::from_secs(15 * 60);
 
@@ -31,6 +37,9 @@ pub(crate) struct Visit {
     csrf: String,
     login: Option<Login>,
     branch: Arc<str>,
+    names: Arc<Names>,
+    /// How long a money request keeps trying, in seconds (shown while it does).
+    wait_s: u64,
 }
 
 /// Who is logged in on a visit, and their teller (with its branch session).
@@ -53,6 +62,9 @@ pub(crate) struct Visitor {
 struct Slot {
     visit: Arc<AsyncMutex<Visit>>,
     last_seen: Instant,
+    /// Whether the visit holds a login: it counts against [`VISITS_MAX`], else against
+    /// [`ANONYMOUS_VISITS_MAX`].
+    logged_in: bool,
 }
 
 /// Every live visit, by cookie value.
@@ -60,6 +72,33 @@ struct Slot {
 pub(crate) struct Visits {
     slots: Mutex<HashMap<String, Slot>>,
     branch: Arc<str>,
+    names: Arc<Names>,
+    wait_s: u64,
+}
+
+/// Makes room for one more visit of kind `logged_in` in `slots`: removes (and ends)
+/// the longest idle visit of that kind while that kind is at its bound.
+fn make_room(slots: &mut HashMap<String, Slot>, logged_in: bool) {
+    let max = if logged_in {
+        VISITS_MAX
+    } else {
+        ANONYMOUS_VISITS_MAX
+    };
+    if slots.len() < max {
+        return;
+    }
+    let same = slots.values().filter(|s| s.logged_in == logged_in).count();
+    if same < max {
+        return;
+    }
+    let oldest = slots
+        .iter()
+        .filter(|(_, s)| s.logged_in == logged_in)
+        .min_by_key(|(_, s)| s.last_seen)
+        .map(|(k, _)| k.clone());
+    if let Some(old) = oldest.and_then(|k| slots.remove(&k)) {
+        end_later(old.visit);
+    }
 }
 
 /// 128 random bits in hex: visit ids and CSRF tokens.
@@ -73,17 +112,29 @@ fn same(a: &str, b: &str) -> bool {
 }
 
 impl Visit {
-    fn new(branch: Arc<str>) -> Visit {
+    fn new(branch: Arc<str>, names: Arc<Names>, wait_s: u64) -> Visit {
         Visit {
             csrf: token(),
             login: None,
             branch,
+            names,
+            wait_s,
         }
+    }
+
+    /// How long a money request keeps trying, in seconds.
+    pub fn wait_s(&self) -> u64 {
+        self.wait_s
     }
 
     /// The name of the branch the console is connected to.
     pub fn branch(&self) -> &str {
         &self.branch
+    }
+
+    /// Branch names, for what people are told.
+    pub fn names(&self) -> &Names {
+        &self.names
     }
 
     /// The token every form of this visit must send back.
@@ -165,10 +216,12 @@ fn end_later(visit: Arc<AsyncMutex<Visit>>) {
 }
 
 impl Visits {
-    pub fn new(branch: &str) -> Visits {
+    pub fn new(branch: &str, names: Names, wait_s: u64) -> Visits {
         Visits {
             slots: Mutex::default(),
             branch: branch.into(),
+            names: Arc::new(names),
+            wait_s,
         }
     }
 
@@ -196,43 +249,48 @@ impl Visits {
                 None => {}
             }
         }
-        if slots.len() >= VISITS_MAX {
-            let oldest = slots
-                .iter()
-                .min_by_key(|(_, s)| s.last_seen)
-                .map(|(k, _)| k.clone());
-            if let Some(old) = oldest.and_then(|k| slots.remove(&k)) {
-                end_later(old.visit);
-            }
-        }
+        make_room(&mut slots, false);
+        let visit = Visit::new(self.branch.clone(), self.names.clone(), self.wait_s);
         let visitor = Visitor {
             id: token(),
-            visit: Arc::new(AsyncMutex::new(Visit::new(self.branch.clone()))),
+            visit: Arc::new(AsyncMutex::new(visit)),
         };
         slots.insert(
             visitor.id.clone(),
             Slot {
                 visit: visitor.visit.clone(),
                 last_seen: Instant::now(),
+                logged_in: false,
             },
         );
         (visitor, true)
     }
 
-    /// Gives `visitor`'s visit a new id and a new CSRF token; returns the new id.
+    /// After a login: gives `visitor`'s visit a new id and a new CSRF token, and
+    /// counts it among the logged-in visits; returns the new id.
     pub fn rotate(&self, visitor: &Visitor, visit: &mut Visit) -> String {
         let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
         slots.remove(&visitor.id);
+        make_room(&mut slots, true);
         let id = token();
         slots.insert(
             id.clone(),
             Slot {
                 visit: visitor.visit.clone(),
                 last_seen: Instant::now(),
+                logged_in: true,
             },
         );
         visit.csrf = token();
         id
+    }
+
+    /// After a logout: the visit counts among those without a login again.
+    pub fn logged_out(&self, visitor: &Visitor) {
+        let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(s) = slots.get_mut(&visitor.id) {
+            s.logged_in = false;
+        }
     }
 
     #[cfg(test)]
@@ -286,7 +344,7 @@ mod tests {
 
     #[test]
     fn visits_are_bounded_and_a_known_cookie_finds_its_visit() {
-        let visits = Visits::new("b1");
+        let visits = Visits::new("b1", Names::default(), 30);
         let (first, fresh) = visits.find_or_create(None);
         assert!(fresh);
         let (again, fresh) = visits.find_or_create(Some(&first.id));
@@ -297,10 +355,38 @@ mod tests {
             fresh && other.id != "not-a-visit",
             "ids are never chosen by the browser"
         );
-        for _ in 0..VISITS_MAX + 10 {
+        for _ in 0..ANONYMOUS_VISITS_MAX + 10 {
             visits.find_or_create(None);
         }
-        assert_eq!(visits.len(), VISITS_MAX);
+        assert_eq!(visits.len(), ANONYMOUS_VISITS_MAX);
+    }
+
+    #[tokio::test]
+    async fn anonymous_visits_never_evict_a_logged_in_one() {
+        let visits = Visits::new("b1", Names::default(), 30);
+        let (person, _) = visits.find_or_create(None);
+        let id = {
+            let mut v = person.lock().await;
+            visits.rotate(&person, &mut v)
+        };
+        for _ in 0..ANONYMOUS_VISITS_MAX * 2 {
+            visits.find_or_create(None);
+        }
+        let (again, fresh) = visits.find_or_create(Some(&id));
+        assert!(!fresh && Arc::ptr_eq(&again.visit, &person.visit));
+        assert_eq!(visits.len(), ANONYMOUS_VISITS_MAX + 1);
+        // Logged-in visits have their own bound: the longest idle one goes.
+        let mut ids = vec![id];
+        for _ in 0..VISITS_MAX {
+            let (next, _) = visits.find_or_create(None);
+            let mut v = next.lock().await;
+            ids.push(visits.rotate(&next, &mut v));
+        }
+        assert!(
+            visits.find_or_create(Some(&ids[0])).1,
+            "the oldest login went"
+        );
+        assert!(!visits.find_or_create(Some(&ids[VISITS_MAX])).1);
     }
 
     #[test]

@@ -116,7 +116,7 @@ impl Service {
         })
     }
 
-    /// Where `id` stands, for a session it concerns. This branch's record is the answer
+    /// Where `id` stands, for a session it concerns (to any other: no record). This branch's record is the answer
     /// when this branch is the id's authority or applied its commit; otherwise the
     /// authority (the coordinator) is asked, and if it cannot tell, "not known yet".
     pub(super) async fn status(&self, session: &SessionInfo, id: TransferId) -> Answer {
@@ -131,8 +131,13 @@ impl Service {
                 state: TransferState::Unknown,
             });
         };
+        // An id the session may not see gets the answer of an id never made: the
+        // answer tells nothing of another person's payments, not even that one exists.
         if !authz::may_see(session, &record.accounts) {
-            return Err(Refusal::Unauthorized.into());
+            return Ok(TellerResponse::Status {
+                id,
+                state: TransferState::Unknown,
+            });
         }
         let state = match record.authority {
             Some(coordinator) if !record.state.is_final() => self

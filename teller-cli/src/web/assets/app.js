@@ -1,6 +1,8 @@
 // BankMate web console: checks account numbers as they are typed (the same MOD 97-10
-// check digits the branch checks), and stops a form being sent twice by a double click.
-// The page works without it: the console checks everything again.
+// check digits the branch checks), stops a form being sent twice by a double click,
+// says how long a money form may still take (with a link to its status at once), and
+// shows times in the browser's time zone. The page works without it: the console
+// checks everything again, and times are in UTC.
 "use strict";
 
 // "" when `text` is a valid account number, otherwise why not.
@@ -37,6 +39,34 @@ function watchAccount(input) {
   update();
 }
 
+// While a money form waits for the bank: how much longer it may take, and where to
+// ask about its id (in a new tab, so this request goes on).
+function showProgress(form) {
+  const wait = Number(form.dataset.wait || 0);
+  const id = form.querySelector("input[name=id]");
+  if (!wait || !id) return;
+  const line = document.createElement("p");
+  line.className = "progress";
+  line.setAttribute("role", "status");
+  const text = document.createElement("span");
+  line.appendChild(text);
+  const link = document.createElement("a");
+  link.href = "/status?id=" + encodeURIComponent(id.value);
+  link.target = "_blank";
+  link.textContent = " Check its status";
+  line.appendChild(link);
+  form.appendChild(line);
+  const started = Date.now();
+  const tick = () => {
+    const left = Math.max(0, wait - Math.floor((Date.now() - started) / 1000));
+    text.textContent = left > 0
+      ? "Still trying: the bank has up to " + left + " s more to answer."
+      : "Waiting for the last answer…";
+  };
+  tick();
+  setInterval(tick, 1000);
+}
+
 function sendOnce(form) {
   form.addEventListener("submit", (event) => {
     if (form.dataset.sent) { event.preventDefault(); return; }
@@ -45,10 +75,21 @@ function sendOnce(form) {
       b.disabled = true;
       b.textContent = "Sending…";
     }
+    showProgress(form);
   });
+}
+
+// A time in the browser's own time zone, to the second; UTC stays on hover.
+function localTime(el) {
+  const at = new Date(el.getAttribute("datetime"));
+  if (isNaN(at)) return;
+  const pad = (n) => String(n).padStart(2, "0");
+  el.textContent = at.getFullYear() + "-" + pad(at.getMonth() + 1) + "-" + pad(at.getDate()) +
+    " " + pad(at.getHours()) + ":" + pad(at.getMinutes()) + ":" + pad(at.getSeconds());
 }
 
 document.addEventListener("DOMContentLoaded", () => {
   document.querySelectorAll("input[data-account]").forEach(watchAccount);
   document.querySelectorAll("form[data-once]").forEach(sendOnce);
+  document.querySelectorAll("time[datetime]").forEach(localTime);
 });
