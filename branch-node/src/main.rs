@@ -21,6 +21,9 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// Print a completion script for a shell (bash, zsh, fish, elvish, powershell):
+    /// `source <(branch-node completions bash)`.
+    Completions { shell: clap_complete::Shell },
     /// Make a branch's data dir: key (mode 0600), database and first admin ("admin").
     Init {
         /// Directory for the branch's key and database (created if missing).
@@ -89,7 +92,7 @@ enum Command {
         #[arg(long)]
         data_dir: PathBuf,
         /// The network file listing every branch (the other branches are asked).
-        #[arg(long)]
+        #[arg(long = "network-file", visible_alias = "network")]
         network: PathBuf,
         /// A replicated branch's other replicas: wait for the replica that makes the new
         /// log (restored without --join) and take the branch from it.
@@ -106,7 +109,7 @@ enum Command {
     Verify {
         #[arg(long)]
         data_dir: PathBuf,
-        #[arg(long)]
+        #[arg(long = "network-file", visible_alias = "network")]
         network: PathBuf,
     },
     /// Serve a branch: teller protocol, 2PC with the other branches, SMS notifier.
@@ -119,7 +122,7 @@ enum Command {
         #[arg(long)]
         data_dir: PathBuf,
         /// The network file listing every branch's id, name, key and addresses.
-        #[arg(long)]
+        #[arg(long = "network-file", visible_alias = "network")]
         network: PathBuf,
         /// Listen here instead of the addresses network.toml lists for this branch.
         #[arg(long)]
@@ -208,6 +211,18 @@ fn code_of(e: &anyhow::Error) -> Option<&'static str> {
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
+        Command::Completions { shell } => {
+            use clap::CommandFactory;
+            let mut command = Cli::command();
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut command, "branch-node", &mut script);
+            // As `teller_cli::print_completions` mends it: clap_complete 4 spells a
+            // hyphenated name's nested bash functions two ways.
+            let script =
+                String::from_utf8_lossy(&script).replace("branch__subcmd__node", "branch__node");
+            print!("{script}");
+            Ok(())
+        }
         Command::Backup { data_dir, to } => backup_command(&data_dir, &to),
         Command::Restore {
             from,

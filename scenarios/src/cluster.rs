@@ -493,7 +493,7 @@ impl Cluster {
         cmd.arg("run")
             .arg("--data-dir")
             .arg(&node.dir)
-            .arg("--network")
+            .arg("--network-file")
             .arg(&self.network_file)
             .args(&self.flags)
             .env(
@@ -594,7 +594,7 @@ impl Cluster {
             .arg(from)
             .arg("--data-dir")
             .arg(&n.dir)
-            .arg("--network")
+            .arg("--network-file")
             .arg(&self.network_file)
             .output()?;
         anyhow::ensure!(

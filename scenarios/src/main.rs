@@ -29,6 +29,9 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// Print a completion script for a shell (bash, zsh, fish, elvish, powershell):
+    /// `source <(scenarios completions bash)`.
+    Completions { shell: clap_complete::Shell },
     /// 3 branches, accounts, a mixed workload, one branch killed -9 and restarted, report.
     Demo {
         /// Keep the network's files here (default: a temporary folder, removed after).
@@ -184,6 +187,12 @@ async fn play(s: &Scenario, dir: Option<&Path>, json: bool) -> anyhow::Result<bo
 
 async fn run(command: Command) -> anyhow::Result<bool> {
     match command {
+        Command::Completions { shell } => {
+            use clap::CommandFactory;
+            let mut command = Cli::command();
+            teller_cli::print_completions(shell, &mut command, "scenarios");
+            Ok(true)
+        }
         Command::Demo { dir, json } => {
             let s = Scenario::parse(DEMO)?;
             play(&s, dir.as_deref(), json).await

@@ -55,6 +55,18 @@ impl std::fmt::Display for FileProblems {
 /// it (check digits, a movable amount, two different accounts), and no id may appear
 /// twice; any problem refuses the whole file, so a typo is fixed before money moves.
 pub fn parse(text: &str) -> Result<Vec<BatchLine>, FileProblems> {
+    parse_with(text, None)
+}
+
+/// As [`parse`]; with `new_id`, a line of three fields (`from,to,amount`, under an
+/// optional header `from,to,amount`) gets an id from it (given the line's number and
+/// text: [`derived_id`]). Only for a caller that hands
+/// the file back with those ids ([`with_ids`]): a file sent again without them would be
+/// new payments.
+pub fn parse_with(
+    text: &str,
+    mut new_id: Option<&mut dyn FnMut(usize, &str) -> TransferId>,
+) -> Result<Vec<BatchLine>, FileProblems> {
     let mut lines = Vec::new();
     let mut problems = Vec::new();
     let mut seen = std::collections::HashMap::new();
@@ -65,7 +77,11 @@ pub fn parse(text: &str) -> Result<Vec<BatchLine>, FileProblems> {
         if raw.is_empty() || raw.starts_with('#') || (line == 1 && is_header(raw)) {
             continue;
         }
-        match parse_line(raw) {
+        let id = match (&mut new_id, raw.split(',').count()) {
+            (Some(make), 3) => Some(make(line, raw)),
+            _ => None,
+        };
+        match parse_line(raw, id) {
             Ok(spec) => match seen.insert(spec.id, line) {
                 Some(first) => {
                     problems.push((line, format!("id {} is also on line {first}", spec.id)));
@@ -87,7 +103,30 @@ pub fn parse(text: &str) -> Result<Vec<BatchLine>, FileProblems> {
 
 fn is_header(line: &str) -> bool {
     let fields: Vec<String> = line.split(',').map(|f| field(f).to_lowercase()).collect();
-    fields == ["id", "from", "to", "amount"]
+    fields == ["id", "from", "to", "amount"] || fields == ["from", "to", "amount"]
+}
+
+/// The id of line `line` (text `raw`) of a list sent under `base` that gave the line
+/// none: the same list sent again under the same base (a resubmitted form) gets the
+/// same ids, so it moves nothing twice. Keeps `base`'s time and version bits.
+pub fn derived_id(base: TransferId, line: usize, raw: &str) -> TransferId {
+    let mut h = 0x9e37_79b9_7f4a_7c15u64 ^ line as u64;
+    for b in raw.trim().bytes() {
+        h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+        h ^= h >> 29;
+    }
+    // The low 62 bits: the variant bits above them stay as `base` has them.
+    TransferId(base.0 ^ u128::from(h & 0x3fff_ffff_ffff_ffff))
+}
+
+/// The file of `lines` with every line's id, ready to be sent again safely.
+pub fn with_ids(lines: &[BatchLine]) -> String {
+    let mut out = String::from("id,from,to,amount\n");
+    for l in lines {
+        let s = &l.spec;
+        out.push_str(&format!("{},{},{},{}\n", s.id, s.from, s.to, s.amount));
+    }
+    out
 }
 
 /// One field without its padding and quotes.
@@ -99,15 +138,29 @@ fn field(f: &str) -> &str {
         .trim()
 }
 
-fn parse_line(raw: &str) -> Result<TransferSpec, String> {
-    let fields: Vec<&str> = raw.split(',').map(field).collect();
+/// One line's transfer; `given` is the id for a line without one (three fields).
+fn parse_line(raw: &str, given: Option<TransferId>) -> Result<TransferSpec, String> {
+    let mut fields: Vec<&str> = raw.split(',').map(field).collect();
+    if given.is_some() {
+        fields.insert(0, "");
+    }
+    if fields.len() == 3 {
+        return Err(
+            "this line has no id: give every line its own id (teller-cli new-id \
+                    --count N makes them), so the file can be sent again safely"
+                .into(),
+        );
+    }
     let [id, from, to, amount] = fields[..] else {
         return Err(format!(
             "expected 4 fields (id,from,to,amount), found {}",
             fields.len()
         ));
     };
-    let id: TransferId = id.parse().map_err(|e| format!("id {id:?}: {e}"))?;
+    let id: TransferId = match given {
+        Some(id) => id,
+        None => id.parse().map_err(|e| format!("id {id:?}: {e}"))?,
+    };
     let account = |text: &str| {
         text.parse::<AccountNumber>()
             .map_err(|e| format!("account {text:?}: {e}"))
@@ -254,7 +307,34 @@ mod tests {
         let lines: Vec<usize> = problems.iter().map(|p| p.0).collect();
         assert_eq!(lines, [2, 3, 4, 5, 6, 7], "{problems:?}");
         assert!(problems[0].1.contains("also on line 1"));
-        assert!(problems[5].1.contains("4 fields"));
+        assert!(problems[5].1.contains("has no id"), "{problems:?}");
+    }
+
+    #[test]
+    fn lines_without_ids_get_them_and_the_file_comes_back_with_them() {
+        let (a, b) = (acct(1, 1), acct(2, 2));
+        let text = format!("from,to,amount\n{a},{b},10.00\n{ID1},{b},{a},1\n");
+        assert!(parse(&text).is_err(), "the CLI needs every id in the file");
+        let base = TransferId::from_time_and_random(1_800_000_000_000, [9; 10]);
+        let mut make = |line: usize, raw: &str| derived_id(base, line, raw);
+        let lines = parse_with(&text, Some(&mut make)).expect("reads");
+        let again_same = parse_with(&text, Some(&mut make)).expect("reads");
+        assert_eq!(
+            lines, again_same,
+            "the same list under the same base: the same ids"
+        );
+        assert_eq!(
+            lines[0].spec.id.0 >> 64,
+            base.0 >> 64,
+            "time and version kept"
+        );
+        assert_ne!(lines[0].spec.id, base);
+        assert_eq!(lines[1].spec.id.to_string(), ID1);
+        let again = parse(&with_ids(&lines)).expect("the file with ids reads");
+        assert_eq!(
+            again.iter().map(|l| l.spec).collect::<Vec<_>>(),
+            lines.iter().map(|l| l.spec).collect::<Vec<_>>()
+        );
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! What a command with a login does: connect and log in, turn the command into its
 //! request (or run a money command to its end, with its retries), and say the outcome.
 
-use std::io::Read;
+use std::io::{IsTerminal, Read};
 
 use teller_cli::money::{self, EXIT_NOT_DONE, EXIT_REFUSED, EXIT_UNKNOWN, RetryPolicy};
 use teller_cli::{Target, Teller, TellerError, new_transfer_id};
@@ -142,7 +142,7 @@ pub(crate) fn without_a_branch(cli: &Cli) -> Option<u8> {
         Some(Command::Completions { shell }) => {
             use clap::CommandFactory;
             let mut command = Cli::command();
-            clap_complete::generate(*shell, &mut command, "teller-cli", &mut std::io::stdout());
+            teller_cli::print_completions(*shell, &mut command, "teller-cli");
             Some(0)
         }
         Some(Command::NewId { count }) => {
@@ -334,7 +334,12 @@ pub(crate) async fn send_money(
     op: TellerOp,
     policy: &RetryPolicy,
 ) -> u8 {
-    let answer = money::send(teller, op, policy).await;
+    let id = op.money_id();
+    let sending = money::send(teller, op, policy);
+    let answer = match id.filter(|_| !out.json && std::io::stderr().is_terminal()) {
+        Some(id) => with_progress(id, policy.wait, sending).await,
+        None => sending.await,
+    };
     out.money(&answer);
     // After "not done" or "unknown" the branch is likely out of reach: no logout wait.
     if matches!(
@@ -344,6 +349,41 @@ pub(crate) async fn send_money(
         let _ = teller.logout().await;
     }
     answer.exit_code()
+}
+
+/// Runs `sending` while a line on the terminal (stderr) says what is being sent and
+/// how much longer it may take once the first attempt has gone unanswered for a
+/// moment; the line is cleared when the answer comes.
+async fn with_progress<T>(
+    id: wire::TransferId,
+    wait: std::time::Duration,
+    sending: impl std::future::Future<Output = T>,
+) -> T {
+    use std::io::Write;
+    use std::time::{Duration, Instant};
+    let started = Instant::now();
+    tokio::pin!(sending);
+    let mut shown = false;
+    loop {
+        let pause = Duration::from_millis(if shown { 1_000 } else { 700 });
+        tokio::select! {
+            answer = &mut sending => {
+                if shown {
+                    eprint!("\r\x1b[2K");
+                }
+                return answer;
+            }
+            () = tokio::time::sleep(pause) => {
+                let left = wait.saturating_sub(started.elapsed()).as_secs();
+                eprint!(
+                    "\r\x1b[2Ksending {id}: still trying, up to {left} s more \
+                     (Ctrl-C leaves; ask about the id later)"
+                );
+                let _ = std::io::stderr().flush();
+                shown = true;
+            }
+        }
+    }
 }
 
 /// Reads and checks a transfer file; a wrong line refuses the file before anything is sent.

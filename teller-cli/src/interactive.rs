@@ -104,16 +104,22 @@ pub async fn run(
             Ok(TellerResponse::LoggedIn { accounts, .. }) => accounts,
             Ok(_) => continue,
             Err(e @ TellerError::Refused(_)) => {
-                println!("  login refused: {e}");
+                println!(
+                    "  login refused: {}",
+                    say::error(&e, &teller.target.names())
+                );
                 continue;
             }
             Err(e) => {
-                println!("  login not done: {e}; try again");
+                println!(
+                    "  login not done: {}",
+                    say::error(&e, &teller.target.names())
+                );
                 continue;
             }
         };
         let left = match teller.role {
-            Some(Role::Admin) => admin_menu(&mut teller, &user).await,
+            Some(Role::Admin) => admin_menu(&mut teller, &user, &policy).await,
             _ => {
                 let first = accounts.first().map(|a| a.number);
                 customer_menu(&mut teller, first, &user, &policy).await
@@ -165,6 +171,10 @@ fn enroll_op(admin: bool, me: &str) -> Result<TellerOp, Eof> {
 fn show(r: Result<TellerResponse, TellerError>, names: &Names) -> Option<TellerResponse> {
     match r {
         Ok(r) => Some(r),
+        Err(e @ TellerError::Refused(_)) => {
+            println!("  Refused. {}", say::error(&e, names));
+            None
+        }
         Err(e) => {
             println!("  {}", say::error(&e, names));
             None
@@ -177,6 +187,9 @@ fn show_money(answer: &MoneyAnswer, names: &Names) {
     let id = answer.id();
     match answer {
         MoneyAnswer::Committed { .. } => println!("  Done: the money moved. Its id is {id}."),
+        MoneyAnswer::Refused { .. } => {
+            println!("  Refused. {} Its id is {id}.", say::money(answer, names))
+        }
         MoneyAnswer::Unknown { .. } => println!(
             "  {} Its id is {id}: check it with \"Transfer status\".",
             say::money(answer, names)
@@ -186,10 +199,10 @@ fn show_money(answer: &MoneyAnswer, names: &Names) {
 }
 
 /// Returns true when the user left (Ctrl-D), false on log out.
-async fn admin_menu(teller: &mut Teller, me: &str) -> bool {
+async fn admin_menu(teller: &mut Teller, me: &str, policy: &RetryPolicy) -> bool {
     loop {
         println!(
-            "\n== Admin menu ==\n1) Create account\n2) Close account\n3) View all accounts\n4) View all transactions\n5) Enrol a login for one-time codes\n6) Log out"
+            "\n== Admin menu ==\n1) Create account\n2) Close account\n3) Deposit\n4) Withdraw\n5) View all accounts\n6) View all transactions\n7) Transfer status\n8) Enrol a login for one-time codes\n9) Log out"
         );
         let Ok(choice) = ask("choice: ") else {
             return true;
@@ -213,14 +226,27 @@ async fn admin_menu(teller: &mut Teller, me: &str) -> bool {
                     admin_password,
                 }
             }
-            "3" => {
+            "3" | "4" => {
+                let Ok(account) = ask_parsed("account: ", account_input) else {
+                    return true;
+                };
+                // The menus' numbering: deposit is "2" and withdraw "3" there.
+                let kind = if choice == "3" { "2" } else { "3" };
+                let Ok(op) = money_op(kind, account) else {
+                    return true;
+                };
+                let answer = money::send(teller, op, policy).await;
+                show_money(&answer, &teller.target.names());
+                continue;
+            }
+            "5" => {
                 match teller.all_accounts(Scope::Network).await {
                     Ok(r) => crate::output::Printer::default().response(&r),
-                    Err(e) => println!("  not listed: {e}"),
+                    Err(e) => println!("  Not listed. {}", say::error(&e, &teller.target.names())),
                 }
                 continue;
             }
-            "4" => TellerOp::ListTransactions {
+            "6" => TellerOp::ListTransactions {
                 scope: Scope::Network,
                 page: PageRequest {
                     before: None,
@@ -229,15 +255,21 @@ async fn admin_menu(teller: &mut Teller, me: &str) -> bool {
                 filter: wire::teller::EntryFilter::default(),
                 network: Vec::new(),
             },
-            "5" => {
+            "7" => {
+                let Ok(op) = status_op() else {
+                    return true;
+                };
+                op
+            }
+            "8" => {
                 let Ok(op) = enroll_op(true, me) else {
                     return true;
                 };
                 op
             }
-            "6" => return false,
+            "9" => return false,
             _ => {
-                println!("  choose 1 to 6");
+                println!("  choose 1 to 9");
                 continue;
             }
         };
@@ -247,7 +279,7 @@ async fn admin_menu(teller: &mut Teller, me: &str) -> bool {
                 a.number, a.owner_name
             ),
             Some(TellerResponse::AccountClosed(a)) => println!("  closed {}", a.number),
-            Some(r @ TellerResponse::OtpEnrolled { .. }) => {
+            Some(r @ (TellerResponse::OtpEnrolled { .. } | TellerResponse::Status { .. })) => {
                 crate::output::Printer::default().response(&r)
             }
             Some(TellerResponse::Entries { entries, .. }) => {
@@ -256,6 +288,15 @@ async fn admin_menu(teller: &mut Teller, me: &str) -> bool {
             _ => {}
         }
     }
+}
+
+/// Asks for the id to ask about.
+fn status_op() -> Result<TellerOp, Eof> {
+    ask_parsed("transfer id: ", |s| {
+        s.parse::<TransferId>()
+            .map_err(|e| format!("not a transfer id ({e})"))
+    })
+    .map(|id| TellerOp::TransferStatus { id })
 }
 
 fn new_account() -> Result<TellerOp, Eof> {
@@ -282,10 +323,14 @@ fn new_account() -> Result<TellerOp, Eof> {
     let sms_opt_in = ask_parsed("SMS alerts (Y/N): ", yes_no)?;
     let password = loop {
         let p = ask_secret("customer password: ")?;
-        match wire::teller::new_password_ok(&p) {
-            Ok(()) => break p,
-            Err(why) => println!("  {why}; try again"),
+        if let Err(why) = wire::teller::new_password_ok(&p) {
+            println!("  {why}; try again");
+            continue;
         }
+        if ask_secret("the same password again: ")? == p {
+            break p;
+        }
+        println!("  the two passwords differ; try again");
     };
     Ok(TellerOp::OpenAccount {
         customer: NewCustomer {
@@ -336,11 +381,7 @@ async fn customer_menu(
                     limit: 50,
                 },
             }),
-            "6" => ask_parsed("transfer id: ", |s| {
-                s.parse::<TransferId>()
-                    .map_err(|e| format!("not a transfer id ({e})"))
-            })
-            .map(|id| TellerOp::TransferStatus { id }),
+            "6" => status_op(),
             "7" => enroll_op(false, me),
             "8" => return false,
             _ => {

@@ -642,6 +642,21 @@ pub fn kind_words(k: wire::teller::EntryKind) -> &'static str {
 
 /// A fresh transfer id, made before the first send so every retry reuses it. Time
 /// first (UUIDv7 shape), so a branch's indexes grow at their end.
+/// Prints `bin`'s completion script for `shell`. clap_complete 4 names the bash
+/// functions of a hyphenated binary's nested subcommands two ways (`teller__cli__...`
+/// where it records the command line, `teller__subcmd__cli__...` where it completes),
+/// so nothing past the first word completed; the second spelling is mended here.
+pub fn print_completions(shell: clap_complete::Shell, command: &mut clap::Command, bin: &str) {
+    let mut script = Vec::new();
+    clap_complete::generate(shell, command, bin, &mut script);
+    let mut script = String::from_utf8_lossy(&script).into_owned();
+    if shell == clap_complete::Shell::Bash && bin.contains('-') {
+        let wrong = bin.replace('-', "__subcmd__");
+        script = script.replace(&wrong, &bin.replace('-', "__"));
+    }
+    print!("{script}");
+}
+
 pub fn new_transfer_id() -> wire::TransferId {
     let unix_ms = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

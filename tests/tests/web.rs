@@ -866,7 +866,7 @@ async fn bulk_payments_are_answered_line_by_line_and_safe_to_send_again() {
     let typo = csv.replace("20.00", "20.001");
     let p = br.post("/bulk", &[("csv", &typo)]).await;
     p.says(422, "invalid_input");
-    assert!(p.has("line 4") && p.has("nothing was sent"), "{}", p.body);
+    assert!(p.has("Line 4: ") && p.has("nothing was sent"), "{}", p.body);
     let balance = async || {
         let r = c.admin(0).await.expect("admin");
         match r.call(wire::teller::TellerOp::Balance { account: a }).await {
@@ -889,8 +889,28 @@ async fn bulk_payments_are_answered_line_by_line_and_safe_to_send_again() {
         assert!(p.has("Insufficient"), "{}", p.body);
         assert_eq!(balance().await, 10_000 - 3_000);
     }
+    // A list without ids: each line gets one, the same when the form is sent again (a
+    // resubmitted page), and the answer gives the list back with them.
+    let form = br.get("/bulk").await;
+    let batch = form
+        .attr("name=\"batch\" value")
+        .expect("the form's base id");
+    let plain = format!("from,to,amount\n{a},{b},1.00\n{a},{b},2.00\n");
+    let first = br
+        .post("/bulk", &[("batch", &batch), ("csv", &plain)])
+        .await;
+    assert_eq!(first.status, 200, "{}", first.body);
+    let made = bulk_rows(&first);
+    assert_eq!(made.len(), 2);
+    assert!(first.has("payments-with-ids.csv") && first.has(&made[1].1));
+    let again = br
+        .post("/bulk", &[("batch", &batch), ("csv", &plain)])
+        .await;
+    assert_eq!(bulk_rows(&again), made, "{}", again.body);
+    assert_eq!(balance().await, 10_000 - 3_000 - 300);
+    let made: Vec<TransferId> = made.iter().map(|(_, id)| id.parse().expect("id")).collect();
     let mut c = c;
-    let committed = [deposit, ids[0], ids[2]].into();
+    let committed = [deposit, ids[0], ids[2], made[0], made[1]].into();
     let report = check::finish(&mut c, &committed, SETTLE_BOUND).expect("audit");
     assert!(report.ok(), "{:?}", report.violations);
 }

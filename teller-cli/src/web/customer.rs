@@ -10,7 +10,7 @@ use axum::http::StatusCode;
 use axum::response::Response;
 use axum::routing::get;
 use maud::{Markup, html};
-use wire::teller::{EntryView, PageRequest, TellerOp};
+use wire::teller::{EntryView, PageRequest, Role, TellerOp};
 
 use crate::requests::Enrolled;
 use wire::twopc::TransferSpec;
@@ -133,7 +133,13 @@ fn money_fields(v: &Visit, kind: Kind, id: TransferId, f: &Fields) -> Markup {
         form.card method="post" action=(kind.path()) data-once data-wait=(v.wait_s()) {
             (csrf_field(v))
             input type="hidden" name="id" value=(id.to_string());
-            (pages::own_accounts("account", if kind == Kind::Transfer { "From account" } else { "Account" }, v.accounts()))
+            @let label = if kind == Kind::Transfer { "From account" } else { "Account" };
+            // An admin moves money on any account of the branch: typed, checked as typed.
+            @if v.role() == Some(Role::Admin) {
+                (pages::account_field("account", label, value("account")))
+            } @else {
+                (pages::own_accounts("account", label, v.accounts()))
+            }
             @if kind == Kind::Transfer { (pages::account_field("to", "To account", value("to"))) }
             (pages::amount_field(value("amount")))
             button type="submit" { (kind.title()) }
@@ -243,7 +249,7 @@ async fn send_money(
         p.asked { (asked) }
         (pages::money_answer(&v, kind.words(), &answer))
         @if let MoneyAnswer::NotDone { id, .. } = &answer { (money_fields(&v, kind, *id, &f)) }
-        p { a href=(kind.path()) { "New " (kind.words()) } " · " a href="/accounts" { "Accounts" } }
+        p { a href=(kind.path()) { "New " (kind.words()) } " · " a href="/" { "Accounts" } }
     };
     page(money_status(&answer), &v, kind.title(), body)
 }
@@ -348,7 +354,7 @@ fn otp_fields(v: &Visit) -> Markup {
     html! {
         form.card method="post" action="/otp" {
             (csrf_field(v))
-            @if v.role() == Some(wire::teller::Role::Admin) {
+            @if v.role() == Some(Role::Admin) {
                 label for="user" { "Login to enrol (blank for yourself)" }
                 input #user name="user" autocomplete="off";
             }

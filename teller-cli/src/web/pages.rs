@@ -63,6 +63,8 @@ fn nav(v: &Visit) -> Markup {
         Some(Role::Admin) => &[
             ("/admin/accounts", "Accounts"),
             ("/admin/transactions", "Transactions"),
+            ("/deposit", "Deposit"),
+            ("/withdraw", "Withdraw"),
             ("/admin/open", "Open account"),
             ("/admin/close", "Close account"),
             ("/bulk", "Bulk payments"),

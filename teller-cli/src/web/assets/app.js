@@ -1,7 +1,7 @@
 // BankMate web console: checks account numbers as they are typed (the same MOD 97-10
 // check digits the branch checks), stops a form being sent twice by a double click,
-// says how long a money form may still take (with a link to its status at once), and
-// shows times in the browser's time zone. The page works without it: the console
+// says how long a money form may still take (with a link to its status at once),
+// loads a bulk list from a CSV file, and shows times in the browser's time zone. The page works without it: the console
 // checks everything again, and times are in UTC.
 "use strict";
 
@@ -79,6 +79,23 @@ function sendOnce(form) {
   });
 }
 
+// A file input that loads a CSV file into the list's text area (to check and send).
+function csvFile(area) {
+  const input = document.createElement("input");
+  input.type = "file";
+  input.accept = ".csv,text/csv,text/plain";
+  input.setAttribute("aria-label", "Load the list from a CSV file");
+  input.addEventListener("change", () => {
+    const file = input.files && input.files[0];
+    if (!file) return;
+    if (file.size > 2 * 1024 * 1024) { alert("The file is larger than 2 MiB."); return; }
+    const reader = new FileReader();
+    reader.onload = () => { area.value = String(reader.result); };
+    reader.readAsText(file);
+  });
+  area.parentNode.insertBefore(input, area);
+}
+
 // A time in the browser's own time zone, to the second; UTC stays on hover.
 function localTime(el) {
   const at = new Date(el.getAttribute("datetime"));
@@ -92,4 +109,5 @@ document.addEventListener("DOMContentLoaded", () => {
   document.querySelectorAll("input[data-account]").forEach(watchAccount);
   document.querySelectorAll("form[data-once]").forEach(sendOnce);
   document.querySelectorAll("time[datetime]").forEach(localTime);
+  document.querySelectorAll("textarea[data-csv-file]").forEach(csvFile);
 });
