@@ -8,6 +8,7 @@ pub mod backup;
 pub mod init;
 pub mod layers;
 pub mod lock;
+pub mod logs;
 pub mod metrics;
 pub mod node;
 pub mod p2p;

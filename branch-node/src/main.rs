@@ -475,13 +475,14 @@ enum LogFormat {
 }
 
 /// Logs to stderr, filtered by RUST_LOG (default info): text with colours only when
-/// stderr is a terminal, or JSON lines.
+/// stderr is a terminal, or JSON lines; a warning or error that repeats is written
+/// once per 10 s with a count (`logs.rs`).
 fn init_logs(format: LogFormat) {
     use std::io::IsTerminal;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(branch_node::logs::QuietRepeats::new(std::io::stderr));
     match format {
         LogFormat::Json => logs.json().init(),
         LogFormat::Text => logs.with_ansi(std::io::stderr().is_terminal()).init(),

@@ -58,6 +58,9 @@ pub fn parse(text: &str) -> Result<Vec<BatchLine>, FileProblems> {
     parse_with(text, None)
 }
 
+/// Gives a line without an id (its number and text) an id.
+pub type NewId<'a> = dyn FnMut(usize, &str) -> TransferId + 'a;
+
 /// As [`parse`]; with `new_id`, a line of three fields (`from,to,amount`, under an
 /// optional header `from,to,amount`) gets an id from it (given the line's number and
 /// text: [`derived_id`]). Only for a caller that hands
@@ -65,7 +68,7 @@ pub fn parse(text: &str) -> Result<Vec<BatchLine>, FileProblems> {
 /// new payments.
 pub fn parse_with(
     text: &str,
-    mut new_id: Option<&mut dyn FnMut(usize, &str) -> TransferId>,
+    mut new_id: Option<&mut NewId<'_>>,
 ) -> Result<Vec<BatchLine>, FileProblems> {
     let mut lines = Vec::new();
     let mut problems = Vec::new();

@@ -40,7 +40,7 @@ fn admin(v: &mut Visit) -> Result<&mut Teller, Response> {
             StatusCode::FORBIDDEN,
             v,
             "Not for this login",
-            error_box(&v, &refused),
+            error_box(v, &refused),
         ));
     }
     logged_in(v)
