@@ -21,6 +21,8 @@ use serde_json::json;
 use wire::{AccountNumber, TransferId};
 
 const PASSWORD: &str = "browser-customer-pw";
+/// With "Grace ", a customer name of 70 characters.
+const LONG_NAME: &str = "Browser-Longfellow-Whitmore-Abernathy-Castellanos-Featherstoneha";
 const SETTLE_BOUND: Duration = Duration::from_secs(30);
 /// How long a page or a process may take to appear.
 const APPEAR: Duration = Duration::from_secs(30);
@@ -173,6 +175,48 @@ impl Screen {
         std::fs::write(&path, png).expect("save screenshot");
     }
 
+    /// Asserts that the page on screen fits its window's width: neither the page nor
+    /// any of its tables scrolls sideways.
+    async fn fits(&self, what: &str) {
+        let widths = self
+            .b
+            .execute(
+                "const d = document.documentElement; \
+                 const t = Array.from(document.querySelectorAll('table')) \
+                   .map(t => t.scrollWidth - t.clientWidth); \
+                 return [d.scrollWidth, window.innerWidth, Math.max(0, ...t)];",
+                Vec::new(),
+            )
+            .await
+            .expect("script");
+        let w: Vec<u64> = serde_json::from_value(widths).expect("numbers");
+        assert!(
+            w[0] <= w[1] && w[2] <= 1,
+            "{what} scrolls sideways: page {} in a window of {}, a table by {}",
+            w[0],
+            w[1],
+            w[2]
+        );
+    }
+
+    /// Opens each of `paths` at phone width (375 px), checks it fits and keeps its
+    /// screenshot; then back to the laptop's 1280 px.
+    async fn at_phone_width(&mut self, paths: &[(&str, &str)]) {
+        self.b.set_window_size(375, 812).await.expect("phone width");
+        for (path, wait_for) in paths {
+            self.open(path).await;
+            self.find(wait_for).await;
+            let page = path.split('?').next().unwrap_or(path);
+            let name = format!("phone{}", page.replace('/', "-"));
+            self.shot(&name).await;
+            self.fits(path).await;
+        }
+        self.b
+            .set_window_size(1280, 900)
+            .await
+            .expect("laptop width");
+    }
+
     /// The outcome of the money answer on screen, with its id.
     async fn outcome(&self) -> (String, TransferId) {
         let outcome = self.attr(".outcome", "data-outcome").await;
@@ -262,6 +306,14 @@ async fn customer_session(s: &mut Screen, a: AccountNumber, b: AccountNumber) ->
     assert_eq!(outcome, "refused");
     assert_eq!(s.attr(".problem", "data-code").await, "insufficient_funds");
     s.shot("withdraw-refused").await;
+    let status = format!("/status?id={}", committed[1]);
+    s.at_phone_width(&[
+        ("/accounts", "table"),
+        ("/history", "table.entries"),
+        ("/transfer", "form[action='/transfer']"),
+        (&status, ".outcome"),
+    ])
+    .await;
     s.submit("header form[action='/logout']").await;
     s.find("form[action='/login']").await;
     committed
@@ -282,7 +334,8 @@ async fn admin_session(s: &mut Screen, a: AccountNumber, b: AccountNumber) -> Ve
     s.open("/admin/open").await;
     for (field, value) in [
         ("#first_name", "Grace"),
-        ("#last_name", "Browser"),
+        // 70 characters in all: the accounts list must still fit a laptop's screen.
+        ("#last_name", LONG_NAME),
         ("#national_id", "BROWSER-1"),
         ("#phone", "+46 70 555"),
         ("#password", "grace-browser-pw"),
@@ -301,6 +354,10 @@ async fn admin_session(s: &mut Screen, a: AccountNumber, b: AccountNumber) -> Ve
         .and_then(|t| t.parse().ok())
         .unwrap_or_else(|| panic!("an account number in {said:?}"));
     s.shot("admin-opened").await;
+    s.open("/admin/accounts").await;
+    s.wait_text("table.accounts", "Grace", false).await;
+    s.shot("admin-accounts-long-name").await;
+    s.fits("the accounts list with a 70-character name").await;
 
     s.open("/admin/close").await;
     s.fill("#account", &number.to_string()).await;
@@ -325,10 +382,15 @@ async fn admin_session(s: &mut Screen, a: AccountNumber, b: AccountNumber) -> Ve
     s.open("/admin/transactions?scope=network").await;
     s.find("table.entries").await;
     s.shot("admin-transactions").await;
-    s.b.set_window_size(390, 844).await.expect("phone width");
-    s.open("/admin/accounts?scope=network").await;
-    s.find("table.accounts").await;
-    s.shot("admin-accounts-phone").await;
+    s.fits("the network's transactions").await;
+    s.at_phone_width(&[
+        ("/admin/accounts?scope=network", "table.accounts"),
+        ("/admin/transactions?scope=network", "table.entries"),
+        ("/bulk", "form[action='/bulk']"),
+        ("/deposit", "form[action='/deposit']"),
+        ("/admin/open", "form[action='/admin/open']"),
+    ])
+    .await;
     vec![paid]
 }
 

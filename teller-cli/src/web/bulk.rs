@@ -88,7 +88,7 @@ async fn form(visitor: Visitor) -> Response {
     if let Err(r) = logged_in(&mut v) {
         return r;
     }
-    let body = fields(&v, "id,from,to,amount\n");
+    let body = fields(&v, "from,to,amount\n");
     page(StatusCode::OK, &v, TITLE, body)
 }
 
