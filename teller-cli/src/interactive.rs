@@ -391,6 +391,15 @@ async fn customer_menu(
         }) else {
             return true;
         };
+        if let TellerOp::Transfer(spec) = &op {
+            let Ok(go) = confirm_payee(teller, spec.to).await else {
+                return true;
+            };
+            if !go {
+                println!("  Not sent.");
+                continue;
+            }
+        }
         if op.money_id().is_some() {
             let answer = money::send(teller, op, policy).await;
             show_money(&answer, &teller.target.names());
@@ -404,6 +413,35 @@ async fn customer_menu(
                 crate::output::Printer::default().response(&r)
             }
             _ => {}
+        }
+    }
+}
+
+/// Shows whom a transfer to `to` pays (the owner's masked name, as the bank knows the
+/// account) and asks whether to send it. An account the bank does not know, or a
+/// closed one, is said and not sent; when the name cannot be had now, the teller is
+/// told so and may still send.
+async fn confirm_payee(teller: &mut Teller, to: AccountNumber) -> Result<bool, Eof> {
+    let names = teller.target.names();
+    match teller.payee(to).await {
+        Ok(p) if p.open => ask_parsed(
+            &format!("  pays {} ({to}); send it? (Y/N): ", p.name),
+            yes_no,
+        ),
+        Ok(_) => {
+            println!("  {}", say::sentence("account_closed", &Default::default()));
+            Ok(false)
+        }
+        Err(e @ TellerError::Refused(_)) => {
+            println!("  {}", say::error(&e, &names));
+            Ok(false)
+        }
+        Err(e) => {
+            println!(
+                "  Could not confirm whom {to} belongs to: {}",
+                say::error(&e, &names)
+            );
+            ask_parsed("  send it anyway? (Y/N): ", yes_no)
         }
     }
 }

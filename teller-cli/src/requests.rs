@@ -33,6 +33,15 @@ pub struct Accounts {
     pub unreachable: Vec<BranchId>,
 }
 
+/// Whom a transfer to an account pays: its owner's name as the bank masks it, and
+/// whether the account is open.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Payee {
+    pub account: AccountNumber,
+    pub name: String,
+    pub open: bool,
+}
+
 /// A login enrolled for one-time codes, and the `otpauth://` URI to give an app.
 #[derive(Debug, Clone)]
 pub struct Enrolled {
@@ -47,6 +56,23 @@ impl Teller {
         match self.call_renewing(op).await? {
             TellerResponse::Account(a) => Ok(a),
             other => Err(TellerError::unexpected("balance", &other)),
+        }
+    }
+
+    /// Whom a transfer to `account` would pay (the owner's masked name), to confirm
+    /// before sending; nothing moves. A few dozen a minute per login.
+    pub async fn payee(&mut self, account: AccountNumber) -> Result<Payee, TellerError> {
+        match self.call_renewing(TellerOp::Payee { account }).await? {
+            TellerResponse::Payee {
+                account,
+                name,
+                open,
+            } => Ok(Payee {
+                account,
+                name,
+                open,
+            }),
+            other => Err(TellerError::unexpected("payee", &other)),
         }
     }
 

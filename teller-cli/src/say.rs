@@ -73,6 +73,14 @@ pub const INTERNAL_WORDS: &[&str] = &[
 pub fn internal_word(text: &str) -> Option<&'static str> {
     let lower = text.to_lowercase();
     INTERNAL_WORDS.iter().copied().find(|w| {
+        if *w == "::" {
+            // A Rust path (`Foo::Bar`), not an IPv6 address such as `::1`.
+            return text.match_indices("::").any(|(at, _)| {
+                let before = text[..at].chars().next_back();
+                let after = text[at + 2..].chars().next();
+                before.is_some_and(char::is_alphabetic) && after.is_some_and(char::is_alphabetic)
+            });
+        }
         if !w.chars().all(|c| c.is_ascii_alphabetic() || c == ' ') {
             return text.contains(w) || lower.contains(w);
         }
@@ -216,7 +224,10 @@ pub fn error(e: &TellerError, names: &Names) -> String {
             refusal(r.code()).map_or_else(|| capitalised(&r.to_string()), str::to_owned)
         }
         TellerError::LoginNotDone(inner) => {
-            format!("Could not log in. {}", error(inner, names))
+            format!(
+                "Could not log in, so the command was not sent. {}",
+                error(inner, names)
+            )
         }
         e => sentence(e.code(), &context(e, names)),
     }
@@ -360,6 +371,8 @@ mod tests {
             None
         );
         assert_eq!(internal_word("Please wait; devoted upstreams"), None);
+        assert_eq!(internal_word("listens on 127.0.0.1 or ::1 only"), None);
+        assert_eq!(internal_word("openraft::replication failed"), Some("::"));
     }
 
     #[test]

@@ -355,7 +355,7 @@ fn every_subcommand_against_three_branches() {
             &["admin", "transactions", "--network", "--cursor", "1:x"],
         ),
     )
-    .refused(3, "page cursor");
+    .refused(EXIT_USAGE, "page cursor");
     // A network cursor without --network, or a branch's --before with it: usage errors.
     for args in [
         &["admin", "transactions", "--cursor", "1:2"][..],
@@ -372,7 +372,7 @@ fn every_subcommand_against_three_branches() {
         &net,
         &admin("b1", &["admin", "transactions", "--since", "2026-02-30"]),
     )
-    .refused(3, "is not a date");
+    .refused(EXIT_USAGE, "is not a date");
     cli(
         &net,
         &admin(
@@ -387,7 +387,7 @@ fn every_subcommand_against_three_branches() {
             ],
         ),
     )
-    .refused(3, "--until is before --since");
+    .refused(EXIT_USAGE, "--until is before --since");
 
     // Close an empty account; it can no longer log in.
     let empty = open_account(&net, "b3", "CLI-C");
@@ -770,6 +770,13 @@ fn customer_menu_in_a_terminal() {
     step(&mut p, "choice: ", "4");
     step(&mut p, "receiver account: ", &b);
     step(&mut p, "amount: ", "30");
+    // Whom it pays is shown first, masked as banks do; "n" sends nothing.
+    step(&mut p, "pays Ada P. (", "n");
+    p.exp_string("Not sent.").expect("not sent");
+    step(&mut p, "choice: ", "4");
+    step(&mut p, "receiver account: ", &b);
+    step(&mut p, "amount: ", "30");
+    step(&mut p, "send it? (Y/N): ", "y");
     p.exp_string("Done").expect("transfer done");
     step(&mut p, "choice: ", "5");
     p.exp_string("other account").expect("history table");
@@ -1020,7 +1027,7 @@ fn a_teller_with_an_identity_stays_trusted_while_strangers_are_throttled() {
             _ => r.refused(3, "wrong user or password"),
         }
     }
-    stranger("CUST_PW").refused(4, "too many failed logins");
+    stranger("CUST_PW").refused(4, "too many wrong passwords");
     // The trusted counter is not slowed down by them.
     assert!(mine("CUST_PW").ok().contains("0.00"));
 }

@@ -349,7 +349,31 @@ async fn a_customer_moves_money_and_every_answer_is_the_truth() {
         ("to", &b_text),
         ("amount", "250.50"),
     ];
+    // First, whom it pays, masked as banks show it; nothing is sent yet.
     let p = br.post("/transfer", &fields).await;
+    assert_eq!(p.status, 200, "{}", p.body);
+    assert_eq!(
+        p.attr("data-payee").as_deref(),
+        Some("Test W."),
+        "{}",
+        p.body
+    );
+    assert!(p.attr("data-outcome").is_none(), "not sent yet: {}", p.body);
+    // An account the bank does not know is said at once, and nothing is sent.
+    let nobody = AccountNumber::new(wire::BranchId(2), 999_999)
+        .expect("number")
+        .to_string();
+    let unknown_to = [fields[0], fields[1], ("to", &nobody), fields[3]];
+    let p = br.post("/transfer", &unknown_to).await;
+    p.says(422, "unknown_account");
+    let confirmed = [
+        fields[0],
+        fields[1],
+        fields[2],
+        fields[3],
+        ("confirmed", "yes"),
+    ];
+    let p = br.post("/transfer", &confirmed).await;
     let (outcome, transfer) = told.note(Kind::Cross, a, &p);
     assert_eq!(outcome, "committed", "{}", p.body);
     // The answer comes once the decision is durable; the legs apply just after it.
@@ -463,6 +487,7 @@ async fn a_customer_moves_money_and_every_answer_is_the_truth() {
         ("account", &a_text),
         ("to", &b_text),
         ("amount", "10"),
+        ("confirmed", "yes"),
     ];
     let p = br.post("/transfer", &fields).await;
     c.resume(1).expect("resume b2");
@@ -1006,6 +1031,7 @@ async fn a_login_and_a_transfer_ride_out_a_paused_leader() {
         ("account", &a_text),
         ("to", &b_text),
         ("amount", "12.00"),
+        ("confirmed", "yes"),
     ];
     let p = br.post("/transfer", &fields).await;
     assert_eq!(told.note(Kind::Cross, a, &p).0, "committed", "{}", p.body);

@@ -289,6 +289,10 @@ async fn customer_session(s: &mut Screen, a: AccountNumber, b: AccountNumber) ->
     s.fill("#to", &good).await;
     assert_eq!(s.text("#to-hint").await, "account number looks right");
     s.submit("form[action='/transfer']").await;
+    // Whom it pays, confirmed before anything is sent.
+    s.wait_text(".payee", "This pays", false).await;
+    s.shot("transfer-confirm").await;
+    s.submit("form[action='/transfer']").await;
     let (outcome, id) = s.outcome().await;
     assert_eq!(outcome, "committed");
     committed.push(id);

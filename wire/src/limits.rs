@@ -110,6 +110,15 @@ pub const LOGIN_TRUST_MS: u64 = 30 * 24 * 60 * 60 * 1_000;
 /// Most logins, peers and trusted pairs each throttle table keeps.
 pub const LOGIN_THROTTLE_KEYS_MAX: usize = 100_000;
 
+/// Payee lookups (whose name a transfer would pay) one login may make per
+/// [`PAYEE_WINDOW_MS`]: enough for a person confirming transfers, too few to read the
+/// bank's customer names by trying account numbers.
+pub const PAYEE_LOOKUPS_PER_WINDOW: u32 = 30;
+/// The window [`PAYEE_LOOKUPS_PER_WINDOW`] counts in.
+pub const PAYEE_WINDOW_MS: u64 = 60_000;
+/// Most logins the payee lookup counts are kept for (about 100 bytes each).
+pub const PAYEE_LOGINS_MAX: usize = 10_000;
+
 /// Password checks (argon2, ~60 ms and 19 MiB each) that may wait for a core, per core;
 /// a login beyond that is told "overloaded" at once.
 pub const PASSWORD_CHECKS_WAITING_PER_CORE: usize = 8;

@@ -7,6 +7,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::account::AccountNumber;
 use crate::fence::RecoverCursor;
 use crate::ids::{BranchId, TransferId};
 use crate::refusal::Refusal;
@@ -86,6 +87,13 @@ pub enum ForwardRequest {
         request: TellerRequest,
         expires_at_ms: u64,
     },
+    /// A teller of the asking branch confirms whom a transfer to `account` (an account
+    /// of this branch) pays. Answered [`LinkResponse::Payee`], or refused
+    /// `account_not_found`.
+    Payee {
+        #[cfg_attr(test, proptest(strategy = "crate::account::tests::any_account()"))]
+        account: AccountNumber,
+    },
 }
 
 /// The answer to a [`LinkRequest`].
@@ -116,6 +124,11 @@ pub enum LinkResponse {
     },
     Fence(crate::fence::ClaimAnswer),
     Recovered(crate::fence::RecoveredPage),
+    /// The masked name of an account's owner, and whether it is open.
+    Payee {
+        name: String,
+        open: bool,
+    },
 }
 
 /// Why a branch refused an envelope or a link request. Nothing in its store changed.

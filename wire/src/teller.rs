@@ -282,6 +282,13 @@ pub enum TellerOp {
         user: String,
         secret: crate::login_box::SealedSecret,
     },
+    /// Whom a transfer to `account` would pay, to confirm before sending: the owner's
+    /// name as the bank knows it, masked ([`masked_name`]), and whether the account is
+    /// open. Asked of the account's branch; lookups per login are limited.
+    Payee {
+        #[cfg_attr(test, proptest(strategy = "crate::account::tests::any_account()"))]
+        account: AccountNumber,
+    },
 }
 
 /// A request: the session (absent only for `Login`), the operation, and the teller's
@@ -330,6 +337,22 @@ pub struct AccountView {
     pub contact: ContactView,
 }
 
+/// A name masked the way banks show a payee: the first word whole, every other word by
+/// its initial ("Asha Rao" -> "Asha R."). Enough to confirm whom a transfer pays,
+/// without handing out the whole name to anyone who has an account number.
+pub fn masked_name(full: &str) -> String {
+    let mut words = full.split_whitespace();
+    let mut out = words.next().unwrap_or_default().to_owned();
+    for w in words {
+        if let Some(initial) = w.chars().next() {
+            out.push(' ');
+            out.push(initial);
+            out.push('.');
+        }
+    }
+    out
+}
+
 impl TellerOp {
     /// The operation's name, as logs and the authorization table say it.
     pub fn name(&self) -> &'static str {
@@ -353,6 +376,7 @@ impl TellerOp {
             TellerOp::Reconcile { .. } => "reconcile",
             TellerOp::TransferBatch { .. } => "transfer-batch",
             TellerOp::SealedLogin { .. } => "login",
+            TellerOp::Payee { .. } => "payee",
         }
     }
 
@@ -547,6 +571,14 @@ pub enum TellerResponse {
     Unavailable(Unavailable),
     /// The answer to a `TransferBatch`: one line per transfer, in the request's order.
     Receipts(Vec<LineReceipt>),
+    /// The answer to a `Payee`: the owner's masked name, and whether the account is
+    /// open (a closed one takes no transfer).
+    Payee {
+        #[cfg_attr(test, proptest(strategy = "crate::account::tests::any_account()"))]
+        account: AccountNumber,
+        name: String,
+        open: bool,
+    },
 }
 
 impl TellerResponse {
@@ -570,6 +602,7 @@ impl TellerResponse {
             TellerResponse::Refused(_) => "refused",
             TellerResponse::Unavailable(_) => "unavailable",
             TellerResponse::Receipts(_) => "receipts",
+            TellerResponse::Payee { .. } => "payee",
         }
     }
 }
@@ -711,7 +744,8 @@ impl TellerRequest {
             | TellerOp::TransferStatus { .. }
             | TellerOp::Trace { .. }
             | TellerOp::InDoubt
-            | TellerOp::Reconcile { .. } => Ok(()),
+            | TellerOp::Reconcile { .. }
+            | TellerOp::Payee { .. } => Ok(()),
             TellerOp::ListAccounts { page, .. } => ok_or(
                 (1..=PAGE_ROWS_MAX).contains(&page.limit),
                 Refusal::InvalidInput,
@@ -750,6 +784,18 @@ fn customer_ok(c: &NewCustomer) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn payee_names_show_the_first_word_and_initials() {
+        assert_eq!(masked_name("Asha Rao"), "Asha R.");
+        assert_eq!(
+            masked_name("  Grace  Brewster Murray Hopper "),
+            "Grace B. M. H."
+        );
+        assert_eq!(masked_name("Cher"), "Cher");
+        assert_eq!(masked_name("Åsa Öberg"), "Åsa Ö.");
+        assert_eq!(masked_name(""), "");
+    }
 
     #[test]
     fn national_ids_leave_masked() {

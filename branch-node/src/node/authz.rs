@@ -13,12 +13,15 @@
 //! | list accounts / transactions, trace, in-doubt, reconcile, set-link-fault | no | yes                  |
 //! | enroll-otp (for `user`)                           | own login           | a login of the issuing branch  |
 //! | transfer-batch                                    | each line as a transfer[^2] | each line as a transfer |
+//! | payee (whom a transfer to an account pays)        | yes, limited[^3]    | yes, limited                   |
 //!
 //! [^1]: for a transfer, the account money leaves (`from`); it may go anywhere. A
 //! customer's deposit is at most the branch's limit ([`deposit_within`]).
 //! [^2]: the batch needs a session; each line is then checked with [`may_touch`] on
 //! its `from`, and a line refused `unauthorized` never reaches the store while the
 //! others go on.
+//! [^3]: any account of the network: the owner's masked name, at most
+//! `PAYEE_LOOKUPS_PER_WINDOW` a minute per login (`lookups.rs`).
 
 use wire::teller::{Role, TellerOp};
 use wire::{AccountNumber, Amount, BranchId, Refusal};
@@ -46,7 +49,8 @@ pub fn access(op: &TellerOp) -> Access {
         TellerOp::Login { .. }
         | TellerOp::SealedLogin { .. }
         | TellerOp::Logout
-        | TellerOp::TransferBatch { .. } => Access::Session,
+        | TellerOp::TransferBatch { .. }
+        | TellerOp::Payee { .. } => Access::Session,
         TellerOp::Balance { account }
         | TellerOp::History { account, .. }
         | TellerOp::Deposit { account, .. }

@@ -11,6 +11,7 @@ pub mod guard;
 pub mod link;
 pub mod listing;
 pub mod logins;
+pub mod lookups;
 pub mod notifier;
 pub mod phases;
 pub mod readiness;
@@ -160,6 +161,7 @@ async fn service(
         fault_switch: node.cfg.fault_switch,
         key: Arc::clone(&node.key),
         lease: lease.clone(),
+        lookups: Mutex::default(),
     })
 }
 

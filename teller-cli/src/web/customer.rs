@@ -20,7 +20,7 @@ use super::pages::{self, csrf_field, error_box, page};
 use super::visits::{Visit, Visitor};
 use super::{Fields, Web, logged_in};
 use crate::money::{self, MoneyAnswer};
-use crate::{TellerError, new_transfer_id};
+use crate::{TellerError, new_transfer_id, say};
 
 /// Rows per history page.
 const HISTORY_ROWS: u32 = 25;
@@ -243,6 +243,14 @@ async fn send_money(
         Ok(t) => t,
         Err(r) => return r,
     };
+    // A transfer is confirmed first: whom it pays, as the bank knows the account.
+    if let TellerOp::Transfer(spec) = &op
+        && f.get("confirmed").map(String::as_str) != Some("yes")
+    {
+        let spec = *spec;
+        let payee = teller.payee(spec.to).await;
+        return confirm_transfer(&v, &op, spec, payee, &f);
+    }
     let asked = asked(&op);
     let answer = money::send(teller, op, &web.policy).await;
     let body = html! {
@@ -252,6 +260,62 @@ async fn send_money(
         p { a href=(kind.path()) { "New " (kind.words()) } " · " a href="/" { "Accounts" } }
     };
     page(money_status(&answer), &v, kind.title(), body)
+}
+
+/// The page that asks to confirm a transfer: whom it pays (the payee's masked name),
+/// with the form's fields (its id too) to send it, or the form again to change it. An
+/// account the bank does not know, or a closed one, is said at once and nothing is
+/// sent; when the name cannot be had now (a branch out of reach, too many lookups),
+/// the page says so and the teller may still send.
+fn confirm_transfer(
+    v: &Visit,
+    op: &TellerOp,
+    spec: TransferSpec,
+    payee: Result<crate::requests::Payee, TellerError>,
+    f: &Fields,
+) -> Response {
+    let kind = Kind::Transfer;
+    let refused = match &payee {
+        Err(e @ TellerError::Refused(_)) => Some(error_box(v, e)),
+        Ok(p) if !p.open => Some(pages::problem_box(
+            "account_closed",
+            &say::sentence("account_closed", &say::Context::default()),
+        )),
+        _ => None,
+    };
+    if let Some(problem) = refused {
+        let body = html! { (problem) (money_fields(v, kind, spec.id, f)) };
+        return page(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            v,
+            "Check the transfer",
+            body,
+        );
+    }
+    let body = html! {
+        p.asked { (asked(op)) }
+        @match &payee {
+            Ok(p) => div.payee data-payee=(p.name) {
+                p { "This pays " strong { (p.name) } ", the holder of " (spec.to.to_string())
+                    " as the bank knows them. Is that whom you mean to pay?" }
+            },
+            Err(e) => div.payee data-payee="" {
+                (error_box(v, e))
+                p { "The bank could not say whom " (spec.to.to_string()) " belongs to just now: check the number before you send." }
+            },
+        }
+        form.card method="post" action=(kind.path()) data-once data-wait=(v.wait_s()) {
+            (csrf_field(v))
+            input type="hidden" name="id" value=(spec.id.to_string());
+            input type="hidden" name="account" value=(spec.from.to_string());
+            input type="hidden" name="to" value=(spec.to.to_string());
+            input type="hidden" name="amount" value=(spec.amount.to_string());
+            input type="hidden" name="confirmed" value="yes";
+            button type="submit" { "Send the transfer" }
+        }
+        p { a href=(kind.path()) { "Change it" } " (nothing has been sent)" }
+    };
+    page(StatusCode::OK, v, "Confirm the transfer", body)
 }
 
 /// A table of ledger entries, newest first, dates in UTC.

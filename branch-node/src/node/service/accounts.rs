@@ -1,5 +1,6 @@
-//! Accounts: opening and closing them, listing them here and across the network, and
-//! the admins' fault switch.
+//! Accounts: opening and closing them, listing them here and across the network,
+//! confirming whom a transfer pays (a payee's masked name), and the admins' fault
+//! switch.
 
 use libp2p::PeerId;
 use wire::link::{ForwardRequest, LinkResponse};
@@ -76,6 +77,51 @@ impl Service {
     }
 
     /// A page of this branch's accounts after serial `after_serial`.
+    /// Whom a transfer to `account` pays: its owner's masked name and whether it is
+    /// open; asked of the account's branch. At most `PAYEE_LOOKUPS_PER_WINDOW` a
+    /// window per login (then `throttled`, with the wait).
+    pub(super) async fn payee(&self, session: &SessionInfo, account: AccountNumber) -> Answer {
+        let admitted = self
+            .lookups
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .admit(&session.login, now_ms());
+        if let Err(retry_after_ms) = admitted {
+            return Err(Unavailable::Throttled { retry_after_ms }.into());
+        }
+        let (name, open) = if account.branch() == self.me {
+            self.local_payee(account).await?
+        } else {
+            match self
+                .link(account.branch(), ForwardRequest::Payee { account })
+                .await?
+            {
+                LinkResponse::Payee { name, open } => (name, open),
+                _ => return Err(Unavailable::NoAnswer(account.branch()).into()),
+            }
+        };
+        Ok(TellerResponse::Payee {
+            account,
+            name,
+            open,
+        })
+    }
+
+    /// This branch's account `account`: its owner's masked name and whether it is open.
+    pub(super) async fn local_payee(&self, account: AccountNumber) -> Result<(String, bool), Fail> {
+        if account.branch() != self.me {
+            return Err(Refusal::AccountNotFound.into());
+        }
+        let view = self
+            .reader
+            .read(move |c, me| bank::view(c, me, account))
+            .await
+            .map_err(store_failed)?
+            .ok_or(Refusal::AccountNotFound)?;
+        let open = view.status == wire::teller::AccountStatus::Open;
+        Ok((wire::teller::masked_name(&view.owner_name), open))
+    }
+
     pub(super) async fn local_accounts(
         &self,
         after_serial: u32,

@@ -109,6 +109,10 @@ impl Service {
                 let passed = (teller, request, expires_at_ms);
                 self.passed_on(from, passed, Origin::OwnReplica).await
             }
+            ForwardRequest::Payee { account } => match self.local_payee(account).await {
+                Ok((name, open)) => LinkResponse::Payee { name, open },
+                Err(r) => refused(r),
+            },
             ForwardRequest::Outcome { id } => match self.own_outcome(id).await {
                 Ok(state) => LinkResponse::Outcome(state),
                 Err(r) => refused(r),

@@ -73,6 +73,8 @@ pub struct Service {
     pub(crate) key: Arc<wire::BranchKey>,
     /// This copy's fence lease: no money moves, and no change is answered, without it.
     pub(crate) lease: super::fence::Lease,
+    /// Payee lookups per login (`lookups.rs`).
+    pub(crate) lookups: Mutex<super::lookups::Lookups>,
 }
 
 /// Where a teller request came from: this decides whether it may be passed on and
@@ -363,6 +365,7 @@ impl Service {
             },
             TellerOp::SetLinkFault { branch, fault } => self.set_link_fault(branch, fault).await,
             TellerOp::TransferBatch { transfers } => self.transfer_batch(session, transfers).await,
+            TellerOp::Payee { account } => self.payee(session, account).await,
         }
     }
 }
