@@ -3,7 +3,7 @@
 //! each layer can be read, tested and changed knowing only what lies below it. The
 //! test at the bottom reads every source file and holds the code to this table.
 //!
-//! From the bottom: `metrics`, `totp` and `lock` are leaves; `store` (SQLite, the
+//! From the bottom: `metrics`, `totp`, `lock` and `logs` are leaves; `store` (SQLite, the
 //! writer, the records) knows nothing of the network or the node; `p2p` (the swarm)
 //! knows nothing of the store; `replica` (Raft) builds on both; `init` makes data
 //! dirs; `node` runs a branch; `backup`, `restore` and `verify` are the operator's
@@ -14,6 +14,7 @@ pub const LAYERS: &[(&str, &[&str])] = &[
     ("metrics", &[]),
     ("totp", &[]),
     ("lock", &[]),
+    ("logs", &[]),
     ("store", &["metrics", "totp"]),
     ("p2p", &["metrics"]),
     ("replica", &["metrics", "store", "p2p"]),

@@ -372,7 +372,7 @@ mod tests {
         );
         assert_eq!(internal_word("Please wait; devoted upstreams"), None);
         assert_eq!(internal_word("listens on 127.0.0.1 or ::1 only"), None);
-        assert_eq!(internal_word("openraft::replication failed"), Some("::"));
+        assert_eq!(internal_word("teller_cli::Teller failed"), Some("::"));
     }
 
     #[test]
