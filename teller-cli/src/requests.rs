@@ -76,6 +76,15 @@ impl Teller {
         }
     }
 
+    /// The login's own accounts as they are now, with balances (one opened since the
+    /// login included); an admin has none.
+    pub async fn own_accounts(&mut self) -> Result<Vec<AccountView>, TellerError> {
+        match self.call_renewing(TellerOp::OwnAccounts).await? {
+            TellerResponse::Accounts { accounts, .. } => Ok(accounts),
+            other => Err(TellerError::unexpected("own-accounts", &other)),
+        }
+    }
+
     /// A page of one account's history.
     pub async fn history(
         &mut self,

@@ -512,6 +512,38 @@ async fn a_customer_moves_money_and_every_answer_is_the_truth() {
     let p = br.get("/accounts").await;
     assert_eq!(p.status, 200, "still logged in after the flood: {}", p.body);
 
+    // An account opened for this customer after the login shows on the accounts page,
+    // and the money forms take it.
+    let mut admin = c.admin(0).await.expect("admin");
+    let customer = wire::teller::NewCustomer {
+        national_id: "WEB-A".into(),
+        phone: "+1 555 0100".into(),
+        first_name: "Test".into(),
+        last_name: "WEB-A".into(),
+        sms_opt_in: false,
+    };
+    let second = admin
+        .open_account(customer, PASSWORD.into(), Some(a))
+        .await
+        .expect("a second account")
+        .number;
+    let p = br.get("/accounts").await;
+    assert!(p.has(&format!("data-balance=\"{second}\"")), "{}", p.body);
+    let id = br.form_id("/deposit").await;
+    let second_text = second.to_string();
+    let fields = [
+        ("id", id.as_str()),
+        ("account", &second_text),
+        ("amount", "5"),
+    ];
+    let p = br.post("/deposit", &fields).await;
+    assert_eq!(
+        told.note(Kind::Deposit, second, &p).0,
+        "committed",
+        "{}",
+        p.body
+    );
+
     // Logging out ends the visit's login: its cookie no longer opens a screen.
     let p = br.post("/logout", &[]).await;
     assert_eq!(p.location.as_deref(), Some("/login"));

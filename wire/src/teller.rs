@@ -289,6 +289,10 @@ pub enum TellerOp {
         #[cfg_attr(test, proptest(strategy = "crate::account::tests::any_account()"))]
         account: AccountNumber,
     },
+    /// The session's own accounts as they are now (one opened since the login
+    /// included, and from then on usable by the session), answered as `Accounts`. An
+    /// admin has none.
+    OwnAccounts,
 }
 
 /// A request: the session (absent only for `Login`), the operation, and the teller's
@@ -377,6 +381,7 @@ impl TellerOp {
             TellerOp::TransferBatch { .. } => "transfer-batch",
             TellerOp::SealedLogin { .. } => "login",
             TellerOp::Payee { .. } => "payee",
+            TellerOp::OwnAccounts => "own-accounts",
         }
     }
 
@@ -745,7 +750,8 @@ impl TellerRequest {
             | TellerOp::Trace { .. }
             | TellerOp::InDoubt
             | TellerOp::Reconcile { .. }
-            | TellerOp::Payee { .. } => Ok(()),
+            | TellerOp::Payee { .. }
+            | TellerOp::OwnAccounts => Ok(()),
             TellerOp::ListAccounts { page, .. } => ok_or(
                 (1..=PAGE_ROWS_MAX).contains(&page.limit),
                 Refusal::InvalidInput,

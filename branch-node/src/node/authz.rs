@@ -14,6 +14,7 @@
 //! | enroll-otp (for `user`)                           | own login           | a login of the issuing branch  |
 //! | transfer-batch                                    | each line as a transfer[^2] | each line as a transfer |
 //! | payee (whom a transfer to an account pays)        | yes, limited[^3]    | yes, limited                   |
+//! | own-accounts                                      | own accounts, now   | none                           |
 //!
 //! [^1]: for a transfer, the account money leaves (`from`); it may go anywhere. A
 //! customer's deposit is at most the branch's limit ([`deposit_within`]).
@@ -50,7 +51,8 @@ pub fn access(op: &TellerOp) -> Access {
         | TellerOp::SealedLogin { .. }
         | TellerOp::Logout
         | TellerOp::TransferBatch { .. }
-        | TellerOp::Payee { .. } => Access::Session,
+        | TellerOp::Payee { .. }
+        | TellerOp::OwnAccounts => Access::Session,
         TellerOp::Balance { account }
         | TellerOp::History { account, .. }
         | TellerOp::Deposit { account, .. }

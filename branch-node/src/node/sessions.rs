@@ -188,6 +188,14 @@ impl Sessions {
         }
     }
 
+    /// The session behind `token` acts on `accounts` from now on (its customer's
+    /// accounts as the store has them: one opened since the login included).
+    pub fn set_accounts(&mut self, token: SessionToken, accounts: Vec<AccountNumber>) {
+        if let Some(s) = self.live.get_mut(&token_hash(token)) {
+            s.info.accounts = accounts;
+        }
+    }
+
     /// Ends the session behind `token` if `peer` holds it; returns the key to delete.
     pub fn close(&mut self, token: SessionToken, peer: &PeerId) -> Option<[u8; 32]> {
         let key = token_hash(token);

@@ -10,7 +10,7 @@ use axum::http::StatusCode;
 use axum::response::Response;
 use axum::routing::get;
 use maud::{Markup, html};
-use wire::teller::{EntryView, PageRequest, Role, TellerOp};
+use wire::teller::{AccountView, EntryView, PageRequest, Role, TellerOp};
 
 use crate::requests::Enrolled;
 use wire::twopc::TransferSpec;
@@ -36,18 +36,21 @@ pub(crate) fn routes() -> Router<Arc<Web>> {
         .route("/otp", get(otp_form).post(enroll))
 }
 
-/// The customer's accounts with fresh balances.
+/// The customer's accounts as the branch has them now (one opened since the login
+/// shows up, and the forms offer it), with fresh balances.
 async fn accounts(visitor: Visitor) -> Response {
     let mut v = visitor.lock().await;
-    let numbers = v.accounts().to_vec();
     let teller = match logged_in(&mut v) {
         Ok(t) => t,
         Err(r) => return r,
     };
-    let mut rows = Vec::new();
-    for account in numbers {
-        rows.push(teller.balance(account).await);
-    }
+    let rows: Vec<Result<AccountView, TellerError>> = match teller.own_accounts().await {
+        Ok(accounts) => {
+            v.set_accounts(accounts.iter().map(|a| a.number).collect());
+            accounts.into_iter().map(Ok).collect()
+        }
+        Err(e) => vec![Err(e)],
+    };
     let body = html! {
         p { a #refresh href="/accounts" { "Refresh balances" } }
         table {

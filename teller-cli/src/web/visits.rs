@@ -156,9 +156,16 @@ impl Visit {
         self.login.as_ref().map(|l| l.user.as_str())
     }
 
-    /// The customer's accounts as of the login.
+    /// The customer's accounts as of the login, or of the accounts page seen last.
     pub fn accounts(&self) -> &[AccountNumber] {
         self.login.as_ref().map_or(&[], |l| &l.accounts)
+    }
+
+    /// The customer's accounts as the branch has them now.
+    pub fn set_accounts(&mut self, accounts: Vec<AccountNumber>) {
+        if let Some(l) = self.login.as_mut() {
+            l.accounts = accounts;
+        }
     }
 
     pub fn teller_mut(&mut self) -> Option<&mut Teller> {

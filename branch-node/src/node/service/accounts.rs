@@ -4,6 +4,7 @@
 
 use libp2p::PeerId;
 use wire::link::{ForwardRequest, LinkResponse};
+use wire::teller::SessionToken;
 use wire::teller::{
     AccountView, AccountsPage, LinkFault, NewCustomer, Scope, TellerResponse, Unavailable,
 };
@@ -12,8 +13,8 @@ use wire::{AccountNumber, BranchId, Refusal};
 use super::{Answer, Fail, Service, store_failed};
 use crate::node::now_ms;
 use crate::node::sessions::SessionInfo;
-use crate::store::bank;
 use crate::store::ops::{WriteOp, WriteResult};
+use crate::store::{auth, bank};
 
 impl Service {
     pub(super) async fn open_account(
@@ -104,6 +105,41 @@ impl Service {
             account,
             name,
             open,
+        })
+    }
+
+    /// The session's customer's accounts as the store has them now, with balances;
+    /// the session may use all of them from now on (a login reads the same list).
+    pub(super) async fn own_accounts(&self, token: SessionToken, session: &SessionInfo) -> Answer {
+        if session.role != wire::teller::Role::Customer {
+            return Ok(TellerResponse::Accounts {
+                accounts: Vec::new(),
+                next_after: None,
+                unreachable: Vec::new(),
+            });
+        }
+        let login = session.login.clone();
+        let accounts = self
+            .reader
+            .read(move |c, me| {
+                let customer = match auth::login_read(c, &login)? {
+                    auth::LoginRow::Found { customer_id, .. } => customer_id,
+                    auth::LoginRow::Unknown => None,
+                };
+                let mut views = Vec::new();
+                for n in auth::customer_accounts(c, me, customer)? {
+                    views.extend(bank::view(c, me, n)?);
+                }
+                Ok(views)
+            })
+            .await
+            .map_err(store_failed)?;
+        let numbers = accounts.iter().map(|a| a.number).collect();
+        self.sessions().set_accounts(token, numbers);
+        Ok(TellerResponse::Accounts {
+            accounts,
+            next_after: None,
+            unreachable: Vec::new(),
         })
     }
 

@@ -366,6 +366,7 @@ impl Service {
             TellerOp::SetLinkFault { branch, fault } => self.set_link_fault(branch, fault).await,
             TellerOp::TransferBatch { transfers } => self.transfer_batch(session, transfers).await,
             TellerOp::Payee { account } => self.payee(session, account).await,
+            TellerOp::OwnAccounts => self.own_accounts(token, session).await,
         }
     }
 }
