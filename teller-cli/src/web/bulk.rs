@@ -184,7 +184,7 @@ fn lines_table(lines: &[BatchLine], answers: &[MoneyAnswer], names: &Names) -> M
                         td data-label="From" { (l.spec.from.to_string()) }
                         td data-label="To" { (l.spec.to.to_string()) }
                         td.num data-label="Amount" { (pages::money(l.spec.amount)) }
-                        td data-label="Answer" { (words) @if outcome == "unknown" { " " (pages::status_button(l.spec.id)) } }
+                        td.said data-label="Answer" { (words) @if outcome == "unknown" { " " (pages::status_button(l.spec.id)) } }
                     }
                 }
             }
