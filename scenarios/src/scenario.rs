@@ -526,6 +526,7 @@ pub async fn run(s: &Scenario, dir: &Path, opts: &RunOptions) -> anyhow::Result<
         .violations
         .extend(answer_report.violations.iter().cloned());
     report.violations.extend(copied(&shared.violations));
+    report.violations.extend(progress.internal_words());
     let faults_done = copied(&shared.faults_done);
     report
         .violations

@@ -7,7 +7,7 @@
 
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
@@ -302,9 +302,32 @@ pub struct Progress {
     pub not_done: AtomicU64,
     pub unknown: AtomicU64,
     pub stop: AtomicBool,
+    /// What a teller was told that named the machinery (`teller_cli::say`): the first
+    /// few, each a violation of the run.
+    pub internal: Mutex<Vec<String>>,
 }
 
+/// Most answers naming the machinery a run keeps to report.
+const INTERNAL_KEPT: usize = 5;
+
 impl Progress {
+    /// Holds what a teller would be told of `told` (the CLI's, menus' and console's
+    /// one sentence) against the machinery's words.
+    fn hear(&self, told: &MoneyAnswer) {
+        let said = teller_cli::say::money(told, &teller_cli::say::Names::default());
+        if let Some(word) = teller_cli::say::internal_word(&said) {
+            let mut kept = self.internal.lock().unwrap_or_else(PoisonError::into_inner);
+            if kept.len() < INTERNAL_KEPT {
+                kept.push(format!("a teller was told {said:?}: it names {word:?}"));
+            }
+        }
+    }
+
+    /// The answers that named the machinery, as violations.
+    pub fn internal_words(&self) -> Vec<String> {
+        self.internal.lock().map(|v| v.clone()).unwrap_or_default()
+    }
+
     fn count(&self, answer: Answer) {
         let c = match answer.column() {
             Column::Committed => &self.committed,
@@ -482,6 +505,7 @@ impl Client {
             )
             .await;
         let answer = Answer::of(&told);
+        self.progress.hear(&told);
         if !resend {
             self.progress.count(answer);
         }
@@ -536,6 +560,7 @@ impl Client {
             .zip(told)
             .map(|((kind, spec), told)| {
                 let answer = Answer::of(&told);
+                self.progress.hear(&told);
                 if !resend {
                     self.progress.count(answer);
                 }
