@@ -198,95 +198,93 @@ fn show_money(answer: &MoneyAnswer, names: &Names) {
     }
 }
 
+/// What an admin's menu choice asks of the branch.
+enum AdminStep {
+    /// A request to send and show.
+    Call(TellerOp),
+    /// A deposit or withdrawal, under the money policy.
+    Money(TellerOp),
+    /// Every account of the network.
+    Accounts,
+    /// Back to the menu (a choice that is no choice).
+    Again,
+    LogOut,
+}
+
+/// Asks what choice `choice` needs (Ctrl-D: `Err`).
+fn admin_step(choice: &str, me: &str) -> Result<AdminStep, Eof> {
+    Ok(match choice {
+        "1" => AdminStep::Call(new_account()?),
+        "2" => {
+            let account = ask_parsed("account to close: ", account_input)?;
+            let admin_password = ask_secret("your admin password again: ")?;
+            AdminStep::Call(TellerOp::CloseAccount {
+                account,
+                admin_password,
+            })
+        }
+        "3" | "4" => {
+            let account = ask_parsed("account: ", account_input)?;
+            // The customer menu's numbering: deposit is "2" and withdraw "3" there.
+            let kind = if choice == "3" { "2" } else { "3" };
+            AdminStep::Money(money_op(kind, account)?)
+        }
+        "5" => AdminStep::Accounts,
+        "6" => AdminStep::Call(TellerOp::ListTransactions {
+            scope: Scope::Network,
+            page: PageRequest {
+                before: None,
+                limit: 100,
+            },
+            filter: wire::teller::EntryFilter::default(),
+            network: Vec::new(),
+        }),
+        "7" => AdminStep::Call(status_op()?),
+        "8" => AdminStep::Call(enroll_op(true, me)?),
+        "9" => AdminStep::LogOut,
+        _ => {
+            println!("  choose 1 to 9");
+            AdminStep::Again
+        }
+    })
+}
+
 /// Returns true when the user left (Ctrl-D), false on log out.
 async fn admin_menu(teller: &mut Teller, me: &str, policy: &RetryPolicy) -> bool {
     loop {
         println!(
             "\n== Admin menu ==\n1) Create account\n2) Close account\n3) Deposit\n4) Withdraw\n5) View all accounts\n6) View all transactions\n7) Transfer status\n8) Enrol a login for one-time codes\n9) Log out"
         );
-        let Ok(choice) = ask("choice: ") else {
+        let Ok(step) = ask("choice: ").and_then(|choice| admin_step(&choice, me)) else {
             return true;
         };
-        let op = match choice.as_str() {
-            "1" => {
-                let Ok(op) = new_account() else {
-                    return true;
-                };
-                op
-            }
-            "2" => {
-                let Ok(account) = ask_parsed("account to close: ", account_input) else {
-                    return true;
-                };
-                let Ok(admin_password) = ask_secret("your admin password again: ") else {
-                    return true;
-                };
-                TellerOp::CloseAccount {
-                    account,
-                    admin_password,
-                }
-            }
-            "3" | "4" => {
-                let Ok(account) = ask_parsed("account: ", account_input) else {
-                    return true;
-                };
-                // The menus' numbering: deposit is "2" and withdraw "3" there.
-                let kind = if choice == "3" { "2" } else { "3" };
-                let Ok(op) = money_op(kind, account) else {
-                    return true;
-                };
-                let answer = money::send(teller, op, policy).await;
-                show_money(&answer, &teller.target.names());
-                continue;
-            }
-            "5" => {
-                match teller.all_accounts(Scope::Network).await {
-                    Ok(r) => crate::output::Printer::default().response(&r),
-                    Err(e) => println!("  Not listed. {}", say::error(&e, &teller.target.names())),
-                }
-                continue;
-            }
-            "6" => TellerOp::ListTransactions {
-                scope: Scope::Network,
-                page: PageRequest {
-                    before: None,
-                    limit: 100,
-                },
-                filter: wire::teller::EntryFilter::default(),
-                network: Vec::new(),
+        let names = teller.target.names();
+        match step {
+            AdminStep::Call(op) => show_admin(show(teller.call_renewing(op).await, &names)),
+            AdminStep::Money(op) => show_money(&money::send(teller, op, policy).await, &names),
+            AdminStep::Accounts => match teller.all_accounts(Scope::Network).await {
+                Ok(r) => crate::output::Printer::default().response(&r),
+                Err(e) => println!("  Not listed. {}", say::error(&e, &names)),
             },
-            "7" => {
-                let Ok(op) = status_op() else {
-                    return true;
-                };
-                op
-            }
-            "8" => {
-                let Ok(op) = enroll_op(true, me) else {
-                    return true;
-                };
-                op
-            }
-            "9" => return false,
-            _ => {
-                println!("  choose 1 to 9");
-                continue;
-            }
-        };
-        match show(teller.call_renewing(op).await, &teller.target.names()) {
-            Some(TellerResponse::AccountOpened(a)) => println!(
-                "  opened {} for {}; the customer logs in with the account number",
-                a.number, a.owner_name
-            ),
-            Some(TellerResponse::AccountClosed(a)) => println!("  closed {}", a.number),
-            Some(r @ (TellerResponse::OtpEnrolled { .. } | TellerResponse::Status { .. })) => {
-                crate::output::Printer::default().response(&r)
-            }
-            Some(TellerResponse::Entries { entries, .. }) => {
-                println!("{}", entries_table(&entries))
-            }
-            _ => {}
+            AdminStep::Again => {}
+            AdminStep::LogOut => return false,
         }
+    }
+}
+
+/// Shows what an admin's request came to.
+fn show_admin(answer: Option<TellerResponse>) {
+    match answer {
+        Some(TellerResponse::AccountOpened(a)) => println!(
+            "  opened {} for {}; the customer logs in with the account number",
+            a.number, a.owner_name
+        ),
+        Some(TellerResponse::AccountClosed(a)) => println!("  closed {}", a.number),
+        Some(r @ (TellerResponse::OtpEnrolled { .. } | TellerResponse::Status { .. })) => {
+            crate::output::Printer::default().response(&r)
+        }
+        Some(TellerResponse::Entries { entries, .. }) => println!("{}", entries_table(&entries)),
+        _ => {}
     }
 }
 
