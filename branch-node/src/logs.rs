@@ -142,16 +142,24 @@ impl Seen {
         self.swept_at = Some(now);
         let mut out = Vec::new();
         self.shapes.retain(|_, s| {
-            let passed = now.duration_since(s.written_at) >= WINDOW;
-            if passed && s.left_out > 0 {
-                let n = s.left_out - 1;
-                out.push(if n > 0 {
-                    with_count(&s.last, n)
-                } else {
-                    s.last.clone()
-                });
+            if now.duration_since(s.written_at) < WINDOW {
+                return true;
             }
-            !passed
+            if s.left_out == 0 {
+                return false;
+            }
+            // Written now with its count: a new window starts for its shape, so one
+            // that goes on repeating is written once a window.
+            let n = s.left_out - 1;
+            out.push(if n > 0 {
+                with_count(&s.last, n)
+            } else {
+                std::mem::take(&mut s.last)
+            });
+            s.written_at = now;
+            s.left_out = 0;
+            s.last.clear();
+            true
         });
         out
     }
@@ -255,6 +263,25 @@ mod tests {
             "{out:?}"
         );
         assert_eq!(out[1], INFO);
+    }
+
+    #[test]
+    fn a_warning_that_goes_on_repeating_is_written_once_a_window() {
+        let mut seen = Seen::default();
+        let t0 = Instant::now();
+        let mut written = 0;
+        // Every 100 ms for a minute, with an info line every second to sweep.
+        for k in 0..600u64 {
+            let at = t0 + Duration::from_millis(100 * k);
+            written += seen.take(A.as_bytes(), at).len();
+            if k % 10 == 0 {
+                written += seen.take(INFO.as_bytes(), at).len() - 1;
+            }
+        }
+        assert!(
+            (6..=8).contains(&written),
+            "{written} lines of 600 in a minute"
+        );
     }
 
     #[test]
