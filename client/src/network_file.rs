@@ -154,6 +154,12 @@ pub enum NetworkFileError {
         max = wire::limits::FENCE_LEASE_MS_MAX
     )]
     FenceLease(u64),
+    /// Any of the others, in file `path`.
+    #[error("{path}: {error}")]
+    File {
+        path: String,
+        error: Box<NetworkFileError>,
+    },
     /// Any of the above, with where in the file it was found (1-based).
     #[error("line {line}, column {column}: {error}")]
     At {
@@ -179,7 +185,9 @@ impl NetworkFileError {
     /// The error without its place in the file.
     pub fn bare(&self) -> &NetworkFileError {
         match self {
-            NetworkFileError::At { error, .. } => error.bare(),
+            NetworkFileError::At { error, .. } | NetworkFileError::File { error, .. } => {
+                error.bare()
+            }
             e => e,
         }
     }
@@ -218,10 +226,14 @@ struct RawReplica {
 
 impl NetworkFile {
     /// Reads and checks a network file.
+    /// An error names the file (and where in it: [`NetworkFile::parse`]).
     pub fn load(path: &Path) -> Result<NetworkFile, NetworkFileError> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| NetworkFileError::Read(format!("{}: {e}", path.display())))?;
-        NetworkFile::parse(&text)
+        NetworkFile::parse(&text).map_err(|error| NetworkFileError::File {
+            path: path.display().to_string(),
+            error: Box::new(error),
+        })
     }
 
     /// Parses and checks the text of a network file. An error names the line and

@@ -113,8 +113,7 @@ pub(crate) fn reconciled(
 ) -> Result<u8, TellerError> {
     let net = client::network_file::NetworkFile::load(&cli.network_file).map_err(|e| {
         TellerError::Usage(format!(
-            "reconcile checks signatures against the network file: {}: {e}",
-            cli.network_file.display()
+            "reconcile checks signatures against the network file: {e}"
         ))
     })?;
     let (good, bad) = reconcile::verify(&net, statements);

@@ -89,8 +89,7 @@ pub struct Target {
 impl Target {
     /// Branch `name` in the network file at `path`, first listed address.
     pub fn by_name(path: &Path, name: &str) -> Result<Target, TellerError> {
-        let net = NetworkFile::load(path)
-            .map_err(|e| TellerError::Usage(format!("{}: {e}", path.display())))?;
+        let net = NetworkFile::load(path).map_err(|e| TellerError::Usage(e.to_string()))?;
         let b = net.by_name(name).ok_or_else(|| {
             let names: Vec<&str> = net.branches().map(|b| b.name.as_str()).collect();
             TellerError::Usage(format!(

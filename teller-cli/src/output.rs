@@ -21,7 +21,7 @@ pub struct Printer {
 
 fn state_text(id: TransferId, s: &TransferState) -> String {
     match s {
-        TransferState::Committed => "committed".into(),
+        TransferState::Committed => "committed: the money moved.".into(),
         TransferState::Aborted(r) => {
             format!("refused: {}", say::sentence(r.code(), &Default::default()))
         }
@@ -132,7 +132,7 @@ impl Printer {
             }
             TellerResponse::Receipt { id, state } | TellerResponse::Status { id, state } => (
                 state_json(*id, state),
-                format!("{} Id {id}", state_text(*id, state)),
+                format!("{} Id {id}.", state_text(*id, state)),
             ),
             TellerResponse::OtpEnrolled { user, uri } => (
                 json!({ "user": user, "otpauth_uri": uri }),
