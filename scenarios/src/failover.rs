@@ -377,6 +377,14 @@ impl Lab {
         let (probed, elected) = tokio::join!(probe, self.new_leader(leader, struck));
         let (id, exit, said) = probed??;
         let answered = struck.elapsed();
+        // The probe's last line for people (its JSON line is for programs).
+        if !said.starts_with('{')
+            && let Some(word) = teller_cli::say::internal_word(&said)
+        {
+            self.violations.push(format!(
+                "a probe's teller was told {said:?}: it names {word:?}"
+            ));
+        }
         tokio::time::sleep(fault.saturating_sub(answered)).await;
         let back = Instant::now();
         self.strike(kind, leader, false)?;
