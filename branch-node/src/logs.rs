@@ -18,6 +18,9 @@ pub const WINDOW: Duration = Duration::from_secs(10);
 const SHAPES_MAX: usize = 1_024;
 /// Most bytes of a left-out line kept to write with its count.
 const LINE_BYTES_MAX: usize = 4_096;
+/// Most bytes of a line its shape is made from: the table stays within
+/// `SHAPES_MAX` x (this + `LINE_BYTES_MAX`), whatever a line holds.
+const SHAPE_BYTES_MAX: usize = 512;
 
 /// What is remembered of one shape.
 #[derive(Debug)]
@@ -62,9 +65,12 @@ fn is_warning(line: &str) -> bool {
 /// The line with every run of digits as one `#`: lines that differ only in numbers
 /// (times, intervals, counts) have one shape.
 fn shape(line: &str) -> String {
-    let mut out = String::with_capacity(line.len());
+    let mut out = String::with_capacity(line.len().min(SHAPE_BYTES_MAX));
     let mut in_digits = false;
     for c in line.chars() {
+        if out.len() >= SHAPE_BYTES_MAX {
+            break;
+        }
         if c.is_ascii_digit() {
             if !in_digits {
                 out.push('#');
@@ -282,6 +288,13 @@ mod tests {
             (6..=8).contains(&written),
             "{written} lines of 600 in a minute"
         );
+    }
+
+    #[test]
+    fn a_shape_is_bounded_whatever_the_line() {
+        let long = format!("2026-12-05T09:59:44Z ERROR x: {}\n", "y".repeat(100_000));
+        assert!(shape(&long).len() <= SHAPE_BYTES_MAX + 4);
+        assert_eq!(shape("a 12 b 3.5"), "a # b #.#");
     }
 
     #[test]

@@ -350,6 +350,11 @@ pub(crate) async fn send_money(
     answer.exit_code()
 }
 
+/// How long a money request runs before its progress line shows (most answer sooner).
+const PROGRESS_AFTER: std::time::Duration = std::time::Duration::from_millis(700);
+/// How often the progress line is written again.
+const PROGRESS_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Runs `sending` while a line on the terminal (stderr) says what is being sent and
 /// how much longer it may take once the first attempt has gone unanswered for a
 /// moment; the line is cleared when the answer comes.
@@ -359,12 +364,16 @@ async fn with_progress<T>(
     sending: impl std::future::Future<Output = T>,
 ) -> T {
     use std::io::Write;
-    use std::time::{Duration, Instant};
+    use std::time::Instant;
     let started = Instant::now();
     tokio::pin!(sending);
     let mut shown = false;
     loop {
-        let pause = Duration::from_millis(if shown { 1_000 } else { 700 });
+        let pause = if shown {
+            PROGRESS_EVERY
+        } else {
+            PROGRESS_AFTER
+        };
         tokio::select! {
             answer = &mut sending => {
                 if shown {

@@ -173,6 +173,17 @@ impl TellerError {
         }
     }
 
+    /// The branch the error is about, when it names one (out of reach, no answer).
+    pub fn branch(&self) -> Option<wire::BranchId> {
+        match self {
+            TellerError::Unavailable(
+                Unavailable::BranchUnreachable(b) | Unavailable::NoAnswer(b),
+            ) => Some(*b),
+            TellerError::LoginNotDone(inner) => inner.branch(),
+            _ => None,
+        }
+    }
+
     /// A stable machine-readable code (snake case) for `--json` output.
     pub fn code(&self) -> &'static str {
         match self {

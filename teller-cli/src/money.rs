@@ -125,16 +125,10 @@ impl Why {
     }
 
     pub fn of(e: &TellerError) -> Why {
-        let branch = match e {
-            TellerError::Unavailable(
-                Unavailable::BranchUnreachable(b) | Unavailable::NoAnswer(b),
-            ) => Some(*b),
-            _ => None,
-        };
         Why {
             text: e.to_string(),
             code: e.code(),
-            branch,
+            branch: e.branch(),
         }
     }
 }
