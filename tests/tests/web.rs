@@ -543,6 +543,20 @@ async fn a_customer_moves_money_and_every_answer_is_the_truth() {
         "{}",
         p.body
     );
+    // Payee lookups are limited per login: reading names by trying numbers stops.
+    for _ in 0..wire::limits::PAYEE_LOOKUPS_PER_WINDOW {
+        admin.payee(b).await.expect("a lookup within the limit");
+    }
+    let over = admin.payee(b).await;
+    assert!(
+        matches!(
+            over,
+            Err(teller_cli::TellerError::Unavailable(
+                wire::teller::Unavailable::Throttled { retry_after_ms }
+            )) if retry_after_ms > 0
+        ),
+        "{over:?}"
+    );
 
     // Logging out ends the visit's login: its cookie no longer opens a screen.
     let p = br.post("/logout", &[]).await;
