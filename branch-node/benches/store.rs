@@ -15,7 +15,8 @@ const ACCOUNTS: u32 = 100;
 const ME: BranchId = BranchId(1);
 
 fn setup(dir: &std::path::Path, name: &str) -> Store {
-    let mut s = Store::open(&dir.join(name), ME, Durability::Full).expect("opens");
+    let keys = branch_node::keys::DataKeys::generate();
+    let mut s = Store::open(&dir.join(name), &keys, ME, Durability::Full).expect("opens");
     let hash = hash_password("bench").expect("hashes");
     for i in 1..=ACCOUNTS {
         let who = NewCustomer {

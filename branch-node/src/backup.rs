@@ -7,7 +7,10 @@
 //! then are finished by the node's recovery when it starts (it asks their
 //! coordinators). Whatever the branch did after the backup is gone from it, committed
 //! answers included: a backup is for a lost disk, and the newer it is the less is lost.
-//! The key file is not in the backup (keep it apart, as safely as the backup).
+//! The backup is encrypted like the store (SQLCipher, the branch's store key); beside it
+//! goes `FILE.keys`, a copy of the data dir's wrapped data keys, useless without the
+//! key-encryption key, which never goes with a backup. The signing key file is not in
+//! the backup either (keep it apart, as safely as the backup).
 //!
 //! A replicated branch's backup (taken from any of its replicas) is one copy of the
 //! branch, not of a replica's place in the branch's Raft log: it is restored only when
@@ -19,6 +22,9 @@ use std::path::Path;
 
 use anyhow::Context;
 use rusqlite::{Connection, OpenFlags};
+
+use crate::keys::{DataKeys, KEYS_FILE, KekSource};
+use crate::store::connect;
 
 use crate::init::{DB_FILE, KEY_FILE, mark_bootstrap, owner_only_file};
 use crate::lock::{Use, lock};
@@ -47,10 +53,16 @@ pub enum Rejoin {
     Join,
 }
 
+/// The keys file that goes with backup file `backup`: `FILE.keys`.
+pub fn keys_beside(backup: &Path) -> std::path::PathBuf {
+    let mut name = backup.as_os_str().to_owned();
+    name.push(".keys");
+    name.into()
+}
+
 /// Reads what `db` holds, and refuses a file that is not a sound branch database.
-fn describe(db: &Path) -> anyhow::Result<Copied> {
-    let conn = Connection::open_with_flags(db, OpenFlags::SQLITE_OPEN_READ_ONLY)
-        .with_context(|| format!("cannot open {}", db.display()))?;
+fn describe(db: &Path, keys: &DataKeys) -> anyhow::Result<Copied> {
+    let conn = connect(db, keys, OpenFlags::SQLITE_OPEN_READ_ONLY)?;
     let check: String = conn.query_row("PRAGMA integrity_check", [], |r| r.get(0))?;
     anyhow::ensure!(
         check == "ok",
@@ -74,8 +86,9 @@ fn describe(db: &Path) -> anyhow::Result<Copied> {
 }
 
 /// Copies the database of data dir `data_dir` to the new file `to` (readable by its
-/// owner only), while the node may be running.
-pub fn backup(data_dir: &Path, to: &Path) -> anyhow::Result<Copied> {
+/// owner only, encrypted), and its wrapped keys to `to.keys`, while the node may be
+/// running. `kek` unwraps the keys where not the one they name.
+pub fn backup(data_dir: &Path, to: &Path, kek: Option<&KekSource>) -> anyhow::Result<Copied> {
     let db = data_dir.join(DB_FILE);
     anyhow::ensure!(
         db.is_file(),
@@ -83,18 +96,27 @@ pub fn backup(data_dir: &Path, to: &Path) -> anyhow::Result<Copied> {
         data_dir.display()
     );
     let _lock = lock(data_dir, Use::Read)?;
-    let src = Connection::open_with_flags(&db, OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+    let keys = crate::keys::unlock(data_dir, None, kek)?;
+    let src = connect(&db, &keys, OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+    let beside = keys_beside(to);
+    anyhow::ensure!(
+        !beside.exists(),
+        "{} exists; refusing to overwrite it",
+        beside.display()
+    );
     // Made first, owner-only, never over an existing file; removed if the copy fails.
     drop(owner_only_file(to).with_context(|| format!("cannot create {}", to.display()))?);
-    copy_into(&src, to)
-        .and_then(|()| describe(to))
+    copy_into(&src, to, &keys)
+        .and_then(|()| Ok(crate::keys::copy(&data_dir.join(KEYS_FILE), &beside)?))
+        .and_then(|()| describe(to, &keys))
         .inspect_err(|_| {
             let _ = std::fs::remove_file(to);
+            let _ = std::fs::remove_file(&beside);
         })
 }
 
-fn copy_into(src: &Connection, to: &Path) -> anyhow::Result<()> {
-    let mut dst = Connection::open(to)?;
+fn copy_into(src: &Connection, to: &Path, keys: &DataKeys) -> anyhow::Result<()> {
+    let mut dst = crate::store::connect_rw(to, keys)?;
     copy_pages(src, &mut dst)?;
     dst.execute_batch("PRAGMA journal_mode = DELETE")?;
     // The backup's moment, on this machine's clock: a restore asks the other branches
@@ -111,9 +133,17 @@ fn copy_into(src: &Connection, to: &Path) -> anyhow::Result<()> {
 /// the branch's key and no database or Raft log (move a damaged one away first). A
 /// replicated branch's backup forgets its place in the old log: the replica makes the
 /// branch's new log at its first run, or with `join` waits to be given it.
-pub fn restore(from: &Path, data_dir: &Path, join: bool) -> anyhow::Result<(Copied, Rejoin)> {
+///
+/// The backup's keys (`FROM.keys`, unwrapped with `kek` or the KEK they name) become
+/// the data dir's, which must have none or the same.
+pub fn restore(
+    from: &Path,
+    data_dir: &Path,
+    join: bool,
+    kek: Option<&KekSource>,
+) -> anyhow::Result<(Copied, Rejoin)> {
     let lock = lock_for_restore(data_dir)?;
-    restore_locked(from, data_dir, join, &lock)
+    restore_locked(from, data_dir, (join, kek), &lock)
 }
 
 /// Locks data dir `data_dir` for a restore: it must hold the branch's key.
@@ -131,7 +161,7 @@ pub fn lock_for_restore(data_dir: &Path) -> anyhow::Result<crate::lock::DirLock>
 pub fn restore_locked(
     from: &Path,
     data_dir: &Path,
-    join: bool,
+    (join, kek): (bool, Option<&KekSource>),
     _lock: &crate::lock::DirLock,
 ) -> anyhow::Result<(Copied, Rejoin)> {
     let db = data_dir.join(DB_FILE);
@@ -148,7 +178,8 @@ pub fn restore_locked(
          restored; if only some replicas are lost, make them anew with init-replica",
         data_dir.display()
     );
-    let copied = describe(from)?;
+    let keys = backup_keys(from, data_dir, kek)?;
+    let copied = describe(from, &keys)?;
     anyhow::ensure!(
         copied.replicated || !join,
         "{} is a backup of a branch that is not replicated: restore it without --join",
@@ -158,13 +189,46 @@ pub fn restore_locked(
     let mut put = || -> anyhow::Result<Rejoin> {
         std::io::copy(&mut std::fs::File::open(from)?, &mut file)?;
         file.sync_all()?;
-        rejoin(&db, data_dir, copied.replicated, join)
+        take_keys(from, data_dir)?;
+        rejoin((&db, &keys), data_dir, copied.replicated, join)
     };
     // A restore that fails half-way leaves no database behind (it can be run again).
     let rejoin = put().inspect_err(|_| {
         let _ = std::fs::remove_file(&db);
     })?;
     Ok((copied, rejoin))
+}
+
+/// The keys of backup `from` (its `FROM.keys`), which must also be the data dir's where
+/// it has keys already (a restore never leaves a store its keys do not open).
+fn backup_keys(from: &Path, data_dir: &Path, kek: Option<&KekSource>) -> anyhow::Result<DataKeys> {
+    let beside = keys_beside(from);
+    anyhow::ensure!(
+        beside.is_file(),
+        "{} is missing: a backup cannot be read without the keys file made beside it",
+        beside.display()
+    );
+    let keys = crate::keys::unlock_file(&beside, None, kek)?;
+    let own = data_dir.join(KEYS_FILE);
+    if own.is_file() {
+        let mine = crate::keys::unlock(data_dir, None, kek)?;
+        anyhow::ensure!(
+            *mine.sqlcipher_key() == *keys.sqlcipher_key(),
+            "{} holds other data keys than the backup's: move it away to restore with {}",
+            own.display(),
+            beside.display()
+        );
+    }
+    Ok(keys)
+}
+
+/// Copies the backup's keys file into the data dir where it has none.
+fn take_keys(from: &Path, data_dir: &Path) -> anyhow::Result<()> {
+    let own = data_dir.join(KEYS_FILE);
+    if !own.exists() {
+        crate::keys::copy(&keys_beside(from), &own)?;
+    }
+    Ok(())
 }
 
 /// Takes a restore back: the database (and SQLite's files beside it) and the marker it
@@ -184,11 +248,16 @@ pub fn undo_restore(data_dir: &Path, rejoin: Rejoin) {
 
 /// How the store just restored at `db` starts: a replicated branch's forgets its place
 /// in the old log, and unless it joins, its replica is marked to make the new one.
-fn rejoin(db: &Path, data_dir: &Path, replicated: bool, join: bool) -> anyhow::Result<Rejoin> {
+fn rejoin(
+    (db, keys): (&Path, &DataKeys),
+    data_dir: &Path,
+    replicated: bool,
+    join: bool,
+) -> anyhow::Result<Rejoin> {
     if !replicated {
         return Ok(Rejoin::Alone);
     }
-    Connection::open(db)?.execute("DELETE FROM replica_state", [])?;
+    crate::store::connect_rw(db, keys)?.execute("DELETE FROM replica_state", [])?;
     if join {
         return Ok(Rejoin::Join);
     }
@@ -204,9 +273,12 @@ mod tests {
 
     /// A fresh branch database at `path`; `replicated` gives it a place in a log.
     fn database(path: &Path, replicated: bool) {
-        drop(Store::open(path, wire::BranchId(1), Durability::Full).expect("store"));
+        let dir = path.parent().expect("a folder");
+        let keys = crate::keys::unlock_or_make(dir, wire::BranchId(1)).expect("keys");
+        drop(Store::open(path, &keys, wire::BranchId(1), Durability::Full).expect("store"));
+        crate::keys::copy(&dir.join(KEYS_FILE), &keys_beside(path)).expect("keys beside");
         if replicated {
-            Connection::open(path)
+            crate::store::connect_rw(path, &keys)
                 .expect("open")
                 .execute(
                     "INSERT INTO replica_state (key, value) VALUES ('applied', x'00')",
@@ -225,7 +297,7 @@ mod tests {
     }
 
     fn places(db: &Path) -> i64 {
-        Connection::open(db)
+        crate::store::connect_in_dir(db, OpenFlags::default())
             .expect("open")
             .query_row("SELECT count(*) FROM replica_state", [], |r| r.get(0))
             .expect("count")
@@ -237,13 +309,13 @@ mod tests {
         let from = tmp.path().join("plain.db");
         database(&from, false);
         let dir = keyed_dir(tmp.path(), "a");
-        let err = restore(&from, &dir, true).expect_err("join of a plain backup");
+        let err = restore(&from, &dir, true, None).expect_err("join of a plain backup");
         assert!(err.to_string().contains("not replicated"), "{err}");
         assert!(!dir.join(DB_FILE).exists(), "a refusal writes nothing");
-        let (copied, rejoin) = restore(&from, &dir, false).expect("restores");
+        let (copied, rejoin) = restore(&from, &dir, false, None).expect("restores");
         assert_eq!((copied.replicated, rejoin), (false, Rejoin::Alone));
         assert!(!dir.join(BOOTSTRAP_FILE).exists());
-        let err = restore(&from, &dir, false).expect_err("over a database");
+        let err = restore(&from, &dir, false, None).expect_err("over a database");
         assert!(err.to_string().contains("move it away"), "{err}");
     }
 
@@ -253,7 +325,7 @@ mod tests {
         let from = tmp.path().join("replica.db");
         database(&from, true);
         let first = keyed_dir(tmp.path(), "r1");
-        let (copied, rejoin) = restore(&from, &first, false).expect("restores");
+        let (copied, rejoin) = restore(&from, &first, false, None).expect("restores");
         assert_eq!((copied.replicated, rejoin), (true, Rejoin::NewLog));
         assert!(first.join(BOOTSTRAP_FILE).is_file(), "makes the new log");
         assert_eq!(
@@ -262,7 +334,7 @@ mod tests {
             "the old log's place is gone"
         );
         let other = keyed_dir(tmp.path(), "r2");
-        let (_, rejoin) = restore(&from, &other, true).expect("joins");
+        let (_, rejoin) = restore(&from, &other, true, None).expect("joins");
         assert_eq!(rejoin, Rejoin::Join);
         assert!(
             !other.join(BOOTSTRAP_FILE).exists(),
@@ -279,17 +351,17 @@ mod tests {
         database(&from, true);
         let dir = keyed_dir(tmp.path(), "kept");
         std::fs::write(dir.join(LOG_FILE), b"").expect("log");
-        let err = restore(&from, &dir, false).expect_err("a kept log");
+        let err = restore(&from, &dir, false, None).expect_err("a kept log");
         assert!(err.to_string().contains("Raft log"), "{err}");
         assert!(!dir.join(DB_FILE).exists() && !dir.join(BOOTSTRAP_FILE).exists());
         // A failure after the copy (here: a marker already there) leaves no database.
         let marked = keyed_dir(tmp.path(), "marked");
         std::fs::write(marked.join(BOOTSTRAP_FILE), b"").expect("marker");
-        restore(&from, &marked, false).expect_err("cannot mark");
+        restore(&from, &marked, false, None).expect_err("cannot mark");
         assert!(!marked.join(DB_FILE).exists(), "nothing half-restored");
         let nokey = tmp.path().join("nokey");
         std::fs::create_dir_all(&nokey).expect("mkdir");
-        let err = restore(&from, &nokey, false).expect_err("no key");
+        let err = restore(&from, &nokey, false, None).expect_err("no key");
         assert!(err.to_string().contains("has no"), "{err}");
     }
 }

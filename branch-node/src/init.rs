@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use wire::limits::{ACCOUNT_BRANCH_MAX, PASSWORD_BYTES_MAX, TEXT_FIELD_BYTES_MAX};
 use wire::{Amount, BranchId, BranchKey, BranchPublicKey, PeerId, Refusal};
 
+use crate::keys::{KEYS_FILE, KekSource};
 use crate::store::{Durability, Store, StoreError, hash_password};
 
 /// The key file in a data dir: the 32-byte secret as 64 hex digits.
@@ -30,7 +31,9 @@ pub enum InitError {
         "admin password must be at least 8 characters, at most {PASSWORD_BYTES_MAX} bytes, and not a commonly used one"
     )]
     Password,
-    #[error("{0} is already initialized (it has {KEY_FILE} or {DB_FILE}); refusing to overwrite")]
+    #[error(
+        "{0} is already initialized (it has {KEY_FILE}, {KEYS_FILE} or {DB_FILE}); refusing to overwrite"
+    )]
     AlreadyInitialized(PathBuf),
     #[error("{path}: {source}")]
     Io {
@@ -41,6 +44,8 @@ pub enum InitError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Lock(#[from] crate::lock::LockError),
+    #[error(transparent)]
+    Keys(#[from] crate::keys::KeyError),
 }
 
 /// What `init` made.
@@ -102,10 +107,20 @@ impl Initialized {
 /// Makes the data dir of a new replica of branch `branch`: its own key and an empty
 /// store (the branch id pinned). It joins the branch once the network file lists it:
 /// the leader adds it, and it catches up by snapshot and log.
-pub fn init_replica(data_dir: &Path, branch: BranchId) -> Result<Initialized, InitError> {
+///
+/// A branch's replicas share its data keys (a snapshot is the store's pages, encrypted):
+/// `keys_from` is another replica's `data.keys`, unwrapped with `kek`, and the new
+/// replica's copy is wrapped with `kek` too.
+pub fn init_replica(
+    data_dir: &Path,
+    branch: BranchId,
+    keys_from: &Path,
+    kek: &KekSource,
+) -> Result<Initialized, InitError> {
     if branch.0 == 0 || branch.0 > ACCOUNT_BRANCH_MAX {
         return Err(InitError::BranchId);
     }
+    let keys = crate::keys::unlock_file(keys_from, Some(branch), Some(kek))?;
     let (key_path, db_path) = (data_dir.join(KEY_FILE), data_dir.join(DB_FILE));
     if key_path.exists() || db_path.exists() {
         return Err(InitError::AlreadyInitialized(data_dir.to_owned()));
@@ -113,10 +128,11 @@ pub fn init_replica(data_dir: &Path, branch: BranchId) -> Result<Initialized, In
     std::fs::create_dir_all(data_dir).map_err(io(data_dir))?;
     owner_only_dir(data_dir)?;
     let _lock = crate::lock::lock(data_dir, crate::lock::Use::Replace)?;
+    crate::keys::write(data_dir, &keys, branch, kek)?;
     let key = BranchKey::from_secret(rand::random());
     write_key(&key_path, &key)?;
     owner_only_file(&db_path).map_err(io(&db_path))?;
-    drop(Store::open(&db_path, branch, Durability::Full)?);
+    drop(Store::open(&db_path, &keys, branch, Durability::Full)?);
     Ok(Initialized {
         branch,
         name: String::new(),
@@ -157,10 +173,11 @@ pub fn init(
     name: &str,
     admin_password: Option<String>,
     totp: bool,
+    kek: &KekSource,
 ) -> Result<Initialized, InitError> {
     let max = Amount::from_minor(wire::limits::CUSTOMER_DEPOSIT_MAX_DEFAULT_MINOR)
         .unwrap_or(Amount::ZERO);
-    init_with(data_dir, (branch, name), admin_password, totp, max)
+    init_with(data_dir, (branch, name), admin_password, (totp, max), kek)
 }
 
 /// [`init`] with `customer_deposit_max`, the largest deposit a customer may make into
@@ -169,8 +186,8 @@ pub fn init_with(
     data_dir: &Path,
     (branch, name): (BranchId, &str),
     admin_password: Option<String>,
-    totp: bool,
-    customer_deposit_max: Amount,
+    (totp, customer_deposit_max): (bool, Amount),
+    kek: &KekSource,
 ) -> Result<Initialized, InitError> {
     if branch.0 == 0 || branch.0 > ACCOUNT_BRANCH_MAX {
         return Err(InitError::BranchId);
@@ -188,7 +205,7 @@ pub fn init_with(
         return Err(InitError::Password);
     }
     let (key_path, db_path) = (data_dir.join(KEY_FILE), data_dir.join(DB_FILE));
-    if key_path.exists() || db_path.exists() {
+    if key_path.exists() || db_path.exists() || data_dir.join(KEYS_FILE).exists() {
         return Err(InitError::AlreadyInitialized(data_dir.to_owned()));
     }
     let generated = admin_password.is_none().then(generated_password);
@@ -199,12 +216,15 @@ pub fn init_with(
     std::fs::create_dir_all(data_dir).map_err(io(data_dir))?;
     owner_only_dir(data_dir)?;
     let _lock = crate::lock::lock(data_dir, crate::lock::Use::Replace)?;
+    let keys = crate::keys::create(data_dir, branch, kek)?;
     let key = BranchKey::from_secret(rand::random());
-    write_key(&key_path, &key)?;
+    write_key(&key_path, &key).inspect_err(|_| {
+        let _ = std::fs::remove_file(data_dir.join(KEYS_FILE));
+    })?;
     // The database holds password hashes and balances: owner-only too. SQLite gives its
     // -wal and -shm files the database file's permissions.
     owner_only_file(&db_path).map_err(io(&db_path))?;
-    let made = Store::open(&db_path, branch, Durability::Full)
+    let made = Store::open(&db_path, &keys, branch, Durability::Full)
         .map_err(InitError::from)
         .and_then(|mut store| {
             store.set_customer_deposit_max(customer_deposit_max)?;
@@ -232,7 +252,13 @@ pub fn init_with(
         Ok(uri) => uri,
         Err(e) => {
             // Leave no half-made data dir behind: a retry must start clean.
-            for f in [KEY_FILE, DB_FILE, "branch.db-wal", "branch.db-shm"] {
+            for f in [
+                KEY_FILE,
+                KEYS_FILE,
+                DB_FILE,
+                "branch.db-wal",
+                "branch.db-shm",
+            ] {
                 let _ = std::fs::remove_file(data_dir.join(f));
             }
             return Err(e);

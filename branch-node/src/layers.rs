@@ -3,11 +3,12 @@
 //! each layer can be read, tested and changed knowing only what lies below it. The
 //! test at the bottom reads every source file and holds the code to this table.
 //!
-//! From the bottom: `metrics`, `totp`, `lock` and `logs` are leaves; `store` (SQLite, the
+//! From the bottom: `metrics`, `totp`, `lock`, `logs` and `keys` (the data keys and
+//! what wraps them) are leaves; `store` (SQLite, the
 //! writer, the records) knows nothing of the network or the node; `p2p` (the swarm)
 //! knows nothing of the store; `replica` (Raft) builds on both; `init` makes data
-//! dirs; `node` runs a branch; `backup`, `restore` and `verify` are the operator's
-//! commands on top.
+//! dirs; `node` runs a branch; `backup`, `restore`, `verify` and `rotate` are the
+//! operator's commands on top.
 
 /// `(module, what it may use)`, bottom up.
 pub const LAYERS: &[(&str, &[&str])] = &[
@@ -15,17 +16,27 @@ pub const LAYERS: &[(&str, &[&str])] = &[
     ("totp", &[]),
     ("lock", &[]),
     ("logs", &[]),
-    ("store", &["metrics", "totp"]),
+    ("keys", &[]),
+    ("store", &["metrics", "totp", "keys"]),
     ("p2p", &["metrics"]),
-    ("replica", &["metrics", "store", "p2p"]),
-    ("init", &["lock", "totp", "store", "replica"]),
+    ("replica", &["metrics", "store", "p2p", "keys"]),
+    ("init", &["lock", "totp", "store", "replica", "keys"]),
+    ("rotate", &["lock", "store", "replica", "init", "keys"]),
     (
         "node",
-        &["metrics", "totp", "lock", "store", "p2p", "replica", "init"],
+        &[
+            "metrics", "totp", "lock", "store", "p2p", "replica", "init", "keys", "rotate",
+        ],
     ),
-    ("backup", &["lock", "store", "replica", "init", "node"]),
-    ("restore", &["store", "p2p", "init", "node", "backup"]),
-    ("verify", &["lock", "store", "replica", "init"]),
+    (
+        "backup",
+        &["lock", "store", "replica", "init", "node", "keys"],
+    ),
+    (
+        "restore",
+        &["store", "p2p", "init", "node", "backup", "keys"],
+    ),
+    ("verify", &["lock", "store", "replica", "init", "keys"]),
 ];
 
 #[cfg(test)]

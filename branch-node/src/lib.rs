@@ -6,6 +6,7 @@
 
 pub mod backup;
 pub mod init;
+pub mod keys;
 pub mod layers;
 pub mod lock;
 pub mod logs;
@@ -14,6 +15,7 @@ pub mod node;
 pub mod p2p;
 pub mod replica;
 pub mod restore;
+pub mod rotate;
 pub mod store;
 pub mod totp;
 pub mod verify;

@@ -4,6 +4,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use branch_node::keys::{KekSource, KeyError};
 use branch_node::node::RunConfig;
 use branch_node::node::notifier::{SmsSink, TwilioConfig};
 use branch_node::store::Durability;
@@ -19,8 +20,81 @@ struct Cli {
     command: Command,
 }
 
+/// Where the key-encryption key that wraps a data dir's keys comes from. `init` needs
+/// one; other commands use the one the data dir's `data.keys` names unless told.
+#[derive(clap::Args, Debug, Clone, Default)]
+struct KekArgs {
+    /// A file of 64 hex digits, readable by its owner only, kept outside the data dir
+    /// (make one with `branch-node keygen FILE`).
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["key_command", "passphrase"])]
+    key_file: Option<PathBuf>,
+    /// A command whose output is the key (64 hex digits), e.g. a KMS or HSM client.
+    #[arg(long, value_name = "COMMAND", conflicts_with = "passphrase")]
+    key_command: Option<String>,
+    /// A passphrase (argon2id), from BANKMATE_PASSPHRASE or asked on the terminal.
+    #[arg(long)]
+    passphrase: bool,
+}
+
+impl KekArgs {
+    fn source(&self) -> Option<KekSource> {
+        match (&self.key_file, &self.key_command, self.passphrase) {
+            (Some(f), _, _) => Some(KekSource::File(f.clone())),
+            (None, Some(c), _) => Some(KekSource::Command(c.clone())),
+            (None, None, true) => Some(KekSource::Passphrase),
+            (None, None, false) => None,
+        }
+    }
+}
+
+/// The new key-encryption key of `rekey`.
+#[derive(clap::Args, Debug, Clone)]
+struct NewKekArgs {
+    /// The new KEK's file (64 hex digits, owner-only).
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["new_key_command", "new_passphrase"])]
+    new_key_file: Option<PathBuf>,
+    /// The new KEK's command.
+    #[arg(long, value_name = "COMMAND", conflicts_with = "new_passphrase")]
+    new_key_command: Option<String>,
+    /// A new passphrase, from BANKMATE_NEW_PASSPHRASE or asked twice on the terminal.
+    #[arg(long)]
+    new_passphrase: bool,
+}
+
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// Make a key-encryption key file: 32 random bytes as 64 hex digits, owner-only.
+    /// Keep it outside every data dir and away from the backups.
+    Keygen { file: PathBuf },
+    /// Wrap a data dir's keys by a new key-encryption key (the store is not rewritten;
+    /// the node may run). Backups taken before keep the old wrapping.
+    Rekey {
+        #[arg(long)]
+        data_dir: PathBuf,
+        #[command(flatten)]
+        kek: KekArgs,
+        #[command(flatten)]
+        new: NewKekArgs,
+    },
+    /// Re-encrypt a stopped branch's stores (branch.db, raft.db) under a new store key.
+    /// A replicated branch: rotate one replica, then each other with --keys-from its
+    /// new data.keys, before any starts again.
+    RotateDataKey {
+        #[arg(long)]
+        data_dir: PathBuf,
+        #[command(flatten)]
+        kek: KekArgs,
+        /// Take the new store key from this keys file (another replica's, rotated).
+        #[arg(long, value_name = "FILE")]
+        keys_from: Option<PathBuf>,
+    },
+    /// Print a data dir's SMS log (sms.log), each message unsealed with its keys.
+    SmsLog {
+        #[arg(long)]
+        data_dir: PathBuf,
+        #[command(flatten)]
+        kek: KekArgs,
+    },
     /// Print a completion script for a shell (bash, zsh, fish, elvish, powershell):
     /// `source <(branch-node completions bash)`.
     Completions { shell: clap_complete::Shell },
@@ -29,6 +103,8 @@ enum Command {
         /// Directory for the branch's key and database (created if missing).
         #[arg(long)]
         data_dir: PathBuf,
+        #[command(flatten)]
+        kek: KekArgs,
         /// The branch's id, 1..=999 (the first 3 digits of its account numbers).
         #[arg(long)]
         branch_id: u16,
@@ -61,19 +137,28 @@ enum Command {
     InitReplica {
         #[arg(long)]
         data_dir: PathBuf,
+        #[command(flatten)]
+        kek: KekArgs,
         #[arg(long)]
         branch_id: u16,
         /// Its replica id within the branch (2 and up; replica 1 is made by `init`).
         #[arg(long)]
         replica: u64,
+        /// The branch's keys: another replica's data.keys (a branch's replicas share
+        /// them), unwrapped with this command's key-encryption key.
+        #[arg(long, value_name = "FILE")]
+        keys_from: PathBuf,
         #[arg(long)]
         listen: Vec<Multiaddr>,
     },
     /// Copy a branch's database to a new file FILE (owner-only) while the node runs:
-    /// one consistent moment (SQLite's online backup). The key file is not included.
+    /// one consistent moment (SQLite's online backup), encrypted like the store, with
+    /// its wrapped keys beside it as FILE.keys. Neither key file is included.
     Backup {
         #[arg(long)]
         data_dir: PathBuf,
+        #[command(flatten)]
+        kek: KekArgs,
         #[arg(long)]
         to: PathBuf,
     },
@@ -91,6 +176,8 @@ enum Command {
         from: PathBuf,
         #[arg(long)]
         data_dir: PathBuf,
+        #[command(flatten)]
+        kek: KekArgs,
         /// The network file listing every branch (the other branches are asked).
         #[arg(long = "network-file", visible_alias = "network")]
         network: PathBuf,
@@ -109,6 +196,8 @@ enum Command {
     Verify {
         #[arg(long)]
         data_dir: PathBuf,
+        #[command(flatten)]
+        kek: KekArgs,
         #[arg(long = "network-file", visible_alias = "network")]
         network: PathBuf,
     },
@@ -121,6 +210,8 @@ enum Command {
         /// The branch's data dir, made by `branch-node init`.
         #[arg(long)]
         data_dir: PathBuf,
+        #[command(flatten)]
+        kek: KekArgs,
         /// The network file listing every branch's id, name, key and addresses.
         #[arg(long = "network-file", visible_alias = "network")]
         network: PathBuf,
@@ -203,6 +294,16 @@ fn code_of(e: &anyhow::Error) -> Option<&'static str> {
             Some("branch_in_use")
         } else if cause.is::<branch_node::node::FencedCopy>() {
             Some("fenced")
+        } else if let Some(k) = cause.downcast_ref::<KeyError>() {
+            Some(k.code())
+        } else if let Some(branch_node::store::StoreError::Keys(k)) =
+            cause.downcast_ref::<branch_node::store::StoreError>()
+        {
+            Some(k.code())
+        } else if let Some(branch_node::store::StoreError::Unreadable(_)) =
+            cause.downcast_ref::<branch_node::store::StoreError>()
+        {
+            Some("store_unreadable")
         } else {
             None
         }
@@ -223,17 +324,58 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             print!("{script}");
             Ok(())
         }
-        Command::Backup { data_dir, to } => backup_command(&data_dir, &to),
+        Command::Keygen { file } => {
+            branch_node::keys::keygen(&file)?;
+            println!(
+                "wrote a key-encryption key to {} (owner-only)",
+                file.display()
+            );
+            Ok(())
+        }
+        Command::Rekey { data_dir, kek, new } => rekey_command(&data_dir, &kek, &new),
+        Command::RotateDataKey {
+            data_dir,
+            kek,
+            keys_from,
+        } => {
+            let n = branch_node::rotate::rotate(
+                &data_dir,
+                kek.source().as_ref(),
+                keys_from.as_deref(),
+            )?;
+            println!(
+                "{}: a new store key; {n} file(s) re-encrypted under it",
+                data_dir.display()
+            );
+            Ok(())
+        }
+        Command::SmsLog { data_dir, kek } => {
+            let keys = branch_node::keys::unlock(&data_dir, None, kek.source().as_ref())?;
+            let log = data_dir.join(branch_node::node::SMS_LOG_FILE);
+            for line in branch_node::node::notifier::read_log(&log, &keys)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", log.display()))?
+            {
+                println!("{line}");
+            }
+            Ok(())
+        }
+        Command::Backup { data_dir, kek, to } => backup_command(&data_dir, &to, &kek),
         Command::Restore {
             from,
             data_dir,
+            kek,
             network,
             join,
             wait_secs,
-        } => restore_command(&from, &data_dir, &network, join, wait_secs),
-        Command::Verify { data_dir, network } => verify_command(&data_dir, &network),
+        } => restore_command((&from, &data_dir), &network, (join, &kek), wait_secs),
+        Command::Verify {
+            data_dir,
+            kek,
+            network,
+        } => verify_command(&data_dir, &network, &kek),
         Command::Init {
             data_dir,
+            kek,
             branch_id,
             name,
             admin_password_file,
@@ -248,16 +390,24 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 .transpose()?;
             let branch = (BranchId(branch_id), name.as_str());
             let made = (password, totp, customer_deposit_max);
-            init_command(&data_dir, branch, made, &listen, replicated)
+            let kek = kek.source().ok_or(KeyError::NoKek)?;
+            init_command((&data_dir, &kek), branch, made, &listen, replicated)
         }
         Command::InitReplica {
             data_dir,
+            kek,
             branch_id,
             replica,
+            keys_from,
             listen,
-        } => init_replica_command(&data_dir, BranchId(branch_id), replica, &listen),
+        } => {
+            let kek = kek.source().ok_or(KeyError::NoKek)?;
+            let branch = (BranchId(branch_id), replica);
+            init_replica_command((&data_dir, &kek), branch, &keys_from, &listen)
+        }
         Command::Run {
             data_dir,
+            kek,
             network,
             listen,
             mdns,
@@ -278,6 +428,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 sms: sms_sink(sms_url)?,
                 durability: durability(unsafe_no_fsync),
                 metrics_listen,
+                kek: kek.source(),
             };
             let runtime = tokio::runtime::Runtime::new()?;
             runtime.block_on(branch_node::node::run(cfg, shutdown_signal()))
@@ -311,7 +462,7 @@ fn read_password(file: &std::path::Path) -> anyhow::Result<String> {
 /// `branch-node init`: `made` is the admin password (if given), whether the admin
 /// needs one-time codes, and the customer deposit limit.
 fn init_command(
-    data_dir: &std::path::Path,
+    (data_dir, kek): (&std::path::Path, &KekSource),
     (branch, name): (BranchId, &str),
     (password, totp, customer_deposit_max): (Option<String>, bool, wire::Amount),
     listen: &[Multiaddr],
@@ -321,8 +472,8 @@ fn init_command(
         data_dir,
         (branch, name),
         password,
-        totp,
-        customer_deposit_max,
+        (totp, customer_deposit_max),
+        kek,
     )?;
     println!(
         "initialized branch {} ({}) in {}",
@@ -359,16 +510,16 @@ fn init_command(
 
 /// `branch-node init-replica`.
 fn init_replica_command(
-    data_dir: &std::path::Path,
-    branch: BranchId,
-    replica: u64,
+    (data_dir, kek): (&std::path::Path, &KekSource),
+    (branch, replica): (BranchId, u64),
+    keys_from: &std::path::Path,
     listen: &[Multiaddr],
 ) -> anyhow::Result<()> {
     anyhow::ensure!(
         replica >= 2,
         "replica 1 is made by `branch-node init --replicated`"
     );
-    let done = branch_node::init::init_replica(data_dir, branch)?;
+    let done = branch_node::init::init_replica(data_dir, branch, keys_from, kek)?;
     println!(
         "initialized replica {replica} of branch {} in {}",
         done.branch,
@@ -382,13 +533,18 @@ fn init_replica_command(
 }
 
 /// `branch-node backup`.
-fn backup_command(data_dir: &std::path::Path, to: &std::path::Path) -> anyhow::Result<()> {
-    let c = branch_node::backup::backup(data_dir, to)?;
+fn backup_command(
+    data_dir: &std::path::Path,
+    to: &std::path::Path,
+    kek: &KekArgs,
+) -> anyhow::Result<()> {
+    let c = branch_node::backup::backup(data_dir, to, kek.source().as_ref())?;
     println!(
-        "backed up branch {:03} to {}: {} accounts, {} ledger entries, {} legs in doubt \
-         (the key file is not in it)",
+        "backed up branch {:03} to {} (encrypted; its wrapped keys in {}): {} accounts, \
+         {} ledger entries, {} legs in doubt (no key file is in it)",
         c.branch,
         to.display(),
+        branch_node::backup::keys_beside(to).display(),
         c.accounts,
         c.ledger_entries,
         c.legs_in_doubt
@@ -399,18 +555,23 @@ fn backup_command(data_dir: &std::path::Path, to: &std::path::Path) -> anyhow::R
 /// `branch-node restore`: the copy, then the network's part under the same lock; if
 /// that fails, the copy is taken back so the restore can be run again.
 fn restore_command(
-    from: &std::path::Path,
-    data_dir: &std::path::Path,
+    (from, data_dir): (&std::path::Path, &std::path::Path),
     network: &std::path::Path,
-    join: bool,
+    (join, kek): (bool, &KekArgs),
     wait_secs: u64,
 ) -> anyhow::Result<()> {
     use branch_node::backup::{self, Rejoin};
+    let kek = kek.source();
     let lock = backup::lock_for_restore(data_dir)?;
-    let (c, rejoin) = backup::restore_locked(from, data_dir, join, &lock)?;
+    let (c, rejoin) = backup::restore_locked(from, data_dir, (join, kek.as_ref()), &lock)?;
     let wait = std::time::Duration::from_secs(wait_secs);
     let runtime = tokio::runtime::Runtime::new()?;
-    let recovered = runtime.block_on(branch_node::restore::recover(data_dir, network, join, wait));
+    let recovered = runtime.block_on(branch_node::restore::recover(
+        data_dir,
+        (network, kek.as_ref()),
+        join,
+        wait,
+    ));
     let report = match recovered {
         Ok(r) => r,
         Err(e) => {
@@ -459,9 +620,33 @@ fn restore_command(
     Ok(())
 }
 
+/// `branch-node rekey`: the old KEK from `kek` (or as recorded), the new from `new`.
+fn rekey_command(
+    data_dir: &std::path::Path,
+    kek: &KekArgs,
+    new: &NewKekArgs,
+) -> anyhow::Result<()> {
+    let to = match (&new.new_key_file, &new.new_key_command, new.new_passphrase) {
+        (Some(f), _, _) => KekSource::File(f.clone()),
+        (None, Some(c), _) => KekSource::Command(c.clone()),
+        (None, None, true) => KekSource::Passphrase,
+        (None, None, false) => return Err(KeyError::NoKek.into()),
+    };
+    branch_node::keys::rekey(data_dir, kek.source().as_ref(), &to)?;
+    println!(
+        "{}: the data keys are wrapped by the new key-encryption key (the store was not rewritten)",
+        data_dir.display()
+    );
+    Ok(())
+}
+
 /// `branch-node verify`.
-fn verify_command(data_dir: &std::path::Path, network: &std::path::Path) -> anyhow::Result<()> {
-    let report = branch_node::verify::verify(data_dir, network)?;
+fn verify_command(
+    data_dir: &std::path::Path,
+    network: &std::path::Path,
+    kek: &KekArgs,
+) -> anyhow::Result<()> {
+    let report = branch_node::verify::verify(data_dir, network, kek.source().as_ref())?;
     print!("{}", report.text());
     anyhow::ensure!(report.ok(), "{} did not verify", data_dir.display());
     Ok(())

@@ -194,16 +194,18 @@ pub struct InUse {
 /// (the caller removes the database, so the restore can be run again).
 pub async fn recover(
     data_dir: &Path,
-    network_file: &Path,
+    (network_file, kek): (&Path, Option<&crate::keys::KekSource>),
     join: bool,
     wait: Duration,
 ) -> anyhow::Result<Report> {
     let network = NetworkFile::load(network_file)?;
     let key = Arc::new(crate::init::read_key(data_dir)?);
     let net = connect(key, &network)?;
+    // The data dir holds the backup's keys now (restore put them there).
+    let keys = crate::keys::unlock(data_dir, Some(net.me), kek)?;
     let db = data_dir.join(crate::init::DB_FILE);
     let own = {
-        let store = Store::open_existing(&db, net.me, Durability::Full)?;
+        let store = Store::open_existing(&db, &keys, net.me, Durability::Full)?;
         crate::store::fence::own(store.conn())?
     };
     let mut report = Report {
@@ -226,7 +228,7 @@ pub async fn recover(
     register(&net, epoch, wait).await?;
     report.epoch = epoch;
     report.network_head = newest_head(&states);
-    put_back(&net, &network, &db, own, wait, &mut report).await?;
+    put_back(&net, &network, (&db, &keys), own, wait, &mut report).await?;
     Ok(report)
 }
 
@@ -332,7 +334,7 @@ async fn register(net: &Net, epoch: u64, wait: Duration) -> anyhow::Result<()> {
 async fn put_back(
     net: &Net,
     network: &NetworkFile,
-    db: &Path,
+    (db, keys): (&Path, &crate::keys::DataKeys),
     own: OwnFence,
     wait: Duration,
     report: &mut Report,
@@ -341,7 +343,7 @@ async fn put_back(
     let serial_floor = report
         .network_head
         .map_or(0, |(_, h)| h.accounts_max_serial);
-    let mut store = Store::open_existing(db, net.me, Durability::Full)?;
+    let mut store = Store::open_existing(db, keys, net.me, Durability::Full)?;
     store.in_tx(|c, _| {
         crate::store::fence::set_meta(c, "epoch", epoch)?;
         crate::store::fence::set_meta(c, "serial_floor", u64::from(serial_floor))

@@ -73,7 +73,12 @@ impl Report {
 }
 
 /// Audits the data dir `data_dir` of a branch listed in the network file `network`.
-pub fn verify(data_dir: &Path, network: &Path) -> anyhow::Result<Report> {
+/// `kek` unwraps its keys where not the key-encryption key they name.
+pub fn verify(
+    data_dir: &Path,
+    network: &Path,
+    kek: Option<&crate::keys::KekSource>,
+) -> anyhow::Result<Report> {
     let net = NetworkFile::load(network)?;
     let key = read_key(data_dir)?;
     let _lock = crate::lock::lock(data_dir, crate::lock::Use::Audit)?;
@@ -82,13 +87,14 @@ pub fn verify(data_dir: &Path, network: &Path) -> anyhow::Result<Report> {
         .ok_or_else(|| anyhow::anyhow!("this data dir's key is not in {}", network.display()))?;
     let me = entry.id;
     let listed: Vec<u64> = entry.replicas.iter().map(|r| r.id).collect();
+    let keys = crate::keys::unlock(data_dir, Some(me), kek)?;
     let db = data_dir.join(DB_FILE);
-    let mut checks = vec![integrity(&db)?];
+    let mut checks = vec![integrity(&db, &keys)?];
     if checks[0].result.is_err() {
         // A damaged file is not read further: what it says cannot be trusted.
         return Ok(Report { branch: me, checks });
     }
-    let store = Store::open_existing(&db, me, Durability::Full)?;
+    let store = Store::open_existing(&db, &keys, me, Durability::Full)?;
     let conn = store.conn();
     checks.push(ledger(&store)?);
     checks.push(accounts(conn)?);
@@ -97,13 +103,17 @@ pub fn verify(data_dir: &Path, network: &Path) -> anyhow::Result<Report> {
     checks.push(half_applied(conn, me)?);
     let log = data_dir.join(LOG_FILE);
     if log.exists() {
-        checks.push(replica_log(&db, &log, &listed)?);
+        checks.push(replica_log((&db, &log), &keys, &listed)?);
     }
     Ok(Report { branch: me, checks })
 }
 
-fn replica_log(db: &Path, log: &Path, listed: &[u64]) -> anyhow::Result<Check> {
-    let (found, said) = crate::replica::check::log_agrees(db, log, listed)?;
+fn replica_log(
+    files: (&Path, &Path),
+    keys: &crate::keys::DataKeys,
+    listed: &[u64],
+) -> anyhow::Result<Check> {
+    let (found, said) = crate::replica::check::log_agrees(files, keys, listed)?;
     Ok(check("replica's store and Raft log", found, said))
 }
 
@@ -118,12 +128,12 @@ fn check(name: &'static str, found: Vec<String>, said: String) -> Check {
     }
 }
 
-fn integrity(db: &Path) -> anyhow::Result<Check> {
-    let rows = (|| -> rusqlite::Result<Vec<String>> {
-        let conn = Connection::open_with_flags(db, OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+fn integrity(db: &Path, keys: &crate::keys::DataKeys) -> anyhow::Result<Check> {
+    let rows = (|| -> Result<Vec<String>, crate::store::StoreError> {
+        let conn = crate::store::connect(db, keys, OpenFlags::SQLITE_OPEN_READ_ONLY)?;
         let mut stmt = conn.prepare("PRAGMA integrity_check")?;
         let rows = stmt.query_map([], |r| r.get(0))?;
-        rows.collect()
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
     })();
     let found = match rows {
         Ok(rows) if rows == ["ok"] => Vec::new(),

@@ -6,7 +6,7 @@
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 
-use branch_node::store::{Durability, Store};
+use branch_node::store::Durability;
 use coordinator::Shard;
 use wire::teller::TransferState;
 use wire::{AccountNumber, BranchId, TransferId};
@@ -44,7 +44,7 @@ fn every_acknowledged_operation_survives_sigkill() {
                 acked.push(id);
             }
         }
-        let store = Store::open(&db, BranchId(1), Durability::Full)
+        let store = branch_node::store::testing::open_keyed(&db, BranchId(1), Durability::Full)
             .expect("reopens: integrity_check passed");
         let report = store
             .verify_ledger()
@@ -74,8 +74,7 @@ fn every_acknowledged_operation_survives_sigkill() {
                 .expect("exists")
                 .balance
                 .minor();
-        let deposited: i64 = rusqlite::Connection::open(&db)
-            .expect("opens")
+        let deposited: i64 = branch_node::store::testing::raw(&db)
             .query_row(
                 "SELECT coalesce(sum(amount), 0) FROM ledger WHERE kind = 'deposit'",
                 [],

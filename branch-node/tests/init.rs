@@ -5,7 +5,7 @@ use std::path::Path;
 use std::process::{Command, Output};
 
 use branch_node::init::{DB_FILE, KEY_FILE, read_key};
-use branch_node::store::{Durability, Store};
+use branch_node::store::Durability;
 use wire::BranchId;
 
 fn branch_node(args: &[&str]) -> Output {
@@ -15,7 +15,17 @@ fn branch_node(args: &[&str]) -> Output {
         .expect("runs")
 }
 
+/// A key-encryption key file for data dir `dir`, beside it (`DIR.kek`), made once.
+fn kek_for(dir: &Path) -> String {
+    let kek = format!("{}.kek", dir.display());
+    if !Path::new(&kek).exists() {
+        branch_node::keys::keygen(Path::new(&kek)).expect("keygen");
+    }
+    kek
+}
+
 fn init(dir: &Path, id: &str, extra: &[&str]) -> Output {
+    let kek = kek_for(dir);
     let mut args = vec![
         "init",
         "--data-dir",
@@ -24,6 +34,8 @@ fn init(dir: &Path, id: &str, extra: &[&str]) -> Output {
         id,
         "--name",
         "Mumbai Fort",
+        "--key-file",
+        &kek,
     ];
     args.extend_from_slice(extra);
     branch_node(&args)
@@ -76,7 +88,9 @@ fn init_makes_key_database_admin_and_network_entry() {
             .mode();
         assert_eq!(mode & 0o777, 0o600, "key file readable by its owner only");
     }
-    let mut store = Store::open(&data.join(DB_FILE), BranchId(1), Durability::Full).expect("opens");
+    let mut store =
+        branch_node::store::testing::open_keyed(&data.join(DB_FILE), BranchId(1), Durability::Full)
+            .expect("opens");
     let admin = store
         .login("admin", "correct horse", None, 0)
         .expect("works")
@@ -100,8 +114,12 @@ fn init_generates_a_password_when_none_is_given() {
         .next()
         .expect("a word");
     assert_eq!(password.len(), 20);
-    let mut store =
-        Store::open(&dir.path().join(DB_FILE), BranchId(7), Durability::Full).expect("opens");
+    let mut store = branch_node::store::testing::open_keyed(
+        &dir.path().join(DB_FILE),
+        BranchId(7),
+        Durability::Full,
+    )
+    .expect("opens");
     assert!(
         store
             .login("admin", password, None, 0)
@@ -228,11 +246,13 @@ fn run_refuses_a_data_dir_without_its_database_or_key_or_with_another_branchs() 
     std::fs::copy(b2.join(DB_FILE), &db).expect("copies");
     let out = run_node(&b1, &network);
     assert_eq!(out.status.code(), Some(1));
+    // Another branch's store is under another key: refused before a byte is read.
     assert!(
-        stderr(&out).contains("belongs to branch 002, not 001"),
+        stderr(&out).contains("cannot be read with this data dir's key"),
         "{}",
         stderr(&out)
     );
+    assert_eq!(stderr(&out).lines().count(), 1, "{}", stderr(&out));
     std::fs::rename(&saved, &db).expect("moves back");
 
     let key = b1.join(KEY_FILE);
@@ -246,11 +266,17 @@ fn run_refuses_a_data_dir_without_its_database_or_key_or_with_another_branchs() 
 fn a_database_file_that_is_not_a_branch_is_refused() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join(DB_FILE);
-    rusqlite::Connection::open(&path).expect("makes an empty sqlite file");
-    let err = Store::open_existing(&path, BranchId(1), Durability::Full).expect_err("refused");
+    branch_node::store::testing::raw(&path);
+    let err =
+        branch_node::store::testing::open_existing_keyed(&path, BranchId(1), Durability::Full)
+            .expect_err("refused");
     assert!(err.to_string().contains("not made by"), "{err}");
-    let err = Store::open_existing(&dir.path().join("none.db"), BranchId(1), Durability::Full)
-        .expect_err("refused");
+    let err = branch_node::store::testing::open_existing_keyed(
+        &dir.path().join("none.db"),
+        BranchId(1),
+        Durability::Full,
+    )
+    .expect_err("refused");
     assert!(err.to_string().contains("is missing"), "{err}");
 }
 
@@ -271,6 +297,13 @@ fn files_the_node_appends_to_are_owner_only() {
 #[test]
 fn init_replica_makes_a_key_and_an_empty_store_and_refuses_bad_input() {
     let dir = tempfile::tempdir().expect("tempdir");
+    // The branch's keys, as its first replica's data dir holds them.
+    let first = dir.path().join("r1");
+    std::fs::create_dir(&first).expect("mkdir");
+    let kek = kek_for(&first);
+    let source = branch_node::keys::KekSource::File(kek.clone().into());
+    branch_node::keys::create(&first, BranchId(2), &source).expect("keys");
+    let keys_from = first.join(branch_node::keys::KEYS_FILE);
     let replica = |data: &Path, id: &str, n: &str| {
         let data = data.to_str().expect("utf-8");
         branch_node(&[
@@ -281,6 +314,10 @@ fn init_replica_makes_a_key_and_an_empty_store_and_refuses_bad_input() {
             id,
             "--replica",
             n,
+            "--key-file",
+            &kek,
+            "--keys-from",
+            keys_from.to_str().expect("utf-8"),
         ])
     };
     let data = dir.path().join("r2");
@@ -293,7 +330,9 @@ fn init_replica_makes_a_key_and_an_empty_store_and_refuses_bad_input() {
     );
     assert!(data.join(KEY_FILE).is_file());
     // An empty store of branch 2: no admin, no account; the leader's snapshot fills it.
-    let store = Store::open(&data.join(DB_FILE), BranchId(2), Durability::Full).expect("opens");
+    let store =
+        branch_node::store::testing::open_keyed(&data.join(DB_FILE), BranchId(2), Durability::Full)
+            .expect("opens");
     assert!(store.accounts().expect("reads").is_empty());
     drop(store);
     refused_over_itself(&data, || replica(&data, "2", "2"));

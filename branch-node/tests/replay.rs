@@ -15,7 +15,7 @@ use coordinator::testing::{HERE, run_all};
 use wire::teller::{NewCustomer, Role};
 
 fn open(path: &Path) -> Store {
-    Store::open(path, HERE, Durability::Full).expect("opens")
+    branch_node::store::testing::open_keyed(path, HERE, Durability::Full).expect("opens")
 }
 
 /// Every row of every table (a replica's place in its log aside), in a fixed order.

@@ -17,7 +17,7 @@ use branch_node::replica::state_machine::StateMachine;
 use branch_node::replica::{Raft, ReplicaId, Replicated, proposer};
 use branch_node::store::ops::WriteOp;
 use branch_node::store::writer::{Writer, WriterHandle};
-use branch_node::store::{Durability, Movement, Store, StoreError};
+use branch_node::store::{Durability, Movement, StoreError};
 use coordinator::testing::HERE;
 use coordinator::{Command, Input};
 use openraft::error::{InstallSnapshotError, RPCError, RaftError, RemoteError, Unreachable};
@@ -129,8 +129,10 @@ fn config(snapshots: SnapshotPolicy) -> Arc<Config> {
 
 async fn start(dir: &Path, id: ReplicaId, router: &Router, snapshots: SnapshotPolicy) -> Replica {
     let store = dir.join(format!("replica-{id}.db"));
-    let writer = Writer::spawn(Store::open(&store, HERE, Durability::Full).expect("opens"));
-    let log = LogStore::open(&dir.join(format!("replica-{id}.log"))).expect("opens");
+    let writer = Writer::spawn(
+        branch_node::store::testing::open_keyed(&store, HERE, Durability::Full).expect("opens"),
+    );
+    let log = LogStore::open(&dir.join(format!("replica-{id}.log")), writer.keys()).expect("opens");
     let sm = StateMachine::new(writer.handle());
     let waiting = sm.waiting();
     let raft = Raft::new(id, config(snapshots), router.clone(), log, sm)
@@ -179,6 +181,12 @@ fn writes(serial: u32, hash: &str) -> Vec<WriteOp> {
     let mut ops = vec![
         WriteOp::OpenAccount {
             customer,
+            // Deterministic, as a leader's sealed id is to its followers.
+            national_id: branch_node::store::SealedId {
+                hash: format!("R{serial}"),
+                sealed: Vec::new(),
+                masked: "**".into(),
+            },
             password_hash: hash.into(),
             existing: None,
             now_ms: now,
@@ -387,11 +395,21 @@ impl openraft::testing::StoreBuilder<Replicated, LogStore, StateMachine, Kept> f
     async fn build(
         &self,
     ) -> Result<(Kept, LogStore, StateMachine), openraft::StorageError<ReplicaId>> {
+        // One branch's replicas share its keys: a snapshot is its store's pages.
+        static KEYS: std::sync::OnceLock<branch_node::keys::DataKeys> =
+            std::sync::OnceLock::new();
+        let keys = KEYS.get_or_init(branch_node::keys::DataKeys::generate);
         let dir = tempfile::tempdir().expect("temp dir");
-        let store = Store::open(&dir.path().join("b.db"), HERE, Durability::Full).expect("opens");
+        let store = branch_node::store::Store::open(
+            &dir.path().join("b.db"),
+            keys,
+            HERE,
+            Durability::Full,
+        )
+        .expect("opens");
         let writer = Writer::spawn(store);
         let sm = StateMachine::new(writer.handle());
-        let log = LogStore::open(&dir.path().join("raft.db")).expect("opens");
+        let log = LogStore::open(&dir.path().join("raft.db"), writer.keys()).expect("opens");
         let kept = Kept {
             _dir: dir,
             _writer: writer,

@@ -37,7 +37,7 @@ fn acct(serial: u32) -> AccountNumber {
 }
 
 fn open(path: &Path) -> Store {
-    Store::open(path, HERE, Durability::Full).expect("opens")
+    branch_node::store::testing::open_keyed(path, HERE, Durability::Full).expect("opens")
 }
 
 fn fund_store(s: &mut Store, number: AccountNumber, minor: i64) {
@@ -72,7 +72,7 @@ fn group_commit_writer_passes_the_shard_conformance_suite() {
 /// Every row a refusal must leave alone (the `transfers` table may gain the refused
 /// id's outcome, so a retry of the id gets the same answer).
 fn snapshot(path: &Path) -> String {
-    let c = rusqlite::Connection::open(path).expect("opens");
+    let c = branch_node::store::testing::raw(path);
     let mut out = String::new();
     for table in [
         "accounts",
@@ -279,7 +279,7 @@ fn ledger_verification_finds_the_first_bad_entry() {
     }
     let report = s.verify_ledger().expect("reads").expect("verifies");
     assert_eq!((report.entries, report.accounts), (12, 2));
-    let raw = rusqlite::Connection::open(&path).expect("opens");
+    let raw = branch_node::store::testing::raw(&path);
     assert!(
         raw.execute("DELETE FROM ledger", []).is_err(),
         "append-only"
@@ -309,15 +309,17 @@ fn a_corrupt_or_foreign_file_is_refused_with_a_clear_error() {
     let dir = tempfile::tempdir().expect("tempdir");
     let junk = dir.path().join("junk.db");
     std::fs::write(&junk, vec![0x42u8; 8192]).expect("writes");
-    let err = Store::open(&junk, HERE, Durability::Full).expect_err("refused");
+    let err = branch_node::store::testing::open_keyed(&junk, HERE, Durability::Full)
+        .expect_err("refused");
     let text = err.to_string();
     assert!(
-        text.contains("not a database") || matches!(err, StoreError::Corrupt(_)),
+        matches!(err, StoreError::Unreadable(_) | StoreError::Corrupt(_)),
         "{text}"
     );
     let path = dir.path().join("b.db");
     drop(open(&path));
-    let err = Store::open(&path, BranchId(2), Durability::Full).expect_err("refused");
+    let err = branch_node::store::testing::open_keyed(&path, BranchId(2), Durability::Full)
+        .expect_err("refused");
     assert_eq!(err.to_string(), "database belongs to branch 001, not 002");
 }
 
@@ -573,7 +575,7 @@ fn a_failing_operation_in_a_group_commit_batch_rolls_back_alone() {
         .collect();
     assert_eq!(results, vec![true, false, true]);
     drop(writer);
-    let raw = rusqlite::Connection::open(&path).expect("opens");
+    let raw = branch_node::store::testing::raw(&path);
     let mut stmt = raw
         .prepare("SELECT key FROM meta WHERE key NOT IN ('branch_id', 'epoch') ORDER BY key")
         .expect("prepares");
@@ -651,7 +653,7 @@ fn signed_envelopes_are_stored_once_and_linked_to_every_record_they_justify() {
         votes: vec![vote_envelope.clone(), vote_envelope],
     };
     s.record_decisions(&[commit]).expect("works");
-    let raw = rusqlite::Connection::open(&path).expect("opens");
+    let raw = branch_node::store::testing::raw(&path);
     let count = |sql: &str| -> i64 { raw.query_row(sql, [], |r| r.get(0)).expect("counts") };
     assert_eq!(
         count("SELECT count(*) FROM envelopes"),
@@ -689,7 +691,7 @@ fn money_that_would_overflow_a_balance_is_refused_and_changes_nothing() {
     fund_store(&mut s, a, 1_000);
     fund_store(&mut s, full, 0);
     // No sequence of permitted deposits gets here quickly: set it directly.
-    let raw = rusqlite::Connection::open(&path).expect("opens");
+    let raw = branch_node::store::testing::raw(&path);
     raw.execute(
         "UPDATE accounts SET balance = ?1 WHERE serial = 2",
         [i64::MAX - 5],
@@ -775,13 +777,12 @@ fn abort_only_legs_stop_at_their_bound_per_coordinator() {
     let path = dir.path().join("b.db");
     let mut s = open(&path);
     let count = |sql: &str| -> i64 {
-        rusqlite::Connection::open(&path)
-            .expect("opens")
+        branch_node::store::testing::raw(&path)
             .query_row(sql, [], |r| r.get(0))
             .expect("counts")
     };
     {
-        let mut raw = rusqlite::Connection::open(&path).expect("opens");
+        let mut raw = branch_node::store::testing::raw(&path);
         let tx = raw.transaction().expect("tx");
         for i in 0..ABORT_ONLY_LEGS_PER_PEER_MAX - 1 {
             tx.execute(
@@ -821,7 +822,7 @@ fn no_vote_legs_stop_at_their_bound_per_coordinator() {
     let mut s = open(&path);
     let no = wire::encode(&Vote::No(Refusal::AccountNotFound)).expect("encodes");
     {
-        let mut raw = rusqlite::Connection::open(&path).expect("opens");
+        let mut raw = branch_node::store::testing::raw(&path);
         let tx = raw.transaction().expect("tx");
         for i in 0..NO_VOTE_LEGS_PER_PEER_MAX {
             tx.execute(
@@ -843,8 +844,7 @@ fn no_vote_legs_stop_at_their_bound_per_coordinator() {
     };
     let votes = s.prepare(BranchId(2), &[item], 0, &None).expect("works");
     assert_eq!(votes, vec![Vote::No(Refusal::AccountNotFound)]);
-    let stored: i64 = rusqlite::Connection::open(&path)
-        .expect("opens")
+    let stored: i64 = branch_node::store::testing::raw(&path)
         .query_row("SELECT count(*) FROM legs WHERE coordinator = 2", [], |r| {
             r.get(0)
         })

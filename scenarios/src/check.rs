@@ -41,7 +41,9 @@ impl Report {
 pub fn audit_all(databases: &[(BranchId, PathBuf)]) -> anyhow::Result<Vec<Audit>> {
     let mut out = Vec::new();
     for (id, path) in databases {
-        let store = Store::open_existing(path, *id, Durability::Full)?;
+        let dir = path.parent().unwrap_or(std::path::Path::new("."));
+        let keys = branch_node::keys::unlock(dir, Some(*id), None)?;
+        let store = Store::open_existing(path, &keys, *id, Durability::Full)?;
         out.push(store.audit()?);
     }
     Ok(out)

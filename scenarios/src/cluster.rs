@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use branch_node::init;
+use branch_node::keys::KekSource;
 use client::network_file::NetworkFile;
 use teller_cli::{Target, Teller};
 use wire::teller::{NewCustomer, TellerOp, TellerResponse};
@@ -156,6 +157,24 @@ fn free_port() -> anyhow::Result<u16> {
     }
 }
 
+/// The key-encryption key of a local network's data dirs: a generated key file in the
+/// network's folder (beside the data dirs, never in one), made at its first use.
+pub fn kek_file(network_dir: &Path) -> anyhow::Result<PathBuf> {
+    let path = network_dir.join(KEK_FILE);
+    if !path.is_file() {
+        branch_node::keys::keygen(&path)?;
+    }
+    Ok(path)
+}
+
+/// The name of [`kek_file`]'s file.
+pub const KEK_FILE: &str = "network.kek";
+
+/// The folder a data dir `data` is in.
+fn parent(data: &Path) -> &Path {
+    data.parent().unwrap_or(Path::new("."))
+}
+
 /// Makes branch `id`'s data dir (its first admin's password [`ADMIN_PASSWORD`]).
 fn init_branch(data: &Path, id: u16, name: &str) -> anyhow::Result<init::Initialized> {
     Ok(init::init(
@@ -164,6 +183,19 @@ fn init_branch(data: &Path, id: u16, name: &str) -> anyhow::Result<init::Initial
         name,
         Some(ADMIN_PASSWORD.into()),
         false,
+        &KekSource::File(kek_file(parent(data))?),
+    )?)
+}
+
+/// Makes replica data dir `data` of branch `id`, with the keys of replica data dir
+/// `first`.
+fn init_replica(data: &Path, id: BranchId, first: &Path) -> anyhow::Result<init::Initialized> {
+    let keys = first.join(branch_node::keys::KEYS_FILE);
+    Ok(init::init_replica(
+        data,
+        id,
+        &keys,
+        &KekSource::File(kek_file(parent(data))?),
     )?)
 }
 
@@ -337,9 +369,9 @@ impl Cluster {
             .and_then(|b| b.replica(self.nodes[i].replica))
             .map(|r| r.peer_id.to_string())
             .context("the replica is not listed")?;
-        std::fs::remove_dir_all(&old_dir)?;
         let dir = self.dir.join(format!("{}-r{next}", self.nodes[i].name));
-        let done = init::init_replica(&dir, id)?;
+        let done = init_replica(&dir, id, &old_dir)?;
+        std::fs::remove_dir_all(&old_dir)?;
         let port = free_port()?;
         let addr: multiaddr::Multiaddr = format!("/ip4/127.0.0.1/tcp/{port}").parse()?;
         // A replica's table, as `init` prints it: the header, its id, key, PeerId and
@@ -415,7 +447,7 @@ impl Cluster {
                     init::mark_bootstrap(&data)?;
                     done
                 } else {
-                    init::init_replica(&data, BranchId(i))?
+                    init_replica(&data, BranchId(i), &dir.join(format!("{name}-r1")))?
                 };
                 let (ip, port, netns) = where_(nodes.len())?;
                 let addr: multiaddr::Multiaddr = format!("/ip4/{ip}/tcp/{port}").parse()?;

@@ -67,7 +67,7 @@ fn fingerprint(dbs: &[(BranchId, PathBuf)]) -> Vec<String> {
     let mut out = Vec::new();
     for (_, path) in dbs {
         let conn =
-            rusqlite::Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+            branch_node::store::connect_in_dir(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
                 .expect("open read-only");
         for t in TABLES {
             let mut stmt = conn

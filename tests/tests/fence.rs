@@ -107,7 +107,7 @@ async fn customer_at(target: &Target, account: AccountNumber) -> Result<Teller, 
 
 /// The fence meta a stopped branch's store holds (read without changing it).
 fn instance_of(db: &Path) -> i64 {
-    let c = rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+    let c = branch_node::store::connect_in_dir(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
         .expect("open");
     c.query_row(
         "SELECT coalesce((SELECT value FROM meta WHERE key = 'instance'), 0)",

@@ -291,7 +291,8 @@ async fn big_listings_page_and_a_missing_branch_is_named() {
     let mut c = Cluster::create(dir.path(), 2, &[]).expect("cluster");
     {
         let db = c.nodes[0].dir.join(branch_node::init::DB_FILE);
-        let mut conn = rusqlite::Connection::open(db).expect("opens");
+        let mut conn =
+            branch_node::store::connect_in_dir(&db, rusqlite::OpenFlags::default()).expect("opens");
         let tx = conn.transaction().expect("tx");
         tx.execute(
             "INSERT INTO customers (id, national_id, phone, first_name, last_name, sms_opt_in, created_at_ms)

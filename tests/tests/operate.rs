@@ -274,8 +274,11 @@ async fn verify_passes_a_clean_branch_and_reports_each_planted_damage() {
     for (i, (sql, check_name)) in damages.iter().enumerate() {
         let copy = dir.path().join(format!("damaged-{i}"));
         copy_dir(&c.nodes[0].dir, &copy);
-        let db =
-            rusqlite::Connection::open(copy.join(branch_node::init::DB_FILE)).expect("open copy");
+        let db = branch_node::store::connect_in_dir(
+            &copy.join(branch_node::init::DB_FILE),
+            rusqlite::OpenFlags::default(),
+        )
+        .expect("open copy");
         if *sql == FORGE {
             forge(&db);
         } else {
@@ -293,7 +296,7 @@ async fn verify_passes_a_clean_branch_and_reports_each_planted_damage() {
     let copy = dir.path().join("damaged-file");
     copy_dir(&c.nodes[0].dir, &copy);
     let db = copy.join(branch_node::init::DB_FILE);
-    rusqlite::Connection::open(&db)
+    branch_node::store::connect_in_dir(&db, rusqlite::OpenFlags::default())
         .expect("open")
         .execute_batch("PRAGMA wal_checkpoint(TRUNCATE)")
         .expect("checkpoint");
@@ -314,7 +317,7 @@ async fn verify_passes_a_clean_branch_and_reports_each_planted_damage() {
 
 /// Legs branch `i` voted yes on with no decision yet, read beside the running node.
 fn in_doubt(c: &Cluster, i: usize) -> i64 {
-    let db = rusqlite::Connection::open_with_flags(
+    let db = branch_node::store::connect_in_dir(
         &c.databases()[i].1,
         rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
     )
@@ -575,6 +578,10 @@ async fn init_prints_a_ready_block_and_json_logs_are_json() {
         "/ip4/127.0.0.1/tcp/7001".as_ref(),
         "--admin-password-file".as_ref(),
         pw.as_os_str(),
+        "--key-file".as_ref(),
+        scenarios::cluster::kek_file(dir.path())
+            .expect("kek")
+            .as_os_str(),
     ]);
     assert_eq!(code, 0, "{said}");
     let block = &said[said.find("[[branch]]").expect("a block")..];
@@ -748,7 +755,9 @@ async fn reconcile_agrees_then_names_a_transfer_one_side_lost() {
 
     // b2 loses the ledger line of one credit (planted while it is stopped).
     c.kill(1);
-    let db = rusqlite::Connection::open(&c.databases()[1].1).expect("open b2");
+    let db =
+        branch_node::store::connect_in_dir(&c.databases()[1].1, rusqlite::OpenFlags::default())
+            .expect("open b2");
     let blob = sent[1].0.to_be_bytes().to_vec();
     db.execute_batch("DROP TRIGGER ledger_no_delete")
         .expect("drop trigger");
@@ -941,7 +950,9 @@ fn verify_finds_a_log_gap(
     network: &std::path::Path,
 ) {
     copy_dir(dir, copy);
-    let log = rusqlite::Connection::open(copy.join("raft.db")).expect("log");
+    let log =
+        branch_node::store::connect_in_dir(&copy.join("raft.db"), rusqlite::OpenFlags::default())
+            .expect("log");
     let (first, last): (i64, i64) = log
         .query_row("SELECT min(idx), max(idx) FROM log", [], |r| {
             Ok((r.get(0)?, r.get(1)?))

@@ -303,7 +303,8 @@ async fn checker_catches_planted_damage() {
     );
 
     let sql = |i: usize, q: &str| {
-        let conn = rusqlite::Connection::open(&dbs[i].1).expect("open");
+        let conn = branch_node::store::connect_in_dir(&dbs[i].1, rusqlite::OpenFlags::default())
+            .expect("open");
         conn.execute_batch(q).expect("plant");
     };
     let says = |r: &check::Report, what: &str| {

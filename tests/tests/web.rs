@@ -783,7 +783,9 @@ fn base32(text: &str) -> Vec<u8> {
 
 /// Sessions the branch keeps for `login` (they are stored, to survive a restart).
 fn branch_sessions(c: &Cluster, login: &str) -> i64 {
-    let db = rusqlite::Connection::open(&c.databases()[0].1).expect("open the branch db");
+    let db =
+        branch_node::store::connect_in_dir(&c.databases()[0].1, rusqlite::OpenFlags::default())
+            .expect("open the branch db");
     db.query_row(
         "SELECT count(*) FROM sessions WHERE login = ?1",
         [login],

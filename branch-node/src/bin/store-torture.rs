@@ -1,7 +1,9 @@
 //! `store-torture DB THREADS OPS`: writes a stream of deposits and local transfers to a
 //! branch store through the group-commit writer and prints `ack <id>` for each one the
 //! moment it is durable. The crash-safety test SIGKILLs it mid-stream and checks that
-//! every printed id survived; it is also a quick way to load a store by hand.
+//! every printed id survived; it is also a quick way to load a store by hand. The
+//! store is encrypted under the keys of its folder (`data.keys`, made with a key file
+//! `local.kek` beside it when missing).
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -22,8 +24,10 @@ fn main() -> anyhow::Result<()> {
     };
     let (threads, ops): (u128, u128) = (threads.parse()?, ops.parse()?);
     let me = BranchId(1);
-    let mut store =
-        Store::open(&PathBuf::from(db), me, Durability::Full).context("opening the store")?;
+    let db = PathBuf::from(db);
+    let dir = db.parent().filter(|p| !p.as_os_str().is_empty());
+    let keys = branch_node::keys::unlock_or_make(dir.unwrap_or(std::path::Path::new(".")), me)?;
+    let mut store = Store::open(&db, &keys, me, Durability::Full).context("opening the store")?;
     let (a, b) = (AccountNumber::new(me, 1)?, AccountNumber::new(me, 2)?);
     if store.account(a)?.is_none() {
         let hash = hash_password("torture")?;

@@ -69,6 +69,8 @@ pub struct RunConfig {
     pub durability: Durability,
     /// Where to serve `/metrics`, `/healthz` and `/readyz`, if anywhere.
     pub metrics_listen: Option<std::net::SocketAddr>,
+    /// The key-encryption key, where not the one `data.keys` names.
+    pub kek: Option<crate::keys::KekSource>,
 }
 
 /// The file the default SMS sink appends to, in the data dir.
@@ -90,6 +92,8 @@ struct Node {
     logins: Arc<logins::Logins>,
     /// How this process claims a branch that runs as one replica (`None`: replicated).
     claiming: Option<fence::Claiming>,
+    /// The branch's data keys (the SMS log is sealed with them).
+    keys: crate::keys::DataKeys,
 }
 
 /// The branch being served: what dispatch hands requests to.
@@ -180,11 +184,9 @@ impl Stack {
             epoch,
         );
         let engine_task = tokio::spawn(engine_loop.run(stopped(stop_rx.clone())));
-        let sink = node
-            .cfg
-            .sms
-            .clone()
-            .unwrap_or_else(|| SmsSink::LogFile(node.cfg.data_dir.join(SMS_LOG_FILE)));
+        let sink = node.cfg.sms.clone().unwrap_or_else(|| {
+            SmsSink::LogFile(node.cfg.data_dir.join(SMS_LOG_FILE), node.keys.clone())
+        });
         let others = vec![
             tokio::spawn(notifier::run(
                 node.writes.clone(),
@@ -327,7 +329,9 @@ async fn open(cfg: &RunConfig, id: &Identity) -> anyhow::Result<Opened> {
         None => None,
     };
     crate::init::owner_only_dir(&cfg.data_dir)?;
-    let store = Store::open_existing(&cfg.data_dir.join(DB_FILE), me, cfg.durability)?;
+    crate::rotate::finish(&cfg.data_dir)?;
+    let keys = crate::keys::unlock(&cfg.data_dir, Some(me), cfg.kek.as_ref())?;
+    let store = Store::open_existing(&cfg.data_dir.join(DB_FILE), &keys, me, cfg.durability)?;
     let own = crate::store::fence::own(store.conn())?;
     if own.fenced_by > 0 {
         return Err(FencedCopy {
@@ -339,7 +343,7 @@ async fn open(cfg: &RunConfig, id: &Identity) -> anyhow::Result<Opened> {
     }
     let writer = Writer::spawn(store);
     let cores = std::thread::available_parallelism().map_or(1, usize::from);
-    let reader = Reader::open(&cfg.data_dir.join(DB_FILE), me, cores)?;
+    let reader = Reader::open(&cfg.data_dir.join(DB_FILE), &keys, me, cores)?;
     Ok(Opened {
         _lock: lock,
         metrics,
@@ -443,6 +447,7 @@ pub async fn run(
         reader: reader.clone(),
         client: client.clone(),
         logins: Arc::new(logins::Logins::new(cores())),
+        keys: writer.keys().clone(),
         cfg,
         claiming,
     };

@@ -10,11 +10,9 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension};
 use super::state_machine::state_get;
 use crate::store::StoreError;
 
+/// The store or log file at `path`, read-only, with its data dir's keys.
 fn open(path: &Path) -> Result<Connection, StoreError> {
-    Ok(Connection::open_with_flags(
-        path,
-        OpenFlags::SQLITE_OPEN_READ_ONLY,
-    )?)
+    crate::store::connect_in_dir(path, OpenFlags::SQLITE_OPEN_READ_ONLY)
 }
 
 /// The id of the last log entry the store at `path` applied (encoded), if any.
@@ -150,13 +148,14 @@ fn log_id_at(log: &Connection, index: u64) -> Result<Option<LogId>, StoreError> 
 /// log's end). Returns what is wrong (empty when nothing is) and a summary that also
 /// names the voters against the replicas `listed` in the network file.
 pub fn log_agrees(
-    store: &Path,
-    log: &Path,
+    (store, log): (&Path, &Path),
+    keys: &crate::keys::DataKeys,
     listed: &[u64],
 ) -> Result<(Vec<String>, String), StoreError> {
-    let conn = open(log)?;
+    let read = |p| crate::store::connect(p, keys, OpenFlags::SQLITE_OPEN_READ_ONLY);
+    let conn = read(log)?;
     let (held, purged) = log_span(&conn)?;
-    let applied: Option<LogId> = state_get(&open(store)?, "applied")?;
+    let applied: Option<LogId> = state_get(&read(store)?, "applied")?;
     let mut found = Vec::new();
     let after_purge = purged.map_or(0, |p| p.index + 1);
     if let Some((first, last, count)) = held {

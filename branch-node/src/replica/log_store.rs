@@ -29,9 +29,12 @@ pub struct LogStore {
 }
 
 impl LogStore {
-    /// Opens (or makes) the log file at `path`.
-    pub fn open(path: &Path) -> Result<LogStore, rusqlite::Error> {
-        let conn = Connection::open(path)?;
+    /// Opens (or makes) the log file at `path`, encrypted under `keys` like the store.
+    pub fn open(
+        path: &Path,
+        keys: &crate::keys::DataKeys,
+    ) -> Result<LogStore, crate::store::StoreError> {
+        let conn = crate::store::connect_rw(path, keys)?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.execute_batch(SCHEMA)?;

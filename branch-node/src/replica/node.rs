@@ -83,6 +83,8 @@ impl std::fmt::Debug for Replica {
 pub enum StartError {
     #[error("cannot open the raft log: {0}")]
     Log(#[from] rusqlite::Error),
+    #[error("cannot open the raft log: {0}")]
+    LogFile(#[from] crate::store::StoreError),
     #[error("raft's configuration is refused: {0}")]
     Config(#[from] openraft::ConfigError),
     #[error("raft stopped: {0}")]
@@ -130,7 +132,7 @@ impl Replica {
         client: Client,
         streams: mpsc::Receiver<(libp2p::PeerId, libp2p::Stream)>,
     ) -> Result<Replica, StartError> {
-        let log = LogStore::open(&data_dir.join(LOG_FILE))?;
+        let log = LogStore::open(&data_dir.join(LOG_FILE), writer.keys())?;
         let sm = StateMachine::new(writer.handle());
         let waiting = sm.waiting();
         let transport = Transport::new(client, branch.clone());

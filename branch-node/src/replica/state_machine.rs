@@ -138,7 +138,7 @@ fn copy_store(store: &mut Store) -> Result<(Vec<u8>, Applied), StoreError> {
     let path = store_path(&store.conn)?.with_extension("snapshot");
     let _ = std::fs::remove_file(&path);
     {
-        let mut dst = Connection::open(&path)?;
+        let mut dst = crate::store::connect_rw(&path, store.keys())?;
         copy_pages(&store.conn, &mut dst)?;
         dst.execute_batch("PRAGMA journal_mode = DELETE")?;
     }
@@ -152,7 +152,11 @@ fn restore_store(store: &mut Store, bytes: &[u8]) -> Result<(), StoreError> {
     let path = store_path(&store.conn)?.with_extension("incoming");
     std::fs::write(&path, bytes).map_err(|e| StoreError::file("writing", &path, e))?;
     let restored = (|| {
-        let src = Connection::open(&path)?;
+        let src = crate::store::connect(
+            &path,
+            store.keys(),
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+        )?;
         Ok(copy_pages(&src, &mut store.conn)?)
     })();
     let _ = std::fs::remove_file(&path);

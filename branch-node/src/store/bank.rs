@@ -419,12 +419,37 @@ pub(crate) fn movement(
     Ok(state)
 }
 
+/// A national id as the vault keeps it: its keyed hash (hex) to find and compare it by,
+/// the id sealed under the vault key, and its masked form for listings. Made where
+/// the keys are (before an open is queued or proposed), so the plain id is in no
+/// queue, Raft log entry or row.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SealedId {
+    pub hash: String,
+    pub sealed: Vec<u8>,
+    pub masked: String,
+}
+
+/// What a national id is sealed and hashed for.
+pub(crate) const NATIONAL_ID_PURPOSE: &str = "national_id";
+
+impl SealedId {
+    /// `national_id` sealed and hashed under `keys`.
+    pub fn new(keys: &crate::keys::DataKeys, national_id: &str) -> SealedId {
+        SealedId {
+            hash: hex::encode(keys.lookup_hash(NATIONAL_ID_PURPOSE, national_id)),
+            sealed: keys.seal(NATIONAL_ID_PURPOSE, national_id.as_bytes()),
+            masked: wire::teller::mask_national_id(national_id),
+        }
+    }
+}
+
 /// Opens an account: for a new customer (by national id), or with `existing` a further
 /// account of the customer who owns that account. The login is the account number.
 pub(crate) fn open_account(
     conn: &Connection,
     me: BranchId,
-    customer: &NewCustomer,
+    (customer, national_id): (&NewCustomer, &SealedId),
     password_hash: &str,
     existing: Option<AccountNumber>,
     at_ms: u64,
@@ -442,16 +467,16 @@ pub(crate) fn open_account(
         }
         None => {
             let taken: i64 = conn.query_row(
-                "SELECT count(*) FROM customers WHERE national_id = ?1",
-                [&customer.national_id],
+                "SELECT count(*) FROM customers WHERE national_id_hash = ?1",
+                [&national_id.hash],
                 |r| r.get(0),
             )?;
             if taken > 0 {
                 return Ok(Err(Refusal::UserExists));
             }
             conn.execute(
-                "INSERT INTO customers (national_id, phone, first_name, last_name, sms_opt_in, created_at_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                params![customer.national_id, customer.phone, customer.first_name, customer.last_name, customer.sms_opt_in, sql_ms(at_ms)],
+                "INSERT INTO customers (national_id_hash, national_id_sealed, national_id_masked, phone, first_name, last_name, sms_opt_in, created_at_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                params![national_id.hash, national_id.sealed, national_id.masked, customer.phone, customer.first_name, customer.last_name, customer.sms_opt_in, sql_ms(at_ms)],
             )?;
             conn.last_insert_rowid()
         }
@@ -509,7 +534,7 @@ pub(crate) fn close_account(
 }
 
 const VIEW_SQL: &str = "SELECT a.serial, c.first_name || ' ' || c.last_name, a.balance, a.held, a.status, a.opened_at_ms,
-                               c.national_id, c.phone, c.sms_opt_in
+                               c.national_id_masked, c.phone, c.sms_opt_in
                         FROM accounts a JOIN customers c ON c.id = a.customer_id";
 
 fn view_row(me: BranchId, r: &rusqlite::Row) -> Result<AccountView, StoreError> {
@@ -525,7 +550,7 @@ fn view_row(me: BranchId, r: &rusqlite::Row) -> Result<AccountView, StoreError> 
         },
         opened_at_ms: u64::try_from(r.get::<_, i64>(5)?).unwrap_or(0),
         contact: ContactView {
-            national_id_masked: wire::teller::mask_national_id(&r.get::<_, String>(6)?),
+            national_id_masked: r.get(6)?,
             phone: r.get(7)?,
             sms_opt_in: r.get::<_, i64>(8)? != 0,
         },
@@ -602,7 +627,9 @@ impl Store {
         password_hash: &str,
         existing: Option<AccountNumber>,
     ) -> Result<Result<AccountView, Refusal>, StoreError> {
-        self.in_tx(|c, me| open_account(c, me, customer, password_hash, existing, now_ms()))
+        let national_id = SealedId::new(&self.keys, &customer.national_id);
+        let who = (customer, &national_id);
+        self.in_tx(|c, me| open_account(c, me, who, password_hash, existing, now_ms()))
     }
 
     /// Closes an empty account.

@@ -193,7 +193,9 @@ mod tests {
         use wire::{AccountNumber, Amount, TransferId, TransferSpec};
         let tmp = tempfile::tempdir().expect("tmp");
         let me = BranchId(7);
-        let store = Store::open(&tmp.path().join("b.db"), me, Durability::Full).expect("store");
+        let keys = crate::keys::DataKeys::generate();
+        let store =
+            Store::open(&tmp.path().join("b.db"), &keys, me, Durability::Full).expect("store");
         let c = store.conn();
         let customer = |n: &str| NewCustomer {
             national_id: n.into(),
@@ -203,7 +205,9 @@ mod tests {
             sms_opt_in: false,
         };
         let open = |n| {
-            bank::open_account(c, me, &customer(n), "hash", None, 1)
+            let who = customer(n);
+            let id = bank::SealedId::new(&keys, &who.national_id);
+            bank::open_account(c, me, (&who, &id), "hash", None, 1)
                 .expect("store")
                 .expect("opens")
                 .number
@@ -279,8 +283,14 @@ mod tests {
     #[test]
     fn own_state_and_witness_rows_round_trip() {
         let tmp = tempfile::tempdir().expect("tmp");
-        let store =
-            Store::open(&tmp.path().join("b.db"), BranchId(1), Durability::Full).expect("store");
+        let keys = crate::keys::DataKeys::generate();
+        let store = Store::open(
+            &tmp.path().join("b.db"),
+            &keys,
+            BranchId(1),
+            Durability::Full,
+        )
+        .expect("store");
         let c = store.conn();
         assert_eq!(own(c).expect("own").epoch, 1, "a new store is epoch 1");
         set_instance(c, u64::MAX - 3, 42).expect("instance");

@@ -33,11 +33,13 @@ pub mod writer;
 use std::path::Path;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use rusqlite::{Connection, OptionalExtension, TransactionBehavior};
+use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior};
 use wire::{AccountNumber, BranchId, TransferId};
 
+use crate::keys::DataKeys;
+
 pub use auth::{LoginOutcome, LoginRow, UserInfo, hash_password};
-pub use bank::Movement;
+pub use bank::{Movement, SealedId};
 pub use ledger::{LedgerReport, LedgerViolation, SMS_PER_PHONE_PER_HOUR_MAX};
 pub use sessions::SessionRow;
 pub use twopc::IdRecord;
@@ -65,6 +67,14 @@ pub enum StoreError {
         "{0} is missing: a running branch never starts on an empty database (restore it, or make a new branch with `branch-node init`)"
     )]
     Missing(String),
+    /// SQLCipher could not read the file with the key it was given.
+    #[error(
+        "{0} cannot be read with this data dir's key (a wrong key, another branch's store, or not a store)"
+    )]
+    Unreadable(String),
+    /// The data keys could not be unwrapped or found.
+    #[error(transparent)]
+    Keys(#[from] crate::keys::KeyError),
     #[error("database has no branch id: it was not made by `branch-node init`")]
     NotInitialized,
     #[error("database schema version {found} is newer than this program ({known})")]
@@ -138,6 +148,45 @@ pub(crate) const BUSY_TIMEOUT_MS: u64 = 5_000;
 pub struct Store {
     pub(crate) conn: Connection,
     me: BranchId,
+    keys: DataKeys,
+}
+
+/// Opens the SQLCipher database at `path` under `keys`' store key with `flags`, and
+/// reads its first page: a wrong key (or a file that is no store) is refused here, in
+/// one line, before anything is written.
+pub fn connect(path: &Path, keys: &DataKeys, flags: OpenFlags) -> Result<Connection, StoreError> {
+    let conn = Connection::open_with_flags(path, flags)?;
+    // A wrong key is our error to report, once, not SQLCipher's lines on stderr.
+    conn.pragma_update(None, "cipher_log_level", "NONE")?;
+    conn.pragma_update(None, "key", &*keys.sqlcipher_key())?;
+    match conn.query_row("SELECT count(*) FROM sqlite_master", [], |r| {
+        r.get::<_, i64>(0)
+    }) {
+        Err(rusqlite::Error::SqliteFailure(e, _))
+            if e.code == rusqlite::ErrorCode::NotADatabase =>
+        {
+            Err(StoreError::Unreadable(path.display().to_string()))
+        }
+        r => r.map(drop).map_err(StoreError::from),
+    }?;
+    Ok(conn)
+}
+
+/// Opens the store (or Raft log) file `path` of a data dir with that data dir's keys,
+/// unwrapped by the key-encryption key its `data.keys` names: for offline tools and
+/// tests that are handed a file.
+pub fn connect_in_dir(path: &Path, flags: OpenFlags) -> Result<Connection, StoreError> {
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let keys = crate::keys::unlock(dir, None, None)?;
+    connect(path, &keys, flags)
+}
+
+/// [`connect`] with SQLite's default flags (read-write, created if missing).
+pub fn connect_rw(path: &Path, keys: &DataKeys) -> Result<Connection, StoreError> {
+    connect(path, keys, OpenFlags::default())
 }
 
 /// Milliseconds since the Unix epoch (the store stamps rows with it).
@@ -170,15 +219,17 @@ impl Store {
     /// abort" for transfers it had committed.
     pub fn open_existing(
         path: &Path,
+        keys: &DataKeys,
         me: BranchId,
         durability: Durability,
     ) -> Result<Store, StoreError> {
         if !path.is_file() {
             return Err(StoreError::Missing(path.display().to_string()));
         }
-        let conn = Connection::open_with_flags(
+        let conn = connect(
             path,
-            rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+            keys,
+            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )?;
         let branch: Option<i64> = conn
             .query_row("SELECT value FROM meta WHERE key = 'branch_id'", [], |r| {
@@ -190,12 +241,18 @@ impl Store {
             return Err(StoreError::NotInitialized);
         }
         drop(conn);
-        Store::open(path, me, durability)
+        Store::open(path, keys, me, durability)
     }
 
-    /// Opens (creating if needed) the database of branch `me` at `path`.
-    pub fn open(path: &Path, me: BranchId, durability: Durability) -> Result<Store, StoreError> {
-        let mut conn = Connection::open(path)?;
+    /// Opens (creating if needed) the database of branch `me` at `path`, encrypted
+    /// under `keys`.
+    pub fn open(
+        path: &Path,
+        keys: &DataKeys,
+        me: BranchId,
+        durability: Durability,
+    ) -> Result<Store, StoreError> {
+        let mut conn = connect_rw(path, keys)?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         let sync = match durability {
             Durability::Full => "FULL",
@@ -242,12 +299,21 @@ impl Store {
                 });
             }
         }
-        Ok(Store { conn, me })
+        Ok(Store {
+            conn,
+            me,
+            keys: keys.clone(),
+        })
     }
 
     /// The branch this store belongs to.
     pub fn branch(&self) -> BranchId {
         self.me
+    }
+
+    /// The keys it is encrypted under (and seals vault values with).
+    pub fn keys(&self) -> &DataKeys {
+        &self.keys
     }
 
     /// Runs `f` in one SQLite transaction: durable when this returns `Ok`, rolled back

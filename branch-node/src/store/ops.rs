@@ -31,7 +31,9 @@ pub enum WriteOp {
     },
     /// Opens an account (for a new customer, or for the owner of `existing`).
     OpenAccount {
+        /// Its national id is blank: it travels sealed, as `national_id`.
         customer: NewCustomer,
+        national_id: super::bank::SealedId,
         password_hash: String,
         existing: Option<AccountNumber>,
         now_ms: u64,
@@ -82,6 +84,28 @@ pub enum FenceOp {
     Fenced { newest: u64 },
 }
 
+impl WriteOp {
+    /// Opens an account for `customer`: its national id sealed under `keys` here, so
+    /// the plain id is in no queue or log entry.
+    pub fn open_account(
+        keys: &crate::keys::DataKeys,
+        customer: &NewCustomer,
+        password_hash: String,
+        existing: Option<AccountNumber>,
+    ) -> WriteOp {
+        WriteOp::OpenAccount {
+            national_id: super::bank::SealedId::new(keys, &customer.national_id),
+            customer: NewCustomer {
+                national_id: String::new(),
+                ..customer.clone()
+            },
+            password_hash,
+            existing,
+            now_ms: super::now_ms(),
+        }
+    }
+}
+
 /// What a [`WriteOp`] answered; each op has one kind of answer.
 #[derive(Debug)]
 pub enum WriteResult {
@@ -116,13 +140,14 @@ impl WriteOp {
             } => R::State(bank::movement(c, me, kind, id, account, amount, now_ms)?),
             WriteOp::OpenAccount {
                 customer,
+                national_id,
                 password_hash,
                 existing,
                 now_ms,
             } => R::Account(bank::open_account(
                 c,
                 me,
-                &customer,
+                (&customer, &national_id),
                 &password_hash,
                 existing,
                 now_ms,

@@ -11,6 +11,7 @@ use tokio::sync::Semaphore;
 use wire::BranchId;
 
 use super::{BUSY_TIMEOUT_MS, StoreError};
+use crate::keys::DataKeys;
 
 /// A pool of read-only connections; cheap to clone.
 #[derive(Clone, Debug)]
@@ -28,11 +29,17 @@ struct Pool {
 impl Reader {
     /// Opens `connections` read-only connections to the database at `path`, which the
     /// writer has already opened (and migrated).
-    pub fn open(path: &Path, me: BranchId, connections: usize) -> Result<Reader, StoreError> {
+    pub fn open(
+        path: &Path,
+        keys: &DataKeys,
+        me: BranchId,
+        connections: usize,
+    ) -> Result<Reader, StoreError> {
         let mut idle = Vec::with_capacity(connections);
         for _ in 0..connections.max(1) {
-            let conn = Connection::open_with_flags(
+            let conn = super::connect(
                 path,
+                keys,
                 OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
             )?;
             conn.busy_timeout(std::time::Duration::from_millis(BUSY_TIMEOUT_MS))?;

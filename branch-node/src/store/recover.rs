@@ -279,7 +279,7 @@ fn ensure_account(
         return Ok(None);
     }
     conn.execute(
-        "INSERT INTO customers (national_id, phone, first_name, last_name, sms_opt_in, created_at_ms)
+        "INSERT INTO customers (national_id_hash, phone, first_name, last_name, sms_opt_in, created_at_ms)
          VALUES (?1, '', '(restored)', 'owner unknown', 0, ?2)",
         params![format!("restored {n}"), sql_ms(at_ms)],
     )?;

@@ -199,4 +199,12 @@ CREATE TABLE login_trust (
 ) STRICT;
 CREATE INDEX login_trust_by_until ON login_trust(until_ms);
 "#,
+    // 9: the national id in the vault: a keyed hash (HMAC-SHA256 under the vault key,
+    // hex) for exact lookups and uniqueness, the id sealed under the vault key, and
+    // its masked form for listings. The whole file is encrypted besides.
+    r#"
+ALTER TABLE customers RENAME COLUMN national_id TO national_id_hash;
+ALTER TABLE customers ADD COLUMN national_id_sealed BLOB;
+ALTER TABLE customers ADD COLUMN national_id_masked TEXT NOT NULL DEFAULT '';
+"#,
 ];

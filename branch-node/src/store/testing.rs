@@ -10,6 +10,46 @@ use wire::{AccountNumber, Amount, TransferId};
 use super::writer::WriterHandle;
 use super::{Movement, Store, hash_password};
 
+/// The keys of the folder `path` is in, made there when missing (see
+/// `keys::unlock_or_make`).
+pub fn folder_keys(path: &std::path::Path, me: wire::BranchId) -> crate::keys::DataKeys {
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(std::path::Path::new("."));
+    crate::keys::unlock_or_make(dir, me)
+        .unwrap_or_else(|e| panic!("keys of {}: {e}", dir.display()))
+}
+
+/// `Store::open` under [`folder_keys`].
+pub fn open_keyed(
+    path: &std::path::Path,
+    me: wire::BranchId,
+    durability: super::Durability,
+) -> Result<Store, super::StoreError> {
+    Store::open(path, &folder_keys(path, me), me, durability)
+}
+
+/// `Store::open_existing` under [`folder_keys`].
+pub fn open_existing_keyed(
+    path: &std::path::Path,
+    me: wire::BranchId,
+    durability: super::Durability,
+) -> Result<Store, super::StoreError> {
+    Store::open_existing(path, &folder_keys(path, me), me, durability)
+}
+
+/// A raw connection to the store file `path` under its folder's keys (tests that look
+/// at or change rows directly); a folder without keys gets branch 1's.
+pub fn raw(path: &std::path::Path) -> rusqlite::Connection {
+    let dir = path.parent().unwrap_or(std::path::Path::new("."));
+    if !dir.join(crate::keys::KEYS_FILE).is_file() {
+        folder_keys(path, wire::BranchId(1));
+    }
+    super::connect_in_dir(path, rusqlite::OpenFlags::default())
+        .unwrap_or_else(|e| panic!("open {}: {e}", path.display()))
+}
+
 /// One argon2 hash (of "secret") shared by every test account: hashing costs ~30 ms.
 pub fn shared_hash() -> &'static str {
     static HASH: OnceLock<String> = OnceLock::new();

@@ -76,6 +76,8 @@ pub struct Writer {
 pub struct WriterHandle {
     tx: Sender<Msg>,
     me: BranchId,
+    /// The store's keys: a national id is sealed before it is queued (or proposed).
+    keys: crate::keys::DataKeys,
     /// Set for a replica: writes go to the proposer, local work to the writer.
     propose: Option<ProposeTx>,
 }
@@ -97,6 +99,11 @@ pub type Journal = Sender<Vec<WriteOp>>;
 
 impl Writer {
     /// Moves `store` onto its own thread.
+    /// The data keys of the store it writes (for the files beside it).
+    pub fn keys(&self) -> &crate::keys::DataKeys {
+        &self.handle.keys
+    }
+
     pub fn spawn(store: Store) -> Writer {
         Writer::spawn_journaled(store, None)
     }
@@ -106,6 +113,7 @@ impl Writer {
     pub fn spawn_journaled(store: Store, journal: Option<Journal>) -> Writer {
         let (tx, rx) = mpsc::channel();
         let me = store.branch();
+        let keys = store.keys().clone();
         let thread = std::thread::Builder::new()
             .name(format!("store-writer-{me}"))
             .spawn(move || writer_loop(store, rx, journal))
@@ -114,6 +122,7 @@ impl Writer {
             handle: WriterHandle {
                 tx,
                 me,
+                keys,
                 propose: None,
             },
             thread,
@@ -287,6 +296,11 @@ impl WriterHandle {
         self.me
     }
 
+    /// The keys of the store behind this handle.
+    pub fn keys(&self) -> &crate::keys::DataKeys {
+        &self.keys
+    }
+
     /// Calls `hook` on the writer thread after every batch from now on, once each of
     /// its jobs was answered: a caller that collects answers can take a whole batch's
     /// worth at once. `hook` must not block.
@@ -441,12 +455,12 @@ impl WriterHandle {
         password_hash: &str,
         existing: Option<AccountNumber>,
     ) -> Result<Result<AccountView, Refusal>, StoreError> {
-        self.write(WriteOp::OpenAccount {
-            customer: customer.clone(),
-            password_hash: password_hash.to_owned(),
+        self.write(WriteOp::open_account(
+            &self.keys,
+            customer,
+            password_hash.to_owned(),
             existing,
-            now_ms: now_ms(),
-        })?
+        ))?
         .into_account()
     }
 

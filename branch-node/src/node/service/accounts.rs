@@ -29,12 +29,12 @@ impl Service {
             .map_err(store_failed)?;
         let opened = self
             .writer
-            .call_write(WriteOp::OpenAccount {
-                customer,
-                password_hash: hash,
+            .call_write(WriteOp::open_account(
+                self.writer.keys(),
+                &customer,
+                hash,
                 existing,
-                now_ms: now_ms(),
-            })
+            ))
             .await
             .and_then(WriteResult::into_account)
             .map_err(store_failed)??;
