@@ -109,3 +109,66 @@ pub fn finish(data_dir: &Path) -> anyhow::Result<()> {
     std::fs::File::open(data_dir)?.sync_all()?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{Durability, Store};
+    use wire::BranchId;
+
+    /// A data dir with a store of branch 1 under keys wrapped by a key file beside it.
+    fn data_dir(root: &Path) -> PathBuf {
+        let dir = root.join("d");
+        std::fs::create_dir(&dir).expect("mkdir");
+        let keys = crate::keys::unlock_or_make(&dir, BranchId(1)).expect("keys");
+        drop(Store::open(&dir.join(DB_FILE), &keys, BranchId(1), Durability::Full).expect("store"));
+        dir
+    }
+
+    fn opens(dir: &Path) -> bool {
+        crate::store::connect_in_dir(&dir.join(DB_FILE), OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .is_ok_and(|c| {
+                c.query_row("SELECT count(*) FROM meta", [], |_| Ok(()))
+                    .is_ok()
+            })
+    }
+
+    #[test]
+    fn a_rotation_re_encrypts_the_store_and_the_old_key_no_longer_opens_it() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let dir = data_dir(tmp.path());
+        let old = crate::keys::unlock(&dir, None, None).expect("keys");
+        assert_eq!(rotate(&dir, None, None).expect("rotates"), 1);
+        assert!(
+            opens(&dir),
+            "the store opens under the keys data.keys names"
+        );
+        let stale = connect(&dir.join(DB_FILE), &old, OpenFlags::SQLITE_OPEN_READ_ONLY);
+        assert!(matches!(
+            stale,
+            Err(crate::store::StoreError::Unreadable(_))
+        ));
+    }
+
+    #[test]
+    fn a_rotation_cut_short_is_undone_before_its_keys_and_finished_after() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let dir = data_dir(tmp.path());
+        let keys = crate::keys::unlock(&dir, None, None).expect("keys");
+        let next = keys.with_new_store_key();
+        let db = dir.join(DB_FILE);
+        // Cut before the new keys were written: the copy is dropped.
+        copy_under(&db, &keys, &next).expect("copies");
+        finish(&dir).expect("finishes");
+        assert!(!with_suffix(&db, ".new").exists() && opens(&dir));
+        // Cut after: the rotation completes.
+        copy_under(&db, &keys, &next).expect("copies");
+        let source = crate::keys::source_of(&dir.join(KEYS_FILE)).expect("source");
+        let ready = with_suffix(&dir.join(KEYS_FILE), ".new");
+        crate::keys::write_to(&ready, &next, BranchId(1), &source).expect("keys");
+        finish(&dir).expect("finishes");
+        assert!(!ready.exists() && opens(&dir));
+        let now = crate::keys::unlock(&dir, None, None).expect("keys");
+        assert_eq!(*now.sqlcipher_key(), *next.sqlcipher_key());
+    }
+}

@@ -396,17 +396,12 @@ impl openraft::testing::StoreBuilder<Replicated, LogStore, StateMachine, Kept> f
         &self,
     ) -> Result<(Kept, LogStore, StateMachine), openraft::StorageError<ReplicaId>> {
         // One branch's replicas share its keys: a snapshot is its store's pages.
-        static KEYS: std::sync::OnceLock<branch_node::keys::DataKeys> =
-            std::sync::OnceLock::new();
+        static KEYS: std::sync::OnceLock<branch_node::keys::DataKeys> = std::sync::OnceLock::new();
         let keys = KEYS.get_or_init(branch_node::keys::DataKeys::generate);
         let dir = tempfile::tempdir().expect("temp dir");
-        let store = branch_node::store::Store::open(
-            &dir.path().join("b.db"),
-            keys,
-            HERE,
-            Durability::Full,
-        )
-        .expect("opens");
+        let store =
+            branch_node::store::Store::open(&dir.path().join("b.db"), keys, HERE, Durability::Full)
+                .expect("opens");
         let writer = Writer::spawn(store);
         let sm = StateMachine::new(writer.handle());
         let log = LogStore::open(&dir.path().join("raft.db"), writer.keys()).expect("opens");

@@ -314,10 +314,79 @@ async fn both_ways(
     there.into_iter().chain(back).collect()
 }
 
+/// A customer whose details no file may hold in clear, and their password.
+const PLANTED: [&str; 4] = [
+    "PLANTED-NID-84127730",
+    "+1 555 739 1026",
+    "Zebulonica",
+    "Quartermaine-Vex",
+];
+const PLANTED_PASSWORD: &str = "planted-password-917";
+
+/// Opens [`PLANTED`]'s account at branch 1 (SMS alerts on), funds it, and logs them in.
+async fn plant(c: &Cluster) -> AccountNumber {
+    let admin = c.admin_of_branch(0).await.expect("admin login");
+    let opened = admin
+        .call(TellerOp::OpenAccount {
+            customer: wire::teller::NewCustomer {
+                national_id: PLANTED[0].into(),
+                phone: PLANTED[1].into(),
+                first_name: PLANTED[2].into(),
+                last_name: PLANTED[3].into(),
+                sms_opt_in: true,
+            },
+            password: PLANTED_PASSWORD.into(),
+            existing: None,
+        })
+        .await
+        .expect("opens");
+    let TellerResponse::AccountOpened(view) = opened else {
+        panic!("open account: {opened:?}");
+    };
+    let deposit = TellerOp::Deposit {
+        id: new_transfer_id(),
+        account: view.number,
+        amount: amt(250_000),
+    };
+    admin.call(deposit).await.expect("deposits");
+    let mut me = Teller::connect(&c.branch_target(0).expect("target"))
+        .await
+        .expect("connects");
+    me.login(&view.number.to_string(), PLANTED_PASSWORD)
+        .await
+        .expect("the customer logs in");
+    view.number
+}
+
+/// Every file under `dir` (data dirs, stores and their WAL, Raft logs, backups and
+/// their keys files, node logs, SMS logs): none holds a planted value in clear.
+fn nothing_in_clear(dir: &std::path::Path) -> usize {
+    let mut files = vec![dir.to_owned()];
+    let mut read = 0;
+    while let Some(path) = files.pop() {
+        if path.is_dir() {
+            files.extend(
+                std::fs::read_dir(&path)
+                    .expect("dir")
+                    .map(|e| e.expect("entry").path()),
+            );
+            continue;
+        }
+        let bytes = std::fs::read(&path).expect("reads");
+        for value in PLANTED.iter().chain([&PLANTED_PASSWORD]) {
+            let found = bytes.windows(value.len()).any(|w| w == value.as_bytes());
+            assert!(!found, "{} holds {value:?} in clear", path.display());
+        }
+        read += 1;
+    }
+    read
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_lost_replica_is_replaced_by_an_empty_one_and_nothing_acknowledged_is_lost() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (mut c, a1, a2) = two_funded_branches(dir.path()).await;
+    let planted = plant(&c).await;
     let mut answers = both_ways(&c, a1, a2, 10).await;
 
     // A follower's machine is gone, data dir and all; a new, empty replica takes its
@@ -335,6 +404,7 @@ async fn a_lost_replica_is_replaced_by_an_empty_one_and_nothing_acknowledged_is_
     }
     c.start_node(lost, &[]).expect("the new replica starts");
     answers.extend(both_ways(&c, a1, a2, 10).await);
+    let backup = c.backup(leader(&c, BranchId(1))).expect("a backup");
     // The new replica caught up (by snapshot and log) and holds what the others hold.
     let settled = check::wait_settled(&c.databases(), SETTLE_BOUND).expect("audit");
     assert!(settled.is_some(), "transfers still unfinished");
@@ -370,7 +440,31 @@ async fn a_lost_replica_is_replaced_by_an_empty_one_and_nothing_acknowledged_is_
     c.start_node(leader_now, &[]).expect("restarts");
     let (ok, aborted) = outcomes(&answers);
     assert!(ok.len() >= 50, "most transfers committed: {}", ok.len());
+    let first = c.nodes[c.replicas_of(BranchId(1))[0]].dir.clone();
     finish(c, &ok, &aborted);
+
+    // Encrypted at rest: the stores, their WAL, the Raft logs (the new replica's came by
+    // snapshot), the backup, the node logs and the SMS log hold nothing in clear; yet
+    // the backup and the SMS log read back with the branch's keys.
+    assert!(nothing_in_clear(dir.path()) >= 20, "the files were read");
+    let keys = branch_node::keys::unlock(&first, None, None).expect("keys");
+    let sms =
+        branch_node::node::notifier::read_log(&first.join("sms.log"), &keys).expect("sms log");
+    assert!(
+        sms.iter().any(|l| l.contains(PLANTED[1])),
+        "the planted customer was sent an alert: {sms:?}"
+    );
+    let copy =
+        branch_node::store::connect(&backup, &keys, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .expect("the backup opens with the keys");
+    let serial: i64 = copy
+        .query_row(
+            "SELECT count(*) FROM accounts WHERE serial = ?1",
+            [planted.serial()],
+            |r| r.get(0),
+        )
+        .expect("reads");
+    assert_eq!(serial, 1, "the backup holds the planted account");
 }
 
 /// Copies directory `from` (flat: a data dir) into a new directory `to`.
