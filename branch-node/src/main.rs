@@ -296,6 +296,10 @@ fn code_of(e: &anyhow::Error) -> Option<&'static str> {
             Some("fenced")
         } else if let Some(k) = cause.downcast_ref::<KeyError>() {
             Some(k.code())
+        } else if let Some(branch_node::init::InitError::Keys(k)) =
+            cause.downcast_ref::<branch_node::init::InitError>()
+        {
+            Some(k.code())
         } else if let Some(branch_node::store::StoreError::Keys(k)) =
             cause.downcast_ref::<branch_node::store::StoreError>()
         {

@@ -351,3 +351,119 @@ fn init_replica_makes_a_key_and_an_empty_store_and_refuses_bad_input() {
         );
     }
 }
+
+/// `branch-node ARGS` with the environment `env` added; stdin is not a terminal.
+fn branch_node_env(args: &[&str], env: &[(&str, &str)]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_branch-node"))
+        .args(args)
+        .envs(env.iter().copied())
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("runs")
+}
+
+/// The refusal `out` ends with: exit 1, one line, and its code in brackets.
+fn refused_with(out: &Output, code: &str) {
+    let err = stderr(out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert_eq!(err.lines().count(), 1, "one line: {err}");
+    assert!(err.contains(&format!("[{code}]")), "{code}: {err}");
+}
+
+#[test]
+fn keys_refuse_a_wrong_missing_shared_or_cut_key_in_one_line_and_write_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("b1");
+    let d = data.to_str().expect("utf-8");
+    let pass = ("BANKMATE_PASSPHRASE", "a long enough passphrase");
+    let init = |env: &[(&str, &str)]| {
+        let args = [
+            "init",
+            "--data-dir",
+            d,
+            "--branch-id",
+            "1",
+            "--name",
+            "P",
+            "--passphrase",
+        ];
+        branch_node_env(&args, env)
+    };
+    refused_with(&init(&[("BANKMATE_PASSPHRASE", "short")]), "passphrase");
+    assert!(
+        !data.join(KEY_FILE).exists(),
+        "a refused init makes nothing"
+    );
+    assert!(init(&[pass]).status.success());
+    let backup = dir.path().join("b1.backup");
+    let b = backup.to_str().expect("utf-8");
+    let take = |env: &[(&str, &str)]| branch_node_env(&["backup", "--data-dir", d, "--to", b], env);
+    refused_with(&take(&[]), "passphrase");
+    refused_with(
+        &take(&[("BANKMATE_PASSPHRASE", "another passphrase!")]),
+        "wrong_key",
+    );
+    assert!(!backup.exists(), "nothing written");
+    // A key file instead of the passphrase: the store is not rewritten.
+    let db_before = std::fs::read(data.join(DB_FILE)).expect("db");
+    let kek = kek_for(&data);
+    let rekey = ["rekey", "--data-dir", d, "--new-key-file", &kek];
+    assert!(branch_node_env(&rekey, &[pass]).status.success());
+    assert_eq!(std::fs::read(data.join(DB_FILE)).expect("db"), db_before);
+    assert!(
+        take(&[]).status.success(),
+        "the key file named in data.keys opens it"
+    );
+    let copy = dir.path().join("copy.db");
+    assert!(
+        branch_node_env(
+            &[
+                "backup",
+                "--data-dir",
+                d,
+                "--to",
+                copy.to_str().expect("utf-8")
+            ],
+            &[]
+        )
+        .status
+        .success()
+    );
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&kek, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+        std::fs::remove_file(&backup).expect("rm");
+        std::fs::remove_file(format!("{b}.keys")).expect("rm");
+        refused_with(&take(&[]), "key_file_not_private");
+        assert!(!backup.exists(), "nothing written");
+        std::fs::set_permissions(&kek, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    }
+    // A new store key: the old one no longer opens the store; the backup keeps its own.
+    let rotated = branch_node_env(&["rotate-data-key", "--data-dir", d], &[]);
+    assert!(rotated.status.success(), "{}", stderr(&rotated));
+    let old =
+        branch_node::keys::unlock_file(Path::new(&format!("{}.keys", copy.display())), None, None)
+            .expect("the copy's keys");
+    let stale = branch_node::store::connect(
+        &data.join(DB_FILE),
+        &old,
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+    );
+    assert!(
+        stale.is_err(),
+        "the old store key no longer opens the store"
+    );
+    branch_node::store::connect(&copy, &old, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+        .expect("the backup opens with its own keys");
+    // Keys file cut short, then gone: one line each, nothing written.
+    let keys = data.join(branch_node::keys::KEYS_FILE);
+    let text = std::fs::read_to_string(&keys).expect("keys");
+    std::fs::write(&keys, &text[..text.len() / 3]).expect("cut");
+    std::fs::remove_file(&backup).ok();
+    std::fs::remove_file(format!("{b}.keys")).ok();
+    refused_with(&take(&[]), "keys_damaged");
+    std::fs::remove_file(&keys).expect("rm");
+    refused_with(&take(&[]), "keys_missing");
+    assert!(!backup.exists(), "nothing written");
+}

@@ -196,6 +196,15 @@ pub(crate) enum Admin {
     },
     /// Close an empty account (the admin's password is asked again: the login password).
     CloseAccount { account: String },
+    /// This branch's accounts of the customer with this national id (found by a keyed
+    /// hash of it: listings show national ids masked).
+    FindCustomer {
+        #[arg(long)]
+        national_id: String,
+    },
+    /// Show the whole national id of an account's owner (the admin's password is asked
+    /// again); every reveal is recorded in the branch's audit trail.
+    RevealNationalId { account: String },
     /// List accounts of this branch, or of every branch with --network.
     Accounts {
         #[arg(long)]
@@ -263,6 +272,7 @@ impl Command {
                 | Command::Admin(
                     Admin::OpenAccount { .. }
                         | Admin::CloseAccount { .. }
+                        | Admin::RevealNationalId { .. }
                         | Admin::LinkFault { .. }
                 )
         )

@@ -483,6 +483,13 @@ pub(crate) fn admin_op(admin: &Admin, admin_password: &str) -> Result<TellerOp, 
             account: account_number(account)?,
             admin_password: admin_password.to_owned(),
         },
+        Admin::FindCustomer { national_id } => TellerOp::FindCustomer {
+            national_id: national_id.clone(),
+        },
+        Admin::RevealNationalId { account } => TellerOp::RevealNationalId {
+            account: account_number(account)?,
+            admin_password: admin_password.to_owned(),
+        },
         Admin::Accounts { network } => TellerOp::ListAccounts {
             scope: scope(*network),
             page: AccountsPage {

@@ -546,6 +546,7 @@ fn repeatable(op: &TellerOp) -> bool {
             | TellerOp::ListTransactions { .. }
             | TellerOp::Trace { .. }
             | TellerOp::InDoubt
+            | TellerOp::FindCustomer { .. }
     )
 }
 

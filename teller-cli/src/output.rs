@@ -164,6 +164,16 @@ impl Printer {
                     unreachable_note(unreachable)
                 ),
             ),
+            TellerResponse::NationalId {
+                account,
+                national_id,
+            } => (
+                json!({ "account": account.to_string(), "national_id": national_id }),
+                format!(
+                    "The national id of {account}'s owner: {national_id}\n(this reveal is \
+                     recorded in the branch's audit trail under your login)"
+                ),
+            ),
             TellerResponse::LinkFaultSet { branch, fault } => (
                 json!({ "branch": branch.0, "fault": format!("{fault:?}") }),
                 format!("link to branch {branch}: {fault:?}"),

@@ -150,6 +150,9 @@ fn refusal(code: &str) -> Option<&'static str> {
         "deposit_limit" => {
             "Deposits this large are made at the branch by its staff. Nothing was done."
         }
+        "no_national_id" => {
+            "The bank has no national id on record for this account's owner (the account was put back from the other branches' records)."
+        }
         _ => return None,
     })
 }

@@ -54,7 +54,8 @@ async fn open(c: &Cluster, i: usize, national_id: &str, deposit: i64) -> Account
 
 /// Every row of the tables a teller request could change (not sessions), per branch.
 fn fingerprint(dbs: &[(BranchId, PathBuf)]) -> Vec<String> {
-    const TABLES: [&str; 8] = [
+    const TABLES: [&str; 9] = [
+        "audit_trail",
         "accounts",
         "ledger",
         "customers",
@@ -195,6 +196,13 @@ fn operations(
                 admin_password: ADMIN_PASSWORD.into(),
             },
         ),
+        (
+            "reveal-national-id",
+            TellerOp::RevealNationalId {
+                account: v,
+                admin_password: ADMIN_PASSWORD.into(),
+            },
+        ),
     ]
 }
 
@@ -206,6 +214,9 @@ fn allowed(op: &str, r: &Result<TellerResponse, TellerError>) -> bool {
         | ("history", Ok(TellerResponse::Entries { .. }))
         | ("open-account", Ok(TellerResponse::AccountOpened(_)))
         | ("close-account", Err(TellerError::Refused(Refusal::AccountNotEmpty))) => true,
+        ("reveal-national-id", Ok(TellerResponse::NationalId { national_id, .. })) => {
+            national_id == "VICTIM"
+        }
         ("deposit" | "withdraw" | "transfer", Ok(TellerResponse::Receipt { state, .. }))
         | ("transfer-status", Ok(TellerResponse::Status { state, .. })) => {
             *state == TransferState::Committed
@@ -231,6 +242,58 @@ fn denied(op: &str, r: &Result<TellerResponse, TellerError>) -> bool {
             .all(|l| l.answer == LineAnswer::Refused(Refusal::Unauthorized)),
         _ => false,
     }
+}
+
+/// The owning branch's admin finds V by its whole national id (a keyed hash: the store
+/// holds the id only sealed) and nobody by another; each of the admin's four reveals
+/// above is in the audit trail, and a trail row can be neither changed nor deleted.
+async fn national_ids_are_found_by_hash_and_each_reveal_is_audited(
+    c: &Cluster,
+    admin: &Actor,
+    v: AccountNumber,
+) {
+    let found = |r: TellerResponse| match r {
+        TellerResponse::Accounts { accounts, .. } => {
+            accounts.iter().map(|a| a.number).collect::<Vec<_>>()
+        }
+        other => panic!("find-customer answered {other:?}"),
+    };
+    let by = |id: &str| TellerOp::FindCustomer {
+        national_id: id.into(),
+    };
+    let victim = admin.session.call(by("VICTIM")).await.expect("finds");
+    assert_eq!(found(victim), vec![v]);
+    let nobody = admin.session.call(by("NOBODY")).await.expect("finds");
+    assert_eq!(found(nobody), Vec::new());
+    let db = &c.databases()[0].1;
+    let conn =
+        branch_node::store::connect_in_dir(db, rusqlite::OpenFlags::default()).expect("open");
+    let trail = branch_node::store::audit_trail(&conn).expect("trail");
+    assert_eq!(trail.len(), 4, "{trail:?}");
+    assert!(
+        trail
+            .iter()
+            .all(|(_, actor, action, subject)| actor == "admin"
+                && action == "reveal-national-id"
+                && *subject == v.to_string()),
+        "{trail:?}"
+    );
+    for sql in [
+        "UPDATE audit_trail SET actor = 'x'",
+        "DELETE FROM audit_trail",
+    ] {
+        let e = conn.execute(sql, []).expect_err("append-only");
+        assert!(e.to_string().contains("append-only"), "{e}");
+    }
+    let plain: i64 = conn
+        .query_row(
+            "SELECT count(*) FROM customers WHERE national_id_hash = 'VICTIM'
+             OR CAST(national_id_sealed AS TEXT) LIKE '%VICTIM%'",
+            [],
+            |r| r.get(0),
+        )
+        .expect("reads");
+    assert_eq!(plain, 0, "the national id is not stored plain");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -273,7 +336,7 @@ async fn every_operation_by_every_session_over_every_connection() {
         Actor::new(&c, "admin of another branch", 1, "admin", ADMIN_PASSWORD).await,
     ];
     // Who may run each operation on V: (operation, [actor index, ...]).
-    let may: [(&str, &[usize]); 9] = [
+    let may: [(&str, &[usize]); 10] = [
         ("balance", &[0, 3]),
         ("deposit", &[0, 3]),
         ("withdraw", &[0, 3]),
@@ -283,6 +346,7 @@ async fn every_operation_by_every_session_over_every_connection() {
         ("transfer-status", &[0, 3]),
         ("open-account", &[3]),
         ("close-account", &[3]),
+        ("reveal-national-id", &[3]),
     ];
     let dbs = c.databases();
     let mut rows = 0;
@@ -322,7 +386,8 @@ async fn every_operation_by_every_session_over_every_connection() {
             }
         }
     }
-    assert_eq!(rows, 5 * 4 * 9);
+    assert_eq!(rows, 5 * 4 * 10);
+    national_ids_are_found_by_hash_and_each_reveal_is_audited(&c, &actors[3], v).await;
     let mut c = c;
     let report =
         check::finish(&mut c, &Default::default(), Duration::from_secs(30)).expect("audit");

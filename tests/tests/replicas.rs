@@ -323,8 +323,9 @@ const PLANTED: [&str; 4] = [
 ];
 const PLANTED_PASSWORD: &str = "planted-password-917";
 
-/// Opens [`PLANTED`]'s account at branch 1 (SMS alerts on), funds it, and logs them in.
-async fn plant(c: &Cluster) -> AccountNumber {
+/// Opens [`PLANTED`]'s account at branch 1 (SMS alerts on), funds it, and logs them in;
+/// returns the account and the session token's spellings (decimal and hex).
+async fn plant(c: &Cluster) -> (AccountNumber, Vec<String>) {
     let admin = c.admin_of_branch(0).await.expect("admin login");
     let opened = admin
         .call(TellerOp::OpenAccount {
@@ -355,12 +356,13 @@ async fn plant(c: &Cluster) -> AccountNumber {
     me.login(&view.number.to_string(), PLANTED_PASSWORD)
         .await
         .expect("the customer logs in");
-    view.number
+    let token = me.session().expect("a session").0;
+    (view.number, vec![token.to_string(), format!("{token:x}")])
 }
 
 /// Every file under `dir` (data dirs, stores and their WAL, Raft logs, backups and
 /// their keys files, node logs, SMS logs): none holds a planted value in clear.
-fn nothing_in_clear(dir: &std::path::Path) -> usize {
+fn nothing_in_clear(dir: &std::path::Path, token: &[String]) -> usize {
     let mut files = vec![dir.to_owned()];
     let mut read = 0;
     while let Some(path) = files.pop() {
@@ -373,7 +375,8 @@ fn nothing_in_clear(dir: &std::path::Path) -> usize {
             continue;
         }
         let bytes = std::fs::read(&path).expect("reads");
-        for value in PLANTED.iter().chain([&PLANTED_PASSWORD]) {
+        let token = token.iter().map(String::as_str);
+        for value in PLANTED.into_iter().chain([PLANTED_PASSWORD]).chain(token) {
             let found = bytes.windows(value.len()).any(|w| w == value.as_bytes());
             assert!(!found, "{} holds {value:?} in clear", path.display());
         }
@@ -386,7 +389,7 @@ fn nothing_in_clear(dir: &std::path::Path) -> usize {
 async fn a_lost_replica_is_replaced_by_an_empty_one_and_nothing_acknowledged_is_lost() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (mut c, a1, a2) = two_funded_branches(dir.path()).await;
-    let planted = plant(&c).await;
+    let (planted, token) = plant(&c).await;
     let mut answers = both_ways(&c, a1, a2, 10).await;
 
     // A follower's machine is gone, data dir and all; a new, empty replica takes its
@@ -446,7 +449,10 @@ async fn a_lost_replica_is_replaced_by_an_empty_one_and_nothing_acknowledged_is_
     // Encrypted at rest: the stores, their WAL, the Raft logs (the new replica's came by
     // snapshot), the backup, the node logs and the SMS log hold nothing in clear; yet
     // the backup and the SMS log read back with the branch's keys.
-    assert!(nothing_in_clear(dir.path()) >= 20, "the files were read");
+    assert!(
+        nothing_in_clear(dir.path(), &token) >= 20,
+        "the files were read"
+    );
     let keys = branch_node::keys::unlock(&first, None, None).expect("keys");
     let sms =
         branch_node::node::notifier::read_log(&first.join("sms.log"), &keys).expect("sms log");

@@ -87,11 +87,15 @@ pub enum Refusal {
     /// larger deposits are made by an admin. Nothing was done.
     #[error("deposits above the branch's limit for customers need an admin; nothing was done")]
     DepositLimit,
+    /// No national id is on record for the account's owner (an account a restore put
+    /// back from the network's records, whose owner the lost disk alone knew).
+    #[error("no national id is on record for this account's owner")]
+    NoNationalId,
 }
 
 impl Refusal {
     /// Every refusal, in declaration (and encoding) order.
-    pub const ALL: [Refusal; 22] = [
+    pub const ALL: [Refusal; 23] = [
         Refusal::InsufficientFunds,
         Refusal::AccountNotFound,
         Refusal::AccountClosed,
@@ -114,6 +118,7 @@ impl Refusal {
         Refusal::DeadlineTooFar,
         Refusal::BadSeal,
         Refusal::DepositLimit,
+        Refusal::NoNationalId,
     ];
 
     /// A stable machine-readable code (snake case) for programs: `--json` output and
@@ -142,6 +147,7 @@ impl Refusal {
             Refusal::DeadlineTooFar => "deadline_too_far",
             Refusal::BadSeal => "bad_seal",
             Refusal::DepositLimit => "deposit_limit",
+            Refusal::NoNationalId => "no_national_id",
         }
     }
 }

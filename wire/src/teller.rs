@@ -293,6 +293,20 @@ pub enum TellerOp {
     /// included, and from then on usable by the session), answered as `Accounts`. An
     /// admin has none.
     OwnAccounts,
+    /// Admin: the accounts at this branch of the customer whose national id is
+    /// `national_id`, found by its keyed hash (nothing is decrypted to look); answered
+    /// as `Accounts` (none when no customer has it).
+    FindCustomer {
+        national_id: String,
+    },
+    /// Admin: the whole national id of `account`'s owner, after the admin's password
+    /// again. Each reveal is recorded in the branch's audit trail before it is
+    /// answered (`NationalId`).
+    RevealNationalId {
+        #[cfg_attr(test, proptest(strategy = "crate::account::tests::any_account()"))]
+        account: AccountNumber,
+        admin_password: String,
+    },
 }
 
 /// A request: the session (absent only for `Login`), the operation, and the teller's
@@ -382,6 +396,8 @@ impl TellerOp {
             TellerOp::SealedLogin { .. } => "login",
             TellerOp::Payee { .. } => "payee",
             TellerOp::OwnAccounts => "own-accounts",
+            TellerOp::FindCustomer { .. } => "find-customer",
+            TellerOp::RevealNationalId { .. } => "reveal-national-id",
         }
     }
 
@@ -584,6 +600,12 @@ pub enum TellerResponse {
         name: String,
         open: bool,
     },
+    /// The answer to a `RevealNationalId`: the owner's whole national id.
+    NationalId {
+        #[cfg_attr(test, proptest(strategy = "crate::account::tests::any_account()"))]
+        account: AccountNumber,
+        national_id: String,
+    },
 }
 
 impl TellerResponse {
@@ -608,6 +630,7 @@ impl TellerResponse {
             TellerResponse::Unavailable(_) => "unavailable",
             TellerResponse::Receipts(_) => "receipts",
             TellerResponse::Payee { .. } => "payee",
+            TellerResponse::NationalId { .. } => "national-id",
         }
     }
 }
@@ -738,8 +761,12 @@ impl TellerRequest {
                 ok_or(customer_ok(customer), Refusal::InvalidInput)?;
                 new_password_ok(password)
             }
-            TellerOp::CloseAccount { admin_password, .. } => {
+            TellerOp::CloseAccount { admin_password, .. }
+            | TellerOp::RevealNationalId { admin_password, .. } => {
                 ok_or(password_ok(admin_password), Refusal::BadCredentials)
+            }
+            TellerOp::FindCustomer { national_id } => {
+                ok_or(text_ok(national_id), Refusal::InvalidInput)
             }
             TellerOp::Logout
             | TellerOp::Deposit { .. }

@@ -61,12 +61,15 @@ pub fn access(op: &TellerOp) -> Access {
         TellerOp::TransferStatus { .. } => Access::Record,
         TellerOp::EnrollOtp { .. } => Access::Login,
         TellerOp::OpenAccount { existing, .. } => Access::Admin(*existing),
-        TellerOp::CloseAccount { account, .. } => Access::Admin(Some(*account)),
+        TellerOp::CloseAccount { account, .. } | TellerOp::RevealNationalId { account, .. } => {
+            Access::Admin(Some(*account))
+        }
         TellerOp::ListAccounts { .. }
         | TellerOp::ListTransactions { .. }
         | TellerOp::Trace { .. }
         | TellerOp::InDoubt
         | TellerOp::Reconcile { .. }
+        | TellerOp::FindCustomer { .. }
         | TellerOp::SetLinkFault { .. } => Access::Admin(None),
     }
 }
@@ -211,6 +214,13 @@ mod tests {
             },
             TellerOp::InDoubt,
             TellerOp::Reconcile { cut_ms: 1 },
+            TellerOp::FindCustomer {
+                national_id: "X".into(),
+            },
+            TellerOp::RevealNationalId {
+                account: n,
+                admin_password: "pw".into(),
+            },
         ]
     }
 
@@ -255,6 +265,7 @@ mod tests {
                 "trace",
                 "in-doubt",
                 "reconcile",
+                "find-customer",
             ],
         );
     }

@@ -431,7 +431,7 @@ pub struct SealedId {
 }
 
 /// What a national id is sealed and hashed for.
-pub(crate) const NATIONAL_ID_PURPOSE: &str = "national_id";
+pub const NATIONAL_ID_PURPOSE: &str = "national_id";
 
 impl SealedId {
     /// `national_id` sealed and hashed under `keys`.
@@ -504,6 +504,69 @@ pub(crate) fn open_account(
     Ok(Ok(view(conn, me, number)?.ok_or_else(|| {
         StoreError::Malformed("new account vanished".into())
     })?))
+}
+
+/// The sealed national id of account `n`'s owner, the reveal recorded in the audit
+/// trail (by `actor`, at `at_ms`) in the same transaction.
+pub(crate) fn reveal_national_id(
+    conn: &Connection,
+    me: BranchId,
+    n: AccountNumber,
+    (actor, at_ms): (&str, u64),
+) -> Result<Result<Vec<u8>, Refusal>, StoreError> {
+    if row(conn, me, n)?.is_none() {
+        return Ok(Err(Refusal::AccountNotFound));
+    }
+    let sealed: Option<Vec<u8>> = conn.query_row(
+        "SELECT c.national_id_sealed FROM accounts a JOIN customers c ON c.id = a.customer_id
+         WHERE a.serial = ?1",
+        [n.serial()],
+        |r| r.get(0),
+    )?;
+    let Some(sealed) = sealed else {
+        return Ok(Err(Refusal::NoNationalId));
+    };
+    conn.execute(
+        "INSERT INTO audit_trail (at_ms, actor, action, subject)
+         VALUES (?1, ?2, 'reveal-national-id', ?3)",
+        params![sql_ms(at_ms), actor, n.to_string()],
+    )?;
+    Ok(Ok(sealed))
+}
+
+/// The accounts of the customer whose national id has the keyed hash `hash` (hex).
+pub(crate) fn customer_accounts_by_id(
+    conn: &Connection,
+    me: BranchId,
+    hash: &str,
+) -> Result<Vec<AccountView>, StoreError> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT a.serial FROM accounts a JOIN customers c ON c.id = a.customer_id
+         WHERE c.national_id_hash = ?1 ORDER BY a.serial",
+    )?;
+    let serials = stmt
+        .query_map([hash], |r| r.get::<_, i64>(0))?
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut views = Vec::with_capacity(serials.len());
+    for s in serials {
+        views.extend(view(conn, me, account_number(me, s)?)?);
+    }
+    Ok(views)
+}
+
+/// The audit trail, oldest first: (at_ms, actor, action, subject).
+pub fn audit_trail(conn: &Connection) -> Result<Vec<(u64, String, String, String)>, StoreError> {
+    let mut stmt =
+        conn.prepare("SELECT at_ms, actor, action, subject FROM audit_trail ORDER BY seq")?;
+    let rows = stmt.query_map([], |r| {
+        Ok((
+            u64::try_from(r.get::<_, i64>(0)?).unwrap_or(0),
+            r.get(1)?,
+            r.get(2)?,
+            r.get(3)?,
+        ))
+    })?;
+    Ok(rows.collect::<Result<_, _>>()?)
 }
 
 /// Closes an empty account with no holds or pending credits; its history stays. Its

@@ -39,7 +39,7 @@ use wire::{AccountNumber, BranchId, TransferId};
 use crate::keys::DataKeys;
 
 pub use auth::{LoginOutcome, LoginRow, UserInfo, hash_password};
-pub use bank::{Movement, SealedId};
+pub use bank::{Movement, SealedId, audit_trail};
 pub use ledger::{LedgerReport, LedgerViolation, SMS_PER_PHONE_PER_HOUR_MAX};
 pub use sessions::SessionRow;
 pub use twopc::IdRecord;

@@ -40,6 +40,13 @@ pub enum WriteOp {
     },
     /// Closes an empty account and deletes its login.
     CloseAccount { account: AccountNumber, now_ms: u64 },
+    /// Reads the sealed national id of `account`'s owner for admin `actor`, the reveal
+    /// recorded in the audit trail in the same write.
+    RevealNationalId {
+        account: AccountNumber,
+        actor: String,
+        now_ms: u64,
+    },
     /// Records a verified password's login: uses up its one-time code, says who it is.
     Login {
         login: String,
@@ -122,6 +129,8 @@ pub enum WriteResult {
     Accounts(Vec<AccountView>),
     /// Done, or why not.
     Done(Result<(), Refusal>),
+    /// A sealed value, or why not.
+    Sealed(Result<Vec<u8>, Refusal>),
 }
 
 impl WriteOp {
@@ -155,6 +164,11 @@ impl WriteOp {
             WriteOp::CloseAccount { account, now_ms } => {
                 R::Account(bank::close_account(c, me, account, now_ms)?)
             }
+            WriteOp::RevealNationalId {
+                account,
+                actor,
+                now_ms,
+            } => R::Sealed(bank::reveal_national_id(c, me, account, (&actor, now_ms))?),
             WriteOp::Login {
                 login,
                 row,
@@ -270,3 +284,4 @@ answer!(into_account, Account, Result<AccountView, Refusal>);
 answer!(into_login, Login, LoginOutcome);
 answer!(into_accounts, Accounts, Vec<AccountView>);
 answer!(into_done, Done, Result<(), Refusal>);
+answer!(into_sealed, Sealed, Result<Vec<u8>, Refusal>);

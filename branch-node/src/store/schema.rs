@@ -206,5 +206,18 @@ CREATE INDEX login_trust_by_until ON login_trust(until_ms);
 ALTER TABLE customers RENAME COLUMN national_id TO national_id_hash;
 ALTER TABLE customers ADD COLUMN national_id_sealed BLOB;
 ALTER TABLE customers ADD COLUMN national_id_masked TEXT NOT NULL DEFAULT '';
+-- What admins did that a bank must be able to answer for (each national id revealed):
+-- append-only, like the ledger.
+CREATE TABLE audit_trail (
+    seq     INTEGER PRIMARY KEY,
+    at_ms   INTEGER NOT NULL,
+    actor   TEXT NOT NULL,
+    action  TEXT NOT NULL,
+    subject TEXT NOT NULL
+) STRICT;
+CREATE TRIGGER audit_trail_no_update BEFORE UPDATE ON audit_trail
+BEGIN SELECT RAISE(ABORT, 'the audit trail is append-only'); END;
+CREATE TRIGGER audit_trail_no_delete BEFORE DELETE ON audit_trail
+BEGIN SELECT RAISE(ABORT, 'the audit trail is append-only'); END;
 "#,
 ];

@@ -66,6 +66,59 @@ impl Service {
         Ok(TellerResponse::AccountClosed(closed))
     }
 
+    /// The accounts here of the customer whose national id is `national_id`: found by
+    /// its keyed hash, so nothing is decrypted to look.
+    pub(super) async fn find_customer(&self, national_id: &str) -> Answer {
+        let hash = bank::SealedId::new(self.writer.keys(), national_id).hash;
+        let accounts = self
+            .reader
+            .read(move |c, me| bank::customer_accounts_by_id(c, me, &hash))
+            .await
+            .map_err(store_failed)?;
+        Ok(TellerResponse::Accounts {
+            accounts,
+            next_after: None,
+            unreachable: Vec::new(),
+        })
+    }
+
+    /// The whole national id of `account`'s owner, for an admin who gave their password
+    /// again; the reveal is in the audit trail (durably) before it is answered.
+    pub(super) async fn reveal_national_id(
+        &self,
+        peer: PeerId,
+        session: &SessionInfo,
+        account: AccountNumber,
+        admin_password: String,
+    ) -> Answer {
+        self.reauthenticate(peer, session, admin_password).await?;
+        let sealed = self
+            .writer
+            .call_write(WriteOp::RevealNationalId {
+                account,
+                actor: session.login.clone(),
+                now_ms: now_ms(),
+            })
+            .await
+            .and_then(WriteResult::into_sealed)
+            .map_err(store_failed)??;
+        let national_id = self
+            .writer
+            .keys()
+            .open(bank::NATIONAL_ID_PURPOSE, &sealed)
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+            .ok_or_else(|| {
+                store_failed(crate::store::StoreError::Malformed(
+                    "a national id does not open with this branch's vault key".into(),
+                ))
+            })?;
+        tracing::info!(%account, admin = %session.login, "national id revealed (audit trail)");
+        Ok(TellerResponse::NationalId {
+            account,
+            national_id,
+        })
+    }
+
     pub(super) async fn set_link_fault(&self, branch: BranchId, fault: LinkFault) -> Answer {
         if !self.fault_switch {
             return Err(Refusal::Unauthorized.into());

@@ -367,6 +367,14 @@ impl Service {
             TellerOp::TransferBatch { transfers } => self.transfer_batch(session, transfers).await,
             TellerOp::Payee { account } => self.payee(session, account).await,
             TellerOp::OwnAccounts => self.own_accounts(token, session).await,
+            TellerOp::FindCustomer { national_id } => self.find_customer(&national_id).await,
+            TellerOp::RevealNationalId {
+                account,
+                admin_password,
+            } => {
+                self.reveal_national_id(peer, session, account, admin_password)
+                    .await
+            }
         }
     }
 }
