@@ -162,6 +162,7 @@ fn free_port() -> anyhow::Result<u16> {
 pub fn kek_file(network_dir: &Path) -> anyhow::Result<PathBuf> {
     let path = network_dir.join(KEK_FILE);
     if !path.is_file() {
+        std::fs::create_dir_all(network_dir)?;
         branch_node::keys::keygen(&path)?;
     }
     Ok(path)

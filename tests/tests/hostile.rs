@@ -295,7 +295,7 @@ async fn big_listings_page_and_a_missing_branch_is_named() {
             branch_node::store::connect_in_dir(&db, rusqlite::OpenFlags::default()).expect("opens");
         let tx = conn.transaction().expect("tx");
         tx.execute(
-            "INSERT INTO customers (id, national_id, phone, first_name, last_name, sms_opt_in, created_at_ms)
+            "INSERT INTO customers (id, national_id_hash, phone, first_name, last_name, sms_opt_in, created_at_ms)
              VALUES (1, 'BULK', '+1 555 0100', 'Bulk', 'Owner', 0, 0)",
             [],
         )

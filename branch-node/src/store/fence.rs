@@ -64,7 +64,7 @@ pub fn own(conn: &Connection) -> Result<OwnFence, StoreError> {
 /// The epoch of the branch database at `db`, read without changing it (for tools that
 /// speak for a stopped branch, like the scenarios' rogue peer).
 pub fn epoch_of(db: &std::path::Path) -> Result<u64, StoreError> {
-    let conn = Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+    let conn = super::connect_in_dir(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?;
     Ok(meta(&conn, "epoch")?.max(1))
 }
 
