@@ -140,6 +140,11 @@ impl From<StoreError> for coordinator::ShardError {
     }
 }
 
+/// The page size of every store file (SQLCipher's `cipher_page_size`): each page a
+/// commit changes is encrypted and authenticated whole (see ARCHITECTURE.md "Keys at
+/// rest" for what it costs).
+pub const PAGE_BYTES: i64 = 4096;
+
 /// How long a statement waits for another connection's lock, in milliseconds.
 pub(crate) const BUSY_TIMEOUT_MS: u64 = 5_000;
 
@@ -163,6 +168,7 @@ pub fn connect(path: &Path, keys: &DataKeys, flags: OpenFlags) -> Result<Connect
     // for a 256-bit key, and twice as fast where the CPU has SHA instructions (local
     // transfers: see ARCHITECTURE.md "Keys at rest").
     conn.pragma_update(None, "cipher_hmac_algorithm", "HMAC_SHA256")?;
+    conn.pragma_update(None, "cipher_page_size", PAGE_BYTES)?;
     match conn.query_row("SELECT count(*) FROM sqlite_master", [], |r| {
         r.get::<_, i64>(0)
     }) {
