@@ -64,6 +64,10 @@ pub enum KeyError {
         "the keys are wrapped by a passphrase: set {PASSPHRASE_ENV} or run on a terminal to be asked"
     )]
     NoPassphrase,
+    #[error(
+        "{0} holds a store made before encryption at rest: convert it with `branch-node encrypt --data-dir DIR --key-file FILE` (or --key-command, --passphrase)"
+    )]
+    NotEncrypted(PathBuf),
     #[error("the passphrase must be at least {PASSPHRASE_CHARS_MIN} characters")]
     ShortPassphrase,
     #[error("the two passphrases differ")]
@@ -86,6 +90,7 @@ impl KeyError {
     pub fn code(&self) -> &'static str {
         match self {
             KeyError::Missing(_) => "keys_missing",
+            KeyError::NotEncrypted(_) => "not_encrypted",
             KeyError::Damaged { .. } => "keys_damaged",
             KeyError::WrongKek(_) => "wrong_key",
             KeyError::OtherBranch { .. } => "keys_of_other_branch",
@@ -168,7 +173,12 @@ impl DataKeys {
 
     /// `plain` encrypted under the vault key for `purpose` (a random nonce first).
     pub fn seal(&self, purpose: &str, plain: &[u8]) -> Vec<u8> {
-        let nonce: [u8; 12] = rand::random();
+        self.seal_with(rand::random(), purpose, plain)
+    }
+
+    /// [`DataKeys::seal`] with the nonce given: it must never be given again for
+    /// another `plain` (a nonce drawn from a keyed hash of `plain` is never).
+    pub fn seal_with(&self, nonce: [u8; 12], purpose: &str, plain: &[u8]) -> Vec<u8> {
         let cipher = ChaCha20Poly1305::new(Key::from_slice(&self.0.vault));
         let sealed = cipher
             .encrypt(
@@ -294,10 +304,26 @@ pub fn unlock(
     over: Option<&KekSource>,
 ) -> Result<DataKeys, KeyError> {
     let path = data_dir.join(KEYS_FILE);
+    if !path.is_file() && is_plain_sqlite(&data_dir.join(STORE_FILE)) {
+        return Err(KeyError::NotEncrypted(data_dir.to_owned()));
+    }
     if !path.is_file() {
         return Err(KeyError::Missing(data_dir.to_owned()));
     }
     unlock_file(&path, branch, over)
+}
+
+/// The branch store's file name in a data dir (`init::DB_FILE`; named here too, as this
+/// module stands below `init`).
+const STORE_FILE: &str = "branch.db";
+
+/// Whether the file at `path` is a plain (unencrypted) SQLite database: SQLite's own
+/// header, which an encrypted file never shows.
+pub fn is_plain_sqlite(path: &Path) -> bool {
+    let mut head = [0u8; 16];
+    std::fs::File::open(path)
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut head))
+        .is_ok_and(|()| &head == b"SQLite format 3\0")
 }
 
 /// The keys in the keys file at `path` (a data dir's, or a backup's `FILE.keys`).

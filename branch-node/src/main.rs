@@ -88,6 +88,15 @@ enum Command {
         #[arg(long, value_name = "FILE")]
         keys_from: Option<PathBuf>,
     },
+    /// Encrypt a stopped data dir made before encryption at rest (its stores plain
+    /// SQLite): new data keys wrapped by the key-encryption key given, every store file
+    /// re-written under them; national ids are sealed at the next start.
+    Encrypt {
+        #[arg(long)]
+        data_dir: PathBuf,
+        #[command(flatten)]
+        kek: KekArgs,
+    },
     /// Print a data dir's SMS log (sms.log), each message unsealed with its keys.
     SmsLog {
         #[arg(long)]
@@ -353,10 +362,19 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             );
             Ok(())
         }
+        Command::Encrypt { data_dir, kek } => {
+            let kek = kek.source().ok_or(KeyError::NoKek)?;
+            let n = branch_node::rotate::encrypt(&data_dir, &kek)?;
+            println!(
+                "{}: encrypted; {n} file(s) re-written under new data keys (data.keys)",
+                data_dir.display()
+            );
+            Ok(())
+        }
         Command::SmsLog { data_dir, kek } => {
             let keys = branch_node::keys::unlock(&data_dir, None, kek.source().as_ref())?;
             let log = data_dir.join(branch_node::node::SMS_LOG_FILE);
-            for line in branch_node::node::notifier::read_log(&log, &keys)
+            for line in branch_node::store::outbox::read_log(&log, &keys)
                 .map_err(|e| anyhow::anyhow!("{}: {e}", log.display()))?
             {
                 println!("{line}");

@@ -454,8 +454,7 @@ async fn a_lost_replica_is_replaced_by_an_empty_one_and_nothing_acknowledged_is_
         "the files were read"
     );
     let keys = branch_node::keys::unlock(&first, None, None).expect("keys");
-    let sms =
-        branch_node::node::notifier::read_log(&first.join("sms.log"), &keys).expect("sms log");
+    let sms = branch_node::store::outbox::read_log(&first.join("sms.log"), &keys).expect("sms log");
     assert!(
         sms.iter().any(|l| l.contains(PLANTED[1])),
         "the planted customer was sent an alert: {sms:?}"

@@ -8,7 +8,7 @@
 //! send the account's credentials in clear text. A refusal from the gateway is logged
 //! with its error code and message.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use base64::Engine;
@@ -41,29 +41,6 @@ pub enum SmsSink {
     LogFile(PathBuf, crate::keys::DataKeys),
     /// Twilio's Messages API (or anything that speaks it) at `base_url`.
     Twilio(TwilioConfig),
-}
-
-/// What the SMS log's lines are sealed for.
-const SMS_PURPOSE: &str = "sms.log";
-
-/// The SMS log at `path` as text, one message a line (`MS\tto=PHONE\tTEXT`), each
-/// unsealed with `keys`; a line they do not open is shown as such.
-pub fn read_log(path: &Path, keys: &crate::keys::DataKeys) -> std::io::Result<Vec<String>> {
-    let text = std::fs::read_to_string(path)?;
-    Ok(text
-        .lines()
-        .map(|line| {
-            let (ms, sealed) = line.split_once('\t').unwrap_or(("?", line));
-            let plain = hex::decode(sealed)
-                .ok()
-                .and_then(|b| keys.open(SMS_PURPOSE, &b))
-                .map(|p| String::from_utf8_lossy(&p).into_owned());
-            format!(
-                "{ms}\t{}",
-                plain.as_deref().unwrap_or("(not sealed by these keys)")
-            )
-        })
-        .collect())
 }
 
 /// Twilio settings; the credentials come from the environment, never from files.
@@ -244,8 +221,7 @@ async fn deliver(sink: &SmsSink, m: &OutboxMessage) -> Result<(), String> {
     match sink {
         SmsSink::LogFile(path, keys) => {
             let plain = format!("to={}\t{}", m.phone, m.body);
-            let sealed = keys.seal(SMS_PURPOSE, plain.as_bytes());
-            let line = format!("{}\t{}\n", now_ms(), hex::encode(sealed));
+            let line = crate::store::outbox::sealed_line(keys, now_ms(), &plain);
             let mut f = crate::init::owner_only_append(path)
                 .map(tokio::fs::File::from_std)
                 .map_err(|e| e.to_string())?;

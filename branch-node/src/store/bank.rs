@@ -434,14 +434,40 @@ pub struct SealedId {
 pub const NATIONAL_ID_PURPOSE: &str = "national_id";
 
 impl SealedId {
-    /// `national_id` sealed and hashed under `keys`.
+    /// `national_id` sealed and hashed under `keys`. The same id always seals to the
+    /// same bytes (the nonce is drawn from its keyed hash, which already tells equal
+    /// ids apart from others and nothing more), so replicas that seal it on their own,
+    /// as a migration does, hold the same row.
     pub fn new(keys: &crate::keys::DataKeys, national_id: &str) -> SealedId {
+        let hash = keys.lookup_hash(NATIONAL_ID_PURPOSE, national_id);
+        let nonce: [u8; 12] = hash[..12].try_into().unwrap_or([0; 12]);
         SealedId {
-            hash: hex::encode(keys.lookup_hash(NATIONAL_ID_PURPOSE, national_id)),
-            sealed: keys.seal(NATIONAL_ID_PURPOSE, national_id.as_bytes()),
+            hash: hex::encode(hash),
+            sealed: keys.seal_with(nonce, NATIONAL_ID_PURPOSE, national_id.as_bytes()),
             masked: wire::teller::mask_national_id(national_id),
         }
     }
+}
+
+/// Migration 9's part in code: a customer row from before it holds its national id
+/// plain (in the column now called `national_id_hash`); each is sealed and hashed.
+pub(crate) fn seal_national_ids(
+    conn: &Connection,
+    keys: &crate::keys::DataKeys,
+) -> Result<(), StoreError> {
+    let plain: Vec<(i64, String)> = conn
+        .prepare("SELECT id, national_id_hash FROM customers WHERE national_id_sealed IS NULL")?
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<Result<_, _>>()?;
+    for (id, national_id) in plain {
+        let s = SealedId::new(keys, &national_id);
+        conn.execute(
+            "UPDATE customers SET national_id_hash = ?2, national_id_sealed = ?3,
+             national_id_masked = ?4 WHERE id = ?1",
+            params![id, s.hash, s.sealed, s.masked],
+        )?;
+    }
+    Ok(())
 }
 
 /// Opens an account: for a new customer (by national id), or with `existing` a further

@@ -18,7 +18,7 @@ pub mod evidence;
 pub mod fence;
 pub(crate) mod ledger;
 pub mod ops;
-pub(crate) mod outbox;
+pub mod outbox;
 pub mod reader;
 pub mod recover;
 mod schema;
@@ -287,7 +287,7 @@ impl Store {
         if check != "ok" {
             return Err(StoreError::Corrupt(check));
         }
-        migrate(&mut conn)?;
+        migrate(&mut conn, keys)?;
         let found: Option<i64> = conn
             .query_row("SELECT value FROM meta WHERE key = 'branch_id'", [], |r| {
                 r.get(0)
@@ -362,7 +362,7 @@ pub(crate) fn account_number(me: BranchId, serial: i64) -> Result<AccountNumber,
     AccountNumber::new(me, serial).map_err(|e| StoreError::Malformed(e.to_string()))
 }
 
-fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
+fn migrate(conn: &mut Connection, keys: &DataKeys) -> Result<(), StoreError> {
     let applied: usize = conn
         .pragma_query_value(None, "user_version", |r| r.get::<_, i64>(0))?
         .try_into()
@@ -376,6 +376,9 @@ fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
     for (i, sql) in schema::MIGRATIONS.iter().enumerate().skip(applied) {
         let tx = conn.transaction()?;
         tx.execute_batch(sql)?;
+        if i + 1 == schema::VAULT_MIGRATION {
+            bank::seal_national_ids(&tx, keys)?;
+        }
         tx.pragma_update(
             None,
             "user_version",
@@ -384,4 +387,25 @@ fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
         tx.commit()?;
     }
     Ok(())
+}
+
+/// A plain (unencrypted) store of branch `me` at `path` as this program made them
+/// before encryption at rest: the migrations before the vault's, nothing encrypted.
+#[cfg(test)]
+pub(crate) fn plain_store_before_vault(path: &Path, me: BranchId) -> Connection {
+    let conn = Connection::open(path).expect("a plain file");
+    conn.pragma_update(None, "journal_mode", "WAL")
+        .expect("wal");
+    for sql in &schema::MIGRATIONS[..schema::VAULT_MIGRATION - 1] {
+        conn.execute_batch(sql).expect("migration");
+    }
+    let version = i64::try_from(schema::VAULT_MIGRATION - 1).unwrap_or(0);
+    conn.pragma_update(None, "user_version", version)
+        .expect("version");
+    conn.execute(
+        "INSERT INTO meta (key, value) VALUES ('branch_id', ?1)",
+        [i64::from(me.0)],
+    )
+    .expect("branch id");
+    conn
 }

@@ -6,6 +6,54 @@ use rusqlite::{Connection, params};
 
 use super::{StoreError, sql_ms};
 
+/// What the SMS log's lines are sealed for.
+const SMS_PURPOSE: &str = "sms.log";
+
+/// One line of the SMS log (`sms.log`, the sink without a gateway): the time, and the
+/// message (`to=PHONE\tTEXT`) sealed under the data keys, in hex.
+pub fn sealed_line(keys: &crate::keys::DataKeys, at_ms: u64, plain: &str) -> String {
+    format!(
+        "{at_ms}\t{}\n",
+        hex::encode(keys.seal(SMS_PURPOSE, plain.as_bytes()))
+    )
+}
+
+/// The SMS log at `path` as text, one message a line (`MS\tto=PHONE\tTEXT`), each
+/// unsealed with `keys`; a line they do not open is shown as such.
+pub fn read_log(
+    path: &std::path::Path,
+    keys: &crate::keys::DataKeys,
+) -> std::io::Result<Vec<String>> {
+    let text = std::fs::read_to_string(path)?;
+    Ok(text
+        .lines()
+        .map(|line| {
+            let (ms, sealed) = line.split_once('\t').unwrap_or(("?", line));
+            let plain = hex::decode(sealed)
+                .ok()
+                .and_then(|b| keys.open(SMS_PURPOSE, &b))
+                .map(|p| String::from_utf8_lossy(&p).into_owned());
+            format!(
+                "{ms}\t{}",
+                plain.as_deref().unwrap_or("(not sealed by these keys)")
+            )
+        })
+        .collect())
+}
+
+/// The plain SMS log at `path` (from before encryption at rest: `MS\tto=PHONE\tTEXT`
+/// lines) with each line sealed under `keys`.
+pub fn sealed_log(path: &std::path::Path, keys: &crate::keys::DataKeys) -> std::io::Result<String> {
+    let text = std::fs::read_to_string(path)?;
+    Ok(text
+        .lines()
+        .map(|line| {
+            let (ms, plain) = line.split_once('\t').unwrap_or(("0", line));
+            sealed_line(keys, ms.parse().unwrap_or(0), plain)
+        })
+        .collect())
+}
+
 /// One message waiting for delivery.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct OutboxMessage {
