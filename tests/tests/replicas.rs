@@ -31,16 +31,27 @@ fn amt(minor: i64) -> Amount {
 
 /// Opens a funded account at branch index `b`; returns it.
 async fn funded(c: &Cluster, b: usize, n: u32, minor: i64) -> AccountNumber {
+    let customer = wire::teller::NewCustomer {
+        national_id: format!("R{b}-{n}"),
+        phone: "+1 555 0100".into(),
+        first_name: "Rep".into(),
+        last_name: format!("{n}"),
+        sms_opt_in: false,
+    };
+    open_funded(c, b, customer, minor).await
+}
+
+/// Opens `customer`'s account at branch index `b` with `minor` deposited (committed).
+async fn open_funded(
+    c: &Cluster,
+    b: usize,
+    customer: wire::teller::NewCustomer,
+    minor: i64,
+) -> AccountNumber {
     let admin = c.admin_of_branch(b).await.expect("admin login");
     let opened = admin
         .call(TellerOp::OpenAccount {
-            customer: wire::teller::NewCustomer {
-                national_id: format!("R{b}-{n}"),
-                phone: "+1 555 0100".into(),
-                first_name: "Rep".into(),
-                last_name: format!("{n}"),
-                sms_opt_in: false,
-            },
+            customer,
             password: PASSWORD.into(),
             existing: None,
         })
@@ -314,50 +325,33 @@ async fn both_ways(
     there.into_iter().chain(back).collect()
 }
 
-/// A customer whose details no file may hold in clear, and their password.
+/// A customer whose details no file may hold in clear (nor their password, `PASSWORD`).
 const PLANTED: [&str; 4] = [
     "PLANTED-NID-84127730",
     "+1 555 739 1026",
     "Zebulonica",
     "Quartermaine-Vex",
 ];
-const PLANTED_PASSWORD: &str = "planted-password-917";
 
 /// Opens [`PLANTED`]'s account at branch 1 (SMS alerts on), funds it, and logs them in;
 /// returns the account and the session token's spellings (decimal and hex).
 async fn plant(c: &Cluster) -> (AccountNumber, Vec<String>) {
-    let admin = c.admin_of_branch(0).await.expect("admin login");
-    let opened = admin
-        .call(TellerOp::OpenAccount {
-            customer: wire::teller::NewCustomer {
-                national_id: PLANTED[0].into(),
-                phone: PLANTED[1].into(),
-                first_name: PLANTED[2].into(),
-                last_name: PLANTED[3].into(),
-                sms_opt_in: true,
-            },
-            password: PLANTED_PASSWORD.into(),
-            existing: None,
-        })
-        .await
-        .expect("opens");
-    let TellerResponse::AccountOpened(view) = opened else {
-        panic!("open account: {opened:?}");
+    let customer = wire::teller::NewCustomer {
+        national_id: PLANTED[0].into(),
+        phone: PLANTED[1].into(),
+        first_name: PLANTED[2].into(),
+        last_name: PLANTED[3].into(),
+        sms_opt_in: true,
     };
-    let deposit = TellerOp::Deposit {
-        id: new_transfer_id(),
-        account: view.number,
-        amount: amt(250_000),
-    };
-    admin.call(deposit).await.expect("deposits");
+    let account = open_funded(c, 0, customer, 250_000).await;
     let mut me = Teller::connect(&c.branch_target(0).expect("target"))
         .await
         .expect("connects");
-    me.login(&view.number.to_string(), PLANTED_PASSWORD)
+    me.login(&account.to_string(), PASSWORD)
         .await
         .expect("the customer logs in");
     let token = me.session().expect("a session").0;
-    (view.number, vec![token.to_string(), format!("{token:x}")])
+    (account, vec![token.to_string(), format!("{token:x}")])
 }
 
 /// Every file under `dir` (data dirs, stores and their WAL, Raft logs, backups and
@@ -376,7 +370,7 @@ fn nothing_in_clear(dir: &std::path::Path, token: &[String]) -> usize {
         }
         let bytes = std::fs::read(&path).expect("reads");
         let token = token.iter().map(String::as_str);
-        for value in PLANTED.into_iter().chain([PLANTED_PASSWORD]).chain(token) {
+        for value in PLANTED.into_iter().chain([PASSWORD]).chain(token) {
             let found = bytes.windows(value.len()).any(|w| w == value.as_bytes());
             assert!(!found, "{} holds {value:?} in clear", path.display());
         }
