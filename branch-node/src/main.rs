@@ -337,50 +337,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             print!("{script}");
             Ok(())
         }
-        Command::Keygen { file } => {
-            branch_node::keys::keygen(&file)?;
-            println!(
-                "wrote a key-encryption key to {} (owner-only)",
-                file.display()
-            );
-            Ok(())
-        }
-        Command::Rekey { data_dir, kek, new } => rekey_command(&data_dir, &kek, &new),
-        Command::RotateDataKey {
-            data_dir,
-            kek,
-            keys_from,
-        } => {
-            let n = branch_node::rotate::rotate(
-                &data_dir,
-                kek.source().as_ref(),
-                keys_from.as_deref(),
-            )?;
-            println!(
-                "{}: a new store key; {n} file(s) re-encrypted under it",
-                data_dir.display()
-            );
-            Ok(())
-        }
-        Command::Encrypt { data_dir, kek } => {
-            let kek = kek.source().ok_or(KeyError::NoKek)?;
-            let n = branch_node::rotate::encrypt(&data_dir, &kek)?;
-            println!(
-                "{}: encrypted; {n} file(s) re-written under new data keys (data.keys)",
-                data_dir.display()
-            );
-            Ok(())
-        }
-        Command::SmsLog { data_dir, kek } => {
-            let keys = branch_node::keys::unlock(&data_dir, None, kek.source().as_ref())?;
-            let log = data_dir.join(branch_node::node::SMS_LOG_FILE);
-            for line in branch_node::store::outbox::read_log(&log, &keys)
-                .map_err(|e| anyhow::anyhow!("{}: {e}", log.display()))?
-            {
-                println!("{line}");
-            }
-            Ok(())
-        }
+        command @ (Command::Keygen { .. }
+        | Command::Rekey { .. }
+        | Command::RotateDataKey { .. }
+        | Command::Encrypt { .. }
+        | Command::SmsLog { .. }) => key_command(command),
         Command::Backup { data_dir, kek, to } => backup_command(&data_dir, &to, &kek),
         Command::Restore {
             from,
@@ -638,6 +599,45 @@ fn restore_command(
             "this replica waits for the one that makes the branch's new log, and takes \
              the branch from it"
         ),
+    }
+    Ok(())
+}
+
+/// The commands about keys: keygen, rekey, rotate-data-key, encrypt, sms-log.
+fn key_command(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Keygen { file } => {
+            branch_node::keys::keygen(&file)?;
+            println!(
+                "wrote a key-encryption key to {} (owner-only)",
+                file.display()
+            );
+        }
+        Command::Rekey { data_dir, kek, new } => rekey_command(&data_dir, &kek, &new)?,
+        Command::RotateDataKey {
+            data_dir,
+            kek,
+            keys_from,
+        } => {
+            let (kek, from) = (kek.source(), keys_from.as_deref());
+            let n = branch_node::rotate::rotate(&data_dir, kek.as_ref(), from)?;
+            let dir = data_dir.display();
+            println!("{dir}: a new store key; {n} file(s) re-encrypted under it");
+        }
+        Command::Encrypt { data_dir, kek } => {
+            let kek = kek.source().ok_or(KeyError::NoKek)?;
+            let n = branch_node::rotate::encrypt(&data_dir, &kek)?;
+            let dir = data_dir.display();
+            println!("{dir}: encrypted; {n} file(s) re-written under new data keys (data.keys)");
+        }
+        Command::SmsLog { data_dir, kek } => {
+            let keys = branch_node::keys::unlock(&data_dir, None, kek.source().as_ref())?;
+            let log = data_dir.join(branch_node::node::SMS_LOG_FILE);
+            let lines = branch_node::store::outbox::read_log(&log, &keys)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", log.display()))?;
+            lines.iter().for_each(|line| println!("{line}"));
+        }
+        _ => anyhow::bail!("not a key command"),
     }
     Ok(())
 }

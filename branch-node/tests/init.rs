@@ -371,24 +371,14 @@ fn refused_with(out: &Output, code: &str) {
 }
 
 #[test]
-fn keys_refuse_a_wrong_missing_shared_or_cut_key_in_one_line_and_write_nothing() {
+fn a_short_absent_or_wrong_passphrase_and_a_shared_key_file_are_refused_in_one_line() {
     let dir = tempfile::tempdir().expect("tempdir");
     let data = dir.path().join("b1");
     let d = data.to_str().expect("utf-8");
     let pass = ("BANKMATE_PASSPHRASE", "a long enough passphrase");
-    let init = |env: &[(&str, &str)]| {
-        let args = [
-            "init",
-            "--data-dir",
-            d,
-            "--branch-id",
-            "1",
-            "--name",
-            "P",
-            "--passphrase",
-        ];
-        branch_node_env(&args, env)
-    };
+    let args = ["init", "--data-dir", d, "--branch-id", "1", "--name", "P"];
+    let init =
+        |env: &[(&str, &str)]| branch_node_env(&[&args[..], &["--passphrase"]].concat(), env);
     refused_with(&init(&[("BANKMATE_PASSPHRASE", "short")]), "passphrase");
     assert!(
         !data.join(KEY_FILE).exists(),
@@ -410,60 +400,54 @@ fn keys_refuse_a_wrong_missing_shared_or_cut_key_in_one_line_and_write_nothing()
     let rekey = ["rekey", "--data-dir", d, "--new-key-file", &kek];
     assert!(branch_node_env(&rekey, &[pass]).status.success());
     assert_eq!(std::fs::read(data.join(DB_FILE)).expect("db"), db_before);
-    assert!(
-        take(&[]).status.success(),
-        "the key file named in data.keys opens it"
-    );
-    let copy = dir.path().join("copy.db");
-    assert!(
-        branch_node_env(
-            &[
-                "backup",
-                "--data-dir",
-                d,
-                "--to",
-                copy.to_str().expect("utf-8")
-            ],
-            &[]
-        )
-        .status
-        .success()
-    );
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(&kek, std::fs::Permissions::from_mode(0o644)).expect("chmod");
-        std::fs::remove_file(&backup).expect("rm");
-        std::fs::remove_file(format!("{b}.keys")).expect("rm");
         refused_with(&take(&[]), "key_file_not_private");
         assert!(!backup.exists(), "nothing written");
         std::fs::set_permissions(&kek, std::fs::Permissions::from_mode(0o600)).expect("chmod");
     }
+    assert!(
+        take(&[]).status.success(),
+        "the key file data.keys names opens it"
+    );
+}
+
+#[test]
+fn a_rotated_store_key_leaves_old_keys_behind_and_a_cut_or_missing_keys_file_is_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("b1");
+    let d = data.to_str().expect("utf-8");
+    assert!(init(&data, "1", &[]).status.success());
+    let copy = dir.path().join("copy.db");
+    let c = copy.to_str().expect("utf-8");
+    assert!(
+        branch_node_env(&["backup", "--data-dir", d, "--to", c], &[])
+            .status
+            .success()
+    );
     // A new store key: the old one no longer opens the store; the backup keeps its own.
     let rotated = branch_node_env(&["rotate-data-key", "--data-dir", d], &[]);
     assert!(rotated.status.success(), "{}", stderr(&rotated));
-    let old =
-        branch_node::keys::unlock_file(Path::new(&format!("{}.keys", copy.display())), None, None)
-            .expect("the copy's keys");
-    let stale = branch_node::store::connect(
-        &data.join(DB_FILE),
-        &old,
-        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
-    );
+    let old = branch_node::keys::unlock_file(Path::new(&format!("{c}.keys")), None, None)
+        .expect("the copy's keys");
+    let read_only = rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY;
+    let stale = branch_node::store::connect(&data.join(DB_FILE), &old, read_only);
     assert!(
         stale.is_err(),
         "the old store key no longer opens the store"
     );
-    branch_node::store::connect(&copy, &old, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
-        .expect("the backup opens with its own keys");
+    branch_node::store::connect(&copy, &old, read_only).expect("the backup opens with its keys");
     // Keys file cut short, then gone: one line each, nothing written.
+    let backup = dir.path().join("b1.backup");
+    let b = backup.to_str().expect("utf-8");
+    let take = || branch_node_env(&["backup", "--data-dir", d, "--to", b], &[]);
     let keys = data.join(branch_node::keys::KEYS_FILE);
     let text = std::fs::read_to_string(&keys).expect("keys");
     std::fs::write(&keys, &text[..text.len() / 3]).expect("cut");
-    std::fs::remove_file(&backup).ok();
-    std::fs::remove_file(format!("{b}.keys")).ok();
-    refused_with(&take(&[]), "keys_damaged");
+    refused_with(&take(), "keys_damaged");
     std::fs::remove_file(&keys).expect("rm");
-    refused_with(&take(&[]), "keys_missing");
+    refused_with(&take(), "keys_missing");
     assert!(!backup.exists(), "nothing written");
 }
