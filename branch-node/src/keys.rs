@@ -30,8 +30,16 @@ const ARGON2_PASSES: u32 = 3;
 const ARGON2_LANES: u32 = 1;
 /// The format of `data.keys`.
 const FORMAT: u32 = 1;
-/// The most a key command may print, in bytes.
-const COMMAND_OUTPUT_MAX: usize = 4096;
+/// The most a key command may print, in bytes (more is refused, and not read).
+const COMMAND_OUTPUT_MAX: u64 = 4096;
+/// How long a key command may take to print the key (a KMS that never answers must
+/// not hold a start forever).
+const COMMAND_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+/// ChaCha20-Poly1305's nonce and tag, in bytes.
+const NONCE_BYTES: usize = 12;
+const TAG_BYTES: usize = 16;
+/// What `data.keys` wraps: the store key and the vault key.
+const KEYS_BYTES: usize = 64;
 /// Shortest passphrase accepted.
 const PASSPHRASE_CHARS_MIN: usize = 12;
 
@@ -195,7 +203,7 @@ impl DataKeys {
     /// What [`DataKeys::seal`] sealed for `purpose`; `None` if it was not sealed by
     /// these keys for it, or was changed.
     pub fn open(&self, purpose: &str, sealed: &[u8]) -> Option<Vec<u8>> {
-        let (nonce, body) = sealed.split_at_checked(12)?;
+        let (nonce, body) = sealed.split_at_checked(NONCE_BYTES)?;
         ChaCha20Poly1305::new(Key::from_slice(&self.0.vault))
             .decrypt(
                 Nonce::from_slice(nonce),
@@ -225,7 +233,7 @@ impl DataKeys {
 
     fn from_bytes(b: &[u8]) -> Option<DataKeys> {
         let (store, vault) = (b.get(..32)?, b.get(32..64)?);
-        (b.len() == 64).then(|| {
+        (b.len() == KEYS_BYTES).then(|| {
             DataKeys(Arc::new(Secret {
                 store: store.try_into().unwrap_or([0; 32]),
                 vault: vault.try_into().unwrap_or([0; 32]),
@@ -410,7 +418,7 @@ fn read(path: &Path) -> Result<KeysFile, KeyError> {
     }
     let sizes = (hex::decode(&file.nonce), hex::decode(&file.wrapped));
     match sizes {
-        (Ok(n), Ok(w)) if n.len() == 12 && w.len() == 64 + 16 => Ok(file),
+        (Ok(n), Ok(w)) if n.len() == NONCE_BYTES && w.len() == KEYS_BYTES + TAG_BYTES => Ok(file),
         _ => Err(damaged("the wrapped keys are not whole".into())),
     }
 }
@@ -514,19 +522,41 @@ fn command_kek(command: &str) -> Result<Zeroizing<[u8; 32]>, KeyError> {
         command: command.to_owned(),
         why,
     };
-    let out = std::process::Command::new("sh")
+    let mut child = std::process::Command::new("sh")
         .args(["-c", command])
         .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::inherit())
-        .output()
+        .spawn()
         .map_err(|e| failed(e.to_string()))?;
-    if !out.status.success() {
-        return Err(failed(format!("it exited with {}", out.status)));
+    let stdout = child.stdout.take();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut text = Vec::new();
+        let read = stdout.map(|out| {
+            std::io::Read::read_to_end(
+                &mut std::io::Read::take(out, COMMAND_OUTPUT_MAX + 1),
+                &mut text,
+            )
+        });
+        let _ = tx.send((read.is_some_and(|r| r.is_ok()), Zeroizing::new(text)));
+    });
+    let Ok((read, text)) = rx.recv_timeout(COMMAND_WAIT) else {
+        let _ = child.kill();
+        let _ = child.wait();
+        return Err(failed(format!(
+            "it gave no key within {} s",
+            COMMAND_WAIT.as_secs()
+        )));
+    };
+    let status = child.wait().map_err(|e| failed(e.to_string()))?;
+    if !status.success() || !read {
+        return Err(failed(format!("it exited with {status}")));
     }
-    let text = Zeroizing::new(String::from_utf8_lossy(&out.stdout).into_owned());
-    if text.len() > COMMAND_OUTPUT_MAX {
+    if text.len() > COMMAND_OUTPUT_MAX as usize {
         return Err(failed("it printed more than a key".into()));
     }
+    let text = Zeroizing::new(String::from_utf8_lossy(&text).into_owned());
     hex_key(&text).ok_or_else(|| failed("it did not print 64 hex digits".into()))
 }
 

@@ -799,3 +799,45 @@ impl Store {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::keys::DataKeys;
+    use crate::store::Durability;
+
+    #[test]
+    fn a_reveal_is_audited_and_one_refused_leaves_no_trail() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let keys = DataKeys::generate();
+        let me = BranchId(1);
+        let mut store =
+            Store::open(&tmp.path().join("b.db"), &keys, me, Durability::Full).expect("store");
+        let who = NewCustomer {
+            national_id: "19850312-1234".into(),
+            phone: "1".into(),
+            first_name: "A".into(),
+            last_name: "B".into(),
+            sms_opt_in: false,
+        };
+        let n = store
+            .open_account(&who, "hash", None)
+            .expect("store")
+            .expect("opens")
+            .number;
+        let c = store.conn();
+        let reveal = |n| reveal_national_id(c, me, n, ("admin", 5)).expect("store");
+        let sealed = reveal(n).expect("revealed");
+        let plain = keys.open(NATIONAL_ID_PURPOSE, &sealed).expect("opens");
+        assert_eq!(plain, b"19850312-1234");
+        let unknown = account_number(me, 99).expect("number");
+        assert_eq!(reveal(unknown), Err(Refusal::AccountNotFound));
+        // An account a restore put back from the network's records has no id on record.
+        c.execute("UPDATE customers SET national_id_sealed = NULL", [])
+            .expect("placeholder");
+        assert_eq!(reveal(n), Err(Refusal::NoNationalId));
+        let trail = audit_trail(c).expect("trail");
+        assert_eq!(trail.len(), 1, "only the reveal that answered: {trail:?}");
+        assert_eq!(trail[0].1, "admin");
+    }
+}
