@@ -553,7 +553,7 @@ fn command_kek(command: &str) -> Result<Zeroizing<[u8; 32]>, KeyError> {
     if !status.success() || !read {
         return Err(failed(format!("it exited with {status}")));
     }
-    if text.len() > COMMAND_OUTPUT_MAX as usize {
+    if u64::try_from(text.len()).unwrap_or(u64::MAX) > COMMAND_OUTPUT_MAX {
         return Err(failed("it printed more than a key".into()));
     }
     let text = Zeroizing::new(String::from_utf8_lossy(&text).into_owned());
