@@ -633,6 +633,10 @@ fn key_command(command: Command) -> anyhow::Result<()> {
         Command::SmsLog { data_dir, kek } => {
             let keys = branch_node::keys::unlock(&data_dir, None, kek.source().as_ref())?;
             let log = data_dir.join(branch_node::node::SMS_LOG_FILE);
+            if !log.exists() {
+                println!("{}: no SMS has been logged yet", data_dir.display());
+                return Ok(());
+            }
             let lines = branch_node::store::outbox::read_log(&log, &keys)
                 .map_err(|e| anyhow::anyhow!("{}: {e}", log.display()))?;
             lines.iter().for_each(|line| println!("{line}"));
