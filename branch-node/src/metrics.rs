@@ -86,7 +86,10 @@ metrics_table! {
         "Transfers per TransferBatch request (bulk payments, coalesced teller transfers)";
     writer_commit_seconds: Histogram = seconds_histogram(),
         "writer_commit_seconds",
-        "Time of one writer batch's commit (the fsync)";
+        "Time of one writer batch's commit (its pages written to the WAL)";
+    writer_sync_seconds: Histogram = seconds_histogram(),
+        "writer_sync_seconds",
+        "Time of one fsync of the WAL, for every batch committed since the last";
     in_doubt: Gauge = Gauge::default(),
         "in_doubt_legs",
         "Legs this branch voted yes on with no decision yet";

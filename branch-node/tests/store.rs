@@ -526,6 +526,64 @@ fn concurrent_deposits_and_transfers_on_a_hot_account_stay_exact() {
 }
 
 #[test]
+fn every_answer_waits_for_its_batch_fsync_and_the_store_comes_back_syncing_itself() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut store = open(&dir.path().join("b.db"));
+    fund_store(&mut store, acct(1), 10_000);
+    fund_store(&mut store, acct(2), 0);
+    let writer = Writer::spawn(store);
+    let mark = writer.watermark();
+    let threads: Vec<_> = (0..4u128)
+        .map(|t| {
+            let (mut h, mark) = (writer.handle(), mark.clone());
+            std::thread::spawn(move || {
+                for i in 0..50u128 {
+                    let (seen, run_mark) = (std::sync::mpsc::channel(), mark.clone());
+                    let seen_tx = seen.0;
+                    // Runs inside a batch: that batch's commit has not begun yet.
+                    h.run_local(move |_, _| {
+                        seen_tx.send(run_mark.begun()).expect("sends");
+                        Ok(())
+                    })
+                    .expect("runs");
+                    let begun_before = seen.1.recv().expect("ran");
+                    assert!(mark.durable() > begun_before, "answered before its fsync");
+                    let spec = TransferSpec {
+                        id: TransferId(t * 1_000 + i),
+                        from: acct(1),
+                        to: acct(2),
+                        amount: amt(1),
+                    };
+                    let state = h.transfer_local(&[spec]).expect("works")[0];
+                    assert_eq!(state, TransferState::Committed);
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().expect("thread");
+    }
+    assert_eq!(
+        mark.durable(),
+        mark.begun(),
+        "every batch synced by the end"
+    );
+    let store = writer.stop().expect("store back");
+    let level: i64 = branch_node::store::testing::conn(&store)
+        .pragma_query_value(None, "synchronous", |r| r.get(0))
+        .expect("reads");
+    assert_eq!(level, 2, "FULL again for whoever writes without the writer");
+    assert_eq!(
+        store
+            .account(acct(2))
+            .expect("reads")
+            .expect("exists")
+            .balance,
+        amt(200)
+    );
+}
+
+#[test]
 fn a_failing_operation_in_a_group_commit_batch_rolls_back_alone() {
     use std::sync::mpsc;
     let dir = tempfile::tempdir().expect("tempdir");

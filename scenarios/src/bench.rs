@@ -13,6 +13,7 @@ use serde_json::{Value, json};
 use crate::answers;
 use crate::check;
 use crate::cluster::Cluster;
+use crate::cpu::{self, Sample};
 use crate::report::percentile;
 use crate::workload::{
     self, Answer, Column, Entry, Mix, Person, Progress, Senders, Tellers, Workload,
@@ -58,21 +59,6 @@ pub enum BenchMix {
     Local,
     Cross,
     Both,
-}
-
-/// CPU time (user + system) of process `pid` so far, from /proc (Linux reports it in
-/// USER_HZ = 100 ticks per second).
-fn cpu_time(pid: &str) -> Duration {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|s| {
-            let rest = s.rsplit_once(')')?.1;
-            let f: Vec<&str> = rest.split_whitespace().collect();
-            // After the command: state is field 3, utime 14, stime 15 (1-based overall).
-            let ticks = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
-            Some(Duration::from_millis(ticks * 10))
-        })
-        .unwrap_or_default()
 }
 
 /// One measured mode: a mix, and the transfers per request.
@@ -129,11 +115,13 @@ pub async fn run(opts: &BenchOptions, dir: &Path) -> anyhow::Result<Value> {
     let tellers = Tellers::connect(&targets, opts.connections).await?;
     let admins: Vec<Person> = (0..targets.len()).map(Person::Admin).collect();
     tellers.warm(&admins).await?;
-    let pids: Vec<String> = cluster.pids().iter().map(u32::to_string).collect();
+    let nodes: Vec<(String, String)> = (cluster.processes().into_iter())
+        .map(|(pid, name)| (pid.to_string(), name))
+        .collect();
     let mut results = Vec::new();
     let mut all = Vec::new();
     for mode in modes(opts) {
-        let (result, records) = measure(opts, &mode, &accounts, &tellers, &pids).await?;
+        let (result, records) = measure(opts, &mode, &accounts, &tellers, &nodes).await?;
         committed.extend(
             records
                 .iter()
@@ -175,7 +163,7 @@ async fn measure(
     mode: &Mode,
     accounts: &workload::Accounts,
     tellers: &Tellers,
-    pids: &[String],
+    nodes: &[(String, String)],
 ) -> anyhow::Result<(Value, Vec<workload::Record>)> {
     let clients = if mode.batch > 1 {
         opts.batch_clients
@@ -194,13 +182,28 @@ async fn measure(
         batch: mode.batch,
         ..Workload::default()
     };
-    let nodes_before: Duration = pids.iter().map(|p| cpu_time(p)).sum();
-    let me_before = cpu_time("self");
+    let sample = || {
+        let nodes: Vec<Sample> = nodes.iter().map(|(pid, _)| Sample::take(pid)).collect();
+        (nodes, Sample::take("self"))
+    };
+    let (nodes_before, me_before) = sample();
     let start = Instant::now();
     let records = workload::run(&w, accounts, tellers, Arc::new(Progress::default())).await?;
     let wall = start.elapsed();
-    let nodes_cpu = pids.iter().map(|p| cpu_time(p)).sum::<Duration>() - nodes_before;
-    let me_cpu = cpu_time("self") - me_before;
+    let (nodes_after, me_after) = sample();
+    let nodes_cpu: Duration = nodes_after
+        .iter()
+        .zip(&nodes_before)
+        .map(|(a, b)| a.since(b))
+        .sum();
+    let me_cpu = me_after.since(&me_before);
+    let mut busy: Vec<Value> = nodes_after
+        .iter()
+        .zip(&nodes_before)
+        .zip(nodes)
+        .map(|((a, b), (_, name))| a.busy(b, wall, name))
+        .collect();
+    busy.push(me_after.busy(&me_before, wall, "load generator"));
     let ok: Vec<_> = records
         .iter()
         .filter(|r| r.answer == Answer::Committed)
@@ -230,8 +233,12 @@ async fn measure(
         "max_ms": ms(lat.last().copied().unwrap_or_default()),
         "node_cpu_us_per_transfer": nodes_cpu.as_secs_f64() * 1e6 / n,
         "client_cpu_us_per_transfer": me_cpu.as_secs_f64() * 1e6 / n,
+        "cores_busy": busy,
     });
     eprintln!("{}", line(&result));
+    for process in result["cores_busy"].as_array().into_iter().flatten() {
+        eprintln!("{:>18}{}", "", cpu::busy_line(process));
+    }
     Ok((result, records))
 }
 

@@ -651,9 +651,21 @@ impl Cluster {
 
     /// Process ids of the running nodes (for CPU accounting).
     pub fn pids(&self) -> Vec<u32> {
+        self.processes().into_iter().map(|(pid, _)| pid).collect()
+    }
+
+    /// Each running node's process id with its name (b1, or b1r2 for a replica).
+    pub fn processes(&self) -> Vec<(u32, String)> {
         self.nodes
             .iter()
-            .filter_map(|n| n.child.as_ref().map(Child::id))
+            .filter_map(|n| {
+                let pid = n.child.as_ref().map(Child::id)?;
+                let name = match n.replica {
+                    1 => n.name.clone(),
+                    r => format!("{}r{r}", n.name),
+                };
+                Some((pid, name))
+            })
             .collect()
     }
 

@@ -9,6 +9,7 @@ pub mod answers;
 pub mod bench;
 pub mod check;
 pub mod cluster;
+pub mod cpu;
 pub mod failover;
 pub mod netns;
 pub mod report;

@@ -343,7 +343,8 @@ async fn open(cfg: &RunConfig, id: &Identity) -> anyhow::Result<Opened> {
     }
     let writer = Writer::spawn(store);
     let cores = std::thread::available_parallelism().map_or(1, usize::from);
-    let reader = Reader::open(&cfg.data_dir.join(DB_FILE), &keys, me, cores)?;
+    let db = cfg.data_dir.join(DB_FILE);
+    let reader = Reader::open(&db, &keys, me, cores, writer.watermark())?;
     Ok(Opened {
         _lock: lock,
         metrics,

@@ -23,6 +23,7 @@ pub mod reader;
 pub mod recover;
 mod schema;
 pub(crate) mod sessions;
+pub mod syncer;
 #[cfg(feature = "testing")]
 pub mod testing;
 pub mod throttle;

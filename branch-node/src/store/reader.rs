@@ -1,7 +1,8 @@
 //! Reads beside the writer: a few read-only connections to the same WAL database, so a
 //! balance, a history page, a listing or a login's user row never waits in the
 //! writer's queue behind a batch of transfers. WAL gives each read one consistent
-//! snapshot of the last durable batch; a read sees nothing that is not durable.
+//! snapshot of the last committed batch, and a read is answered only once that batch is
+//! durable (the writer's [`Watermark`]): a read shows nothing that is not durable.
 
 use std::path::Path;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -10,6 +11,7 @@ use rusqlite::{Connection, OpenFlags};
 use tokio::sync::Semaphore;
 use wire::BranchId;
 
+use super::syncer::Watermark;
 use super::{BUSY_TIMEOUT_MS, StoreError};
 use crate::keys::DataKeys;
 
@@ -24,6 +26,8 @@ struct Pool {
     idle: Mutex<Vec<Connection>>,
     slots: Semaphore,
     me: BranchId,
+    /// The writer's: a read is answered once every batch it may have seen is durable.
+    mark: Arc<Watermark>,
 }
 
 impl Reader {
@@ -34,6 +38,7 @@ impl Reader {
         keys: &DataKeys,
         me: BranchId,
         connections: usize,
+        mark: Arc<Watermark>,
     ) -> Result<Reader, StoreError> {
         let mut idle = Vec::with_capacity(connections);
         for _ in 0..connections.max(1) {
@@ -54,6 +59,7 @@ impl Reader {
                 slots: Semaphore::new(idle.len()),
                 idle: Mutex::new(idle),
                 me,
+                mark,
             }),
         })
     }
@@ -82,6 +88,9 @@ impl Reader {
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
                 .push(conn);
+            // The writer commits a batch before its fsync: what this read saw may not
+            // be durable yet, and an answer never shows what a crash could undo.
+            pool.mark.wait_seen()?;
             result
         })
         .await

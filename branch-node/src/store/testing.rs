@@ -107,3 +107,8 @@ macro_rules! fixture_for {
 
 fixture_for!(Store);
 fixture_for!(WriterHandle);
+
+/// The store's own connection (its settings, for a test that checks them).
+pub fn conn(store: &super::Store) -> &rusqlite::Connection {
+    store.conn()
+}

@@ -1,7 +1,8 @@
 //! Group commit: one thread owns the store's connection and runs queued operations in
-//! batches, each batch one SQLite transaction (one fsync), each operation inside its own
-//! savepoint so a failing one rolls back alone. Every caller is answered only after the
-//! batch's `sql_commit`, so an answer is always durable. A change is always a
+//! batches, each batch one SQLite transaction, each operation inside its own savepoint
+//! so a failing one rolls back alone. The commit writes the WAL without an fsync; the
+//! second stage (`syncer.rs`) syncs it while the next batch runs, and only then answers
+//! the batch's callers, so an answer is always durable. A change is always a
 //! [`WriteOp`] (data with every input it needs, so a log of them can be applied to
 //! another copy of the store); work on this copy alone (reads, a barrier) is a closure.
 
@@ -14,13 +15,14 @@ use coordinator::{
     InDoubtRecord, Input, Shard, ShardError,
 };
 use rusqlite::{Connection, TransactionBehavior};
-use wire::limits::WRITER_BATCH_OPS_MAX;
+use wire::limits::{WRITER_BATCH_OPS_MAX, WRITER_CACHE_KIB};
 use wire::teller::{AccountView, NewCustomer, TransferState};
 use wire::twopc::{DecisionItem, PrepareItem, TransferSpec, Vote};
 use wire::{AccountNumber, Amount, BranchId, Decision, Refusal, TransferId};
 
 use super::bank::{self, Movement};
 use super::ops::{WriteOp, WriteResult};
+use super::syncer::{Committed, Syncer, Tail, Watermark};
 use super::{Store, StoreError, now_ms, twopc};
 
 /// Runs work on this copy of the store; `true` when it succeeded (its savepoint is kept).
@@ -51,7 +53,8 @@ enum Ran {
     Local(FinishFn),
 }
 
-/// Called on the writer thread after each batch, once every job in it was answered.
+/// Called after each batch, once every job in it was answered (on the second stage's
+/// thread).
 type BatchHook = Box<dyn Fn() + Send>;
 
 /// Work that needs the store alone, between batches (no transaction open).
@@ -69,6 +72,7 @@ enum Msg {
 pub struct Writer {
     handle: WriterHandle,
     thread: Option<JoinHandle<Store>>,
+    mark: Arc<Watermark>,
 }
 
 /// A cheap handle for submitting operations to a [`Writer`].
@@ -114,9 +118,11 @@ impl Writer {
         let (tx, rx) = mpsc::channel();
         let me = store.branch();
         let keys = store.keys().clone();
+        let mark = Arc::new(Watermark::default());
+        let stage_mark = Arc::clone(&mark);
         let thread = std::thread::Builder::new()
             .name(format!("store-writer-{me}"))
-            .spawn(move || writer_loop(store, rx, journal))
+            .spawn(move || writer_loop(store, rx, journal, stage_mark))
             .ok();
         Writer {
             handle: WriterHandle {
@@ -126,7 +132,13 @@ impl Writer {
                 propose: None,
             },
             thread,
+            mark,
         }
+    }
+
+    /// How far this writer's batches are durable: reads beside it wait on it.
+    pub fn watermark(&self) -> Arc<Watermark> {
+        Arc::clone(&self.mark)
     }
 
     /// A handle to submit operations with.
@@ -150,26 +162,40 @@ impl Drop for Writer {
     }
 }
 
-fn writer_loop(mut store: Store, rx: Receiver<Msg>, journal: Option<Journal>) -> Store {
-    let mut hooks: Vec<BatchHook> = Vec::new();
+fn writer_loop(
+    mut store: Store,
+    rx: Receiver<Msg>,
+    journal: Option<Journal>,
+    mark: Arc<Watermark>,
+) -> Store {
+    // Negative: a size in KiB. Failing only costs speed.
+    if let Err(e) = store
+        .conn
+        .pragma_update(None, "cache_size", -WRITER_CACHE_KIB)
+    {
+        tracing::warn!(error = %e, "the writer keeps SQLite's default page cache");
+    }
+    let mut syncer = start_syncer(&store, mark.clone(), journal.clone());
     loop {
         let mut batch = match rx.recv() {
             Ok(Msg::Job(j)) => vec![j],
             Ok(Msg::Hook(h)) => {
-                hooks.push(h);
+                let _ = syncer.tx.send(Tail::Hook(h));
                 continue;
             }
             Ok(Msg::Exclusive(f)) => {
-                f(&mut store);
+                exclusive(&mut store, &syncer, f);
                 continue;
             }
-            Ok(Msg::Stop) | Err(_) => return store,
+            Ok(Msg::Stop) | Err(_) => break,
         };
         let mut after = None;
         while batch.len() < WRITER_BATCH_OPS_MAX {
             match rx.try_recv() {
                 Ok(Msg::Job(j)) => batch.push(j),
-                Ok(Msg::Hook(h)) => hooks.push(h),
+                Ok(Msg::Hook(h)) => {
+                    let _ = syncer.tx.send(Tail::Hook(h));
+                }
                 Ok(other) => {
                     after = Some(other);
                     break;
@@ -177,16 +203,54 @@ fn writer_loop(mut store: Store, rx: Receiver<Msg>, journal: Option<Journal>) ->
                 Err(_) => break,
             }
         }
-        run_batch(&mut store, batch, journal.as_ref());
-        for hook in &hooks {
-            hook();
-        }
+        let committed = run_batch(&mut store, batch, journal.is_some(), &mark);
+        let _ = syncer.tx.send(Tail::Batch(committed));
         match after {
-            Some(Msg::Stop) => return store,
-            Some(Msg::Exclusive(f)) => f(&mut store),
+            Some(Msg::Stop) => break,
+            Some(Msg::Exclusive(f)) => exclusive(&mut store, &syncer, f),
             _ => {}
         }
     }
+    syncer.stop();
+    // Whoever uses the store next commits with its own fsync again.
+    set_synchronous(&store, syncer.fsync, "FULL");
+    store
+}
+
+/// Runs `f` with the store alone: after every batch before it was answered, and with
+/// SQLite's own fsync per commit (a snapshot's restore is durable when `f` returns).
+fn exclusive(store: &mut Store, syncer: &Syncer, f: ExclusiveFn) {
+    syncer.flush();
+    set_synchronous(store, syncer.fsync, "FULL");
+    f(store);
+    set_synchronous(store, syncer.fsync, "NORMAL");
+}
+
+/// Sets the writer connection's `synchronous` where the second stage syncs for it.
+fn set_synchronous(store: &Store, fsync: bool, level: &str) {
+    if fsync && let Err(e) = store.conn.pragma_update(None, "synchronous", level) {
+        tracing::warn!(error = %e, level, "the store's synchronous setting was not changed");
+    }
+}
+
+/// Starts the writer's second stage. A store opened with `synchronous=FULL` commits
+/// without its own fsync from here on (`NORMAL`: in WAL mode SQLite still syncs around
+/// every checkpoint) and the stage syncs the WAL before any answer; a store opened
+/// with `NORMAL` (benchmarks) is answered without one, as before.
+fn start_syncer(store: &Store, mark: Arc<Watermark>, journal: Option<Journal>) -> Syncer {
+    let level: i64 = store
+        .conn
+        .pragma_query_value(None, "synchronous", |r| r.get(0))
+        .unwrap_or(2);
+    let db = store
+        .conn
+        .path()
+        .filter(|p| !p.is_empty())
+        .map(std::path::PathBuf::from);
+    let fsync = level >= 2 && db.is_some();
+    // Were it not changed, still correct (SQLite syncs each commit itself), only slower.
+    set_synchronous(store, fsync, "NORMAL");
+    Syncer::start(db, fsync, mark, journal)
 }
 
 /// Runs one job in its own savepoint: kept when it succeeded, undone otherwise. An
@@ -223,11 +287,14 @@ fn run_job(
     (ran, end.err().map(BatchError::new))
 }
 
-fn run_batch(store: &mut Store, batch: Vec<Job>, journal: Option<&Journal>) {
+/// Runs `batch` as one transaction and commits it (its WAL pages written, not yet
+/// synced); its answers wait in the returned batch for the second stage.
+fn run_batch(store: &mut Store, batch: Vec<Job>, journaled: bool, mark: &Watermark) -> Committed {
     let me = store.branch();
     let mut ran = Vec::with_capacity(batch.len());
     let mut ops = Vec::new();
     let mut failed = None;
+    let mut number = 0;
     match store
         .conn
         .transaction_with_behavior(TransactionBehavior::Immediate)
@@ -242,7 +309,7 @@ fn run_batch(store: &mut Store, batch: Vec<Job>, journal: Option<&Journal>) {
                     ran.push(job.unrun());
                     continue;
                 }
-                let (r, error) = run_job(&tx, me, job, journal.map(|_| &mut ops));
+                let (r, error) = run_job(&tx, me, job, journaled.then_some(&mut ops));
                 ran.push(r);
                 failed = error;
             }
@@ -250,6 +317,7 @@ fn run_batch(store: &mut Store, batch: Vec<Job>, journal: Option<&Journal>) {
             metrics.writer_batch_ops.observe(ran.len() as f64);
             if failed.is_none() {
                 let started = std::time::Instant::now();
+                number = mark.begin();
                 failed = tx.commit().err().map(BatchError::new);
                 metrics
                     .writer_commit_seconds
@@ -257,12 +325,15 @@ fn run_batch(store: &mut Store, batch: Vec<Job>, journal: Option<&Journal>) {
             } // else dropping `tx` rolls everything back
         }
     }
-    if let (None, Some(journal)) = (&failed, journal) {
-        let _ = journal.send(ops);
-    }
-    crate::metrics::get().write_ended(failed.as_ref().map(ToString::to_string));
-    for r in ran {
-        r.finish(failed.as_ref());
+    Committed {
+        number,
+        failed,
+        ops,
+        answer: Box::new(move |failed| {
+            for r in ran {
+                r.finish(failed);
+            }
+        }),
     }
 }
 
