@@ -913,3 +913,108 @@ fn no_vote_legs_stop_at_their_bound_per_coordinator() {
         i64::try_from(NO_VOTE_LEGS_PER_PEER_MAX).expect("fits")
     );
 }
+
+/// Every page of `account`'s history (all accounts' with `None`), `limit` at a time.
+fn all_pages(s: &Store, account: Option<AccountNumber>, limit: u32) -> Vec<u64> {
+    let mut seqs = Vec::new();
+    let mut before = None;
+    loop {
+        let page = wire::teller::PageRequest { before, limit };
+        let (entries, next) = s.history(account, page).expect("reads");
+        seqs.extend(entries.iter().map(|e| e.seq));
+        match next {
+            Some(n) => before = Some(n),
+            None => return seqs,
+        }
+    }
+}
+
+#[test]
+fn each_accounts_history_follows_its_links_page_by_page_and_an_old_store_gets_them() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("b.db");
+    let mut s = open(&path);
+    let accounts = [acct(1), acct(2), acct(3)];
+    for a in accounts {
+        fund_store(&mut s, a, 1_000);
+    }
+    for i in 0..30u128 {
+        let spec = TransferSpec {
+            id: TransferId(10_000 + i),
+            from: accounts[i as usize % 3],
+            to: accounts[(i as usize + 1 + i as usize / 3) % 3],
+            amount: amt(1),
+        };
+        s.transfer_local(&[spec]).expect("works");
+    }
+    // Each account's entries: the newest first, exactly those of the whole ledger.
+    let everything = all_pages(&s, None, 7);
+    let expected = |a: AccountNumber| -> Vec<u64> {
+        let (all, _) = s
+            .history(
+                None,
+                wire::teller::PageRequest {
+                    before: None,
+                    limit: 500,
+                },
+            )
+            .expect("reads");
+        all.iter()
+            .filter(|e| e.account == a)
+            .map(|e| e.seq)
+            .collect()
+    };
+    let before: Vec<Vec<u64>> = accounts.iter().map(|&a| expected(a)).collect();
+    for (a, want) in accounts.iter().zip(&before) {
+        assert_eq!(&all_pages(&s, Some(*a), 4), want, "{a}");
+        assert!(want.windows(2).all(|w| w[0] > w[1]), "newest first");
+    }
+    assert_eq!(before.iter().map(Vec::len).sum::<usize>(), everything.len());
+    assert!(s.verify_ledger().expect("reads").is_ok());
+    drop(s);
+
+    // The same store as it was before the links (schema 9): they are made on open.
+    let raw = branch_node::store::testing::raw(&path);
+    raw.execute_batch(
+        "DROP TRIGGER ledger_account_tail;
+         DROP TRIGGER ledger_no_update;
+         ALTER TABLE ledger DROP COLUMN account_prev;
+         CREATE TRIGGER ledger_no_update BEFORE UPDATE ON ledger
+             BEGIN SELECT RAISE(ABORT, 'ledger is append-only'); END;
+         ALTER TABLE accounts DROP COLUMN last_seq;
+         CREATE INDEX ledger_by_account ON ledger(account_serial, seq);
+         PRAGMA user_version = 9;",
+    )
+    .expect("made old");
+    drop(raw);
+    let s = open(&path);
+    assert!(
+        s.verify_ledger().expect("reads").is_ok(),
+        "links and tails made"
+    );
+    for (a, want) in accounts.iter().zip(&before) {
+        assert_eq!(&all_pages(&s, Some(*a), 5), want, "{a} after the migration");
+    }
+}
+
+#[test]
+fn a_wrong_account_link_is_found_by_verify() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("b.db");
+    let mut s = open(&path);
+    fund_store(&mut s, acct(1), 100);
+    fund_store(&mut s, acct(2), 100);
+    drop(s);
+    let raw = branch_node::store::testing::raw(&path);
+    raw.execute_batch("UPDATE accounts SET last_seq = 1 WHERE serial = 2")
+        .expect("tampered");
+    drop(raw);
+    let s = open(&path);
+    assert!(
+        matches!(
+            s.verify_ledger().expect("reads"),
+            Err(LedgerViolation::AccountTail { .. })
+        ),
+        "a wrong newest entry is reported"
+    );
+}

@@ -118,8 +118,9 @@ pub(crate) fn append_all(
         seq += 1;
         let hash = entry_hash(&prev, seq, e);
         conn.prepare_cached(
-            "INSERT INTO ledger (seq, account_serial, kind, counterparty, amount, balance_after, transfer_id, at_ms, prev_hash, hash)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+            "INSERT INTO ledger (seq, account_serial, kind, counterparty, amount, balance_after, transfer_id, at_ms, prev_hash, hash, account_prev)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10,
+                     (SELECT last_seq FROM accounts WHERE serial = ?2))",
         )?
         .execute(params![
             seq,
@@ -166,56 +167,153 @@ pub(crate) fn read(
     limit: u32,
 ) -> Result<(Vec<EntryView>, Option<u64>), StoreError> {
     let before = before.map_or(i64::MAX, sql_ms);
-    let mut stmt = conn.prepare_cached(
-        "SELECT seq, account_serial, kind, counterparty, amount, balance_after, transfer_id, at_ms FROM ledger
-         WHERE seq < ?1 AND (?2 IS NULL OR account_serial = ?2) AND (?4 IS NULL OR kind = ?4)
-           AND (?5 IS NULL OR at_ms >= ?5) AND (?6 IS NULL OR at_ms < ?6)
-           AND (?7 IS NULL OR transfer_id = ?7)
-         ORDER BY seq DESC LIMIT ?3",
-    )?;
-    let kind = filter.kind.map(kind_text);
-    let (since, until) = (filter.since_ms.map(sql_ms), filter.until_ms.map(sql_ms));
-    let transfer = filter.transfer.map(id_blob);
-    let args = params![before, filter.serial, limit, kind, since, until, transfer];
-    let rows = stmt.query_map(args, |r| {
-        Ok((
-            r.get::<_, i64>(0)?,
-            r.get::<_, i64>(1)?,
-            r.get::<_, String>(2)?,
-            r.get::<_, Option<String>>(3)?,
-            r.get::<_, i64>(4)?,
-            r.get::<_, i64>(5)?,
-            r.get::<_, Vec<u8>>(6)?,
-            r.get::<_, i64>(7)?,
-        ))
-    })?;
-    let mut entries = Vec::new();
-    for row in rows {
-        let (seq, serial, kind, cp, amount, after, id, at) = row?;
-        entries.push(EntryView {
-            branch: me,
-            seq: u64::try_from(seq).unwrap_or(0),
-            account: account_number(me, serial)?,
-            kind: kind_from(&kind)?,
-            counterparty: cp
-                .map(|c| {
-                    c.parse()
-                        .map_err(|e: wire::AccountNumberError| StoreError::Malformed(e.to_string()))
-                })
-                .transpose()?,
-            amount: Amount::from_minor(amount).map_err(|e| StoreError::Malformed(e.to_string()))?,
-            balance_after: Amount::from_minor(after)
-                .map_err(|e| StoreError::Malformed(e.to_string()))?,
-            transfer_id: blob_id(&id)?,
-            at_ms: u64::try_from(at).unwrap_or(0),
-        });
-    }
+    let raws = match filter.serial {
+        Some(serial) => read_account(conn, serial, filter, before, limit)?,
+        None => read_all(conn, filter, before, limit)?,
+    };
+    let entries = raws
+        .into_iter()
+        .map(|raw| raw.view(me))
+        .collect::<Result<Vec<_>, _>>()?;
     let next = if entries.len() == limit as usize {
         entries.last().map(|e| e.seq)
     } else {
         None
     };
     Ok((entries, next))
+}
+
+/// One ledger row as read, before it is checked into an [`EntryView`].
+struct RawEntry {
+    seq: i64,
+    serial: i64,
+    kind: String,
+    counterparty: Option<String>,
+    amount: i64,
+    balance_after: i64,
+    transfer_id: Vec<u8>,
+    at_ms: i64,
+    /// The same account's entry before this one.
+    account_prev: Option<i64>,
+}
+
+/// The columns [`RawEntry::from_row`] reads, in its order.
+const RAW_COLUMNS: &str = "seq, account_serial, kind, counterparty, amount, balance_after, \
+                           transfer_id, at_ms, account_prev";
+
+impl RawEntry {
+    fn from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<RawEntry> {
+        Ok(RawEntry {
+            seq: r.get(0)?,
+            serial: r.get(1)?,
+            kind: r.get(2)?,
+            counterparty: r.get(3)?,
+            amount: r.get(4)?,
+            balance_after: r.get(5)?,
+            transfer_id: r.get(6)?,
+            at_ms: r.get(7)?,
+            account_prev: r.get(8)?,
+        })
+    }
+
+    /// Whether the entry passes `filter`'s conditions other than its account.
+    fn passes(&self, filter: &ReadFilter) -> bool {
+        filter.kind.is_none_or(|k| kind_text(k) == self.kind)
+            && filter.since_ms.is_none_or(|t| self.at_ms >= sql_ms(t))
+            && filter.until_ms.is_none_or(|t| self.at_ms < sql_ms(t))
+            && filter
+                .transfer
+                .is_none_or(|id| self.transfer_id == id_blob(id))
+    }
+
+    fn view(self, me: BranchId) -> Result<EntryView, StoreError> {
+        let malformed = |e: wire::AmountError| StoreError::Malformed(e.to_string());
+        Ok(EntryView {
+            branch: me,
+            seq: u64::try_from(self.seq).unwrap_or(0),
+            account: account_number(me, self.serial)?,
+            kind: kind_from(&self.kind)?,
+            counterparty: self
+                .counterparty
+                .map(|c| {
+                    c.parse()
+                        .map_err(|e: wire::AccountNumberError| StoreError::Malformed(e.to_string()))
+                })
+                .transpose()?,
+            amount: Amount::from_minor(self.amount).map_err(malformed)?,
+            balance_after: Amount::from_minor(self.balance_after).map_err(malformed)?,
+            transfer_id: blob_id(&self.transfer_id)?,
+            at_ms: u64::try_from(self.at_ms).unwrap_or(0),
+        })
+    }
+}
+
+/// Every account's entries, newest first, in `seq` order.
+fn read_all(
+    conn: &Connection,
+    filter: &ReadFilter,
+    before: i64,
+    limit: u32,
+) -> Result<Vec<RawEntry>, StoreError> {
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {RAW_COLUMNS} FROM ledger
+         WHERE seq < ?1 AND (?3 IS NULL OR kind = ?3)
+           AND (?4 IS NULL OR at_ms >= ?4) AND (?5 IS NULL OR at_ms < ?5)
+           AND (?6 IS NULL OR transfer_id = ?6)
+         ORDER BY seq DESC LIMIT ?2"
+    ))?;
+    let kind = filter.kind.map(kind_text);
+    let (since, until) = (filter.since_ms.map(sql_ms), filter.until_ms.map(sql_ms));
+    let transfer = filter.transfer.map(id_blob);
+    let args = params![before, limit, kind, since, until, transfer];
+    let rows = stmt.query_map(args, RawEntry::from_row)?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// One account's entries, newest first: its chain of `account_prev` links from its
+/// newest entry (or from the entry the cursor `before` names, when it is this
+/// account's: the next page starts where the last one ended).
+fn read_account(
+    conn: &Connection,
+    serial: u32,
+    filter: &ReadFilter,
+    before: i64,
+    limit: u32,
+) -> Result<Vec<RawEntry>, StoreError> {
+    let mut one =
+        conn.prepare_cached(&format!("SELECT {RAW_COLUMNS} FROM ledger WHERE seq = ?1"))?;
+    let cursor = one
+        .query_row([before], RawEntry::from_row)
+        .optional()?
+        .filter(|e| e.serial == i64::from(serial));
+    let mut next: Option<i64> = match cursor {
+        Some(e) => e.account_prev,
+        None => conn
+            .prepare_cached("SELECT last_seq FROM accounts WHERE serial = ?1")?
+            .query_row([serial], |r| r.get(0))
+            .optional()?
+            .flatten(),
+    };
+    let mut out = Vec::new();
+    while let Some(seq) = next
+        && out.len() < limit as usize
+    {
+        let Some(e) = one.query_row([seq], RawEntry::from_row).optional()? else {
+            return Err(StoreError::Malformed(format!(
+                "ledger entry {seq} is missing"
+            )));
+        };
+        if e.serial != i64::from(serial) || e.account_prev.is_some_and(|p| p >= seq) {
+            return Err(StoreError::Malformed(format!(
+                "ledger entry {seq}: its account link is broken"
+            )));
+        }
+        next = e.account_prev;
+        if e.seq < before && e.passes(filter) {
+            out.push(e);
+        }
+    }
+    Ok(out)
 }
 
 /// What `verify_ledger` checked.
@@ -244,6 +342,10 @@ pub enum LedgerViolation {
         stored: i64,
         computed: i64,
     },
+    #[error("ledger entry {seq}: the link to its account's previous entry is wrong")]
+    AccountLink { seq: i64 },
+    #[error("account {account}: its newest ledger entry is recorded wrongly")]
+    AccountTail { account: String },
 }
 
 impl Store {
@@ -252,12 +354,14 @@ impl Store {
     pub fn verify_ledger(&self) -> Result<Result<LedgerReport, LedgerViolation>, StoreError> {
         let conn = self.conn();
         let mut stmt = conn.prepare(
-            "SELECT seq, account_serial, kind, counterparty, amount, balance_after, transfer_id, at_ms, prev_hash, hash FROM ledger ORDER BY seq",
+            "SELECT seq, account_serial, kind, counterparty, amount, balance_after, transfer_id, at_ms, prev_hash, hash, account_prev FROM ledger ORDER BY seq",
         )?;
         let mut rows = stmt.query([])?;
         let mut prev = GENESIS.to_vec();
         let mut expected_seq = 1;
         let mut balances: std::collections::BTreeMap<u32, i64> = std::collections::BTreeMap::new();
+        // Each account's newest entry so far: the link the next one must hold.
+        let mut newest: std::collections::BTreeMap<u32, i64> = std::collections::BTreeMap::new();
         let mut count = 0;
         while let Some(r) = rows.next()? {
             let seq: i64 = r.get(0)?;
@@ -282,6 +386,10 @@ impl Store {
             if stored_prev != prev || stored_hash != entry_hash(&prev, seq, &e) {
                 return Ok(Err(LedgerViolation::BrokenChain { seq }));
             }
+            let link: Option<i64> = r.get(10)?;
+            if link != newest.insert(e.serial, seq) {
+                return Ok(Err(LedgerViolation::AccountLink { seq }));
+            }
             let bal = balances.entry(e.serial).or_default();
             *bal += match kind {
                 EntryKind::Deposit | EntryKind::TransferCredit => e.amount.minor(),
@@ -298,11 +406,16 @@ impl Store {
             expected_seq += 1;
             count += 1;
         }
-        let mut stmt = conn.prepare("SELECT serial, balance FROM accounts ORDER BY serial")?;
-        let accounts: Vec<(u32, i64)> = stmt
-            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+        let mut stmt =
+            conn.prepare("SELECT serial, balance, last_seq FROM accounts ORDER BY serial")?;
+        let accounts: Vec<(u32, i64, Option<i64>)> = stmt
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
             .collect::<Result<_, _>>()?;
-        for (serial, stored) in &accounts {
+        for (serial, stored, last) in &accounts {
+            if *last != newest.get(serial).copied() {
+                let account = self.account_number(i64::from(*serial))?.to_string();
+                return Ok(Err(LedgerViolation::AccountTail { account }));
+            }
             let computed = balances.get(serial).copied().unwrap_or(0);
             if computed != *stored {
                 let account = self.account_number(i64::from(*serial))?.to_string();

@@ -224,4 +224,25 @@ BEGIN SELECT RAISE(ABORT, 'the audit trail is append-only'); END;
 CREATE TRIGGER audit_trail_no_delete BEFORE DELETE ON audit_trail
 BEGIN SELECT RAISE(ABORT, 'the audit trail is append-only'); END;
 "#,
+    // 10: each account's ledger entries linked newest to oldest (`account_prev`, the
+    // newest in `accounts.last_seq`) instead of an index by account. Every entry added
+    // an index entry at the end of its account's range: a random page per entry, and
+    // writing (encrypting) those pages was most of a batch's commit. The account row is
+    // written by the same movement anyway, so the link costs no page.
+    r#"
+ALTER TABLE ledger ADD COLUMN account_prev INTEGER;
+ALTER TABLE accounts ADD COLUMN last_seq INTEGER;
+DROP TRIGGER ledger_no_update;
+UPDATE ledger SET account_prev = (
+    SELECT max(p.seq) FROM ledger p
+    WHERE p.account_serial = ledger.account_serial AND p.seq < ledger.seq);
+CREATE TRIGGER ledger_no_update BEFORE UPDATE ON ledger
+    BEGIN SELECT RAISE(ABORT, 'ledger is append-only'); END;
+UPDATE accounts SET last_seq = (
+    SELECT max(seq) FROM ledger WHERE account_serial = accounts.serial);
+DROP INDEX ledger_by_account;
+-- Every insert keeps its account's newest entry, whoever inserts.
+CREATE TRIGGER ledger_account_tail AFTER INSERT ON ledger
+    BEGIN UPDATE accounts SET last_seq = NEW.seq WHERE serial = NEW.account_serial; END;
+"#,
 ];
