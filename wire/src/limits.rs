@@ -142,11 +142,6 @@ pub const WRITER_BATCH_OPS_MAX: usize = 4_096;
 /// Committed writer batches that wait for their fsync at most (the writer waits).
 pub const WRITER_SYNC_QUEUE_BATCHES: usize = 4;
 
-/// The writer connection's page cache, KiB: decrypted pages kept, so the pages a
-/// transfer touches (account rows, each account's newest ledger entries) are read and
-/// decrypted once, not again after a larger working set pushed them out.
-pub const WRITER_CACHE_KIB: i64 = 32 * 1024;
-
 /// How long a teller session lives after login, in milliseconds.
 pub const SESSION_TTL_MS: u64 = 30 * 60 * 1_000;
 

@@ -15,7 +15,7 @@ use coordinator::{
     InDoubtRecord, Input, Shard, ShardError,
 };
 use rusqlite::{Connection, TransactionBehavior};
-use wire::limits::{WRITER_BATCH_OPS_MAX, WRITER_CACHE_KIB};
+use wire::limits::WRITER_BATCH_OPS_MAX;
 use wire::teller::{AccountView, NewCustomer, TransferState};
 use wire::twopc::{DecisionItem, PrepareItem, TransferSpec, Vote};
 use wire::{AccountNumber, Amount, BranchId, Decision, Refusal, TransferId};
@@ -168,13 +168,6 @@ fn writer_loop(
     journal: Option<Journal>,
     mark: Arc<Watermark>,
 ) -> Store {
-    // Negative: a size in KiB. Failing only costs speed.
-    if let Err(e) = store
-        .conn
-        .pragma_update(None, "cache_size", -WRITER_CACHE_KIB)
-    {
-        tracing::warn!(error = %e, "the writer keeps SQLite's default page cache");
-    }
     let mut syncer = start_syncer(&store, mark.clone(), journal.clone());
     loop {
         let mut batch = match rx.recv() {
