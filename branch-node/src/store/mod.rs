@@ -161,10 +161,7 @@ pub struct Store {
 /// reads its first page: a wrong key (or a file that is no store) is refused here, in
 /// one line, before anything is written.
 pub fn connect(path: &Path, keys: &DataKeys, flags: OpenFlags) -> Result<Connection, StoreError> {
-    let conn = Connection::open_with_flags(path, flags)?;
-    // A wrong key is our error to report, once, not SQLCipher's lines on stderr.
-    conn.pragma_update(None, "cipher_log_level", "NONE")?;
-    conn.pragma_update(None, "key", &*keys.sqlcipher_key())?;
+    let conn = keyed(path, keys, flags)?;
     // Each page's HMAC with SHA-256 rather than SQLCipher's default SHA-512: as strong
     // for a 256-bit key, and twice as fast where the CPU has SHA instructions (local
     // transfers: see ARCHITECTURE.md "Keys at rest").
@@ -181,6 +178,31 @@ pub fn connect(path: &Path, keys: &DataKeys, flags: OpenFlags) -> Result<Connect
         r => r.map(drop).map_err(StoreError::from),
     }?;
     Ok(conn)
+}
+
+/// How many times a connection is opened when SQLCipher refuses to attach its key.
+const KEY_ATTACH_TRIES: u32 = 3;
+
+/// A connection to `path` with the store key attached (nothing read yet). SQLCipher's
+/// `PRAGMA key` failed, rarely, while many connections were opened at once in one
+/// process (one run of the unit tests in three); a failed attach leaves that connection
+/// unusable, and nothing was read or written, so a fresh connection is tried again.
+fn keyed(path: &Path, keys: &DataKeys, flags: OpenFlags) -> Result<Connection, StoreError> {
+    let mut tries = 0;
+    loop {
+        tries += 1;
+        let conn = Connection::open_with_flags(path, flags)?;
+        // A wrong key is our error to report, once, not SQLCipher's lines on stderr.
+        conn.pragma_update(None, "cipher_log_level", "NONE")?;
+        match conn.pragma_update(None, "key", &*keys.sqlcipher_key()) {
+            Ok(()) => return Ok(conn),
+            Err(e) if tries >= KEY_ATTACH_TRIES => return Err(e.into()),
+            Err(e) => {
+                tracing::warn!(error = %e, file = %path.display(), "SQLCipher refused the key once; opening again");
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+        }
+    }
 }
 
 /// Opens the store (or Raft log) file `path` of a data dir with that data dir's keys,
