@@ -69,14 +69,14 @@ impl Reader {
         &self,
         f: impl FnOnce(&Connection, BranchId) -> Result<R, StoreError> + Send + 'static,
     ) -> Result<R, StoreError> {
-        let _slot = self
+        let slot = self
             .inner
             .slots
             .acquire()
             .await
             .map_err(|_| StoreError::ReaderGone)?;
         let pool = Arc::clone(&self.inner);
-        tokio::task::spawn_blocking(move || {
+        let (result, seen) = tokio::task::spawn_blocking(move || {
             let conn = pool
                 .idle
                 .lock()
@@ -88,12 +88,39 @@ impl Reader {
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
                 .push(conn);
-            // The writer commits a batch before its fsync: what this read saw may not
-            // be durable yet, and an answer never shows what a crash could undo.
-            pool.mark.wait_seen()?;
-            result
+            Ok::<_, StoreError>((result, pool.mark.begun()))
         })
         .await
-        .map_err(|_| StoreError::ReaderGone)?
+        .map_err(|_| StoreError::ReaderGone)??;
+        // The connection is free for the next read while this one waits: the writer
+        // commits a batch before its fsync, so what this read saw may not be durable
+        // yet, and an answer never shows what a crash could undo.
+        drop(slot);
+        self.inner.mark.wait_durable(seen).await?;
+        result
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{Durability, Store};
+
+    #[tokio::test]
+    async fn a_read_is_answered_only_once_what_it_may_have_seen_is_durable() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let (keys, me) = (DataKeys::generate(), BranchId(1));
+        let path = tmp.path().join("b.db");
+        let _store = Store::open(&path, &keys, me, Durability::Full).expect("store");
+        let mark = Arc::new(Watermark::default());
+        let reader = Reader::open(&path, &keys, me, 1, Arc::clone(&mark)).expect("reader");
+        let one = || reader.read(|c, _| Ok(c.query_row("SELECT 1", [], |r| r.get::<_, i64>(0))?));
+        assert_eq!(one().await.expect("nothing to wait for"), 1);
+        // A batch whose commit began, not yet synced: the read runs, its answer waits.
+        let n = mark.begin();
+        let waiting = tokio::time::timeout(std::time::Duration::from_millis(100), one()).await;
+        assert!(waiting.is_err(), "answered before the batch was durable");
+        mark.made_durable(n);
+        assert_eq!(one().await.expect("durable now"), 1);
     }
 }

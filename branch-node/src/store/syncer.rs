@@ -8,17 +8,18 @@
 use std::fs::File;
 use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, SyncSender};
-use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use tokio::sync::watch;
 use wire::limits::WRITER_SYNC_QUEUE_BATCHES;
 
 use super::StoreError;
 use super::ops::WriteOp;
-use super::writer::BatchError;
+use super::writer::{BatchError, BatchHook, Journal};
 
 /// How long a read waits for the batches it may have seen to become durable before it
 /// is refused: far above one fsync, so only a stuck disk or a stopped writer reaches it.
@@ -26,11 +27,19 @@ const READ_WAIT_MAX: Duration = Duration::from_secs(30);
 
 /// How far the store's batches are durable. Batches are numbered in commit order;
 /// `begun` is the newest whose commit has begun, `durable` the newest on disk.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Watermark {
     begun: AtomicU64,
-    durable: Mutex<u64>,
-    moved: Condvar,
+    durable: watch::Sender<u64>,
+}
+
+impl Default for Watermark {
+    fn default() -> Watermark {
+        Watermark {
+            begun: AtomicU64::new(0),
+            durable: watch::Sender::new(0),
+        }
+    }
 }
 
 impl Watermark {
@@ -40,45 +49,34 @@ impl Watermark {
         self.begun.fetch_add(1, Ordering::SeqCst) + 1
     }
 
-    /// The newest batch whose commit has begun.
+    /// The newest batch whose commit has begun: read after a read, every batch that
+    /// read may have seen.
     pub fn begun(&self) -> u64 {
         self.begun.load(Ordering::SeqCst)
     }
 
     /// The newest batch known durable (with every one before it).
     pub fn durable(&self) -> u64 {
-        *self.durable.lock().unwrap_or_else(PoisonError::into_inner)
+        *self.durable.borrow()
     }
 
     /// Every batch up to `number` is durable.
     pub(super) fn made_durable(&self, number: u64) {
-        let mut d = self.durable.lock().unwrap_or_else(PoisonError::into_inner);
-        *d = (*d).max(number);
-        self.moved.notify_all();
+        self.durable.send_modify(|d| *d = (*d).max(number));
     }
 
-    /// Waits until every batch whose commit has begun by now is durable: called after a
-    /// read, it holds the answer back until nothing it saw can be lost.
-    pub fn wait_seen(&self) -> Result<(), StoreError> {
-        self.wait_seen_within(READ_WAIT_MAX)
+    /// Waits until batch `seen` (from [`Watermark::begun`] after a read) is durable, so
+    /// the read's answer shows nothing a crash could undo.
+    pub async fn wait_durable(&self, seen: u64) -> Result<(), StoreError> {
+        self.wait_durable_within(seen, READ_WAIT_MAX).await
     }
 
-    fn wait_seen_within(&self, most: Duration) -> Result<(), StoreError> {
-        let seen = self.begun.load(Ordering::SeqCst);
-        let deadline = Instant::now() + most;
-        let mut d = self.durable.lock().unwrap_or_else(PoisonError::into_inner);
-        while *d < seen {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return Err(StoreError::WriterGone);
-            }
-            d = self
-                .moved
-                .wait_timeout(d, left)
-                .unwrap_or_else(PoisonError::into_inner)
-                .0;
+    async fn wait_durable_within(&self, seen: u64, most: Duration) -> Result<(), StoreError> {
+        let mut durable = self.durable.subscribe();
+        match tokio::time::timeout(most, durable.wait_for(|d| *d >= seen)).await {
+            Ok(Ok(_)) => Ok(()),
+            _ => Err(StoreError::WriterGone),
         }
-        Ok(())
     }
 }
 
@@ -129,7 +127,7 @@ pub(super) struct Committed {
 pub(super) enum Tail {
     Batch(Committed),
     /// Runs after each batch from now on, once its callers were answered.
-    Hook(Box<dyn Fn() + Send>),
+    Hook(BatchHook),
     /// Answered once everything handed over before it was answered.
     Flush(SyncSender<()>),
 }
@@ -149,7 +147,7 @@ impl Syncer {
         db: Option<PathBuf>,
         fsync: bool,
         mark: Arc<Watermark>,
-        journal: Option<super::writer::Journal>,
+        journal: Option<Journal>,
     ) -> Syncer {
         // Bounded: memory stays bounded and the disk sets the pace.
         let (tx, rx) = mpsc::sync_channel(WRITER_SYNC_QUEUE_BATCHES);
@@ -183,11 +181,10 @@ impl Syncer {
     }
 
     /// Answers what is queued and ends the thread.
-    pub fn stop(&mut self) {
-        self.flush();
+    pub fn stop(self) {
         let Syncer { tx, thread, .. } = self;
-        drop(std::mem::replace(tx, mpsc::sync_channel(0).0));
-        if let Some(t) = thread.take() {
+        drop(tx);
+        if let Some(t) = thread {
             let _ = t.join();
         }
     }
@@ -196,8 +193,8 @@ impl Syncer {
 struct Stage {
     wal: Option<Wal>,
     mark: Arc<Watermark>,
-    journal: Option<super::writer::Journal>,
-    hooks: Vec<Box<dyn Fn() + Send>>,
+    journal: Option<Journal>,
+    hooks: Vec<BatchHook>,
 }
 
 impl Stage {
@@ -269,10 +266,12 @@ impl Stage {
 mod tests {
     use super::*;
 
-    #[test]
-    fn a_read_waits_for_the_batches_it_may_have_seen() {
+    #[tokio::test]
+    async fn a_read_waits_for_the_batches_it_may_have_seen() {
         let mark = Arc::new(Watermark::default());
-        mark.wait_seen().expect("nothing begun: no wait");
+        mark.wait_durable(mark.begun())
+            .await
+            .expect("nothing begun: no wait");
         let n = mark.begin();
         let later = Arc::clone(&mark);
         let syncer = std::thread::spawn(move || {
@@ -280,17 +279,21 @@ mod tests {
             later.made_durable(n);
         });
         let started = Instant::now();
-        mark.wait_seen().expect("durable in time");
+        mark.wait_durable(mark.begun())
+            .await
+            .expect("durable in time");
         assert!(started.elapsed() >= Duration::from_millis(90));
         assert_eq!(mark.durable(), n);
         syncer.join().expect("joins");
     }
 
-    #[test]
-    fn a_read_behind_a_stuck_sync_is_refused_not_answered() {
+    #[tokio::test]
+    async fn a_read_behind_a_stuck_sync_is_refused_not_answered() {
         let mark = Watermark::default();
-        mark.begin();
-        let r = mark.wait_seen_within(Duration::from_millis(50));
+        let seen = mark.begin();
+        let r = mark
+            .wait_durable_within(seen, Duration::from_millis(50))
+            .await;
         assert!(matches!(r, Err(StoreError::WriterGone)), "{r:?}");
     }
 }

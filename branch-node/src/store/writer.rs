@@ -55,7 +55,7 @@ enum Ran {
 
 /// Called after each batch, once every job in it was answered (on the second stage's
 /// thread).
-type BatchHook = Box<dyn Fn() + Send>;
+pub(super) type BatchHook = Box<dyn Fn() + Send>;
 
 /// Work that needs the store alone, between batches (no transaction open).
 type ExclusiveFn = Box<dyn FnOnce(&mut Store) + Send>;
@@ -168,7 +168,7 @@ fn writer_loop(
     journal: Option<Journal>,
     mark: Arc<Watermark>,
 ) -> Store {
-    let mut syncer = start_syncer(&store, mark.clone(), journal.clone());
+    let syncer = start_syncer(&store, mark.clone(), journal.clone());
     loop {
         let mut batch = match rx.recv() {
             Ok(Msg::Job(j)) => vec![j],
@@ -204,9 +204,10 @@ fn writer_loop(
             _ => {}
         }
     }
+    let fsync = syncer.fsync;
     syncer.stop();
     // Whoever uses the store next commits with its own fsync again.
-    set_synchronous(&store, syncer.fsync, "FULL");
+    set_synchronous(&store, fsync, "FULL");
     store
 }
 
