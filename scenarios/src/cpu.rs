@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-/// Linux reports CPU times in USER_HZ = 100 ticks per second.
-const TICK: Duration = Duration::from_millis(10);
+/// Linux reports CPU times in USER_HZ = 100 ticks per second: milliseconds per tick.
+const TICK_MS: u64 = 10;
 
 /// How many of a process's busiest threads a report names.
 const THREADS_NAMED: usize = 3;
@@ -21,8 +21,8 @@ fn parse_stat(stat: &str) -> Option<(String, Duration)> {
     let name = head.split_once('(')?.1.to_owned();
     let f: Vec<&str> = rest.split_whitespace().collect();
     // After the command: state is field 3, utime 14, stime 15 (1-based overall).
-    let ticks = f.get(11)?.parse::<u32>().ok()? + f.get(12)?.parse::<u32>().ok()?;
-    Some((name, TICK * ticks))
+    let ticks = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
+    Some((name, Duration::from_millis(ticks.saturating_mul(TICK_MS))))
 }
 
 /// CPU time of process `pid` ("self" for this one) so far; zero when it is gone.
@@ -130,7 +130,7 @@ mod tests {
         let spin = std::time::Instant::now();
         let mut x = 0u64;
         // Spins until the kernel has counted some of it (bounded, for a busy machine).
-        while process_time("self") < before.total + TICK * 3
+        while process_time("self") < before.total + Duration::from_millis(3 * TICK_MS)
             && spin.elapsed() < Duration::from_secs(10)
         {
             x = std::hint::black_box(x.wrapping_add(1));

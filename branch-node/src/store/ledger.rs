@@ -432,3 +432,96 @@ impl Store {
         }))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::keys::DataKeys;
+    use crate::store::{Durability, Movement, Store};
+    use coordinator::Shard;
+    use wire::teller::NewCustomer;
+    use wire::twopc::TransferSpec;
+
+    fn opened(s: &mut Store, n: u32) -> AccountNumber {
+        let who = NewCustomer {
+            national_id: format!("L{n}"),
+            phone: "1".into(),
+            first_name: "A".into(),
+            last_name: "B".into(),
+            sms_opt_in: false,
+        };
+        s.open_account(&who, "hash", None)
+            .expect("store")
+            .expect("opens")
+            .number
+    }
+
+    #[test]
+    fn an_accounts_filtered_pages_by_its_links_match_the_ledger_filtered_in_sql() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let me = BranchId(1);
+        let keys = DataKeys::generate();
+        let mut s =
+            Store::open(&tmp.path().join("b.db"), &keys, me, Durability::Full).expect("store");
+        let (a, b) = (opened(&mut s, 1), opened(&mut s, 2));
+        let amt = |m| Amount::from_minor(m).expect("amount");
+        for i in 0..40u128 {
+            let (id, (from, to)) = (TransferId(i + 1), if i % 3 == 0 { (b, a) } else { (a, b) });
+            if i % 4 == 0 {
+                s.movement(Movement::Deposit, id, to, amt(50))
+                    .expect("deposit");
+            } else {
+                let spec = TransferSpec {
+                    id,
+                    from,
+                    to,
+                    amount: amt(1),
+                };
+                s.transfer_local(&[spec]).expect("transfer");
+            }
+        }
+        let filters = [
+            ReadFilter {
+                kind: Some(EntryKind::Deposit),
+                ..ReadFilter::default()
+            },
+            ReadFilter {
+                kind: Some(EntryKind::TransferCredit),
+                ..ReadFilter::default()
+            },
+            ReadFilter {
+                transfer: Some(TransferId(6)),
+                ..ReadFilter::default()
+            },
+            ReadFilter {
+                since_ms: Some(0),
+                until_ms: Some(u64::MAX / 2),
+                ..ReadFilter::default()
+            },
+        ];
+        for account in [a, b] {
+            for f in &filters {
+                let (all, _) = read(s.conn(), me, f, None, 500).expect("all");
+                let want: Vec<u64> = all
+                    .iter()
+                    .filter(|e| e.account == account)
+                    .map(|e| e.seq)
+                    .collect();
+                let linked = ReadFilter {
+                    serial: Some(account.serial()),
+                    ..*f
+                };
+                let (mut got, mut before) = (Vec::new(), None);
+                loop {
+                    let (page, next) = read(s.conn(), me, &linked, before, 3).expect("page");
+                    got.extend(page.iter().map(|e| e.seq));
+                    match next {
+                        Some(n) => before = Some(n),
+                        None => break,
+                    }
+                }
+                assert_eq!(got, want, "{account} {f:?}");
+            }
+        }
+    }
+}
